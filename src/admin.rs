@@ -1,0 +1,127 @@
+//! The proxy's own endpoints: `/health`, `/models`, `/debug`, `/reload`.
+
+use crate::api_error::ApiError;
+use crate::live::{Live, Shared};
+use crate::redact;
+use serde_json::{json, Value};
+
+/// `GET /health`: cheap, never probes a backend. Keeps the original proxy's fields.
+pub fn health(live: &Live) -> Vec<u8> {
+    let models: Vec<Value> = live
+        .config
+        .endpoints
+        .iter()
+        .map(|e| json!({"id": e.id, "displayName": e.display_name}))
+        .collect();
+    json!({
+        "status": "ok",
+        "endpoints": live.config.endpoints.len(),
+        "models": models,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": live.loaded_at,
+        "owned_by": display_name,
+        "name": display_name,
+    })
+}
+
+/// `GET /models`: the OpenAI list object.
+pub fn models(live: &Live) -> Vec<u8> {
+    let data: Vec<Value> = live
+        .config
+        .endpoints
+        .iter()
+        .map(|e| model_entry(live, &e.id, &e.display_name))
+        .collect();
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+/// `GET /models/{id}`: one entry or 404.
+pub fn model(live: &Live, id: &str) -> Result<Vec<u8>, ApiError> {
+    let e = live
+        .config
+        .endpoint(id)
+        .ok_or_else(|| ApiError::model_not_found(id))?;
+    Ok(model_entry(live, &e.id, &e.display_name)
+        .to_string()
+        .into_bytes())
+}
+
+/// `GET /debug`: the effective config with keys masked.
+pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
+    let mut endpoints = serde_json::Map::new();
+    for e in &live.config.endpoints {
+        let headers: serde_json::Map<String, Value> = e
+            .headers
+            .iter()
+            .map(|(n, _)| (n.clone(), Value::String("****".into())))
+            .collect();
+        endpoints.insert(
+            e.id.clone(),
+            json!({
+                "displayName": e.display_name,
+                "url": redact::url(&e.url),
+                "apiKey": redact::api_key(&e.api_key),
+                "actualModelName": e.actual_model_name,
+                "timeouts": {"connectSecs": e.timeouts.connect.as_secs_f64(), "idleSecs": e.timeouts.idle.as_secs_f64()},
+                "headers": headers,
+                "dropFields": e.drop_fields,
+                "sseKeepaliveSecs": e.sse_keepalive.map(|d| d.as_secs_f64()),
+            }),
+        );
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "configPath": shared.path,
+        "loadedAt": live.loaded_at,
+        "endpoints": endpoints,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `POST /reload`: always the configured file; a `config` parameter is refused.
+pub fn reload(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    if query
+        .and_then(|q| crate::body::query_param(q, "config"))
+        .is_some()
+    {
+        return Err(ApiError::invalid_request(
+            "The `config` parameter is not supported: modelmux always reloads the file it was started with.",
+        )
+        .with_param("config"));
+    }
+    match shared.reload() {
+        Ok(live) => {
+            log::info!(
+                "config reloaded from {}: {} models",
+                shared.path,
+                live.config.endpoints.len()
+            );
+            Ok(json!({
+                "status": "ok",
+                "message": "config reloaded",
+                "endpoints": live.config.endpoints.len(),
+            })
+            .to_string()
+            .into_bytes())
+        }
+        Err(e) => {
+            log::warn!("reload failed, keeping the old config: {}", e);
+            Err(
+                ApiError::invalid_request(format!("Reload failed, old config kept: {}", e))
+                    .with_code("invalid_config"),
+            )
+        }
+    }
+}

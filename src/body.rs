@@ -1,0 +1,310 @@
+//! Finds the model a request names and rewrites the body for the backend, byte-faithfully.
+//!
+//! JSON bodies are split into top-level members whose values are kept as raw text, so every
+//! field but `model` (and configured `dropFields`) reaches the backend exactly as sent, in order.
+
+use crate::api_error::ApiError;
+use crate::route::{percent_decode, percent_encode};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// A JSON object body as its top-level members, values untouched.
+#[derive(Debug)]
+pub struct JsonObject {
+    members: Vec<(String, Box<RawValue>)>,
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Vec<(String, Box<RawValue>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+            members.push((k, v));
+        }
+        Ok(members)
+    }
+}
+
+impl JsonObject {
+    /// Parses a body that must be a JSON object; the error is the client-facing 400.
+    pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
+        if std::str::from_utf8(body).is_err() {
+            return Err(ApiError::invalid_request(
+                "Request body is not valid UTF-8.",
+            ));
+        }
+        let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
+        match trimmed.map(|i| body[i]) {
+            None => {
+                return Err(ApiError::invalid_request(
+                    "Request body is empty; expected a JSON object.",
+                ))
+            }
+            Some(b'{') => {}
+            Some(_) => {
+                // Still validate so "not JSON" and "JSON but not an object" get distinct messages.
+                return Err(
+                    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                        Ok(_) => ApiError::invalid_request("Request body must be a JSON object."),
+                        Err(e) => invalid_json(&e),
+                    },
+                );
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let members = de
+            .deserialize_map(MembersVisitor)
+            .and_then(|m| de.end().map(|_| m))
+            .map_err(|e| invalid_json(&e))?;
+        Ok(JsonObject { members })
+    }
+
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.members
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The `model` member: `Ok(None)` when absent, 400 when it is not a string.
+    pub fn model(&self) -> Result<Option<String>, ApiError> {
+        match self.get("model") {
+            None => Ok(None),
+            Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                Ok(s) => Ok(Some(s)),
+                Err(_) => Err(ApiError::invalid_request("`model` must be a string.")
+                    .with_param("model")
+                    .with_code("invalid_type")),
+            },
+        }
+    }
+
+    /// True when the body asks for a streamed reply (`"stream": true`).
+    pub fn stream(&self) -> bool {
+        self.get("stream")
+            .map(|v| v.get() == "true")
+            .unwrap_or(false)
+    }
+
+    /// True when the body has the named top-level member whose raw JSON equals `raw`.
+    pub fn member_is(&self, key: &str, raw: &str) -> bool {
+        self.get(key).map(|v| v.get() == raw).unwrap_or(false)
+    }
+
+    /// Serializes with `model` replaced (when present) and `drop` fields removed.
+    pub fn rewrite(&self, actual_model: &str, drop: &[String]) -> Vec<u8> {
+        let model_json = serde_json::Value::String(actual_model.to_string()).to_string();
+        let mut out = Vec::with_capacity(
+            self.members
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + 2,
+        );
+        out.push(b'{');
+        let mut first = true;
+        for (k, v) in &self.members {
+            if drop.iter().any(|d| d == k) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(serde_json::Value::String(k.clone()).to_string().as_bytes());
+            out.push(b':');
+            if k == "model" {
+                out.extend_from_slice(model_json.as_bytes());
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+fn invalid_json(e: &serde_json::Error) -> ApiError {
+    let what = if e.to_string().contains("recursion limit") {
+        "nested too deeply".to_string()
+    } else {
+        format!("line {} column {}", e.line(), e.column())
+    };
+    ApiError::invalid_request(format!("Request body is not valid JSON ({}).", what))
+        .with_code("invalid_json")
+}
+
+/// The value of `name` in a query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(&k.replace('+', " ")) == name).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+/// The query string with `name`'s value replaced.
+pub fn replace_query_param(query: &str, name: &str, value: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let k = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
+            if percent_decode(&k.replace('+', " ")) == name {
+                format!("{}={}", k, percent_encode(value))
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The boundary of a `multipart/form-data` content type.
+pub fn multipart_boundary(content_type: &str) -> Option<String> {
+    let (mime, params) = content_type.split_once(';')?;
+    if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty())
+    })
+}
+
+/// Byte range of the value of the form field `name` in a multipart body.
+fn multipart_field_span(body: &[u8], boundary: &str, name: &str) -> Option<(usize, usize)> {
+    let delimiter = format!("--{}", boundary);
+    let next_delimiter = format!("\r\n--{}", boundary);
+    let wanted = format!("name=\"{}\"", name);
+    let mut pos = find(body, delimiter.as_bytes(), 0)?;
+    loop {
+        let part_start = pos + delimiter.len();
+        if body.get(part_start..part_start + 2) == Some(b"--") {
+            return None;
+        }
+        let headers_end = find(body, b"\r\n\r\n", part_start)?;
+        let value_start = headers_end + 4;
+        let value_end = find(body, next_delimiter.as_bytes(), value_start)?;
+        let headers = String::from_utf8_lossy(&body[part_start..headers_end]);
+        let is_field = headers.lines().any(|line| {
+            let lower = line.to_ascii_lowercase();
+            lower.starts_with("content-disposition:") && line.split(';').any(|p| p.trim() == wanted)
+        });
+        if is_field {
+            return Some((value_start, value_end));
+        }
+        pos = value_end + 2;
+    }
+}
+
+/// The text value of the form field `name` in a multipart body.
+pub fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
+    let (s, e) = multipart_field_span(body, boundary, name)?;
+    String::from_utf8(body[s..e].to_vec()).ok()
+}
+
+/// The multipart body with field `name`'s value replaced; `None` when the field is absent.
+pub fn replace_multipart_field(
+    body: &[u8],
+    boundary: &str,
+    name: &str,
+    value: &str,
+) -> Option<Vec<u8>> {
+    let (s, e) = multipart_field_span(body, boundary, name)?;
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    out.extend_from_slice(&body[..s]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[e..]);
+    Some(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if from > haystack.len() || needle.is_empty() {
+        return None;
+    }
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_everything_else_byte_exact() {
+        let body = br#"{"temperature":0.70,"model":"pub","messages":[{"role":"user","content":"hi"}],"n":1e2}"#;
+        let obj = JsonObject::parse(body).unwrap();
+        assert_eq!(obj.model().unwrap().as_deref(), Some("pub"));
+        assert_eq!(
+            String::from_utf8(obj.rewrite("real", &[])).unwrap(),
+            r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}],"n":1e2}"#
+        );
+        assert_eq!(
+            String::from_utf8(obj.rewrite("real", &["n".to_string()])).unwrap(),
+            r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}]}"#
+        );
+    }
+
+    #[test]
+    fn rejects_bad_bodies() {
+        assert_eq!(
+            JsonObject::parse(b"[1]").unwrap_err().message,
+            "Request body must be a JSON object."
+        );
+        assert!(JsonObject::parse(b"{\"a\":").is_err());
+        assert!(JsonObject::parse(b"{} x").is_err());
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
+        assert!(JsonObject::parse(deep.as_bytes())
+            .unwrap_err()
+            .message
+            .contains("nested too deeply"));
+        assert_eq!(
+            JsonObject::parse(br#"{"model":3}"#)
+                .unwrap()
+                .model()
+                .unwrap_err()
+                .param,
+            Some("model")
+        );
+    }
+
+    #[test]
+    fn multipart() {
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XX--\r\n";
+        let b = multipart_boundary("multipart/form-data; boundary=XX").unwrap();
+        assert_eq!(
+            multipart_field(body, &b, "model").as_deref(),
+            Some("whisper")
+        );
+        let out = replace_multipart_field(body, &b, "model", "large-v3").unwrap();
+        assert_eq!(
+            multipart_field(&out, &b, "model").as_deref(),
+            Some("large-v3")
+        );
+    }
+
+    #[test]
+    fn query() {
+        assert_eq!(
+            query_param("a=1&model=x%2Fy", "model").as_deref(),
+            Some("x/y")
+        );
+        assert_eq!(
+            replace_query_param("a=1&model=x", "model", "r/s"),
+            "a=1&model=r%2Fs"
+        );
+    }
+}

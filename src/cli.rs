@@ -1,0 +1,181 @@
+//! Command-line flags and environment variables, parsed by hand.
+
+use std::time::Duration;
+
+/// Everything the process needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Listen address.
+    pub host: String,
+    /// Listen port; 0 asks the OS for a free one.
+    pub port: u16,
+    /// Config file path.
+    pub config: String,
+    /// Validate the config, print a summary and exit.
+    pub check_config: bool,
+    /// Worker threads.
+    pub workers: usize,
+    /// Wait-queue bound.
+    pub queue: usize,
+    /// Request body limit in bytes.
+    pub max_body: usize,
+    /// Default upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Default upstream idle timeout.
+    pub idle_timeout: Duration,
+    /// Log level name.
+    pub log_level: log::LevelFilter,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Run (or check) with these options.
+    Run(Options),
+    /// Print the version.
+    Version,
+    /// Print usage.
+    Help,
+}
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "modelmux: one OpenAI-compatible endpoint in front of many LLM backends
+
+USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config] [--version] [--help]
+
+  --config PATH    config file (env CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json)
+  --port N         listen port (env CM_OPEN_WEBUI_PROXY_PORT, default 3333; 0 = any free port)
+  --host ADDR      listen address (env CM_OPEN_WEBUI_PROXY_HOST, default 0.0.0.0)
+  --check-config   validate the config, print a summary, exit 0 (valid) or 1
+  --version        print the version
+  --help           print this help
+
+Environment:
+  CM_OPEN_WEBUI_PROXY_WORKERS              worker threads (default 256)
+  CM_OPEN_WEBUI_PROXY_QUEUE                requests that may wait for a worker (default 64)
+  CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES       request body limit (default 33554432 = 32 MiB)
+  CM_OPEN_WEBUI_PROXY_CONNECT_TIMEOUT_SECS upstream connect timeout (default 10)
+  CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS    longest upstream silence (default 600)
+  CM_OPEN_WEBUI_PROXY_LOG_LEVEL            error|warn|info|debug (default info)
+";
+
+/// Parses arguments (without the program name) and an environment lookup.
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Command, String> {
+    let env_num = |name: &str, default: u64| -> Result<u64, String> {
+        match env(name) {
+            None => Ok(default),
+            Some(v) if v.trim().is_empty() => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{} must be a whole number, got \"{}\"", name, v)),
+        }
+    };
+    let mut o = Options {
+        host: env("CM_OPEN_WEBUI_PROXY_HOST")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "0.0.0.0".into()),
+        port: 3333,
+        config: env("CM_OPEN_WEBUI_PROXY_CONFIG_FILE")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "config.json".into()),
+        check_config: false,
+        workers: env_num("CM_OPEN_WEBUI_PROXY_WORKERS", 256)? as usize,
+        queue: env_num("CM_OPEN_WEBUI_PROXY_QUEUE", 64)? as usize,
+        max_body: env_num("CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES", 32 * 1024 * 1024)? as usize,
+        connect_timeout: Duration::from_secs(env_num(
+            "CM_OPEN_WEBUI_PROXY_CONNECT_TIMEOUT_SECS",
+            10,
+        )?),
+        idle_timeout: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", 600)?),
+        log_level: log::LevelFilter::Info,
+    };
+    if let Some(p) = env("CM_OPEN_WEBUI_PROXY_PORT").filter(|s| !s.trim().is_empty()) {
+        o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;
+    }
+    if let Some(l) = env("CM_OPEN_WEBUI_PROXY_LOG_LEVEL").filter(|s| !s.trim().is_empty()) {
+        o.log_level =
+            match l.trim().to_ascii_lowercase().as_str() {
+                "error" => log::LevelFilter::Error,
+                "warn" | "warning" => log::LevelFilter::Warn,
+                "info" => log::LevelFilter::Info,
+                "debug" => log::LevelFilter::Debug,
+                "trace" => log::LevelFilter::Trace,
+                _ => return Err(format!(
+                    "CM_OPEN_WEBUI_PROXY_LOG_LEVEL must be error, warn, info or debug, got \"{}\"",
+                    l
+                )),
+            };
+    }
+    if o.workers == 0 {
+        return Err("CM_OPEN_WEBUI_PROXY_WORKERS must be at least 1".into());
+    }
+    if o.connect_timeout.is_zero() || o.idle_timeout.is_zero() {
+        return Err("upstream timeouts must be at least 1 second".into());
+    }
+    let mut i = 0;
+    while i < args.len() {
+        let (flag, inline) = match args[i].split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (args[i].clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{} needs a value", flag))
+        };
+        match flag.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            "--check-config" => o.check_config = true,
+            "--port" => o.port = parse_port(&value()?).map_err(|e| format!("--port {}", e))?,
+            "--config" => o.config = value()?,
+            "--host" => o.host = value()?,
+            other => return Err(format!("unknown argument \"{}\"; see --help", other)),
+        }
+        i += 1;
+    }
+    Ok(Command::Run(o))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.trim()
+        .parse::<u16>()
+        .map_err(|_| format!("must be a port number 0-65535, got \"{}\"", s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn env_then_flags() {
+        let env = |k: &str| match k {
+            "CM_OPEN_WEBUI_PROXY_PORT" => Some("4000".to_string()),
+            "CM_OPEN_WEBUI_PROXY_CONFIG_FILE" => Some("/etc/m.json".to_string()),
+            _ => None,
+        };
+        let Command::Run(o) = parse(&args(&[]), &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (o.port, o.config.as_str(), o.host.as_str()),
+            (4000, "/etc/m.json", "0.0.0.0")
+        );
+        let Command::Run(o) = parse(&args(&["--port=5", "--config", "x.json"]), &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((o.port, o.config.as_str()), (5, "x.json"));
+        assert!(parse(&args(&["--port", "x"]), &env).is_err());
+        assert!(parse(&args(&["--bogus"]), &env).is_err());
+    }
+}

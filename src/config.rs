@@ -1,0 +1,517 @@
+//! The config file: parsing, `${ENV}` substitution, validation and defaults.
+//!
+//! Format (a contract with existing users):
+//! `{"endpoints": {"<model-id>": {"displayName", "url", "apiKey", "actualModelName"}}}`.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest silence between two upstream bytes (a long prompt's first token can take minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A config problem, naming the file, the place in it and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file path.
+    pub file: String,
+    /// Dotted location, e.g. `endpoints.gpt-4o.url`; empty for the whole file.
+    pub location: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            write!(f, "config {}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "config {}: {}: {}",
+                self.file, self.location, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Upstream timeouts for one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect bound.
+    pub connect: Duration,
+    /// Longest silence between upstream bytes, first byte included; no total cap.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One public model and the backend that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The public model id clients send.
+    pub id: String,
+    /// Shown by chat UIs; defaults to the id.
+    pub display_name: String,
+    /// Backend base URL, http or https, without trailing slash.
+    pub url: String,
+    /// Backend key; empty means no Authorization header upstream.
+    pub api_key: String,
+    /// The model name the backend knows; defaults to the id.
+    pub actual_model_name: String,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Extra headers added to every upstream request.
+    pub headers: Vec<(String, String)>,
+    /// Top-level body fields removed before forwarding.
+    pub drop_fields: Vec<String>,
+    /// Send an SSE comment when the backend is silent this long during a stream.
+    pub sse_keepalive: Option<Duration>,
+}
+
+/// The whole parsed config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Endpoints in file order.
+    pub endpoints: Vec<Endpoint>,
+    /// Non-fatal findings (unknown fields), for the operator's log.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The endpoint serving a public model id.
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
+}
+
+/// Process-wide defaults that the config file may override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Defaults {
+    /// Timeouts used where neither the endpoint nor the file's top level sets one.
+    pub timeouts: Timeouts,
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &str, defaults: &Defaults) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        location: String::new(),
+        message: format!("cannot read file: {}", e),
+    })?;
+    parse(path, &text, defaults, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` resolves `${VAR}` references.
+pub fn parse(
+    file: &str,
+    text: &str,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let err = |location: &str, message: String| ConfigError {
+        file: file.to_string(),
+        location: location.to_string(),
+        message,
+    };
+    let mut root: Value = serde_json::from_str(text).map_err(|e| {
+        err(
+            "",
+            format!(
+                "invalid JSON at line {} column {}: {}",
+                e.line(),
+                e.column(),
+                e
+            ),
+        )
+    })?;
+    substitute_env(&mut root, "", env).map_err(|(loc, msg)| err(&loc, msg))?;
+    let root = match root {
+        Value::Object(m) => m,
+        _ => {
+            return Err(err(
+                "",
+                "expected a JSON object with an \"endpoints\" object".into(),
+            ))
+        }
+    };
+    let mut warnings = Vec::new();
+    for key in root.keys() {
+        if !matches!(key.as_str(), "endpoints" | "timeouts") {
+            warnings.push(format!(
+                "{}: unknown top-level field \"{}\" ignored",
+                file, key
+            ));
+        }
+    }
+    let global_timeouts = match root.get("timeouts") {
+        Some(v) => parse_timeouts(v, defaults.timeouts).map_err(|m| err("timeouts", m))?,
+        None => defaults.timeouts,
+    };
+    let endpoints_value = root.get("endpoints").ok_or_else(|| {
+        err(
+            "endpoints",
+            "missing: expected an object of model id -> endpoint".into(),
+        )
+    })?;
+    let endpoints_map = endpoints_value.as_object().ok_or_else(|| {
+        err(
+            "endpoints",
+            format!("expected an object, got {}", type_name(endpoints_value)),
+        )
+    })?;
+    if endpoints_map.is_empty() {
+        return Err(err(
+            "endpoints",
+            "is empty: at least one model is required".into(),
+        ));
+    }
+    let mut endpoints = Vec::with_capacity(endpoints_map.len());
+    for (id, value) in endpoints_map {
+        let loc = format!("endpoints.{}", id);
+        if id.trim().is_empty() {
+            return Err(err(&loc, "model id must not be empty".into()));
+        }
+        let obj = value.as_object().ok_or_else(|| {
+            err(
+                &loc,
+                format!("expected an object, got {}", type_name(value)),
+            )
+        })?;
+        let ep = parse_endpoint(id, obj, global_timeouts, &mut warnings, file)
+            .map_err(|(field, msg)| err(&format!("{}.{}", loc, field), msg))?;
+        endpoints.push(ep);
+    }
+    Ok(Config {
+        endpoints,
+        warnings,
+    })
+}
+
+type FieldError = (String, String);
+
+fn parse_endpoint(
+    id: &str,
+    obj: &Map<String, Value>,
+    timeouts: Timeouts,
+    warnings: &mut Vec<String>,
+    file: &str,
+) -> Result<Endpoint, FieldError> {
+    const KNOWN: &[&str] = &[
+        "displayName",
+        "url",
+        "apiKey",
+        "actualModelName",
+        "timeouts",
+        "headers",
+        "dropFields",
+        "sseKeepaliveSecs",
+    ];
+    for key in obj.keys() {
+        if !KNOWN.contains(&key.as_str()) {
+            warnings.push(format!(
+                "{}: endpoints.{}: unknown field \"{}\" ignored",
+                file, id, key
+            ));
+        }
+    }
+    let url = opt_string(obj, "url")?.ok_or_else(|| {
+        (
+            "url".to_string(),
+            "missing: expected the backend's http(s) base URL".to_string(),
+        )
+    })?;
+    let url = validate_url(&url).map_err(|m| ("url".to_string(), m))?;
+    let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
+    let api_key = opt_string(obj, "apiKey")?.unwrap_or_default();
+    let actual_model_name = opt_string(obj, "actualModelName")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| id.to_string());
+    let timeouts = match obj.get("timeouts") {
+        Some(v) => parse_timeouts(v, timeouts).map_err(|m| ("timeouts".to_string(), m))?,
+        None => timeouts,
+    };
+    let headers = match obj.get("headers") {
+        None => Vec::new(),
+        Some(Value::Object(m)) => {
+            let mut out = Vec::new();
+            for (k, v) in m {
+                let v = v.as_str().ok_or_else(|| {
+                    (
+                        format!("headers.{}", k),
+                        format!("expected a string, got {}", type_name(v)),
+                    )
+                })?;
+                if !valid_header_name(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err((
+                        format!("headers.{}", k),
+                        "not a valid HTTP header".to_string(),
+                    ));
+                }
+                out.push((k.clone(), v.to_string()));
+            }
+            out
+        }
+        Some(v) => {
+            return Err((
+                "headers".to_string(),
+                format!(
+                    "expected an object of header name -> value, got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    let drop_fields = match obj.get("dropFields") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    (
+                        "dropFields".to_string(),
+                        "expected an array of strings".to_string(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(v) => {
+            return Err((
+                "dropFields".to_string(),
+                format!("expected an array of strings, got {}", type_name(v)),
+            ))
+        }
+    };
+    let sse_keepalive = match obj.get("sseKeepaliveSecs") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(0.0) => None,
+            Some(s) if s > 0.0 && s <= 3600.0 => Some(Duration::from_secs_f64(s)),
+            _ => {
+                return Err((
+                    "sseKeepaliveSecs".to_string(),
+                    "expected a number of seconds between 0 (off) and 3600".to_string(),
+                ))
+            }
+        },
+    };
+    Ok(Endpoint {
+        id: id.to_string(),
+        display_name,
+        url,
+        api_key,
+        actual_model_name,
+        timeouts,
+        headers,
+        drop_fields,
+        sse_keepalive,
+    })
+}
+
+fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err((
+            field.to_string(),
+            format!("expected a string, got {}", type_name(v)),
+        )),
+    }
+}
+
+fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, String> {
+    let obj = v.as_object().ok_or_else(|| {
+        format!(
+            "expected an object like {{\"connectSecs\": 10, \"idleSecs\": 600}}, got {}",
+            type_name(v)
+        )
+    })?;
+    let mut t = base;
+    for (k, v) in obj {
+        let secs = v
+            .as_f64()
+            .filter(|s| *s > 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| format!("{}: expected a number of seconds between 0 and 86400", k))?;
+        match k.as_str() {
+            "connectSecs" => t.connect = Duration::from_secs_f64(secs),
+            "idleSecs" => t.idle = Duration::from_secs_f64(secs),
+            _ => {
+                return Err(format!(
+                    "unknown field \"{}\"; expected connectSecs or idleSecs",
+                    k
+                ))
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Checks a backend base URL and returns it without trailing slashes.
+pub fn validate_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!(
+                "expected an http:// or https:// URL, got \"{}\"",
+                crate::redact::url(url)
+            )
+        })?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "expected a host in the URL, got \"{}\"",
+            crate::redact::url(url)
+        ));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err("the base URL must not carry a query or fragment".to_string());
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Replaces `${VAR}` in every string of the tree; the error names the location and the variable.
+fn substitute_env(
+    v: &mut Value,
+    loc: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            *s = expand(s, env).map_err(|m| (loc.to_string(), m))?;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_env(item, &format!("{}[{}]", loc, i), env)?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m.iter_mut() {
+                let child = if loc.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{}.{}", loc, k)
+                };
+                substitute_env(item, &child, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${...} reference".to_string())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "invalid environment variable name in ${{{}}}",
+                name
+            ));
+        }
+        let value = env(name).ok_or_else(|| format!("environment variable {} is not set", name))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "sk-from-env".to_string())
+    }
+
+    #[test]
+    fn defaults_and_env_substitution() {
+        let c = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"http://h:1/","apiKey":"${KEY}"}}}"#,
+            &Defaults::default(),
+            &env,
+        )
+        .unwrap();
+        let e = &c.endpoints[0];
+        assert_eq!(e.display_name, "m");
+        assert_eq!(e.actual_model_name, "m");
+        assert_eq!(e.url, "http://h:1");
+        assert_eq!(e.api_key, "sk-from-env");
+    }
+
+    #[test]
+    fn errors_name_file_model_and_field() {
+        let e = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"ftp://h"}}}"#,
+            &Defaults::default(),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.json: endpoints.m.url: expected an http:// or https:// URL, got \"ftp://h\""
+        );
+        let e = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"}}}"#,
+            &Defaults::default(),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.json: endpoints.m.apiKey: environment variable NOPE is not set"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_warn() {
+        let c = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#,
+            &Defaults::default(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 2);
+    }
+}

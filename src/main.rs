@@ -1,0 +1,102 @@
+//! The modelmux binary: parse flags, load the config, serve.
+
+use modelmux::cli::{self, Command, Options};
+use modelmux::config::{Defaults, Timeouts};
+use modelmux::live::Shared;
+use modelmux::server::{self, Settings};
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("modelmux: {}", e);
+            return ExitCode::from(2);
+        }
+    };
+    let options = match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("modelmux {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(o) => o,
+    };
+    match run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelmux: {}", e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let defaults = Defaults {
+        timeouts: Timeouts {
+            connect: o.connect_timeout,
+            idle: o.idle_timeout,
+        },
+    };
+    if o.check_config {
+        let config =
+            modelmux::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
+        for w in &config.warnings {
+            println!("warning: {}", w);
+        }
+        println!("{}: OK, {} models", o.config, config.endpoints.len());
+        for e in &config.endpoints {
+            println!(
+                "  {} ({}) -> {} as {}{}",
+                e.id,
+                e.display_name,
+                modelmux::redact::url(&e.url),
+                e.actual_model_name,
+                if e.api_key.is_empty() { ", no key" } else { "" }
+            );
+        }
+        return Ok(());
+    }
+    simple_logger::SimpleLogger::new()
+        .with_level(o.log_level)
+        .with_utc_timestamps()
+        // Library debug output can carry backend URLs; the access log is ours to shape.
+        .with_module_level("ureq", o.log_level.min(log::LevelFilter::Warn))
+        .with_module_level("rustls", o.log_level.min(log::LevelFilter::Warn))
+        .with_module_level("tiny_http", o.log_level.min(log::LevelFilter::Warn))
+        .init()
+        .map_err(|e| format!("cannot start logging: {}", e))?;
+    let shared =
+        Shared::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
+    let live = shared.snapshot();
+    for w in &live.config.warnings {
+        log::warn!("{}", w);
+    }
+    let listener = TcpListener::bind((o.host.as_str(), o.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    log::info!(
+        "modelmux {} listening on http://{} with {} models from {} ({} workers)",
+        env!("CARGO_PKG_VERSION"),
+        addr,
+        live.config.endpoints.len(),
+        o.config,
+        o.workers
+    );
+    drop(live);
+    server::serve(
+        listener,
+        Settings {
+            workers: o.workers,
+            queue: o.queue,
+            max_body: o.max_body,
+        },
+        Arc::new(shared),
+    )
+}

@@ -1,0 +1,301 @@
+//! Copies a backend response to the client as it arrives: status and headers as they are, the
+//! body re-framed (chunked or Content-Length) and flushed after every read so SSE tokens never
+//! wait in a buffer.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How the relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every byte the backend sent reached the client.
+    Complete,
+    /// The client went away; the backend connection was dropped to stop generation.
+    ClientGone,
+    /// The backend failed or went silent mid-body.
+    UpstreamFailed(String),
+}
+
+/// Numbers for the access log.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Body bytes written to the client.
+    pub bytes: u64,
+    /// Time from request start to the first body byte to the client.
+    pub ttfb: Option<Duration>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The response head to send.
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Headers to send, hop-by-hop already removed.
+    pub headers: Vec<(String, String)>,
+    /// Body length when the backend declared it.
+    pub content_length: Option<u64>,
+}
+
+/// What the client can take.
+pub struct ClientSide {
+    /// The client spoke HTTP/1.0 (no chunked encoding).
+    pub http10: bool,
+    /// The request was HEAD: headers only.
+    pub head_only: bool,
+    /// Send `: keep-alive` SSE comments when the backend is silent this long.
+    pub sse_keepalive: Option<Duration>,
+}
+
+/// Writes the head, then streams `body` through; returns what happened.
+pub fn relay(
+    started: Instant,
+    out: &mut dyn Write,
+    mut head: Head,
+    body: Box<dyn Read + Send>,
+    client: &ClientSide,
+) -> Stats {
+    let no_body = client.head_only
+        || head.status == 204
+        || head.status == 304
+        || (100..200).contains(&head.status);
+    let is_sse = head.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type")
+            && v.to_ascii_lowercase().starts_with("text/event-stream")
+    });
+    if is_sse {
+        // Without these an nginx or ingress in front buffers the tokens.
+        add_if_missing(&mut head.headers, "Cache-Control", "no-cache");
+        add_if_missing(&mut head.headers, "X-Accel-Buffering", "no");
+    }
+    let framing = if no_body {
+        Framing::None
+    } else if head.content_length.is_some() && !is_sse {
+        Framing::Length
+    } else if client.http10 {
+        Framing::UntilClose
+    } else {
+        Framing::Chunked
+    };
+    let mut text = format!(
+        "HTTP/1.{} {} {}\r\n",
+        if client.http10 { 0 } else { 1 },
+        head.status,
+        head.reason
+    );
+    for (n, v) in &head.headers {
+        text.push_str(n);
+        text.push_str(": ");
+        text.push_str(v);
+        text.push_str("\r\n");
+    }
+    match framing {
+        Framing::Length => text.push_str(&format!(
+            "Content-Length: {}\r\n",
+            head.content_length.unwrap_or(0)
+        )),
+        Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
+        Framing::UntilClose => text.push_str("Connection: close\r\n"),
+        Framing::None if client.head_only => {
+            if let Some(len) = head.content_length {
+                text.push_str(&format!("Content-Length: {}\r\n", len));
+            }
+        }
+        Framing::None => text.push_str("Content-Length: 0\r\n"),
+    }
+    text.push_str("\r\n");
+    let mut stats = Stats {
+        bytes: 0,
+        ttfb: None,
+        outcome: Outcome::Complete,
+    };
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        stats.outcome = Outcome::ClientGone;
+        return stats;
+    }
+    if matches!(framing, Framing::None) {
+        return stats;
+    }
+    let keepalive = if is_sse { client.sse_keepalive } else { None };
+    let result = match keepalive {
+        Some(every) => pump_with_keepalive(started, out, body, framing, every, &mut stats),
+        None => pump(started, out, body, framing, &mut stats),
+    };
+    stats.outcome = match result {
+        Ok(()) => Outcome::Complete,
+        Err(Failure::Client) => Outcome::ClientGone,
+        Err(Failure::Upstream(msg)) => {
+            if framing == Framing::Chunked {
+                // End the stream honestly: SSE gets the error event the OpenAI API uses, so the
+                // client can tell a cut-off answer from a finished one; other bodies end short,
+                // which a JSON client sees as truncated, instead of leaving it waiting.
+                let mut end = Ok(());
+                if is_sse {
+                    let event = format!(
+                        "data: {}\n\n",
+                        String::from_utf8_lossy(
+                            &crate::api_error::ApiError::bad_gateway(msg.clone()).body()
+                        )
+                    );
+                    end = write_chunk(out, event.as_bytes());
+                }
+                let _ = end
+                    .and_then(|_| out.write_all(b"0\r\n\r\n"))
+                    .and_then(|_| out.flush());
+            }
+            Outcome::UpstreamFailed(msg)
+        }
+    };
+    stats
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length,
+    Chunked,
+    UntilClose,
+}
+
+enum Failure {
+    Client,
+    Upstream(String),
+}
+
+fn add_if_missing(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        headers.push((name.to_string(), value.to_string()));
+    }
+}
+
+fn upstream_failure(e: &io::Error) -> Failure {
+    if crate::upstream::is_timeout(e) {
+        Failure::Upstream("the backend went silent longer than the idle timeout".to_string())
+    } else {
+        Failure::Upstream(format!(
+            "the backend connection failed mid-response ({:?})",
+            e.kind()
+        ))
+    }
+}
+
+fn pump(
+    started: Instant,
+    out: &mut dyn Write,
+    mut body: Box<dyn Read + Send>,
+    framing: Framing,
+    stats: &mut Stats,
+) -> Result<(), Failure> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(upstream_failure(&e)),
+        };
+        write_piece(started, out, &buf[..n], framing, stats)?;
+    }
+    finish(out, framing)
+}
+
+/// Like `pump`, but a reader thread feeds a channel so silence can be filled with SSE comments.
+fn pump_with_keepalive(
+    started: Instant,
+    out: &mut dyn Write,
+    mut body: Box<dyn Read + Send>,
+    framing: Framing,
+    every: Duration,
+    stats: &mut Stats,
+) -> Result<(), Failure> {
+    // Bounded so a slow client pushes back on the backend instead of growing memory.
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let reader = std::thread::Builder::new()
+        .name("sse-reader".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let msg = match body.read(&mut buf) {
+                    Ok(n) => Ok(buf[..n].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let done = !matches!(msg, Ok(ref v) if !v.is_empty());
+                // A send error means the writer side gave up: dropping `body` closes the backend.
+                if tx.send(msg).is_err() || done {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Failure::Upstream(format!("cannot start stream reader: {}", e)))?;
+    let result = loop {
+        match rx.recv_timeout(every) {
+            Ok(Ok(data)) if data.is_empty() => break finish(out, framing),
+            Ok(Ok(data)) => {
+                if let Err(f) = write_piece(started, out, &data, framing, stats) {
+                    break Err(f);
+                }
+            }
+            Ok(Err(e)) => break Err(upstream_failure(&e)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(f) = write_piece(started, out, b": keep-alive\n\n", framing, stats) {
+                    break Err(f);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(Failure::Upstream("stream reader stopped".to_string()))
+            }
+        }
+    };
+    drop(rx);
+    // The reader thread ends at its next read; for a client hang-up that read returns soon
+    // because the backend keeps sending, and the dropped body then closes the connection.
+    let _ = reader;
+    result
+}
+
+fn write_piece(
+    started: Instant,
+    out: &mut dyn Write,
+    data: &[u8],
+    framing: Framing,
+    stats: &mut Stats,
+) -> Result<(), Failure> {
+    if stats.ttfb.is_none() {
+        stats.ttfb = Some(started.elapsed());
+    }
+    let r = match framing {
+        Framing::Chunked => write_chunk(out, data),
+        _ => out.write_all(data).and_then(|_| out.flush()),
+    };
+    r.map_err(|_| Failure::Client)?;
+    stats.bytes += data.len() as u64;
+    Ok(())
+}
+
+/// Writes one HTTP chunk. The size line is flushed on its own so that, when the client has
+/// hung up, this first write draws its reset and the data write fails at once: the backend is
+/// then released on this chunk rather than a later one.
+fn write_chunk(out: &mut dyn Write, data: &[u8]) -> io::Result<()> {
+    out.write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
+    out.flush()?;
+    out.write_all(data)?;
+    out.write_all(b"\r\n")?;
+    out.flush()
+}
+
+fn finish(out: &mut dyn Write, framing: Framing) -> Result<(), Failure> {
+    if framing == Framing::Chunked {
+        out.write_all(b"0\r\n\r\n")
+            .and_then(|_| out.flush())
+            .map_err(|_| Failure::Client)?;
+    }
+    Ok(())
+}
