@@ -1,8 +1,10 @@
-//! A demo OpenAI-compatible backend (the echo model of the test mock) for `make run`.
+//! A demo OpenAI-compatible backend (the echo model of the test mock) for `make run`, the
+//! benchmark and the SDK conformance run.
 //!
-//! Usage: `cargo run --example demo_backend [ADDR]`; the address can also come from
-//! `MODELMUX_DEMO_ADDR` (default `127.0.0.1:3334`). Streams with a 50 ms pause
-//! between chunks so streaming is visible in a terminal.
+//! Usage: `demo_backend [ADDR] [--chunk-delay-ms N] [--status CODE] [--include-usage]`.
+//! ADDR can also come from `MODELMUX_DEMO_ADDR` (default `127.0.0.1:3334`). Streams pause 50 ms
+//! between chunks by default so streaming is visible in a terminal; `--status` answers every
+//! request with that status and an OpenAI-style error body.
 
 #[path = "../tests/support/mock_backend.rs"]
 mod mock_backend;
@@ -14,15 +16,43 @@ use mock_backend::{Behavior, MockBackend};
 const DEFAULT_ADDR: &str = "127.0.0.1:3334";
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("MODELMUX_DEMO_ADDR").ok())
+    let mut addr = std::env::var("MODELMUX_DEMO_ADDR")
+        .ok()
         .filter(|a| !a.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_ADDR.to_string());
-    let behavior = Behavior {
+    let mut behavior = Behavior {
         chunk_delay: Duration::from_millis(50),
         ..Behavior::default()
     };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> u64 {
+            match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => n,
+                None => {
+                    eprintln!("demo backend: {} needs a number", name);
+                    std::process::exit(2);
+                }
+            }
+        };
+        match arg.as_str() {
+            "--chunk-delay-ms" => behavior.chunk_delay = Duration::from_millis(number("--chunk-delay-ms")),
+            "--status" => {
+                let code = number("--status") as u16;
+                let body = format!(
+                    r#"{{"error":{{"message":"demo backend answers {}","type":"demo_error","param":null,"code":"demo_{}"}}}}"#,
+                    code, code
+                );
+                behavior.status = Some((code, body));
+            }
+            "--include-usage" => behavior.include_usage_chunk = true,
+            a if !a.starts_with('-') => addr = a.to_string(),
+            other => {
+                eprintln!("demo backend: unknown argument {}", other);
+                std::process::exit(2);
+            }
+        }
+    }
     let backend = match MockBackend::start_on(&addr, behavior) {
         Ok(b) => b,
         Err(e) => {

@@ -1,0 +1,32 @@
+# modelmux: everyday commands. `make test` is what CI runs (.ci/run).
+.PHONY: build run test lint check static bench bench-peers conformance clean
+
+build:
+	cargo build --release
+
+run:
+	./scripts/run.sh
+
+test:
+	cargo test --all-targets
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+check: lint test
+
+static:
+	./scripts/static.sh
+
+bench:
+	./scripts/bench.sh
+
+bench-peers:
+	BENCH_PEERS=1 ./scripts/bench.sh
+
+conformance:
+	./scripts/conformance.sh
+
+clean:
+	cargo clean
