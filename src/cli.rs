@@ -13,6 +13,8 @@ pub struct Options {
     pub config: String,
     /// Validate the config, print a summary and exit.
     pub check_config: bool,
+    /// Probe a running instance's `/health` and exit 0/1 (for container HEALTHCHECK).
+    pub healthcheck: bool,
     /// Worker threads.
     pub workers: usize,
     /// Wait-queue bound.
@@ -47,6 +49,7 @@ USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config] [--ver
   --port N         listen port (env CM_OPEN_WEBUI_PROXY_PORT, default 3333; 0 = any free port)
   --host ADDR      listen address (env CM_OPEN_WEBUI_PROXY_HOST, default 0.0.0.0)
   --check-config   validate the config, print a summary, exit 0 (valid) or 1
+  --healthcheck    probe GET /health of the instance on --port, exit 0 (healthy) or 1
   --version        print the version
   --help           print this help
 
@@ -80,6 +83,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "config.json".into()),
         check_config: false,
+        healthcheck: false,
         workers: env_num("CM_OPEN_WEBUI_PROXY_WORKERS", 256)? as usize,
         queue: env_num("CM_OPEN_WEBUI_PROXY_QUEUE", 64)? as usize,
         max_body: env_num("CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES", 32 * 1024 * 1024)? as usize,
@@ -94,18 +98,19 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;
     }
     if let Some(l) = env("CM_OPEN_WEBUI_PROXY_LOG_LEVEL").filter(|s| !s.trim().is_empty()) {
-        o.log_level =
-            match l.trim().to_ascii_lowercase().as_str() {
-                "error" => log::LevelFilter::Error,
-                "warn" | "warning" => log::LevelFilter::Warn,
-                "info" => log::LevelFilter::Info,
-                "debug" => log::LevelFilter::Debug,
-                "trace" => log::LevelFilter::Trace,
-                _ => return Err(format!(
+        o.log_level = match l.trim().to_ascii_lowercase().as_str() {
+            "error" => log::LevelFilter::Error,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => {
+                return Err(format!(
                     "CM_OPEN_WEBUI_PROXY_LOG_LEVEL must be error, warn, info or debug, got \"{}\"",
                     l
-                )),
-            };
+                ))
+            }
+        };
     }
     if o.workers == 0 {
         return Err("CM_OPEN_WEBUI_PROXY_WORKERS must be at least 1".into());
@@ -132,6 +137,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
             "--check-config" => o.check_config = true,
+            "--healthcheck" => o.healthcheck = true,
             "--port" => o.port = parse_port(&value()?).map_err(|e| format!("--port {}", e))?,
             "--config" => o.config = value()?,
             "--host" => o.host = value()?,

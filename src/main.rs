@@ -44,6 +44,9 @@ fn run(o: Options) -> Result<(), String> {
             idle: o.idle_timeout,
         },
     };
+    if o.healthcheck {
+        return healthcheck(&o);
+    }
     if o.check_config {
         let config =
             modelmux::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
@@ -99,4 +102,41 @@ fn run(o: Options) -> Result<(), String> {
         },
         Arc::new(shared),
     )
+}
+
+/// Probes `/health` with a raw request so a `FROM scratch` image needs no curl.
+fn healthcheck(o: &Options) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let host = match o.host.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        h => h,
+    };
+    let addr = (host, o.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("healthcheck: cannot resolve {}: {}", host, e))?
+        .next()
+        .ok_or_else(|| format!("healthcheck: no address for {}", host))?;
+    let timeout = Duration::from_secs(3);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("healthcheck: {}: {}", addr, e))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("healthcheck: {}", e))?;
+    let mut reply = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+        println!("healthy");
+        Ok(())
+    } else {
+        Err(format!(
+            "healthcheck: unhealthy reply from {}: {}",
+            addr,
+            text.lines().next().unwrap_or("(empty)")
+        ))
+    }
 }
