@@ -36,7 +36,9 @@ fn main() {
             }
         };
         match arg.as_str() {
-            "--chunk-delay-ms" => behavior.chunk_delay = Duration::from_millis(number("--chunk-delay-ms")),
+            "--chunk-delay-ms" => {
+                behavior.chunk_delay = Duration::from_millis(number("--chunk-delay-ms"))
+            }
             "--status" => {
                 let code = number("--status") as u16;
                 let body = format!(
