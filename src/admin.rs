@@ -1,5 +1,6 @@
 //! The proxy's own endpoints: `/health`, `/models`, `/debug`, `/reload`.
 
+use crate::access::Caller;
 use crate::api_error::ApiError;
 use crate::live::{Live, Shared};
 use crate::redact;
@@ -34,11 +35,12 @@ fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
 }
 
 /// `GET /models`: the OpenAI list object.
-pub fn models(live: &Live) -> Vec<u8> {
+pub fn models(live: &Live, caller: &Caller) -> Vec<u8> {
     let data: Vec<Value> = live
         .config
         .endpoints
         .iter()
+        .filter(|e| caller.may_use(&e.id))
         .map(|e| model_entry(live, &e.id, &e.display_name))
         .collect();
     json!({"object": "list", "data": data})
@@ -47,10 +49,11 @@ pub fn models(live: &Live) -> Vec<u8> {
 }
 
 /// `GET /models/{id}`: one entry or 404.
-pub fn model(live: &Live, id: &str) -> Result<Vec<u8>, ApiError> {
+pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError> {
     let e = live
         .config
         .endpoint(id)
+        .filter(|e| caller.may_use(&e.id))
         .ok_or_else(|| ApiError::model_not_found(id))?;
     Ok(model_entry(live, &e.id, &e.display_name)
         .to_string()
@@ -84,6 +87,7 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
         "version": env!("CARGO_PKG_VERSION"),
         "configPath": shared.path,
         "loadedAt": live.loaded_at,
+        "proxyKeys": live.config.proxy_keys.len(),
         "endpoints": endpoints,
     })
     .to_string()

@@ -59,6 +59,13 @@ impl JsonObject {
                 );
             }
         }
+        if nesting_depth(body) > MAX_DEPTH {
+            return Err(ApiError::invalid_request(format!(
+                "Request body is not valid JSON (nested too deeply: more than {} levels).",
+                MAX_DEPTH
+            ))
+            .with_code("invalid_json"));
+        }
         let mut de = serde_json::Deserializer::from_slice(body);
         let members = de
             .deserialize_map(MembersVisitor)
@@ -131,6 +138,35 @@ impl JsonObject {
         out.push(b'}');
         out
     }
+}
+
+/// Deepest nesting accepted; raw values skip serde_json's own recursion limit, so check here.
+const MAX_DEPTH: usize = 128;
+
+/// The deepest `[`/`{` nesting outside strings.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn invalid_json(e: &serde_json::Error) -> ApiError {

@@ -27,6 +27,14 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Log level name.
     pub log_level: log::LevelFilter,
+    /// Proxy keys from `CM_OPEN_WEBUI_PROXY_API_KEYS`.
+    pub proxy_keys: Vec<crate::access::ProxyKey>,
+    /// Key for `/debug` and `/reload`.
+    pub admin_key: Option<String>,
+    /// How long in-flight requests may run after SIGTERM.
+    pub drain: Duration,
+    /// Config file poll interval; zero disables watching.
+    pub watch: Duration,
 }
 
 /// What the command line asks for.
@@ -60,6 +68,10 @@ Environment:
   CM_OPEN_WEBUI_PROXY_CONNECT_TIMEOUT_SECS upstream connect timeout (default 10)
   CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS    longest upstream silence (default 600)
   CM_OPEN_WEBUI_PROXY_LOG_LEVEL            error|warn|info|debug (default info)
+  CM_OPEN_WEBUI_PROXY_API_KEYS             client keys: key1,key2=modelA|modelB (default: open)
+  CM_OPEN_WEBUI_PROXY_ADMIN_KEY            key for /debug and /reload
+  CM_OPEN_WEBUI_PROXY_DRAIN_SECS           SIGTERM drain bound (default 30)
+  CM_OPEN_WEBUI_PROXY_WATCH_SECS           config file poll interval, 0 = off (default 2)
 ";
 
 /// Parses arguments (without the program name) and an environment lookup.
@@ -93,6 +105,12 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         )?),
         idle_timeout: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", 600)?),
         log_level: log::LevelFilter::Info,
+        proxy_keys: env("CM_OPEN_WEBUI_PROXY_API_KEYS")
+            .map(|s| crate::access::parse_env_keys(&s))
+            .unwrap_or_default(),
+        admin_key: env("CM_OPEN_WEBUI_PROXY_ADMIN_KEY").filter(|s| !s.trim().is_empty()),
+        drain: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_DRAIN_SECS", 30)?),
+        watch: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_WATCH_SECS", 2)?),
     };
     if let Some(p) = env("CM_OPEN_WEBUI_PROXY_PORT").filter(|s| !s.trim().is_empty()) {
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;

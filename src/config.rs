@@ -3,6 +3,7 @@
 //! Format (a contract with existing users):
 //! `{"endpoints": {"<model-id>": {"displayName", "url", "apiKey", "actualModelName"}}}`.
 
+use crate::access::ProxyKey;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -85,6 +86,8 @@ pub struct Endpoint {
 pub struct Config {
     /// Endpoints in file order.
     pub endpoints: Vec<Endpoint>,
+    /// Keys clients must present; empty means open access.
+    pub proxy_keys: Vec<ProxyKey>,
     /// Non-fatal findings (unknown fields), for the operator's log.
     pub warnings: Vec<String>,
 }
@@ -96,11 +99,13 @@ impl Config {
     }
 }
 
-/// Process-wide defaults that the config file may override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Process-wide defaults that the config file may override or extend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Defaults {
     /// Timeouts used where neither the endpoint nor the file's top level sets one.
     pub timeouts: Timeouts,
+    /// Proxy keys from the environment, added to the file's `proxyKeys`.
+    pub proxy_keys: Vec<ProxyKey>,
 }
 
 /// Reads and validates a config file.
@@ -148,7 +153,7 @@ pub fn parse(
     };
     let mut warnings = Vec::new();
     for key in root.keys() {
-        if !matches!(key.as_str(), "endpoints" | "timeouts") {
+        if !matches!(key.as_str(), "endpoints" | "timeouts" | "proxyKeys") {
             warnings.push(format!(
                 "{}: unknown top-level field \"{}\" ignored",
                 file, key
@@ -193,10 +198,67 @@ pub fn parse(
             .map_err(|(field, msg)| err(&format!("{}.{}", loc, field), msg))?;
         endpoints.push(ep);
     }
+    let mut proxy_keys = defaults.proxy_keys.clone();
+    if let Some(v) = root.get("proxyKeys") {
+        proxy_keys.extend(parse_proxy_keys(v).map_err(|(loc, m)| err(&loc, m))?);
+    }
     Ok(Config {
         endpoints,
+        proxy_keys,
         warnings,
     })
+}
+
+/// `"proxyKeys": ["key", {"key": "k2", "models": ["id", ...]}]`.
+fn parse_proxy_keys(v: &Value) -> Result<Vec<ProxyKey>, (String, String)> {
+    let items = v.as_array().ok_or_else(|| {
+        (
+            "proxyKeys".to_string(),
+            format!("expected an array, got {}", type_name(v)),
+        )
+    })?;
+    let expected = "expected a key string or {\"key\": \"...\", \"models\": [\"id\", ...]}";
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let loc = format!("proxyKeys[{}]", i);
+        let key = match item {
+            Value::String(s) => ProxyKey {
+                key: s.clone(),
+                models: None,
+            },
+            Value::Object(m) => {
+                let key = m
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| (loc.clone(), expected.to_string()))?;
+                let ids_error = || {
+                    (
+                        format!("{}.models", loc),
+                        "expected an array of model ids".to_string(),
+                    )
+                };
+                let models = match m.get("models") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Array(ids)) => Some(
+                        ids.iter()
+                            .map(|id| id.as_str().map(str::to_string).ok_or_else(ids_error))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    Some(_) => return Err(ids_error()),
+                };
+                ProxyKey {
+                    key: key.to_string(),
+                    models,
+                }
+            }
+            _ => return Err((loc, expected.to_string())),
+        };
+        if key.key.trim().is_empty() {
+            return Err((loc, "a proxy key must not be empty".to_string()));
+        }
+        out.push(key);
+    }
+    Ok(out)
 }
 
 type FieldError = (String, String);

@@ -4,11 +4,13 @@
 //! proxy's own endpoints, `proxy` reads and rewrites it (`body`), `upstream` calls the backend
 //! and `relay` streams the answer back; `config`/`live` hold the config, `redact` keeps secrets out.
 
+pub mod access;
 pub mod admin;
 pub mod api_error;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod lifecycle;
 pub mod live;
 pub mod proxy;
 pub mod redact;

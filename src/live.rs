@@ -31,6 +31,7 @@ pub struct Shared {
     defaults: Defaults,
     max_idle_per_host: usize,
     current: RwLock<Arc<Live>>,
+    reload_lock: Mutex<()>,
     // Agents outlive reloads so connection pools stay warm; serializes reloads too.
     agent_cache: Mutex<Vec<(Timeouts, ureq::Agent)>>,
 }
@@ -50,6 +51,7 @@ impl Shared {
             defaults,
             max_idle_per_host,
             current: RwLock::new(Arc::new(live)),
+            reload_lock: Mutex::new(()),
             agent_cache,
         })
     }
@@ -64,6 +66,7 @@ impl Shared {
 
     /// Re-reads the file; on error the old config stays.
     pub fn reload(&self) -> Result<Arc<Live>, ConfigError> {
+        let _serial = self.reload_lock.lock();
         let config = config::load_file(&self.path, &self.defaults)?;
         for w in &config.warnings {
             log::warn!("{}", w);

@@ -2,6 +2,7 @@
 
 use modelmux::cli::{self, Command, Options};
 use modelmux::config::{Defaults, Timeouts};
+use modelmux::lifecycle;
 use modelmux::live::Shared;
 use modelmux::server::{self, Settings};
 use std::net::TcpListener;
@@ -43,6 +44,7 @@ fn run(o: Options) -> Result<(), String> {
             connect: o.connect_timeout,
             idle: o.idle_timeout,
         },
+        proxy_keys: o.proxy_keys.clone(),
     };
     if o.healthcheck {
         return healthcheck(&o);
@@ -66,6 +68,8 @@ fn run(o: Options) -> Result<(), String> {
         }
         return Ok(());
     }
+    // Before any thread exists, so every thread inherits the mask and only one takes signals.
+    lifecycle::block_signals();
     simple_logger::SimpleLogger::new()
         .with_level(o.log_level)
         .with_utc_timestamps()
@@ -75,6 +79,7 @@ fn run(o: Options) -> Result<(), String> {
         .with_module_level("tiny_http", o.log_level.min(log::LevelFilter::Warn))
         .init()
         .map_err(|e| format!("cannot start logging: {}", e))?;
+    lifecycle::raise_fd_limit();
     let shared =
         Shared::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
     let live = shared.snapshot();
@@ -93,14 +98,21 @@ fn run(o: Options) -> Result<(), String> {
         o.workers
     );
     drop(live);
+    let shared = Arc::new(shared);
+    let stopper = Arc::new(lifecycle::Stopper::default());
+    lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
+    lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
     server::serve(
         listener,
         Settings {
             workers: o.workers,
             queue: o.queue,
             max_body: o.max_body,
+            admin_key: o.admin_key.clone(),
+            drain: o.drain,
         },
-        Arc::new(shared),
+        shared,
+        stopper,
     )
 }
 

@@ -1,6 +1,7 @@
 //! `POST /chat/completions` and every passthrough path: read the body, find the model, rewrite,
 //! call the backend, relay the answer.
 
+use crate::access::Caller;
 use crate::api_error::{clip, ApiError};
 use crate::body::{self, JsonObject};
 use crate::live::Live;
@@ -40,6 +41,7 @@ pub fn handle(
     target: &Target,
     route: &Route,
     live: &Live,
+    caller: &Caller,
     limits: &Limits,
     started: Instant,
 ) -> Summary {
@@ -47,7 +49,15 @@ pub fn handle(
         outcome: "error",
         ..Summary::default()
     };
-    let prepared = prepare(&mut request, target, route, live, limits, &mut summary);
+    let prepared = prepare(
+        &mut request,
+        target,
+        route,
+        live,
+        caller,
+        limits,
+        &mut summary,
+    );
     let (outgoing, endpoint_stream_keepalive) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -122,6 +132,7 @@ fn prepare(
     target: &Target,
     route: &Route,
     live: &Live,
+    caller: &Caller,
     limits: &Limits,
     summary: &mut Summary,
 ) -> Result<(Outgoing<'static>, Option<std::time::Duration>), ApiError> {
@@ -220,9 +231,11 @@ fn prepare(
         })?
     };
     summary.model = Some(model.clone());
+    // A model the caller's key may not use looks exactly like one that does not exist.
     let endpoint = live
         .config
         .endpoint(&model)
+        .filter(|_| caller.may_use(&model))
         .ok_or_else(|| ApiError::model_not_found(&model))?;
     summary.backend = Some(crate::redact::host(&endpoint.url).to_string());
 

@@ -1,14 +1,16 @@
 //! The listener loop: takes each request from tiny_http, answers cheap ones on a small fast lane,
 //! refuses work when the pool is full, and hands the rest to a worker.
 
+use crate::access::{self, Caller};
 use crate::api_error::ApiError;
+use crate::lifecycle::Stopper;
 use crate::live::Shared;
 use crate::proxy::{self, Limits, Summary};
 use crate::route::{self, Route};
 use crate::{admin, reply};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use threadpool::ThreadPool;
 use tiny_http::{Method, Request};
 
@@ -21,27 +23,41 @@ pub struct Settings {
     pub queue: usize,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Key for `/debug` and `/reload`.
+    pub admin_key: Option<String>,
+    /// How long in-flight requests may run after a stop signal.
+    pub drain: Duration,
 }
 
-/// Serves forever on an already-bound listener.
-pub fn serve(listener: TcpListener, settings: Settings, shared: Arc<Shared>) -> Result<(), String> {
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| format!("cannot start the HTTP server: {}", e))?;
+/// Serves until the stopper fires, then drains in-flight requests up to `settings.drain`.
+pub fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    shared: Arc<Shared>,
+    stopper: Arc<Stopper>,
+) -> Result<(), String> {
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| format!("cannot start the HTTP server: {}", e))?,
+    );
+    stopper.attach(Arc::clone(&server));
     let workers = threadpool::Builder::new()
         .num_threads(settings.workers.max(1))
         .thread_name("worker".into())
         .build();
     // Cheap answers (health, 503s) never wait behind streams; a few threads suffice.
     let fast = ThreadPool::with_name("fast".into(), 4);
-    let limits = Arc::new(Limits {
-        max_body: settings.max_body,
-    });
-    loop {
+    let settings = Arc::new(settings);
+    while !stopper.stopping() {
         let request = match server.recv() {
             Ok(r) => r,
+            Err(_) if stopper.stopping() => break,
             Err(e) => {
-                log::error!("listener failed: {}", e);
-                return Err(format!("listener failed: {}", e));
+                // The patched tiny_http keeps accepting after accept() errors, so this is rare;
+                // back off instead of spinning.
+                log::error!("listener error: {}", e);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
         };
         let started = Instant::now();
@@ -53,8 +69,10 @@ pub fn serve(listener: TcpListener, settings: Settings, shared: Arc<Shared>) -> 
                 let live = shared.snapshot();
                 let summary = match *request.method() {
                     Method::Get | Method::Head => {
-                        reply::json(request, 200, admin::health(&live), &[]);
-                        simple(200)
+                        let body = admin::health(&live);
+                        let len = body.len() as u64;
+                        reply::json(request, 200, body, &[]);
+                        simple(200, len)
                     }
                     _ => local_error(
                         request,
@@ -74,18 +92,37 @@ pub fn serve(listener: TcpListener, settings: Settings, shared: Arc<Shared>) -> 
             continue;
         }
         let shared = Arc::clone(&shared);
-        let limits = Arc::clone(&limits);
+        let settings = Arc::clone(&settings);
         workers.execute(move || {
             let method = request.method().to_string();
-            let summary = handle(request, &target, &route, &shared, &limits, started);
+            let summary = handle(request, &target, &route, &shared, &settings, started);
             log_line(&method, &target.path, &summary, started);
         });
     }
+    // Stop accepting: dropping the server closes the listener.
+    drop(server);
+    let deadline = Instant::now() + settings.drain;
+    loop {
+        let busy = workers.active_count() + workers.queued_count();
+        if busy == 0 {
+            log::info!("drained; exiting");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "drain bound reached with {} requests still running; exiting",
+                busy
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-fn simple(status: u16) -> Summary {
+fn simple(status: u16, bytes: u64) -> Summary {
     Summary {
         status,
+        bytes,
         outcome: "complete",
         ..Summary::default()
     }
@@ -106,34 +143,41 @@ fn handle(
     target: &route::Target,
     route: &Route,
     shared: &Shared,
-    limits: &Limits,
+    settings: &Settings,
     started: Instant,
 ) -> Summary {
     let live = shared.snapshot();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
-    match route {
-        Route::Models if get => {
-            reply::json(request, 200, admin::models(&live), &[]);
-            simple(200)
+    let token = access::bearer(request.headers()).map(str::to_string);
+    if matches!(route, Route::Debug | Route::Reload) {
+        let keys_set = !live.config.proxy_keys.is_empty();
+        if let Err(e) = access::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
+            return local_error(request, e);
         }
-        Route::Model(id) if get => match admin::model(&live, id) {
-            Ok(body) => {
-                reply::json(request, 200, body, &[]);
-                simple(200)
-            }
+    }
+    let caller = match route {
+        Route::Debug | Route::Reload => Caller::Open,
+        _ => match access::authenticate(&live.config.proxy_keys, token.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return local_error(request, e),
+        },
+    };
+    let ok = |request: Request, body: Vec<u8>| {
+        let len = body.len() as u64;
+        reply::json(request, 200, body, &[]);
+        simple(200, len)
+    };
+    match route {
+        Route::Models if get => ok(request, admin::models(&live, &caller)),
+        Route::Model(id) if get => match admin::model(&live, id, &caller) {
+            Ok(body) => ok(request, body),
             Err(e) => local_error(request, e),
         },
-        Route::Debug if get => {
-            reply::json(request, 200, admin::debug(shared, &live), &[]);
-            simple(200)
-        }
+        Route::Debug if get => ok(request, admin::debug(shared, &live)),
         Route::Reload if method == Method::Post => {
             match admin::reload(shared, target.query.as_deref()) {
-                Ok(body) => {
-                    reply::json(request, 200, body, &[]);
-                    simple(200)
-                }
+                Ok(body) => ok(request, body),
                 Err(e) => local_error(request, e),
             }
         }
@@ -152,7 +196,10 @@ fn handle(
             )
         }
         Route::Health | Route::ChatCompletions | Route::Passthrough => {
-            proxy::handle(request, target, route, &live, limits, started)
+            let limits = Limits {
+                max_body: settings.max_body,
+            };
+            proxy::handle(request, target, route, &live, &caller, &limits, started)
         }
     }
 }

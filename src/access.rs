@@ -1,0 +1,147 @@
+//! Optional client authentication: proxy keys with model allow-lists, and the admin key.
+
+use crate::api_error::ApiError;
+
+/// A key clients may present, optionally limited to some model ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyKey {
+    /// The bearer token.
+    pub key: String,
+    /// Model ids this key may use; `None` means all.
+    pub models: Option<Vec<String>>,
+}
+
+/// Who is calling, after authentication.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// No proxy keys are configured: the seed's open behaviour.
+    Open,
+    /// A valid proxy key.
+    Key(&'a ProxyKey),
+}
+
+impl Caller<'_> {
+    /// True when the caller may see and use this model.
+    pub fn may_use(&self, model: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Key(k) => k
+                .models
+                .as_ref()
+                .map(|m| m.iter().any(|id| id == model))
+                .unwrap_or(true),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &[tiny_http::Header]) -> Option<&str> {
+    let h = headers.iter().find(|h| h.field.equiv("Authorization"))?;
+    let v = h.value.as_str().trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks the caller's token against the proxy keys (every key is compared, in constant time).
+pub fn authenticate<'a>(keys: &'a [ProxyKey], token: Option<&str>) -> Result<Caller<'a>, ApiError> {
+    if keys.is_empty() {
+        return Ok(Caller::Open);
+    }
+    let token = token.unwrap_or("");
+    let mut found = None;
+    for k in keys {
+        if ct_eq(k.key.as_bytes(), token.as_bytes()) && found.is_none() {
+            found = Some(k);
+        }
+    }
+    found.map(Caller::Key).ok_or_else(unauthorized)
+}
+
+/// Gate for `/debug` and `/reload`: the admin key when set; refused when client keys are set
+/// without one; open otherwise (the seed's behaviour).
+pub fn admin(
+    admin_key: Option<&str>,
+    proxy_keys_configured: bool,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    match admin_key {
+        Some(k) if ct_eq(k.as_bytes(), token.unwrap_or("").as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized()),
+        None if proxy_keys_configured => {
+            let mut e = ApiError::invalid_request(
+                "Admin endpoints are disabled: proxy keys are configured but CM_OPEN_WEBUI_PROXY_ADMIN_KEY is not.",
+            )
+            .with_code("admin_disabled");
+            e.status = 403;
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+fn unauthorized() -> ApiError {
+    let mut e = ApiError::invalid_request(
+        "Incorrect or missing API key. Send `Authorization: Bearer <key>`.",
+    )
+    .with_code("invalid_api_key");
+    e.status = 401;
+    e
+}
+
+/// Compares without an early exit on the first differing byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0 && !a.is_empty()
+}
+
+/// Parses `CM_OPEN_WEBUI_PROXY_API_KEYS`: `key1,key2=modelA|modelB`.
+pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((k, models)) => ProxyKey {
+                key: k.trim().to_string(),
+                models: Some(
+                    models
+                        .split('|')
+                        .map(|m| m.trim().to_string())
+                        .filter(|m| !m.is_empty())
+                        .collect(),
+                ),
+            },
+            None => ProxyKey {
+                key: entry.to_string(),
+                models: None,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let keys = parse_env_keys("aaa, bbb=m1|m2 ,");
+        assert_eq!(keys.len(), 2);
+        assert!(matches!(
+            authenticate(&keys, Some("aaa")),
+            Ok(Caller::Key(_))
+        ));
+        assert_eq!(authenticate(&keys, Some("aab")).unwrap_err().status, 401);
+        assert_eq!(authenticate(&keys, None).unwrap_err().status, 401);
+        let c = authenticate(&keys, Some("bbb")).unwrap();
+        assert!(c.may_use("m2") && !c.may_use("m3"));
+        assert!(!ct_eq(b"", b""));
+        assert_eq!(admin(None, true, None).unwrap_err().status, 403);
+        assert!(admin(None, false, None).is_ok());
+        assert!(admin(Some("adm"), true, Some("adm")).is_ok());
+    }
+}

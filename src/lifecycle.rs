@@ -1,0 +1,150 @@
+//! Process lifecycle: signals (drain on SIGTERM/SIGINT, reload on SIGHUP), config file watching,
+//! and the descriptor limit.
+
+use crate::live::Shared;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Tells the listener loop to stop accepting and drain.
+#[derive(Default)]
+pub struct Stopper {
+    stopping: AtomicBool,
+    server: Mutex<Option<Arc<tiny_http::Server>>>,
+}
+
+impl Stopper {
+    /// Registers the server whose `recv()` must be woken on stop.
+    pub fn attach(&self, server: Arc<tiny_http::Server>) {
+        if let Ok(mut g) = self.server.lock() {
+            *g = Some(server);
+        }
+    }
+
+    /// Starts a graceful stop.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(g) = self.server.lock() {
+            if let Some(s) = g.as_ref() {
+                s.unblock();
+            }
+        }
+    }
+
+    /// True once a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it spawns later, so that
+/// one dedicated thread can take them with `sigwait` (no async-signal-safety pitfalls).
+/// Call before spawning any thread.
+pub fn block_signals() {
+    let set = signal_set();
+    // SAFETY: plain libc call on a valid set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Spawns the thread that turns signals into a drain or a reload.
+pub fn spawn_signal_thread(shared: Arc<Shared>, stopper: Arc<Stopper>) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let set = signal_set();
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: waits on a valid set; writes the signal number into `sig`.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    log::info!("SIGHUP: reloading {}", shared.path);
+                    reload_and_log(&shared);
+                } else {
+                    log::info!(
+                        "signal {}: no longer accepting; draining in-flight requests",
+                        sig
+                    );
+                    stopper.stop();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the signal thread: {}", e);
+    }
+}
+
+fn reload_and_log(shared: &Shared) {
+    match shared.reload() {
+        Ok(live) => log::info!(
+            "config reloaded from {}: {} models",
+            shared.path,
+            live.config.endpoints.len()
+        ),
+        Err(e) => log::error!("reload failed, keeping the old config: {}", e),
+    }
+}
+
+/// Polls the config file's modification time and size and reloads when they change, so a
+/// Kubernetes ConfigMap update takes effect without a restart.
+pub fn spawn_config_watcher(shared: Arc<Shared>, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let stamp = |path: &str| -> Option<(SystemTime, u64)> {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    let spawned = std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            let mut last = stamp(&shared.path);
+            loop {
+                std::thread::sleep(every);
+                let now = stamp(&shared.path);
+                if now.is_some() && now != last {
+                    log::info!("config file {} changed on disk: reloading", shared.path);
+                    reload_and_log(&shared);
+                    last = now;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the config watcher: {}", e);
+    }
+}
+
+/// Raises the soft descriptor limit to the hard limit: each stream holds two sockets.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                log::debug!(
+                    "raised the open-file limit from {} to {}",
+                    old,
+                    lim.rlim_cur
+                );
+            }
+        }
+    }
+}
