@@ -35,13 +35,19 @@ pub struct Options {
     pub drain: Duration,
     /// Config file poll interval; zero disables watching.
     pub watch: Duration,
+    /// Bound for a client to send its request head (and for each read of its body).
+    pub client_timeout: Duration,
+    /// Bound for a blocked write to a client that stopped reading.
+    pub client_write_timeout: Duration,
+    /// Largest request head (request line plus headers).
+    pub max_header_bytes: usize,
 }
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Run (or check) with these options.
-    Run(Options),
+    Run(Box<Options>),
     /// Print the version.
     Version,
     /// Print usage.
@@ -72,6 +78,9 @@ Environment:
   CM_OPEN_WEBUI_PROXY_ADMIN_KEY            key for /debug and /reload
   CM_OPEN_WEBUI_PROXY_DRAIN_SECS           SIGTERM drain bound (default 30)
   CM_OPEN_WEBUI_PROXY_WATCH_SECS           config file poll interval, 0 = off (default 2)
+  CM_OPEN_WEBUI_PROXY_CLIENT_TIMEOUT_SECS  bound for a client to send its request head (default 30)
+  CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS  bound for a write to a client that stopped reading (default 60)
+  CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES     request head limit, 431 beyond it (default 65536)
 ";
 
 /// Parses arguments (without the program name) and an environment lookup.
@@ -111,6 +120,15 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         admin_key: env("CM_OPEN_WEBUI_PROXY_ADMIN_KEY").filter(|s| !s.trim().is_empty()),
         drain: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_DRAIN_SECS", 30)?),
         watch: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_WATCH_SECS", 2)?),
+        client_timeout: Duration::from_secs(env_num(
+            "CM_OPEN_WEBUI_PROXY_CLIENT_TIMEOUT_SECS",
+            30,
+        )?),
+        client_write_timeout: Duration::from_secs(env_num(
+            "CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS",
+            60,
+        )?),
+        max_header_bytes: env_num("CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES", 64 * 1024)? as usize,
     };
     if let Some(p) = env("CM_OPEN_WEBUI_PROXY_PORT").filter(|s| !s.trim().is_empty()) {
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;
@@ -132,6 +150,12 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     }
     if o.workers == 0 {
         return Err("CM_OPEN_WEBUI_PROXY_WORKERS must be at least 1".into());
+    }
+    if o.client_timeout.is_zero() || o.client_write_timeout.is_zero() || o.max_header_bytes < 1024 {
+        return Err(
+            "client timeouts must be at least 1 second and the header limit at least 1024 bytes"
+                .into(),
+        );
     }
     if o.connect_timeout.is_zero() || o.idle_timeout.is_zero() {
         return Err("upstream timeouts must be at least 1 second".into());
@@ -163,7 +187,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         }
         i += 1;
     }
-    Ok(Command::Run(o))
+    Ok(Command::Run(Box::new(o)))
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

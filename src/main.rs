@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             println!("modelmux {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Run(o) => o,
+        Command::Run(o) => *o,
     };
     match run(options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +80,13 @@ fn run(o: Options) -> Result<(), String> {
         .init()
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
+    tiny_http::limits::set_header_read_timeout(o.client_timeout);
+    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
+    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
+    tiny_http::limits::set_max_header_line(
+        o.max_header_bytes
+            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
+    );
     let shared =
         Shared::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
     let live = shared.snapshot();
@@ -89,7 +96,8 @@ fn run(o: Options) -> Result<(), String> {
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    log::info!(
+    // Printed whatever the log level: operators and scripts (tests, bench) need the address.
+    eprintln!(
         "modelmux {} listening on http://{} with {} models from {} ({} workers)",
         env!("CARGO_PKG_VERSION"),
         addr,

@@ -14,6 +14,28 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Every response this test process read from a proxy (head and body), for the secret scan.
+static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn remember(resp: &Resp) {
+    let mut text = format!("{} {:?}\n", resp.status, resp.headers);
+    text.push_str(&String::from_utf8_lossy(&resp.body));
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.push(text);
+    }
+}
+
+/// Raises this test process's soft descriptor limit to the hard limit (many sockets per test).
+pub fn raise_fd_limit() {
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -49,6 +71,13 @@ pub struct Proxy {
 pub fn secrets_of(config: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(config).unwrap_or(serde_json::Value::Null);
     let mut out = Vec::new();
+    if let Some(keys) = v.get("proxyKeys").and_then(|k| k.as_array()) {
+        for k in keys {
+            if let Some(k) = k.as_str().or_else(|| k.get("key").and_then(|k| k.as_str())) {
+                out.push(k.to_string());
+            }
+        }
+    }
     if let Some(eps) = v.get("endpoints").and_then(|e| e.as_object()) {
         for ep in eps.values() {
             if let Some(k) = ep.get("apiKey").and_then(|k| k.as_str()) {
@@ -128,7 +157,20 @@ impl Proxy {
             addr,
             logs,
             config_path,
-            secrets: secrets_of(config),
+            secrets: secrets_of(config)
+                .into_iter()
+                .chain(
+                    env.iter()
+                        .filter(|(k, _)| k.ends_with("_KEY") || k.ends_with("_KEYS"))
+                        .flat_map(|(_, v)| {
+                            v.split(',')
+                                .filter_map(|e| e.split('=').next())
+                                .map(|k| k.trim().to_string())
+                                .filter(|k| k.len() >= 8)
+                                .collect::<Vec<_>>()
+                        }),
+                )
+                .collect(),
             _dir: dir,
         })
     }
@@ -159,6 +201,18 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for the process to exit; `Some(code)` (None inside if killed by a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Asserts no configured secret appears in anything the proxy printed.

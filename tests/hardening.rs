@@ -1,0 +1,535 @@
+//! Issue 3: faults, overload, vanishing clients, bad input, secrets and lifecycle.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::mock_backend::{echo_stream_bytes, Behavior, Event, MockBackend};
+use support::*;
+
+const KEY: &str = "sk-hardening-key-9f8e7d6c5b4a";
+
+fn proxy_for(a: &MockBackend, env: &[(&str, &str)]) -> Proxy {
+    Proxy::start_with(&config_for(&[("m", &a.url(), KEY, "real-m")]), env, &[])
+}
+
+fn send_stream_request(addr: std::net::SocketAddr, content: &str) -> TcpStream {
+    let mut s = connect(addr);
+    let body = chat_body("m", content, true);
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn client_hangup_closes_the_upstream_within_one_chunk_interval() {
+    let interval = Duration::from_millis(300);
+    let a = MockBackend::start(Behavior {
+        chunk_delay: interval,
+        ..Behavior::default()
+    });
+    let p = proxy_for(&a, &[]);
+    let s = send_stream_request(p.addr, &"word ".repeat(40));
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // Read through the head and the first data chunk.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    let hung_up = Instant::now();
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let closed_at = loop {
+        if let Some(at) = a.events().iter().find_map(|e| match e {
+            Event::ClientClosed { at, .. } => Some(*at),
+            _ => None,
+        }) {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend connection never closed: {:?}",
+            a.events()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let after = closed_at.saturating_duration_since(hung_up);
+    assert!(
+        after <= interval + Duration::from_millis(150),
+        "upstream closed {:?} after the client left",
+        after
+    );
+    let sent = a
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::ChunkSent { .. }))
+        .count();
+    assert!(sent < 10, "backend kept generating: {} chunks", sent);
+    assert!(p
+        .wait_log("outcome=client_gone", Duration::from_secs(2))
+        .is_some());
+}
+
+#[test]
+fn overload_gets_503_at_once_and_health_still_answers() {
+    let a = MockBackend::start(Behavior {
+        chunk_delay: Duration::from_millis(400),
+        ..Behavior::default()
+    });
+    let p = proxy_for(
+        &a,
+        &[
+            ("CM_OPEN_WEBUI_PROXY_WORKERS", "2"),
+            ("CM_OPEN_WEBUI_PROXY_QUEUE", "1"),
+        ],
+    );
+    let addr = p.addr;
+    // Two streams take both workers, a third waits in the queue.
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                post_json(
+                    addr,
+                    "/v1/chat/completions",
+                    &chat_body("m", "a b c d", true),
+                )
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.requests().len() < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let h = get(p.addr, "/health");
+    assert_eq!(h.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "health took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let r = post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false));
+    let e = r.error(503);
+    assert_eq!(e["code"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "503 took {:?}",
+        t.elapsed()
+    );
+    for s in streams {
+        let r = s.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, echo_stream_bytes("real-m", "a b c d", false));
+    }
+    assert_eq!(
+        post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false)).status,
+        200
+    );
+}
+
+#[test]
+fn a_thousand_concurrent_streams_each_get_their_exact_bytes() {
+    raise_fd_limit();
+    let a = MockBackend::start(Behavior {
+        chunk_delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let p = proxy_for(
+        &a,
+        &[
+            ("CM_OPEN_WEBUI_PROXY_WORKERS", "1100"),
+            ("CM_OPEN_WEBUI_PROXY_LOG_LEVEL", "warn"),
+        ],
+    );
+    let addr = p.addr;
+    let clients: Vec<_> = (0..1000)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let content = format!("client {} says hello to the proxy", i);
+                    let r = post_json(
+                        addr,
+                        "/v1/chat/completions",
+                        &chat_body("m", &content, true),
+                    );
+                    (
+                        r.status,
+                        r.body == echo_stream_bytes("real-m", &content, false),
+                    )
+                })
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<(u16, bool)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = results
+        .iter()
+        .filter(|(s, same)| *s == 200 && *same)
+        .count();
+    assert_eq!(
+        ok,
+        1000,
+        "statuses: {:?}",
+        results
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Resp {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    read_response(&mut BufReader::new(s), false).unwrap()
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_disturbs_nothing() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[]);
+    let post = |body: &[u8]| {
+        request(
+            p.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
+    assert!(post(b"[1,2]").error(400)["message"]
+        .as_str()
+        .unwrap()
+        .contains("JSON object"));
+    assert_eq!(
+        post(br#"{"model":42,"messages":[]}"#).error(400)["param"],
+        "model"
+    );
+    assert_eq!(post(br#"{"model":null}"#).error(400)["param"], "model");
+    assert!(
+        post(b"{\"model\":\"m\",\"x\":\"\xff\xfe\"}").error(400)["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8")
+    );
+    let deep = format!(
+        "{{\"model\":\"m\",\"x\":{}{}}}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    assert!(post(deep.as_bytes()).error(400)["message"]
+        .as_str()
+        .unwrap()
+        .contains("nested"));
+    post(b"").error(400);
+    // Truncated chunked body: the client stops mid-chunk and closes its write side.
+    let mut s = connect(p.addr);
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n{\"model\":\"m\"").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{}",
+        text
+    );
+    // Unknown method on a proxied path.
+    let r = raw(
+        p.addr,
+        b"BREW /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    r.error(405);
+    let r = raw(
+        p.addr,
+        b"BREW /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    r.error(405);
+    // HTTP/1.0 client, streaming: no chunked framing, body until close.
+    let body = chat_body("m", "old client", true);
+    let r = raw(
+        p.addr,
+        format!("POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}", body.len(), body).as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.body, echo_stream_bytes("real-m", "old client", false));
+    // Pipelined keep-alive requests on one connection are answered in order.
+    let b1 = chat_body("m", "first", false);
+    let b2 = chat_body("m", "second", true);
+    let mut s = connect(p.addr);
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+        b1.len(), b1, b2.len(), b2
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let one = read_response(&mut r, false).unwrap();
+    let two = read_response(&mut r, false).unwrap();
+    let three = read_response(&mut r, false).unwrap();
+    assert!(
+        one.text().contains("\"content\":\"first\""),
+        "{}",
+        one.text()
+    );
+    assert_eq!(two.json()["object"], "list");
+    assert_eq!(three.body, echo_stream_bytes("real-m", "second", false));
+    // Nothing above disturbed normal traffic.
+    assert_eq!(
+        post_json(
+            p.addr,
+            "/v1/chat/completions",
+            &chat_body("m", "still fine", false)
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn proxy_keys_gate_requests_and_filter_models() {
+    let a = MockBackend::start(Behavior::default());
+    let cfg = format!(
+        r#"{{"proxyKeys":["mm-full-access-key-123",{{"key":"mm-limited-key-456","models":["open"]}}],"endpoints":{{"open":{{"url":"{u}","apiKey":"{k}"}},"secret":{{"url":"{u}","apiKey":"{k}"}}}}}}"#,
+        u = a.url(),
+        k = KEY
+    );
+    let p = Proxy::start_with(
+        &cfg,
+        &[("CM_OPEN_WEBUI_PROXY_API_KEYS", "mm-env-key-789=secret")],
+        &[],
+    );
+    let with = |key: &str, method: &str, path: &str, body: &str| {
+        let auth = format!("Bearer {}", key);
+        request(
+            p.addr,
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let e = get(p.addr, "/v1/models").error(401);
+    assert_eq!(e["code"], "invalid_api_key");
+    with("wrong-key-000", "GET", "/v1/models", "").error(401);
+    assert_eq!(get(p.addr, "/health").status, 200, "liveness needs no key");
+    let ids = |r: Resp| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(with("mm-full-access-key-123", "GET", "/v1/models", "")),
+        vec!["open", "secret"]
+    );
+    assert_eq!(
+        ids(with("mm-limited-key-456", "GET", "/v1/models", "")),
+        vec!["open"]
+    );
+    assert_eq!(
+        ids(with("mm-env-key-789", "GET", "/models", "")),
+        vec!["secret"]
+    );
+    assert_eq!(
+        with(
+            "mm-limited-key-456",
+            "POST",
+            "/v1/chat/completions",
+            &chat_body("open", "x", false)
+        )
+        .status,
+        200
+    );
+    let e = with(
+        "mm-limited-key-456",
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("secret", "x", false),
+    )
+    .error(404);
+    assert_eq!(e["code"], "model_not_found");
+    with("mm-limited-key-456", "GET", "/v1/models/secret", "").error(404);
+    // The client's proxy key never reaches a backend.
+    for r in a.requests() {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {}", KEY).as_str())
+        );
+    }
+    // Client keys set, no admin key: admin endpoints refused even with a client key.
+    with("mm-full-access-key-123", "GET", "/debug", "").error(403);
+    with("mm-full-access-key-123", "POST", "/reload", "").error(403);
+}
+
+#[test]
+fn admin_key_protects_debug_and_reload() {
+    let a = MockBackend::start(Behavior::default());
+    let p = Proxy::start_with(
+        &config_for(&[("m", &a.url(), KEY, "real-m")]),
+        &[("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-admin-key-abcdef")],
+        &[],
+    );
+    get(p.addr, "/debug").error(401);
+    request(p.addr, "POST", "/reload", &[], b"").error(401);
+    let auth = [("Authorization", "Bearer mm-admin-key-abcdef")];
+    assert_eq!(request(p.addr, "GET", "/debug", &auth, b"").status, 200);
+    assert_eq!(request(p.addr, "POST", "/reload", &auth, b"").status, 200);
+    assert_eq!(
+        post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false)).status,
+        200,
+        "no client keys: open"
+    );
+}
+
+fn signal(p: &Proxy, sig: i32) {
+    unsafe {
+        libc::kill(p.pid() as i32, sig);
+    }
+}
+
+#[test]
+fn sighup_and_file_changes_reload_the_config() {
+    let a = MockBackend::start(Behavior::default());
+    let p = Proxy::start_with(
+        &config_for(&[("m", &a.url(), KEY, "real-m")]),
+        &[("CM_OPEN_WEBUI_PROXY_WATCH_SECS", "1")],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    p.write_config(&config_for(&[
+        ("m", &a.url(), KEY, "real-m"),
+        ("n", &a.url(), KEY, "real-n"),
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(p.addr, "/health").json()["endpoints"] != 2 {
+        assert!(Instant::now() < deadline, "file change not picked up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An invalid file keeps the old config and logs one clear line.
+    p.write_config("{\"endpoints\": 7}");
+    assert!(p
+        .wait_log("reload failed", Duration::from_secs(5))
+        .unwrap()
+        .contains("endpoints"));
+    assert_eq!(get(p.addr, "/health").json()["endpoints"], 2);
+    // SIGHUP reloads like POST /reload (watcher off here to isolate the signal).
+    let q = Proxy::start_with(
+        &config_for(&[("m", &a.url(), KEY, "real-m")]),
+        &[("CM_OPEN_WEBUI_PROXY_WATCH_SECS", "0")],
+        &[],
+    );
+    q.write_config(&config_for(&[
+        ("m", &a.url(), KEY, "real-m"),
+        ("z", &a.url(), KEY, "real-z"),
+    ]));
+    signal(&q, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(q.addr, "/health").json()["endpoints"] != 2 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    let a = MockBackend::start(Behavior {
+        chunk_delay: Duration::from_millis(200),
+        ..Behavior::default()
+    });
+    let mut p = proxy_for(&a, &[]);
+    let addr = p.addr;
+    let stream = std::thread::spawn(move || {
+        post_json(
+            addr,
+            "/v1/chat/completions",
+            &chat_body("m", "one two three four five", true),
+        )
+    });
+    while a.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&p, libc::SIGTERM);
+    let r = stream.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        echo_stream_bytes("real-m", "one two three four five", false)
+    );
+    let status = p
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after draining");
+    assert_eq!(status, Some(0));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after SIGTERM"
+    );
+}
+
+#[test]
+fn fifty_reloads_during_a_hundred_streams_break_nothing() {
+    raise_fd_limit();
+    let a = MockBackend::start(Behavior {
+        chunk_delay: Duration::from_millis(30),
+        ..Behavior::default()
+    });
+    let p = proxy_for(&a, &[("CM_OPEN_WEBUI_PROXY_LOG_LEVEL", "warn")]);
+    let addr = p.addr;
+    let content = "tokens keep flowing while the config changes under us";
+    let streams: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                post_json(addr, "/v1/chat/completions", &chat_body("m", content, true))
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        // Each generation names both models after itself; a reader must see one generation whole.
+        let cfg = format!(
+            r#"{{"endpoints":{{"m":{{"displayName":"gen-{i}","url":"{u}","apiKey":"{k}","actualModelName":"real-m"}},"extra-{i}":{{"displayName":"gen-{i}","url":"{u}"}}}}}}"#,
+            i = i,
+            u = a.url(),
+            k = KEY
+        );
+        p.write_config(&cfg);
+        let r = request(p.addr, "POST", "/reload", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let models = get(p.addr, "/v1/models").json();
+        let data = models["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(
+            data[0]["name"], data[1]["name"],
+            "two generations mixed: {}",
+            models
+        );
+        assert_eq!(
+            data[1]["id"].as_str().unwrap().replace("extra-", "gen-"),
+            data[1]["name"].as_str().unwrap()
+        );
+    }
+    for s in streams {
+        let r = s.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, echo_stream_bytes("real-m", content, false));
+    }
+}
