@@ -533,3 +533,171 @@ fn fifty_reloads_during_a_hundred_streams_break_nothing() {
         assert_eq!(r.body, echo_stream_bytes("real-m", content, false));
     }
 }
+
+#[test]
+fn oversized_heads_get_431_and_long_urls_414() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[]);
+    let big = "x".repeat(100 * 1024);
+    let r = raw(
+        p.addr,
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            big
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 431);
+    let many: String = (0..100)
+        .map(|i| format!("X-H{}: {}\r\n", i, "y".repeat(1000)))
+        .collect();
+    let r = raw(
+        p.addr,
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\n{}\r\n", many).as_bytes(),
+    );
+    assert_eq!(r.status, 431);
+    let r = raw(
+        p.addr,
+        format!(
+            "GET /v1/models?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "z".repeat(20 * 1024)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 414);
+    assert_eq!(get(p.addr, "/v1/models").status, 200);
+}
+
+#[test]
+fn slowloris_client_is_dropped_after_the_header_bound() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[("CM_OPEN_WEBUI_PROXY_CLIENT_TIMEOUT_SECS", "2")]);
+    let mut s = connect(p.addr);
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut dropped_after = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        if s.write_all(b"X-Slow: y\r\n").is_err() {
+            dropped_after = Some(t.elapsed());
+            break;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf);
+        s.set_nonblocking(false).unwrap();
+        if let Ok(n) = n {
+            dropped_after = Some(t.elapsed());
+            if n > 0 {
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+            }
+            break;
+        }
+    }
+    let after = dropped_after.expect("slow client never dropped");
+    assert!(after < Duration::from_secs(5), "dropped after {:?}", after);
+    assert_eq!(get(p.addr, "/health").status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_releases_the_backend() {
+    // A fast, long stream into a client that never reads: the socket buffers fill, the write
+    // blocks past the bound, and the proxy gives up on the client and closes the upstream.
+    let chunk = "z".repeat(16 * 1024);
+    let a = MockBackend::start(Behavior {
+        chunks: Some(vec![serde_json::json!({"pad": chunk}).to_string(); 2000]),
+        ..Behavior::default()
+    });
+    let p = proxy_for(
+        &a,
+        &[("CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS", "1")],
+    );
+    let s = send_stream_request(p.addr, "x");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::ClientClosed { .. }))
+    {
+        assert!(Instant::now() < deadline, "backend never released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(p
+        .wait_log("outcome=client_gone", Duration::from_secs(2))
+        .is_some());
+    drop(s);
+}
+
+#[test]
+fn exhausted_descriptors_recover_when_connections_close() {
+    raise_fd_limit();
+    let a = MockBackend::start(Behavior::default());
+    let cfg = config_for(&[("m", &a.url(), KEY, "real-m")]);
+    let dir = TempDir::new();
+    let path = dir.0.join("config.json");
+    std::fs::write(&path, &cfg).unwrap();
+    // A low hard limit so that a few dozen idle connections exhaust it; the proxy cannot raise it.
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_modelmux"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--config"])
+        .arg(&path)
+        .env("CM_OPEN_WEBUI_PROXY_WORKERS", "8")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs modelmux");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr: std::net::SocketAddr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "proxy exited");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let mut idle = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(addr) {
+            idle.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Error accepting new client")),
+        "the descriptor limit was never hit; the test proves nothing"
+    );
+    drop(idle);
+    // Served again once descriptors are free, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = std::panic::catch_unwind(|| get(addr, "/health").status == 200).unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy stopped accepting for good"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        post_json(addr, "/v1/chat/completions", &chat_body("m", "back", false)).status,
+        200
+    );
+    assert!(child.try_wait().unwrap().is_none(), "proxy must stay up");
+    let _ = child.kill();
+    let _ = child.wait();
+}
