@@ -80,6 +80,9 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
                 "headers": headers,
                 "dropFields": e.drop_fields,
                 "sseKeepaliveSecs": e.sse_keepalive.map(|d| d.as_secs_f64()),
+                "caFile": e.tls.ca_file,
+                "insecureSkipVerify": e.tls.insecure,
+                "proxy": e.via_proxy.as_deref().map(redact::url),
             }),
         );
     }

@@ -17,6 +17,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Extra response headers, e.g. `Allow` or `Retry-After`.
     pub headers: Vec<(&'static str, String)>,
+    /// The request body was left unread: answer with `Connection: close` so clients do not
+    /// reuse a connection the server is about to close.
+    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             param: None,
             code: None,
             headers: Vec::new(),
+            close_connection: false,
         }
     }
 
@@ -83,6 +87,7 @@ impl ApiError {
             format!("Request body is larger than the limit of {} bytes.", limit),
         );
         e.code = Some("request_too_large");
+        e.close_connection = true;
         e
     }
 

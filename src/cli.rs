@@ -41,6 +41,8 @@ pub struct Options {
     pub client_write_timeout: Duration,
     /// Largest request head (request line plus headers).
     pub max_header_bytes: usize,
+    /// CA bundle trusted for every backend, beside the bundled roots.
+    pub ca_file: Option<String>,
 }
 
 /// What the command line asks for.
@@ -81,6 +83,8 @@ Environment:
   CM_OPEN_WEBUI_PROXY_CLIENT_TIMEOUT_SECS  bound for a client to send its request head (default 30)
   CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS  bound for a write to a client that stopped reading (default 60)
   CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES     request head limit, 431 beyond it (default 65536)
+  CM_OPEN_WEBUI_PROXY_CA_FILE              extra CA bundle (PEM) trusted for every backend
+  HTTPS_PROXY / HTTP_PROXY / NO_PROXY      forward proxy for backends, honoured per endpoint
 ";
 
 /// Parses arguments (without the program name) and an environment lookup.
@@ -129,6 +133,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             60,
         )?),
         max_header_bytes: env_num("CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES", 64 * 1024)? as usize,
+        ca_file: env("CM_OPEN_WEBUI_PROXY_CA_FILE").filter(|s| !s.trim().is_empty()),
     };
     if let Some(p) = env("CM_OPEN_WEBUI_PROXY_PORT").filter(|s| !s.trim().is_empty()) {
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;

@@ -4,6 +4,7 @@
 //! `{"endpoints": {"<model-id>": {"displayName", "url", "apiKey", "actualModelName"}}}`.
 
 use crate::access::ProxyKey;
+use crate::tls::TlsPolicy;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -79,6 +80,32 @@ pub struct Endpoint {
     pub drop_fields: Vec<String>,
     /// Send an SSE comment when the backend is silent this long during a stream.
     pub sse_keepalive: Option<Duration>,
+    /// How the backend's certificate is checked.
+    pub tls: TlsPolicy,
+    /// Forward proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, unless `NO_PROXY` exempts the host.
+    pub via_proxy: Option<String>,
+}
+
+impl Endpoint {
+    /// Endpoints with equal keys can share one pooled HTTP client.
+    pub fn client_key(&self) -> ClientKey {
+        ClientKey {
+            timeouts: self.timeouts,
+            tls: self.tls.clone(),
+            via_proxy: self.via_proxy.clone(),
+        }
+    }
+}
+
+/// What an HTTP client is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Certificate policy.
+    pub tls: TlsPolicy,
+    /// Forward proxy URL, if any.
+    pub via_proxy: Option<String>,
 }
 
 /// The whole parsed config.
@@ -106,6 +133,8 @@ pub struct Defaults {
     pub timeouts: Timeouts,
     /// Proxy keys from the environment, added to the file's `proxyKeys`.
     pub proxy_keys: Vec<ProxyKey>,
+    /// CA bundle trusted for every endpoint (`CM_OPEN_WEBUI_PROXY_CA_FILE`).
+    pub ca_file: Option<String>,
 }
 
 /// Reads and validates a config file.
@@ -194,7 +223,7 @@ pub fn parse(
                 format!("expected an object, got {}", type_name(value)),
             )
         })?;
-        let ep = parse_endpoint(id, obj, global_timeouts, &mut warnings, file)
+        let ep = parse_endpoint(id, obj, global_timeouts, defaults, env, &mut warnings, file)
             .map_err(|(field, msg)| err(&format!("{}.{}", loc, field), msg))?;
         endpoints.push(ep);
     }
@@ -267,6 +296,8 @@ fn parse_endpoint(
     id: &str,
     obj: &Map<String, Value>,
     timeouts: Timeouts,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
     file: &str,
 ) -> Result<Endpoint, FieldError> {
@@ -279,6 +310,8 @@ fn parse_endpoint(
         "headers",
         "dropFields",
         "sseKeepaliveSecs",
+        "caFile",
+        "insecureSkipVerify",
     ];
     for key in obj.keys() {
         if !KNOWN.contains(&key.as_str()) {
@@ -368,6 +401,28 @@ fn parse_endpoint(
             }
         },
     };
+    let insecure = match obj.get("insecureSkipVerify") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err((
+                "insecureSkipVerify".to_string(),
+                format!("expected true or false, got {}", type_name(v)),
+            ))
+        }
+    };
+    if insecure {
+        warnings.push(format!(
+            "{}: endpoints.{}: insecureSkipVerify is on: the backend's TLS certificate is NOT verified",
+            file, id
+        ));
+    }
+    let tls = TlsPolicy {
+        ca_file: opt_string(obj, "caFile")?.or_else(|| defaults.ca_file.clone()),
+        insecure,
+    };
+    crate::tls::client_config(&tls).map_err(|m| ("caFile".to_string(), m))?;
+    let via_proxy = proxy_for(&url, env);
     Ok(Endpoint {
         id: id.to_string(),
         display_name,
@@ -378,7 +433,51 @@ fn parse_endpoint(
         headers,
         drop_fields,
         sse_keepalive,
+        tls,
+        via_proxy,
     })
+}
+
+/// The forward proxy for a backend URL from the usual environment variables, honouring NO_PROXY
+/// (`*`, exact hosts, and domain suffixes with or without a leading dot).
+pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| env(n).filter(|v| !v.trim().is_empty()))
+    };
+    let https = url.starts_with("https://");
+    let proxy = if https {
+        get(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])
+    } else {
+        get(&["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
+    }?;
+    let authority = crate::redact::host(url);
+    let host = match authority.rfind(':') {
+        Some(i) if !authority.ends_with(']') => &authority[..i],
+        _ => authority,
+    }
+    .trim_matches(['[', ']'])
+    .to_ascii_lowercase();
+    let no_proxy = get(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    if no_proxy.trim() == "*" {
+        return None;
+    }
+    for entry in no_proxy.split(',').map(|e| e.trim().to_ascii_lowercase()) {
+        let entry = entry
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('*');
+        if entry.is_empty() {
+            continue;
+        }
+        let bare = entry.trim_start_matches('.');
+        if host == bare || host.ends_with(&format!(".{}", bare)) {
+            return None;
+        }
+    }
+    Some(proxy)
 }
 
 fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {

@@ -18,4 +18,5 @@ pub mod relay;
 pub mod reply;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;

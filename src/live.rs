@@ -1,6 +1,6 @@
 //! The live config: parsed once per (re)load, swapped atomically, shared by reference.
 
-use crate::config::{self, Config, ConfigError, Defaults, Timeouts};
+use crate::config::{self, ClientKey, Config, ConfigError, Defaults, Endpoint};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,16 +11,14 @@ pub struct Live {
     pub config: Config,
     /// Unix seconds of the load.
     pub loaded_at: u64,
-    agents: Vec<(Timeouts, ureq::Agent)>,
+    agents: Vec<(ClientKey, ureq::Agent)>,
 }
 
 impl Live {
-    /// The HTTP client for an endpoint's timeouts.
-    pub fn agent(&self, timeouts: &Timeouts) -> Option<&ureq::Agent> {
-        self.agents
-            .iter()
-            .find(|(t, _)| t == timeouts)
-            .map(|(_, a)| a)
+    /// The pooled HTTP client for an endpoint.
+    pub fn agent(&self, endpoint: &Endpoint) -> Option<&ureq::Agent> {
+        let key = endpoint.client_key();
+        self.agents.iter().find(|(k, _)| *k == key).map(|(_, a)| a)
     }
 }
 
@@ -32,8 +30,8 @@ pub struct Shared {
     max_idle_per_host: usize,
     current: RwLock<Arc<Live>>,
     reload_lock: Mutex<()>,
-    // Agents outlive reloads so connection pools stay warm; serializes reloads too.
-    agent_cache: Mutex<Vec<(Timeouts, ureq::Agent)>>,
+    // Agents outlive reloads so connection pools stay warm.
+    agent_cache: Mutex<Vec<(ClientKey, ureq::Agent)>>,
 }
 
 impl Shared {
@@ -45,7 +43,7 @@ impl Shared {
     ) -> Result<Shared, ConfigError> {
         let config = config::load_file(path, &defaults)?;
         let agent_cache = Mutex::new(Vec::new());
-        let live = build(config, &agent_cache, max_idle_per_host);
+        let live = build(path, config, &agent_cache, max_idle_per_host)?;
         Ok(Shared {
             path: path.to_string(),
             defaults,
@@ -71,7 +69,12 @@ impl Shared {
         for w in &config.warnings {
             log::warn!("{}", w);
         }
-        let live = Arc::new(build(config, &self.agent_cache, self.max_idle_per_host));
+        let live = Arc::new(build(
+            &self.path,
+            config,
+            &self.agent_cache,
+            self.max_idle_per_host,
+        )?);
         let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -81,32 +84,42 @@ impl Shared {
     }
 }
 
-fn build(config: Config, cache: &Mutex<Vec<(Timeouts, ureq::Agent)>>, max_idle: usize) -> Live {
+fn build(
+    path: &str,
+    config: Config,
+    cache: &Mutex<Vec<(ClientKey, ureq::Agent)>>,
+    max_idle: usize,
+) -> Result<Live, ConfigError> {
     let mut cache = match cache.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let mut agents: Vec<(Timeouts, ureq::Agent)> = Vec::new();
+    let mut agents: Vec<(ClientKey, ureq::Agent)> = Vec::new();
     for ep in &config.endpoints {
-        if agents.iter().any(|(t, _)| *t == ep.timeouts) {
+        let key = ep.client_key();
+        if agents.iter().any(|(k, _)| *k == key) {
             continue;
         }
-        let agent = match cache.iter().find(|(t, _)| *t == ep.timeouts) {
+        let agent = match cache.iter().find(|(k, _)| *k == key) {
             Some((_, a)) => a.clone(),
             None => {
-                let a = crate::upstream::agent(&ep.timeouts, max_idle);
-                cache.push((ep.timeouts, a.clone()));
+                let a = crate::upstream::agent(&key, max_idle).map_err(|message| ConfigError {
+                    file: path.to_string(),
+                    location: format!("endpoints.{}", ep.id),
+                    message,
+                })?;
+                cache.push((key.clone(), a.clone()));
                 a
             }
         };
-        agents.push((ep.timeouts, agent));
+        agents.push((key, agent));
     }
-    Live {
+    Ok(Live {
         config,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
         agents,
-    }
+    })
 }

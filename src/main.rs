@@ -45,6 +45,7 @@ fn run(o: Options) -> Result<(), String> {
             idle: o.idle_timeout,
         },
         proxy_keys: o.proxy_keys.clone(),
+        ca_file: o.ca_file.clone(),
     };
     if o.healthcheck {
         return healthcheck(&o);
@@ -96,6 +97,15 @@ fn run(o: Options) -> Result<(), String> {
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // std listens with a backlog of 128; a burst of clients (a UI reconnecting hundreds of
+    // streams) would overflow it and see resets. Linux lets listen() raise it in place.
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen() on a socket we own; failure just keeps the old backlog.
+        unsafe {
+            libc::listen(listener.as_raw_fd(), 4096);
+        }
+    }
     // Printed whatever the log level: operators and scripts (tests, bench) need the address.
     eprintln!(
         "modelmux {} listening on http://{} with {} models from {} ({} workers)",

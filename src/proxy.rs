@@ -73,7 +73,7 @@ pub fn handle(
         crate::reply::error(request, &e);
         return summary;
     };
-    let Some(agent) = live.agent(&endpoint.timeouts) else {
+    let Some(agent) = live.agent(endpoint) else {
         let e = ApiError::internal("no HTTP client for this endpoint");
         summary.status = e.status;
         crate::reply::error(request, &e);

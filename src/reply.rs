@@ -19,7 +19,14 @@ pub fn json(request: Request, status: u16, body: Vec<u8>, headers: &[(&str, Stri
     }
 }
 
-/// Sends an OpenAI-shaped error.
+/// Sends an OpenAI-shaped error; when the body was left unread, with `Connection: close` so
+/// clients do not reuse a connection the server closes after this reply.
 pub fn error(request: Request, e: &ApiError) {
-    json(request, e.status, e.body(), &e.headers);
+    if e.close_connection {
+        let mut headers = e.headers.clone();
+        headers.push(("Connection", "close".to_string()));
+        json(request, e.status, e.body(), &headers);
+    } else {
+        json(request, e.status, e.body(), &e.headers);
+    }
 }

@@ -1,7 +1,7 @@
 //! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
 
 use crate::api_error::ApiError;
-use crate::config::{Endpoint, Timeouts};
+use crate::config::{ClientKey, Endpoint};
 use std::io;
 
 /// Headers never forwarded in either direction (RFC 9110 hop-by-hop, plus framing we redo).
@@ -23,8 +23,20 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Builds a pooled HTTP client with the given timeouts; redirects and status errors are off
 /// because a proxy hands the backend's answer back as it is.
-pub fn agent(timeouts: &Timeouts, max_idle_per_host: usize) -> ureq::Agent {
-    ureq::AgentBuilder::new()
+pub fn agent(key: &ClientKey, max_idle_per_host: usize) -> Result<ureq::Agent, String> {
+    let timeouts = &key.timeouts;
+    let mut builder = ureq::AgentBuilder::new()
+        // Proxies come from our own reading of the environment (with NO_PROXY), not ureq's.
+        .try_proxy_from_env(false);
+    if let Some(tls) = crate::tls::client_config(&key.tls)? {
+        builder = builder.tls_config(tls);
+    }
+    if let Some(p) = &key.via_proxy {
+        let proxy = ureq::Proxy::new(p)
+            .map_err(|e| format!("invalid proxy URL from the environment ({})", e.kind()))?;
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder
         .timeout_connect(timeouts.connect)
         // A per-read socket timeout: the longest silence between bytes, not a cap on the stream.
         .timeout_read(timeouts.idle)
@@ -33,7 +45,7 @@ pub fn agent(timeouts: &Timeouts, max_idle_per_host: usize) -> ureq::Agent {
         .max_idle_connections(max_idle_per_host.saturating_mul(4))
         .max_idle_connections_per_host(max_idle_per_host)
         .user_agent(concat!("modelmux/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .build())
 }
 
 /// The backend URL for an OpenAI path such as `/chat/completions`.

@@ -297,6 +297,8 @@ fn body_over_limit_is_413() {
     .unwrap();
     let r = read_response(&mut BufReader::new(s), false).unwrap();
     r.error(413);
+    // The server will not read that body, so it must tell the client not to reuse the connection.
+    assert_eq!(r.header("connection"), Some("close"));
     assert!(a.requests().is_empty());
     // The proxy is still fine.
     assert_eq!(

@@ -146,6 +146,13 @@ impl MockBackend {
     /// Starts on the given address (e.g. `"127.0.0.1:3334"`).
     pub fn start_on(addr: &str, behavior: Behavior) -> io::Result<MockBackend> {
         let listener = TcpListener::bind(addr)?;
+        // A deeper accept queue than std's 128, for tests that open a thousand streams at once.
+        {
+            use std::os::fd::AsRawFd;
+            unsafe {
+                libc::listen(listener.as_raw_fd(), 4096);
+            }
+        }
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             port: addr.port(),

@@ -115,6 +115,13 @@ impl Proxy {
             .args(args)
             .env_remove("CM_OPEN_WEBUI_PROXY_PORT")
             .env_remove("CM_OPEN_WEBUI_PROXY_CONFIG_FILE")
+            // The sandbox or CI may set proxies; tests talk to loopback backends directly.
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .env("CM_OPEN_WEBUI_PROXY_LOG_LEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -263,7 +263,11 @@ where
         let header = header.into();
 
         // ignoring forbidden headers
-        if header.field.equiv("Connection")
+        // modelmux: except `Connection: close`, which a handler that leaves the body unread
+        // must be able to send so clients do not reuse a connection about to be closed.
+        let connection_close =
+            header.field.equiv("Connection") && header.value.as_str().eq_ignore_ascii_case("close");
+        if (header.field.equiv("Connection") && !connection_close)
             || header.field.equiv("Trailer")
             || header.field.equiv("Transfer-Encoding")
             || header.field.equiv("Upgrade")

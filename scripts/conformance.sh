@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# `make conformance`: drive modelmux with the official OpenAI Python SDK.
+#
+# Builds modelmux and the demo backend, starts two demo backends (an echo model streaming with
+# a chunk delay and a usage chunk, and one answering every request with 401) plus modelmux on
+# OS-picked loopback ports, then runs scripts/conformance/conformance.py against the proxy.
+# The SDK lives in a venv at target/conformance-venv (created and installed on first run, and
+# again whenever scripts/conformance/requirements.txt changes).
+#
+# Env: CONFORMANCE_PYTHON (default python3), CONFORMANCE_PROFILE=debug|release (default debug:
+# the binaries `make test` already built), CONFORMANCE_LOG_DIR (default target/conformance-logs).
+# The processes' logs stay in the log dir; their tails are printed when the run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The run must not depend on the caller's modelmux settings (e.g. proxy keys, log level).
+for v in $(compgen -e | grep '^CM_OPEN_WEBUI_PROXY_' || true); do
+  unset "$v"
+done
+
+start_time=$SECONDS
+python=${CONFORMANCE_PYTHON:-python3}
+venv=target/conformance-venv
+req=scripts/conformance/requirements.txt
+logs=${CONFORMANCE_LOG_DIR:-target/conformance-logs}
+profile=${CONFORMANCE_PROFILE:-debug}
+chunk_delay_ms=100
+max_body=65536
+
+say() { echo "conformance: $*" >&2; }
+
+# --- cleanup: stop exactly the processes started here ----------------------------------------
+pids=()
+cleanup() {
+  local status=$? pid
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    kill "$pid" 2>/dev/null || true
+  done
+  # modelmux drains on SIGTERM; give everything 5 s, then SIGKILL what is left.
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+    done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$status" -ne 0 ] && [ -d "$logs" ]; then
+    for f in "$logs"/*.log; do
+      [ -f "$f" ] || continue
+      echo "----- $f (last 20 lines)" >&2
+      tail -n 20 "$f" >&2 || true
+    done
+  fi
+  say "finished in $((SECONDS - start_time))s (exit $status)"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+rm -rf "$logs"
+mkdir -p "$logs"
+
+# --- Python SDK -------------------------------------------------------------------------------
+if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  say "creating $venv"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+if ! cmp -s "$req" "$venv/.requirements.txt"; then
+  say "installing $(grep -v '^#' "$req" | tr '\n' ' ')"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/.requirements.txt"
+fi
+
+# --- binaries ---------------------------------------------------------------------------------
+case "$profile" in
+  release) cargo build --release --bin modelmux --example demo_backend; bin=target/release ;;
+  debug) cargo build --bin modelmux --example demo_backend; bin=target/debug ;;
+  *) say "CONFORMANCE_PROFILE must be debug or release"; exit 2 ;;
+esac
+
+# --- processes --------------------------------------------------------------------------------
+
+# wait_port PID LOGFILE: print the port from the first "listening on http://127.0.0.1:PORT" line.
+wait_port() {
+  local pid=$1 log=$2 port=""
+  for _ in $(seq 1 200); do
+    port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$log" | head -n 1)
+    if [ -n "$port" ]; then
+      echo "$port"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "process $pid exited before listening; see $log"
+      return 1
+    fi
+    sleep 0.05
+  done
+  say "process $pid did not report a listening port within 10s; see $log"
+  return 1
+}
+
+"$bin/examples/demo_backend" 127.0.0.1:0 --chunk-delay-ms "$chunk_delay_ms" --include-usage \
+  >"$logs/echo-backend.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+echo_port=$(wait_port "$pid" "$logs/echo-backend.log")
+
+"$bin/examples/demo_backend" 127.0.0.1:0 --status 401 >"$logs/locked-backend.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+locked_port=$(wait_port "$pid" "$logs/locked-backend.log")
+
+cat >"$logs/config.json" <<EOF
+{
+  "endpoints": {
+    "echo": {
+      "displayName": "Echo",
+      "url": "http://127.0.0.1:$echo_port",
+      "apiKey": "sk-conformance-backend-key-1234",
+      "actualModelName": "echo-real"
+    },
+    "locked": {
+      "url": "http://127.0.0.1:$locked_port"
+    }
+  }
+}
+EOF
+
+CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES=$max_body CM_OPEN_WEBUI_PROXY_LOG_LEVEL=info \
+  "$bin/modelmux" --host 127.0.0.1 --port 0 --config "$logs/config.json" >"$logs/modelmux.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+proxy_port=$(wait_port "$pid" "$logs/modelmux.log")
+say "echo backend :$echo_port, locked backend :$locked_port, modelmux :$proxy_port ($profile build)"
+
+# --- the SDK checks ---------------------------------------------------------------------------
+# A hard cap so a hung request can never stall CI (each SDK call also has its own timeout).
+limit=()
+if command -v timeout >/dev/null 2>&1; then limit=(timeout 120); fi
+${limit[@]+"${limit[@]}"} "$venv/bin/python" scripts/conformance/conformance.py \
+  --base-url "http://127.0.0.1:$proxy_port/v1" \
+  --chunk-delay-ms "$chunk_delay_ms" \
+  --max-body "$max_body"
