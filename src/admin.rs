@@ -6,22 +6,45 @@ use crate::live::{Live, Shared};
 use crate::redact;
 use serde_json::{json, Value};
 
-/// `GET /health`: cheap, never probes a backend. Keeps the original proxy's fields.
-pub fn health(live: &Live) -> Vec<u8> {
+/// `GET /health`: cheap, never probes a backend. Keeps the original proxy's fields; with
+/// `?backends=1` also each backend's passive-health state (no keys).
+pub fn health(live: &Live, backends: bool) -> Vec<u8> {
     let models: Vec<Value> = live
         .config
         .endpoints
         .iter()
         .map(|e| json!({"id": e.id, "displayName": e.display_name}))
         .collect();
-    json!({
+    let mut v = json!({
         "status": "ok",
         "endpoints": live.config.endpoints.len(),
         "models": models,
         "version": env!("CARGO_PKG_VERSION"),
-    })
-    .to_string()
-    .into_bytes()
+    });
+    if backends {
+        let mut by_model = serde_json::Map::new();
+        for (m, e) in live.config.endpoints.iter().enumerate() {
+            let list: Vec<Value> = e
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(b, backend)| {
+                    let view = live.balancer.view((m, b));
+                    json!({
+                        "backend": redact::host(&backend.url),
+                        "weight": backend.weight,
+                        "inFlight": view.as_ref().map(|v| v.in_flight),
+                        "consecutiveFailures": view.as_ref().map(|v| v.consecutive_failures),
+                        "coolingDown": view.as_ref().map(|v| v.cooldown_left.is_some()),
+                        "cooldownLeftSecs": view.as_ref().and_then(|v| v.cooldown_left).map(|d| d.as_secs_f64()),
+                    })
+                })
+                .collect();
+            by_model.insert(e.id.clone(), Value::Array(list));
+        }
+        v["backends"] = Value::Object(by_model);
+    }
+    v.to_string().into_bytes()
 }
 
 fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
@@ -82,7 +105,14 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
                 "sseKeepaliveSecs": e.sse_keepalive.map(|d| d.as_secs_f64()),
                 "caFile": e.tls.ca_file,
                 "insecureSkipVerify": e.tls.insecure,
-                "proxy": e.via_proxy.as_deref().map(redact::url),
+                "backends": e.backends.iter().map(|b| json!({
+                    "url": redact::url(&b.url),
+                    "apiKey": redact::api_key(&b.api_key),
+                    "actualModelName": b.actual_model_name,
+                    "weight": b.weight,
+                    "proxy": b.via_proxy.as_deref().map(redact::url),
+                })).collect::<Vec<_>>(),
+                "fallbacks": e.fallbacks,
             }),
         );
     }
@@ -91,6 +121,9 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
         "configPath": shared.path,
         "loadedAt": live.loaded_at,
         "proxyKeys": live.config.proxy_keys.len(),
+        "defaultModel": live.config.default_model,
+        "retry": {"maxAttempts": live.config.retry.max_attempts, "backoffMs": live.config.retry.backoff.as_millis() as u64},
+        "health": {"failureThreshold": live.config.health.failure_threshold, "cooldownSecs": live.config.health.cooldown.as_secs_f64()},
         "endpoints": endpoints,
     })
     .to_string()

@@ -43,6 +43,8 @@ pub struct Options {
     pub max_header_bytes: usize,
     /// CA bundle trusted for every backend, beside the bundled roots.
     pub ca_file: Option<String>,
+    /// Access log format.
+    pub log_format: crate::access_log::Format,
 }
 
 /// What the command line asks for.
@@ -76,6 +78,7 @@ Environment:
   CM_OPEN_WEBUI_PROXY_CONNECT_TIMEOUT_SECS upstream connect timeout (default 10)
   CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS    longest upstream silence (default 600)
   CM_OPEN_WEBUI_PROXY_LOG_LEVEL            error|warn|info|debug (default info)
+  CM_OPEN_WEBUI_PROXY_LOG_FORMAT           access log: text (stderr) or json (stdout) (default text)
   CM_OPEN_WEBUI_PROXY_API_KEYS             client keys: key1,key2=modelA|modelB (default: open)
   CM_OPEN_WEBUI_PROXY_ADMIN_KEY            key for /debug and /reload
   CM_OPEN_WEBUI_PROXY_DRAIN_SECS           SIGTERM drain bound (default 30)
@@ -134,6 +137,19 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         )?),
         max_header_bytes: env_num("CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES", 64 * 1024)? as usize,
         ca_file: env("CM_OPEN_WEBUI_PROXY_CA_FILE").filter(|s| !s.trim().is_empty()),
+        log_format: match env("CM_OPEN_WEBUI_PROXY_LOG_FORMAT")
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("text") => crate::access_log::Format::Text,
+            Some("json") => crate::access_log::Format::Json,
+            Some(other) => {
+                return Err(format!(
+                    "CM_OPEN_WEBUI_PROXY_LOG_FORMAT must be text or json, got \"{}\"",
+                    other
+                ))
+            }
+        },
     };
     if let Some(p) = env("CM_OPEN_WEBUI_PROXY_PORT").filter(|s| !s.trim().is_empty()) {
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;

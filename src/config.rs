@@ -82,19 +82,54 @@ pub struct Endpoint {
     pub sse_keepalive: Option<Duration>,
     /// How the backend's certificate is checked.
     pub tls: TlsPolicy,
+    /// Where requests for this model go: the single `url` of a seed config, or `backends`.
+    pub backends: Vec<Backend>,
+    /// Model ids tried, in order, after all of this model's own backends failed.
+    pub fallbacks: Vec<String>,
+}
+
+/// One backend serving a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Base URL, http or https, without trailing slash.
+    pub url: String,
+    /// Key; empty means no Authorization header.
+    pub api_key: String,
+    /// The model name this backend knows.
+    pub actual_model_name: String,
+    /// Share of traffic relative to the model's other backends.
+    pub weight: u32,
     /// Forward proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, unless `NO_PROXY` exempts the host.
     pub via_proxy: Option<String>,
 }
 
 impl Endpoint {
-    /// Endpoints with equal keys can share one pooled HTTP client.
-    pub fn client_key(&self) -> ClientKey {
+    /// Backends with equal keys can share one pooled HTTP client.
+    pub fn client_key(&self, backend: &Backend) -> ClientKey {
         ClientKey {
             timeouts: self.timeouts,
             tls: self.tls.clone(),
-            via_proxy: self.via_proxy.clone(),
+            via_proxy: backend.via_proxy.clone(),
         }
     }
+}
+
+/// How many backends one request may try, and the pause between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per request across a model's backends and its fallbacks.
+    pub max_attempts: u32,
+    /// Pause before each retry.
+    pub backoff: Duration,
+}
+
+/// Passive health: when a backend is skipped after failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive failures that start a cool-down.
+    pub failure_threshold: u32,
+    /// How long a failing backend is skipped before it is tried again.
+    pub cooldown: Duration,
 }
 
 /// What an HTTP client is built from.
@@ -115,6 +150,12 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     /// Keys clients must present; empty means open access.
     pub proxy_keys: Vec<ProxyKey>,
+    /// Model for requests that name none (some GET passthroughs).
+    pub default_model: Option<String>,
+    /// Failover attempts and backoff.
+    pub retry: RetryPolicy,
+    /// Passive health thresholds.
+    pub health: HealthPolicy,
     /// Non-fatal findings (unknown fields), for the operator's log.
     pub warnings: Vec<String>,
 }
@@ -182,7 +223,10 @@ pub fn parse(
     };
     let mut warnings = Vec::new();
     for key in root.keys() {
-        if !matches!(key.as_str(), "endpoints" | "timeouts" | "proxyKeys") {
+        if !matches!(
+            key.as_str(),
+            "endpoints" | "timeouts" | "proxyKeys" | "defaultModel" | "retry" | "health"
+        ) {
             warnings.push(format!(
                 "{}: unknown top-level field \"{}\" ignored",
                 file, key
@@ -231,11 +275,102 @@ pub fn parse(
     if let Some(v) = root.get("proxyKeys") {
         proxy_keys.extend(parse_proxy_keys(v).map_err(|(loc, m)| err(&loc, m))?);
     }
+    for ep in &endpoints {
+        for (i, f) in ep.fallbacks.iter().enumerate() {
+            if f == &ep.id || !endpoints.iter().any(|e| &e.id == f) {
+                return Err(err(
+                    &format!("endpoints.{}.fallbacks[{}]", ep.id, i),
+                    format!("\"{}\" is not another configured model id", f),
+                ));
+            }
+        }
+    }
+    let default_model = match root.get("defaultModel") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if endpoints.iter().any(|e| &e.id == id) => Some(id.clone()),
+        Some(v) => {
+            return Err(err(
+                "defaultModel",
+                format!("expected a configured model id, got {}", v),
+            ))
+        }
+    };
+    let retry = parse_retry(root.get("retry")).map_err(|m| err("retry", m))?;
+    let health = parse_health(root.get("health")).map_err(|m| err("health", m))?;
     Ok(Config {
         endpoints,
         proxy_keys,
+        default_model,
+        retry,
+        health,
         warnings,
     })
+}
+
+fn number_field(
+    obj: &Map<String, Value>,
+    name: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|n| *n >= min && *n <= max)
+            .map(Some)
+            .ok_or_else(|| format!("{}: expected a number from {} to {}", name, min, max)),
+    }
+}
+
+/// `"retry": {"maxAttempts": 3, "backoffMs": 50}`.
+fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
+    let mut r = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_millis(50),
+    };
+    let Some(v) = v else { return Ok(r) };
+    let obj = v
+        .as_object()
+        .ok_or("expected an object like {\"maxAttempts\": 3, \"backoffMs\": 50}")?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "maxAttempts" | "backoffMs"))
+    {
+        return Err(format!("unknown field \"{}\"", key));
+    }
+    if let Some(n) = number_field(obj, "maxAttempts", 1.0, 10.0)? {
+        r.max_attempts = n as u32;
+    }
+    if let Some(n) = number_field(obj, "backoffMs", 0.0, 10_000.0)? {
+        r.backoff = Duration::from_millis(n as u64);
+    }
+    Ok(r)
+}
+
+/// `"health": {"failureThreshold": 3, "cooldownSecs": 30}`.
+fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
+    let mut h = HealthPolicy {
+        failure_threshold: 3,
+        cooldown: Duration::from_secs(30),
+    };
+    let Some(v) = v else { return Ok(h) };
+    let obj = v
+        .as_object()
+        .ok_or("expected an object like {\"failureThreshold\": 3, \"cooldownSecs\": 30}")?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "failureThreshold" | "cooldownSecs"))
+    {
+        return Err(format!("unknown field \"{}\"", key));
+    }
+    if let Some(n) = number_field(obj, "failureThreshold", 1.0, 1000.0)? {
+        h.failure_threshold = n as u32;
+    }
+    if let Some(n) = number_field(obj, "cooldownSecs", 0.0, 86_400.0)? {
+        h.cooldown = Duration::from_secs_f64(n);
+    }
+    Ok(h)
 }
 
 /// `"proxyKeys": ["key", {"key": "k2", "models": ["id", ...]}]`.
@@ -312,6 +447,8 @@ fn parse_endpoint(
         "sseKeepaliveSecs",
         "caFile",
         "insecureSkipVerify",
+        "backends",
+        "fallbacks",
     ];
     for key in obj.keys() {
         if !KNOWN.contains(&key.as_str()) {
@@ -321,13 +458,10 @@ fn parse_endpoint(
             ));
         }
     }
-    let url = opt_string(obj, "url")?.ok_or_else(|| {
-        (
-            "url".to_string(),
-            "missing: expected the backend's http(s) base URL".to_string(),
-        )
-    })?;
-    let url = validate_url(&url).map_err(|m| ("url".to_string(), m))?;
+    let url = match opt_string(obj, "url")? {
+        Some(u) => Some(validate_url(&u).map_err(|m| ("url".to_string(), m))?),
+        None => None,
+    };
     let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
     let api_key = opt_string(obj, "apiKey")?.unwrap_or_default();
     let actual_model_name = opt_string(obj, "actualModelName")?
@@ -422,11 +556,30 @@ fn parse_endpoint(
         insecure,
     };
     crate::tls::client_config(&tls).map_err(|m| ("caFile".to_string(), m))?;
-    let via_proxy = proxy_for(&url, env);
+    let backends = parse_backends(obj, url.as_deref(), &api_key, &actual_model_name, env)?;
+    let fallbacks = match obj.get("fallbacks") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    (
+                        "fallbacks".to_string(),
+                        "expected an array of model ids".to_string(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(v) => {
+            return Err((
+                "fallbacks".to_string(),
+                format!("expected an array of model ids, got {}", type_name(v)),
+            ))
+        }
+    };
     Ok(Endpoint {
         id: id.to_string(),
         display_name,
-        url,
         api_key,
         actual_model_name,
         timeouts,
@@ -434,8 +587,100 @@ fn parse_endpoint(
         drop_fields,
         sse_keepalive,
         tls,
-        via_proxy,
+        url: url.unwrap_or_else(|| backends[0].url.clone()),
+        backends,
+        fallbacks,
     })
+}
+
+/// The endpoint's backends: `backends` entries inheriting missing fields from the endpoint, or
+/// the endpoint's own `url` alone (a seed config).
+fn parse_backends(
+    obj: &Map<String, Value>,
+    url: Option<&str>,
+    api_key: &str,
+    actual_model_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Backend>, FieldError> {
+    let single = |url: &str| Backend {
+        url: url.to_string(),
+        api_key: api_key.to_string(),
+        actual_model_name: actual_model_name.to_string(),
+        weight: 1,
+        via_proxy: proxy_for(url, env),
+    };
+    let items = match obj.get("backends") {
+        None | Some(Value::Null) => {
+            let url = url.ok_or_else(|| {
+                (
+                    "url".to_string(),
+                    "missing: expected the backend's http(s) base URL (or a \"backends\" list)"
+                        .to_string(),
+                )
+            })?;
+            return Ok(vec![single(url)]);
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(_) => return Err((
+            "backends".to_string(),
+            "expected a non-empty array of {\"url\", \"apiKey\", \"actualModelName\", \"weight\"}"
+                .to_string(),
+        )),
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let loc = format!("backends[{}]", i);
+        let b = item.as_object().ok_or_else(|| {
+            (
+                loc.clone(),
+                format!("expected an object, got {}", type_name(item)),
+            )
+        })?;
+        for key in b.keys() {
+            if !matches!(
+                key.as_str(),
+                "url" | "apiKey" | "actualModelName" | "weight"
+            ) {
+                return Err((
+                    format!("{}.{}", loc, key),
+                    "unknown field; expected url, apiKey, actualModelName or weight".to_string(),
+                ));
+            }
+        }
+        let field =
+            |name: &str| opt_string(b, name).map_err(|(f, m)| (format!("{}.{}", loc, f), m));
+        let burl = match field("url")? {
+            Some(u) => validate_url(&u).map_err(|m| (format!("{}.url", loc), m))?,
+            None => url.map(str::to_string).ok_or_else(|| {
+                (
+                    format!("{}.url", loc),
+                    "missing, and the endpoint has no url to inherit".to_string(),
+                )
+            })?,
+        };
+        let weight = match b.get("weight") {
+            None | Some(Value::Null) => 1,
+            Some(v) => v
+                .as_u64()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| {
+                    (
+                        format!("{}.weight", loc),
+                        "expected a whole number from 1 to 1000".to_string(),
+                    )
+                })? as u32,
+        };
+        out.push(Backend {
+            via_proxy: proxy_for(&burl, env),
+            api_key: field("apiKey")?.unwrap_or_else(|| api_key.to_string()),
+            actual_model_name: field("actualModelName")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| actual_model_name.to_string()),
+            weight,
+            url: burl,
+        });
+    }
+    Ok(out)
 }
 
 /// The forward proxy for a backend URL from the usual environment variables, honouring NO_PROXY

@@ -5,13 +5,16 @@
 //! and `relay` streams the answer back; `config`/`live` hold the config, `redact` keeps secrets out.
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod api_error;
+pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod lifecycle;
 pub mod live;
+pub mod metrics;
 pub mod proxy;
 pub mod redact;
 pub mod relay;
@@ -20,3 +23,4 @@ pub mod route;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod usage;

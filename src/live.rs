@@ -1,6 +1,7 @@
 //! The live config: parsed once per (re)load, swapped atomically, shared by reference.
 
-use crate::config::{self, ClientKey, Config, ConfigError, Defaults, Endpoint};
+use crate::balance::Balancer;
+use crate::config::{self, Backend, ClientKey, Config, ConfigError, Defaults, Endpoint};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,13 +12,15 @@ pub struct Live {
     pub config: Config,
     /// Unix seconds of the load.
     pub loaded_at: u64,
+    /// Backend selection and passive health for this config.
+    pub balancer: Balancer,
     agents: Vec<(ClientKey, ureq::Agent)>,
 }
 
 impl Live {
-    /// The pooled HTTP client for an endpoint.
-    pub fn agent(&self, endpoint: &Endpoint) -> Option<&ureq::Agent> {
-        let key = endpoint.client_key();
+    /// The pooled HTTP client for one of an endpoint's backends.
+    pub fn agent(&self, endpoint: &Endpoint, backend: &Backend) -> Option<&ureq::Agent> {
+        let key = endpoint.client_key(backend);
         self.agents.iter().find(|(k, _)| *k == key).map(|(_, a)| a)
     }
 }
@@ -96,25 +99,29 @@ fn build(
     };
     let mut agents: Vec<(ClientKey, ureq::Agent)> = Vec::new();
     for ep in &config.endpoints {
-        let key = ep.client_key();
-        if agents.iter().any(|(k, _)| *k == key) {
-            continue;
-        }
-        let agent = match cache.iter().find(|(k, _)| *k == key) {
-            Some((_, a)) => a.clone(),
-            None => {
-                let a = crate::upstream::agent(&key, max_idle).map_err(|message| ConfigError {
-                    file: path.to_string(),
-                    location: format!("endpoints.{}", ep.id),
-                    message,
-                })?;
-                cache.push((key.clone(), a.clone()));
-                a
+        for backend in &ep.backends {
+            let key = ep.client_key(backend);
+            if agents.iter().any(|(k, _)| *k == key) {
+                continue;
             }
-        };
-        agents.push((key, agent));
+            let agent = match cache.iter().find(|(k, _)| *k == key) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let a =
+                        crate::upstream::agent(&key, max_idle).map_err(|message| ConfigError {
+                            file: path.to_string(),
+                            location: format!("endpoints.{}", ep.id),
+                            message,
+                        })?;
+                    cache.push((key.clone(), a.clone()));
+                    a
+                }
+            };
+            agents.push((key, agent));
+        }
     }
     Ok(Live {
+        balancer: Balancer::new(&config),
         config,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -81,6 +81,7 @@ fn run(o: Options) -> Result<(), String> {
         .init()
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
+    modelmux::access_log::set_format(o.log_format);
     tiny_http::limits::set_header_read_timeout(o.client_timeout);
     tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
     tiny_http::limits::set_max_header_bytes(o.max_header_bytes);

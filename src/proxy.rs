@@ -1,30 +1,37 @@
-//! `POST /chat/completions` and every passthrough path: read the body, find the model, rewrite,
-//! call the backend, relay the answer.
+//! `POST /chat/completions` and every passthrough path: read the body, find the model, then
+//! try the model's backends (and its fallbacks) until one answers, and relay that answer.
 
 use crate::access::Caller;
 use crate::api_error::{clip, ApiError};
+use crate::balance::Pick;
 use crate::body::{self, JsonObject};
+use crate::config::{Backend, Endpoint};
 use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::relay::{self, ClientSide, Head, Outcome};
 use crate::route::{Route, Target};
 use crate::upstream::{self, Outgoing};
 use std::io::Read;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
-/// What the access log needs to know about one proxied request.
+/// What the access log and metrics need to know about one request.
 #[derive(Debug, Default)]
 pub struct Summary {
     /// The public model id, when one was found.
     pub model: Option<String>,
-    /// Backend host:port, when one was called.
+    /// Backend host:port of the last attempt.
     pub backend: Option<String>,
     /// Status sent to the client.
     pub status: u16,
     /// Body bytes sent to the client.
     pub bytes: u64,
     /// Time to the first body byte sent to the client.
-    pub ttfb: Option<std::time::Duration>,
+    pub ttfb: Option<Duration>,
+    /// Tokens (prompt, completion) the backend reported.
+    pub tokens: Option<(u64, u64)>,
+    /// Retries on other backends or fallback models.
+    pub retries: u32,
     /// `complete`, `client_gone`, `upstream_failed` or `error`.
     pub outcome: &'static str,
 }
@@ -35,72 +42,181 @@ pub struct Limits {
     pub max_body: usize,
 }
 
+/// Everything a proxied request needs from the server.
+pub struct Ctx<'a> {
+    /// The config this request runs on, start to end.
+    pub live: &'a Live,
+    /// Who is calling.
+    pub caller: &'a Caller<'a>,
+    /// Body limit.
+    pub limits: &'a Limits,
+    /// Process metrics.
+    pub metrics: &'a Metrics,
+    /// This request's id, forwarded upstream and returned to the client.
+    pub request_id: &'a str,
+}
+
+/// The client's request, read and understood, before any backend is chosen.
+struct Prepared {
+    method: &'static str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    json: Option<JsonObject>,
+    boundary: Option<String>,
+    model_index: usize,
+}
+
 /// Handles a chat completion or passthrough request end to end.
 pub fn handle(
     mut request: Request,
     target: &Target,
     route: &Route,
-    live: &Live,
-    caller: &Caller,
-    limits: &Limits,
+    ctx: &Ctx,
     started: Instant,
 ) -> Summary {
     let mut summary = Summary {
         outcome: "error",
         ..Summary::default()
     };
-    let prepared = prepare(
-        &mut request,
-        target,
-        route,
-        live,
-        caller,
-        limits,
-        &mut summary,
-    );
-    let (outgoing, endpoint_stream_keepalive) = match prepared {
+    let prepared = match prepare(&mut request, target, route, ctx, &mut summary) {
         Ok(p) => p,
-        Err(e) => {
-            summary.status = e.status;
-            crate::reply::error(request, &e);
-            return summary;
+        Err(e) => return fail(request, e, ctx, summary),
+    };
+    let live = ctx.live;
+    let config = &live.config;
+    let model = config.endpoints[prepared.model_index].id.clone();
+    // The model's own backends first, then each fallback model's.
+    let mut order = vec![prepared.model_index];
+    for f in &config.endpoints[prepared.model_index].fallbacks {
+        if let Some(i) = config.endpoints.iter().position(|e| &e.id == f) {
+            order.push(i);
         }
+    }
+    let next_pick = |tried: &[Pick]| order.iter().find_map(|m| live.balancer.pick(*m, tried));
+    let mut tried: Vec<Pick> = Vec::new();
+    let Some(mut pick) = next_pick(&tried) else {
+        return fail(
+            request,
+            ApiError::internal("no backend configured for this model"),
+            ctx,
+            summary,
+        );
     };
-    let model = summary.model.clone().unwrap_or_default();
-    let Some(endpoint) = live.config.endpoint(&model) else {
-        let e = ApiError::model_not_found(&model);
-        summary.status = e.status;
-        crate::reply::error(request, &e);
-        return summary;
-    };
-    let Some(agent) = live.agent(endpoint) else {
-        let e = ApiError::internal("no HTTP client for this endpoint");
-        summary.status = e.status;
-        crate::reply::error(request, &e);
-        return summary;
-    };
-    let response = match upstream::send(agent, outgoing, &model) {
-        Ok(r) => r,
-        Err(e) => {
-            summary.status = e.status;
-            crate::reply::error(request, &e);
-            return summary;
+    loop {
+        tried.push(pick);
+        let endpoint = &config.endpoints[pick.0];
+        let backend = &endpoint.backends[pick.1];
+        let host = crate::redact::host(&backend.url).to_string();
+        summary.backend = Some(host.clone());
+        let Some(agent) = live.agent(endpoint, backend) else {
+            return fail(
+                request,
+                ApiError::internal("no HTTP client for this backend"),
+                ctx,
+                summary,
+            );
+        };
+        let in_flight = live.balancer.start(pick);
+        let outgoing = outgoing(&prepared, target, endpoint, backend, ctx.request_id);
+        let result = upstream::send(agent, outgoing, &model);
+        // A failure counts against the backend; whether to retry depends on what is left.
+        let cause = match &result {
+            Ok(r) if r.status() == 429 => Some("status_429"),
+            Ok(r) if r.status() >= 500 => Some("status_5xx"),
+            Ok(_) => None,
+            Err(e) if e.status == 504 => Some("timeout"),
+            Err(_) => Some("connect"),
+        };
+        let Some(cause) = cause else {
+            live.balancer.success(pick);
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => return fail(request, e, ctx, summary),
+            };
+            return relay_response(
+                request, response, endpoint, pick, &host, in_flight, ctx, summary, started,
+            );
+        };
+        ctx.metrics.upstream_error(&model, &host, cause);
+        if live.balancer.failure(pick) {
+            log::warn!(
+                "backend {} of model {} cools down after repeated failures",
+                host,
+                endpoint.id
+            );
         }
-    };
+        let next = if (tried.len() as u32) < config.retry.max_attempts {
+            next_pick(&tried)
+        } else {
+            None
+        };
+        match (next, result) {
+            (Some(n), _) => {
+                drop(in_flight);
+                log::info!(
+                    "model {}: backend {} failed ({}); retrying on another backend",
+                    model,
+                    host,
+                    cause
+                );
+                ctx.metrics.retry(&model, cause);
+                summary.retries += 1;
+                std::thread::sleep(config.retry.backoff * summary.retries);
+                pick = n;
+            }
+            // Nothing left to try: the last backend's own answer goes back as it is.
+            (None, Ok(response)) => {
+                return relay_response(
+                    request, response, endpoint, pick, &host, in_flight, ctx, summary, started,
+                )
+            }
+            (None, Err(e)) => return fail(request, e, ctx, summary),
+        }
+    }
+}
+
+fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {
+    summary.status = e.status;
+    summary.outcome = "error";
+    crate::reply::error(request, &e, ctx.request_id);
+    summary
+}
+
+#[allow(clippy::too_many_arguments)]
+fn relay_response(
+    request: Request,
+    response: ureq::Response,
+    endpoint: &Endpoint,
+    pick: Pick,
+    host: &str,
+    in_flight: crate::balance::InFlight,
+    ctx: &Ctx,
+    mut summary: Summary,
+    started: Instant,
+) -> Summary {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for name in response.headers_names() {
+        if upstream::is_hop_by_hop(&name) {
+            continue;
+        }
+        // Our id names this request; the backend's own id is kept under another name.
+        let out_name = if name.eq_ignore_ascii_case("x-request-id") {
+            "X-Upstream-Request-Id".to_string()
+        } else {
+            name.clone()
+        };
+        for v in response.all(&name) {
+            headers.push((out_name.clone(), v.to_string()));
+        }
+    }
+    headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
+    if crate::reply::wants_close(&request) {
+        headers.push(("Connection".to_string(), "close".to_string()));
+    }
     let head = Head {
         status: response.status(),
         reason: sanitize_reason(response.status_text()),
-        headers: response
-            .headers_names()
-            .iter()
-            .filter(|n| !upstream::is_hop_by_hop(n))
-            .flat_map(|n| {
-                response
-                    .all(n)
-                    .into_iter()
-                    .map(move |v| (n.clone(), v.to_string()))
-            })
-            .collect(),
+        headers,
         content_length: response
             .header("content-length")
             .and_then(|v| v.trim().parse().ok()),
@@ -109,37 +225,74 @@ pub fn handle(
     let client = ClientSide {
         http10: *request.http_version() == (1, 0),
         head_only: *request.method() == Method::Head,
-        sse_keepalive: endpoint_stream_keepalive,
+        sse_keepalive: endpoint.sse_keepalive,
     };
     let mut writer = request.into_writer();
     let stats = relay::relay(started, &mut *writer, head, response.into_reader(), &client);
+    drop(in_flight);
     summary.bytes = stats.bytes;
     summary.ttfb = stats.ttfb;
+    summary.tokens = stats.tokens;
     summary.outcome = match stats.outcome {
         Outcome::Complete => "complete",
         Outcome::ClientGone => "client_gone",
         Outcome::UpstreamFailed(msg) => {
-            log::warn!("model {}: {}", model, msg);
+            log::warn!("model {} backend {}: {}", endpoint.id, host, msg);
+            ctx.metrics.upstream_error(&endpoint.id, host, "mid_stream");
+            ctx.live.balancer.failure(pick);
             "upstream_failed"
         }
     };
     summary
 }
 
-/// Everything up to the backend call; errors become the client's reply.
+/// The request for one backend: its URL, key and model name.
+fn outgoing(
+    p: &Prepared,
+    target: &Target,
+    endpoint: &Endpoint,
+    backend: &Backend,
+    request_id: &str,
+) -> Outgoing<'static> {
+    let actual = &backend.actual_model_name;
+    let body = if let Some(obj) = &p.json {
+        obj.rewrite(actual, &endpoint.drop_fields)
+    } else if let Some(b) = &p.boundary {
+        body::replace_multipart_field(&p.body, b, "model", actual).unwrap_or_else(|| p.body.clone())
+    } else {
+        p.body.clone()
+    };
+    let query = target.query.as_deref().map(|q| {
+        if body::query_param(q, "model").is_some() {
+            body::replace_query_param(q, "model", actual)
+        } else {
+            q.to_string()
+        }
+    });
+    let mut headers = upstream::forward_headers(&p.headers, endpoint, backend);
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case("x-request-id"));
+    headers.push(("X-Request-Id".to_string(), request_id.to_string()));
+    let has_body = !body.is_empty() || matches!(p.method, "POST" | "PUT" | "PATCH");
+    Outgoing {
+        method: p.method,
+        url: upstream::url(&backend.url, &target.path, query.as_deref()),
+        headers,
+        body: has_body.then_some(body),
+    }
+}
+
+/// Everything up to choosing a backend; errors become the client's reply.
 fn prepare(
     request: &mut Request,
     target: &Target,
     route: &Route,
-    live: &Live,
-    caller: &Caller,
-    limits: &Limits,
+    ctx: &Ctx,
     summary: &mut Summary,
-) -> Result<(Outgoing<'static>, Option<std::time::Duration>), ApiError> {
-    let method = request.method().as_str().to_string();
+) -> Result<Prepared, ApiError> {
+    let method_name = request.method().as_str().to_string();
     if *route == Route::ChatCompletions && *request.method() != Method::Post {
         return Err(ApiError::method_not_allowed(
-            &method,
+            &method_name,
             "/v1/chat/completions",
             "POST",
         ));
@@ -154,7 +307,7 @@ fn prepare(
         Method::Options => "OPTIONS",
         _ => {
             return Err(ApiError::method_not_allowed(
-                &method,
+                &method_name,
                 &target.path,
                 "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
             ))
@@ -176,8 +329,10 @@ fn prepare(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let body = read_body(request, limits.max_body)?;
-    let content_type = header("content-type").unwrap_or("").to_ascii_lowercase();
+    let body = read_body(request, ctx.limits.max_body)?;
+    let content_type = header("content-type").unwrap_or("").to_string();
+    let boundary = body::multipart_boundary(&content_type);
+    let live = ctx.live;
 
     // Selection order is the original proxy's: header, query, JSON body, then multipart.
     let mut json: Option<JsonObject> = None;
@@ -191,9 +346,9 @@ fn prepare(
         json = Some(obj);
         m
     } else {
-        let looks_json = content_type.starts_with("application/json")
-            || (content_type.is_empty()
-                && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+        let ct = content_type.to_ascii_lowercase();
+        let looks_json = ct.starts_with("application/json")
+            || (ct.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
         let from_header = header("x-model-id")
             .map(str::to_string)
             .filter(|s| !s.is_empty());
@@ -215,55 +370,40 @@ fn prepare(
             (None, Some(obj)) => obj.model()?,
             _ => None,
         };
-        let boundary = body::multipart_boundary(&content_type)
-            .and_then(|_| body::multipart_boundary(header("content-type").unwrap_or("")));
         let from_multipart = match (&early, &from_json, &boundary) {
             (None, None, Some(b)) => body::multipart_field(&body, b, "model"),
             _ => None,
         };
-        early.or(from_json).or(from_multipart).ok_or_else(|| {
-            ApiError::invalid_request(format!(
-                "No model named for {}: send it as the JSON body's `model`, a `model` form field, a `model` query parameter or an `X-Model-Id` header.",
-                clip(&target.path, 200)
-            ))
-            .with_param("model")
-            .with_code("missing_required_parameter")
-        })?
+        early
+            .or(from_json)
+            .or(from_multipart)
+            .or_else(|| live.config.default_model.clone())
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "No model named for {}: send it as the JSON body's `model`, a `model` form field, a `model` query parameter or an `X-Model-Id` header.",
+                    clip(&target.path, 200)
+                ))
+                .with_param("model")
+                .with_code("missing_required_parameter")
+            })?
     };
     summary.model = Some(model.clone());
     // A model the caller's key may not use looks exactly like one that does not exist.
-    let endpoint = live
+    let model_index = live
         .config
-        .endpoint(&model)
-        .filter(|_| caller.may_use(&model))
+        .endpoints
+        .iter()
+        .position(|e| e.id == model)
+        .filter(|_| ctx.caller.may_use(&model))
         .ok_or_else(|| ApiError::model_not_found(&model))?;
-    summary.backend = Some(crate::redact::host(&endpoint.url).to_string());
-
-    let new_body = if let Some(obj) = &json {
-        obj.rewrite(&endpoint.actual_model_name, &endpoint.drop_fields)
-    } else if let Some(b) = body::multipart_boundary(header("content-type").unwrap_or("")) {
-        body::replace_multipart_field(&body, &b, "model", &endpoint.actual_model_name)
-            .unwrap_or(body)
-    } else {
-        body
-    };
-    let query = target.query.as_deref().map(|q| {
-        if body::query_param(q, "model").is_some() {
-            body::replace_query_param(q, "model", &endpoint.actual_model_name)
-        } else {
-            q.to_string()
-        }
-    });
-    let has_body = !new_body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
-    Ok((
-        Outgoing {
-            method,
-            url: upstream::url(&endpoint.url, &target.path, query.as_deref()),
-            headers: upstream::forward_headers(&headers, endpoint),
-            body: has_body.then_some(new_body),
-        },
-        endpoint.sse_keepalive,
-    ))
+    Ok(Prepared {
+        method,
+        headers,
+        body,
+        json,
+        boundary,
+        model_index,
+    })
 }
 
 /// Reads the body up to the limit; a declared length over it is refused before reading.

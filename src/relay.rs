@@ -2,6 +2,7 @@
 //! body re-framed (chunked or Content-Length) and flushed after every read so SSE tokens never
 //! wait in a buffer.
 
+use crate::usage::UsageTap;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct Stats {
     pub ttfb: Option<Duration>,
     /// How it ended.
     pub outcome: Outcome,
+    /// Tokens (prompt, completion) from the backend's `usage`, if it reported them.
+    pub tokens: Option<(u64, u64)>,
 }
 
 /// The response head to send.
@@ -111,7 +114,13 @@ pub fn relay(
         bytes: 0,
         ttfb: None,
         outcome: Outcome::Complete,
+        tokens: None,
     };
+    let is_json = head.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type")
+            && v.to_ascii_lowercase().starts_with("application/json")
+    });
+    let mut tap = (is_sse || is_json).then(|| UsageTap::new(is_sse));
     if out
         .write_all(text.as_bytes())
         .and_then(|_| out.flush())
@@ -125,9 +134,12 @@ pub fn relay(
     }
     let keepalive = if is_sse { client.sse_keepalive } else { None };
     let result = match keepalive {
-        Some(every) => pump_with_keepalive(started, out, body, framing, every, &mut stats),
-        None => pump(started, out, body, framing, &mut stats),
+        Some(every) => {
+            pump_with_keepalive(started, out, body, framing, every, &mut stats, &mut tap)
+        }
+        None => pump(started, out, body, framing, &mut stats, &mut tap),
     };
+    stats.tokens = tap.and_then(UsageTap::finish);
     stats.outcome = match result {
         Ok(()) => Outcome::Complete,
         Err(Failure::Client) => Outcome::ClientGone,
@@ -192,6 +204,7 @@ fn pump(
     mut body: Box<dyn Read + Send>,
     framing: Framing,
     stats: &mut Stats,
+    tap: &mut Option<UsageTap>,
 ) -> Result<(), Failure> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -201,6 +214,9 @@ fn pump(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(upstream_failure(&e)),
         };
+        if let Some(t) = tap.as_mut() {
+            t.feed(&buf[..n]);
+        }
         write_piece(started, out, &buf[..n], framing, stats)?;
     }
     finish(out, framing)
@@ -214,6 +230,7 @@ fn pump_with_keepalive(
     framing: Framing,
     every: Duration,
     stats: &mut Stats,
+    tap: &mut Option<UsageTap>,
 ) -> Result<(), Failure> {
     // Bounded so a slow client pushes back on the backend instead of growing memory.
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
@@ -239,6 +256,9 @@ fn pump_with_keepalive(
         match rx.recv_timeout(every) {
             Ok(Ok(data)) if data.is_empty() => break finish(out, framing),
             Ok(Ok(data)) => {
+                if let Some(t) = tap.as_mut() {
+                    t.feed(&data);
+                }
                 if let Err(f) = write_piece(started, out, &data, framing, stats) {
                     break Err(f);
                 }

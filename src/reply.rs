@@ -4,12 +4,26 @@ use crate::api_error::ApiError;
 use tiny_http::{Header, Request, Response};
 
 /// Sends a JSON body with a status and extra headers; a client that left is not an error.
-pub fn json(request: Request, status: u16, body: Vec<u8>, headers: &[(&str, String)]) {
+pub fn json(
+    request: Request,
+    status: u16,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+    request_id: &str,
+) {
     let mut response = Response::from_data(body).with_status_code(status);
-    if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
-        response.add_header(h);
-    }
-    for (n, v) in headers {
+    let close = wants_close(&request);
+    let fixed = [
+        ("Content-Type", "application/json"),
+        ("X-Request-Id", request_id),
+        ("Connection", if close { "close" } else { "" }),
+    ];
+    for (n, v) in fixed
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .copied()
+        .chain(headers.iter().map(|(n, v)| (*n, v.as_str())))
+    {
         if let Ok(h) = Header::from_bytes(n.as_bytes(), v.as_bytes()) {
             response.add_header(h);
         }
@@ -21,12 +35,25 @@ pub fn json(request: Request, status: u16, body: Vec<u8>, headers: &[(&str, Stri
 
 /// Sends an OpenAI-shaped error; when the body was left unread, with `Connection: close` so
 /// clients do not reuse a connection the server closes after this reply.
-pub fn error(request: Request, e: &ApiError) {
-    if e.close_connection {
-        let mut headers = e.headers.clone();
+pub fn error(request: Request, e: &ApiError, request_id: &str) {
+    let mut headers = e.headers.clone();
+    if e.close_connection && !wants_close(&request) {
         headers.push(("Connection", "close".to_string()));
-        json(request, e.status, e.body(), &headers);
-    } else {
-        json(request, e.status, e.body(), &e.headers);
+    }
+    json(request, e.status, e.body(), &headers, request_id);
+}
+
+/// True when this is the connection's last request (`Connection: close`, or HTTP/1.0 without
+/// keep-alive), so the reply must say `Connection: close`.
+pub fn wants_close(request: &Request) -> bool {
+    let connection = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Connection"))
+        .map(|h| h.value.as_str().to_ascii_lowercase());
+    match connection {
+        Some(v) if v.contains("close") => true,
+        Some(v) if v.contains("keep-alive") => false,
+        _ => *request.http_version() == (1, 0),
     }
 }

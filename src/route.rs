@@ -5,6 +5,8 @@
 pub enum Route {
     /// `GET /health`: liveness, answered without a worker.
     Health,
+    /// `GET /metrics`: Prometheus text, answered without a worker.
+    Metrics,
     /// `GET /debug`: the effective config, keys masked.
     Debug,
     /// `POST /reload`: re-read the config file.
@@ -60,6 +62,7 @@ pub fn parse_target(raw: &str) -> Target {
 pub fn route(path: &str) -> Route {
     match path {
         "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
         "/debug" => Route::Debug,
         "/reload" => Route::Reload,
         "/models" => Route::Models,

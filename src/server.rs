@@ -1,12 +1,14 @@
-//! The listener loop: takes each request from tiny_http, answers cheap ones on a small fast lane,
-//! refuses work when the pool is full, and hands the rest to a worker.
+//! The listener loop: takes each request from tiny_http, answers cheap ones (health, metrics,
+//! 503s) on a small fast lane, and hands the rest to a worker.
 
 use crate::access::{self, Caller};
+use crate::access_log::{self, Entry};
 use crate::api_error::ApiError;
 use crate::lifecycle::Stopper;
 use crate::live::Shared;
-use crate::proxy::{self, Limits, Summary};
-use crate::route::{self, Route};
+use crate::metrics::{Metrics, RequestRecord};
+use crate::proxy::{self, Ctx, Limits, Summary};
+use crate::route::{self, Route, Target};
 use crate::{admin, reply};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -29,6 +31,14 @@ pub struct Settings {
     pub drain: Duration,
 }
 
+/// What the access log needs about a request, kept apart from the request itself.
+struct Meta {
+    method: String,
+    path: String,
+    request_id: String,
+    started: Instant,
+}
+
 /// Serves until the stopper fires, then drains in-flight requests up to `settings.drain`.
 pub fn serve(
     listener: TcpListener,
@@ -45,9 +55,10 @@ pub fn serve(
         .num_threads(settings.workers.max(1))
         .thread_name("worker".into())
         .build();
-    // Cheap answers (health, 503s) never wait behind streams; a few threads suffice.
+    // Cheap answers (health, metrics, 503s) never wait behind streams; a few threads suffice.
     let fast = ThreadPool::with_name("fast".into(), 4);
     let settings = Arc::new(settings);
+    let metrics = Arc::new(Metrics::default());
     while !stopper.stopping() {
         let request = match server.recv() {
             Ok(r) => r,
@@ -60,43 +71,48 @@ pub fn serve(
                 continue;
             }
         };
-        let started = Instant::now();
         let target = route::parse_target(request.url());
         let route = route::route(&target.path);
-        if route == Route::Health {
-            let shared = Arc::clone(&shared);
+        let client_id = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("X-Request-Id"))
+            .map(|h| h.value.as_str());
+        let meta = Meta {
+            method: request.method().to_string(),
+            path: target.path.clone(),
+            request_id: access_log::request_id(client_id),
+            started: Instant::now(),
+        };
+        if matches!(route, Route::Health | Route::Metrics) {
+            let (shared, metrics, workers) =
+                (Arc::clone(&shared), Arc::clone(&metrics), workers.clone());
             fast.execute(move || {
-                let live = shared.snapshot();
-                let summary = match *request.method() {
-                    Method::Get | Method::Head => {
-                        let body = admin::health(&live);
-                        let len = body.len() as u64;
-                        reply::json(request, 200, body, &[]);
-                        simple(200, len)
-                    }
-                    _ => local_error(
-                        request,
-                        ApiError::method_not_allowed("POST", "/health", "GET"),
-                    ),
-                };
-                log_line("GET", &target.path, &summary, started);
+                let summary =
+                    fast_lane(request, &target, &route, &meta, &shared, &metrics, &workers);
+                finish(&meta, &summary, &metrics);
             });
             continue;
         }
         if workers.active_count() >= settings.workers && workers.queued_count() >= settings.queue {
-            let method = request.method().to_string();
+            let metrics = Arc::clone(&metrics);
             fast.execute(move || {
-                let summary = local_error(request, ApiError::overloaded(1));
-                log_line(&method, &target.path, &summary, started);
+                let summary = local_error(request, ApiError::overloaded(1), &meta.request_id);
+                finish(&meta, &summary, &metrics);
             });
             continue;
         }
-        let shared = Arc::clone(&shared);
-        let settings = Arc::clone(&settings);
+        let (shared, settings, metrics) = (
+            Arc::clone(&shared),
+            Arc::clone(&settings),
+            Arc::clone(&metrics),
+        );
         workers.execute(move || {
-            let method = request.method().to_string();
-            let summary = handle(request, &target, &route, &shared, &settings, started);
-            log_line(&method, &target.path, &summary, started);
+            let _gauge = metrics.in_flight();
+            let summary = handle(
+                request, &target, &route, &meta, &shared, &settings, &metrics,
+            );
+            finish(&meta, &summary, &metrics);
         });
     }
     // Stop accepting: dropping the server closes the listener.
@@ -128,9 +144,9 @@ fn simple(status: u16, bytes: u64) -> Summary {
     }
 }
 
-fn local_error(request: Request, e: ApiError) -> Summary {
+fn local_error(request: Request, e: ApiError, request_id: &str) -> Summary {
     let status = e.status;
-    reply::error(request, &e);
+    reply::error(request, &e, request_id);
     Summary {
         status,
         outcome: "error",
@@ -138,89 +154,151 @@ fn local_error(request: Request, e: ApiError) -> Summary {
     }
 }
 
+fn ok(request: Request, body: Vec<u8>, request_id: &str) -> Summary {
+    let len = body.len() as u64;
+    reply::json(request, 200, body, &[], request_id);
+    simple(200, len)
+}
+
+/// `/health` and `/metrics`: no worker, no backend, no key (liveness probes and scrapers).
+fn fast_lane(
+    request: Request,
+    target: &Target,
+    route: &Route,
+    meta: &Meta,
+    shared: &Shared,
+    metrics: &Metrics,
+    workers: &ThreadPool,
+) -> Summary {
+    if !matches!(*request.method(), Method::Get | Method::Head) {
+        return local_error(
+            request,
+            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            &meta.request_id,
+        );
+    }
+    let live = shared.snapshot();
+    match route {
+        Route::Metrics => {
+            let text = metrics.render(workers.queued_count()).into_bytes();
+            let len = text.len() as u64;
+            let response = tiny_http::Response::from_data(text).with_header(
+                tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"text/plain; version=0.0.4"[..],
+                )
+                .unwrap_or_else(|_| {
+                    tiny_http::Header::from_bytes(&b"X-Metrics"[..], &b"1"[..])
+                        .expect("static header")
+                }),
+            );
+            let _ = request.respond(response);
+            simple(200, len)
+        }
+        _ => {
+            let backends = target
+                .query
+                .as_deref()
+                .and_then(|q| crate::body::query_param(q, "backends"))
+                .map(|v| v != "0" && v != "false")
+                .unwrap_or(false);
+            ok(request, admin::health(&live, backends), &meta.request_id)
+        }
+    }
+}
+
 fn handle(
     request: Request,
-    target: &route::Target,
+    target: &Target,
     route: &Route,
+    meta: &Meta,
     shared: &Shared,
     settings: &Settings,
-    started: Instant,
+    metrics: &Metrics,
 ) -> Summary {
     let live = shared.snapshot();
+    let id = meta.request_id.as_str();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
     let token = access::bearer(request.headers()).map(str::to_string);
     if matches!(route, Route::Debug | Route::Reload) {
         let keys_set = !live.config.proxy_keys.is_empty();
         if let Err(e) = access::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
-            return local_error(request, e);
+            return local_error(request, e, id);
         }
     }
     let caller = match route {
         Route::Debug | Route::Reload => Caller::Open,
         _ => match access::authenticate(&live.config.proxy_keys, token.as_deref()) {
             Ok(c) => c,
-            Err(e) => return local_error(request, e),
+            Err(e) => return local_error(request, e, id),
         },
-    };
-    let ok = |request: Request, body: Vec<u8>| {
-        let len = body.len() as u64;
-        reply::json(request, 200, body, &[]);
-        simple(200, len)
     };
     match route {
-        Route::Models if get => ok(request, admin::models(&live, &caller)),
-        Route::Model(id) if get => match admin::model(&live, id, &caller) {
-            Ok(body) => ok(request, body),
-            Err(e) => local_error(request, e),
+        Route::Models if get => ok(request, admin::models(&live, &caller), id),
+        Route::Model(model) if get => match admin::model(&live, model, &caller) {
+            Ok(body) => ok(request, body, id),
+            Err(e) => local_error(request, e, id),
         },
-        Route::Debug if get => ok(request, admin::debug(shared, &live)),
+        Route::Debug if get => ok(request, admin::debug(shared, &live), id),
         Route::Reload if method == Method::Post => {
             match admin::reload(shared, target.query.as_deref()) {
-                Ok(body) => ok(request, body),
-                Err(e) => local_error(request, e),
+                Ok(body) => ok(request, body, id),
+                Err(e) => local_error(request, e, id),
             }
         }
-        Route::Models | Route::Model(_) | Route::Debug => {
-            let m = method.to_string();
-            local_error(
-                request,
-                ApiError::method_not_allowed(&m, &target.path, "GET"),
-            )
-        }
-        Route::Reload => {
-            let m = method.to_string();
-            local_error(
-                request,
-                ApiError::method_not_allowed(&m, &target.path, "POST"),
-            )
-        }
-        Route::Health | Route::ChatCompletions | Route::Passthrough => {
+        Route::Models | Route::Model(_) | Route::Debug => local_error(
+            request,
+            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            id,
+        ),
+        Route::Reload => local_error(
+            request,
+            ApiError::method_not_allowed(&meta.method, &target.path, "POST"),
+            id,
+        ),
+        Route::Health | Route::Metrics | Route::ChatCompletions | Route::Passthrough => {
             let limits = Limits {
                 max_body: settings.max_body,
             };
-            proxy::handle(request, target, route, &live, &caller, &limits, started)
+            let ctx = Ctx {
+                live: &live,
+                caller: &caller,
+                limits: &limits,
+                metrics,
+                request_id: id,
+            };
+            proxy::handle(request, target, route, &ctx, meta.started)
         }
     }
 }
 
-/// One line per request; never a key, never prompt or completion text.
-fn log_line(method: &str, path: &str, s: &Summary, started: Instant) {
-    log::info!(
-        "{} {} model={} backend={} status={} duration_ms={} ttfb_ms={} bytes={} outcome={}",
-        crate::api_error::clip(method, 16),
-        crate::api_error::clip(path, 200),
-        s.model
-            .as_deref()
-            .map(|m| crate::api_error::clip(m, 120))
-            .unwrap_or_else(|| "-".into()),
-        s.backend.as_deref().unwrap_or("-"),
-        s.status,
-        started.elapsed().as_millis(),
-        s.ttfb
-            .map(|t| t.as_millis().to_string())
-            .unwrap_or_else(|| "-".into()),
-        s.bytes,
-        s.outcome,
-    );
+/// The access log line and the request's metrics.
+fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
+    let duration = meta.started.elapsed();
+    access_log::write(&Entry {
+        request_id: &meta.request_id,
+        method: &meta.method,
+        path: &meta.path,
+        model: s.model.as_deref(),
+        backend: s.backend.as_deref(),
+        status: s.status,
+        duration,
+        ttfb: s.ttfb,
+        bytes: s.bytes,
+        tokens: s.tokens,
+        retries: s.retries,
+        outcome: s.outcome,
+    });
+    // Only proxied requests count per model; probes and scrapes would drown the numbers.
+    if let Some(model) = s.model.as_deref() {
+        metrics.request(&RequestRecord {
+            model,
+            backend: s.backend.as_deref().unwrap_or("-"),
+            status: s.status,
+            duration,
+            ttfb: s.ttfb,
+            tokens: s.tokens,
+        });
+    }
 }

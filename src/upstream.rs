@@ -1,7 +1,7 @@
 //! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
 
 use crate::api_error::ApiError;
-use crate::config::{ClientKey, Endpoint};
+use crate::config::{Backend, ClientKey, Endpoint};
 use std::io;
 
 /// Headers never forwarded in either direction (RFC 9110 hop-by-hop, plus framing we redo).
@@ -80,7 +80,11 @@ pub struct Outgoing<'a> {
 }
 
 /// Client headers that may reach the backend: not Authorization, not hop-by-hop, not Host.
-pub fn forward_headers(client: &[(String, String)], endpoint: &Endpoint) -> Vec<(String, String)> {
+pub fn forward_headers(
+    client: &[(String, String)],
+    endpoint: &Endpoint,
+    backend: &Backend,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = client
         .iter()
         .filter(|(n, _)| {
@@ -94,10 +98,10 @@ pub fn forward_headers(client: &[(String, String)], endpoint: &Endpoint) -> Vec<
         out.retain(|(o, _)| !o.eq_ignore_ascii_case(n));
         out.push((n.clone(), v.clone()));
     }
-    if !endpoint.api_key.is_empty() {
+    if !backend.api_key.is_empty() {
         out.push((
             "Authorization".to_string(),
-            format!("Bearer {}", endpoint.api_key),
+            format!("Bearer {}", backend.api_key),
         ));
     }
     out

@@ -1,0 +1,232 @@
+//! Choosing a backend: weighted round-robin that prefers the fewest requests in flight, and
+//! passive health (a backend failing N times in a row is skipped for a cool-down).
+
+use crate::config::{Config, HealthPolicy};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Live counters of one backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    cooldown_until: Mutex<Option<Instant>>,
+}
+
+/// Live state of one model's backends.
+#[derive(Debug)]
+pub struct ModelPool {
+    weights: Vec<i64>,
+    states: Vec<BackendState>,
+    // Smooth weighted round-robin (as nginx does it): even spread, no bursts.
+    current: Mutex<Vec<i64>>,
+}
+
+/// Every model's pool, in config order.
+#[derive(Debug)]
+pub struct Balancer {
+    pools: Vec<ModelPool>,
+    policy: HealthPolicy,
+}
+
+/// A backend picked for one attempt: (model index, backend index).
+pub type Pick = (usize, usize);
+
+/// What a backend's state looks like from outside, for `/health?backends=1`.
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    /// Requests now in flight.
+    pub in_flight: usize,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Time left in the cool-down, if cooling down.
+    pub cooldown_left: Option<Duration>,
+}
+
+impl Balancer {
+    /// Fresh state for a config.
+    pub fn new(config: &Config) -> Balancer {
+        let pools = config
+            .endpoints
+            .iter()
+            .map(|e| ModelPool {
+                weights: e.backends.iter().map(|b| i64::from(b.weight)).collect(),
+                states: e.backends.iter().map(|_| BackendState::default()).collect(),
+                current: Mutex::new(vec![0; e.backends.len()]),
+            })
+            .collect();
+        Balancer {
+            pools,
+            policy: config.health,
+        }
+    }
+
+    /// Picks a backend of model `m` not in `tried`: healthy ones first; among them the lowest
+    /// in-flight per weight, ties broken by smooth weighted round-robin. When every untried
+    /// backend is cooling down, one of them is still returned: trying beats refusing.
+    pub fn pick(&self, m: usize, tried: &[Pick]) -> Option<Pick> {
+        let pool = self.pools.get(m)?;
+        let now = Instant::now();
+        let untried: Vec<usize> = (0..pool.states.len())
+            .filter(|b| !tried.contains(&(m, *b)))
+            .collect();
+        if untried.is_empty() {
+            return None;
+        }
+        let healthy: Vec<usize> = untried
+            .iter()
+            .copied()
+            .filter(|b| !pool.cooling(*b, now))
+            .collect();
+        let candidates = if healthy.is_empty() { untried } else { healthy };
+        // Lowest in_flight/weight, compared without division.
+        let load = |b: usize| {
+            (
+                pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
+                pool.weights[b],
+            )
+        };
+        let least = candidates.iter().copied().min_by(|a, b| {
+            let (la, wa) = load(*a);
+            let (lb, wb) = load(*b);
+            (la * wb).cmp(&(lb * wa))
+        })?;
+        let (ll, lw) = load(least);
+        let tied: Vec<usize> = candidates
+            .into_iter()
+            .filter(|b| {
+                let (l, w) = load(*b);
+                l * lw == ll * w
+            })
+            .collect();
+        let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
+        let total: i64 = tied.iter().map(|b| pool.weights[*b]).sum();
+        let mut best = tied[0];
+        for &b in &tied {
+            current[b] += pool.weights[b];
+            if current[b] > current[best] {
+                best = b;
+            }
+        }
+        current[best] -= total;
+        Some((m, best))
+    }
+
+    /// Marks a request as in flight on a backend until the guard drops.
+    pub fn start(&self, pick: Pick) -> InFlight<'_> {
+        if let Some(s) = self.state(pick) {
+            s.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            balancer: self,
+            pick,
+        }
+    }
+
+    /// Records a success: the failure streak ends.
+    pub fn success(&self, pick: Pick) {
+        if let Some(s) = self.state(pick) {
+            s.consecutive_failures.store(0, Ordering::Relaxed);
+            *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Records a failure; the Nth in a row starts a cool-down. Returns true when it did.
+    pub fn failure(&self, pick: Pick) -> bool {
+        let Some(s) = self.state(pick) else {
+            return false;
+        };
+        let n = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.policy.failure_threshold {
+            *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + self.policy.cooldown);
+            // The streak restarts, so after the cool-down one more failure does not re-trip at once
+            // unless the threshold is 1.
+            s.consecutive_failures.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// A snapshot of one backend's state.
+    pub fn view(&self, pick: Pick) -> Option<BackendView> {
+        let s = self.state(pick)?;
+        let until = *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner());
+        Some(BackendView {
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
+            cooldown_left: until.and_then(|u| u.checked_duration_since(Instant::now())),
+        })
+    }
+
+    fn state(&self, (m, b): Pick) -> Option<&BackendState> {
+        self.pools.get(m)?.states.get(b)
+    }
+}
+
+impl ModelPool {
+    fn cooling(&self, b: usize, now: Instant) -> bool {
+        let until = *self.states[b]
+            .cooldown_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        until.map(|u| now < u).unwrap_or(false)
+    }
+}
+
+/// Decrements the in-flight count when the request is done with the backend.
+pub struct InFlight<'a> {
+    balancer: &'a Balancer,
+    pick: Pick,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.balancer.state(self.pick) {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balancer(weights: &[u32]) -> Balancer {
+        let backends: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!(r#"{{"url":"http://h{}","weight":{}}}"#, i, w))
+            .collect();
+        let text = format!(
+            r#"{{"endpoints":{{"m":{{"backends":[{}]}}}},"health":{{"failureThreshold":2,"cooldownSecs":60}}}}"#,
+            backends.join(",")
+        );
+        let c = crate::config::parse("c", &text, &Default::default(), &|_| None).unwrap();
+        Balancer::new(&c)
+    }
+
+    #[test]
+    fn weighted_spread_and_cooldown() {
+        let b = balancer(&[1, 2, 3]);
+        let mut counts = [0; 3];
+        for _ in 0..600 {
+            counts[b.pick(0, &[]).unwrap().1] += 1;
+        }
+        assert_eq!(counts, [100, 200, 300]);
+        assert!(!b.failure((0, 2)));
+        assert!(b.failure((0, 2)));
+        assert!((0..60).all(|_| b.pick(0, &[]).unwrap().1 != 2));
+        // Least in flight wins over the rotation.
+        let _busy = b.start((0, 1));
+        let _busy2 = b.start((0, 0));
+        // (backend 2 cools down; 0 has 1 in flight at weight 1, 1 has 1 at weight 2: 1 is less loaded)
+        assert_eq!(b.pick(0, &[]), Some((0, 1)));
+        assert_eq!(
+            b.pick(0, &[(0, 0), (0, 1)]),
+            Some((0, 2)),
+            "cooling backend still tried when nothing else is left"
+        );
+    }
+}

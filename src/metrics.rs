@@ -1,0 +1,260 @@
+//! Prometheus metrics, kept in memory and written by hand in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket bounds in seconds: LLM requests range from milliseconds to minutes.
+const BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    requests: BTreeMap<(String, String, String), u64>,
+    duration: BTreeMap<String, Histogram>,
+    ttfb: BTreeMap<String, Histogram>,
+    upstream_errors: BTreeMap<(String, String, String), u64>,
+    retries: BTreeMap<(String, String), u64>,
+    tokens: BTreeMap<(String, &'static str), u64>,
+}
+
+/// Process-wide metrics; they survive config reloads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    data: Mutex<Data>,
+    in_flight: AtomicI64,
+}
+
+/// What one finished request contributes.
+pub struct RequestRecord<'a> {
+    /// Public model id, or `-`.
+    pub model: &'a str,
+    /// Backend host, or `-`.
+    pub backend: &'a str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Total time.
+    pub duration: Duration,
+    /// Time to the first body byte.
+    pub ttfb: Option<Duration>,
+    /// Tokens from `usage`, when the backend reported them.
+    pub tokens: Option<(u64, u64)>,
+}
+
+impl Metrics {
+    /// Counts a request entering the proxy until the guard drops.
+    pub fn in_flight(&self) -> InFlightGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self)
+    }
+
+    /// Records a finished request.
+    pub fn request(&self, r: &RequestRecord) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let class = format!("{}xx", r.status / 100);
+        *d.requests
+            .entry((r.model.to_string(), r.backend.to_string(), class))
+            .or_default() += 1;
+        d.duration
+            .entry(r.model.to_string())
+            .or_default()
+            .observe(r.duration.as_secs_f64());
+        if let Some(t) = r.ttfb {
+            d.ttfb
+                .entry(r.model.to_string())
+                .or_default()
+                .observe(t.as_secs_f64());
+        }
+        if let Some((p, c)) = r.tokens {
+            *d.tokens.entry((r.model.to_string(), "prompt")).or_default() += p;
+            *d.tokens
+                .entry((r.model.to_string(), "completion"))
+                .or_default() += c;
+        }
+    }
+
+    /// Records an upstream failure by cause (`connect`, `timeout`, `status_5xx`, `status_429`, `mid_stream`).
+    pub fn upstream_error(&self, model: &str, backend: &str, cause: &str) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.upstream_errors
+            .entry((model.to_string(), backend.to_string(), cause.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Records a retry on another backend, by the cause of the failure before it.
+    pub fn retry(&self, model: &str, cause: &str) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.retries
+            .entry((model.to_string(), cause.to_string()))
+            .or_default() += 1;
+    }
+
+    /// The text exposition; `queued` is the worker queue depth at scrape time.
+    pub fn render(&self, queued: usize) -> String {
+        let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(4096);
+        header(
+            &mut out,
+            "modelmux_requests_total",
+            "counter",
+            "Requests answered, by model, backend and status class.",
+        );
+        for ((m, b, c), v) in &d.requests {
+            let _ = writeln!(
+                out,
+                "modelmux_requests_total{{model=\"{}\",backend=\"{}\",status_class=\"{}\"}} {}",
+                esc(m),
+                esc(b),
+                c,
+                v
+            );
+        }
+        histogram(
+            &mut out,
+            "modelmux_request_duration_seconds",
+            "Time from request to the end of the response, by model.",
+            &d.duration,
+        );
+        histogram(
+            &mut out,
+            "modelmux_time_to_first_byte_seconds",
+            "Time from request to the first body byte sent, by model.",
+            &d.ttfb,
+        );
+        header(
+            &mut out,
+            "modelmux_upstream_errors_total",
+            "counter",
+            "Backend failures, by model, backend and cause.",
+        );
+        for ((m, b, c), v) in &d.upstream_errors {
+            let _ = writeln!(
+                out,
+                "modelmux_upstream_errors_total{{model=\"{}\",backend=\"{}\",cause=\"{}\"}} {}",
+                esc(m),
+                esc(b),
+                esc(c),
+                v
+            );
+        }
+        header(
+            &mut out,
+            "modelmux_retries_total",
+            "counter",
+            "Retries on another backend or fallback model, by model and cause.",
+        );
+        for ((m, c), v) in &d.retries {
+            let _ = writeln!(
+                out,
+                "modelmux_retries_total{{model=\"{}\",cause=\"{}\"}} {}",
+                esc(m),
+                esc(c),
+                v
+            );
+        }
+        header(
+            &mut out,
+            "modelmux_tokens_total",
+            "counter",
+            "Tokens reported by backends in usage, by model and direction.",
+        );
+        for ((m, dir), v) in &d.tokens {
+            let _ = writeln!(
+                out,
+                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\"}} {}",
+                esc(m),
+                dir,
+                v
+            );
+        }
+        header(
+            &mut out,
+            "modelmux_in_flight_requests",
+            "gauge",
+            "Requests being handled now.",
+        );
+        let _ = writeln!(
+            out,
+            "modelmux_in_flight_requests {}",
+            self.in_flight.load(Ordering::Relaxed).max(0)
+        );
+        header(
+            &mut out,
+            "modelmux_queue_depth",
+            "gauge",
+            "Requests waiting for a worker.",
+        );
+        let _ = writeln!(out, "modelmux_queue_depth {}", queued);
+        out
+    }
+}
+
+/// Decrements the in-flight gauge on drop.
+pub struct InFlightGuard<'a>(&'a Metrics);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", name, help, name, kind);
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, by_model: &BTreeMap<String, Histogram>) {
+    header(out, name, "histogram", help);
+    for (m, h) in by_model {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}_bucket{{model=\"{}\",le=\"{}\"}} {}",
+                name,
+                esc(m),
+                b,
+                h.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}_bucket{{model=\"{}\",le=\"+Inf\"}} {}",
+            name,
+            esc(m),
+            h.count
+        );
+        let _ = writeln!(out, "{}_sum{{model=\"{}\"}} {}", name, esc(m), h.sum);
+        let _ = writeln!(out, "{}_count{{model=\"{}\"}} {}", name, esc(m), h.count);
+    }
+}
+
+/// Escapes a label value as the exposition format requires.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
