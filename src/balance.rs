@@ -80,25 +80,23 @@ impl Balancer {
             .filter(|b| !pool.cooling(*b, now))
             .collect();
         let candidates = if healthy.is_empty() { untried } else { healthy };
-        // Lowest in_flight/weight, compared without division.
-        let load = |b: usize| {
-            (
-                pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
-                pool.weights[b],
-            )
-        };
-        let least = candidates.iter().copied().min_by(|a, b| {
-            let (la, wa) = load(*a);
-            let (lb, wb) = load(*b);
-            (la * wb).cmp(&(lb * wa))
-        })?;
-        let (ll, lw) = load(least);
-        let tied: Vec<usize> = candidates
-            .into_iter()
-            .filter(|b| {
-                let (l, w) = load(*b);
-                l * lw == ll * w
+        // One snapshot of the loads: other threads change them while we decide.
+        let loads: Vec<(usize, i64, i64)> = candidates
+            .iter()
+            .map(|&b| {
+                (
+                    b,
+                    pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
+                    pool.weights[b],
+                )
             })
+            .collect();
+        // Lowest in_flight/weight, compared without division.
+        let &(_, ll, lw) = loads.iter().min_by(|a, b| (a.1 * b.2).cmp(&(b.1 * a.2)))?;
+        let tied: Vec<usize> = loads
+            .iter()
+            .filter(|(_, l, w)| l * lw == ll * w)
+            .map(|(b, _, _)| *b)
             .collect();
         let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
         let total: i64 = tied.iter().map(|b| pool.weights[*b]).sum();

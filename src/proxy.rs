@@ -34,6 +34,9 @@ pub struct Summary {
     pub retries: u32,
     /// `complete`, `client_gone`, `upstream_failed` or `error`.
     pub outcome: &'static str,
+    /// The model is a configured one (only those become metric labels: a client must not be
+    /// able to mint label values).
+    pub routed: bool,
 }
 
 /// Request-independent settings for the proxy path.
@@ -396,6 +399,7 @@ fn prepare(
         .position(|e| e.id == model)
         .filter(|_| ctx.caller.may_use(&model))
         .ok_or_else(|| ApiError::model_not_found(&model))?;
+    summary.routed = true;
     Ok(Prepared {
         method,
         headers,

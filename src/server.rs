@@ -293,7 +293,7 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
     // Only proxied requests count per model; probes and scrapes would drown the numbers.
     if let Some(model) = s.model.as_deref() {
         metrics.request(&RequestRecord {
-            model,
+            model: if s.routed { model } else { "unknown" },
             backend: s.backend.as_deref().unwrap_or("-"),
             status: s.status,
             duration,

@@ -167,29 +167,43 @@ fn a_thousand_concurrent_streams_each_get_their_exact_bytes() {
                         "/v1/chat/completions",
                         &chat_body("m", &content, true),
                     );
+                    let same = r.body == echo_stream_bytes("real-m", &content, false);
                     (
                         r.status,
-                        r.body == echo_stream_bytes("real-m", &content, false),
+                        same,
+                        r.text().chars().take(300).collect::<String>(),
                     )
                 })
                 .unwrap()
         })
         .collect();
-    let results: Vec<(u16, bool)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let results: Vec<(u16, bool, String)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
     let ok = results
         .iter()
-        .filter(|(s, same)| *s == 200 && *same)
+        .filter(|(s, same, _)| *s == 200 && *same)
         .count();
-    assert_eq!(
-        ok,
-        1000,
-        "statuses: {:?}",
-        results
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(s, same, _)| *s != 200 || !*same)
+        .take(5)
+        .collect();
+    if ok != 1000 {
+        for l in p
+            .logs()
             .iter()
-            .filter(|(s, _)| *s != 200)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+            .filter(|l| {
+                l.contains("panick")
+                    || l.contains("status=500")
+                    || l.contains("ERROR")
+                    || l.contains("WARN")
+            })
+            .take(10)
+        {
+            eprintln!("proxy: {}", l);
+        }
+    }
+    assert_eq!(ok, 1000, "failures: {:?}", bad);
 }
 
 fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Resp {
