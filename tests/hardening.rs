@@ -791,3 +791,60 @@ fn secrets_never_leave_the_proxy() {
         .iter()
         .any(|r| r.header("x-gateway-token") == Some("gw-header-secret-3333")));
 }
+
+/// A listener that never accepts, with a zero backlog: once its queue is full, further SYNs are
+/// dropped and a connect attempt hangs, the way a blackholed backend behaves.
+fn blackhole() -> (std::net::TcpListener, Vec<TcpStream>, String) {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    unsafe {
+        libc::listen(l.as_raw_fd(), 0);
+    }
+    let addr = l.local_addr().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        match s {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    (l, fill, format!("http://{}", addr))
+}
+
+#[test]
+fn upstream_connect_and_idle_timeouts_bound_a_request() {
+    let (_l, _fill, url) = blackhole();
+    let cfg = format!(
+        r#"{{"endpoints":{{"hole":{{"url":"{}","timeouts":{{"connectSecs":1}}}}}}}}"#,
+        url
+    );
+    let p = Proxy::start(&cfg);
+    let t = Instant::now();
+    let e = post_json(
+        p.addr,
+        "/v1/chat/completions",
+        &chat_body("hole", "x", false),
+    )
+    .error(504);
+    assert_eq!(e["code"], "gateway_timeout");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "connect bound: {:?}",
+        took
+    );
+    // Global idle default from the environment applies where the config sets none.
+    let stall = MockBackend::start(Behavior {
+        first_byte_delay: Duration::from_secs(10),
+        ..Behavior::default()
+    });
+    let q = Proxy::start_with(
+        &config_for(&[("s", &stall.url(), "", "s")]),
+        &[("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", "1")],
+        &[],
+    );
+    let t = Instant::now();
+    post_json(q.addr, "/v1/chat/completions", &chat_body("s", "x", false)).error(504);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
