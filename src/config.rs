@@ -307,20 +307,38 @@ pub fn parse(
     })
 }
 
-fn number_field(
-    obj: &Map<String, Value>,
-    name: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .filter(|n| *n >= min && *n <= max)
-            .map(Some)
-            .ok_or_else(|| format!("{}: expected a number from {} to {}", name, min, max)),
+/// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
+/// returns the values in `spec` order (`None` where absent). Unknown fields are errors here:
+/// a typo in a safety setting should not pass silently.
+fn number_fields(
+    v: &Value,
+    example: &str,
+    spec: &[(&str, f64, f64)],
+) -> Result<Vec<Option<f64>>, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("expected an object like {}, got {}", example, type_name(v)))?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !spec.iter().any(|(name, _, _)| name == k))
+    {
+        let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
+        return Err(format!(
+            "unknown field \"{}\"; expected {}",
+            key,
+            names.join(" or ")
+        ));
     }
+    spec.iter()
+        .map(|(name, min, max)| match obj.get(*name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| n >= min && n <= max)
+                .map(Some)
+                .ok_or_else(|| format!("{}: expected a number from {} to {}", name, min, max)),
+        })
+        .collect()
 }
 
 /// `"retry": {"maxAttempts": 3, "backoffMs": 50}`.
@@ -330,20 +348,16 @@ fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
         backoff: Duration::from_millis(50),
     };
     let Some(v) = v else { return Ok(r) };
-    let obj = v
-        .as_object()
-        .ok_or("expected an object like {\"maxAttempts\": 3, \"backoffMs\": 50}")?;
-    if let Some(key) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "maxAttempts" | "backoffMs"))
-    {
-        return Err(format!("unknown field \"{}\"", key));
+    let n = number_fields(
+        v,
+        r#"{"maxAttempts": 3, "backoffMs": 50}"#,
+        &[("maxAttempts", 1.0, 10.0), ("backoffMs", 0.0, 10_000.0)],
+    )?;
+    if let Some(a) = n[0] {
+        r.max_attempts = a as u32;
     }
-    if let Some(n) = number_field(obj, "maxAttempts", 1.0, 10.0)? {
-        r.max_attempts = n as u32;
-    }
-    if let Some(n) = number_field(obj, "backoffMs", 0.0, 10_000.0)? {
-        r.backoff = Duration::from_millis(n as u64);
+    if let Some(ms) = n[1] {
+        r.backoff = Duration::from_millis(ms as u64);
     }
     Ok(r)
 }
@@ -355,20 +369,19 @@ fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
         cooldown: Duration::from_secs(30),
     };
     let Some(v) = v else { return Ok(h) };
-    let obj = v
-        .as_object()
-        .ok_or("expected an object like {\"failureThreshold\": 3, \"cooldownSecs\": 30}")?;
-    if let Some(key) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "failureThreshold" | "cooldownSecs"))
-    {
-        return Err(format!("unknown field \"{}\"", key));
+    let n = number_fields(
+        v,
+        r#"{"failureThreshold": 3, "cooldownSecs": 30}"#,
+        &[
+            ("failureThreshold", 1.0, 1000.0),
+            ("cooldownSecs", 0.0, 86_400.0),
+        ],
+    )?;
+    if let Some(f) = n[0] {
+        h.failure_threshold = f as u32;
     }
-    if let Some(n) = number_field(obj, "failureThreshold", 1.0, 1000.0)? {
-        h.failure_threshold = n as u32;
-    }
-    if let Some(n) = number_field(obj, "cooldownSecs", 0.0, 86_400.0)? {
-        h.cooldown = Duration::from_secs_f64(n);
+    if let Some(secs) = n[1] {
+        h.cooldown = Duration::from_secs_f64(secs);
     }
     Ok(h)
 }
@@ -737,28 +750,20 @@ fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, F
 }
 
 fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, String> {
-    let obj = v.as_object().ok_or_else(|| {
-        format!(
-            "expected an object like {{\"connectSecs\": 10, \"idleSecs\": 600}}, got {}",
-            type_name(v)
-        )
-    })?;
+    let n = number_fields(
+        v,
+        r#"{"connectSecs": 10, "idleSecs": 600}"#,
+        &[
+            ("connectSecs", 0.001, 86_400.0),
+            ("idleSecs", 0.001, 86_400.0),
+        ],
+    )?;
     let mut t = base;
-    for (k, v) in obj {
-        let secs = v
-            .as_f64()
-            .filter(|s| *s > 0.0 && *s <= 86_400.0)
-            .ok_or_else(|| format!("{}: expected a number of seconds between 0 and 86400", k))?;
-        match k.as_str() {
-            "connectSecs" => t.connect = Duration::from_secs_f64(secs),
-            "idleSecs" => t.idle = Duration::from_secs_f64(secs),
-            _ => {
-                return Err(format!(
-                    "unknown field \"{}\"; expected connectSecs or idleSecs",
-                    k
-                ))
-            }
-        }
+    if let Some(secs) = n[0] {
+        t.connect = Duration::from_secs_f64(secs);
+    }
+    if let Some(secs) = n[1] {
+        t.idle = Duration::from_secs_f64(secs);
     }
     Ok(t)
 }
