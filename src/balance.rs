@@ -3,7 +3,7 @@
 
 use crate::config::{Config, HealthPolicy};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Live counters of one backend.
@@ -18,7 +18,10 @@ pub struct BackendState {
 #[derive(Debug)]
 pub struct ModelPool {
     weights: Vec<i64>,
-    states: Vec<BackendState>,
+    // Shared with the previous config's pool for backends that a reload kept, so in-flight
+    // counts and cool-downs survive reloads (a file watch may reload often).
+    states: Vec<Arc<BackendState>>,
+    keys: Vec<(String, String)>,
     // Smooth weighted round-robin (as nginx does it): even spread, no bursts.
     current: Mutex<Vec<i64>>,
 }
@@ -45,15 +48,32 @@ pub struct BackendView {
 }
 
 impl Balancer {
-    /// Fresh state for a config.
-    pub fn new(config: &Config) -> Balancer {
+    /// State for a config, carrying over the state of backends `previous` already had (same
+    /// model id, URL and backend model name).
+    pub fn new(config: &Config, previous: Option<&Balancer>) -> Balancer {
         let pools = config
             .endpoints
             .iter()
-            .map(|e| ModelPool {
-                weights: e.backends.iter().map(|b| i64::from(b.weight)).collect(),
-                states: e.backends.iter().map(|_| BackendState::default()).collect(),
-                current: Mutex::new(vec![0; e.backends.len()]),
+            .map(|e| {
+                let keys: Vec<(String, String)> = e
+                    .backends
+                    .iter()
+                    .map(|b| (format!("{}\n{}", e.id, b.url), b.actual_model_name.clone()))
+                    .collect();
+                let states = keys
+                    .iter()
+                    .map(|k| {
+                        previous
+                            .and_then(|p| p.find_state(k))
+                            .unwrap_or_else(|| Arc::new(BackendState::default()))
+                    })
+                    .collect();
+                ModelPool {
+                    weights: e.backends.iter().map(|b| i64::from(b.weight)).collect(),
+                    states,
+                    keys,
+                    current: Mutex::new(vec![0; e.backends.len()]),
+                }
             })
             .collect();
         Balancer {
@@ -159,7 +179,16 @@ impl Balancer {
     }
 
     fn state(&self, (m, b): Pick) -> Option<&BackendState> {
-        self.pools.get(m)?.states.get(b)
+        self.pools.get(m)?.states.get(b).map(|s| &**s)
+    }
+
+    fn find_state(&self, key: &(String, String)) -> Option<Arc<BackendState>> {
+        self.pools.iter().find_map(|p| {
+            p.keys
+                .iter()
+                .position(|k| k == key)
+                .map(|i| Arc::clone(&p.states[i]))
+        })
     }
 }
 
@@ -202,7 +231,7 @@ mod tests {
             backends.join(",")
         );
         let c = crate::config::parse("c", &text, &Default::default(), &|_| None).unwrap();
-        Balancer::new(&c)
+        Balancer::new(&c, None)
     }
 
     #[test]

@@ -476,7 +476,8 @@ fn parse_endpoint(
         None => None,
     };
     let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
-    let api_key = opt_string(obj, "apiKey")?.unwrap_or_default();
+    let api_key = clean_key(opt_string(obj, "apiKey")?.unwrap_or_default())
+        .map_err(|m| ("apiKey".to_string(), m))?;
     let actual_model_name = opt_string(obj, "actualModelName")?
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| id.to_string());
@@ -495,7 +496,19 @@ fn parse_endpoint(
                         format!("expected a string, got {}", type_name(v)),
                     )
                 })?;
-                if !valid_header_name(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                // Framing and routing headers are the proxy's to set: a configured one could
+                // desynchronize the backend connection.
+                let reserved = crate::upstream::is_hop_by_hop(k)
+                    || k.eq_ignore_ascii_case("authorization")
+                    || k.eq_ignore_ascii_case("expect");
+                if reserved {
+                    return Err((
+                        format!("headers.{}", k),
+                        "this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured".to_string(),
+                    ));
+                }
+                if !valid_header_name(k) || v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                {
                     return Err((
                         format!("headers.{}", k),
                         "not a valid HTTP header".to_string(),
@@ -685,7 +698,10 @@ fn parse_backends(
         };
         out.push(Backend {
             via_proxy: proxy_for(&burl, env),
-            api_key: field("apiKey")?.unwrap_or_else(|| api_key.to_string()),
+            api_key: match field("apiKey")? {
+                Some(k) => clean_key(k).map_err(|m| (format!("{}.apiKey", loc), m))?,
+                None => api_key.to_string(),
+            },
             actual_model_name: field("actualModelName")?
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| actual_model_name.to_string()),
@@ -790,6 +806,16 @@ pub fn validate_url(url: &str) -> Result<String, String> {
         return Err("the base URL must not carry a query or fragment".to_string());
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Trims a key (secrets mounted from files often end in a newline) and refuses control
+/// characters, which would make every upstream request fail; the message never shows the key.
+fn clean_key(key: String) -> Result<String, String> {
+    let trimmed = key.trim();
+    if trimmed.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("the key holds control characters".to_string());
+    }
+    Ok(trimmed.to_string())
 }
 
 fn valid_header_name(name: &str) -> bool {

@@ -26,6 +26,7 @@ impl Stopper {
         self.stopping.store(true, Ordering::SeqCst);
         if let Ok(g) = self.server.lock() {
             if let Some(s) = g.as_ref() {
+                s.stop_accepting();
                 s.unblock();
             }
         }

@@ -46,7 +46,7 @@ impl Shared {
     ) -> Result<Shared, ConfigError> {
         let config = config::load_file(path, &defaults)?;
         let agent_cache = Mutex::new(Vec::new());
-        let live = build(path, config, &agent_cache, max_idle_per_host)?;
+        let live = build(path, config, &agent_cache, max_idle_per_host, None)?;
         Ok(Shared {
             path: path.to_string(),
             defaults,
@@ -72,11 +72,13 @@ impl Shared {
         for w in &config.warnings {
             log::warn!("{}", w);
         }
+        let previous = self.snapshot();
         let live = Arc::new(build(
             &self.path,
             config,
             &self.agent_cache,
             self.max_idle_per_host,
+            Some(&previous),
         )?);
         let mut guard = match self.current.write() {
             Ok(g) => g,
@@ -92,6 +94,7 @@ fn build(
     config: Config,
     cache: &Mutex<Vec<(ClientKey, ureq::Agent)>>,
     max_idle: usize,
+    previous: Option<&Live>,
 ) -> Result<Live, ConfigError> {
     let mut cache = match cache.lock() {
         Ok(g) => g,
@@ -121,7 +124,7 @@ fn build(
         }
     }
     Ok(Live {
-        balancer: Balancer::new(&config),
+        balancer: Balancer::new(&config, previous.map(|p| &p.balancer)),
         config,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)

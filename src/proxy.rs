@@ -128,14 +128,17 @@ pub fn handle(
             Ok(r) if r.status() >= 500 => Some("status_5xx"),
             Ok(_) => None,
             Err(e) if e.status == 504 => Some("timeout"),
-            Err(_) => Some("connect"),
+            Err(e) if e.status == 502 => Some("connect"),
+            // A request ureq refuses to send (a malformed header or URL) is not the backend's
+            // fault: no failover, no strike against its health.
+            Err(_) => None,
         };
         let Some(cause) = cause else {
-            live.balancer.success(pick);
             let response = match result {
                 Ok(r) => r,
                 Err(e) => return fail(request, e, ctx, summary),
             };
+            live.balancer.success(pick);
             return relay_response(
                 request, response, endpoint, pick, &host, in_flight, ctx, summary, started,
             );
@@ -230,8 +233,15 @@ fn relay_response(
         head_only: *request.method() == Method::Head,
         sse_keepalive: endpoint.sse_keepalive,
     };
+    let connection = request.connection_handle();
     let mut writer = request.into_writer();
     let stats = relay::relay(started, &mut *writer, head, response.into_reader(), &client);
+    drop(writer);
+    if stats.close_connection {
+        if let Some(c) = connection {
+            c.close();
+        }
+    }
     drop(in_flight);
     summary.bytes = stats.bytes;
     summary.ttfb = stats.ttfb;
@@ -326,6 +336,16 @@ fn prepare(
             )
         })
         .collect();
+    if let Some((name, _)) = headers
+        .iter()
+        .find(|(_, v)| v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f))
+    {
+        return Err(ApiError::invalid_request(format!(
+            "Header `{}` holds control characters.",
+            clip(name, 64)
+        ))
+        .with_code("invalid_header"));
+    }
     let header = |name: &str| {
         headers
             .iter()
@@ -350,8 +370,14 @@ fn prepare(
         m
     } else {
         let ct = content_type.to_ascii_lowercase();
-        let looks_json = ct.starts_with("application/json")
-            || (ct.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        // Any JSON-ish type (`application/json`, `application/vnd.x+json`) or an object body:
+        // such a body is always parsed, so its `model` is always rewritten to the backend the
+        // request was routed to, whatever named the model.
+        let looks_json = mime == "application/json"
+            || mime.ends_with("+json")
+            || (boundary.is_none()
+                && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
         let from_header = header("x-model-id")
             .map(str::to_string)
             .filter(|s| !s.is_empty());
@@ -362,12 +388,9 @@ fn prepare(
             .filter(|s| !s.is_empty());
         let early = from_header.or(from_query);
         if looks_json && !body.is_empty() {
-            match JsonObject::parse(&body) {
-                Ok(obj) => json = Some(obj),
-                // With the model already named, a body we cannot read is the backend's business.
-                Err(e) if early.is_none() => return Err(e),
-                Err(_) => {}
-            }
+            // Refused even when a header named the model: a body we cannot read is a body we
+            // cannot rewrite, and its own `model` would reach the backend unchecked.
+            json = Some(JsonObject::parse(&body)?);
         }
         let from_json = match (&early, &json) {
             (None, Some(obj)) => obj.model()?,

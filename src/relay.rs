@@ -29,6 +29,9 @@ pub struct Stats {
     pub outcome: Outcome,
     /// Tokens (prompt, completion) from the backend's `usage`, if it reported them.
     pub tokens: Option<(u64, u64)>,
+    /// The client connection must be closed now: the body ends by closing (HTTP/1.0), or it
+    /// was cut short and the client must not wait for, or misread, the missing bytes.
+    pub close_connection: bool,
 }
 
 /// The response head to send.
@@ -107,6 +110,8 @@ pub fn relay(
                 text.push_str(&format!("Content-Length: {}\r\n", len));
             }
         }
+        // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).
+        Framing::None if head.status < 200 || head.status == 204 || head.status == 304 => {}
         Framing::None => text.push_str("Content-Length: 0\r\n"),
     }
     text.push_str("\r\n");
@@ -115,6 +120,7 @@ pub fn relay(
         ttfb: None,
         outcome: Outcome::Complete,
         tokens: None,
+        close_connection: framing == Framing::UntilClose,
     };
     let is_json = head.headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type")
@@ -127,6 +133,7 @@ pub fn relay(
         .is_err()
     {
         stats.outcome = Outcome::ClientGone;
+        stats.close_connection = true;
         return stats;
     }
     if matches!(framing, Framing::None) {
@@ -142,25 +149,28 @@ pub fn relay(
     stats.tokens = tap.and_then(UsageTap::finish);
     stats.outcome = match result {
         Ok(()) => Outcome::Complete,
-        Err(Failure::Client) => Outcome::ClientGone,
+        Err(Failure::Client) => {
+            stats.close_connection = true;
+            Outcome::ClientGone
+        }
         Err(Failure::Upstream(msg)) => {
-            if framing == Framing::Chunked {
-                // End the stream honestly: SSE gets the error event the OpenAI API uses, so the
-                // client can tell a cut-off answer from a finished one; other bodies end short,
-                // which a JSON client sees as truncated, instead of leaving it waiting.
-                let mut end = Ok(());
-                if is_sse {
-                    let event = format!(
-                        "data: {}\n\n",
-                        String::from_utf8_lossy(
-                            &crate::api_error::ApiError::bad_gateway(msg.clone()).body()
-                        )
-                    );
-                    end = write_chunk(out, event.as_bytes());
-                }
-                let _ = end
+            if is_sse && framing == Framing::Chunked {
+                // End the stream honestly with the error event the OpenAI API uses, so the
+                // client can tell a cut-off answer from a finished one.
+                let event = format!(
+                    "data: {}\n\n",
+                    String::from_utf8_lossy(
+                        &crate::api_error::ApiError::bad_gateway(msg.clone()).body()
+                    )
+                );
+                let _ = write_chunk(out, event.as_bytes())
                     .and_then(|_| out.write_all(b"0\r\n\r\n"))
                     .and_then(|_| out.flush());
+            } else {
+                // Any other body stops short of its length (or of its last chunk) and the
+                // connection closes: the client sees a truncated body, never a complete-looking
+                // one, and never reads the next response as the rest of this one.
+                stats.close_connection = true;
             }
             Outcome::UpstreamFailed(msg)
         }

@@ -58,6 +58,18 @@ pub fn parse_target(raw: &str) -> Target {
     }
 }
 
+/// False when the path could climb out of a backend's base URL once a backend decodes it:
+/// a `.` or `..` segment, literal or percent-encoded, or a backslash.
+pub fn is_safe_path(path: &str) -> bool {
+    let decoded = percent_decode(path);
+    !decoded.contains('\\')
+        && !path.contains('\\')
+        && decoded
+            .split('/')
+            .chain(path.split('/'))
+            .all(|seg| seg != "." && seg != "..")
+}
+
 /// The route for a normalized path.
 pub fn route(path: &str) -> Route {
     match path {

@@ -84,6 +84,18 @@ pub fn serve(
             request_id: access_log::request_id(client_id),
             started: Instant::now(),
         };
+        if !route::is_safe_path(&target.path) {
+            let metrics = Arc::clone(&metrics);
+            fast.execute(move || {
+                let e = ApiError::invalid_request(
+                    "The request path contains `.` or `..` segments or a backslash.",
+                )
+                .with_code("invalid_path");
+                let summary = local_error(request, e, &meta.request_id);
+                finish(&meta, &summary, &metrics);
+            });
+            continue;
+        }
         if matches!(route, Route::Health | Route::Metrics) {
             let (shared, metrics, workers) =
                 (Arc::clone(&shared), Arc::clone(&metrics), workers.clone());
@@ -115,8 +127,8 @@ pub fn serve(
             finish(&meta, &summary, &metrics);
         });
     }
-    // Stop accepting: dropping the server closes the listener.
-    drop(server);
+    // The listener is closed (stop_accepting); requests still arriving on open keep-alive
+    // connections get a 503 with `Connection: close` while the running ones finish.
     let deadline = Instant::now() + settings.drain;
     loop {
         let busy = workers.active_count() + workers.queued_count();
@@ -131,7 +143,15 @@ pub fn serve(
             );
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(20)) {
+            let id = access_log::request_id(None);
+            fast.execute(move || {
+                let mut e = ApiError::overloaded(1);
+                e.message = "modelmux is shutting down; retry on another instance.".into();
+                e.close_connection = true;
+                reply::error(request, &e, &id);
+            });
+        }
     }
 }
 

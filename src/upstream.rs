@@ -145,7 +145,17 @@ fn transport_error(t: &ureq::Transport, model: &str, url: &str) -> ApiError {
         t.kind(),
         detail
     );
-    if timed_out {
+    if matches!(
+        t.kind(),
+        ureq::ErrorKind::BadHeader | ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme
+    ) {
+        // The request could not even be written: a config or request problem, not the backend.
+        ApiError::internal(format!(
+            "The request for model `{}` could not be sent ({:?}); check the endpoint's url and headers.",
+            model,
+            t.kind()
+        ))
+    } else if timed_out {
         ApiError::gateway_timeout(format!(
             "The backend for model `{}` did not answer in time.",
             model

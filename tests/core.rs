@@ -560,3 +560,37 @@ fn config_errors_name_file_model_and_field_and_exit_nonzero() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MODELMUX_TEST_KEY"));
 }
+
+#[test]
+fn config_refuses_reserved_headers_and_trims_keys() {
+    let a = MockBackend::start(Behavior::default());
+    let err = Proxy::try_start(
+        &format!(
+            r#"{{"endpoints":{{"m":{{"url":"{}","headers":{{"Content-Length":"5"}}}}}}}}"#,
+            a.url()
+        ),
+        &[],
+        &[],
+    )
+    .err()
+    .expect("must refuse")
+    .join("\n");
+    assert!(
+        err.contains("endpoints.m.headers.Content-Length"),
+        "{}",
+        err
+    );
+    // A key mounted from a file often ends in a newline: trimmed, not sent as a broken header.
+    let p = Proxy::start(&format!(
+        r#"{{"endpoints":{{"m":{{"url":"{}","apiKey":"sk-trailing-newline-key\n"}}}}}}"#,
+        a.url()
+    ));
+    assert_eq!(
+        post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false)).status,
+        200
+    );
+    assert_eq!(
+        a.requests()[0].header("authorization"),
+        Some("Bearer sk-trailing-newline-key")
+    );
+}

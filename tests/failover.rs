@@ -287,3 +287,34 @@ fn a_seed_config_keeps_its_meaning() {
     assert_eq!(r.status, 503);
     assert_eq!(a.requests().len(), 1);
 }
+
+#[test]
+fn cool_downs_and_in_flight_counts_survive_a_reload() {
+    let flaky = MockBackend::start(Behavior {
+        status: Some((503, "{}".into())),
+        ..Behavior::default()
+    });
+    let good = MockBackend::start(Behavior::default());
+    let cfg = backends_config(
+        "",
+        &[(&flaky.url(), 1), (&good.url(), 1)],
+        r#","health":{"failureThreshold":1,"cooldownSecs":30}"#,
+    );
+    let p = Proxy::start(&cfg);
+    ok(&p);
+    ok(&p);
+    assert_eq!(flaky.requests().len(), 1);
+    // Same backends, another display name: a reload must not forget the cool-down.
+    p.write_config(&cfg.replace("\"displayName\":\"M\"", "\"displayName\":\"M2\""));
+    assert_eq!(request(p.addr, "POST", "/reload", &[], b"").status, 200);
+    let h = get(p.addr, "/health?backends=1").json();
+    assert_eq!(h["backends"]["m"][0]["coolingDown"], true, "{}", h);
+    for _ in 0..4 {
+        ok(&p);
+    }
+    assert_eq!(
+        flaky.requests().len(),
+        1,
+        "cooling backend tried again after a reload"
+    );
+}

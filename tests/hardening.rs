@@ -484,6 +484,19 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(10));
     }
     signal(&p, libc::SIGTERM);
+    // While the stream drains, the listener is already closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting new connections after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !stream.is_finished(),
+        "the stream should still be running during the drain"
+    );
     let r = stream.join().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -847,4 +860,194 @@ fn upstream_connect_and_idle_timeouts_bound_a_request() {
     let t = Instant::now();
     post_json(q.addr, "/v1/chat/completions", &chat_body("s", "x", false)).error(504);
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+/// A backend that answers every connection with these exact bytes, then closes.
+fn raw_backend(reply: &'static [u8]) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_body_cut_short_by_the_backend_closes_the_client_connection() {
+    let url = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"short\":1}");
+    let p = Proxy::start(&config_for(&[("m", &url, "", "m")]));
+    let mut s = connect(p.addr);
+    let body = chat_body("m", "x", false);
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let err = read_response(&mut r, false).expect_err("a truncated body must not read as complete");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{:?}", err);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "client left waiting {:?}",
+        t.elapsed()
+    );
+    // The connection is closed, so no later response can be misread as the rest of this body.
+    let _ = write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "connection reused after a truncated body: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    // 204 carries no Content-Length.
+    let url = raw_backend(b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n");
+    let q = Proxy::start(&config_for(&[("n", &url, "", "n")]));
+    let r = request(q.addr, "DELETE", "/v1/files/x?model=n", &[], b"");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+}
+
+#[test]
+fn http10_keep_alive_stream_ends_when_the_body_does() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[]);
+    let body = chat_body("m", "old keep alive client", true);
+    let mut s = connect(p.addr);
+    let t = Instant::now();
+    write!(s, "POST /v1/chat/completions HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n{}", body.len(), body).unwrap();
+    let r = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(
+        r.body,
+        echo_stream_bytes("real-m", "old keep alive client", false)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "HTTP/1.0 client waited {:?} for the close",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn paths_that_climb_out_of_the_base_url_are_refused() {
+    let a = MockBackend::start(Behavior::default());
+    let p = Proxy::start(&config_for(&[(
+        "m",
+        &format!("{}/openai", a.url()),
+        KEY,
+        "m",
+    )]));
+    for path in [
+        "/v1/%2e%2e/%2e%2e/admin?model=m",
+        "/v1/../admin?model=m",
+        "/v1/x/..%2F..%2Fadmin?model=m",
+        "/v1/a\\..\\b?model=m",
+    ] {
+        let e = raw(
+            p.addr,
+            format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                path
+            )
+            .as_bytes(),
+        )
+        .error(400);
+        assert_eq!(e["code"], "invalid_path", "{}", path);
+    }
+    assert!(a.requests().is_empty(), "{:?}", a.requests());
+}
+
+#[test]
+fn a_restricted_key_cannot_smuggle_another_model_in_the_body() {
+    let a = MockBackend::start(Behavior::default());
+    let cfg = format!(
+        r#"{{"proxyKeys":[{{"key":"mm-restricted-key-1","models":["cheap"]}}],"endpoints":{{"cheap":{{"url":"{u}","actualModelName":"cheap-real"}},"pricey":{{"url":"{u}","actualModelName":"pricey-real"}}}}}}"#,
+        u = a.url()
+    );
+    let p = Proxy::start(&cfg);
+    let auth = ("Authorization", "Bearer mm-restricted-key-1");
+    let r = request(
+        p.addr,
+        "POST",
+        "/v1/completions",
+        &[
+            auth,
+            ("X-Model-Id", "cheap"),
+            ("Content-Type", "application/vnd.api+json"),
+        ],
+        br#"{"model":"pricey-real","prompt":"x"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        a.requests()[0].json().unwrap()["model"],
+        "cheap-real",
+        "the body's model is rewritten"
+    );
+    let deep = format!(
+        "{{\"model\":\"pricey-real\",\"x\":{}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    request(
+        p.addr,
+        "POST",
+        "/v1/completions",
+        &[
+            auth,
+            ("X-Model-Id", "cheap"),
+            ("Content-Type", "application/json"),
+        ],
+        deep.as_bytes(),
+    )
+    .error(400);
+    assert_eq!(a.requests().len(), 1);
+}
+
+#[test]
+fn health_is_not_stalled_by_requests_with_unsent_bodies() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[]);
+    let _stallers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(p.addr);
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(get(p.addr, "/health").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "health stalled {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_bad_client_header_is_refused_without_blaming_the_backend() {
+    let a = MockBackend::start(Behavior::default());
+    let p = proxy_for(&a, &[]);
+    for _ in 0..5 {
+        let e = raw(
+            p.addr,
+            format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Evil: a\x01b\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", chat_body("m", "x", false).len(), chat_body("m", "x", false)).as_bytes(),
+        )
+        .error(400);
+        assert_eq!(e["code"], "invalid_header");
+    }
+    let h = get(p.addr, "/health?backends=1").json();
+    assert_eq!(h["backends"]["m"][0]["consecutiveFailures"], 0, "{}", h);
+    assert_eq!(
+        post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false)).status,
+        200
+    );
 }

@@ -90,7 +90,17 @@ fn metrics_change_exactly_as_the_traffic_implies() {
         &chat_body("nope", "z", false),
     )
     .error(404);
-    let s = scrape(&p);
+    // Counters are recorded just after each response is sent: wait for all 8 to land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let s = loop {
+        let s = scrape(&p);
+        let settled = value(&s, "modelmux_requests_total", &[]) == 8.0
+            && value(&s, "modelmux_in_flight_requests", &[]) == 0.0;
+        if settled || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let backend = a.url().trim_start_matches("http://").to_string();
     assert_eq!(
         value(

@@ -45,6 +45,9 @@ pub struct ClientConnection {
     // modelmux: triggered by a request body abandoned before its end; closes the connection
     close_signal: CloseSignal,
 
+    // modelmux: a duplicate of the socket, handed to each request (see `ConnectionHandle`)
+    handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
+
     // modelmux: when the first byte of the request head being read arrived (`None` while
     // waiting for a request), for the total header-read timeout and to tell a timed-out
     // partial request (408) from an idle keep-alive connection (closed silently)
@@ -86,6 +89,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -106,6 +110,7 @@ impl ClientConnection {
             secure,
             close_signal,
             head_started: None,
+            handle,
         }
     }
 
@@ -256,6 +261,10 @@ impl ClientConnection {
                 }
             }
         })?;
+
+        // modelmux: let the application close this connection
+        let mut request = request;
+        request.set_connection_handle(self.handle.clone());
 
         // return the request
         Ok(request)

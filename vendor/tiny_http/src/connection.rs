@@ -214,3 +214,31 @@ impl std::fmt::Display for ListenAddr {
         }
     }
 }
+
+/// modelmux: a handle on an accepted client connection (a duplicate of its socket), so the
+/// application can close it after a response whose framing needs the close to end it (an
+/// HTTP/1.0 body, a body cut short by a failing backend). Upstream offered no way to do this:
+/// after `into_writer`, the connection stayed open for the next request.
+#[derive(Debug)]
+pub struct ConnectionHandle(Connection);
+
+impl ConnectionHandle {
+    pub(crate) fn new(conn: Connection) -> ConnectionHandle {
+        ConnectionHandle(conn)
+    }
+
+    /// Shuts the connection down in both directions: the client sees the end of the stream and
+    /// the connection's reader thread stops waiting for another request.
+    pub fn close(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+
+    /// Sets the socket's read timeout (shared by every handle on the socket).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = match &self.0 {
+            Connection::Tcp(s) => s.set_read_timeout(timeout),
+            #[cfg(unix)]
+            Connection::Unix(s) => s.set_read_timeout(timeout),
+        };
+    }
+}

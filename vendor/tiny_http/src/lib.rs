@@ -111,7 +111,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use connection::{ConfigListenAddr, ConnectionHandle, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -310,6 +310,13 @@ impl Server {
                         accept_backoff = ACCEPT_BACKOFF_MIN;
                         sock.apply_socket_limits();
                         // modelmux: `try_new` instead of `new` (which panics on EMFILE)
+                        // modelmux: one more descriptor per connection, for `ConnectionHandle`;
+                        // without it (descriptors exhausted) the connection still works, it
+                        // just cannot be closed early by the application.
+                        let handle = sock
+                            .try_clone()
+                            .ok()
+                            .map(|c| std::sync::Arc::new(ConnectionHandle::new(c)));
                         let streams = match ssl {
                             None => RefinedTcpStream::try_new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -330,7 +337,7 @@ impl Server {
                         // modelmux: on failure the socket is dropped (closed) and the error
                         // goes through the same log-and-back-off path as an accept error
                         streams.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable)
+                            ClientConnection::new(write_closable, read_closable, handle)
                         })
                     }
                     Err(e) => Err(e),
@@ -453,8 +460,11 @@ impl Iterator for IncomingRequests<'_> {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// modelmux: stops accepting new connections (the listener is closed) while requests on
+    /// connections already open keep arriving through `recv()`: a graceful drain can still
+    /// answer them. Upstream only stopped accepting when the whole `Server` was dropped.
+    pub fn stop_accepting(&self) {
         self.close.store(true, Relaxed);
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
@@ -469,6 +479,12 @@ impl Drop for Server {
         if let Ok(stream) = maybe_stream {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {

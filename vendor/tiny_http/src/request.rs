@@ -78,6 +78,9 @@ pub struct Request {
     // modelmux: connection-level signal, triggered when this request's body is abandoned
     // (see `Drop for Request`); `None` for requests not read from a connection.
     close_signal: Option<CloseSignal>,
+
+    // modelmux: see `ConnectionHandle`
+    handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -252,6 +255,7 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         close_signal,
+        handle: None,
     })
 }
 
@@ -499,8 +503,37 @@ impl fmt::Debug for Request {
     }
 }
 
+impl Request {
+    /// modelmux: the handle that can close this request's connection (None for test requests,
+    /// or when no descriptor was left to make one).
+    pub fn connection_handle(&self) -> Option<std::sync::Arc<crate::ConnectionHandle>> {
+        self.handle.clone()
+    }
+
+    pub(crate) fn set_connection_handle(&mut self, handle: Option<std::sync::Arc<crate::ConnectionHandle>>) {
+        self.handle = handle;
+    }
+}
+
+/// modelmux: while a body nobody read is being discarded, a silent client gets this long per
+/// read instead of the full header-read timeout, so the thread that drops the request (often
+/// one that must answer others quickly) is not held for half a minute.
+const DRAIN_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Drop for Request {
     fn drop(&mut self) {
+        // modelmux: discard the unread body now, under a short read timeout, then restore the
+        // connection's normal timeout for the next request.
+        // A client still waiting for `100 Continue` will not send its body: that case closes
+        // the connection below instead.
+        if self.body_length != Some(0) && self.data_reader.is_some() && !self.must_send_continue {
+            if let Some(handle) = &self.handle {
+                handle.set_read_timeout(Some(DRAIN_READ_TIMEOUT));
+                drop(self.data_reader.take());
+                handle.set_read_timeout(crate::limits::header_read_timeout());
+            }
+        }
+
         // modelmux: the client sent `Expect: 100-continue` and the body was never asked for
         // (no `100 Continue` was sent), so the client may never send it: do not wait for it
         // in the body drain (which would block this thread up to the socket read timeout),
