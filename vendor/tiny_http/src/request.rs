@@ -545,7 +545,15 @@ impl Drop for Request {
         }
 
         if self.response_writer.is_some() {
-            let response = Response::empty(500);
+            // modelmux: a request dropped unanswered (a handler bug or panic) still gets a body
+            // an OpenAI client can read, instead of an empty 500.
+            let mut response = Response::from_string(
+                r#"{"error":{"message":"internal error in modelmux","type":"server_error","param":null,"code":"internal_error"}}"#,
+            )
+            .with_status_code(500);
+            if let Ok(h) = crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+                response.add_header(h);
+            }
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
                 sender.send(()).unwrap();
