@@ -134,9 +134,11 @@ fn transport_error(t: &ureq::Transport, model: &str, url: &str) -> ApiError {
         io_kind,
         Some(io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
     );
-    let detail = match (t.kind(), io_kind) {
-        (_, Some(k)) => format!("{:?}", k),
-        (k, None) => format!("{:?}", k),
+    let detail = match (tls_error(t), t.kind(), io_kind) {
+        // A certificate problem deserves its name: it is the first thing an operator checks.
+        (Some(tls), _, _) => format!("TLS: {}", tls),
+        (None, _, Some(k)) => format!("{:?}", k),
+        (None, k, None) => format!("{:?}", k),
     };
     log::warn!(
         "upstream {} for model {} failed: {} ({})",
@@ -166,6 +168,26 @@ fn transport_error(t: &ureq::Transport, model: &str, url: &str) -> ApiError {
             model, detail
         ))
     }
+}
+
+/// The rustls error behind a transport failure, if any (certificate or handshake problems).
+fn tls_error(t: &ureq::Transport) -> Option<String> {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(tls.to_string());
+            }
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// True when an I/O error from reading a backend body is a timeout.

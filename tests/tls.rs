@@ -83,7 +83,13 @@ fn backend_certificates_are_verified_by_default() {
         "real",
     )]));
     let e = post_json(p.addr, "/v1/chat/completions", &chat_body("m", "x", false)).error(502);
-    assert!(!e["message"].as_str().unwrap().contains("sk-tls"));
+    let message = e["message"].as_str().unwrap();
+    assert!(!message.contains("sk-tls"));
+    assert!(
+        message.contains("TLS") && message.contains("certificate"),
+        "the cause is named: {}",
+        message
+    );
 }
 
 #[test]
