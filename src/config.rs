@@ -408,21 +408,8 @@ fn parse_proxy_keys(v: &Value) -> Result<Vec<ProxyKey>, (String, String)> {
                     .get("key")
                     .and_then(Value::as_str)
                     .ok_or_else(|| (loc.clone(), expected.to_string()))?;
-                let ids_error = || {
-                    (
-                        format!("{}.models", loc),
-                        "expected an array of model ids".to_string(),
-                    )
-                };
-                let models = match m.get("models") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Array(ids)) => Some(
-                        ids.iter()
-                            .map(|id| id.as_str().map(str::to_string).ok_or_else(ids_error))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    ),
-                    Some(_) => return Err(ids_error()),
-                };
+                let models = string_list(m.get("models"), "model ids")
+                    .map_err(|msg| (format!("{}.models", loc), msg))?;
                 ProxyKey {
                     key: key.to_string(),
                     models,
@@ -528,26 +515,9 @@ fn parse_endpoint(
             ))
         }
     };
-    let drop_fields = match obj.get("dropFields") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    (
-                        "dropFields".to_string(),
-                        "expected an array of strings".to_string(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(v) => {
-            return Err((
-                "dropFields".to_string(),
-                format!("expected an array of strings, got {}", type_name(v)),
-            ))
-        }
-    };
+    let drop_fields = string_list(obj.get("dropFields"), "strings")
+        .map_err(|m| ("dropFields".to_string(), m))?
+        .unwrap_or_default();
     let sse_keepalive = match obj.get("sseKeepaliveSecs") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
@@ -583,26 +553,9 @@ fn parse_endpoint(
     };
     crate::tls::client_config(&tls).map_err(|m| ("caFile".to_string(), m))?;
     let backends = parse_backends(obj, url.as_deref(), &api_key, &actual_model_name, env)?;
-    let fallbacks = match obj.get("fallbacks") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(ids)) => ids
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    (
-                        "fallbacks".to_string(),
-                        "expected an array of model ids".to_string(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(v) => {
-            return Err((
-                "fallbacks".to_string(),
-                format!("expected an array of model ids, got {}", type_name(v)),
-            ))
-        }
-    };
+    let fallbacks = string_list(obj.get("fallbacks"), "model ids")
+        .map_err(|m| ("fallbacks".to_string(), m))?
+        .unwrap_or_default();
     Ok(Endpoint {
         id: id.to_string(),
         display_name,
@@ -752,6 +705,20 @@ pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Stri
         }
     }
     Some(proxy)
+}
+
+/// An optional array of strings (`None` when absent or null); the error says what was expected.
+fn string_list(v: Option<&Value>, what: &str) -> Result<Option<Vec<String>>, String> {
+    let expected = || format!("expected an array of {}", what);
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string).ok_or_else(expected))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err(format!("{}, got {}", expected(), type_name(other))),
+    }
 }
 
 fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
