@@ -96,16 +96,9 @@ def listening_port(pid, timeout=15.0):
                     inodes.add(link[8:-1])
         except FileNotFoundError:
             raise RuntimeError("process %d exited before listening" % pid)
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(table) as f:
-                    next(f)
-                    for line in f:
-                        parts = line.split()
-                        if parts[3] == "0A" and parts[9] in inodes:  # 0A = LISTEN
-                            return int(parts[1].rsplit(":", 1)[1], 16)
-            except FileNotFoundError:
-                pass
+        for state, port, inode in tcp_sockets():
+            if state == "0A" and inode in inodes:  # 0A = LISTEN
+                return port
         time.sleep(0.01)
     raise RuntimeError("process %d is not listening after %.0f s" % (pid, timeout))
 
@@ -127,20 +120,22 @@ def proc_status(pid):
     return {"rss_kib": int(out["VmRSS"].split()[0]), "threads": int(out["Threads"])}
 
 
-def established(port):
-    """Established TCP connections whose local port is `port` (server side of a listener)."""
-    n = 0
+def tcp_sockets():
+    """(state, local port, inode) of every TCP socket on the machine, from /proc/net/tcp{,6}."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     parts = line.split()
-                    if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                        n += 1
+                    yield parts[3], int(parts[1].rsplit(":", 1)[1], 16), parts[9]
         except FileNotFoundError:
             pass
-    return n
+
+
+def established(port):
+    """Established TCP connections whose local port is `port` (server side of a listener)."""
+    return sum(1 for state, local, _ in tcp_sockets() if state == "01" and local == port)
 
 
 def start_backend(delay_ms, port=0):
