@@ -282,9 +282,7 @@ fn outgoing(
             q.to_string()
         }
     });
-    let mut headers = upstream::forward_headers(&p.headers, endpoint, backend);
-    headers.retain(|(n, _)| !n.eq_ignore_ascii_case("x-request-id"));
-    headers.push(("X-Request-Id".to_string(), request_id.to_string()));
+    let headers = upstream::forward_headers(&p.headers, endpoint, backend, request_id);
     let has_body = !body.is_empty() || matches!(p.method, "POST" | "PUT" | "PATCH");
     Outgoing {
         method: p.method,

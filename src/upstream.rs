@@ -79,11 +79,13 @@ pub struct Outgoing<'a> {
     pub body: Option<Vec<u8>>,
 }
 
-/// Client headers that may reach the backend: not Authorization, not hop-by-hop, not Host.
+/// The headers sent to a backend: the client's (not Authorization, hop-by-hop or Host), the
+/// endpoint's extra ones, this request's id and the backend's key.
 pub fn forward_headers(
     client: &[(String, String)],
     endpoint: &Endpoint,
     backend: &Backend,
+    request_id: &str,
 ) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = client
         .iter()
@@ -94,15 +96,17 @@ pub fn forward_headers(
         })
         .cloned()
         .collect();
+    // Later settings replace earlier ones: the endpoint's headers, then the proxy's own.
+    let mut set = |name: &str, value: &str| {
+        out.retain(|(o, _)| !o.eq_ignore_ascii_case(name));
+        out.push((name.to_string(), value.to_string()));
+    };
     for (n, v) in &endpoint.headers {
-        out.retain(|(o, _)| !o.eq_ignore_ascii_case(n));
-        out.push((n.clone(), v.clone()));
+        set(n, v);
     }
+    set("X-Request-Id", request_id);
     if !backend.api_key.is_empty() {
-        out.push((
-            "Authorization".to_string(),
-            format!("Bearer {}", backend.api_key),
-        ));
+        set("Authorization", &format!("Bearer {}", backend.api_key));
     }
     out
 }
