@@ -39,20 +39,14 @@ pub struct Summary {
     pub routed: bool,
 }
 
-/// Request-independent settings for the proxy path.
-pub struct Limits {
-    /// Largest request body accepted, in bytes.
-    pub max_body: usize,
-}
-
 /// Everything a proxied request needs from the server.
 pub struct Ctx<'a> {
     /// The config this request runs on, start to end.
     pub live: &'a Live,
     /// Who is calling.
     pub caller: &'a Caller<'a>,
-    /// Body limit.
-    pub limits: &'a Limits,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
     /// Process metrics.
     pub metrics: &'a Metrics,
     /// This request's id, forwarded upstream and returned to the client.
@@ -350,7 +344,7 @@ fn prepare(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let body = read_body(request, ctx.limits.max_body)?;
+    let body = read_body(request, ctx.max_body)?;
     let content_type = header("content-type").unwrap_or("").to_string();
     let boundary = body::multipart_boundary(&content_type);
     let live = ctx.live;

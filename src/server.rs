@@ -7,7 +7,7 @@ use crate::api_error::ApiError;
 use crate::lifecycle::Stopper;
 use crate::live::Shared;
 use crate::metrics::{Metrics, RequestRecord};
-use crate::proxy::{self, Ctx, Limits, Summary};
+use crate::proxy::{self, Ctx, Summary};
 use crate::route::{self, Route, Target};
 use crate::{admin, reply};
 use std::net::TcpListener;
@@ -278,13 +278,10 @@ fn handle(
             id,
         ),
         Route::Health | Route::Metrics | Route::ChatCompletions | Route::Passthrough => {
-            let limits = Limits {
-                max_body: settings.max_body,
-            };
             let ctx = Ctx {
                 live: &live,
                 caller: &caller,
-                limits: &limits,
+                max_body: settings.max_body,
                 metrics,
                 request_id: id,
             };
