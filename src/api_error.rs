@@ -55,6 +55,15 @@ impl ApiError {
         e
     }
 
+    /// A request the HTTP layer refused while reading its head (framing, headers, limits,
+    /// HTTP/2); the connection closes after the answer.
+    pub fn refused(r: &tiny_http::Refusal) -> ApiError {
+        let mut e = ApiError::new(r.status, "invalid_request_error", r.message.clone());
+        e.code = Some(r.code);
+        e.close_connection = true;
+        e
+    }
+
     /// 404 for a path the proxy does not serve.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         let mut e = ApiError::new(404, "invalid_request_error", message);

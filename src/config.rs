@@ -485,17 +485,13 @@ fn parse_endpoint(
                 })?;
                 // Framing and routing headers are the proxy's to set: a configured one could
                 // desynchronize the backend connection.
-                let reserved = crate::upstream::is_hop_by_hop(k)
-                    || k.eq_ignore_ascii_case("authorization")
-                    || k.eq_ignore_ascii_case("expect");
-                if reserved {
+                if crate::headers::is_reserved(k) {
                     return Err((
                         format!("headers.{}", k),
                         "this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured".to_string(),
                     ));
                 }
-                if !valid_header_name(k) || v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
-                {
+                if !crate::headers::is_valid_name(k) || !crate::headers::is_valid_value(v) {
                     return Err((
                         format!("headers.{}", k),
                         "not a valid HTTP header".to_string(),
@@ -783,13 +779,6 @@ fn clean_key(key: String) -> Result<String, String> {
         return Err("the key holds control characters".to_string());
     }
     Ok(trimmed.to_string())
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn type_name(v: &Value) -> &'static str {

@@ -12,6 +12,7 @@ pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod headers;
 pub mod lifecycle;
 pub mod live;
 pub mod metrics;

@@ -41,6 +41,7 @@ struct Data {
     upstream_errors: BTreeMap<(String, String, String), u64>,
     retries: BTreeMap<(String, String), u64>,
     tokens: BTreeMap<(String, &'static str), u64>,
+    refused: BTreeMap<(u16, &'static str), u64>,
 }
 
 /// Process-wide metrics; they survive config reloads.
@@ -104,6 +105,12 @@ impl Metrics {
         *d.upstream_errors
             .entry((model.to_string(), backend.to_string(), cause.to_string()))
             .or_default() += 1;
+    }
+
+    /// Records a request modelmux answered with an error of its own, by status and code.
+    pub fn refused(&self, status: u16, code: &'static str) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.refused.entry((status, code)).or_default() += 1;
     }
 
     /// Records a retry on another backend, by the cause of the failure before it.
@@ -190,6 +197,19 @@ impl Metrics {
                 esc(m),
                 dir,
                 v
+            );
+        }
+        header(
+            &mut out,
+            "modelmux_refused_requests_total",
+            "counter",
+            "Requests modelmux answered with an error of its own (bad framing, headers or body, unknown model, keys, overload), by status and code.",
+        );
+        for ((status, code), v) in &d.refused {
+            let _ = writeln!(
+                out,
+                "modelmux_refused_requests_total{{status=\"{}\",code=\"{}\"}} {}",
+                status, code, v
             );
         }
         header(

@@ -37,6 +37,9 @@ pub struct Summary {
     /// The model is a configured one (only those become metric labels: a client must not be
     /// able to mint label values).
     pub routed: bool,
+    /// The code of an error modelmux answered itself because of the request (not a backend
+    /// failure), counted in `modelmux_refused_requests_total`.
+    pub refused: Option<&'static str>,
 }
 
 /// Everything a proxied request needs from the server.
@@ -115,28 +118,23 @@ pub fn handle(
         };
         let in_flight = live.balancer.start(pick);
         let outgoing = outgoing(&prepared, target, endpoint, backend, ctx.request_id);
-        let result = upstream::send(agent, outgoing, &model);
-        // A failure counts against the backend; whether to retry depends on what is left.
-        let cause = match &result {
-            Ok(r) if r.status() == 429 => Some("status_429"),
-            Ok(r) if r.status() >= 500 => Some("status_5xx"),
-            Ok(_) => None,
-            Err(e) if e.status == 504 => Some("timeout"),
-            Err(e) if e.status == 502 => Some("connect"),
-            // A request ureq refuses to send (a malformed header or URL) is not the backend's
-            // fault: no failover, no strike against its health.
-            Err(_) => None,
+        // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
+        let (failure, answer) = match upstream::send(agent, outgoing, &model) {
+            Ok(r) if r.status() == 429 || r.status() >= 500 => {
+                (upstream::Failure::Status(r.status()), Some(r))
+            }
+            Ok(r) => {
+                live.balancer.success(pick);
+                return relay_response(
+                    request, r, endpoint, pick, &host, in_flight, ctx, summary, started,
+                );
+            }
+            Err(f) => (f, None),
         };
-        let Some(cause) = cause else {
-            let response = match result {
-                Ok(r) => r,
-                Err(e) => return fail(request, e, ctx, summary),
-            };
-            live.balancer.success(pick);
-            return relay_response(
-                request, response, endpoint, pick, &host, in_flight, ctx, summary, started,
-            );
-        };
+        if !failure.is_backend_fault() {
+            return fail(request, failure.to_api_error(&model), ctx, summary);
+        }
+        let cause = failure.cause();
         ctx.metrics.upstream_error(&model, &host, cause);
         if live.balancer.failure(pick) {
             log::warn!(
@@ -150,7 +148,7 @@ pub fn handle(
         } else {
             None
         };
-        match (next, result) {
+        match (next, answer) {
             (Some(n), _) => {
                 drop(in_flight);
                 log::info!(
@@ -165,12 +163,12 @@ pub fn handle(
                 pick = n;
             }
             // Nothing left to try: the last backend's own answer goes back as it is.
-            (None, Ok(response)) => {
+            (None, Some(response)) => {
                 return relay_response(
                     request, response, endpoint, pick, &host, in_flight, ctx, summary, started,
                 )
             }
-            (None, Err(e)) => return fail(request, e, ctx, summary),
+            (None, None) => return fail(request, failure.to_api_error(&model), ctx, summary),
         }
     }
 }
@@ -178,7 +176,10 @@ pub fn handle(
 fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {
     summary.status = e.status;
     summary.outcome = "error";
-    crate::reply::error(request, &e, ctx.request_id);
+    if e.status < 500 {
+        summary.refused = Some(e.code.unwrap_or(e.kind));
+    }
+    summary.bytes = crate::reply::error(request, &e, ctx.request_id);
     summary
 }
 
@@ -194,21 +195,35 @@ fn relay_response(
     mut summary: Summary,
     started: Instant,
 ) -> Summary {
-    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut all: Vec<(String, String)> = Vec::new();
     for name in response.headers_names() {
-        if upstream::is_hop_by_hop(&name) {
-            continue;
-        }
-        // Our id names this request; the backend's own id is kept under another name.
-        let out_name = if name.eq_ignore_ascii_case("x-request-id") {
-            "X-Upstream-Request-Id".to_string()
-        } else {
-            name.clone()
-        };
         for v in response.all(&name) {
-            headers.push((out_name.clone(), v.to_string()));
+            all.push((name.clone(), v.to_string()));
         }
     }
+    // Transfer-Encoding wins over Content-Length (RFC 9112 section 6.3): the HTTP client has
+    // already de-chunked such a body, so its Content-Length describes nothing we send.
+    let chunked = all
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let content_length = if chunked {
+        None
+    } else {
+        response
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut headers: Vec<(String, String)> = crate::headers::end_to_end(&all)
+        .into_iter()
+        // Our id names this request; the backend's own id is kept under another name.
+        .map(|(n, v)| {
+            if n.eq_ignore_ascii_case("x-request-id") {
+                ("X-Upstream-Request-Id".to_string(), v)
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
     headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
     if crate::reply::wants_close(&request) {
         headers.push(("Connection".to_string(), "close".to_string()));
@@ -217,9 +232,7 @@ fn relay_response(
         status: response.status(),
         reason: sanitize_reason(response.status_text()),
         headers,
-        content_length: response
-            .header("content-length")
-            .and_then(|v| v.trim().parse().ok()),
+        content_length,
     };
     summary.status = head.status;
     let client = ClientSide {
@@ -276,7 +289,8 @@ fn outgoing(
             q.to_string()
         }
     });
-    let headers = upstream::forward_headers(&p.headers, endpoint, backend, request_id);
+    let streaming = p.json.as_ref().is_some_and(JsonObject::stream);
+    let headers = upstream::forward_headers(&p.headers, streaming, endpoint, backend, request_id);
     let has_body = !body.is_empty() || matches!(p.method, "POST" | "PUT" | "PATCH");
     Outgoing {
         method: p.method,

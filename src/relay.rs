@@ -139,7 +139,15 @@ pub fn relay(
     if matches!(framing, Framing::None) {
         return stats;
     }
-    let keepalive = if is_sse { client.sse_keepalive } else { None };
+    // A comment inserted into a compressed body would corrupt it for the client's decoder.
+    let encoded = head.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
+    });
+    let keepalive = if is_sse && !encoded {
+        client.sse_keepalive
+    } else {
+        None
+    };
     let result = match keepalive {
         Some(every) => {
             pump_with_keepalive(started, out, body, framing, every, &mut stats, &mut tap)
@@ -262,6 +270,7 @@ fn pump_with_keepalive(
             }
         })
         .map_err(|e| Failure::Upstream(format!("cannot start stream reader: {}", e)))?;
+    let mut boundary = EventBoundary::default();
     let result = loop {
         match rx.recv_timeout(every) {
             Ok(Ok(data)) if data.is_empty() => break finish(out, framing),
@@ -269,16 +278,19 @@ fn pump_with_keepalive(
                 if let Some(t) = tap.as_mut() {
                     t.feed(&data);
                 }
+                boundary.feed(&data);
                 if let Err(f) = write_piece(started, out, &data, framing, stats) {
                     break Err(f);
                 }
             }
             Ok(Err(e)) => break Err(upstream_failure(&e)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            // Only between events: inside one, the comment would become part of its data.
+            Err(mpsc::RecvTimeoutError::Timeout) if boundary.at_boundary() => {
                 if let Err(f) = write_piece(started, out, b": keep-alive\n\n", framing, stats) {
                     break Err(f);
                 }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(Failure::Upstream("stream reader stopped".to_string()))
             }
@@ -289,6 +301,36 @@ fn pump_with_keepalive(
     // because the backend keeps sending, and the dropped body then closes the connection.
     let _ = reader;
     result
+}
+
+/// Tracks whether the bytes relayed so far end between two SSE events (a blank line, with any
+/// of the three line endings the SSE format allows) or inside one.
+#[derive(Debug, Default)]
+struct EventBoundary {
+    /// The last (up to) four bytes relayed.
+    tail: Vec<u8>,
+    /// Some bytes were relayed.
+    started: bool,
+}
+
+impl EventBoundary {
+    fn feed(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.started = true;
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(4)..]);
+        let excess = self.tail.len().saturating_sub(4);
+        self.tail.drain(..excess);
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.started
+            || self.tail.ends_with(b"\n\n")
+            || self.tail.ends_with(b"\r\r")
+            || self.tail.ends_with(b"\r\n\r\n")
+    }
 }
 
 fn write_piece(
@@ -328,4 +370,29 @@ fn finish(out: &mut dyn Write, framing: Framing) -> Result<(), Failure> {
             .map_err(|_| Failure::Client)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventBoundary;
+
+    #[test]
+    fn event_boundaries() {
+        let cases: [(&[&[u8]], bool); 7] = [
+            (&[], true),
+            (&[b"data: {\"x\":"], false),
+            (&[b"data: 1\n\n"], true),
+            (&[b"data: 1\n", b"\n"], true),
+            (&[b"data: 1\r\n\r", b"\n"], true),
+            (&[b"data: 1\n\n", b"data: 2\n"], false),
+            (&[b"data: 1\r\r"], true),
+        ];
+        for (pieces, want) in cases {
+            let mut b = EventBoundary::default();
+            for p in pieces {
+                b.feed(p);
+            }
+            assert_eq!(b.at_boundary(), want, "{:?}", pieces);
+        }
+    }
 }

@@ -4,13 +4,15 @@ use crate::api_error::ApiError;
 use tiny_http::{Header, Request, Response};
 
 /// Sends a JSON body with a status and extra headers; a client that left is not an error.
+/// Returns the body's length, for the access log.
 pub fn json(
     request: Request,
     status: u16,
     body: Vec<u8>,
     headers: &[(&str, String)],
     request_id: &str,
-) {
+) -> u64 {
+    let len = body.len() as u64;
     let mut response = Response::from_data(body).with_status_code(status);
     let close = wants_close(&request);
     let fixed = [
@@ -31,16 +33,18 @@ pub fn json(
     if let Err(e) = request.respond(response) {
         log::debug!("could not send a reply: {}", e);
     }
+    len
 }
 
 /// Sends an OpenAI-shaped error; when the body was left unread, with `Connection: close` so
-/// clients do not reuse a connection the server closes after this reply.
-pub fn error(request: Request, e: &ApiError, request_id: &str) {
+/// clients do not reuse a connection the server closes after this reply. Returns the body's
+/// length.
+pub fn error(request: Request, e: &ApiError, request_id: &str) -> u64 {
     let mut headers = e.headers.clone();
     if e.close_connection && !wants_close(&request) {
         headers.push(("Connection", "close".to_string()));
     }
-    json(request, e.status, e.body(), &headers, request_id);
+    json(request, e.status, e.body(), &headers, request_id)
 }
 
 /// True when this is the connection's last request (`Connection: close`, or HTTP/1.0 without

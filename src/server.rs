@@ -71,6 +71,27 @@ pub fn serve(
                 continue;
             }
         };
+        if let Some(refusal) = request.refusal() {
+            // Refused by the HTTP layer while its head was read: answered on the fast lane,
+            // logged and counted like any other, then the connection closes.
+            let e = ApiError::refused(refusal);
+            let meta = Meta {
+                method: request.method().to_string(),
+                path: if request.url().is_empty() {
+                    "-".to_string()
+                } else {
+                    route::parse_target(request.url()).path
+                },
+                request_id: access_log::request_id(None),
+                started: Instant::now(),
+            };
+            let metrics = Arc::clone(&metrics);
+            fast.execute(move || {
+                let summary = local_error(request, e, &meta.request_id);
+                finish(&meta, &summary, &metrics);
+            });
+            continue;
+        }
         let target = route::parse_target(request.url());
         let route = route::route(&target.path);
         let client_id = request
@@ -165,18 +186,17 @@ fn simple(status: u16, bytes: u64) -> Summary {
 }
 
 fn local_error(request: Request, e: ApiError, request_id: &str) -> Summary {
-    let status = e.status;
-    reply::error(request, &e, request_id);
     Summary {
-        status,
+        status: e.status,
         outcome: "error",
+        refused: Some(e.code.unwrap_or(e.kind)),
+        bytes: reply::error(request, &e, request_id),
         ..Summary::default()
     }
 }
 
 fn ok(request: Request, body: Vec<u8>, request_id: &str) -> Summary {
-    let len = body.len() as u64;
-    reply::json(request, 200, body, &[], request_id);
+    let len = reply::json(request, 200, body, &[], request_id);
     simple(200, len)
 }
 
@@ -307,6 +327,9 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
         retries: s.retries,
         outcome: s.outcome,
     });
+    if let Some(code) = s.refused {
+        metrics.refused(s.status, code);
+    }
     // Only proxied requests count per model; probes and scrapes would drown the numbers.
     if let Some(model) = s.model.as_deref() {
         metrics.request(&RequestRecord {

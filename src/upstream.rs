@@ -2,24 +2,8 @@
 
 use crate::api_error::ApiError;
 use crate::config::{Backend, ClientKey, Endpoint};
+use crate::headers;
 use std::io;
-
-/// Headers never forwarded in either direction (RFC 9110 hop-by-hop, plus framing we redo).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "trailers"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    ) || n.starts_with("proxy-")
-}
 
 /// Builds a pooled HTTP client with the given timeouts; redirects and status errors are off
 /// because a proxy hands the backend's answer back as it is.
@@ -83,19 +67,15 @@ pub struct Outgoing<'a> {
 /// endpoint's extra ones, this request's id and the backend's key.
 pub fn forward_headers(
     client: &[(String, String)],
+    streaming: bool,
     endpoint: &Endpoint,
     backend: &Backend,
     request_id: &str,
 ) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = client
+    let mut out = headers::from_client(client, streaming);
+    let named_model = out
         .iter()
-        .filter(|(n, _)| {
-            !is_hop_by_hop(n)
-                && !n.eq_ignore_ascii_case("authorization")
-                && !n.eq_ignore_ascii_case("expect")
-        })
-        .cloned()
-        .collect();
+        .any(|(n, _)| n.eq_ignore_ascii_case("x-model-id"));
     // Later settings replace earlier ones: the endpoint's headers, then the proxy's own.
     let mut set = |name: &str, value: &str| {
         out.retain(|(o, _)| !o.eq_ignore_ascii_case(name));
@@ -105,14 +85,96 @@ pub fn forward_headers(
         set(n, v);
     }
     set("X-Request-Id", request_id);
+    // The README's promise: the model is named by its backend name wherever the client named it.
+    if named_model {
+        set("X-Model-Id", &backend.actual_model_name);
+    }
     if !backend.api_key.is_empty() {
         set("Authorization", &format!("Bearer {}", backend.api_key));
     }
     out
 }
 
-/// Sends the request; any HTTP status is a response, only transport failures are errors.
-pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Response, ApiError> {
+/// Why one attempt on a backend failed; the retry and failover decision matches on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Our own request could not be written (a URL or header from the config that HTTP cannot
+    /// carry): not the backend's fault, so no failover and no strike against its health.
+    Unsendable(String),
+    /// No connection, or it broke before an answer (refused, DNS, reset).
+    Connect(String),
+    /// The TLS handshake or the backend's certificate failed.
+    Tls(String),
+    /// No answer within the connect or idle timeout.
+    Timeout,
+    /// An answer HTTP cannot relay: a malformed head, too many headers, an unrequested
+    /// `101 Switching Protocols`.
+    BadResponse(String),
+    /// A complete answer whose status says "try elsewhere" (429, 5xx).
+    Status(u16),
+}
+
+impl Failure {
+    /// The metric label for this failure.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Failure::Unsendable(_) => "unsendable",
+            Failure::Connect(_) => "connect",
+            Failure::Tls(_) => "tls",
+            Failure::Timeout => "timeout",
+            Failure::BadResponse(_) => "bad_response",
+            Failure::Status(429) => "status_429",
+            Failure::Status(_) => "status_5xx",
+        }
+    }
+
+    /// True when the backend is at fault: another backend may be tried and this one is marked.
+    pub fn is_backend_fault(&self) -> bool {
+        !matches!(self, Failure::Unsendable(_))
+    }
+
+    /// The error the client gets when no other backend is left.
+    pub fn to_api_error(&self, model: &str) -> ApiError {
+        match self {
+            Failure::Unsendable(detail) => ApiError::internal(format!(
+                "The request for model `{}` could not be sent ({}); check the endpoint's url and headers.",
+                model, detail
+            )),
+            Failure::Timeout => ApiError::gateway_timeout(format!(
+                "The backend for model `{}` did not answer in time.",
+                model
+            )),
+            Failure::Connect(detail) | Failure::Tls(detail) => ApiError::bad_gateway(format!(
+                "The backend for model `{}` could not be reached ({}).",
+                model, detail
+            )),
+            Failure::BadResponse(detail) => ApiError::bad_gateway(format!(
+                "The backend for model `{}` sent an answer that cannot be relayed ({}).",
+                model, detail
+            )),
+            Failure::Status(status) => ApiError::bad_gateway(format!(
+                "The backend for model `{}` answered {}.",
+                model, status
+            )),
+        }
+    }
+}
+
+/// Sends the request. Any final status is a response; transport failures and answers HTTP
+/// cannot relay are a `Failure`.
+pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Response, Failure> {
+    // Checked here with ureq's own rules, so that a `BadHeader` from ureq can only describe
+    // the backend's answer, never our request.
+    if let Some((name, _)) = out
+        .headers
+        .iter()
+        .find(|(n, v)| !headers::is_valid_name(n) || !headers::is_valid_value(v))
+    {
+        return Err(Failure::Unsendable(format!(
+            "header `{}` cannot be sent",
+            crate::api_error::clip(name, 64)
+        )));
+    }
     let mut req = agent.request(out.method, &out.url);
     for (n, v) in &out.headers {
         req = req.set(n, v);
@@ -121,56 +183,53 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
         Some(body) => req.send_bytes(&body),
         None => req.call(),
     };
-    match result {
-        Ok(resp) => Ok(resp),
-        Err(ureq::Error::Status(_, resp)) => Ok(resp),
-        Err(ureq::Error::Transport(t)) => Err(transport_error(&t, model, &out.url)),
-    }
+    let failure = match result {
+        Ok(resp) | Err(ureq::Error::Status(_, resp)) if resp.status() == 101 => {
+            Failure::BadResponse(
+                "101 Switching Protocols to a request that asked for no upgrade".into(),
+            )
+        }
+        Ok(resp) => return Ok(resp),
+        Err(ureq::Error::Status(_, resp)) => return Ok(resp),
+        Err(ureq::Error::Transport(t)) => transport_failure(&t),
+    };
+    log::warn!(
+        "upstream {} for model {} failed: {} ({:?})",
+        crate::redact::host(&out.url),
+        model,
+        failure.cause(),
+        failure
+    );
+    Err(failure)
 }
 
-/// Maps a transport failure to 502/504 with a message that names the host but no secret.
-fn transport_error(t: &ureq::Transport, model: &str, url: &str) -> ApiError {
-    let host = crate::redact::host(url);
+/// Names a transport failure; the detail names no host, URL or secret.
+fn transport_failure(t: &ureq::Transport) -> Failure {
     let io_kind = std::error::Error::source(t)
         .and_then(|s| s.downcast_ref::<io::Error>())
         .map(|e| e.kind());
-    let timed_out = matches!(
+    if let Some(tls) = tls_error(t) {
+        // A certificate problem deserves its name: it is the first thing an operator checks.
+        return Failure::Tls(format!("TLS: {}", tls));
+    }
+    if matches!(
         io_kind,
         Some(io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
-    );
-    let detail = match (tls_error(t), t.kind(), io_kind) {
-        // A certificate problem deserves its name: it is the first thing an operator checks.
-        (Some(tls), _, _) => format!("TLS: {}", tls),
-        (None, _, Some(k)) => format!("{:?}", k),
-        (None, k, None) => format!("{:?}", k),
-    };
-    log::warn!(
-        "upstream {} for model {} failed: {} ({})",
-        host,
-        model,
-        t.kind(),
-        detail
-    );
-    if matches!(
-        t.kind(),
-        ureq::ErrorKind::BadHeader | ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme
     ) {
-        // The request could not even be written: a config or request problem, not the backend.
-        ApiError::internal(format!(
-            "The request for model `{}` could not be sent ({:?}); check the endpoint's url and headers.",
-            model,
-            t.kind()
-        ))
-    } else if timed_out {
-        ApiError::gateway_timeout(format!(
-            "The backend for model `{}` did not answer in time.",
-            model
-        ))
-    } else {
-        ApiError::bad_gateway(format!(
-            "The backend for model `{}` could not be reached ({}).",
-            model, detail
-        ))
+        return Failure::Timeout;
+    }
+    match t.kind() {
+        // `send` checked every header, so these describe the backend's answer.
+        ureq::ErrorKind::BadHeader | ureq::ErrorKind::BadStatus => {
+            Failure::BadResponse(format!("{}", t.kind()))
+        }
+        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
+            Failure::Unsendable(format!("{:?}", t.kind()))
+        }
+        k => Failure::Connect(match io_kind {
+            Some(io) => format!("{:?}", io),
+            None => format!("{:?}", k),
+        }),
     }
 }
 

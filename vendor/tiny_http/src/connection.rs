@@ -233,6 +233,12 @@ impl ConnectionHandle {
         let _ = self.0.shutdown(Shutdown::Both);
     }
 
+    /// Ends the sending direction (FIN) while the connection can still read what the client
+    /// sends, so a final answer is not destroyed by a reset.
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+
     /// Sets the socket's read timeout (shared by every handle on the socket).
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
         let _ = match &self.0 {

@@ -112,6 +112,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ConnectionHandle, ListenAddr, Listener};
+pub use framing::Refusal;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -119,6 +120,8 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+// modelmux: strict request-head parsing and body framing (see MODELMUX_PATCHES.md).
+mod framing;
 // modelmux: process-global header limits and socket timeouts (see MODELMUX_PATCHES.md).
 pub mod limits;
 mod request;

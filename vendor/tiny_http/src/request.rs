@@ -3,13 +3,12 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
+use crate::framing::{BodyFraming, ChunkedDecoder, Refusal};
 use crate::util::{CloseSignal, CloseUnlessEof, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -81,6 +80,9 @@ pub struct Request {
 
     // modelmux: see `ConnectionHandle`
     handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
+
+    // modelmux: set when the request was refused while its head was read
+    refusal: Option<Refusal>,
 }
 
 struct NotifyOnDrop<R> {
@@ -107,22 +109,6 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
-/// Error that can happen when building a `Request` object.
-#[derive(Debug)]
-pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
-}
-
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
-    }
-}
-
 /// Builds a new request.
 ///
 /// After the request line and headers have been read from the socket, a new `Request` object
@@ -133,76 +119,39 @@ impl From<IoError> for RequestCreationError {
 ///
 /// The `Write` object will be used by the `Request` to write the response.
 ///
-/// modelmux: `close_signal` is the connection's signal to trigger when the body is abandoned
-/// before its end (`None` when there is no connection, e.g. `TestRequest`).
+/// modelmux: `framing` and `expects_continue` are decided by `crate::framing` (strictly, before
+/// any body byte is read); `close_signal` is the connection's signal to trigger when the body
+/// is abandoned before its end (`None` when there is no connection, e.g. `TestRequest`).
 #[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
+pub(crate) fn new_request<R, W>(
     secure: bool,
     method: Method,
     path: String,
     version: HTTPVersion,
     headers: Vec<Header>,
+    framing: BodyFraming,
+    expects_continue: bool,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
     close_signal: Option<CloseSignal>,
-) -> Result<Request, RequestCreationError>
+) -> Result<Request, IoError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
-    };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+    // modelmux: an `Upgrade` offer no longer makes the body "the rest of the stream": upgrades
+    // are ignored (RFC 9110 section 7.8) and the body is framed like any other.
+    let content_length = match framing {
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::None => Some(0),
+        BodyFraming::Chunked => None,
+    };
+    let reader = match framing {
+        BodyFraming::None => Box::new(io::empty()) as Box<dyn Read + Send + 'static>,
+        BodyFraming::Length(content_length) if content_length <= 1024 && !expects_continue => {
             // if the content-length is small enough, we just read everything into a buffer
 
             let mut buffer = vec![0; content_length];
@@ -214,32 +163,28 @@ where
                     // the socket returned EOF, but we were before the expected content-length
                     // aborting
                     let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
+                    return Err(IoError::new(ErrorKind::ConnectionAborted, info));
                 }
 
                 offset += read;
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
-        } else {
+        }
+        BodyFraming::Length(content_length) => {
             // modelmux: give the reader the connection's close signal (bounded drain on drop)
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             let data_reader = data_reader.with_close_signal(close_signal.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        // modelmux: a chunked body dropped before its end leaves chunk data on the wire that
-        // upstream parsed as the next request; `CloseUnlessEof` closes the connection instead.
-        let decoder = CloseUnlessEof::new(Decoder::new(source_data), close_signal.clone());
-        Box::new(FusedReader::new(decoder)) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+        BodyFraming::Chunked => {
+            // modelmux: a chunked body dropped before its end leaves chunk data on the wire
+            // that upstream parsed as the next request; `CloseUnlessEof` closes the connection
+            // instead. The decoder is strict (see `crate::framing::ChunkedDecoder`).
+            let decoder =
+                CloseUnlessEof::new(ChunkedDecoder::new(source_data), close_signal.clone());
+            Box::new(FusedReader::new(decoder)) as Box<dyn Read + Send + 'static>
+        }
     };
 
     Ok(Request {
@@ -256,7 +201,40 @@ where
         notify_when_responded: None,
         close_signal,
         handle: None,
+        refusal: None,
     })
+}
+
+/// modelmux: a request refused while its head was read (see `crate::framing`): no headers, no
+/// body, only a way to answer. The connection closes after the answer.
+pub(crate) fn new_refused_request<W>(
+    secure: bool,
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    refusal: Refusal,
+    remote_addr: Option<SocketAddr>,
+    writer: W,
+) -> Request
+where
+    W: Write + Send + 'static,
+{
+    Request {
+        data_reader: Some(Box::new(io::empty())),
+        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
+        remote_addr,
+        secure,
+        method,
+        path,
+        http_version: version,
+        headers: Vec::new(),
+        body_length: Some(0),
+        must_send_continue: false,
+        notify_when_responded: None,
+        close_signal: None,
+        handle: None,
+        refusal: Some(refusal),
+    }
 }
 
 impl Request {
@@ -270,6 +248,15 @@ impl Request {
     #[inline]
     pub fn method(&self) -> &Method {
         &self.method
+    }
+
+    /// modelmux: why this request was refused before reaching the application, if it was.
+    ///
+    /// A refused request has no headers and no body; answer it with `refusal.status` (the
+    /// connection closes after the answer, whatever the answer says).
+    #[inline]
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
     }
 
     /// Returns the resource requested by the client.
@@ -510,7 +497,10 @@ impl Request {
         self.handle.clone()
     }
 
-    pub(crate) fn set_connection_handle(&mut self, handle: Option<std::sync::Arc<crate::ConnectionHandle>>) {
+    pub(crate) fn set_connection_handle(
+        &mut self,
+        handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
+    ) {
         self.handle = handle;
     }
 }
@@ -551,7 +541,8 @@ impl Drop for Request {
                 r#"{"error":{"message":"internal error in modelmux","type":"server_error","param":null,"code":"internal_error"}}"#,
             )
             .with_status_code(500);
-            if let Ok(h) = crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+            if let Ok(h) = crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+            {
                 response.add_header(h);
             }
             let _ = self.respond_impl(response); // ignoring any potential error

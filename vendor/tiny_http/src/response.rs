@@ -231,14 +231,6 @@ where
         self
     }
 
-    /// modelmux: adds `Connection: close` (which `add_header` refuses to add), for the
-    /// error responses after which the server closes the connection (408, 414, 431).
-    pub(crate) fn with_connection_close(mut self) -> Response<R> {
-        self.headers
-            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
-        self
-    }
-
     /// Convert the response into the underlying `Read` type.
     ///
     /// This is mainly useful for testing as it must consume the `Response`.

@@ -64,12 +64,24 @@ impl From<TestRequest> for Request {
                 value: AsciiString::from_ascii(mock.body.len().to_string()).unwrap(),
             });
         }
+        // modelmux: framing is decided before the request is built (see `crate::framing`)
+        let raw_te: Vec<Vec<u8>> = mock
+            .headers
+            .iter()
+            .filter(|h| h.field.equiv("Transfer-Encoding"))
+            .map(|h| h.value.as_bytes().to_vec())
+            .collect();
+        let framing = crate::framing::body_framing(&mock.http_version, &mock.headers, &raw_te)
+            .unwrap_or(crate::framing::BodyFraming::None);
+        let expects_continue = crate::framing::expects_continue(&mock.headers).unwrap_or(false);
         new_request(
             mock.secure,
             mock.method,
             mock.path,
             mock.http_version,
             mock.headers,
+            framing,
+            expects_continue,
             Some(mock.remote_addr),
             mock.body.as_bytes(),
             std::io::sink(),
