@@ -88,47 +88,18 @@ impl Balancer {
     pub fn pick(&self, m: usize, tried: &[Pick]) -> Option<Pick> {
         let pool = self.pools.get(m)?;
         let now = Instant::now();
-        let untried: Vec<usize> = (0..pool.states.len())
+        // One snapshot of the state: other threads change it while we decide.
+        let candidates: Vec<Candidate> = (0..pool.states.len())
             .filter(|b| !tried.contains(&(m, *b)))
-            .collect();
-        if untried.is_empty() {
-            return None;
-        }
-        let healthy: Vec<usize> = untried
-            .iter()
-            .copied()
-            .filter(|b| !pool.cooling(*b, now))
-            .collect();
-        let candidates = if healthy.is_empty() { untried } else { healthy };
-        // One snapshot of the loads: other threads change them while we decide.
-        let loads: Vec<(usize, i64, i64)> = candidates
-            .iter()
-            .map(|&b| {
-                (
-                    b,
-                    pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
-                    pool.weights[b],
-                )
+            .map(|b| Candidate {
+                index: b,
+                in_flight: pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
+                weight: pool.weights[b],
+                cooling: pool.cooling(b, now),
             })
             .collect();
-        // Lowest in_flight/weight, compared without division.
-        let &(_, ll, lw) = loads.iter().min_by(|a, b| (a.1 * b.2).cmp(&(b.1 * a.2)))?;
-        let tied: Vec<usize> = loads
-            .iter()
-            .filter(|(_, l, w)| l * lw == ll * w)
-            .map(|(b, _, _)| *b)
-            .collect();
         let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
-        let total: i64 = tied.iter().map(|b| pool.weights[*b]).sum();
-        let mut best = tied[0];
-        for &b in &tied {
-            current[b] += pool.weights[b];
-            if current[b] > current[best] {
-                best = b;
-            }
-        }
-        current[best] -= total;
-        Some((m, best))
+        choose(&candidates, &mut current).map(|b| (m, b))
     }
 
     /// Marks a request as in flight on a backend until the guard drops.
@@ -192,6 +163,45 @@ impl Balancer {
     }
 }
 
+/// One untried backend as `choose` sees it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    index: usize,
+    in_flight: i64,
+    weight: i64,
+    cooling: bool,
+}
+
+/// The backend to try among `candidates`: healthy ones first (a cooling one only when nothing
+/// else is left: trying beats refusing); among them the lowest in-flight per weight, ties broken
+/// by smooth weighted round-robin over `current` (as nginx does it: even spread, no bursts).
+fn choose(candidates: &[Candidate], current: &mut [i64]) -> Option<usize> {
+    let healthy: Vec<Candidate> = candidates.iter().copied().filter(|c| !c.cooling).collect();
+    let pool = if healthy.is_empty() {
+        candidates
+    } else {
+        &healthy
+    };
+    // Lowest in_flight/weight, compared without division.
+    let least = pool
+        .iter()
+        .min_by(|a, b| (a.in_flight * b.weight).cmp(&(b.in_flight * a.weight)))?;
+    let tied: Vec<&Candidate> = pool
+        .iter()
+        .filter(|c| c.in_flight * least.weight == least.in_flight * c.weight)
+        .collect();
+    let total: i64 = tied.iter().map(|c| c.weight).sum();
+    let mut best = tied[0].index;
+    for c in &tied {
+        current[c.index] += c.weight;
+        if current[c.index] > current[best] {
+            best = c.index;
+        }
+    }
+    current[best] -= total;
+    Some(best)
+}
+
 impl ModelPool {
     fn cooling(&self, b: usize, now: Instant) -> bool {
         let until = *self.states[b]
@@ -232,6 +242,40 @@ mod tests {
         );
         let c = crate::config::parse("c", &text, &Default::default(), &|_| None).unwrap();
         Balancer::new(&c, None)
+    }
+
+    #[test]
+    fn choose_table() {
+        let c = |index, in_flight, weight, cooling| Candidate {
+            index,
+            in_flight,
+            weight,
+            cooling,
+        };
+        // (candidates, expected picks over successive calls)
+        let cases: Vec<(Vec<Candidate>, Vec<usize>)> = vec![
+            (vec![], vec![]),
+            (vec![c(0, 0, 1, false), c(1, 0, 1, false)], vec![0, 1, 0, 1]),
+            (
+                vec![c(0, 0, 1, false), c(1, 0, 2, false)],
+                vec![1, 0, 1, 1, 0, 1],
+            ),
+            // least in flight per weight beats the rotation
+            (vec![c(0, 1, 1, false), c(1, 0, 1, false)], vec![1, 1, 1]),
+            (vec![c(0, 1, 1, false), c(1, 1, 2, false)], vec![1, 1]),
+            // a cooling backend only when nothing else is left
+            (vec![c(0, 0, 1, true), c(1, 5, 1, false)], vec![1, 1]),
+            (vec![c(0, 3, 1, true), c(1, 0, 1, true)], vec![1, 1]),
+            // untried subset: indices need not start at 0
+            (vec![c(2, 0, 1, false)], vec![2, 2]),
+        ];
+        for (i, (candidates, want)) in cases.into_iter().enumerate() {
+            let mut current = vec![0i64; 3];
+            let got: Vec<usize> = (0..want.len().max(1))
+                .filter_map(|_| choose(&candidates, &mut current))
+                .collect();
+            assert_eq!(got, want, "case {}", i);
+        }
     }
 
     #[test]

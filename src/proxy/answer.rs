@@ -1,0 +1,117 @@
+//! Relaying a backend's answer: its head filtered and re-framed, its body streamed through.
+
+use super::{Ctx, Summary};
+use crate::balance::{InFlight, Pick};
+use crate::config::Endpoint;
+use crate::relay::{self, ClientSide, Head, Outcome};
+use std::time::Instant;
+use tiny_http::{Method, Request};
+
+/// Where the answer comes from.
+pub struct Source<'a> {
+    /// The model whose backend answered.
+    pub endpoint: &'a Endpoint,
+    /// That backend.
+    pub pick: Pick,
+    /// Its host, for logs and metrics.
+    pub host: &'a str,
+}
+
+/// Sends `response` to the client; the backend stays counted in flight until it is done.
+pub fn relay(
+    request: Request,
+    response: ureq::Response,
+    from: &Source,
+    in_flight: InFlight,
+    ctx: &Ctx,
+    mut summary: Summary,
+    started: Instant,
+) -> Summary {
+    let Source {
+        endpoint,
+        pick,
+        host,
+    } = *from;
+    let mut all: Vec<(String, String)> = Vec::new();
+    for name in response.headers_names() {
+        for v in response.all(&name) {
+            all.push((name.clone(), v.to_string()));
+        }
+    }
+    // Transfer-Encoding wins over Content-Length (RFC 9112 section 6.3): the HTTP client has
+    // already de-chunked such a body, so its Content-Length describes nothing we send.
+    let chunked = all
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let content_length = if chunked {
+        None
+    } else {
+        response
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut headers: Vec<(String, String)> = crate::headers::end_to_end(&all)
+        .into_iter()
+        // Our id names this request; the backend's own id is kept under another name.
+        .map(|(n, v)| {
+            if n.eq_ignore_ascii_case("x-request-id") {
+                ("X-Upstream-Request-Id".to_string(), v)
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
+    if crate::reply::wants_close(&request) {
+        headers.push(("Connection".to_string(), "close".to_string()));
+    }
+    let head = Head {
+        status: response.status(),
+        reason: sanitize_reason(response.status_text()),
+        headers,
+        content_length,
+    };
+    summary.status = head.status;
+    let client = ClientSide {
+        http10: *request.http_version() == (1, 0),
+        head_only: *request.method() == Method::Head,
+        sse_keepalive: endpoint.sse_keepalive,
+    };
+    let connection = request.connection_handle();
+    let mut writer = request.into_writer();
+    let stats = relay::relay(started, &mut *writer, head, response.into_reader(), &client);
+    drop(writer);
+    if stats.close_connection {
+        if let Some(c) = connection {
+            c.close();
+        }
+    }
+    drop(in_flight);
+    summary.bytes = stats.bytes;
+    summary.ttfb = stats.ttfb;
+    summary.tokens = stats.tokens;
+    summary.outcome = match stats.outcome {
+        Outcome::Complete => "complete",
+        Outcome::ClientGone => "client_gone",
+        Outcome::UpstreamFailed(msg) => {
+            log::warn!("model {} backend {}: {}", endpoint.id, host, msg);
+            ctx.metrics.upstream_error(&endpoint.id, host, "mid_stream");
+            ctx.live.balancer.failure(pick);
+            "upstream_failed"
+        }
+    };
+    summary
+}
+
+/// Keeps a backend's reason phrase from breaking our status line.
+fn sanitize_reason(reason: &str) -> String {
+    let clean: String = reason
+        .chars()
+        .filter(|c| *c == ' ' || c.is_ascii_graphic())
+        .collect();
+    if clean.is_empty() {
+        "Status".to_string()
+    } else {
+        clean
+    }
+}

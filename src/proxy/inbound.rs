@@ -1,0 +1,167 @@
+//! Reading the client's request: method, headers and body, and the model it names.
+
+use super::choose::{self, Named};
+use crate::api_error::ApiError;
+use crate::body::{self, JsonObject};
+use crate::route::{Route, Target};
+use std::io::Read;
+use tiny_http::{Method, Request};
+
+/// The client's request, read and understood, before any backend is chosen.
+pub struct Inbound {
+    /// The method to send upstream.
+    pub method: &'static str,
+    /// The client's headers as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body as sent.
+    pub body: Vec<u8>,
+    /// The body parsed as a JSON object, when it is one (it is then always rewritten).
+    pub json: Option<JsonObject>,
+    /// The multipart boundary, for a multipart body.
+    pub boundary: Option<String>,
+    /// The public model id the request names.
+    pub model: String,
+}
+
+impl Inbound {
+    /// The client asked for a streamed answer (`"stream": true`).
+    pub fn streaming(&self) -> bool {
+        self.json.as_ref().is_some_and(JsonObject::stream)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Reads the request up to the model it names; errors become the client's reply.
+pub fn read(
+    request: &mut Request,
+    target: &Target,
+    route: &Route,
+    max_body: usize,
+    default_model: Option<&str>,
+) -> Result<Inbound, ApiError> {
+    let method = upstream_method(request.method(), route, &target.path)?;
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_string(),
+                h.value.as_str().to_string(),
+            )
+        })
+        .collect();
+    let body = read_body(request, max_body)?;
+    let content_type = header(&headers, "content-type").unwrap_or("").to_string();
+    let boundary = body::multipart_boundary(&content_type);
+    let chat = *route == Route::ChatCompletions;
+    // Any JSON-ish type (`application/json`, `application/vnd.x+json`) or an object body: such
+    // a body is always parsed, so its `model` is always rewritten to the backend the request
+    // was routed to, whatever named the model. A body we cannot read is refused even when a
+    // header named the model: its own `model` would reach the backend unchecked.
+    let json = if chat || (looks_json(&content_type, &body, boundary.is_some()) && !body.is_empty())
+    {
+        Some(JsonObject::parse(&body)?)
+    } else {
+        None
+    };
+    let named = Named {
+        chat,
+        header: header(&headers, "x-model-id").map(str::to_string),
+        query: target
+            .query
+            .as_deref()
+            .and_then(|q| body::query_param(q, "model")),
+        json: json.as_ref().map(JsonObject::model),
+        multipart: boundary
+            .as_deref()
+            .and_then(|b| body::multipart_field(&body, b, "model")),
+        default: default_model.map(str::to_string),
+    };
+    let model = choose::model_name(named, &target.path)?;
+    Ok(Inbound {
+        method,
+        headers,
+        body,
+        json,
+        boundary,
+        model,
+    })
+}
+
+/// The method to send upstream; chat completions take only POST.
+fn upstream_method(method: &Method, route: &Route, path: &str) -> Result<&'static str, ApiError> {
+    if *route == Route::ChatCompletions && *method != Method::Post {
+        return Err(ApiError::method_not_allowed(
+            method.as_str(),
+            "/v1/chat/completions",
+            "POST",
+        ));
+    }
+    Ok(match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Patch => "PATCH",
+        Method::Head => "HEAD",
+        Method::Options => "OPTIONS",
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                method.as_str(),
+                path,
+                "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
+            ))
+        }
+    })
+}
+
+fn looks_json(content_type: &str, body: &[u8], multipart: bool) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    mime == "application/json"
+        || mime.ends_with("+json")
+        || (!multipart && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
+}
+
+/// Reads the body up to the limit; a declared length over it is refused before reading.
+fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if let Some(len) = request.body_length() {
+        if len > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+    }
+    let mut buf = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            let framing = e.kind() == std::io::ErrorKind::InvalidData;
+            let err = ApiError::invalid_request(format!(
+                "Could not read the request body ({}); was it cut short?",
+                if framing {
+                    "malformed chunked encoding".to_string()
+                } else {
+                    format!("{:?}", e.kind())
+                }
+            ));
+            let mut err = if framing {
+                err.with_code("invalid_framing")
+            } else {
+                err
+            };
+            // The rest of the body is unread: the connection closes after this answer.
+            err.close_connection = true;
+            err
+        })?;
+    if buf.len() > limit {
+        return Err(ApiError::body_too_large(limit));
+    }
+    Ok(buf)
+}

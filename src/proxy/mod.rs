@@ -1,0 +1,196 @@
+//! `POST /chat/completions` and every passthrough path, step by step: read the client's request
+//! and the model it names (`inbound`, `choose`), try the model's backends and then its
+//! fallbacks until one answers (`outbound`, `upstream`), and relay that answer (`answer`).
+
+mod answer;
+mod choose;
+mod inbound;
+mod outbound;
+
+use crate::access::Caller;
+use crate::api_error::ApiError;
+use crate::balance::Pick;
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::route::{Route, Target};
+use crate::upstream::{self, Failure};
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+/// What the access log and metrics need to know about one request.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// The public model id, when one was found.
+    pub model: Option<String>,
+    /// Backend host:port of the last attempt.
+    pub backend: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Body bytes sent to the client.
+    pub bytes: u64,
+    /// Time to the first body byte sent to the client.
+    pub ttfb: Option<Duration>,
+    /// Tokens (prompt, completion) the backend reported.
+    pub tokens: Option<(u64, u64)>,
+    /// Retries on other backends or fallback models.
+    pub retries: u32,
+    /// `complete`, `client_gone`, `upstream_failed` or `error`.
+    pub outcome: &'static str,
+    /// The model is a configured one (only those become metric labels: a client must not be
+    /// able to mint label values).
+    pub routed: bool,
+    /// The code of an error modelmux answered itself because of the request (not a backend
+    /// failure), counted in `modelmux_refused_requests_total`.
+    pub refused: Option<&'static str>,
+}
+
+/// Everything a proxied request needs from the server.
+pub struct Ctx<'a> {
+    /// The config this request runs on, start to end.
+    pub live: &'a Live,
+    /// Who is calling.
+    pub caller: &'a Caller<'a>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Process metrics.
+    pub metrics: &'a Metrics,
+    /// This request's id, forwarded upstream and returned to the client.
+    pub request_id: &'a str,
+}
+
+/// Handles a chat completion or passthrough request end to end.
+pub fn handle(
+    mut request: Request,
+    target: &Target,
+    route: &Route,
+    ctx: &Ctx,
+    started: Instant,
+) -> Summary {
+    let mut summary = Summary {
+        outcome: "error",
+        ..Summary::default()
+    };
+    let config = &ctx.live.config;
+    let inbound = match inbound::read(
+        &mut request,
+        target,
+        route,
+        ctx.max_body,
+        config.default_model.as_deref(),
+    ) {
+        Ok(i) => i,
+        Err(e) => return fail(request, e, ctx, summary),
+    };
+    summary.model = Some(inbound.model.clone());
+    // A model the caller's key may not use looks exactly like one that does not exist.
+    let Some(index) = config
+        .endpoints
+        .iter()
+        .position(|e| e.id == inbound.model)
+        .filter(|_| ctx.caller.may_use(&inbound.model))
+    else {
+        let e = ApiError::model_not_found(&inbound.model);
+        return fail(request, e, ctx, summary);
+    };
+    summary.routed = true;
+    attempt(request, &inbound, index, target, ctx, summary, started)
+}
+
+/// Tries the model's backends, then its fallbacks' (at most `retry.maxAttempts` in all),
+/// until one answers; relays that answer, or the last failure.
+fn attempt(
+    request: Request,
+    inbound: &inbound::Inbound,
+    index: usize,
+    target: &Target,
+    ctx: &Ctx,
+    mut summary: Summary,
+    started: Instant,
+) -> Summary {
+    let live = ctx.live;
+    let config = &live.config;
+    let model = &inbound.model;
+    let order = choose::model_order(config, index);
+    let next_pick = |tried: &[Pick]| order.iter().find_map(|m| live.balancer.pick(*m, tried));
+    let mut tried: Vec<Pick> = Vec::new();
+    let Some(mut pick) = next_pick(&tried) else {
+        let e = ApiError::internal("no backend configured for this model");
+        return fail(request, e, ctx, summary);
+    };
+    loop {
+        tried.push(pick);
+        let endpoint = &config.endpoints[pick.0];
+        let backend = &endpoint.backends[pick.1];
+        let host = crate::redact::host(&backend.url).to_string();
+        summary.backend = Some(host.clone());
+        let Some(agent) = live.agent(endpoint, backend) else {
+            let e = ApiError::internal("no HTTP client for this backend");
+            return fail(request, e, ctx, summary);
+        };
+        let in_flight = live.balancer.start(pick);
+        let outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
+        let from = answer::Source {
+            endpoint,
+            pick,
+            host: &host,
+        };
+        // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
+        let (failure, kept) = match upstream::send(agent, outgoing, model) {
+            Ok(r) if r.status() == 429 || r.status() >= 500 => {
+                (Failure::Status(r.status()), Some(r))
+            }
+            Ok(r) => {
+                live.balancer.success(pick);
+                return answer::relay(request, r, &from, in_flight, ctx, summary, started);
+            }
+            Err(f) => (f, None),
+        };
+        if !failure.is_backend_fault() {
+            return fail(request, failure.to_api_error(model), ctx, summary);
+        }
+        let cause = failure.cause();
+        ctx.metrics.upstream_error(model, &host, cause);
+        if live.balancer.failure(pick) {
+            log::warn!(
+                "backend {} of model {} cools down after repeated failures",
+                host,
+                endpoint.id
+            );
+        }
+        let next = if (tried.len() as u32) < config.retry.max_attempts {
+            next_pick(&tried)
+        } else {
+            None
+        };
+        match (next, kept) {
+            (Some(n), _) => {
+                drop(in_flight);
+                log::info!(
+                    "model {}: backend {} failed ({}); retrying on another backend",
+                    model,
+                    host,
+                    cause
+                );
+                ctx.metrics.retry(model, cause);
+                summary.retries += 1;
+                std::thread::sleep(config.retry.backoff * summary.retries);
+                pick = n;
+            }
+            // Nothing left to try: the last backend's own answer goes back as it is.
+            (None, Some(r)) => {
+                return answer::relay(request, r, &from, in_flight, ctx, summary, started)
+            }
+            (None, None) => return fail(request, failure.to_api_error(model), ctx, summary),
+        }
+    }
+}
+
+fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {
+    summary.status = e.status;
+    summary.outcome = "error";
+    if e.status < 500 {
+        summary.refused = Some(e.code.unwrap_or(e.kind));
+    }
+    summary.bytes = crate::reply::error(request, &e, ctx.request_id);
+    summary
+}
