@@ -58,14 +58,16 @@ fn run(o: Options) -> Result<(), String> {
         }
         println!("{}: OK, {} models", o.config, config.endpoints.len());
         for e in &config.endpoints {
-            println!(
-                "  {} ({}) -> {} as {}{}",
-                e.id,
-                e.display_name,
-                modelmux::redact::url(&e.url),
-                e.actual_model_name,
-                if e.api_key.is_empty() { ", no key" } else { "" }
-            );
+            for b in &e.backends {
+                println!(
+                    "  {} ({}) -> {} as {}{}",
+                    e.id,
+                    e.display_name,
+                    modelmux::redact::url(&b.url),
+                    b.actual_model_name,
+                    if b.api_key.is_empty() { ", no key" } else { "" }
+                );
+            }
         }
         return Ok(());
     }

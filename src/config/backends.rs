@@ -1,7 +1,7 @@
 //! Where a model's requests go: its `backends`, or the endpoint's own `url` as a list of one.
 
 use super::forward_proxy::proxy_for;
-use super::json::{opt_string, type_name, FieldError};
+use super::json::{at, opt_string, type_name, FieldError};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -19,97 +19,122 @@ pub struct Backend {
     pub via_proxy: Option<String>,
 }
 
-/// The endpoint's backends: `backends` entries inheriting missing fields from the endpoint, or
-/// the endpoint's own `url` alone (a seed config).
+/// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
+/// and what the entries of a `backends` list inherit when they leave a field out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Inherited {
+    url: Option<String>,
+    api_key: String,
+    actual_model_name: String,
+}
+
+impl Inherited {
+    /// Reads the three fields of an endpoint object; `id` is the default model name.
+    pub fn read(id: &str, obj: &Map<String, Value>) -> Result<Inherited, FieldError> {
+        let url = match opt_string(obj, "url")? {
+            Some(u) => Some(validate_url(&u).map_err(at("url"))?),
+            None => None,
+        };
+        let api_key =
+            clean_key(opt_string(obj, "apiKey")?.unwrap_or_default()).map_err(at("apiKey"))?;
+        let actual_model_name = opt_string(obj, "actualModelName")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| id.to_string());
+        Ok(Inherited {
+            url,
+            api_key,
+            actual_model_name,
+        })
+    }
+}
+
+const ENTRY_FIELDS: &[&str] = &["url", "apiKey", "actualModelName", "weight"];
+
+/// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
+/// one (a seed config).
 pub(super) fn parse_backends(
     obj: &Map<String, Value>,
-    url: Option<&str>,
-    api_key: &str,
-    actual_model_name: &str,
+    inherited: &Inherited,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<Backend>, FieldError> {
-    let single = |url: &str| Backend {
-        url: url.to_string(),
-        api_key: api_key.to_string(),
-        actual_model_name: actual_model_name.to_string(),
-        weight: 1,
-        via_proxy: proxy_for(url, env),
-    };
-    let items = match obj.get("backends") {
+    match obj.get("backends") {
         None | Some(Value::Null) => {
-            let url = url.ok_or_else(|| {
-                (
-                    "url".to_string(),
-                    "missing: expected the backend's http(s) base URL (or a \"backends\" list)"
-                        .to_string(),
+            let url = inherited.url.clone().ok_or_else(|| {
+                FieldError::new(
+                    "url",
+                    "missing: expected the backend's http(s) base URL (or a \"backends\" list)",
                 )
             })?;
-            return Ok(vec![single(url)]);
+            Ok(vec![Backend {
+                via_proxy: proxy_for(&url, env),
+                url,
+                api_key: inherited.api_key.clone(),
+                actual_model_name: inherited.actual_model_name.clone(),
+                weight: 1,
+            }])
         }
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        Some(_) => return Err((
-            "backends".to_string(),
-            "expected a non-empty array of {\"url\", \"apiKey\", \"actualModelName\", \"weight\"}"
-                .to_string(),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                parse_entry(item, inherited, env).map_err(|e| e.within(&format!("backends[{}]", i)))
+            })
+            .collect(),
+        Some(_) => Err(FieldError::new(
+            "backends",
+            "expected a non-empty array of {\"url\", \"apiKey\", \"actualModelName\", \"weight\"}",
         )),
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let loc = format!("backends[{}]", i);
-        let b = item.as_object().ok_or_else(|| {
-            (
-                loc.clone(),
-                format!("expected an object, got {}", type_name(item)),
-            )
-        })?;
-        for key in b.keys() {
-            if !matches!(
-                key.as_str(),
-                "url" | "apiKey" | "actualModelName" | "weight"
-            ) {
-                return Err((
-                    format!("{}.{}", loc, key),
-                    "unknown field; expected url, apiKey, actualModelName or weight".to_string(),
-                ));
-            }
-        }
-        let field =
-            |name: &str| opt_string(b, name).map_err(|(f, m)| (format!("{}.{}", loc, f), m));
-        let burl = match field("url")? {
-            Some(u) => validate_url(&u).map_err(|m| (format!("{}.url", loc), m))?,
-            None => url.map(str::to_string).ok_or_else(|| {
-                (
-                    format!("{}.url", loc),
-                    "missing, and the endpoint has no url to inherit".to_string(),
-                )
-            })?,
-        };
-        let weight = match b.get("weight") {
-            None | Some(Value::Null) => 1,
-            Some(v) => v
-                .as_u64()
-                .filter(|w| (1..=1000).contains(w))
-                .ok_or_else(|| {
-                    (
-                        format!("{}.weight", loc),
-                        "expected a whole number from 1 to 1000".to_string(),
-                    )
-                })? as u32,
-        };
-        out.push(Backend {
-            via_proxy: proxy_for(&burl, env),
-            api_key: match field("apiKey")? {
-                Some(k) => clean_key(k).map_err(|m| (format!("{}.apiKey", loc), m))?,
-                None => api_key.to_string(),
-            },
-            actual_model_name: field("actualModelName")?
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| actual_model_name.to_string()),
-            weight,
-            url: burl,
-        });
     }
-    Ok(out)
+}
+
+/// One entry of a `backends` list; a field it leaves out comes from the endpoint.
+fn parse_entry(
+    item: &Value,
+    inherited: &Inherited,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Backend, FieldError> {
+    let b = item.as_object().ok_or_else(|| {
+        FieldError::new("", format!("expected an object, got {}", type_name(item)))
+    })?;
+    if let Some(key) = b.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            key.as_str(),
+            "unknown field; expected url, apiKey, actualModelName or weight",
+        ));
+    }
+    let url = match opt_string(b, "url")? {
+        Some(u) => validate_url(&u).map_err(at("url"))?,
+        None => inherited.url.clone().ok_or_else(|| {
+            FieldError::new("url", "missing, and the endpoint has no url to inherit")
+        })?,
+    };
+    let weight = parse_weight(b.get("weight")).map_err(at("weight"))?;
+    let api_key = match opt_string(b, "apiKey")? {
+        Some(k) => clean_key(k).map_err(at("apiKey"))?,
+        None => inherited.api_key.clone(),
+    };
+    let actual_model_name = opt_string(b, "actualModelName")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| inherited.actual_model_name.clone());
+    Ok(Backend {
+        via_proxy: proxy_for(&url, env),
+        url,
+        api_key,
+        actual_model_name,
+        weight,
+    })
+}
+
+/// A backend's share of traffic: 1 when absent.
+fn parse_weight(v: Option<&Value>) -> Result<u32, String> {
+    match v {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v
+            .as_u64()
+            .filter(|w| (1..=1000).contains(w))
+            .map(|w| w as u32)
+            .ok_or_else(|| "expected a whole number from 1 to 1000".to_string()),
+    }
 }
 
 /// Checks a backend base URL and returns it without trailing slashes.
@@ -138,7 +163,7 @@ pub fn validate_url(url: &str) -> Result<String, String> {
 
 /// Trims a key (secrets mounted from files often end in a newline) and refuses control
 /// characters, which would make every upstream request fail; the message never shows the key.
-pub(super) fn clean_key(key: String) -> Result<String, String> {
+fn clean_key(key: String) -> Result<String, String> {
     let trimmed = key.trim();
     if trimmed.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err("the key holds control characters".to_string());

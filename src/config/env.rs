@@ -1,5 +1,6 @@
 //! `${VAR}` references in config strings, filled from the environment at (re)load.
 
+use super::json::FieldError;
 use serde_json::Value;
 
 /// Replaces `${VAR}` in every string of the tree; the error names the location and the variable.
@@ -7,10 +8,10 @@ pub(super) fn substitute_env(
     v: &mut Value,
     loc: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), (String, String)> {
+) -> Result<(), FieldError> {
     match v {
         Value::String(s) if s.contains("${") => {
-            *s = expand(s, env).map_err(|m| (loc.to_string(), m))?;
+            *s = expand(s, env).map_err(|m| FieldError::new(loc, m))?;
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -32,6 +33,7 @@ pub(super) fn substitute_env(
     Ok(())
 }
 
+/// One string with every `${VAR}` replaced.
 fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;

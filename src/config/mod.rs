@@ -23,11 +23,11 @@ pub use settings::{
 };
 
 use crate::access::ProxyKey;
-use endpoint::parse_endpoint;
+use endpoint::{parse_endpoint, EndpointDefaults};
 use env::substitute_env;
-use json::type_name;
+use json::{at, type_name, FieldError};
 use keys::parse_proxy_keys;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use settings::{parse_health, parse_retry, parse_timeouts};
 use std::fmt;
 
@@ -110,116 +110,172 @@ pub fn parse(
     defaults: &Defaults,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let err = |location: &str, message: String| ConfigError {
-        file: file.to_string(),
-        location: location.to_string(),
-        message,
-    };
-    let mut root: Value = serde_json::from_str(text).map_err(|e| {
-        err(
-            "",
-            format!(
-                "invalid JSON at line {} column {}: {}",
-                e.line(),
-                e.column(),
-                e
-            ),
-        )
-    })?;
-    substitute_env(&mut root, "", env).map_err(|(loc, msg)| err(&loc, msg))?;
-    let root = match root {
-        Value::Object(m) => m,
-        _ => {
-            return Err(err(
-                "",
-                "expected a JSON object with an \"endpoints\" object".into(),
-            ))
-        }
-    };
     let mut warnings = Vec::new();
-    for key in root.keys() {
-        if !matches!(
-            key.as_str(),
-            "endpoints" | "timeouts" | "proxyKeys" | "defaultModel" | "retry" | "health"
-        ) {
-            warnings.push(format!(
-                "{}: unknown top-level field \"{}\" ignored",
-                file, key
-            ));
-        }
-    }
-    let global_timeouts = match root.get("timeouts") {
-        Some(v) => parse_timeouts(v, defaults.timeouts).map_err(|m| err("timeouts", m))?,
-        None => defaults.timeouts,
+    let config = read_config(text, defaults, env, &mut warnings).map_err(|e| e.in_file(file))?;
+    Ok(Config {
+        warnings: warnings
+            .into_iter()
+            .map(|w| format!("{}: {}", file, w))
+            .collect(),
+        ..config
+    })
+}
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "endpoints",
+    "timeouts",
+    "proxyKeys",
+    "defaultModel",
+    "retry",
+    "health",
+];
+
+/// The steps of `parse`, in the order their errors are reported; `warnings` get no file name.
+fn read_config(
+    text: &str,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Config, FieldError> {
+    let root = read_root(text, env)?;
+    warnings.extend(
+        root.keys()
+            .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
+            .map(|k| format!("unknown top-level field \"{}\" ignored", k)),
+    );
+    let endpoint_defaults = EndpointDefaults {
+        timeouts: match root.get("timeouts") {
+            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+            None => defaults.timeouts,
+        },
+        ca_file: defaults.ca_file.as_deref(),
+        env,
     };
-    let endpoints_value = root.get("endpoints").ok_or_else(|| {
-        err(
-            "endpoints",
-            "missing: expected an object of model id -> endpoint".into(),
-        )
-    })?;
-    let endpoints_map = endpoints_value.as_object().ok_or_else(|| {
-        err(
-            "endpoints",
-            format!("expected an object, got {}", type_name(endpoints_value)),
-        )
-    })?;
-    if endpoints_map.is_empty() {
-        return Err(err(
-            "endpoints",
-            "is empty: at least one model is required".into(),
-        ));
-    }
-    let mut endpoints = Vec::with_capacity(endpoints_map.len());
-    for (id, value) in endpoints_map {
-        let loc = format!("endpoints.{}", id);
-        if id.trim().is_empty() {
-            return Err(err(&loc, "model id must not be empty".into()));
-        }
-        let obj = value.as_object().ok_or_else(|| {
-            err(
-                &loc,
-                format!("expected an object, got {}", type_name(value)),
-            )
-        })?;
-        let ep = parse_endpoint(id, obj, global_timeouts, defaults, env, &mut warnings, file)
-            .map_err(|(field, msg)| err(&format!("{}.{}", loc, field), msg))?;
-        endpoints.push(ep);
-    }
+    let endpoints = read_endpoints(root.get("endpoints"), &endpoint_defaults, warnings)?;
     let mut proxy_keys = defaults.proxy_keys.clone();
     if let Some(v) = root.get("proxyKeys") {
-        proxy_keys.extend(parse_proxy_keys(v).map_err(|(loc, m)| err(&loc, m))?);
+        proxy_keys.extend(parse_proxy_keys(v)?);
     }
-    for ep in &endpoints {
+    check_fallbacks(&endpoints)?;
+    let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
+    Ok(Config {
+        retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
+        health: parse_health(root.get("health")).map_err(at("health"))?,
+        endpoints,
+        proxy_keys,
+        default_model,
+        warnings: Vec::new(),
+    })
+}
+
+/// The file as a JSON object, `${VAR}` references filled in.
+fn read_root(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Map<String, Value>, FieldError> {
+    let mut root: Value =
+        serde_json::from_str(text).map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+    substitute_env(&mut root, "", env)?;
+    match root {
+        Value::Object(m) => Ok(m),
+        _ => Err(FieldError::new(
+            "",
+            "expected a JSON object with an \"endpoints\" object",
+        )),
+    }
+}
+
+/// "invalid JSON at line L column C: what", with the position once (serde_json's own message
+/// ends with it too).
+fn json_syntax_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&position) {
+        Some(what) => format!("invalid JSON{}: {}", position, what),
+        None => format!("invalid JSON: {}", full),
+    }
+}
+
+/// `"endpoints": {"<model id>": {...}}`, in file order; at least one.
+fn read_endpoints(
+    v: Option<&Value>,
+    defaults: &EndpointDefaults,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Endpoint>, FieldError> {
+    let v = v.ok_or_else(|| {
+        FieldError::new(
+            "endpoints",
+            "missing: expected an object of model id -> endpoint",
+        )
+    })?;
+    let map = v.as_object().ok_or_else(|| {
+        FieldError::new(
+            "endpoints",
+            format!("expected an object, got {}", type_name(v)),
+        )
+    })?;
+    if map.is_empty() {
+        return Err(FieldError::new(
+            "endpoints",
+            "is empty: at least one model is required",
+        ));
+    }
+    map.iter()
+        .map(|(id, value)| {
+            let location = format!("endpoints.{}", id);
+            let mut found = Vec::new();
+            let endpoint =
+                read_endpoint(id, value, defaults, &mut found).map_err(|e| e.within(&location))?;
+            warnings.extend(found.into_iter().map(|w| format!("{}: {}", location, w)));
+            Ok(endpoint)
+        })
+        .collect()
+}
+
+/// One entry of `endpoints`, located from the entry.
+fn read_endpoint(
+    id: &str,
+    value: &Value,
+    defaults: &EndpointDefaults,
+    warnings: &mut Vec<String>,
+) -> Result<Endpoint, FieldError> {
+    if id.trim().is_empty() {
+        return Err(FieldError::new("", "model id must not be empty"));
+    }
+    let obj = value.as_object().ok_or_else(|| {
+        FieldError::new("", format!("expected an object, got {}", type_name(value)))
+    })?;
+    parse_endpoint(id, obj, defaults, warnings)
+}
+
+/// Every fallback names another configured model.
+fn check_fallbacks(endpoints: &[Endpoint]) -> Result<(), FieldError> {
+    for ep in endpoints {
         for (i, f) in ep.fallbacks.iter().enumerate() {
             if f == &ep.id || !endpoints.iter().any(|e| &e.id == f) {
-                return Err(err(
-                    &format!("endpoints.{}.fallbacks[{}]", ep.id, i),
+                return Err(FieldError::new(
+                    format!("endpoints.{}.fallbacks[{}]", ep.id, i),
                     format!("\"{}\" is not another configured model id", f),
                 ));
             }
         }
     }
-    let default_model = match root.get("defaultModel") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if endpoints.iter().any(|e| &e.id == id) => Some(id.clone()),
-        Some(v) => {
-            return Err(err(
-                "defaultModel",
-                format!("expected a configured model id, got {}", v),
-            ))
-        }
-    };
-    let retry = parse_retry(root.get("retry")).map_err(|m| err("retry", m))?;
-    let health = parse_health(root.get("health")).map_err(|m| err("health", m))?;
-    Ok(Config {
-        endpoints,
-        proxy_keys,
-        default_model,
-        retry,
-        health,
-        warnings,
-    })
+    Ok(())
+}
+
+/// `"defaultModel": "<model id>"`, which must be configured.
+fn read_default_model(
+    v: Option<&Value>,
+    endpoints: &[Endpoint],
+) -> Result<Option<String>, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if endpoints.iter().any(|e| &e.id == id) => Ok(Some(id.clone())),
+        Some(v) => Err(FieldError::new(
+            "defaultModel",
+            format!("expected a configured model id, got {}", v),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -230,57 +286,119 @@ mod tests {
         (name == "KEY").then(|| "sk-from-env".to_string())
     }
 
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        parse("c.json", text, &Defaults::default(), &env)
+    }
+
     #[test]
-    fn defaults_and_env_substitution() {
-        let c = parse(
-            "c.json",
-            r#"{"endpoints":{"m":{"url":"http://h:1/","apiKey":"${KEY}"}}}"#,
-            &Defaults::default(),
-            &env,
-        )
-        .unwrap();
+    fn a_seed_endpoint_is_a_list_of_one_backend() {
+        let c =
+            parse_text(r#"{"endpoints":{"m":{"url":"http://h:1/","apiKey":"${KEY}"}}}"#).unwrap();
         let e = &c.endpoints[0];
         assert_eq!(e.display_name, "m");
-        assert_eq!(e.actual_model_name, "m");
-        assert_eq!(e.url, "http://h:1");
-        assert_eq!(e.api_key, "sk-from-env");
+        assert_eq!(
+            e.backends,
+            vec![Backend {
+                url: "http://h:1".into(),
+                api_key: "sk-from-env".into(),
+                actual_model_name: "m".into(),
+                weight: 1,
+                via_proxy: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn backends_inherit_what_they_leave_out() {
+        let c = parse_text(
+            r#"{"endpoints":{"m":{"url":"http://base","apiKey":"sk-base","actualModelName":"real",
+                "backends":[{"weight":2},{"url":"http://other/","apiKey":"sk-other","actualModelName":"other-real"}],
+                "fallbacks":["n"]},
+              "n":{"url":"http://n"}}}"#,
+        )
+        .unwrap();
+        let b = &c.endpoints[0].backends;
+        assert_eq!(
+            (
+                b[0].url.as_str(),
+                b[0].api_key.as_str(),
+                b[0].actual_model_name.as_str(),
+                b[0].weight
+            ),
+            ("http://base", "sk-base", "real", 2)
+        );
+        assert_eq!(
+            (
+                b[1].url.as_str(),
+                b[1].api_key.as_str(),
+                b[1].actual_model_name.as_str(),
+                b[1].weight
+            ),
+            ("http://other", "sk-other", "other-real", 1)
+        );
+        assert_eq!(c.endpoints[0].fallbacks, vec!["n"]);
     }
 
     #[test]
     fn errors_name_file_model_and_field() {
-        let e = parse(
-            "c.json",
-            r#"{"endpoints":{"m":{"url":"ftp://h"}}}"#,
-            &Defaults::default(),
-            &env,
-        )
-        .unwrap_err();
+        let cases = [
+            (
+                r#"{"endpoints":{"m":{"url":"ftp://h"}}}"#,
+                "config c.json: endpoints.m.url: expected an http:// or https:// URL, got \"ftp://h\"",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"}}}"#,
+                "config c.json: endpoints.m.apiKey: environment variable NOPE is not set",
+            ),
+            (
+                r#"{"endpoints":{"m":{"backends":[{"url":"http://h"},{"weight":2}]}}}"#,
+                "config c.json: endpoints.m.backends[1].url: missing, and the endpoint has no url to inherit",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","backends":[{"wieght":2}]}}}"#,
+                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName or weight",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","headers":{"Host":"x"}}}}"#,
+                "config c.json: endpoints.m.headers.Host: this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","fallbacks":["m"]}}}"#,
+                "config c.json: endpoints.m.fallbacks[0]: \"m\" is not another configured model id",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"proxyKeys":["ok",{"key":"k","models":[1]}]}"#,
+                "config c.json: proxyKeys[1].models: expected an array of model ids",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"retry":{"maxAttempts":0}}"#,
+                "config c.json: retry: maxAttempts: expected a number from 1 to 10",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_text(text).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn a_json_syntax_error_names_its_position_once() {
+        let e = parse_text("{\"endpoints\": {,}}").unwrap_err().to_string();
         assert_eq!(
-            e.to_string(),
-            "config c.json: endpoints.m.url: expected an http:// or https:// URL, got \"ftp://h\""
-        );
-        let e = parse(
-            "c.json",
-            r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"}}}"#,
-            &Defaults::default(),
-            &env,
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "config c.json: endpoints.m.apiKey: environment variable NOPE is not set"
+            e,
+            "config c.json: invalid JSON at line 1 column 16: key must be a string"
         );
     }
 
     #[test]
     fn unknown_fields_warn() {
-        let c = parse(
-            "c.json",
-            r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#,
-            &Defaults::default(),
-            &env,
-        )
-        .unwrap();
-        assert_eq!(c.warnings.len(), 2);
+        let c =
+            parse_text(r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![
+                "c.json: unknown top-level field \"x\" ignored",
+                "c.json: endpoints.m: unknown field \"colour\" ignored",
+            ]
+        );
     }
 }

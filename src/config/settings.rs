@@ -124,6 +124,7 @@ pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
     Ok(h)
 }
 
+/// `"timeouts": {"connectSecs": 10, "idleSecs": 600}` over `base`, field by field.
 pub(super) fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, String> {
     let n = number_fields(
         v,
