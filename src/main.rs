@@ -53,22 +53,7 @@ fn run(o: Options) -> Result<(), String> {
     if o.check_config {
         let config =
             modelmux::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
-        for w in &config.warnings {
-            println!("warning: {}", w);
-        }
-        println!("{}: OK, {} models", o.config, config.endpoints.len());
-        for e in &config.endpoints {
-            for b in &e.backends {
-                println!(
-                    "  {} ({}) -> {} as {}{}",
-                    e.id,
-                    e.display_name,
-                    modelmux::redact::url(&b.url),
-                    b.actual_model_name,
-                    if b.api_key.is_empty() { ", no key" } else { "" }
-                );
-            }
-        }
+        print!("{}", modelmux::config::summary(&o.config, &config));
         return Ok(());
     }
     // Before any thread exists, so every thread inherits the mask and only one takes signals.

@@ -546,7 +546,9 @@ fn config_errors_name_file_model_and_field_and_exit_nonzero() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("1 models") && !stdout.contains("sk-from-the-environment"),
+        stdout.contains("OK, 1 model\n")
+            && stdout.contains("http://h:1 as m, weight 1, key set")
+            && !stdout.contains("sk-from-the-environment"),
         "{}",
         stdout
     );

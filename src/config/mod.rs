@@ -5,7 +5,8 @@
 //!
 //! One module per kind of setting: `endpoint` (one model), `backends` (where its requests go),
 //! `settings` (timeouts, retry, health), `keys` (client keys), `env` (`${VAR}`), `forward_proxy`
-//! (`HTTPS_PROXY` and friends) and `json` (typed reads of JSON values with located errors).
+//! (`HTTPS_PROXY` and friends), `json` (typed reads of JSON values with located errors) and
+//! `summary` (the `--check-config` report).
 
 mod backends;
 mod endpoint;
@@ -14,6 +15,7 @@ mod forward_proxy;
 mod json;
 mod keys;
 mod settings;
+mod summary;
 
 pub use backends::{validate_url, Backend};
 pub use endpoint::{ClientKey, Endpoint};
@@ -21,6 +23,7 @@ pub use forward_proxy::proxy_for;
 pub use settings::{
     HealthPolicy, RetryPolicy, Timeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
+pub use summary::summary;
 
 use crate::access::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};
