@@ -97,7 +97,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "smoke test on loopback"
-cargo build --release --locked --example demo_backend
+cargo build --release --locked --bin demo_backend
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -138,7 +138,7 @@ backend_port="$(free_port)"
 tls_port="$(free_port)"
 proxy_port="$(free_port)"
 
-target/release/examples/demo_backend "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
+target/release/demo_backend "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
 pids+=($!)
 wait_port "$backend_port" "$!" "demo backend" "$tmp/backend.log"
 
