@@ -92,6 +92,7 @@ fn slowloris_client_is_dropped_after_the_header_bound() {
     let t = Instant::now();
     let mut dropped_after = None;
     for _ in 0..20 {
+        // The slowloris pace: one header line every half second, never the end of the head.
         std::thread::sleep(Duration::from_millis(500));
         if s.write_all(b"X-Slow: y\r\n").is_err() {
             dropped_after = Some(t.elapsed());

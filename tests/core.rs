@@ -385,7 +385,9 @@ fn reload_adds_models_keeps_old_on_error_and_spares_streams() {
             &chat_body("one", "a b c d e f g h", true),
         )
     });
-    std::thread::sleep(Duration::from_millis(150));
+    wait_until("the stream at the backend", Duration::from_secs(5), || {
+        !a.requests().is_empty()
+    });
     p.write_config(&config_for(&[
         ("one", &a.url(), KEY_A, "real-one"),
         ("two", &a.url(), KEY_A, "real-two"),

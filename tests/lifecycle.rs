@@ -24,22 +24,42 @@ fn sighup_and_file_changes_reload_the_config() {
         &[("CM_OPEN_WEBUI_PROXY_WATCH_SECS", "1")],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1100));
-    p.write_config(&config_for(&[
+    let two_models = config_for(&[
         ("m", &a.url(), KEY, "real-m"),
         ("n", &a.url(), KEY, "real-n"),
-    ]));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(p.addr, "/health").json()["endpoints"] != 2 {
-        assert!(Instant::now() < deadline, "file change not picked up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ]);
+    p.write_config(&two_models);
+    let mut written = Instant::now();
+    wait_until(
+        "the file change to be picked up",
+        Duration::from_secs(10),
+        || {
+            if get(p.addr, "/health").json()["endpoints"] == 2 {
+                return true;
+            }
+            // The watcher stamps the file as it starts, just after the listening line: a write
+            // before that is its baseline, not a change. Writing again (a new mtime) makes one.
+            if written.elapsed() > Duration::from_millis(1500) {
+                p.write_config(&two_models);
+                written = Instant::now();
+            }
+            false
+        },
+    );
     // An invalid file keeps the old config and logs one clear line.
+    let failed_before = p.count_logs("reload failed");
     p.write_config("{\"endpoints\": 7}");
-    assert!(p
-        .wait_log("reload failed", Duration::from_secs(5))
-        .unwrap()
-        .contains("endpoints"));
+    p.wait_logs(
+        "a failed reload of the invalid file",
+        Duration::from_secs(5),
+        |logs| logs.iter().filter(|l| l.contains("reload failed")).count() > failed_before,
+    );
+    let failed = p.logs().into_iter().rfind(|l| l.contains("reload failed"));
+    assert!(
+        failed.as_deref().is_some_and(|l| l.contains("endpoints")),
+        "{:?}",
+        failed
+    );
     assert_eq!(get(p.addr, "/health").json()["endpoints"], 2);
     // SIGHUP reloads like POST /reload (watcher off here to isolate the signal).
     let q = Proxy::start_with(
@@ -74,9 +94,9 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
             &chat_body("m", "one two three four five", true),
         )
     });
-    while a.requests().is_empty() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the stream at the backend", Duration::from_secs(5), || {
+        !a.requests().is_empty()
+    });
     signal(&p, libc::SIGTERM);
     // While the stream drains, the listener is already closed.
     let deadline = Instant::now() + Duration::from_secs(2);

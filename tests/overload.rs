@@ -39,12 +39,19 @@ fn overload_gets_503_at_once_and_health_still_answers() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.requests().len() < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("two streams at the backend", Duration::from_secs(5), || {
+        a.requests().len() >= 2
+    });
+    wait_until(
+        "the third request in the queue",
+        Duration::from_secs(5),
+        || {
+            get(p.addr, "/metrics")
+                .text()
+                .lines()
+                .any(|l| l == "modelmux_queue_depth 1")
+        },
+    );
     let t = Instant::now();
     let h = get(p.addr, "/health");
     assert_eq!(h.status, 200);
@@ -181,14 +188,16 @@ fn exhausted_descriptors_recover_when_connections_close() {
             idle.push(s);
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("Error accepting new client")),
-        "the descriptor limit was never hit; the test proves nothing"
+    wait_until(
+        "the descriptor limit to be hit (else the test proves nothing)",
+        Duration::from_secs(5),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Error accepting new client"))
+        },
     );
     drop(idle);
     // Served again once descriptors are free, without a restart.
@@ -225,7 +234,13 @@ fn health_is_not_stalled_by_requests_with_unsent_bodies() {
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every staller's head has been read and answered (its access log line is out) while its
+    // body never comes; only then is the probe below meaningful.
+    p.wait_logs(
+        "the eight stalled /health requests answered",
+        Duration::from_secs(5),
+        |logs| logs.iter().filter(|l| l.contains("GET /health")).count() >= 8,
+    );
     let t = Instant::now();
     assert_eq!(get(p.addr, "/health").status, 200);
     assert!(

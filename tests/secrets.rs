@@ -32,7 +32,9 @@ fn secrets_never_leave_the_proxy() {
         ("Content-Type", "application/json"),
     ];
     let admin = [("Authorization", "Bearer mm-admin-secret-7777")];
+    let mut requests = 0;
     for model in ["ok", "dead", "multi", "ghost"] {
+        requests += 2;
         request(
             p.addr,
             "POST",
@@ -61,7 +63,20 @@ fn secrets_never_leave_the_proxy() {
     get(p.addr, "/metrics");
     p.write_config(&cfg.replace("\"endpoints\"", "\"endpoints\":{},\"x\""));
     request(p.addr, "POST", "/reload", &admin, b"");
-    std::thread::sleep(Duration::from_millis(200));
+    requests += 6;
+    // The log lines are written after each response is sent: scan only once every request's
+    // line and the failed reload's are in, so the scan covers what it claims to.
+    p.wait_logs(
+        "an access log line per request and the failed reload",
+        Duration::from_secs(10),
+        |logs| {
+            logs.iter()
+                .filter(|l| l.contains("modelmux::access_log"))
+                .count()
+                >= requests
+                && logs.iter().any(|l| l.contains("reload failed"))
+        },
+    );
     p.assert_no_secret_logged(&[
         "sk-endpoint-secret-2222",
         "gw-header-secret-3333",
