@@ -2,7 +2,7 @@
 .PHONY: build run test lint check static bench bench-peers conformance clean
 
 build:
-	cargo build --release
+	cargo build --release --bin modelmux
 
 run:
 	./scripts/run.sh

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 say() { echo "bench: $*" >&2; }
 
 say "building release binary and demo backend"
-cargo build --release --bin modelmux --example demo_backend
+cargo build --release --bin modelmux --bin demo_backend
 
 if ! command -v wrk >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -79,8 +79,8 @@ fi
 
 # --- binaries ---------------------------------------------------------------------------------
 case "$profile" in
-  release) cargo build --release --bin modelmux --example demo_backend; bin=target/release ;;
-  debug) cargo build --bin modelmux --example demo_backend; bin=target/debug ;;
+  release) cargo build --release --bin modelmux --bin demo_backend; bin=target/release ;;
+  debug) cargo build --bin modelmux --bin demo_backend; bin=target/debug ;;
   *) say "CONFORMANCE_PROFILE must be debug or release"; exit 2 ;;
 esac
 
@@ -105,13 +105,13 @@ wait_port() {
   return 1
 }
 
-"$bin/examples/demo_backend" 127.0.0.1:0 --chunk-delay-ms "$chunk_delay_ms" --include-usage \
+"$bin/demo_backend" 127.0.0.1:0 --chunk-delay-ms "$chunk_delay_ms" --include-usage \
   >"$logs/echo-backend.log" 2>&1 &
 pid=$!
 pids+=("$pid")
 echo_port=$(wait_port "$pid" "$logs/echo-backend.log")
 
-"$bin/examples/demo_backend" 127.0.0.1:0 --status 401 >"$logs/locked-backend.log" 2>&1 &
+"$bin/demo_backend" 127.0.0.1:0 --status 401 >"$logs/locked-backend.log" 2>&1 &
 pid=$!
 pids+=("$pid")
 locked_port=$(wait_port "$pid" "$logs/locked-backend.log")

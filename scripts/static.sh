@@ -13,7 +13,9 @@
 #      roots work in the static binary; when the build supports CM_OPEN_WEBUI_PROXY_CA_FILE,
 #      trusting that CA must then give a full HTTPS exchange (200).
 #   5. empty root: when we are root, chroot into a directory holding only the binary and its
-#      config and run it as uid 65532 (what the FROM scratch image does).
+#      config and run it as uid 65532 (what the FROM scratch image does), then start it as the
+#      image does: no flags, the image's default config (deploy/config.docker.json) at
+#      /etc/modelmux/config.json, --healthcheck with the same environment.
 #
 # Environment: STATIC_TARGET (default x86_64-unknown-linux-musl), STATIC_MAX_BYTES (default
 # 3145728), STATIC_SKIP_TESTS=1 to only build and inspect.
@@ -97,7 +99,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "smoke test on loopback"
-cargo build --release --locked --example demo_backend
+cargo build --release --locked --bin demo_backend
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -138,7 +140,7 @@ backend_port="$(free_port)"
 tls_port="$(free_port)"
 proxy_port="$(free_port)"
 
-target/release/examples/demo_backend "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
+target/release/demo_backend "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
 pids+=($!)
 wait_port "$backend_port" "$!" "demo backend" "$tmp/backend.log"
 
@@ -309,6 +311,24 @@ else
     echo "static: chroot: http://localhost backend with a one-line /etc/hosts (as Docker provides) -> $(echo "$reply" | tail -n 1)"
     echo "$reply" | grep -q '^HTTP 200$' || { echo "$reply"; fail "localhost did not resolve even with /etc/hosts"; }
     echo "static: chroot OK (only the binary and its config, uid 65532)"
+    # The Docker image's own config, placed and found as the Dockerfile does (no flags, the path
+    # from CM_OPEN_WEBUI_PROXY_CONFIG_FILE, the key from the environment), as
+    # `docker run -e OPENAI_API_KEY modelmux` starts it; a free port stands in for 3333.
+    mkdir -p "$root/etc/modelmux"
+    install -m 444 deploy/config.docker.json "$root/etc/modelmux/config.json"
+    image_port="$(free_port)"
+    image_env=(CM_OPEN_WEBUI_PROXY_CONFIG_FILE=/etc/modelmux/config.json
+      CM_OPEN_WEBUI_PROXY_PORT="$image_port" OPENAI_API_KEY=sk-static-image-check)
+    env "${image_env[@]}" chroot --userspec=65532:65532 "$root" /modelmux --check-config ||
+      fail "the image's default config (deploy/config.docker.json) does not load"
+    env "${image_env[@]}" chroot --userspec=65532:65532 "$root" /modelmux >"$tmp/image.log" 2>&1 &
+    pids+=($!)
+    wait_port "$image_port" "$!" "modelmux (image layout)" "$tmp/image.log"
+    env "${image_env[@]}" chroot --userspec=65532:65532 "$root" /modelmux --healthcheck ||
+      fail "--healthcheck with the image's environment failed"
+    models="$(curl -sS --max-time 5 "http://127.0.0.1:$image_port/v1/models")"
+    echo "$models" | grep -q '"id":"gpt-4o-mini"' || { echo "$models"; fail "the image's default model is not listed"; }
+    echo "static: image layout OK (/etc/modelmux/config.json from deploy/config.docker.json serves gpt-4o-mini)"
   fi
 fi
 

@@ -92,13 +92,16 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
             .iter()
             .map(|(n, _)| (n.clone(), Value::String("****".into())))
             .collect();
+        // The file's endpoint-level url, key and model name are its first backend's: exactly
+        // that backend for a seed config; `backends` below lists every one.
+        let first = e.backends.first();
         endpoints.insert(
             e.id.clone(),
             json!({
                 "displayName": e.display_name,
-                "url": redact::url(&e.url),
-                "apiKey": redact::api_key(&e.api_key),
-                "actualModelName": e.actual_model_name,
+                "url": first.map(|b| redact::url(&b.url)),
+                "apiKey": first.map(|b| redact::api_key(&b.api_key)),
+                "actualModelName": first.map(|b| &b.actual_model_name),
                 "timeouts": {"connectSecs": e.timeouts.connect.as_secs_f64(), "idleSecs": e.timeouts.idle.as_secs_f64()},
                 "headers": headers,
                 "dropFields": e.drop_fields,

@@ -61,7 +61,8 @@ pub enum Command {
 /// Usage text for `--help`.
 pub const USAGE: &str = "modelmux: one OpenAI-compatible endpoint in front of many LLM backends
 
-USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config] [--version] [--help]
+USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --healthcheck]
+       modelmux --version | --help
 
   --config PATH    config file (env CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json)
   --port N         listen port (env CM_OPEN_WEBUI_PROXY_PORT, default 3333; 0 = any free port)
@@ -87,7 +88,9 @@ Environment:
   CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS  bound for a write to a client that stopped reading (default 60)
   CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES     request head limit, 431 beyond it (default 65536)
   CM_OPEN_WEBUI_PROXY_CA_FILE              extra CA bundle (PEM) trusted for every backend
-  HTTPS_PROXY / HTTP_PROXY / NO_PROXY      forward proxy for backends, honoured per endpoint
+  HTTPS_PROXY / HTTP_PROXY                 forward proxy for https / http backends
+  ALL_PROXY                                forward proxy where the matching one above is unset
+  NO_PROXY                                 backend hosts reached directly: exact, .domain suffix or *
 ";
 
 /// Parses arguments (without the program name) and an environment lookup.
@@ -246,5 +249,29 @@ mod tests {
         assert_eq!((o.port, o.config.as_str()), (5, "x.json"));
         assert!(parse(&args(&["--port", "x"]), &env).is_err());
         assert!(parse(&args(&["--bogus"]), &env).is_err());
+    }
+
+    #[test]
+    fn usage_names_every_flag_and_proxy_variable() {
+        let synopsis = USAGE.split("\n\n").nth(1).unwrap_or("");
+        for flag in [
+            "--config",
+            "--port",
+            "--host",
+            "--check-config",
+            "--healthcheck",
+            "--version",
+            "--help",
+        ] {
+            assert!(synopsis.contains(flag), "synopsis lacks {}", flag);
+            assert!(
+                USAGE.contains(&format!("\n  {} ", flag)),
+                "no line for {}",
+                flag
+            );
+        }
+        for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            assert!(USAGE.contains(var), "{}", var);
+        }
     }
 }

@@ -53,20 +53,7 @@ fn run(o: Options) -> Result<(), String> {
     if o.check_config {
         let config =
             modelmux::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
-        for w in &config.warnings {
-            println!("warning: {}", w);
-        }
-        println!("{}: OK, {} models", o.config, config.endpoints.len());
-        for e in &config.endpoints {
-            println!(
-                "  {} ({}) -> {} as {}{}",
-                e.id,
-                e.display_name,
-                modelmux::redact::url(&e.url),
-                e.actual_model_name,
-                if e.api_key.is_empty() { ", no key" } else { "" }
-            );
-        }
+        print!("{}", modelmux::config::summary(&o.config, &config));
         return Ok(());
     }
     // Before any thread exists, so every thread inherits the mask and only one takes signals.

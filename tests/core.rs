@@ -385,7 +385,9 @@ fn reload_adds_models_keeps_old_on_error_and_spares_streams() {
             &chat_body("one", "a b c d e f g h", true),
         )
     });
-    std::thread::sleep(Duration::from_millis(150));
+    wait_until("the stream at the backend", Duration::from_secs(5), || {
+        !a.requests().is_empty()
+    });
     p.write_config(&config_for(&[
         ("one", &a.url(), KEY_A, "real-one"),
         ("two", &a.url(), KEY_A, "real-two"),
@@ -546,7 +548,9 @@ fn config_errors_name_file_model_and_field_and_exit_nonzero() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("1 models") && !stdout.contains("sk-from-the-environment"),
+        stdout.contains("OK, 1 model\n")
+            && stdout.contains("http://h:1 as m, weight 1, key set")
+            && !stdout.contains("sk-from-the-environment"),
         "{}",
         stdout
     );

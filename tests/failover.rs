@@ -3,7 +3,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::mock_backend::{echo_completion_bytes, sse_data_lines, Behavior, MockBackend};
+use support::mock_backend::{echo_completion_bytes, sse_data_lines, Behavior, Event, MockBackend};
 use support::*;
 
 fn backends_config(model_extra: &str, urls: &[(&str, u32)], top: &str) -> String {
@@ -168,7 +168,14 @@ fn no_failover_once_a_stream_has_started() {
             &chat_body("m", "one two three four five six", true),
         )
     });
-    std::thread::sleep(Duration::from_millis(450));
+    // Stop the backend once the stream has really started: two chunks are on their way.
+    wait_until("two chunks streamed", Duration::from_secs(5), || {
+        a.events()
+            .iter()
+            .filter(|e| matches!(e, Event::ChunkSent { .. }))
+            .count()
+            >= 2
+    });
     a.stop();
     let r = stream.join().unwrap();
     assert_eq!(r.status, 200);
@@ -217,7 +224,9 @@ fn a_failing_backend_cools_down_then_recovers() {
     }
     assert_eq!(flaky.requests().len(), tried, "skipped while cooling down");
     flaky.set_behavior(Behavior::default());
-    std::thread::sleep(Duration::from_millis(1600));
+    wait_until("the cool-down to end", Duration::from_secs(5), || {
+        get(p.addr, "/health?backends=1").json()["backends"]["m"][0]["coolingDown"] == false
+    });
     for _ in 0..6 {
         ok(&p);
     }

@@ -211,9 +211,11 @@ fn in_flight_gauge_counts_running_streams() {
             })
         })
         .collect();
-    while a.requests().len() < 3 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        "three streams at the backend",
+        Duration::from_secs(5),
+        || a.requests().len() >= 3,
+    );
     assert_eq!(value(&scrape(&p), "modelmux_in_flight_requests", &[]), 3.0);
     for s in streams {
         s.join().unwrap();
@@ -253,10 +255,17 @@ fn json_access_log_lines_parse_and_carry_the_request_id() {
     let generated = r2.header("x-request-id").expect("generated id").to_string();
     assert_ne!(generated, "req-abc-123");
     get(p.addr, "/v1/models/none").error(404);
-    assert!(p
-        .wait_log("\"request_id\":\"", Duration::from_secs(2))
-        .is_some());
-    std::thread::sleep(Duration::from_millis(200));
+    // Each line is written after its response is sent: wait for all three before reading them.
+    p.wait_logs(
+        "three JSON access log lines",
+        Duration::from_secs(5),
+        |logs| {
+            logs.iter()
+                .filter(|l| l.starts_with('{') && l.contains("\"request_id\":\""))
+                .count()
+                >= 3
+        },
+    );
     let lines: Vec<serde_json::Value> = p
         .logs()
         .iter()

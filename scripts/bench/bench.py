@@ -25,7 +25,7 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELMUX = os.path.join(ROOT, "target", "release", "modelmux")
-BACKEND = os.path.join(ROOT, "target", "release", "examples", "demo_backend")
+BACKEND = os.path.join(ROOT, "target", "release", "demo_backend")
 LUA = os.path.join(HERE, "post.lua")
 BODY = '{"model":"echo","messages":[{"role":"user","content":"hello there world"}]}'
 STREAM_BODY = (
@@ -647,7 +647,7 @@ def report(args, m, rows, rss_after_load, ttfb, streams, startup, idle, size):
 INTRO = """# Benchmarks
 
 `make bench` (`scripts/bench.sh`) builds the release binary and the demo mock backend
-(`examples/demo_backend`, chunk delay 0), starts both on loopback with OS-picked ports, drives
+(`demo/demo_backend.rs`, chunk delay 0), starts both on loopback with OS-picked ports, drives
 them with [wrk](https://github.com/wg/wrk) and small Python clients (`scripts/bench/`), and
 rewrites this file. It takes about two to three minutes; it installs `wrk` with apt-get if it
 is missing. `make bench-peers` (`BENCH_PEERS=1`) also installs LiteLLM's proxy into

@@ -1,7 +1,7 @@
-//! A mock OpenAI-compatible backend for tests and the demo example.
+//! A mock OpenAI-compatible backend for the tests and the demo backend (`make run`).
 //!
 //! Only `std` and `serde_json` are used, so this file can be included both from
-//! integration tests (`tests/support/mod.rs`) and from `examples/demo_backend.rs`
+//! integration tests (`tests/support/mod.rs`) and from `demo/demo_backend.rs`
 //! (via `#[path = "../tests/support/mock_backend.rs"]`).
 //!
 //! It is a raw TCP server with one thread per connection speaking HTTP/1.1 with

@@ -132,10 +132,12 @@ impl Proxy {
         let mut child = cmd.spawn().expect("spawn modelmux");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        for stream in [
+        let readers: Vec<_> = [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        ] {
+        ]
+        .into_iter()
+        .map(|stream| {
             let logs = Arc::clone(&logs);
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -147,15 +149,19 @@ impl Proxy {
                     }
                     logs.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        })
+        .collect();
         drop(tx);
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
+                // The readers end at the pipes' EOF: then every line the process printed is in.
+                for r in readers {
+                    let _ = r.join();
+                }
                 return Err(logs.lock().unwrap().clone());
             }
         };
@@ -202,6 +208,16 @@ impl Proxy {
         None
     }
 
+    /// Waits until the log lines seen so far satisfy `done`; panics naming `what` after `within`.
+    pub fn wait_logs(&self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) {
+        wait_until(what, within, || done(&self.logs()));
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+
     pub fn write_config(&self, config: &str) {
         std::fs::write(&self.config_path, config).unwrap();
     }
@@ -246,6 +262,26 @@ impl Drop for Proxy {
             self.assert_no_secret_logged(&[]);
         }
     }
+}
+
+/// Polls `done` every 10 ms until it holds; panics naming `what` once `within` has passed.
+/// Tests wait on the condition they need instead of sleeping a fixed time and hoping.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {:?} waiting for {}",
+            within,
+            what
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A proxy serving one model `m` (backend model `real-m`, backend key `key`) on `backend_url`.
+pub fn one_model_proxy(backend_url: &str, key: &str, env: &[(&str, &str)]) -> Proxy {
+    Proxy::start_with(&config_for(&[("m", backend_url, key, "real-m")]), env, &[])
 }
 
 /// A parsed HTTP response.

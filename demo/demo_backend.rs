@@ -1,5 +1,5 @@
 //! A demo OpenAI-compatible backend (the echo model of the test mock) for `make run`, the
-//! benchmark and the SDK conformance run.
+//! benchmark and the SDK conformance run. Never shipped: only `modelmux` goes into releases.
 //!
 //! Usage: `demo_backend [ADDR] [--chunk-delay-ms N] [--status CODE] [--include-usage]`.
 //! ADDR can also come from `MODELMUX_DEMO_ADDR` (default `127.0.0.1:3334`). Streams pause 50 ms

@@ -1,0 +1,172 @@
+//! Where a model's requests go: its `backends`, or the endpoint's own `url` as a list of one.
+
+use super::forward_proxy::proxy_for;
+use super::json::{at, opt_string, type_name, FieldError};
+use serde_json::{Map, Value};
+
+/// One backend serving a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Base URL, http or https, without trailing slash.
+    pub url: String,
+    /// Key; empty means no Authorization header.
+    pub api_key: String,
+    /// The model name this backend knows.
+    pub actual_model_name: String,
+    /// Share of traffic relative to the model's other backends.
+    pub weight: u32,
+    /// Forward proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, unless `NO_PROXY` exempts the host.
+    pub via_proxy: Option<String>,
+}
+
+/// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
+/// and what the entries of a `backends` list inherit when they leave a field out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Inherited {
+    url: Option<String>,
+    api_key: String,
+    actual_model_name: String,
+}
+
+impl Inherited {
+    /// Reads the three fields of an endpoint object; `id` is the default model name.
+    pub fn read(id: &str, obj: &Map<String, Value>) -> Result<Inherited, FieldError> {
+        let url = match opt_string(obj, "url")? {
+            Some(u) => Some(validate_url(&u).map_err(at("url"))?),
+            None => None,
+        };
+        let api_key =
+            clean_key(opt_string(obj, "apiKey")?.unwrap_or_default()).map_err(at("apiKey"))?;
+        let actual_model_name = opt_string(obj, "actualModelName")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| id.to_string());
+        Ok(Inherited {
+            url,
+            api_key,
+            actual_model_name,
+        })
+    }
+}
+
+const ENTRY_FIELDS: &[&str] = &["url", "apiKey", "actualModelName", "weight"];
+
+/// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
+/// one (a seed config).
+pub(super) fn parse_backends(
+    obj: &Map<String, Value>,
+    inherited: &Inherited,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Backend>, FieldError> {
+    match obj.get("backends") {
+        None | Some(Value::Null) => {
+            let url = inherited.url.clone().ok_or_else(|| {
+                FieldError::new(
+                    "url",
+                    "missing: expected the backend's http(s) base URL (or a \"backends\" list)",
+                )
+            })?;
+            Ok(vec![Backend {
+                via_proxy: proxy_for(&url, env),
+                url,
+                api_key: inherited.api_key.clone(),
+                actual_model_name: inherited.actual_model_name.clone(),
+                weight: 1,
+            }])
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                parse_entry(item, inherited, env).map_err(|e| e.within(&format!("backends[{}]", i)))
+            })
+            .collect(),
+        Some(_) => Err(FieldError::new(
+            "backends",
+            "expected a non-empty array of {\"url\", \"apiKey\", \"actualModelName\", \"weight\"}",
+        )),
+    }
+}
+
+/// One entry of a `backends` list; a field it leaves out comes from the endpoint.
+fn parse_entry(
+    item: &Value,
+    inherited: &Inherited,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Backend, FieldError> {
+    let b = item.as_object().ok_or_else(|| {
+        FieldError::new("", format!("expected an object, got {}", type_name(item)))
+    })?;
+    if let Some(key) = b.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            key.as_str(),
+            "unknown field; expected url, apiKey, actualModelName or weight",
+        ));
+    }
+    let url = match opt_string(b, "url")? {
+        Some(u) => validate_url(&u).map_err(at("url"))?,
+        None => inherited.url.clone().ok_or_else(|| {
+            FieldError::new("url", "missing, and the endpoint has no url to inherit")
+        })?,
+    };
+    let weight = parse_weight(b.get("weight")).map_err(at("weight"))?;
+    let api_key = match opt_string(b, "apiKey")? {
+        Some(k) => clean_key(k).map_err(at("apiKey"))?,
+        None => inherited.api_key.clone(),
+    };
+    let actual_model_name = opt_string(b, "actualModelName")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| inherited.actual_model_name.clone());
+    Ok(Backend {
+        via_proxy: proxy_for(&url, env),
+        url,
+        api_key,
+        actual_model_name,
+        weight,
+    })
+}
+
+/// A backend's share of traffic: 1 when absent.
+fn parse_weight(v: Option<&Value>) -> Result<u32, String> {
+    match v {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v
+            .as_u64()
+            .filter(|w| (1..=1000).contains(w))
+            .map(|w| w as u32)
+            .ok_or_else(|| "expected a whole number from 1 to 1000".to_string()),
+    }
+}
+
+/// Checks a backend base URL and returns it without trailing slashes.
+pub fn validate_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!(
+                "expected an http:// or https:// URL, got \"{}\"",
+                crate::redact::url(url)
+            )
+        })?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "expected a host in the URL, got \"{}\"",
+            crate::redact::url(url)
+        ));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err("the base URL must not carry a query or fragment".to_string());
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Trims a key (secrets mounted from files often end in a newline) and refuses control
+/// characters, which would make every upstream request fail; the message never shows the key.
+fn clean_key(key: String) -> Result<String, String> {
+    let trimmed = key.trim();
+    if trimmed.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("the key holds control characters".to_string());
+    }
+    Ok(trimmed.to_string())
+}

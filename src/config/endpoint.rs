@@ -1,0 +1,201 @@
+//! One public model: its own settings and the parse of its config object.
+
+use super::backends::{parse_backends, Backend, Inherited};
+use super::json::{at, opt_string, string_list, type_name, FieldError};
+use super::settings::{parse_timeouts, Timeouts};
+use crate::tls::TlsPolicy;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// One public model and the backends that serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The public model id clients send.
+    pub id: String,
+    /// Shown by chat UIs; defaults to the id.
+    pub display_name: String,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Extra headers added to every upstream request.
+    pub headers: Vec<(String, String)>,
+    /// Top-level body fields removed before forwarding.
+    pub drop_fields: Vec<String>,
+    /// Send an SSE comment when the backend is silent this long during a stream.
+    pub sse_keepalive: Option<Duration>,
+    /// How the backend's certificate is checked.
+    pub tls: TlsPolicy,
+    /// Where requests for this model go, never empty: the endpoint's own `url`, `apiKey` and
+    /// `actualModelName` as a list of one (a seed config), or its `backends`.
+    pub backends: Vec<Backend>,
+    /// Model ids tried, in order, after all of this model's own backends failed.
+    pub fallbacks: Vec<String>,
+}
+
+impl Endpoint {
+    /// Backends with equal keys can share one pooled HTTP client.
+    pub fn client_key(&self, backend: &Backend) -> ClientKey {
+        ClientKey {
+            timeouts: self.timeouts,
+            tls: self.tls.clone(),
+            via_proxy: backend.via_proxy.clone(),
+        }
+    }
+}
+
+/// What an HTTP client is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Certificate policy.
+    pub tls: TlsPolicy,
+    /// Forward proxy URL, if any.
+    pub via_proxy: Option<String>,
+}
+
+/// What every endpoint starts from: the file's top level and the process environment.
+pub(super) struct EndpointDefaults<'a> {
+    /// Top-level `timeouts` over the process defaults.
+    pub timeouts: Timeouts,
+    /// CA bundle from `CM_OPEN_WEBUI_PROXY_CA_FILE`.
+    pub ca_file: Option<&'a str>,
+    /// Environment lookup, for forward proxies.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "displayName",
+    "url",
+    "apiKey",
+    "actualModelName",
+    "timeouts",
+    "headers",
+    "dropFields",
+    "sseKeepaliveSecs",
+    "caFile",
+    "insecureSkipVerify",
+    "backends",
+    "fallbacks",
+];
+
+/// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
+/// about it without a location (the caller adds it).
+pub(super) fn parse_endpoint(
+    id: &str,
+    obj: &Map<String, Value>,
+    defaults: &EndpointDefaults,
+    warnings: &mut Vec<String>,
+) -> Result<Endpoint, FieldError> {
+    // Unknown endpoint fields only warn: the seed's users may carry fields of their own.
+    warnings.extend(
+        obj.keys()
+            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
+            .map(|k| format!("unknown field \"{}\" ignored", k)),
+    );
+    let inherited = Inherited::read(id, obj)?;
+    let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
+    let timeouts = match obj.get("timeouts") {
+        Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+        None => defaults.timeouts,
+    };
+    let headers = parse_headers(obj.get("headers"))?;
+    let drop_fields = string_list(obj.get("dropFields"), "strings")
+        .map_err(at("dropFields"))?
+        .unwrap_or_default();
+    let sse_keepalive =
+        parse_keepalive(obj.get("sseKeepaliveSecs")).map_err(at("sseKeepaliveSecs"))?;
+    let tls = parse_tls(obj, defaults.ca_file)?;
+    if tls.insecure {
+        warnings.push(
+            "insecureSkipVerify is on: the backend's TLS certificate is NOT verified".to_string(),
+        );
+    }
+    let backends = parse_backends(obj, &inherited, defaults.env)?;
+    let fallbacks = string_list(obj.get("fallbacks"), "model ids")
+        .map_err(at("fallbacks"))?
+        .unwrap_or_default();
+    Ok(Endpoint {
+        id: id.to_string(),
+        display_name,
+        timeouts,
+        headers,
+        drop_fields,
+        sse_keepalive,
+        tls,
+        backends,
+        fallbacks,
+    })
+}
+
+/// `"headers": {"X-Tenant": "research"}`: extra headers for every upstream request.
+fn parse_headers(v: Option<&Value>) -> Result<Vec<(String, String)>, FieldError> {
+    let map = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(FieldError::new(
+                "headers",
+                format!(
+                    "expected an object of header name -> value, got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    map.iter()
+        .map(|(name, value)| {
+            check_header(name, value)
+                .map(|value| (name.clone(), value.to_string()))
+                .map_err(at(&format!("headers.{}", name)))
+        })
+        .collect()
+}
+
+/// One configured header: a string value, a valid name, and not one the proxy sets itself.
+fn check_header<'v>(name: &str, value: &'v Value) -> Result<&'v str, String> {
+    let value = value
+        .as_str()
+        .ok_or_else(|| format!("expected a string, got {}", type_name(value)))?;
+    // Framing and routing headers are the proxy's to set: a configured one could
+    // desynchronize the backend connection.
+    if crate::headers::is_reserved(name) {
+        return Err("this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured".to_string());
+    }
+    if !crate::headers::is_valid_name(name) || !crate::headers::is_valid_value(value) {
+        return Err("not a valid HTTP header".to_string());
+    }
+    Ok(value)
+}
+
+/// `"sseKeepaliveSecs": 15`; 0 or absent is off.
+fn parse_keepalive(v: Option<&Value>) -> Result<Option<Duration>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(0.0) => Ok(None),
+            Some(s) if s > 0.0 && s <= 3600.0 => Ok(Some(Duration::from_secs_f64(s))),
+            _ => Err("expected a number of seconds between 0 (off) and 3600".to_string()),
+        },
+    }
+}
+
+/// `caFile` (else the process-wide bundle) and `insecureSkipVerify`, checked by building the
+/// TLS client config once, so a missing or empty CA file fails the load, not a request.
+fn parse_tls(obj: &Map<String, Value>, ca_file: Option<&str>) -> Result<TlsPolicy, FieldError> {
+    let insecure = match obj.get("insecureSkipVerify") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(FieldError::new(
+                "insecureSkipVerify",
+                format!("expected true or false, got {}", type_name(v)),
+            ))
+        }
+    };
+    let tls = TlsPolicy {
+        ca_file: opt_string(obj, "caFile")?.or_else(|| ca_file.map(str::to_string)),
+        insecure,
+    };
+    crate::tls::client_config(&tls).map_err(at("caFile"))?;
+    Ok(tls)
+}

@@ -1,0 +1,407 @@
+//! The config file: parsing, `${ENV}` substitution, validation and defaults.
+//!
+//! Format (a contract with existing users):
+//! `{"endpoints": {"<model-id>": {"displayName", "url", "apiKey", "actualModelName"}}}`.
+//!
+//! One module per kind of setting: `endpoint` (one model), `backends` (where its requests go),
+//! `settings` (timeouts, retry, health), `keys` (client keys), `env` (`${VAR}`), `forward_proxy`
+//! (`HTTPS_PROXY` and friends), `json` (typed reads of JSON values with located errors) and
+//! `summary` (the `--check-config` report).
+
+mod backends;
+mod endpoint;
+mod env;
+mod forward_proxy;
+mod json;
+mod keys;
+mod settings;
+mod summary;
+
+pub use backends::{validate_url, Backend};
+pub use endpoint::{ClientKey, Endpoint};
+pub use forward_proxy::proxy_for;
+pub use settings::{
+    HealthPolicy, RetryPolicy, Timeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
+pub use summary::summary;
+
+use crate::access::ProxyKey;
+use endpoint::{parse_endpoint, EndpointDefaults};
+use env::substitute_env;
+use json::{at, type_name, FieldError};
+use keys::parse_proxy_keys;
+use serde_json::{Map, Value};
+use settings::{parse_health, parse_retry, parse_timeouts};
+use std::fmt;
+
+/// A config problem, naming the file, the place in it and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file path.
+    pub file: String,
+    /// Dotted location, e.g. `endpoints.gpt-4o.url`; empty for the whole file.
+    pub location: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            write!(f, "config {}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "config {}: {}: {}",
+                self.file, self.location, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole parsed config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Endpoints in file order.
+    pub endpoints: Vec<Endpoint>,
+    /// Keys clients must present; empty means open access.
+    pub proxy_keys: Vec<ProxyKey>,
+    /// Model for requests that name none (some GET passthroughs).
+    pub default_model: Option<String>,
+    /// Failover attempts and backoff.
+    pub retry: RetryPolicy,
+    /// Passive health thresholds.
+    pub health: HealthPolicy,
+    /// Non-fatal findings (unknown fields), for the operator's log.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The endpoint serving a public model id.
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
+}
+
+/// Process-wide defaults that the config file may override or extend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Defaults {
+    /// Timeouts used where neither the endpoint nor the file's top level sets one.
+    pub timeouts: Timeouts,
+    /// Proxy keys from the environment, added to the file's `proxyKeys`.
+    pub proxy_keys: Vec<ProxyKey>,
+    /// CA bundle trusted for every endpoint (`CM_OPEN_WEBUI_PROXY_CA_FILE`).
+    pub ca_file: Option<String>,
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &str, defaults: &Defaults) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        location: String::new(),
+        message: format!("cannot read file: {}", e),
+    })?;
+    parse(path, &text, defaults, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` resolves `${VAR}` references.
+pub fn parse(
+    file: &str,
+    text: &str,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    let config = read_config(text, defaults, env, &mut warnings).map_err(|e| e.in_file(file))?;
+    Ok(Config {
+        warnings: warnings
+            .into_iter()
+            .map(|w| format!("{}: {}", file, w))
+            .collect(),
+        ..config
+    })
+}
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "endpoints",
+    "timeouts",
+    "proxyKeys",
+    "defaultModel",
+    "retry",
+    "health",
+];
+
+/// The steps of `parse`, in the order their errors are reported; `warnings` get no file name.
+fn read_config(
+    text: &str,
+    defaults: &Defaults,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Config, FieldError> {
+    let root = read_root(text, env)?;
+    warnings.extend(
+        root.keys()
+            .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
+            .map(|k| format!("unknown top-level field \"{}\" ignored", k)),
+    );
+    let endpoint_defaults = EndpointDefaults {
+        timeouts: match root.get("timeouts") {
+            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+            None => defaults.timeouts,
+        },
+        ca_file: defaults.ca_file.as_deref(),
+        env,
+    };
+    let endpoints = read_endpoints(root.get("endpoints"), &endpoint_defaults, warnings)?;
+    let mut proxy_keys = defaults.proxy_keys.clone();
+    if let Some(v) = root.get("proxyKeys") {
+        proxy_keys.extend(parse_proxy_keys(v)?);
+    }
+    check_fallbacks(&endpoints)?;
+    let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
+    Ok(Config {
+        retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
+        health: parse_health(root.get("health")).map_err(at("health"))?,
+        endpoints,
+        proxy_keys,
+        default_model,
+        warnings: Vec::new(),
+    })
+}
+
+/// The file as a JSON object, `${VAR}` references filled in.
+fn read_root(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Map<String, Value>, FieldError> {
+    let mut root: Value =
+        serde_json::from_str(text).map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+    substitute_env(&mut root, "", env)?;
+    match root {
+        Value::Object(m) => Ok(m),
+        _ => Err(FieldError::new(
+            "",
+            "expected a JSON object with an \"endpoints\" object",
+        )),
+    }
+}
+
+/// "invalid JSON at line L column C: what", with the position once (serde_json's own message
+/// ends with it too).
+fn json_syntax_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&position) {
+        Some(what) => format!("invalid JSON{}: {}", position, what),
+        None => format!("invalid JSON: {}", full),
+    }
+}
+
+/// `"endpoints": {"<model id>": {...}}`, in file order; at least one.
+fn read_endpoints(
+    v: Option<&Value>,
+    defaults: &EndpointDefaults,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Endpoint>, FieldError> {
+    let v = v.ok_or_else(|| {
+        FieldError::new(
+            "endpoints",
+            "missing: expected an object of model id -> endpoint",
+        )
+    })?;
+    let map = v.as_object().ok_or_else(|| {
+        FieldError::new(
+            "endpoints",
+            format!("expected an object, got {}", type_name(v)),
+        )
+    })?;
+    if map.is_empty() {
+        return Err(FieldError::new(
+            "endpoints",
+            "is empty: at least one model is required",
+        ));
+    }
+    map.iter()
+        .map(|(id, value)| {
+            let location = format!("endpoints.{}", id);
+            let mut found = Vec::new();
+            let endpoint =
+                read_endpoint(id, value, defaults, &mut found).map_err(|e| e.within(&location))?;
+            warnings.extend(found.into_iter().map(|w| format!("{}: {}", location, w)));
+            Ok(endpoint)
+        })
+        .collect()
+}
+
+/// One entry of `endpoints`, located from the entry.
+fn read_endpoint(
+    id: &str,
+    value: &Value,
+    defaults: &EndpointDefaults,
+    warnings: &mut Vec<String>,
+) -> Result<Endpoint, FieldError> {
+    if id.trim().is_empty() {
+        return Err(FieldError::new("", "model id must not be empty"));
+    }
+    let obj = value.as_object().ok_or_else(|| {
+        FieldError::new("", format!("expected an object, got {}", type_name(value)))
+    })?;
+    parse_endpoint(id, obj, defaults, warnings)
+}
+
+/// Every fallback names another configured model.
+fn check_fallbacks(endpoints: &[Endpoint]) -> Result<(), FieldError> {
+    for ep in endpoints {
+        for (i, f) in ep.fallbacks.iter().enumerate() {
+            if f == &ep.id || !endpoints.iter().any(|e| &e.id == f) {
+                return Err(FieldError::new(
+                    format!("endpoints.{}.fallbacks[{}]", ep.id, i),
+                    format!("\"{}\" is not another configured model id", f),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `"defaultModel": "<model id>"`, which must be configured.
+fn read_default_model(
+    v: Option<&Value>,
+    endpoints: &[Endpoint],
+) -> Result<Option<String>, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if endpoints.iter().any(|e| &e.id == id) => Ok(Some(id.clone())),
+        Some(v) => Err(FieldError::new(
+            "defaultModel",
+            format!("expected a configured model id, got {}", v),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "sk-from-env".to_string())
+    }
+
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        parse("c.json", text, &Defaults::default(), &env)
+    }
+
+    #[test]
+    fn a_seed_endpoint_is_a_list_of_one_backend() {
+        let c =
+            parse_text(r#"{"endpoints":{"m":{"url":"http://h:1/","apiKey":"${KEY}"}}}"#).unwrap();
+        let e = &c.endpoints[0];
+        assert_eq!(e.display_name, "m");
+        assert_eq!(
+            e.backends,
+            vec![Backend {
+                url: "http://h:1".into(),
+                api_key: "sk-from-env".into(),
+                actual_model_name: "m".into(),
+                weight: 1,
+                via_proxy: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn backends_inherit_what_they_leave_out() {
+        let c = parse_text(
+            r#"{"endpoints":{"m":{"url":"http://base","apiKey":"sk-base","actualModelName":"real",
+                "backends":[{"weight":2},{"url":"http://other/","apiKey":"sk-other","actualModelName":"other-real"}],
+                "fallbacks":["n"]},
+              "n":{"url":"http://n"}}}"#,
+        )
+        .unwrap();
+        let b = &c.endpoints[0].backends;
+        assert_eq!(
+            (
+                b[0].url.as_str(),
+                b[0].api_key.as_str(),
+                b[0].actual_model_name.as_str(),
+                b[0].weight
+            ),
+            ("http://base", "sk-base", "real", 2)
+        );
+        assert_eq!(
+            (
+                b[1].url.as_str(),
+                b[1].api_key.as_str(),
+                b[1].actual_model_name.as_str(),
+                b[1].weight
+            ),
+            ("http://other", "sk-other", "other-real", 1)
+        );
+        assert_eq!(c.endpoints[0].fallbacks, vec!["n"]);
+    }
+
+    #[test]
+    fn errors_name_file_model_and_field() {
+        let cases = [
+            (
+                r#"{"endpoints":{"m":{"url":"ftp://h"}}}"#,
+                "config c.json: endpoints.m.url: expected an http:// or https:// URL, got \"ftp://h\"",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"}}}"#,
+                "config c.json: endpoints.m.apiKey: environment variable NOPE is not set",
+            ),
+            (
+                r#"{"endpoints":{"m":{"backends":[{"url":"http://h"},{"weight":2}]}}}"#,
+                "config c.json: endpoints.m.backends[1].url: missing, and the endpoint has no url to inherit",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","backends":[{"wieght":2}]}}}"#,
+                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName or weight",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","headers":{"Host":"x"}}}}"#,
+                "config c.json: endpoints.m.headers.Host: this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","fallbacks":["m"]}}}"#,
+                "config c.json: endpoints.m.fallbacks[0]: \"m\" is not another configured model id",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"proxyKeys":["ok",{"key":"k","models":[1]}]}"#,
+                "config c.json: proxyKeys[1].models: expected an array of model ids",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"retry":{"maxAttempts":0}}"#,
+                "config c.json: retry: maxAttempts: expected a number from 1 to 10",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_text(text).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn a_json_syntax_error_names_its_position_once() {
+        let e = parse_text("{\"endpoints\": {,}}").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config c.json: invalid JSON at line 1 column 16: key must be a string"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_warn() {
+        let c =
+            parse_text(r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![
+                "c.json: unknown top-level field \"x\" ignored",
+                "c.json: endpoints.m: unknown field \"colour\" ignored",
+            ]
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The small numeric settings objects: `timeouts`, `retry` and `health`.
+
+use super::json::type_name;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest silence between two upstream bytes (a long prompt's first token can take minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Upstream timeouts for one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect bound.
+    pub connect: Duration,
+    /// Longest silence between upstream bytes, first byte included; no total cap.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// How many backends one request may try, and the pause between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per request across a model's backends and its fallbacks.
+    pub max_attempts: u32,
+    /// Pause before each retry.
+    pub backoff: Duration,
+}
+
+/// Passive health: when a backend is skipped after failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive failures that start a cool-down.
+    pub failure_threshold: u32,
+    /// How long a failing backend is skipped before it is tried again.
+    pub cooldown: Duration,
+}
+
+/// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
+/// returns the values in `spec` order (`None` where absent). Unknown fields are errors here:
+/// a typo in a safety setting should not pass silently.
+fn number_fields(
+    v: &Value,
+    example: &str,
+    spec: &[(&str, f64, f64)],
+) -> Result<Vec<Option<f64>>, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("expected an object like {}, got {}", example, type_name(v)))?;
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !spec.iter().any(|(name, _, _)| name == k))
+    {
+        let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
+        return Err(format!(
+            "unknown field \"{}\"; expected {}",
+            key,
+            names.join(" or ")
+        ));
+    }
+    spec.iter()
+        .map(|(name, min, max)| match obj.get(*name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| n >= min && n <= max)
+                .map(Some)
+                .ok_or_else(|| format!("{}: expected a number from {} to {}", name, min, max)),
+        })
+        .collect()
+}
+
+/// `"retry": {"maxAttempts": 3, "backoffMs": 50}`.
+pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
+    let mut r = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_millis(50),
+    };
+    let Some(v) = v else { return Ok(r) };
+    let n = number_fields(
+        v,
+        r#"{"maxAttempts": 3, "backoffMs": 50}"#,
+        &[("maxAttempts", 1.0, 10.0), ("backoffMs", 0.0, 10_000.0)],
+    )?;
+    if let Some(a) = n[0] {
+        r.max_attempts = a as u32;
+    }
+    if let Some(ms) = n[1] {
+        r.backoff = Duration::from_millis(ms as u64);
+    }
+    Ok(r)
+}
+
+/// `"health": {"failureThreshold": 3, "cooldownSecs": 30}`.
+pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
+    let mut h = HealthPolicy {
+        failure_threshold: 3,
+        cooldown: Duration::from_secs(30),
+    };
+    let Some(v) = v else { return Ok(h) };
+    let n = number_fields(
+        v,
+        r#"{"failureThreshold": 3, "cooldownSecs": 30}"#,
+        &[
+            ("failureThreshold", 1.0, 1000.0),
+            ("cooldownSecs", 0.0, 86_400.0),
+        ],
+    )?;
+    if let Some(f) = n[0] {
+        h.failure_threshold = f as u32;
+    }
+    if let Some(secs) = n[1] {
+        h.cooldown = Duration::from_secs_f64(secs);
+    }
+    Ok(h)
+}
+
+/// `"timeouts": {"connectSecs": 10, "idleSecs": 600}` over `base`, field by field.
+pub(super) fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, String> {
+    let n = number_fields(
+        v,
+        r#"{"connectSecs": 10, "idleSecs": 600}"#,
+        &[
+            ("connectSecs", 0.001, 86_400.0),
+            ("idleSecs", 0.001, 86_400.0),
+        ],
+    )?;
+    let mut t = base;
+    if let Some(secs) = n[0] {
+        t.connect = Duration::from_secs_f64(secs);
+    }
+    if let Some(secs) = n[1] {
+        t.idle = Duration::from_secs_f64(secs);
+    }
+    Ok(t)
+}
