@@ -1,8 +1,8 @@
 //! The proxy's own endpoints: `/health`, `/models`, `/debug`, `/reload`.
 
-use crate::access::Caller;
 use crate::api_error::ApiError;
-use crate::live::{Live, Shared};
+use crate::auth::Caller;
+use crate::live::{ConfigStore, Live};
 use crate::redact;
 use serde_json::{json, Value};
 
@@ -84,7 +84,7 @@ pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError
 }
 
 /// `GET /debug`: the effective config with keys masked.
-pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
+pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
     let mut endpoints = serde_json::Map::new();
     for e in &live.config.endpoints {
         let headers: serde_json::Map<String, Value> = e
@@ -134,7 +134,7 @@ pub fn debug(shared: &Shared, live: &Live) -> Vec<u8> {
 }
 
 /// `POST /reload`: always the configured file; a `config` parameter is refused.
-pub fn reload(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
+pub fn reload(shared: &ConfigStore, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
     if query
         .and_then(|q| crate::body::query_param(q, "config"))
         .is_some()

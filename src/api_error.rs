@@ -64,13 +64,6 @@ impl ApiError {
         e
     }
 
-    /// 404 for a path the proxy does not serve.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        let mut e = ApiError::new(404, "invalid_request_error", message);
-        e.code = Some("not_found");
-        e
-    }
-
     /// 405 with the methods the path accepts.
     pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> ApiError {
         let mut e = ApiError::new(

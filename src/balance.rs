@@ -18,7 +18,7 @@ pub struct BackendState {
 #[derive(Debug)]
 pub struct ModelPool {
     weights: Vec<i64>,
-    // Shared with the previous config's pool for backends that a reload kept, so in-flight
+    // ConfigStore with the previous config's pool for backends that a reload kept, so in-flight
     // counts and cool-downs survive reloads (a file watch may reload often).
     states: Vec<Arc<BackendState>>,
     keys: Vec<(String, String)>,

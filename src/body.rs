@@ -102,11 +102,6 @@ impl JsonObject {
             .unwrap_or(false)
     }
 
-    /// True when the body has the named top-level member whose raw JSON equals `raw`.
-    pub fn member_is(&self, key: &str, raw: &str) -> bool {
-        self.get(key).map(|v| v.get() == raw).unwrap_or(false)
-    }
-
     /// Serializes with `model` replaced (when present) and `drop` fields removed.
     pub fn rewrite(&self, actual_model: &str, drop: &[String]) -> Vec<u8> {
         let model_json = serde_json::Value::String(actual_model.to_string()).to_string();

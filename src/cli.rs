@@ -28,7 +28,7 @@ pub struct Options {
     /// Log level name.
     pub log_level: log::LevelFilter,
     /// Proxy keys from `CM_OPEN_WEBUI_PROXY_API_KEYS`.
-    pub proxy_keys: Vec<crate::access::ProxyKey>,
+    pub proxy_keys: Vec<crate::auth::ProxyKey>,
     /// Key for `/debug` and `/reload`.
     pub admin_key: Option<String>,
     /// How long in-flight requests may run after SIGTERM.
@@ -125,7 +125,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         idle_timeout: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", 600)?),
         log_level: log::LevelFilter::Info,
         proxy_keys: env("CM_OPEN_WEBUI_PROXY_API_KEYS")
-            .map(|s| crate::access::parse_env_keys(&s))
+            .map(|s| crate::auth::parse_env_keys(&s))
             .unwrap_or_default(),
         admin_key: env("CM_OPEN_WEBUI_PROXY_ADMIN_KEY").filter(|s| !s.trim().is_empty()),
         drain: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_DRAIN_SECS", 30)?),

@@ -3,25 +3,33 @@
 //! The modules follow a request's path: `server` takes it, `route` names it, `admin` answers the
 //! proxy's own endpoints, `proxy` reads and rewrites it (`body`), `upstream` calls the backend
 //! and `relay` streams the answer back; `config`/`live` hold the config, `redact` keeps secrets out.
+//! `start` is the binary's entry point and the only public module.
 
-pub mod access;
-pub mod access_log;
-pub mod admin;
-pub mod api_error;
-pub mod balance;
-pub mod body;
-pub mod cli;
-pub mod config;
-pub mod headers;
-pub mod lifecycle;
-pub mod live;
-pub mod metrics;
-pub mod proxy;
-pub mod redact;
-pub mod relay;
-pub mod reply;
-pub mod route;
-pub mod server;
-pub mod tls;
-pub mod upstream;
-pub mod usage;
+#![deny(unsafe_code)]
+
+mod access_log;
+mod admin;
+mod api_error;
+mod auth;
+mod balance;
+mod body;
+mod cli;
+mod config;
+mod headers;
+// The libc calls (signals, descriptor limit, listen backlog) live here and nowhere else.
+#[cfg(test)]
+mod fuzz_tests;
+#[allow(unsafe_code)]
+mod lifecycle;
+mod live;
+mod metrics;
+mod proxy;
+mod redact;
+mod relay;
+mod reply;
+mod route;
+mod server;
+pub mod start;
+mod tls;
+mod upstream;
+mod usage;

@@ -1,7 +1,7 @@
 //! Process lifecycle: signals (drain on SIGTERM/SIGINT, reload on SIGHUP), config file watching,
 //! and the descriptor limit.
 
-use crate::live::Shared;
+use crate::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -62,7 +62,7 @@ pub fn block_signals() {
 }
 
 /// Spawns the thread that turns signals into a drain or a reload.
-pub fn spawn_signal_thread(shared: Arc<Shared>, stopper: Arc<Stopper>) {
+pub fn spawn_signal_thread(shared: Arc<ConfigStore>, stopper: Arc<Stopper>) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -91,7 +91,7 @@ pub fn spawn_signal_thread(shared: Arc<Shared>, stopper: Arc<Stopper>) {
     }
 }
 
-fn reload_and_log(shared: &Shared) {
+fn reload_and_log(shared: &ConfigStore) {
     match shared.reload() {
         Ok(live) => log::info!(
             "config reloaded from {}: {} models",
@@ -104,7 +104,7 @@ fn reload_and_log(shared: &Shared) {
 
 /// Polls the config file's modification time and size and reloads when they change, so a
 /// Kubernetes ConfigMap update takes effect without a restart.
-pub fn spawn_config_watcher(shared: Arc<Shared>, every: Duration) {
+pub fn spawn_config_watcher(shared: Arc<ConfigStore>, every: Duration) {
     if every.is_zero() {
         return;
     }
@@ -128,6 +128,16 @@ pub fn spawn_config_watcher(shared: Arc<Shared>, every: Duration) {
         });
     if let Err(e) = spawned {
         log::error!("cannot start the config watcher: {}", e);
+    }
+}
+
+/// Raises the listen backlog: std listens with 128, and a burst of clients (a UI reconnecting
+/// hundreds of streams) would overflow it and see resets. Linux lets listen() raise it in place.
+pub fn deepen_backlog(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen() on a socket we own; failure just keeps the old backlog.
+    unsafe {
+        libc::listen(listener.as_raw_fd(), 4096);
     }
 }
 

@@ -26,7 +26,7 @@ impl Live {
 }
 
 /// The config path and the current `Live`, swapped under a lock on reload.
-pub struct Shared {
+pub struct ConfigStore {
     /// Path of the config file, fixed for the life of the process.
     pub path: String,
     defaults: Defaults,
@@ -37,17 +37,17 @@ pub struct Shared {
     agent_cache: Mutex<Vec<(ClientKey, ureq::Agent)>>,
 }
 
-impl Shared {
+impl ConfigStore {
     /// Loads the file for the first time.
     pub fn load(
         path: &str,
         defaults: Defaults,
         max_idle_per_host: usize,
-    ) -> Result<Shared, ConfigError> {
+    ) -> Result<ConfigStore, ConfigError> {
         let config = config::load_file(path, &defaults)?;
         let agent_cache = Mutex::new(Vec::new());
         let live = build(path, config, &agent_cache, max_idle_per_host, None)?;
-        Ok(Shared {
+        Ok(ConfigStore {
             path: path.to_string(),
             defaults,
             max_idle_per_host,

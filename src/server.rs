@@ -1,11 +1,11 @@
 //! The listener loop: takes each request from tiny_http, answers cheap ones (health, metrics,
 //! 503s) on a small fast lane, and hands the rest to a worker.
 
-use crate::access::{self, Caller};
 use crate::access_log::{self, Entry};
 use crate::api_error::ApiError;
+use crate::auth::{self, Caller};
 use crate::lifecycle::Stopper;
-use crate::live::Shared;
+use crate::live::ConfigStore;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::{self, Ctx, Summary};
 use crate::route::{self, Route, Target};
@@ -43,7 +43,7 @@ struct Meta {
 pub fn serve(
     listener: TcpListener,
     settings: Settings,
-    shared: Arc<Shared>,
+    shared: Arc<ConfigStore>,
     stopper: Arc<Stopper>,
 ) -> Result<(), String> {
     let server = Arc::new(
@@ -206,7 +206,7 @@ fn fast_lane(
     target: &Target,
     route: &Route,
     meta: &Meta,
-    shared: &Shared,
+    shared: &ConfigStore,
     metrics: &Metrics,
     workers: &ThreadPool,
 ) -> Summary {
@@ -252,7 +252,7 @@ fn handle(
     target: &Target,
     route: &Route,
     meta: &Meta,
-    shared: &Shared,
+    shared: &ConfigStore,
     settings: &Settings,
     metrics: &Metrics,
 ) -> Summary {
@@ -260,16 +260,16 @@ fn handle(
     let id = meta.request_id.as_str();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
-    let token = access::bearer(request.headers()).map(str::to_string);
+    let token = auth::bearer(request.headers()).map(str::to_string);
     if matches!(route, Route::Debug | Route::Reload) {
         let keys_set = !live.config.proxy_keys.is_empty();
-        if let Err(e) = access::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
+        if let Err(e) = auth::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
             return local_error(request, e, id);
         }
     }
     let caller = match route {
         Route::Debug | Route::Reload => Caller::Open,
-        _ => match access::authenticate(&live.config.proxy_keys, token.as_deref()) {
+        _ => match auth::authenticate(&live.config.proxy_keys, token.as_deref()) {
             Ok(c) => c,
             Err(e) => return local_error(request, e, id),
         },

@@ -1,7 +1,7 @@
 //! Client keys from the file's `proxyKeys`.
 
 use super::json::{at, string_list, type_name, FieldError};
-use crate::access::ProxyKey;
+use crate::auth::ProxyKey;
 use serde_json::Value;
 
 const EXPECTED: &str = "expected a key string or {\"key\": \"...\", \"models\": [\"id\", ...]}";

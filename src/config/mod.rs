@@ -17,15 +17,12 @@ mod keys;
 mod settings;
 mod summary;
 
-pub use backends::{validate_url, Backend};
+pub use backends::Backend;
 pub use endpoint::{ClientKey, Endpoint};
-pub use forward_proxy::proxy_for;
-pub use settings::{
-    HealthPolicy, RetryPolicy, Timeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-};
+pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::summary;
 
-use crate::access::ProxyKey;
+use crate::auth::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};
 use env::substitute_env;
 use json::{at, type_name, FieldError};

@@ -7,8 +7,8 @@ mod choose;
 mod inbound;
 mod outbound;
 
-use crate::access::Caller;
 use crate::api_error::ApiError;
+use crate::auth::Caller;
 use crate::balance::Pick;
 use crate::live::Live;
 use crate::metrics::Metrics;

@@ -1,0 +1,153 @@
+//! Starting modelmux: parse flags, then print help or the version, check the config, probe a
+//! running instance, or load the config and serve.
+
+use crate::cli::{self, Command, Options};
+use crate::config::{Defaults, Timeouts};
+use crate::lifecycle;
+use crate::live::ConfigStore;
+use crate::server::{self, Settings};
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The binary's whole life; the exit code is 2 for bad flags and 1 for any other failure.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("modelmux: {}", e);
+            return ExitCode::from(2);
+        }
+    };
+    let options = match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("modelmux {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(o) => *o,
+    };
+    match run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelmux: {}", e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let defaults = Defaults {
+        timeouts: Timeouts {
+            connect: o.connect_timeout,
+            idle: o.idle_timeout,
+        },
+        proxy_keys: o.proxy_keys.clone(),
+        ca_file: o.ca_file.clone(),
+    };
+    if o.healthcheck {
+        return healthcheck(&o);
+    }
+    if o.check_config {
+        let config = crate::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
+        print!("{}", crate::config::summary(&o.config, &config));
+        return Ok(());
+    }
+    // Before any thread exists, so every thread inherits the mask and only one takes signals.
+    lifecycle::block_signals();
+    simple_logger::SimpleLogger::new()
+        .with_level(o.log_level)
+        .with_utc_timestamps()
+        // Library debug output can carry backend URLs; the access log is ours to shape.
+        .with_module_level("ureq", o.log_level.min(log::LevelFilter::Warn))
+        .with_module_level("rustls", o.log_level.min(log::LevelFilter::Warn))
+        .with_module_level("tiny_http", o.log_level.min(log::LevelFilter::Warn))
+        .init()
+        .map_err(|e| format!("cannot start logging: {}", e))?;
+    lifecycle::raise_fd_limit();
+    crate::access_log::set_format(o.log_format);
+    tiny_http::limits::set_header_read_timeout(o.client_timeout);
+    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
+    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
+    tiny_http::limits::set_max_header_line(
+        o.max_header_bytes
+            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
+    );
+    let shared =
+        ConfigStore::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
+    let live = shared.snapshot();
+    for w in &live.config.warnings {
+        log::warn!("{}", w);
+    }
+    let listener = TcpListener::bind((o.host.as_str(), o.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    lifecycle::deepen_backlog(&listener);
+    // Printed whatever the log level: operators and scripts (tests, bench) need the address.
+    eprintln!(
+        "modelmux {} listening on http://{} with {} models from {} ({} workers)",
+        env!("CARGO_PKG_VERSION"),
+        addr,
+        live.config.endpoints.len(),
+        o.config,
+        o.workers
+    );
+    drop(live);
+    let shared = Arc::new(shared);
+    let stopper = Arc::new(lifecycle::Stopper::default());
+    lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
+    lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
+    server::serve(
+        listener,
+        Settings {
+            workers: o.workers,
+            queue: o.queue,
+            max_body: o.max_body,
+            admin_key: o.admin_key.clone(),
+            drain: o.drain,
+        },
+        shared,
+        stopper,
+    )
+}
+
+/// Probes `/health` with a raw request so a `FROM scratch` image needs no curl.
+fn healthcheck(o: &Options) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let host = match o.host.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        h => h,
+    };
+    let addr = (host, o.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("healthcheck: cannot resolve {}: {}", host, e))?
+        .next()
+        .ok_or_else(|| format!("healthcheck: no address for {}", host))?;
+    let timeout = Duration::from_secs(3);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("healthcheck: {}: {}", addr, e))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("healthcheck: {}", e))?;
+    let mut reply = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+        println!("healthy");
+        Ok(())
+    } else {
+        Err(format!(
+            "healthcheck: unhealthy reply from {}: {}",
+            addr,
+            text.lines().next().unwrap_or("(empty)")
+        ))
+    }
+}
