@@ -29,6 +29,12 @@ pub struct Endpoint {
     pub backends: Vec<Backend>,
     /// Model ids tried, in order, after all of this model's own backends failed.
     pub fallbacks: Vec<String>,
+    /// `forwardUserHeaders`: pass Open WebUI's user headers and token to this backend (off:
+    /// they are personal data a backend does not need).
+    pub forward_user_headers: bool,
+    /// `injectStreamUsage` (default on): ask this backend for the usage chunk on streams and
+    /// hide it from clients that did not ask for it.
+    pub inject_stream_usage: bool,
 }
 
 impl Endpoint {
@@ -76,6 +82,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "insecureSkipVerify",
     "backends",
     "fallbacks",
+    "forwardUserHeaders",
+    "injectStreamUsage",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -114,8 +122,12 @@ pub(super) fn parse_endpoint(
     let fallbacks = string_list(obj.get("fallbacks"), "model ids")
         .map_err(at("fallbacks"))?
         .unwrap_or_default();
+    let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
+    let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     Ok(Endpoint {
         id: id.to_string(),
+        forward_user_headers,
+        inject_stream_usage,
         display_name,
         timeouts,
         headers,
@@ -125,6 +137,18 @@ pub(super) fn parse_endpoint(
         backends,
         fallbacks,
     })
+}
+
+/// An optional `true`/`false` field.
+fn opt_bool(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(FieldError::new(
+            field,
+            format!("expected true or false, got {}", type_name(v)),
+        )),
+    }
 }
 
 /// `"headers": {"X-Tenant": "research"}`: extra headers for every upstream request.
