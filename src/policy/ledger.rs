@@ -211,6 +211,10 @@ pub fn read_all(path: &Path) -> Result<(Vec<Entry>, usize), String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(format!("cannot read {}: {}", f.display(), e)),
         };
+        // Only regular files hold lines (a device such as /dev/full or a FIFO never ends).
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            continue;
+        }
         for line in BufReader::new(file).split(b'\n') {
             let line = line.map_err(|e| format!("cannot read {}: {}", f.display(), e))?;
             if line.is_empty() {
