@@ -82,6 +82,14 @@ fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
     crate::access_log::set_format(o.log_format);
+    // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
+    // client can read.
+    tiny_http::limits::set_unanswered_body(
+        "application/json",
+        crate::api_error::ApiError::internal("internal error in modelmux")
+            .with_code("internal_error")
+            .body(),
+    );
     tiny_http::limits::set_header_read_timeout(o.client_timeout);
     tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
     tiny_http::limits::set_max_header_bytes(o.max_header_bytes);

@@ -9,6 +9,7 @@
 
 use std::convert::TryFrom;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Default for [`header_read_timeout`]: 30 seconds.
@@ -25,6 +26,20 @@ static HEADER_READ_TIMEOUT_NANOS: AtomicU64 = AtomicU64::new(30_000_000_000);
 static WRITE_TIMEOUT_NANOS: AtomicU64 = AtomicU64::new(0);
 static MAX_HEADER_LINE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_HEADER_LINE);
 static MAX_HEADER_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_HEADER_BYTES);
+
+// The answer to a request dropped without a response: (content type, body); unset: empty.
+static UNANSWERED: OnceLock<(String, Vec<u8>)> = OnceLock::new();
+
+/// Sets, once, the 500 body sent for a request the application dropped without answering
+/// (a bug or a panic in a handler); upstream sends an empty 500. Later calls are ignored.
+pub fn set_unanswered_body(content_type: &str, body: Vec<u8>) {
+    let _ = UNANSWERED.set((content_type.to_string(), body));
+}
+
+/// The body set by [`set_unanswered_body`], if any.
+pub(crate) fn unanswered_body() -> Option<&'static (String, Vec<u8>)> {
+    UNANSWERED.get()
+}
 
 fn to_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

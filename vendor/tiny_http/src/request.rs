@@ -535,15 +535,17 @@ impl Drop for Request {
         }
 
         if self.response_writer.is_some() {
-            // modelmux: a request dropped unanswered (a handler bug or panic) still gets a body
-            // an OpenAI client can read, instead of an empty 500.
-            let mut response = Response::from_string(
-                r#"{"error":{"message":"internal error in modelmux","type":"server_error","param":null,"code":"internal_error"}}"#,
-            )
-            .with_status_code(500);
-            if let Ok(h) = crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-            {
-                response.add_header(h);
+            // modelmux: the application may set the body of this 500 (see
+            // `limits::set_unanswered_body`); upstream always sent it empty.
+            let (content_type, body) = match crate::limits::unanswered_body() {
+                Some((t, b)) => (Some(t.as_str()), b.clone()),
+                None => (None, Vec::new()),
+            };
+            let mut response = Response::from_data(body).with_status_code(500);
+            if let Some(t) = content_type {
+                if let Ok(h) = crate::Header::from_bytes(&b"Content-Type"[..], t.as_bytes()) {
+                    response.add_header(h);
+                }
             }
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
@@ -562,6 +564,46 @@ impl<T> ReadWrite for T where T: Read + Write {}
 #[cfg(test)]
 mod tests {
     use super::Request;
+
+    // modelmux: the 500 for a request dropped unanswered carries the application's body.
+    #[test]
+    fn unanswered_requests_get_the_configured_500() {
+        use crate::framing::BodyFraming;
+        use crate::{HTTPVersion, Method};
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        crate::limits::set_unanswered_body("application/json", b"{\"e\":1}".to_vec());
+        let out = Shared(Arc::new(Mutex::new(Vec::new())));
+        let rq = super::new_request(
+            false,
+            Method::Get,
+            "/".into(),
+            HTTPVersion(1, 1),
+            Vec::new(),
+            BodyFraming::None,
+            false,
+            None,
+            std::io::empty(),
+            out.clone(),
+            None,
+        )
+        .unwrap();
+        drop(rq);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 500"), "{}", text);
+        assert!(text.contains("Content-Type: application/json"), "{}", text);
+        assert!(text.ends_with("{\"e\":1}"), "{}", text);
+    }
 
     #[test]
     fn must_be_send() {
