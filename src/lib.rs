@@ -23,6 +23,9 @@ mod fuzz_tests;
 mod lifecycle;
 mod live;
 mod metrics;
+// Wired in by the request path in a later commit.
+#[allow(dead_code)]
+mod policy;
 mod proxy;
 mod redact;
 mod relay;
