@@ -3,6 +3,7 @@
 
 pub mod backend_gate;
 pub mod quota;
+pub mod redis_store;
 pub mod rules;
 pub mod store;
 pub mod windows;

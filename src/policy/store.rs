@@ -4,6 +4,7 @@
 //! Every bucket keeps four counters, in the order of `rules::WINDOWED`: requests this minute,
 //! tokens this minute, tokens today, tokens this month.
 
+use crate::policy::redis_store::RedisStore;
 use crate::policy::windows::{Span, Windows};
 use std::collections::HashMap;
 use std::fmt;
@@ -73,6 +74,8 @@ pub fn fits(used: &Counts, limits: &[Option<u64>; 4], tokens: u64) -> bool {
 pub enum Store {
     /// Counters in this process.
     Local(Arc<LocalStore>),
+    /// Counters in Redis, shared by every replica.
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
@@ -81,10 +84,18 @@ impl Store {
         Store::Local(Arc::default())
     }
 
+    /// A store in Redis at `"limitsStore"` (`redis://` or `rediss://`, `[:password@]host
+    /// [:port][/db]`), trusting only the PEM bundle `ca_file` for TLS when given. The
+    /// connection is made on first use, so a Redis that is down at start is a runtime failure.
+    pub fn redis(url: &str, ca_file: Option<&str>) -> Result<Store, StoreError> {
+        RedisStore::open(url, ca_file).map(|s| Store::Redis(Arc::new(s)))
+    }
+
     /// Checks every bucket and, only if all fit, adds one request and `tokens` to each.
     pub fn reserve(&self, asks: &[Ask], tokens: u64, now: u64) -> Result<Outcome, StoreError> {
         match self {
             Store::Local(s) => Ok(s.reserve(asks, tokens, now)),
+            Store::Redis(s) => s.reserve(asks, tokens),
         }
     }
 
@@ -101,6 +112,7 @@ impl Store {
                 s.adjust(buckets, windows, delta);
                 Ok(())
             }
+            Store::Redis(s) => s.adjust(buckets, windows, delta),
         }
     }
 
@@ -108,6 +120,7 @@ impl Store {
     pub fn read(&self, buckets: &[String], now: u64) -> Result<Snapshot, StoreError> {
         match self {
             Store::Local(s) => Ok(s.read(buckets, now)),
+            Store::Redis(s) => s.read(buckets),
         }
     }
 
@@ -117,6 +130,7 @@ impl Store {
     pub fn record(&self, buckets: &[String], tokens: u64, ts: u64, now: u64) {
         match self {
             Store::Local(s) => s.record(buckets, tokens, ts, now),
+            Store::Redis(_) => {}
         }
     }
 }
