@@ -1,12 +1,20 @@
-//! Policy: who is asking and what they used. The request path calls it at two points:
-//! `admit` once the request is read (identity, refusals) and `complete` once it is answered
-//! (the usage ledger, totals, per-user metrics).
+//! Policy: who is asking, what they used and what they may use. The request path calls it at
+//! two points: `admit` once the request is read (identity, quotas, refusals) and `complete`
+//! once it is answered (the usage ledger, totals, settling quotas, per-user metrics). Quotas
+//! per user, key and model are counted in a `store`, locally or in Redis (`quota`, `rules`,
+//! `windows`, `redis_store`); per-backend concurrency caps wait fairly (`backend_gate`).
 
+mod backend_gate;
 mod clock;
 mod identity;
 mod jwt;
 mod ledger;
+mod quota;
+mod redis_store;
+mod rules;
+mod store;
 mod totals;
+mod windows;
 
 pub use identity::Identity;
 pub use totals::Query;
@@ -216,3 +224,4 @@ pub fn usage_command(log: &std::path::Path, q: &Query, json: bool) -> Result<Str
         totals::to_table(&rows, &q.by)
     })
 }
+

@@ -4,6 +4,7 @@
 
 pub mod fake_backend;
 pub mod mock_backend;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
