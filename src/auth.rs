@@ -14,6 +14,8 @@ pub struct ProxyKey {
     /// Requests with this key may name their user in Open WebUI's `X-OpenWebUI-User-*`
     /// headers (plain headers can be forged by anyone else who can reach the proxy).
     pub trust_user_headers: bool,
+    /// How soon its requests are served when a backend is at its cap.
+    pub priority: crate::policy::Priority,
 }
 
 /// Who is calling, after authentication.
@@ -114,6 +116,7 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
                 key: k.trim().to_string(),
                 name: String::new(),
                 trust_user_headers: false,
+                priority: crate::policy::Priority::Normal,
                 models: Some(
                     models
                         .split('|')
@@ -125,6 +128,7 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
             None => ProxyKey {
                 name: String::new(),
                 trust_user_headers: false,
+                priority: crate::policy::Priority::Normal,
                 key: entry.to_string(),
                 models: None,
             },

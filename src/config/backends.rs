@@ -17,6 +17,8 @@ pub struct Backend {
     pub weight: u32,
     /// Forward proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, unless `NO_PROXY` exempts the host.
     pub via_proxy: Option<String>,
+    /// `maxConcurrent`: requests this backend serves at once (per replica); more wait.
+    pub max_concurrent: Option<usize>,
 }
 
 /// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
@@ -26,6 +28,7 @@ pub(super) struct Inherited {
     url: Option<String>,
     api_key: String,
     actual_model_name: String,
+    max_concurrent: Option<usize>,
 }
 
 impl Inherited {
@@ -40,15 +43,18 @@ impl Inherited {
         let actual_model_name = opt_string(obj, "actualModelName")?
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| id.to_string());
+        let max_concurrent =
+            parse_max_concurrent(obj.get("maxConcurrent")).map_err(at("maxConcurrent"))?;
         Ok(Inherited {
             url,
             api_key,
             actual_model_name,
+            max_concurrent,
         })
     }
 }
 
-const ENTRY_FIELDS: &[&str] = &["url", "apiKey", "actualModelName", "weight"];
+const ENTRY_FIELDS: &[&str] = &["url", "apiKey", "actualModelName", "weight", "maxConcurrent"];
 
 /// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
 /// one (a seed config).
@@ -71,6 +77,7 @@ pub(super) fn parse_backends(
                 api_key: inherited.api_key.clone(),
                 actual_model_name: inherited.actual_model_name.clone(),
                 weight: 1,
+                max_concurrent: inherited.max_concurrent,
             }])
         }
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -99,7 +106,7 @@ fn parse_entry(
     if let Some(key) = b.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
         return Err(FieldError::new(
             key.as_str(),
-            "unknown field; expected url, apiKey, actualModelName or weight",
+            "unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
         ));
     }
     let url = match opt_string(b, "url")? {
@@ -116,13 +123,30 @@ fn parse_entry(
     let actual_model_name = opt_string(b, "actualModelName")?
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| inherited.actual_model_name.clone());
+    let max_concurrent = match b.get("maxConcurrent") {
+        None => inherited.max_concurrent,
+        v => parse_max_concurrent(v).map_err(at("maxConcurrent"))?,
+    };
     Ok(Backend {
         via_proxy: proxy_for(&url, env),
         url,
         api_key,
         actual_model_name,
         weight,
+        max_concurrent,
     })
+}
+
+/// A backend's concurrency cap: none when absent.
+fn parse_max_concurrent(v: Option<&Value>) -> Result<Option<usize>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=100_000).contains(n))
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| "expected a whole number from 1 to 100000".to_string()),
+    }
 }
 
 /// A backend's share of traffic: 1 when absent.

@@ -35,6 +35,10 @@ pub struct Endpoint {
     /// `injectStreamUsage` (default on): ask this backend for the usage chunk on streams and
     /// hide it from clients that did not ask for it.
     pub inject_stream_usage: bool,
+    /// `maxQueueWaitSecs` (default 30): how long a request waits for a backend below its cap.
+    pub max_queue_wait: Duration,
+    /// `defaultMaxTokens`: the completion tokens a request without `max_tokens` reserves.
+    pub default_max_tokens: Option<u64>,
 }
 
 impl Endpoint {
@@ -84,6 +88,9 @@ const KNOWN_FIELDS: &[&str] = &[
     "fallbacks",
     "forwardUserHeaders",
     "injectStreamUsage",
+    "maxConcurrent",
+    "maxQueueWaitSecs",
+    "defaultMaxTokens",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -124,8 +131,28 @@ pub(super) fn parse_endpoint(
         .unwrap_or_default();
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
+    let max_queue_wait = match obj.get("maxQueueWaitSecs") {
+        None | Some(Value::Null) => Duration::from_secs(30),
+        Some(v) => match v.as_f64() {
+            Some(s) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
+            _ => {
+                return Err(FieldError::new(
+                    "maxQueueWaitSecs",
+                    "expected a number of seconds from 0 to 3600",
+                ))
+            }
+        },
+    };
+    let default_max_tokens = match obj.get("defaultMaxTokens") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+            FieldError::new("defaultMaxTokens", "expected a whole number of tokens, at least 1")
+        })?),
+    };
     Ok(Endpoint {
         id: id.to_string(),
+        max_queue_wait,
+        default_max_tokens,
         forward_user_headers,
         inject_stream_usage,
         display_name,

@@ -2,6 +2,7 @@
 
 use super::json::{at, string_list, type_name, FieldError};
 use crate::auth::ProxyKey;
+use crate::policy::Priority;
 use serde_json::Value;
 
 const EXPECTED: &str = "expected a key string or {\"key\": \"...\", \"models\": [\"id\", ...]}";
@@ -47,6 +48,7 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
             models: None,
             name: String::new(),
             trust_user_headers: false,
+            priority: Priority::Normal,
         },
         Value::Object(m) => {
             let key = m
@@ -73,11 +75,24 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
                     ))
                 }
             };
+            let priority = match m.get("priority") {
+                None | Some(Value::Null) => Priority::Normal,
+                Some(Value::String(p)) if p == "normal" => Priority::Normal,
+                Some(Value::String(p)) if p == "low" => Priority::Low,
+                Some(Value::String(p)) if p == "high" => Priority::High,
+                Some(_) => {
+                    return Err(FieldError::new(
+                        "priority",
+                        "expected \"low\", \"normal\" or \"high\"",
+                    ))
+                }
+            };
             ProxyKey {
                 key: key.to_string(),
                 models,
                 name,
                 trust_user_headers,
+                priority,
             }
         }
         _ => return Err(FieldError::new("", EXPECTED)),

@@ -137,6 +137,10 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "usageLog",
     "usageLogMaxBytes",
     "metrics",
+    "limits",
+    "limitsStore",
+    "limitsStoreFailure",
+    "taskHeader",
 ];
 
 /// The steps of `parse`, in the order their errors are reported; `warnings` get no file name.

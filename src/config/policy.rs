@@ -1,6 +1,7 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
 use super::json::{type_name, FieldError};
+use crate::policy::{parse_rules, FailureMode, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The top-level `openWebUI`, `usageLog`, `usageLogMaxBytes` and `metrics` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySettings {
     /// `openWebUI.jwtSecret`: verifies Open WebUI's `X-OpenWebUI-User-Jwt`.
     pub jwt_secret: Option<Secret>,
@@ -29,6 +30,14 @@ pub struct PolicySettings {
     pub usage_log_max_bytes: u64,
     /// `metrics.perUser`: requests and tokens per user in /metrics (label cardinality!).
     pub metrics_per_user: bool,
+    /// `limits`: quota rules, in file order.
+    pub limits: Vec<Rule>,
+    /// `limitsStore`: a `redis://` or `rediss://` URL (may hold a password); local when absent.
+    pub limits_store: Option<Secret>,
+    /// `limitsStoreFailure`: admit (`open`) or refuse (`closed`) while the store is down.
+    pub limits_store_failure: FailureMode,
+    /// `taskHeader`: a request carrying it (non-empty) is a background task, served last.
+    pub task_header: String,
 }
 
 /// Reads the settings from the file's top level; `config_file` anchors a relative `usageLog`.
@@ -120,10 +129,42 @@ pub(super) fn parse_policy(
             ))
         }
     };
+    let limits = match root.get("limits") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => parse_rules(v).map_err(|e| FieldError::new(e.location, e.message))?,
+    };
+    let limits_store = match root.get("limitsStore") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            Some(Secret(u.clone()))
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "limitsStore",
+                "expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
+            ))
+        }
+    };
+    let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
+        .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
+    let task_header = match root.get("taskHeader") {
+        None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
+        Some(Value::String(h)) if crate::headers::is_valid_name(h) => h.clone(),
+        Some(_) => {
+            return Err(FieldError::new(
+                "taskHeader",
+                "expected a header name such as \"X-OpenWebUI-Task\"",
+            ))
+        }
+    };
     Ok(PolicySettings {
         jwt_secret,
         usage_log,
         usage_log_max_bytes,
         metrics_per_user,
+        limits,
+        limits_store,
+        limits_store_failure,
+        task_header,
     })
 }

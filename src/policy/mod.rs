@@ -16,7 +16,10 @@ mod store;
 mod totals;
 mod windows;
 
+pub use backend_gate::Priority;
 pub use identity::Identity;
+pub use quota::FailureMode;
+pub use rules::{parse_rules, Rule};
 pub use totals::Query;
 
 use crate::api_error::ApiError;
