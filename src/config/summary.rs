@@ -30,11 +30,22 @@ fn endpoint_line(e: &Endpoint) -> String {
     } else {
         format!(", then fallbacks {}", e.fallbacks.join(", "))
     };
+    let wildcard = match &e.wildcard {
+        Some(w) if w.discover => format!(", discovers models every {} s", w.interval.as_secs_f64()),
+        Some(w) => format!(", serves every id starting with \"{}\"", w.prefix),
+        None => String::new(),
+    };
+    let probe = match e.probe_interval {
+        Some(d) => format!(", health probe every {} s", d.as_secs_f64()),
+        None => String::new(),
+    };
     format!(
-        "  {} ({}): {}{}\n",
+        "  {} ({}): {}{}{}{}\n",
         e.id,
         e.display_name,
         count(e.backends.len(), "backend", "backends"),
+        wildcard,
+        probe,
         fallbacks
     )
 }
@@ -97,5 +108,16 @@ mod tests {
         )
         .unwrap();
         assert!(summary("c.json", &one).starts_with("c.json: OK, 1 model\n"));
+        let wild = parse(
+            "c.json",
+            r#"{"endpoints":{"ollama/*":{"url":"http://o","discoverIntervalSecs":60,
+                "health":{"probeIntervalSecs":15}}}}"#,
+            &Defaults::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert!(summary("c.json", &wild).contains(
+            "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s\n"
+        ));
     }
 }
