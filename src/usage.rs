@@ -1,5 +1,6 @@
 //! Token counts from what backends report in `usage` (never by counting text): the body of a
-//! JSON reply, or the final SSE chunk when the client asked for `stream_options.include_usage`.
+//! JSON reply, or the final SSE chunk when the client asked for `stream_options.include_usage`,
+//! or a Responses API stream's `response.completed` event.
 
 /// Largest non-stream reply kept for reading `usage`; larger replies are not counted.
 const MAX_JSON: usize = 4 * 1024 * 1024;
@@ -78,14 +79,22 @@ impl UsageTap {
     }
 }
 
+/// `usage` of a chat/completions body or chunk, or of a Responses API response, also inside
+/// its `response.completed` event (`{"response": {"usage": {"input_tokens", "output_tokens"}}}`).
 fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let u = v.get("usage")?;
-    let prompt = u.get("prompt_tokens").and_then(|x| x.as_u64()).unwrap_or(0);
-    let completion = u
-        .get("completion_tokens")
-        .and_then(|x| x.as_u64())
-        .unwrap_or(0);
+    let u = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .or_else(|| v.get("response")?.get("usage"))?;
+    let count = |a: &str, b: &str| {
+        u.get(a)
+            .or_else(|| u.get(b))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0)
+    };
+    let prompt = count("prompt_tokens", "input_tokens");
+    let completion = count("completion_tokens", "output_tokens");
     (prompt > 0 || completion > 0).then_some((prompt, completion))
 }
 
@@ -107,5 +116,17 @@ mod tests {
         t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\ndata: {\"choices\":[],\"us");
         t.feed(b"age\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert_eq!(t.finish(), Some((7, 2)));
+    }
+
+    #[test]
+    fn reads_responses_api_usage() {
+        let mut t = UsageTap::new(false);
+        t.feed(br#"{"object":"response","usage":{"input_tokens":4,"output_tokens":9}}"#);
+        assert_eq!(t.finish(), Some((4, 9)));
+        let mut t = UsageTap::new(true);
+        t.feed(b"event: response.created\ndata: {\"response\":{\"usage\":null}}\n\n");
+        t.feed(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":");
+        t.feed(b"{\"usage\":{\"input_tokens\":3,\"output_tokens\":5}}}\n\n");
+        assert_eq!(t.finish(), Some((3, 5)));
     }
 }
