@@ -130,7 +130,7 @@ fn stored_responses_are_routed_by_x_model_id_or_the_model_query() {
         ("m", &backend.url(), KEY, "real-m"),
         ("n", &other.url(), KEY, "real-n"),
     ]));
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             "GET",
             "/v1/responses/resp_1",
@@ -154,6 +154,12 @@ fn stored_responses_are_routed_by_x_model_id_or_the_model_query() {
             "/v1/responses/resp_1",
             &[("X-Model-Id", "m")],
             "/v1/responses/resp_1",
+        ),
+        (
+            "POST",
+            "/v1/responses/resp_1/cancel",
+            &[("X-Model-Id", "m")],
+            "/v1/responses/resp_1/cancel",
         ),
     ];
     for (i, (method, path, headers, backend_path)) in cases.iter().enumerate() {
@@ -209,7 +215,7 @@ fn stored_responses_are_routed_by_x_model_id_or_the_model_query() {
     )
     .error(404);
     assert_eq!(e["code"], "model_not_found");
-    assert_eq!(backend.requests().len(), 5);
+    assert_eq!(backend.requests().len(), 6);
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub fn summary(path: &str, config: &Config) -> String {
     for e in &config.endpoints {
         out.push_str(&endpoint_line(e));
         for b in &e.backends {
-            out.push_str(&backend_line(b));
+            out.push_str(&backend_line(e, b));
         }
     }
     out
@@ -50,7 +50,11 @@ fn endpoint_line(e: &Endpoint) -> String {
     )
 }
 
-fn backend_line(b: &Backend) -> String {
+fn backend_line(e: &Endpoint, b: &Backend) -> String {
+    let model = match &e.wildcard {
+        Some(w) => format!("<the id after \"{}\">", w.prefix),
+        None => b.actual_model_name.clone(),
+    };
     let via = match &b.via_proxy {
         Some(p) => format!(", via proxy {}", redact::url(p)),
         None => String::new(),
@@ -58,7 +62,7 @@ fn backend_line(b: &Backend) -> String {
     format!(
         "    {} as {}, weight {}, {}{}\n",
         redact::url(&b.url),
-        b.actual_model_name,
+        model,
         b.weight,
         if b.api_key.is_empty() {
             "no key"
