@@ -169,6 +169,19 @@ impl Balancer {
         n
     }
 
+    /// Forgets the probe result of every backend of model `id` at `url`: its probing was turned
+    /// off, and a down mark nothing will lift must not keep it out of selection.
+    pub fn clear_probe(&self, id: &str, url: &str) {
+        let key = pool_key(id, url);
+        for pool in &self.pools {
+            for (k, s) in pool.keys.iter().zip(&pool.states) {
+                if k.0 == key {
+                    *s.probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+            }
+        }
+    }
+
     /// A snapshot of one backend's state.
     pub fn view(&self, pick: Pick) -> Option<BackendView> {
         let s = self.state(pick)?;
@@ -362,5 +375,10 @@ mod tests {
         let picks: Vec<usize> = (0..4).map(|_| b.pick(0, &[]).unwrap().1).collect();
         assert!(picks.contains(&0), "{:?}", picks);
         assert_eq!(b.view((0, 0)).unwrap().probe, Some(mark(true)));
+        b.probed("m", "http://h0", &mark(false));
+        b.clear_probe("m", "http://h0");
+        assert_eq!(b.view((0, 0)).unwrap().probe, None);
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(0, &[]).unwrap().1).collect();
+        assert!(picks.contains(&0), "{:?}", picks);
     }
 }

@@ -89,7 +89,16 @@ pub fn spawn(store: Arc<ConfigStore>) {
 /// One round: forget backends the config no longer has, start the due probes, and return how
 /// long to sleep until the next one is due.
 fn schedule_round(store: &Arc<ConfigStore>, prober: &Arc<Prober>) -> Duration {
-    let plans = plan(&store.snapshot().config);
+    let live = store.snapshot();
+    let plans = plan(&live.config);
+    for e in &live.config.endpoints {
+        for b in &e.backends {
+            if !plans.iter().any(|p| p.key.0 == e.id && p.key.1 == b.url) {
+                live.balancer.clear_probe(&e.id, &b.url);
+            }
+        }
+    }
+    drop(live);
     let now = Instant::now();
     let mut wait = IDLE_WAIT;
     let mut due = Vec::new();

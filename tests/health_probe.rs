@@ -149,3 +149,26 @@ fn probing_is_off_unless_configured() {
     assert_eq!(h["state"], "up");
     assert!(only_model_lists(&probed.requests()));
 }
+
+#[test]
+fn turning_probes_off_by_reload_lifts_a_down_mark() {
+    let a = MockBackend::start(Behavior {
+        models_status: Some(500),
+        ..Behavior::default()
+    });
+    let probed = json!({
+        "endpoints": {"m": {"url": a.url(), "health": {"probeIntervalSecs": 1}}},
+    })
+    .to_string();
+    let p = Proxy::start_with(&probed, &[("CM_OPEN_WEBUI_PROXY_WATCH_SECS", "0")], &[]);
+    wait_until("a marked down", WAIT, || {
+        backend_health(&p, "m", 0)["state"] == "down"
+    });
+    p.write_config(&json!({"endpoints": {"m": {"url": a.url()}}}).to_string());
+    let r = request(p.addr, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until("the down mark lifted", WAIT, || {
+        backend_health(&p, "m", 0)["state"] == "up"
+    });
+    assert!(backend_health(&p, "m", 0)["lastProbeAt"].is_null());
+}
