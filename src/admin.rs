@@ -6,6 +6,7 @@ use crate::balance::BackendView;
 use crate::catalog;
 use crate::config::{Endpoint, Wildcard};
 use crate::live::{ConfigStore, Live};
+use crate::policy::Policy;
 use crate::redact;
 use serde_json::{json, Value};
 
@@ -163,6 +164,20 @@ pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError
     Ok(model_entry(live, &m.id, &m.display_name)
         .to_string()
         .into_bytes())
+}
+
+/// `GET /usage?since=2026-11-01&until=2026-12-01&by=user,model&user=u`: usage totals.
+pub fn usage(policy: &Policy, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let param = |name: &str| query.and_then(|q| crate::body::query_param(q, name));
+    let (since, until, by, user) = (param("since"), param("until"), param("by"), param("user"));
+    let q = crate::policy::query(
+        since.as_deref(),
+        until.as_deref(),
+        by.as_deref(),
+        user.as_deref(),
+    )
+    .map_err(|m| ApiError::invalid_request(m).with_code("invalid_query"))?;
+    Ok(policy.report(&q).to_string().into_bytes())
 }
 
 /// `GET /debug`: the effective config with keys masked.

@@ -9,6 +9,11 @@ pub struct ProxyKey {
     pub key: String,
     /// Model ids this key may use, `*` and `?` as wildcards (`"ollama/*"`); `None` means all.
     pub models: Option<Vec<String>>,
+    /// What logs and usage call this key (never the key itself); `key-N` when unnamed.
+    pub name: String,
+    /// Requests with this key may name their user in Open WebUI's `X-OpenWebUI-User-*`
+    /// headers (plain headers can be forged by anyone else who can reach the proxy).
+    pub trust_user_headers: bool,
 }
 
 /// Who is calling, after authentication.
@@ -107,6 +112,8 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
         .map(|entry| match entry.split_once('=') {
             Some((k, models)) => ProxyKey {
                 key: k.trim().to_string(),
+                name: String::new(),
+                trust_user_headers: false,
                 models: Some(
                     models
                         .split('|')
@@ -116,6 +123,8 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
                 ),
             },
             None => ProxyKey {
+                name: String::new(),
+                trust_user_headers: false,
                 key: entry.to_string(),
                 models: None,
             },

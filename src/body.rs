@@ -95,6 +95,11 @@ impl JsonObject {
         }
     }
 
+    /// A top-level member's value when it is a JSON string.
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        serde_json::from_str::<String>(self.get(key)?.get()).ok()
+    }
+
     /// True when the body asks for a streamed reply (`"stream": true`).
     pub fn stream(&self) -> bool {
         self.get("stream")
@@ -102,8 +107,28 @@ impl JsonObject {
             .unwrap_or(false)
     }
 
-    /// Serializes with `model` replaced (when present) and `drop` fields removed.
-    pub fn rewrite(&self, actual_model: &str, drop: &[String]) -> Vec<u8> {
+    /// True when the client asked for the stream's usage chunk itself.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.get("stream_options")
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+            .and_then(|v| v.get("include_usage")?.as_bool())
+            .unwrap_or(false)
+    }
+
+    /// The client's `stream_options` (if an object) with `include_usage: true`, as JSON.
+    pub fn stream_options_with_usage(&self) -> String {
+        let mut opts = self
+            .get("stream_options")
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        opts["include_usage"] = true.into();
+        opts.to_string()
+    }
+
+    /// Serializes with `model` replaced (when present), `drop` fields removed and each `set`
+    /// member's raw JSON replacing the member of that name (or appended when absent).
+    pub fn rewrite(&self, actual_model: &str, drop: &[String], set: &[(&str, String)]) -> Vec<u8> {
         let model_json = serde_json::Value::String(actual_model.to_string()).to_string();
         let mut out = Vec::with_capacity(
             self.members
@@ -126,8 +151,25 @@ impl JsonObject {
             out.push(b':');
             if k == "model" {
                 out.extend_from_slice(model_json.as_bytes());
+            } else if let Some((_, raw)) = set.iter().find(|(name, _)| name == k) {
+                out.extend_from_slice(raw.as_bytes());
             } else {
                 out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        for (name, raw) in set {
+            if !self.members.iter().any(|(k, _)| k == name) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(
+                    serde_json::Value::String(name.to_string())
+                        .to_string()
+                        .as_bytes(),
+                );
+                out.push(b':');
+                out.extend_from_slice(raw.as_bytes());
             }
         }
         out.push(b'}');
@@ -280,11 +322,11 @@ mod tests {
         let obj = JsonObject::parse(body).unwrap();
         assert_eq!(obj.model().unwrap().as_deref(), Some("pub"));
         assert_eq!(
-            String::from_utf8(obj.rewrite("real", &[])).unwrap(),
+            String::from_utf8(obj.rewrite("real", &[], &[])).unwrap(),
             r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}],"n":1e2}"#
         );
         assert_eq!(
-            String::from_utf8(obj.rewrite("real", &["n".to_string()])).unwrap(),
+            String::from_utf8(obj.rewrite("real", &["n".to_string()], &[])).unwrap(),
             r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}]}"#
         );
     }

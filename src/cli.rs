@@ -56,12 +56,79 @@ pub enum Command {
     Version,
     /// Print usage.
     Help,
+    /// `modelmux usage`: print usage totals from the ledger.
+    Usage(UsageArgs),
+}
+
+/// `modelmux usage [--since DATE] [--until DATE] [--by user,model] [--user U] [--log FILE]
+/// [--config PATH] [--json]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsageArgs {
+    /// First day counted (`YYYY-MM-DD`).
+    pub since: Option<String>,
+    /// First day not counted.
+    pub until: Option<String>,
+    /// Grouping: user, key, model or a comma list.
+    pub by: Option<String>,
+    /// Only this user.
+    pub user: Option<String>,
+    /// The ledger file; else the config's `usageLog`.
+    pub log: Option<String>,
+    /// The config file naming the ledger.
+    pub config: String,
+    /// JSON (as `/usage` answers) instead of a table.
+    pub json: bool,
+}
+
+/// Parses the arguments after `usage`.
+fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<UsageArgs, String> {
+    let mut u = UsageArgs {
+        config: env("CM_OPEN_WEBUI_PROXY_CONFIG_FILE")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "config.json".into()),
+        ..UsageArgs::default()
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let (flag, inline) = match args[i].split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (args[i].clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("usage: {} needs a value", flag))
+        };
+        match flag.as_str() {
+            "--since" => u.since = Some(value()?),
+            "--until" => u.until = Some(value()?),
+            "--by" => u.by = Some(value()?),
+            "--user" => u.user = Some(value()?),
+            "--log" => u.log = Some(value()?),
+            "--config" => u.config = value()?,
+            "--json" => u.json = true,
+            other => {
+                return Err(format!(
+                    "usage: unknown argument \"{}\" (see modelmux --help)",
+                    other
+                ))
+            }
+        }
+        i += 1;
+    }
+    Ok(u)
 }
 
 /// Usage text for `--help`.
 pub const USAGE: &str = "modelmux: one OpenAI-compatible endpoint in front of many LLM backends
 
 USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --healthcheck]
+       modelmux usage [--since DATE] [--until DATE] [--by user,key,model] [--user U]
+                      [--log FILE | --config PATH] [--json]
        modelmux --version | --help
 
   --config PATH    config file (env CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json)
@@ -71,6 +138,10 @@ USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --hea
   --healthcheck    probe GET /health of the instance on --port, exit 0 (healthy) or 1
   --version        print the version
   --help           print this help
+
+  usage            print usage totals from the usage ledger (no running server needed):
+                   --since/--until YYYY-MM-DD (until excluded), --by any of user,key,model
+                   (default user), --log the ledger file (default: the config's usageLog)
 
 Environment:
   CM_OPEN_WEBUI_PROXY_WORKERS              worker threads (default 256)
@@ -95,6 +166,9 @@ Environment:
 
 /// Parses arguments (without the program name) and an environment lookup.
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("usage") {
+        return parse_usage(&args[1..], env).map(Command::Usage);
+    }
     let env_num = |name: &str, default: u64| -> Result<u64, String> {
         match env(name) {
             None => Ok(default),

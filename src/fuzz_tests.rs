@@ -28,7 +28,7 @@ proptest! {
         let _ = route::route(&t.path);
         if let Ok(obj) = body::JsonObject::parse(&body) {
             if let Ok(Some(_)) = obj.model() {
-                let out = obj.rewrite("real", &["x".to_string()]);
+                let out = obj.rewrite("real", &["x".to_string()], &[]);
                 // The rewrite is valid JSON whose model is the real name.
                 let v: serde_json::Value = serde_json::from_slice(&out).expect("rewrite is JSON");
                 prop_assert_eq!(v["model"].as_str(), Some("real"));

@@ -64,15 +64,26 @@ pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The client headers a backend may see: end-to-end ones minus the reserved.
+/// Open WebUI's user headers and signed user token: personal data.
+pub fn is_user_identity(name: &str) -> bool {
+    name.len() > 17 && name[..17].eq_ignore_ascii_case("x-openwebui-user-")
+}
+
+/// The client headers a backend may see: end-to-end ones minus the reserved, and minus Open
+/// WebUI's user headers unless the endpoint forwards them.
 ///
 /// On a streaming request `Accept-Encoding` is dropped too: a compressed event stream is
 /// buffered by the compressor (tokens arrive late) and cannot carry keep-alive comments.
-pub fn from_client(headers: &[(String, String)], streaming: bool) -> Vec<(String, String)> {
+pub fn from_client(
+    headers: &[(String, String)],
+    streaming: bool,
+    forward_user: bool,
+) -> Vec<(String, String)> {
     end_to_end(headers)
         .into_iter()
         .filter(|(n, _)| !is_reserved(n))
         .filter(|(n, _)| !(streaming && n.eq_ignore_ascii_case("accept-encoding")))
+        .filter(|(n, _)| forward_user || !is_user_identity(n))
         .collect()
 }
 
@@ -99,10 +110,20 @@ mod tests {
             ("Accept-Encoding", "gzip"),
         ]);
         assert_eq!(
-            from_client(&input, false),
+            from_client(&input, false, false),
             h(&[("X-Keep", "2"), ("Accept-Encoding", "gzip")])
         );
-        assert_eq!(from_client(&input, true), h(&[("X-Keep", "2")]));
+        assert_eq!(from_client(&input, true, false), h(&[("X-Keep", "2")]));
+        let user = h(&[
+            ("X-OpenWebUI-User-Id", "u"),
+            ("x-openwebui-user-jwt", "t"),
+            ("X-OpenWebUI-Chat-Id", "c"),
+        ]);
+        assert_eq!(
+            from_client(&user, false, false),
+            h(&[("X-OpenWebUI-Chat-Id", "c")])
+        );
+        assert_eq!(from_client(&user, false, true), user);
     }
 
     #[test]

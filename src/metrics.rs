@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ struct Data {
     retries: BTreeMap<(String, String), u64>,
     tokens: BTreeMap<(String, &'static str), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
+    user_requests: BTreeMap<String, u64>,
+    user_tokens: BTreeMap<(String, &'static str), u64>,
 }
 
 /// Process-wide metrics; they survive config reloads.
@@ -49,6 +51,7 @@ struct Data {
 pub struct Metrics {
     data: Mutex<Data>,
     in_flight: AtomicI64,
+    ledger_failures: AtomicU64,
 }
 
 /// What one finished request contributes.
@@ -111,6 +114,23 @@ impl Metrics {
     pub fn refused(&self, status: u16, code: &'static str) {
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         *d.refused.entry((status, code)).or_default() += 1;
+    }
+
+    /// Records a user's request and tokens (only with `metrics.perUser`: label cardinality).
+    pub fn user(&self, user: &str, prompt: u64, completion: u64) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.user_requests.entry(user.to_string()).or_default() += 1;
+        *d.user_tokens
+            .entry((user.to_string(), "prompt"))
+            .or_default() += prompt;
+        *d.user_tokens
+            .entry((user.to_string(), "completion"))
+            .or_default() += completion;
+    }
+
+    /// Records a usage line the ledger could not write.
+    pub fn ledger_failure(&self) {
+        self.ledger_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a retry on another backend, by the cause of the failure before it.
@@ -212,6 +232,48 @@ impl Metrics {
                 status, code, v
             );
         }
+        if !d.user_requests.is_empty() {
+            header(
+                &mut out,
+                "modelmux_user_requests_total",
+                "counter",
+                "Proxied requests per user (metrics.perUser).",
+            );
+            for (u, v) in &d.user_requests {
+                let _ = writeln!(
+                    out,
+                    "modelmux_user_requests_total{{user=\"{}\"}} {}",
+                    esc(u),
+                    v
+                );
+            }
+            header(
+                &mut out,
+                "modelmux_user_tokens_total",
+                "counter",
+                "Tokens per user and direction (metrics.perUser).",
+            );
+            for ((u, dir), v) in &d.user_tokens {
+                let _ = writeln!(
+                    out,
+                    "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\"}} {}",
+                    esc(u),
+                    dir,
+                    v
+                );
+            }
+        }
+        header(
+            &mut out,
+            "modelmux_usage_ledger_write_failures_total",
+            "counter",
+            "Usage lines the ledger could not write (full disk...); traffic is not affected.",
+        );
+        let _ = writeln!(
+            out,
+            "modelmux_usage_ledger_write_failures_total {}",
+            self.ledger_failures.load(Ordering::Relaxed)
+        );
         header(
             &mut out,
             "modelmux_in_flight_requests",

@@ -2,7 +2,8 @@
 //! body re-framed (chunked or Content-Length) and flushed after every read so SSE tokens never
 //! wait in a buffer.
 
-use crate::usage::UsageTap;
+use crate::usage::{Usage, UsageTap};
+use crate::usage_strip::UsageStrip;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -27,8 +28,10 @@ pub struct Stats {
     pub ttfb: Option<Duration>,
     /// How it ended.
     pub outcome: Outcome,
-    /// Tokens (prompt, completion) from the backend's `usage`, if it reported them.
-    pub tokens: Option<(u64, u64)>,
+    /// The backend's `usage`, if it reported it.
+    pub usage: Option<Usage>,
+    /// Characters of generated text a stream carried (for an estimate when no usage came).
+    pub content_chars: u64,
     /// The client connection must be closed now: the body ends by closing (HTTP/1.0), or it
     /// was cut short and the client must not wait for, or misread, the missing bytes.
     pub close_connection: bool,
@@ -54,6 +57,8 @@ pub struct ClientSide {
     pub head_only: bool,
     /// Send `: keep-alive` SSE comments when the backend is silent this long.
     pub sse_keepalive: Option<Duration>,
+    /// modelmux asked for the stream's usage chunk; the client did not: hide it.
+    pub strip_usage: bool,
 }
 
 /// Writes the head, then streams `body` through; returns what happened.
@@ -119,14 +124,25 @@ pub fn relay(
         bytes: 0,
         ttfb: None,
         outcome: Outcome::Complete,
-        tokens: None,
+        usage: None,
+        content_chars: 0,
         close_connection: framing == Framing::UntilClose,
     };
     let is_json = head.headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type")
             && v.to_ascii_lowercase().starts_with("application/json")
     });
-    let mut tap = (is_sse || is_json).then(|| UsageTap::new(is_sse));
+    let encoding = head
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "identity");
+    let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
+    // Usage is read from plain or gzip bodies; other codings (br, zstd) are not counted.
+    let mut tap =
+        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
+    let mut strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
     if out
         .write_all(text.as_bytes())
         .and_then(|_| out.flush())
@@ -140,21 +156,23 @@ pub fn relay(
         return stats;
     }
     // A comment inserted into a compressed body would corrupt it for the client's decoder.
-    let encoded = head.headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
-    });
-    let keepalive = if is_sse && !encoded {
+    let keepalive = if is_sse && encoding.is_none() {
         client.sse_keepalive
     } else {
         None
     };
+    let mut pass = Pass {
+        tap: &mut tap,
+        strip: &mut strip,
+    };
     let result = match keepalive {
         Some(every) => {
-            pump_with_keepalive(started, out, body, framing, every, &mut stats, &mut tap)
+            pump_with_keepalive(started, out, body, framing, every, &mut stats, &mut pass)
         }
-        None => pump(started, out, body, framing, &mut stats, &mut tap),
+        None => pump(started, out, body, framing, &mut stats, &mut pass),
     };
-    stats.tokens = tap.and_then(UsageTap::finish);
+    stats.content_chars = tap.as_ref().map_or(0, UsageTap::content_chars);
+    stats.usage = tap.and_then(UsageTap::finish);
     stats.outcome = match result {
         Ok(()) => Outcome::Complete,
         Err(Failure::Client) => {
@@ -216,13 +234,40 @@ fn upstream_failure(e: &io::Error) -> Failure {
     }
 }
 
+/// What every piece of the body passes through on its way to the client.
+struct Pass<'a> {
+    tap: &'a mut Option<UsageTap>,
+    strip: &'a mut Option<UsageStrip>,
+}
+
+impl Pass<'_> {
+    /// Feeds the tap with the backend's bytes; returns the bytes for the client.
+    fn through(&mut self, data: &[u8]) -> Vec<u8> {
+        if let Some(t) = self.tap.as_mut() {
+            t.feed(data);
+        }
+        match self.strip.as_mut() {
+            Some(s) => s.feed(data),
+            None => data.to_vec(),
+        }
+    }
+
+    /// What an unfinished last event held back, as it came.
+    fn rest(&mut self) -> Vec<u8> {
+        self.strip
+            .take()
+            .map(UsageStrip::finish)
+            .unwrap_or_default()
+    }
+}
+
 fn pump(
     started: Instant,
     out: &mut dyn Write,
     mut body: Box<dyn Read + Send>,
     framing: Framing,
     stats: &mut Stats,
-    tap: &mut Option<UsageTap>,
+    pass: &mut Pass,
 ) -> Result<(), Failure> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -232,11 +277,10 @@ fn pump(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(upstream_failure(&e)),
         };
-        if let Some(t) = tap.as_mut() {
-            t.feed(&buf[..n]);
-        }
-        write_piece(started, out, &buf[..n], framing, stats)?;
+        let piece = pass.through(&buf[..n]);
+        write_piece(started, out, &piece, framing, stats)?;
     }
+    write_piece(started, out, &pass.rest(), framing, stats)?;
     finish(out, framing)
 }
 
@@ -248,7 +292,7 @@ fn pump_with_keepalive(
     framing: Framing,
     every: Duration,
     stats: &mut Stats,
-    tap: &mut Option<UsageTap>,
+    pass: &mut Pass,
 ) -> Result<(), Failure> {
     // Bounded so a slow client pushes back on the backend instead of growing memory.
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
@@ -273,13 +317,14 @@ fn pump_with_keepalive(
     let mut boundary = EventBoundary::default();
     let result = loop {
         match rx.recv_timeout(every) {
-            Ok(Ok(data)) if data.is_empty() => break finish(out, framing),
+            Ok(Ok(data)) if data.is_empty() => {
+                break write_piece(started, out, &pass.rest(), framing, stats)
+                    .and_then(|_| finish(out, framing))
+            }
             Ok(Ok(data)) => {
-                if let Some(t) = tap.as_mut() {
-                    t.feed(&data);
-                }
-                boundary.feed(&data);
-                if let Err(f) = write_piece(started, out, &data, framing, stats) {
+                let piece = pass.through(&data);
+                boundary.feed(&piece);
+                if let Err(f) = write_piece(started, out, &piece, framing, stats) {
                     break Err(f);
                 }
             }
@@ -340,6 +385,10 @@ fn write_piece(
     framing: Framing,
     stats: &mut Stats,
 ) -> Result<(), Failure> {
+    // An empty chunk would end a chunked body: nothing to send is nothing to write.
+    if data.is_empty() {
+        return Ok(());
+    }
     if stats.ttfb.is_none() {
         stats.ttfb = Some(started.elapsed());
     }

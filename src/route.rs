@@ -11,6 +11,8 @@ pub enum Route {
     Debug,
     /// `POST /reload`: re-read the config file.
     Reload,
+    /// `GET /usage`: usage totals from the ledger (admin key).
+    Usage,
     /// `GET /models`: the model list.
     Models,
     /// `GET /models/{id}`: one model.
@@ -77,6 +79,7 @@ pub fn route(path: &str) -> Route {
         "/metrics" => Route::Metrics,
         "/debug" => Route::Debug,
         "/reload" => Route::Reload,
+        "/usage" => Route::Usage,
         "/models" => Route::Models,
         "/chat/completions" => Route::ChatCompletions,
         _ => match path.strip_prefix("/models/") {

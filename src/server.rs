@@ -7,6 +7,7 @@ use crate::auth::{self, Caller};
 use crate::lifecycle::Stopper;
 use crate::live::ConfigStore;
 use crate::metrics::{Metrics, RequestRecord};
+use crate::policy::Policy;
 use crate::proxy::{self, Ctx, Summary};
 use crate::route::{self, Route, Target};
 use crate::{admin, reply};
@@ -59,6 +60,7 @@ pub fn serve(
     let fast = ThreadPool::with_name("fast".into(), 4);
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::default());
+    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
     while !stopper.stopping() {
         let request = match server.recv() {
             Ok(r) => r,
@@ -135,16 +137,21 @@ pub fn serve(
             });
             continue;
         }
-        let (shared, settings, metrics) = (
+        let (shared, settings, metrics, policy) = (
             Arc::clone(&shared),
             Arc::clone(&settings),
             Arc::clone(&metrics),
+            Arc::clone(&policy),
         );
         workers.execute(move || {
             let _gauge = metrics.in_flight();
-            let summary = handle(
-                request, &target, &route, &meta, &shared, &settings, &metrics,
-            );
+            let served = Served {
+                shared: &shared,
+                settings: &settings,
+                metrics: &metrics,
+                policy: &policy,
+            };
+            let summary = handle(request, &target, &route, &meta, &served);
             finish(&meta, &summary, &metrics);
         });
     }
@@ -249,28 +256,34 @@ fn fast_lane(
     }
 }
 
-fn handle(
-    request: Request,
-    target: &Target,
-    route: &Route,
-    meta: &Meta,
-    shared: &ConfigStore,
-    settings: &Settings,
-    metrics: &Metrics,
-) -> Summary {
+/// What a worker serves a request with.
+struct Served<'a> {
+    shared: &'a ConfigStore,
+    settings: &'a Settings,
+    metrics: &'a Metrics,
+    policy: &'a Policy,
+}
+
+fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Served) -> Summary {
+    let Served {
+        shared,
+        settings,
+        metrics,
+        policy,
+    } = *s;
     let live = shared.snapshot();
     let id = meta.request_id.as_str();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
     let token = auth::bearer(request.headers()).map(str::to_string);
-    if matches!(route, Route::Debug | Route::Reload) {
+    if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
         let keys_set = !live.config.proxy_keys.is_empty();
         if let Err(e) = auth::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
             return local_error(request, e, id);
         }
     }
     let caller = match route {
-        Route::Debug | Route::Reload => Caller::Open,
+        Route::Debug | Route::Reload | Route::Usage => Caller::Open,
         _ => match auth::authenticate(&live.config.proxy_keys, token.as_deref()) {
             Ok(c) => c,
             Err(e) => return local_error(request, e, id),
@@ -283,13 +296,17 @@ fn handle(
             Err(e) => local_error(request, e, id),
         },
         Route::Debug if get => ok(request, admin::debug(shared, &live), id),
+        Route::Usage if get => match admin::usage(policy, target.query.as_deref()) {
+            Ok(body) => ok(request, body, id),
+            Err(e) => local_error(request, e, id),
+        },
         Route::Reload if method == Method::Post => {
             match admin::reload(shared, target.query.as_deref()) {
                 Ok(body) => ok(request, body, id),
                 Err(e) => local_error(request, e, id),
             }
         }
-        Route::Models | Route::Model(_) | Route::Debug => local_error(
+        Route::Models | Route::Model(_) | Route::Debug | Route::Usage => local_error(
             request,
             ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
             id,
@@ -306,6 +323,7 @@ fn handle(
                 max_body: settings.max_body,
                 metrics,
                 request_id: id,
+                policy,
             };
             proxy::handle(request, target, route, &ctx, meta.started)
         }
@@ -325,7 +343,7 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
         duration,
         ttfb: s.ttfb,
         bytes: s.bytes,
-        tokens: s.tokens,
+        tokens: s.usage.map(|u| (u.prompt, u.completion)),
         retries: s.retries,
         outcome: s.outcome,
     });
@@ -340,7 +358,10 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
             status: s.status,
             duration,
             ttfb: s.ttfb,
-            tokens: s.tokens,
+            tokens: s
+                .usage
+                .filter(|u| !u.estimated)
+                .map(|u| (u.prompt, u.completion)),
         });
     }
 }

@@ -29,6 +29,18 @@ pub fn main() -> ExitCode {
             println!("modelmux {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Command::Usage(u) => {
+            return match usage(&u) {
+                Ok(text) => {
+                    print!("{}", text);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("modelmux usage: {}", e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(o) => *o,
     };
     match run(options) {
@@ -114,6 +126,30 @@ fn run(o: Options) -> Result<(), String> {
         shared,
         stopper,
     )
+}
+
+/// `modelmux usage`: totals straight from the ledger files.
+fn usage(u: &cli::UsageArgs) -> Result<String, String> {
+    let log = match &u.log {
+        Some(l) => std::path::PathBuf::from(l),
+        None => {
+            let config = crate::config::load_file(&u.config, &Defaults::default())
+                .map_err(|e| e.to_string())?;
+            config.policy.usage_log.ok_or_else(|| {
+                format!(
+                    "{} sets no usageLog; name the ledger with --log FILE",
+                    u.config
+                )
+            })?
+        }
+    };
+    let q = crate::policy::query(
+        u.since.as_deref(),
+        u.until.as_deref(),
+        u.by.as_deref(),
+        u.user.as_deref(),
+    )?;
+    crate::policy::usage_command(&log, &q, u.json)
 }
 
 /// Probes `/health` with a raw request so a `FROM scratch` image needs no curl.

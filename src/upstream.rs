@@ -72,7 +72,7 @@ pub fn forward_headers(
     backend: &Backend,
     request_id: &str,
 ) -> Vec<(String, String)> {
-    let mut out = headers::from_client(client, streaming);
+    let mut out = headers::from_client(client, streaming, endpoint.forward_user_headers);
     let named_model = out
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("x-model-id"));

@@ -1,32 +1,73 @@
-//! Token counts from what backends report in `usage` (never by counting text): the body of a
-//! JSON reply, or the final SSE chunk when the client asked for `stream_options.include_usage`,
-//! or a Responses API stream's `response.completed` event.
+//! Token counts from what backends report in `usage` (never by counting text, except for an
+//! estimate marked as such when a backend reports nothing): the body of a JSON reply, or the
+//! SSE event that carries it (chat and completions' usage chunk, the Responses API's
+//! `response.completed`), gzip-compressed or not.
+
+use flate2::write::GzDecoder;
+use std::io::Write;
 
 /// Largest non-stream reply kept for reading `usage`; larger replies are not counted.
 const MAX_JSON: usize = 4 * 1024 * 1024;
 /// Longest SSE line kept while looking for `usage`.
 const MAX_LINE: usize = 256 * 1024;
 
+/// Tokens one request used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    pub prompt: u64,
+    /// Completion (output) tokens.
+    pub completion: u64,
+    /// Prompt tokens served from the backend's cache.
+    pub cached: u64,
+    /// Completion tokens spent on reasoning.
+    pub reasoning: u64,
+    /// Not reported by the backend: estimated from the text's length.
+    pub estimated: bool,
+}
+
 /// Watches response bytes as they pass and keeps the last usage seen.
-#[derive(Debug, Default)]
 pub struct UsageTap {
     sse: bool,
+    gzip: Option<GzDecoder<Vec<u8>>>,
     buf: Vec<u8>,
     overflow: bool,
-    found: Option<(u64, u64)>,
+    found: Option<Usage>,
+    /// Characters of generated text seen in SSE deltas, for an estimate.
+    content_chars: u64,
 }
 
 impl UsageTap {
-    /// A tap for an SSE (`true`) or JSON (`false`) body.
-    pub fn new(sse: bool) -> UsageTap {
+    /// A tap for an SSE (`true`) or JSON (`false`) body, compressed with gzip or not.
+    pub fn new(sse: bool, gzip: bool) -> UsageTap {
         UsageTap {
             sse,
-            ..UsageTap::default()
+            gzip: gzip.then(|| GzDecoder::new(Vec::new())),
+            buf: Vec::new(),
+            overflow: false,
+            found: None,
+            content_chars: 0,
         }
     }
 
-    /// Feeds the next piece of the body.
+    /// Feeds the next piece of the body, as sent on the wire.
     pub fn feed(&mut self, data: &[u8]) {
+        match self.gzip.as_mut() {
+            None => self.feed_plain(data),
+            Some(d) => {
+                // A corrupt stream just stops the counting; the client gets the bytes as sent.
+                if d.write_all(data).is_err() {
+                    self.gzip = None;
+                    self.overflow = true;
+                    return;
+                }
+                let plain = std::mem::take(d.get_mut());
+                self.feed_plain(&plain);
+            }
+        }
+    }
+
+    fn feed_plain(&mut self, data: &[u8]) {
         if !self.sse {
             if self.buf.len() + data.len() > MAX_JSON {
                 self.overflow = true;
@@ -56,6 +97,7 @@ impl UsageTap {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return;
         };
+        self.content_chars += delta_chars(payload);
         if find(payload, b"\"usage\"").is_none() {
             return;
         }
@@ -64,8 +106,14 @@ impl UsageTap {
         }
     }
 
-    /// (prompt, completion) tokens, once the body has ended.
-    pub fn finish(mut self) -> Option<(u64, u64)> {
+    /// The usage the backend reported, once the body has ended.
+    pub fn finish(mut self) -> Option<Usage> {
+        if let Some(mut d) = self.gzip.take() {
+            if d.try_finish().is_ok() {
+                let rest = std::mem::take(d.get_mut());
+                self.feed_plain(&rest);
+            }
+        }
         if self.sse {
             if !self.buf.is_empty() {
                 self.line_done();
@@ -77,25 +125,85 @@ impl UsageTap {
         }
         usage_of(&self.buf)
     }
+
+    /// Characters of generated text the stream carried (for an estimate).
+    pub fn content_chars(&self) -> u64 {
+        self.content_chars
+    }
 }
 
-/// `usage` of a chat/completions body or chunk, or of a Responses API response, also inside
-/// its `response.completed` event (`{"response": {"usage": {"input_tokens", "output_tokens"}}}`).
-fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
+/// An estimate for a request whose backend reported no usage: about four characters a token.
+pub fn estimate(prompt_bytes: usize, completion_chars: u64) -> Usage {
+    Usage {
+        prompt: (prompt_bytes as u64).div_ceil(4),
+        completion: completion_chars.div_ceil(4),
+        estimated: true,
+        ..Usage::default()
+    }
+}
+
+/// `usage` (chat, completions, embeddings) or `response.usage` (Responses API), either naming.
+fn usage_of(json: &[u8]) -> Option<Usage> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
     let u = v
         .get("usage")
         .filter(|u| u.is_object())
-        .or_else(|| v.get("response")?.get("usage"))?;
-    let count = |a: &str, b: &str| {
-        u.get(a)
-            .or_else(|| u.get(b))
-            .and_then(|x| x.as_u64())
-            .unwrap_or(0)
+        .or_else(|| v.get("response")?.get("usage"))
+        .filter(|u| u.is_object())?;
+    let n = |path: &[&str]| {
+        path.iter()
+            .try_fold(u, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_u64)
     };
-    let prompt = count("prompt_tokens", "input_tokens");
-    let completion = count("completion_tokens", "output_tokens");
-    (prompt > 0 || completion > 0).then_some((prompt, completion))
+    let prompt = n(&["prompt_tokens"]).or_else(|| n(&["input_tokens"]))?;
+    let completion = n(&["completion_tokens"])
+        .or_else(|| n(&["output_tokens"]))
+        .unwrap_or(0);
+    Some(Usage {
+        prompt,
+        completion,
+        cached: n(&["prompt_tokens_details", "cached_tokens"])
+            .or_else(|| n(&["input_tokens_details", "cached_tokens"]))
+            .unwrap_or(0),
+        reasoning: n(&["completion_tokens_details", "reasoning_tokens"])
+            .or_else(|| n(&["output_tokens_details", "reasoning_tokens"]))
+            .unwrap_or(0),
+        estimated: false,
+    })
+}
+
+/// Characters of the JSON string values of `"content"`, `"text"` and `"delta"` members in one
+/// SSE payload, escapes counted as one: a cheap scan, no parse, for the estimate.
+fn delta_chars(payload: &[u8]) -> u64 {
+    let mut total = 0;
+    for key in [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""] {
+        let mut rest = payload;
+        while let Some(at) = find(rest, key) {
+            rest = &rest[at + key.len()..];
+            let mut end = rest.len();
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i] {
+                    // An escape is one character: `\n`, `\"`, `\u00e9`.
+                    b'\\' => {
+                        total += 1;
+                        i += if rest.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                        continue;
+                    }
+                    b'"' => {
+                        end = i;
+                        break;
+                    }
+                    // UTF-8 continuation bytes belong to the character before them.
+                    0x80..=0xbf => {}
+                    _ => total += 1,
+                }
+                i += 1;
+            }
+            rest = &rest[end.min(rest.len())..];
+        }
+    }
+    total
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -104,29 +212,86 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::UsageTap;
+    use super::*;
+
+    fn tap(sse: bool, pieces: &[&[u8]]) -> Option<Usage> {
+        let mut t = UsageTap::new(sse, false);
+        for p in pieces {
+            t.feed(p);
+        }
+        t.finish()
+    }
 
     #[test]
     fn reads_usage_from_json_and_split_sse() {
-        let mut t = UsageTap::new(false);
-        t.feed(br#"{"usage":{"prompt_tokens":3,"#);
-        t.feed(br#""completion_tokens":5}}"#);
-        assert_eq!(t.finish(), Some((3, 5)));
-        let mut t = UsageTap::new(true);
-        t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\ndata: {\"choices\":[],\"us");
-        t.feed(b"age\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
-        assert_eq!(t.finish(), Some((7, 2)));
+        let u = tap(
+            false,
+            &[
+                br#"{"usage":{"prompt_tokens":3,"#,
+                br#""completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            ],
+        );
+        assert_eq!(
+            u,
+            Some(Usage {
+                prompt: 3,
+                completion: 5,
+                cached: 2,
+                reasoning: 1,
+                estimated: false
+            })
+        );
+        let u = tap(
+            true,
+            &[
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\ndata: {\"choices\":[],\"us",
+                b"age\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+            ],
+        );
+        assert_eq!(u.map(|u| (u.prompt, u.completion)), Some((7, 2)));
+        // Chunks with `"usage":null` are not usage.
+        assert_eq!(tap(true, &[b"data: {\"usage\":null}\n\n"]), None);
     }
 
     #[test]
     fn reads_responses_api_usage() {
-        let mut t = UsageTap::new(false);
-        t.feed(br#"{"object":"response","usage":{"input_tokens":4,"output_tokens":9}}"#);
-        assert_eq!(t.finish(), Some((4, 9)));
-        let mut t = UsageTap::new(true);
-        t.feed(b"event: response.created\ndata: {\"response\":{\"usage\":null}}\n\n");
-        t.feed(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":");
-        t.feed(b"{\"usage\":{\"input_tokens\":3,\"output_tokens\":5}}}\n\n");
-        assert_eq!(t.finish(), Some((3, 5)));
+        let body = br#"{"object":"response","usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":4},"output_tokens":6,"output_tokens_details":{"reasoning_tokens":3},"total_tokens":17}}"#;
+        let want = Some(Usage {
+            prompt: 11,
+            completion: 6,
+            cached: 4,
+            reasoning: 3,
+            estimated: false,
+        });
+        assert_eq!(tap(false, &[body]), want);
+        let mut sse =
+            b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":"
+                .to_vec();
+        sse.extend_from_slice(body);
+        sse.extend_from_slice(b"}\n\n");
+        assert_eq!(tap(true, &[&sse]), want);
+    }
+
+    #[test]
+    fn reads_gzip_bodies() {
+        let plain = br#"{"usage":{"prompt_tokens":9,"completion_tokens":4}}"#;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(plain).unwrap();
+        let gz = enc.finish().unwrap();
+        let mut t = UsageTap::new(false, true);
+        for piece in gz.chunks(7) {
+            t.feed(piece);
+        }
+        assert_eq!(t.finish().map(|u| (u.prompt, u.completion)), Some((9, 4)));
+    }
+
+    #[test]
+    fn counts_delta_text_for_estimates() {
+        let mut t = UsageTap::new(true, false);
+        t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello \\\"w\\u00e9\"}}]}\n\n");
+        t.feed("data: {\"choices\":[{\"delta\":{\"content\":\"é!\"}}]}\n\n".as_bytes());
+        assert_eq!(t.content_chars(), 9 + 2);
+        assert_eq!(estimate(40, 12).prompt, 10);
+        assert_eq!(estimate(40, 13).completion, 4);
     }
 }

@@ -58,9 +58,7 @@ fn double_slashes_are_collapsed() {
     assert_eq!(get(p.addr, "//models").status, 200);
 }
 
-#[test]
-fn custom_client_headers_are_forwarded_hop_by_hop_are_not() {
-    let (a, p) = one(Behavior::default(), "");
+fn send_custom_headers(p: &Proxy) {
     let body = chat_body("m", "hi", false);
     let r = request(
         p.addr,
@@ -69,6 +67,7 @@ fn custom_client_headers_are_forwarded_hop_by_hop_are_not() {
         &[
             ("Content-Type", "application/json"),
             ("X-OpenWebUI-User-Name", "alice"),
+            ("X-OpenWebUI-User-Id", "u-1"),
             ("X-OpenWebUI-Chat-Id", "chat-42"),
             ("Keep-Alive", "timeout=5"),
             ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
@@ -77,8 +76,28 @@ fn custom_client_headers_are_forwarded_hop_by_hop_are_not() {
         body.as_bytes(),
     );
     assert_eq!(r.status, 200);
+}
+
+#[test]
+fn open_webui_user_headers_reach_a_backend_only_when_its_endpoint_forwards_them() {
+    let (a, p) = one(Behavior::default(), "");
+    send_custom_headers(&p);
+    let rec = &a.requests()[0];
+    assert_eq!(rec.header("x-openwebui-user-name"), None);
+    assert_eq!(rec.header("x-openwebui-user-id"), None);
+    assert_eq!(rec.header("x-openwebui-chat-id"), Some("chat-42"));
+    let (a, p) = one(Behavior::default(), r#","forwardUserHeaders":true"#);
+    send_custom_headers(&p);
     let rec = &a.requests()[0];
     assert_eq!(rec.header("x-openwebui-user-name"), Some("alice"));
+    assert_eq!(rec.header("x-openwebui-user-id"), Some("u-1"));
+}
+
+#[test]
+fn custom_client_headers_are_forwarded_hop_by_hop_are_not() {
+    let (a, p) = one(Behavior::default(), "");
+    send_custom_headers(&p);
+    let rec = &a.requests()[0];
     assert_eq!(rec.header("x-openwebui-chat-id"), Some("chat-42"));
     assert_eq!(rec.header("keep-alive"), None);
     assert_eq!(rec.header("proxy-authorization"), None);

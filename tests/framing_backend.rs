@@ -7,128 +7,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use support::fake_backend::{chunk, FakeBackend, FakeReq, Step};
 use support::mock_backend::{echo_completion_bytes, echo_stream_bytes, Behavior, MockBackend};
 use support::*;
 
 const KEY: &str = "sk-framing-backend-key-9c8d7e6f";
-
-// ---------------------------------------------------------------------------------------------
-// The raw fake backend
-// ---------------------------------------------------------------------------------------------
-
-/// One request the fake backend read.
-#[derive(Clone, Debug)]
-struct FakeReq {
-    /// The request line, e.g. `POST /v1/chat/completions HTTP/1.1`.
-    line: String,
-    body: Vec<u8>,
-}
-
-impl FakeReq {
-    /// The first message's content of a chat request ("" otherwise).
-    fn content(&self) -> String {
-        serde_json::from_slice::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v["messages"][0]["content"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    }
-}
-
-/// What the fake backend does after reading a request.
-enum Step {
-    Send(Vec<u8>),
-    Pause(Duration),
-}
-
-type Script = dyn Fn(&FakeReq) -> Vec<Step> + Send + Sync;
-
-/// A raw-TCP backend: per connection, reads requests (head and Content-Length body) one after
-/// another and answers each with the steps its script returns. Connections stay open
-/// (keep-alive) until the peer closes them.
-struct FakeBackend {
-    url: String,
-    requests: Arc<Mutex<Vec<FakeReq>>>,
-}
-
-impl FakeBackend {
-    fn start(script: impl Fn(&FakeReq) -> Vec<Step> + Send + Sync + 'static) -> FakeBackend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let script: Arc<Script> = Arc::new(script);
-        let recorded = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let script = Arc::clone(&script);
-                let recorded = Arc::clone(&recorded);
-                std::thread::spawn(move || serve(s, &*script, &recorded));
-            }
-        });
-        FakeBackend { url, requests }
-    }
-
-    fn requests(&self) -> Vec<FakeReq> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-fn serve(s: TcpStream, script: &Script, recorded: &Mutex<Vec<FakeReq>>) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_nodelay(true);
-    let mut w = match s.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut r = BufReader::new(s);
-    while let Some(req) = read_request(&mut r) {
-        recorded.lock().unwrap().push(req.clone());
-        for step in script(&req) {
-            match step {
-                Step::Send(bytes) => {
-                    if w.write_all(&bytes).and_then(|_| w.flush()).is_err() {
-                        return;
-                    }
-                }
-                Step::Pause(d) => std::thread::sleep(d),
-            }
-        }
-    }
-}
-
-fn read_request(r: &mut impl BufRead) -> Option<FakeReq> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (n, v) = h.split_once(':')?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some(FakeReq {
-        line: line.trim_end().to_string(),
-        body,
-    })
-}
 
 /// A complete 200 with a JSON body naming the request's content.
 fn echo_200(req: &FakeReq) -> Vec<u8> {
@@ -139,10 +25,6 @@ fn echo_200(req: &FakeReq) -> Vec<u8> {
         body
     )
     .into_bytes()
-}
-
-fn chunk(data: &[u8]) -> Vec<u8> {
-    [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ fn metrics_change_exactly_as_the_traffic_implies() {
     // 1 stream with include_usage: "x y" -> prompt 2, completion 2.
     let body = serde_json::json!({"model":"chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x y"}]}).to_string();
     assert_eq!(post_json(p.addr, "/v1/chat/completions", &body).status, 200);
-    // 1 stream without include_usage: no tokens counted.
+    // 1 stream without include_usage: modelmux asks for usage itself: prompt 4, completion 4.
     assert_eq!(
         post_json(
             p.addr,
@@ -166,7 +166,7 @@ fn metrics_change_exactly_as_the_traffic_implies() {
             "modelmux_tokens_total",
             &[("model", "chat"), ("direction", "prompt")]
         ),
-        3.0 * 3.0 + 2.0
+        3.0 * 3.0 + 2.0 + 4.0
     );
     assert_eq!(
         value(
@@ -174,7 +174,7 @@ fn metrics_change_exactly_as_the_traffic_implies() {
             "modelmux_tokens_total",
             &[("model", "chat"), ("direction", "completion")]
         ),
-        3.0 * 3.0 + 2.0
+        3.0 * 3.0 + 2.0 + 4.0
     );
     assert_eq!(
         value(

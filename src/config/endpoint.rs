@@ -34,6 +34,12 @@ pub struct Endpoint {
     pub wildcard: Option<Wildcard>,
     /// Active health: how often each backend's `GET /v1/models` is probed; `None` is off.
     pub probe_interval: Option<std::time::Duration>,
+    /// `forwardUserHeaders`: pass Open WebUI's user headers and token to this backend (off:
+    /// they are personal data a backend does not need).
+    pub forward_user_headers: bool,
+    /// `injectStreamUsage` (default on): ask this backend for the usage chunk on streams and
+    /// hide it from clients that did not ask for it.
+    pub inject_stream_usage: bool,
 }
 
 impl Endpoint {
@@ -88,6 +94,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "discoverExclude",
     "discoverIntervalSecs",
     "health",
+    "forwardUserHeaders",
+    "injectStreamUsage",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -129,8 +137,12 @@ pub(super) fn parse_endpoint(
         .unwrap_or_default();
     let probe_interval =
         parse_endpoint_probe(obj.get("health"))?.unwrap_or(defaults.probe_interval);
+    let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
+    let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     Ok(Endpoint {
         id: id.to_string(),
+        forward_user_headers,
+        inject_stream_usage,
         display_name,
         timeouts,
         headers,
@@ -142,6 +154,18 @@ pub(super) fn parse_endpoint(
         wildcard,
         probe_interval,
     })
+}
+
+/// An optional `true`/`false` field.
+fn opt_bool(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(FieldError::new(
+            field,
+            format!("expected true or false, got {}", type_name(v)),
+        )),
+    }
 }
 
 /// `"headers": {"X-Tenant": "research"}`: extra headers for every upstream request.

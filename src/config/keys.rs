@@ -15,11 +15,28 @@ pub(super) fn parse_proxy_keys(v: &Value) -> Result<Vec<ProxyKey>, FieldError> {
             format!("expected an array, got {}", type_name(v)),
         )
     })?;
-    items
+    let keys: Vec<ProxyKey> = items
         .iter()
         .enumerate()
         .map(|(i, item)| parse_key(item).map_err(|e| e.within(&format!("proxyKeys[{}]", i))))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for (i, k) in keys.iter().enumerate() {
+        if !k.name.is_empty() && keys[..i].iter().any(|o| o.name == k.name) {
+            return Err(FieldError::new(
+                format!("proxyKeys[{}].name", i),
+                format!("\"{}\" names another key too: names must be unique", k.name),
+            ));
+        }
+    }
+    Ok(keys)
+}
+
+/// Names appear in logs, the usage ledger and metric labels: short and plain.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// One entry of `proxyKeys`: a bare key, or a key with the model ids it may use.
@@ -28,6 +45,8 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
         Value::String(s) => ProxyKey {
             key: s.clone(),
             models: None,
+            name: String::new(),
+            trust_user_headers: false,
         },
         Value::Object(m) => {
             let key = m
@@ -35,9 +54,30 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| FieldError::new("", EXPECTED))?;
             let models = string_list(m.get("models"), "model ids").map_err(at("models"))?;
+            let name =
+                match m.get("name") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(n)) if valid_name(n) => n.clone(),
+                    Some(_) => return Err(FieldError::new(
+                        "name",
+                        "expected a short name of letters, digits, `-`, `_` or `.` (at most 64)",
+                    )),
+                };
+            let trust_user_headers = match m.get("trustUserHeaders") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(FieldError::new(
+                        "trustUserHeaders",
+                        format!("expected true or false, got {}", type_name(v)),
+                    ))
+                }
+            };
             ProxyKey {
                 key: key.to_string(),
                 models,
+                name,
+                trust_user_headers,
             }
         }
         _ => return Err(FieldError::new("", EXPECTED)),

@@ -16,12 +16,14 @@ mod env;
 mod forward_proxy;
 mod json;
 mod keys;
+mod policy;
 mod settings;
 mod summary;
 
 pub use backends::Backend;
 pub use discovery::Wildcard;
 pub use endpoint::{ClientKey, Endpoint};
+pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::summary;
 
@@ -74,6 +76,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Passive health thresholds.
     pub health: HealthPolicy,
+    /// Identity sources, the usage ledger and per-user metrics.
+    pub policy: PolicySettings,
     /// Non-fatal findings (unknown fields), for the operator's log.
     pub warnings: Vec<String>,
 }
@@ -121,7 +125,8 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let mut warnings = Vec::new();
-    let config = read_config(text, defaults, env, &mut warnings).map_err(|e| e.in_file(file))?;
+    let config =
+        read_config(file, text, defaults, env, &mut warnings).map_err(|e| e.in_file(file))?;
     Ok(Config {
         warnings: warnings
             .into_iter()
@@ -138,10 +143,15 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "defaultModel",
     "retry",
     "health",
+    "openWebUI",
+    "usageLog",
+    "usageLogMaxBytes",
+    "metrics",
 ];
 
 /// The steps of `parse`, in the order their errors are reported; `warnings` get no file name.
 fn read_config(
+    file: &str,
     text: &str,
     defaults: &Defaults,
     env: &dyn Fn(&str) -> Option<String>,
@@ -168,16 +178,37 @@ fn read_config(
     if let Some(v) = root.get("proxyKeys") {
         proxy_keys.extend(parse_proxy_keys(v)?);
     }
+    name_unnamed_keys(&mut proxy_keys);
     check_fallbacks(&endpoints)?;
     let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
     Ok(Config {
         retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
         health,
+        policy: policy::parse_policy(&root, file)?,
         endpoints,
         proxy_keys,
         default_model,
         warnings: Vec::new(),
     })
+}
+
+/// Gives every unnamed key the name `key-N` (its 1-based place), skipping names in use, so
+/// logs and usage can tell keys apart without ever showing one.
+fn name_unnamed_keys(keys: &mut [ProxyKey]) {
+    let mut n = 0;
+    for i in 0..keys.len() {
+        if !keys[i].name.is_empty() {
+            continue;
+        }
+        let name = loop {
+            n += 1;
+            let candidate = format!("key-{}", n);
+            if !keys.iter().any(|k| k.name == candidate) {
+                break candidate;
+            }
+        };
+        keys[i].name = name;
+    }
 }
 
 /// The file as a JSON object, `${VAR}` references filled in.

@@ -15,6 +15,8 @@ pub struct Source<'a> {
     pub pick: Pick,
     /// Its host, for logs and metrics.
     pub host: &'a str,
+    /// modelmux asked it for the stream's usage chunk: hide that from the client.
+    pub strip_usage: bool,
 }
 
 /// Sends `response` to the client; the backend stays counted in flight until it is done.
@@ -31,6 +33,7 @@ pub fn relay(
         endpoint,
         pick,
         host,
+        strip_usage,
     } = *from;
     let mut all: Vec<(String, String)> = Vec::new();
     for name in response.headers_names() {
@@ -76,6 +79,7 @@ pub fn relay(
         http10: *request.http_version() == (1, 0),
         head_only: *request.method() == Method::Head,
         sse_keepalive: endpoint.sse_keepalive,
+        strip_usage,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();
@@ -89,7 +93,8 @@ pub fn relay(
     drop(in_flight);
     summary.bytes = stats.bytes;
     summary.ttfb = stats.ttfb;
-    summary.tokens = stats.tokens;
+    summary.usage = stats.usage;
+    summary.content_chars = stats.content_chars;
     summary.outcome = match stats.outcome {
         Outcome::Complete => "complete",
         Outcome::ClientGone => "client_gone",

@@ -13,6 +13,7 @@ use crate::balance::Pick;
 use crate::catalog::Resolved;
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::policy::{Done, Policy};
 use crate::route::{Route, Target};
 use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
@@ -31,8 +32,10 @@ pub struct Summary {
     pub bytes: u64,
     /// Time to the first body byte sent to the client.
     pub ttfb: Option<Duration>,
-    /// Tokens (prompt, completion) the backend reported.
-    pub tokens: Option<(u64, u64)>,
+    /// Tokens the backend reported.
+    pub usage: Option<crate::usage::Usage>,
+    /// Characters of generated text a stream carried (for an estimate).
+    pub content_chars: u64,
     /// Retries on other backends or fallback models.
     pub retries: u32,
     /// `complete`, `client_gone`, `upstream_failed` or `error`.
@@ -57,6 +60,8 @@ pub struct Ctx<'a> {
     pub metrics: &'a Metrics,
     /// This request's id, forwarded upstream and returned to the client.
     pub request_id: &'a str,
+    /// Identity and accounting.
+    pub policy: &'a Policy,
 }
 
 /// Handles a chat completion or passthrough request end to end.
@@ -71,12 +76,13 @@ pub fn handle(
         outcome: "error",
         ..Summary::default()
     };
+    let config = &ctx.live.config;
     let inbound = match inbound::read(
         &mut request,
         target,
         route,
         ctx.max_body,
-        ctx.live.config.default_model.as_deref(),
+        config.default_model.as_deref(),
     ) {
         Ok(i) => i,
         Err(e) => return fail(request, e, ctx, summary),
@@ -92,7 +98,40 @@ pub fn handle(
         return fail(request, e, ctx, summary);
     };
     summary.routed = resolved.listed;
-    attempt(request, &inbound, &resolved, target, ctx, summary, started)
+    let body_user = inbound
+        .json
+        .as_ref()
+        .and_then(|j| j.get_str("user"))
+        .filter(|u| !u.is_empty());
+    let admission = match ctx.policy.admit(
+        &config.policy,
+        &inbound.headers,
+        ctx.caller,
+        body_user,
+        inbound.body.len(),
+    ) {
+        Ok(a) => a,
+        Err(e) => return fail(request, e, ctx, summary),
+    };
+    let summary = attempt(request, &inbound, &resolved, target, ctx, summary, started);
+    ctx.policy.complete(
+        &admission,
+        &Done {
+            request_id: ctx.request_id,
+            model: &inbound.model,
+            backend: summary.backend.as_deref(),
+            path: &target.path,
+            status: summary.status,
+            usage: summary.usage,
+            content_chars: summary.content_chars,
+            duration: started.elapsed(),
+            ttfb: summary.ttfb,
+            outcome: summary.outcome,
+        },
+        config.policy.metrics_per_user,
+        ctx.metrics,
+    );
+    summary
 }
 
 /// Tries the model's backends, then its fallbacks' (at most `retry.maxAttempts` in all),
@@ -143,6 +182,7 @@ fn attempt(
             endpoint,
             pick,
             host: &host,
+            strip_usage: outbound::injects_usage(inbound, target, endpoint),
         };
         // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
         let (failure, kept) = match upstream::send(agent, outgoing, model) {

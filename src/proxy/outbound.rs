@@ -6,6 +6,19 @@ use crate::config::{Backend, Endpoint};
 use crate::route::Target;
 use crate::upstream::{self, Outgoing};
 
+/// True when modelmux asks this backend for a stream's usage chunk the client did not ask for
+/// (and so must hide it from the client): streamed chat and completions, unless the endpoint
+/// turns it off for a server that rejects `stream_options`.
+pub fn injects_usage(inbound: &Inbound, target: &Target, endpoint: &Endpoint) -> bool {
+    endpoint.inject_stream_usage
+        && matches!(target.path.as_str(), "/chat/completions" | "/completions")
+        && inbound.streaming()
+        && inbound
+            .json
+            .as_ref()
+            .is_some_and(|j| !j.wants_stream_usage())
+}
+
 /// The request for one backend.
 pub fn outgoing(
     inbound: &Inbound,
@@ -16,7 +29,12 @@ pub fn outgoing(
 ) -> Outgoing<'static> {
     let actual = &backend.actual_model_name;
     let body = if let Some(obj) = &inbound.json {
-        obj.rewrite(actual, &endpoint.drop_fields)
+        let set: Vec<(&str, String)> = if injects_usage(inbound, target, endpoint) {
+            vec![("stream_options", obj.stream_options_with_usage())]
+        } else {
+            Vec::new()
+        };
+        obj.rewrite(actual, &endpoint.drop_fields, &set)
     } else if let Some(b) = &inbound.boundary {
         body::replace_multipart_field(&inbound.body, b, "model", actual)
             .unwrap_or_else(|| inbound.body.clone())

@@ -2,6 +2,7 @@
 //! over raw sockets.
 #![allow(dead_code)]
 
+pub mod fake_backend;
 pub mod mock_backend;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,129 @@
+//! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
+
+use super::json::{type_name, FieldError};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default size at which the usage ledger rotates.
+pub const DEFAULT_USAGE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A secret from the config: compared and used, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The top-level `openWebUI`, `usageLog`, `usageLogMaxBytes` and `metrics` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySettings {
+    /// `openWebUI.jwtSecret`: verifies Open WebUI's `X-OpenWebUI-User-Jwt`.
+    pub jwt_secret: Option<Secret>,
+    /// `usageLog`, resolved against the config file's folder.
+    pub usage_log: Option<PathBuf>,
+    /// `usageLogMaxBytes`: the ledger rotates past this size.
+    pub usage_log_max_bytes: u64,
+    /// `metrics.perUser`: requests and tokens per user in /metrics (label cardinality!).
+    pub metrics_per_user: bool,
+}
+
+/// Reads the settings from the file's top level; `config_file` anchors a relative `usageLog`.
+pub(super) fn parse_policy(
+    root: &Map<String, Value>,
+    config_file: &str,
+) -> Result<PolicySettings, FieldError> {
+    let jwt_secret = match root.get("openWebUI") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            if let Some(k) = m.keys().find(|k| k.as_str() != "jwtSecret") {
+                return Err(FieldError::new(
+                    format!("openWebUI.{}", k),
+                    "unknown field: expected only \"jwtSecret\"",
+                ));
+            }
+            match m.get("jwtSecret") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if !s.is_empty() => Some(Secret(s.clone())),
+                Some(v) => {
+                    return Err(FieldError::new(
+                        "openWebUI.jwtSecret",
+                        format!(
+                            "expected a non-empty string (e.g. \"${{OWUI_JWT_SECRET}}\"), got {}",
+                            type_name(v)
+                        ),
+                    ))
+                }
+            }
+        }
+        Some(v) => {
+            return Err(FieldError::new(
+                "openWebUI",
+                format!("expected {{\"jwtSecret\": \"...\"}}, got {}", type_name(v)),
+            ))
+        }
+    };
+    let usage_log = match root.get("usageLog") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => {
+            let p = Path::new(s);
+            Some(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                Path::new(config_file)
+                    .parent()
+                    .unwrap_or_else(|| Path::new(""))
+                    .join(p)
+            })
+        }
+        Some(v) => {
+            return Err(FieldError::new(
+                "usageLog",
+                format!(
+                    "expected a file path such as \"usage.jsonl\", got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
+        None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 4096 => n,
+            _ => {
+                return Err(FieldError::new(
+                    "usageLogMaxBytes",
+                    "expected a whole number of bytes, at least 4096",
+                ))
+            }
+        },
+    };
+    let metrics_per_user = match root.get("metrics") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => match m.get("perUser") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(FieldError::new(
+                    "metrics.perUser",
+                    format!("expected true or false, got {}", type_name(v)),
+                ))
+            }
+        },
+        Some(v) => {
+            return Err(FieldError::new(
+                "metrics",
+                format!("expected {{\"perUser\": true}}, got {}", type_name(v)),
+            ))
+        }
+    };
+    Ok(PolicySettings {
+        jwt_secret,
+        usage_log,
+        usage_log_max_bytes,
+        metrics_per_user,
+    })
+}
