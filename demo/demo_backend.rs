@@ -1,10 +1,12 @@
 //! A demo OpenAI-compatible backend (the echo model of the test mock) for `make run`, the
 //! benchmark and the SDK conformance run. Never shipped: only `modelmux` goes into releases.
 //!
-//! Usage: `demo_backend [ADDR] [--chunk-delay-ms N] [--status CODE] [--include-usage]`.
+//! Usage: `demo_backend [ADDR] [--chunk-delay-ms N] [--status CODE] [--include-usage]
+//! [--models ID,ID...]`.
 //! ADDR can also come from `MODELMUX_DEMO_ADDR` (default `127.0.0.1:3334`). Streams pause 50 ms
 //! between chunks by default so streaming is visible in a terminal; `--status` answers every
-//! request with that status and an OpenAI-style error body.
+//! request with that status and an OpenAI-style error body; `--models` sets what `GET /v1/models`
+//! lists (default `mock`), for a wildcard endpoint to discover.
 
 #[path = "../tests/support/mock_backend.rs"]
 mod mock_backend;
@@ -48,6 +50,16 @@ fn main() {
                 behavior.status = Some((code, body));
             }
             "--include-usage" => behavior.include_usage_chunk = true,
+            "--models" => {
+                behavior.models = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
             a if !a.starts_with('-') => addr = a.to_string(),
             other => {
                 eprintln!("demo backend: unknown argument {}", other);

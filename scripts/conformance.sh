@@ -2,8 +2,9 @@
 # `make conformance`: drive modelmux with the official OpenAI Python SDK.
 #
 # Builds modelmux and the demo backend, starts two demo backends (an echo model streaming with
-# a chunk delay and a usage chunk, and one answering every request with 401) plus modelmux on
-# OS-picked loopback ports, then runs scripts/conformance/conformance.py against the proxy.
+# a chunk delay and a usage chunk that lists two models, and one answering every request with
+# 401) plus modelmux on OS-picked loopback ports (the echo backend also behind a discovering
+# wildcard "demo/*"), then runs scripts/conformance/conformance.py against the proxy.
 # The SDK lives in a venv at target/conformance-venv (created and installed on first run, and
 # again whenever scripts/conformance/requirements.txt changes).
 #
@@ -106,7 +107,7 @@ wait_port() {
 }
 
 "$bin/demo_backend" 127.0.0.1:0 --chunk-delay-ms "$chunk_delay_ms" --include-usage \
-  >"$logs/echo-backend.log" 2>&1 &
+  --models echo-real,tiny >"$logs/echo-backend.log" 2>&1 &
 pid=$!
 pids+=("$pid")
 echo_port=$(wait_port "$pid" "$logs/echo-backend.log")
@@ -127,6 +128,11 @@ cat >"$logs/config.json" <<EOF
     },
     "locked": {
       "url": "http://127.0.0.1:$locked_port"
+    },
+    "demo/*": {
+      "displayName": "{model} (discovered)",
+      "url": "http://127.0.0.1:$echo_port/v1",
+      "discoverIntervalSecs": 1
     }
   }
 }

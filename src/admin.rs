@@ -2,6 +2,9 @@
 
 use crate::api_error::ApiError;
 use crate::auth::Caller;
+use crate::balance::BackendView;
+use crate::catalog;
+use crate::config::{Endpoint, Wildcard};
 use crate::live::{ConfigStore, Live};
 use crate::policy::Policy;
 use crate::redact;
@@ -31,13 +34,19 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
                 .enumerate()
                 .map(|(b, backend)| {
                     let view = live.balancer.view((m, b));
+                    let probe = view.as_ref().and_then(|v| v.probe.as_ref());
                     json!({
                         "backend": redact::host(&backend.url),
                         "weight": backend.weight,
+                        "state": view.as_ref().map(backend_state),
                         "inFlight": view.as_ref().map(|v| v.in_flight),
                         "consecutiveFailures": view.as_ref().map(|v| v.consecutive_failures),
                         "coolingDown": view.as_ref().map(|v| v.cooldown_left.is_some()),
                         "cooldownLeftSecs": view.as_ref().and_then(|v| v.cooldown_left).map(|d| d.as_secs_f64()),
+                        "probed": e.probe_interval.is_some() || e.wildcard.as_ref().is_some_and(|w| w.discover),
+                        "lastProbeAt": probe.map(|p| p.at),
+                        "lastProbeOk": probe.map(|p| p.up),
+                        "lastProbeError": probe.and_then(|p| p.error.as_deref()),
                     })
                 })
                 .collect();
@@ -46,6 +55,79 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
         v["backends"] = Value::Object(by_model);
     }
     v.to_string().into_bytes()
+}
+
+/// `up`, `down` (its last health probe failed) or `cooling` (passive cool-down after failures).
+fn backend_state(v: &BackendView) -> &'static str {
+    if v.probe.as_ref().is_some_and(|p| !p.up) {
+        "down"
+    } else if v.cooldown_left.is_some() {
+        "cooling"
+    } else {
+        "up"
+    }
+}
+
+/// Prometheus lines for every backend's state: `modelmux_backend_up` (0 while down or cooling),
+/// the time of its last probe, and how many models each wildcard discovered.
+pub fn backend_metrics(live: &Live) -> String {
+    use std::fmt::Write;
+    let mut up = String::new();
+    let mut probed = String::new();
+    for (m, e) in live.config.endpoints.iter().enumerate() {
+        for (b, backend) in e.backends.iter().enumerate() {
+            let Some(view) = live.balancer.view((m, b)) else {
+                continue;
+            };
+            let labels = format!(
+                "model=\"{}\",backend=\"{}\"",
+                esc(&e.id),
+                esc(redact::host(&backend.url))
+            );
+            let _ = writeln!(
+                up,
+                "modelmux_backend_up{{{}}} {}",
+                labels,
+                u8::from(backend_state(&view) == "up")
+            );
+            if let Some(p) = &view.probe {
+                let _ = writeln!(
+                    probed,
+                    "modelmux_backend_last_probe_timestamp_seconds{{{}}} {}",
+                    labels, p.at
+                );
+            }
+        }
+    }
+    let mut out = String::new();
+    out.push_str("# HELP modelmux_backend_up 1 when the backend is selectable, 0 while its health probe fails or it cools down after failures.\n# TYPE modelmux_backend_up gauge\n");
+    out.push_str(&up);
+    out.push_str("# HELP modelmux_backend_last_probe_timestamp_seconds Unix time of the backend's last health probe.\n# TYPE modelmux_backend_last_probe_timestamp_seconds gauge\n");
+    out.push_str(&probed);
+    out.push_str("# HELP modelmux_discovered_models Models a wildcard endpoint discovered on its backends (after filters).\n# TYPE modelmux_discovered_models gauge\n");
+    live.catalog.read(|targets| {
+        for e in live
+            .config
+            .endpoints
+            .iter()
+            .filter(|e| e.wildcard.as_ref().is_some_and(|w| w.discover))
+        {
+            let _ = writeln!(
+                out,
+                "modelmux_discovered_models{{model=\"{}\"}} {}",
+                esc(&e.id),
+                catalog::discovered(e, targets).len()
+            );
+        }
+    });
+    out
+}
+
+/// Escapes a label value as the exposition format requires.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
@@ -58,28 +140,28 @@ fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
     })
 }
 
-/// `GET /models`: the OpenAI list object.
+/// `GET /models`: the OpenAI list object, configured models and the last discovered lists
+/// (never waits on a backend).
 pub fn models(live: &Live, caller: &Caller) -> Vec<u8> {
     let data: Vec<Value> = live
-        .config
-        .endpoints
+        .models()
         .iter()
-        .filter(|e| caller.may_use(&e.id))
-        .map(|e| model_entry(live, &e.id, &e.display_name))
+        .filter(|m| caller.may_use(&m.id))
+        .map(|m| model_entry(live, &m.id, &m.display_name))
         .collect();
     json!({"object": "list", "data": data})
         .to_string()
         .into_bytes()
 }
 
-/// `GET /models/{id}`: one entry or 404.
+/// `GET /models/{id}`: one entry of `/models` or 404.
 pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError> {
-    let e = live
-        .config
-        .endpoint(id)
-        .filter(|e| caller.may_use(&e.id))
+    let m = live
+        .models()
+        .into_iter()
+        .find(|m| m.id == id && caller.may_use(&m.id))
         .ok_or_else(|| ApiError::model_not_found(id))?;
-    Ok(model_entry(live, &e.id, &e.display_name)
+    Ok(model_entry(live, &m.id, &m.display_name)
         .to_string()
         .into_bytes())
 }
@@ -131,6 +213,8 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                     "proxy": b.via_proxy.as_deref().map(redact::url),
                 })).collect::<Vec<_>>(),
                 "fallbacks": e.fallbacks,
+                "probeIntervalSecs": e.probe_interval.map(|d| d.as_secs_f64()),
+                "discovery": e.wildcard.as_ref().map(|w| discovery_view(live, e, w)),
             }),
         );
     }
@@ -146,6 +230,37 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+}
+
+/// A wildcard's settings and, per backend, its last list and whether it is stale.
+fn discovery_view(live: &Live, e: &Endpoint, w: &Wildcard) -> Value {
+    live.catalog.read(|targets| {
+        let backends: Vec<Value> = e
+            .backends
+            .iter()
+            .map(|b| {
+                let t = targets.get(&(e.id.clone(), b.url.clone()));
+                json!({
+                    "url": redact::url(&b.url),
+                    "models": t.and_then(|t| t.models.as_ref()),
+                    "listedAt": t.and_then(|t| t.listed_at),
+                    "lastProbeAt": t.and_then(|t| t.probed_at),
+                    "stale": t.is_some_and(|t| t.error.is_some()),
+                    "lastError": t.and_then(|t| t.error.as_deref()),
+                    "failuresInARow": t.map(|t| t.failures),
+                })
+            })
+            .collect();
+        json!({
+            "prefix": w.prefix,
+            "discover": w.discover,
+            "include": w.include,
+            "exclude": w.exclude,
+            "intervalSecs": w.interval.as_secs_f64(),
+            "models": catalog::discovered(e, targets).iter().map(|m| w.public_id(m)).collect::<Vec<_>>(),
+            "backends": backends,
+        })
+    })
 }
 
 /// `POST /reload`: always the configured file; a `config` parameter is refused.

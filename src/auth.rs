@@ -7,7 +7,7 @@ use crate::api_error::ApiError;
 pub struct ProxyKey {
     /// The bearer token.
     pub key: String,
-    /// Model ids this key may use; `None` means all.
+    /// Model ids this key may use, `*` and `?` as wildcards (`"ollama/*"`); `None` means all.
     pub models: Option<Vec<String>>,
     /// What logs and usage call this key (never the key itself); `key-N` when unnamed.
     pub name: String,
@@ -35,7 +35,7 @@ impl Caller<'_> {
             Caller::Key(k) => k
                 .models
                 .as_ref()
-                .map(|m| m.iter().any(|id| id == model))
+                .map(|m| crate::glob::any(m, model))
                 .unwrap_or(true),
         }
     }
@@ -152,6 +152,10 @@ mod tests {
         assert_eq!(authenticate(&keys, None).unwrap_err().status, 401);
         let c = authenticate(&keys, Some("bbb")).unwrap();
         assert!(c.may_use("m2") && !c.may_use("m3"));
+        let keys = parse_env_keys("ccc=ollama/llama*|gpt-4o");
+        let c = authenticate(&keys, Some("ccc")).unwrap();
+        assert!(c.may_use("ollama/llama3:8b") && c.may_use("gpt-4o"));
+        assert!(!c.may_use("ollama/qwen2") && !c.may_use("gpt-4o-mini"));
         assert!(!ct_eq(b"", b""));
         assert_eq!(admin(None, true, None).unwrap_err().status, 403);
         assert!(admin(None, false, None).is_ok());

@@ -1,5 +1,6 @@
-//! Choosing a backend: weighted round-robin that prefers the fewest requests in flight, and
-//! passive health (a backend failing N times in a row is skipped for a cool-down).
+//! Choosing a backend: weighted round-robin that prefers the fewest requests in flight, passive
+//! health (a backend failing N times in a row is skipped for a cool-down) and active health (a
+//! backend whose `/models` probe failed is skipped until a probe succeeds).
 
 use crate::config::{Config, HealthPolicy};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -12,6 +13,18 @@ pub struct BackendState {
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     cooldown_until: Mutex<Option<Instant>>,
+    probe: Mutex<Option<ProbeMark>>,
+}
+
+/// The result of the last active health probe of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeMark {
+    /// The probe succeeded; a failed one takes the backend out of selection until one succeeds.
+    pub up: bool,
+    /// Unix seconds of the probe.
+    pub at: u64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// Live state of one model's backends.
@@ -45,6 +58,8 @@ pub struct BackendView {
     pub consecutive_failures: u32,
     /// Time left in the cool-down, if cooling down.
     pub cooldown_left: Option<Duration>,
+    /// The last active health probe, if any ran.
+    pub probe: Option<ProbeMark>,
 }
 
 impl Balancer {
@@ -58,7 +73,7 @@ impl Balancer {
                 let keys: Vec<(String, String)> = e
                     .backends
                     .iter()
-                    .map(|b| (format!("{}\n{}", e.id, b.url), b.actual_model_name.clone()))
+                    .map(|b| (pool_key(&e.id, &b.url), b.actual_model_name.clone()))
                     .collect();
                 let states = keys
                     .iter()
@@ -138,6 +153,35 @@ impl Balancer {
         false
     }
 
+    /// Records an active health probe of every backend of model `id` at `url`; returns how
+    /// many backends it applied to.
+    pub fn probed(&self, id: &str, url: &str, mark: &ProbeMark) -> usize {
+        let key = pool_key(id, url);
+        let mut n = 0;
+        for pool in &self.pools {
+            for (k, s) in pool.keys.iter().zip(&pool.states) {
+                if k.0 == key {
+                    *s.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(mark.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Forgets the probe result of every backend of model `id` at `url`: its probing was turned
+    /// off, and a down mark nothing will lift must not keep it out of selection.
+    pub fn clear_probe(&self, id: &str, url: &str) {
+        let key = pool_key(id, url);
+        for pool in &self.pools {
+            for (k, s) in pool.keys.iter().zip(&pool.states) {
+                if k.0 == key {
+                    *s.probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+            }
+        }
+    }
+
     /// A snapshot of one backend's state.
     pub fn view(&self, pick: Pick) -> Option<BackendView> {
         let s = self.state(pick)?;
@@ -146,6 +190,7 @@ impl Balancer {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
             cooldown_left: until.and_then(|u| u.checked_duration_since(Instant::now())),
+            probe: s.probe.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         })
     }
 
@@ -202,13 +247,23 @@ fn choose(candidates: &[Candidate], current: &mut [i64]) -> Option<usize> {
     Some(best)
 }
 
+/// Identifies a backend of a model across reloads (with its backend model name).
+fn pool_key(id: &str, url: &str) -> String {
+    format!("{}\n{}", id, url)
+}
+
 impl ModelPool {
+    /// Out of selection: cooling down after failures, or its last health probe failed.
     fn cooling(&self, b: usize, now: Instant) -> bool {
-        let until = *self.states[b]
-            .cooldown_until
+        let s = &self.states[b];
+        let until = *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner());
+        let probe_down = s
+            .probe
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        until.map(|u| now < u).unwrap_or(false)
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|m| !m.up);
+        probe_down || until.map(|u| now < u).unwrap_or(false)
     }
 }
 
@@ -299,5 +354,31 @@ mod tests {
             Some((0, 2)),
             "cooling backend still tried when nothing else is left"
         );
+    }
+
+    #[test]
+    fn a_failed_probe_skips_the_backend_until_a_probe_succeeds() {
+        let b = balancer(&[1, 1]);
+        let mark = |up| ProbeMark {
+            up,
+            at: 1,
+            error: None,
+        };
+        assert_eq!(b.probed("m", "http://h0", &mark(false)), 1);
+        assert_eq!(b.probed("m", "http://nowhere", &mark(false)), 0);
+        assert!((0..10).all(|_| b.pick(0, &[]) == Some((0, 1))));
+        // A request's success ends a passive cool-down, not a failed probe.
+        b.success((0, 0));
+        assert_eq!(b.pick(0, &[]), Some((0, 1)));
+        assert_eq!(b.pick(0, &[(0, 1)]), Some((0, 0)), "still tried when alone");
+        b.probed("m", "http://h0", &mark(true));
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(0, &[]).unwrap().1).collect();
+        assert!(picks.contains(&0), "{:?}", picks);
+        assert_eq!(b.view((0, 0)).unwrap().probe, Some(mark(true)));
+        b.probed("m", "http://h0", &mark(false));
+        b.clear_probe("m", "http://h0");
+        assert_eq!(b.view((0, 0)).unwrap().probe, None);
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(0, &[]).unwrap().1).collect();
+        assert!(picks.contains(&0), "{:?}", picks);
     }
 }

@@ -1,6 +1,7 @@
 //! The live config: parsed once per (re)load, swapped atomically, shared by reference.
 
 use crate::balance::Balancer;
+use crate::catalog::{self, Catalog, Listed, Resolved};
 use crate::config::{self, Backend, ClientKey, Config, ConfigError, Defaults, Endpoint};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,10 +15,24 @@ pub struct Live {
     pub loaded_at: u64,
     /// Backend selection and passive health for this config.
     pub balancer: Balancer,
+    /// What discovery found (process-wide: the same for every config).
+    pub catalog: Arc<Catalog>,
     agents: Vec<(ClientKey, ureq::Agent)>,
 }
 
 impl Live {
+    /// The endpoint that serves a requested model id, by the last discovered lists.
+    pub fn resolve(&self, id: &str) -> Option<Resolved> {
+        self.catalog
+            .read(|targets| catalog::resolve(&self.config, targets, id))
+    }
+
+    /// The models to show: configured and discovered.
+    pub fn models(&self) -> Vec<Listed> {
+        self.catalog
+            .read(|targets| catalog::list(&self.config, targets))
+    }
+
     /// The pooled HTTP client for one of an endpoint's backends.
     pub fn agent(&self, endpoint: &Endpoint, backend: &Backend) -> Option<&ureq::Agent> {
         let key = endpoint.client_key(backend);
@@ -29,6 +44,8 @@ impl Live {
 pub struct ConfigStore {
     /// Path of the config file, fixed for the life of the process.
     pub path: String,
+    /// Discovered model lists, kept across reloads.
+    pub catalog: Arc<Catalog>,
     defaults: Defaults,
     max_idle_per_host: usize,
     current: RwLock<Arc<Live>>,
@@ -46,9 +63,18 @@ impl ConfigStore {
     ) -> Result<ConfigStore, ConfigError> {
         let config = config::load_file(path, &defaults)?;
         let agent_cache = Mutex::new(Vec::new());
-        let live = build(path, config, &agent_cache, max_idle_per_host, None)?;
+        let catalog = Arc::new(Catalog::default());
+        let live = build(
+            path,
+            config,
+            &agent_cache,
+            max_idle_per_host,
+            None,
+            &catalog,
+        )?;
         Ok(ConfigStore {
             path: path.to_string(),
+            catalog,
             defaults,
             max_idle_per_host,
             current: RwLock::new(Arc::new(live)),
@@ -79,12 +105,16 @@ impl ConfigStore {
             &self.agent_cache,
             self.max_idle_per_host,
             Some(&previous),
+            &self.catalog,
         )?);
         let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::clone(&live);
+        drop(guard);
+        // Discovery refreshes at once: new backends are listed, removed ones forgotten.
+        self.catalog.refresh_all();
         Ok(live)
     }
 }
@@ -95,6 +125,7 @@ fn build(
     cache: &Mutex<Vec<(ClientKey, ureq::Agent)>>,
     max_idle: usize,
     previous: Option<&Live>,
+    catalog: &Arc<Catalog>,
 ) -> Result<Live, ConfigError> {
     let mut cache = match cache.lock() {
         Ok(g) => g,
@@ -125,6 +156,7 @@ fn build(
     }
     Ok(Live {
         balancer: Balancer::new(&config, previous.map(|p| &p.balancer)),
+        catalog: Arc::clone(catalog),
         config,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -227,7 +227,9 @@ fn fast_lane(
     let live = shared.snapshot();
     match route {
         Route::Metrics => {
-            let text = metrics.render(workers.queued_count()).into_bytes();
+            let mut text = metrics.render(workers.queued_count());
+            text.push_str(&admin::backend_metrics(&live));
+            let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(
                 tiny_http::Header::from_bytes(

@@ -121,6 +121,7 @@ fn run(o: Options) -> Result<(), String> {
     let stopper = Arc::new(lifecycle::Stopper::default());
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
     lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
+    crate::discovery::spawn(Arc::clone(&shared));
     server::serve(
         listener,
         Settings {

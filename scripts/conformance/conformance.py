@@ -2,8 +2,10 @@
 """OpenAI Python SDK conformance checks against a running modelmux (see scripts/conformance.sh).
 
 Expects modelmux in front of two demo backends:
-  echo   -> demo_backend --chunk-delay-ms N --include-usage (displayName "Echo", actual model "echo-real")
+  echo   -> demo_backend --chunk-delay-ms N --include-usage --models echo-real,tiny
+            (displayName "Echo", actual model "echo-real")
   locked -> demo_backend --status 401
+  demo/* -> the echo backend's base URL with /v1, discovering (displayName "{model} (discovered)")
 and CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES set to --max-body.
 
 Prints one PASS/FAIL line per check; exits 1 if any check fails.
@@ -56,14 +58,33 @@ def user(text):
     return [{"role": "user", "content": text}]
 
 
-@check("models.list lists the configured ids with display names")
+EXPECTED_NAMES = {
+    "echo": "Echo",
+    "locked": "locked",
+    "demo/echo-real": "echo-real (discovered)",
+    "demo/tiny": "tiny (discovered)",
+}
+
+
+@check("models.list shows a wildcard's discovered models within one refresh")
+def models_discovered(client):
+    deadline = time.monotonic() + 10
+    ids = []
+    while time.monotonic() < deadline:
+        ids = [m.id for m in client.models.list().data]
+        if "demo/tiny" in ids:
+            return f"after {10 - (deadline - time.monotonic()):.1f} s: {ids}"
+        time.sleep(0.1)
+    raise AssertionError(f"demo/tiny not listed within 10 s; ids {ids}")
+
+
+@check("models.list lists configured and discovered ids with display names")
 def models_list(client):
     page = client.models.list()
     models = {m.id: m for m in page.data}
-    expect(set(models) == {"echo", "locked"}, f"ids {sorted(models)}, expected ['echo', 'locked']")
+    expect(set(models) == set(EXPECTED_NAMES), f"ids {sorted(models)}, expected {sorted(EXPECTED_NAMES)}")
     names = {mid: (m.model_extra or {}).get("name") for mid, m in models.items()}
-    expect(names == {"echo": "Echo", "locked": "locked"},
-           f"names {names}, expected {{'echo': 'Echo', 'locked': 'locked'}}")
+    expect(names == EXPECTED_NAMES, f"names {names}, expected {EXPECTED_NAMES}")
     for m in models.values():
         expect(m.object == "model", f"{m.id}: object {m.object!r}, expected 'model'")
     return f"names {names}"
@@ -228,6 +249,72 @@ def raw_stream_content_type(client):
     return f"content-type {ctype!r}"
 
 
+@check("chat.completions.create through a discovered model asks the backend for its own name")
+def chat_discovered(client):
+    r = client.chat.completions.create(model="demo/tiny", messages=user("via discovery"))
+    expect(r.choices[0].message.content == "via discovery", f"content {r.choices[0].message.content!r}")
+    expect(r.model == "tiny", f"model {r.model!r}, expected 'tiny'")
+    return None
+
+
+@check("responses.create (non-streaming) echoes the input with usage")
+def responses_plain(client):
+    r = client.responses.create(model="echo", input=ECHO_TEXT)
+    expect(r.output_text == ECHO_TEXT, f"output_text {r.output_text!r}, expected {ECHO_TEXT!r}")
+    expect(r.model == "echo-real", f"model {r.model!r}, expected 'echo-real'")
+    words = len(ECHO_TEXT.split())
+    got = (r.usage.input_tokens, r.usage.output_tokens) if r.usage else None
+    expect(got == (words, words), f"usage (input, output) {got}, expected ({words}, {words})")
+    return f"usage {got}"
+
+
+@check("responses.create stream=True delivers typed events incrementally")
+def responses_stream(client, chunk_delay_ms):
+    started = time.monotonic()
+    stream = client.responses.create(model="echo", input=ECHO_TEXT, stream=True)
+    kinds, arrivals, completed = [], [], None
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            arrivals.append((time.monotonic() - started, event.delta))
+        if event.type == "response.completed":
+            completed = event.response
+    expect(kinds[0] == "response.created", f"first event {kinds[0]!r}")
+    expect(kinds[-1] == "response.completed", f"last event {kinds[-1]!r}")
+    text = "".join(d for _, d in arrivals)
+    expect(text == ECHO_TEXT, f"joined deltas {text!r}")
+    expect(completed is not None and completed.output_text == ECHO_TEXT, "completed response lacks the text")
+    words = len(ECHO_TEXT.split())
+    expect(completed.usage is not None and completed.usage.output_tokens == words,
+           f"completed usage {completed.usage}")
+    spread = arrivals[-1][0] - arrivals[0][0]
+    minimum = 0.5 * (words - 1) * chunk_delay_ms / 1000
+    expect(spread >= minimum, f"delta spread {spread*1000:.0f} ms < {minimum*1000:.0f} ms: buffered")
+    return f"{len(kinds)} events, delta spread {spread*1000:.0f} ms"
+
+
+@check("responses.retrieve/input_items.list/delete routed by X-Model-Id or ?model=")
+def responses_stored(client):
+    r = client.responses.retrieve("resp_42", extra_headers={"X-Model-Id": "echo"})
+    expect(r.id == "resp_42", f"id {r.id!r}")
+    expect(r.model == "echo-real", f"the backend saw model {r.model!r}, expected 'echo-real'")
+    items = client.responses.input_items.list("resp_42", extra_query={"model": "echo"})
+    expect(len(items.data) == 1, f"{len(items.data)} input items, expected 1")
+    client.responses.delete("resp_42", extra_headers={"X-Model-Id": "echo"})
+    return None
+
+
+@check("responses.retrieve without a model raises BadRequestError missing_required_parameter")
+def responses_no_model(client):
+    try:
+        client.responses.retrieve("resp_42")
+    except openai.BadRequestError as e:
+        expect(e.code == "missing_required_parameter", f"code {e.code!r}")
+        expect("X-Model-Id" in e.message and "?model=" in e.message, f"message {e.message!r}")
+        return f"message {e.message!r}"
+    raise AssertionError("no error raised")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--base-url", required=True, help="proxy base URL, e.g. http://127.0.0.1:3333/v1")
@@ -237,6 +324,7 @@ def main():
 
     client = openai.OpenAI(base_url=args.base_url, api_key="anything", max_retries=0, timeout=15.0)
     print(f"openai {openai.__version__} -> {args.base_url}", flush=True)
+    models_discovered(client)
     models_list(client)
     chat_plain(client)
     chat_stream(client, args.chunk_delay_ms)
@@ -245,11 +333,16 @@ def main():
     error_401(client)
     error_404(client)
     raw_stream_content_type(client)
+    chat_discovered(client)
+    responses_plain(client)
+    responses_stream(client, args.chunk_delay_ms)
+    responses_stored(client)
+    responses_no_model(client)
     # Last: a proxy that mishandles the connection after a 413 must not make other checks flaky.
     error_413(client, args.max_body)
     reuse_after_413(client, args.max_body)
 
-    total = 10
+    total = 16
     if FAILURES:
         print(f"{len(FAILURES)} of {total} checks FAILED: {', '.join(FAILURES)}", flush=True)
         return 1

@@ -1,6 +1,7 @@
 //! One public model: its own settings and the parse of its config object.
 
 use super::backends::{parse_backends, Backend, Inherited};
+use super::discovery::{parse_endpoint_probe, parse_wildcard, Wildcard};
 use super::json::{at, opt_string, string_list, type_name, FieldError};
 use super::settings::{parse_timeouts, Timeouts};
 use crate::tls::TlsPolicy;
@@ -29,6 +30,10 @@ pub struct Endpoint {
     pub backends: Vec<Backend>,
     /// Model ids tried, in order, after all of this model's own backends failed.
     pub fallbacks: Vec<String>,
+    /// Set when the id ends in `*`: the endpoint serves every id with its prefix.
+    pub wildcard: Option<Wildcard>,
+    /// Active health: how often each backend's `GET /v1/models` is probed; `None` is off.
+    pub probe_interval: Option<std::time::Duration>,
     /// `forwardUserHeaders`: pass Open WebUI's user headers and token to this backend (off:
     /// they are personal data a backend does not need).
     pub forward_user_headers: bool,
@@ -71,6 +76,8 @@ pub(super) struct EndpointDefaults<'a> {
     pub ca_file: Option<&'a str>,
     /// Environment lookup, for forward proxies.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Top-level `health.probeIntervalSecs`.
+    pub probe_interval: Option<Duration>,
 }
 
 const KNOWN_FIELDS: &[&str] = &[
@@ -86,6 +93,11 @@ const KNOWN_FIELDS: &[&str] = &[
     "insecureSkipVerify",
     "backends",
     "fallbacks",
+    "discover",
+    "discoverInclude",
+    "discoverExclude",
+    "discoverIntervalSecs",
+    "health",
     "forwardUserHeaders",
     "injectStreamUsage",
     "maxConcurrent",
@@ -107,6 +119,7 @@ pub(super) fn parse_endpoint(
             .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
             .map(|k| format!("unknown field \"{}\" ignored", k)),
     );
+    let wildcard = parse_wildcard(id, obj)?;
     let inherited = Inherited::read(id, obj)?;
     let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
     let timeouts = match obj.get("timeouts") {
@@ -129,6 +142,8 @@ pub(super) fn parse_endpoint(
     let fallbacks = string_list(obj.get("fallbacks"), "model ids")
         .map_err(at("fallbacks"))?
         .unwrap_or_default();
+    let probe_interval =
+        parse_endpoint_probe(obj.get("health"))?.unwrap_or(defaults.probe_interval);
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
@@ -163,6 +178,8 @@ pub(super) fn parse_endpoint(
         tls,
         backends,
         fallbacks,
+        wildcard,
+        probe_interval,
     })
 }
 

@@ -4,11 +4,13 @@
 //! `{"endpoints": {"<model-id>": {"displayName", "url", "apiKey", "actualModelName"}}}`.
 //!
 //! One module per kind of setting: `endpoint` (one model), `backends` (where its requests go),
-//! `settings` (timeouts, retry, health), `keys` (client keys), `env` (`${VAR}`), `forward_proxy`
+//! `settings` (timeouts, retry, health), `discovery` (wildcard ids and active health probes),
+//! `keys` (client keys), `env` (`${VAR}`), `forward_proxy`
 //! (`HTTPS_PROXY` and friends), `json` (typed reads of JSON values with located errors) and
 //! `summary` (the `--check-config` report).
 
 mod backends;
+mod discovery;
 mod endpoint;
 mod env;
 mod forward_proxy;
@@ -19,6 +21,7 @@ mod settings;
 mod summary;
 
 pub use backends::Backend;
+pub use discovery::Wildcard;
 pub use endpoint::{ClientKey, Endpoint};
 pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
@@ -80,9 +83,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// The endpoint serving a public model id.
+    /// The endpoint configured under exactly this id (a wildcard's own id included).
     pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.id == id)
+    }
+
+    /// True when `id` is a configured model id that is not a wildcard.
+    pub fn is_configured(&self, id: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.wildcard.is_none() && e.id == id)
     }
 }
 
@@ -157,6 +167,7 @@ fn read_config(
             .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
             .map(|k| format!("unknown top-level field \"{}\" ignored", k)),
     );
+    let health = parse_health(root.get("health")).map_err(at("health"))?;
     let endpoint_defaults = EndpointDefaults {
         timeouts: match root.get("timeouts") {
             Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
@@ -164,6 +175,7 @@ fn read_config(
         },
         ca_file: defaults.ca_file.as_deref(),
         env,
+        probe_interval: health.probe_interval,
     };
     let endpoints = read_endpoints(root.get("endpoints"), &endpoint_defaults, warnings)?;
     let mut proxy_keys = defaults.proxy_keys.clone();
@@ -175,7 +187,7 @@ fn read_config(
     let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
     Ok(Config {
         retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
-        health: parse_health(root.get("health")).map_err(at("health"))?,
+        health,
         policy: policy::parse_policy(&root, file)?,
         endpoints,
         proxy_keys,
@@ -283,11 +295,11 @@ fn read_endpoint(
     parse_endpoint(id, obj, defaults, warnings)
 }
 
-/// Every fallback names another configured model.
+/// Every fallback names another configured model (not a wildcard: a fallback is one model).
 fn check_fallbacks(endpoints: &[Endpoint]) -> Result<(), FieldError> {
     for ep in endpoints {
         for (i, f) in ep.fallbacks.iter().enumerate() {
-            if f == &ep.id || !endpoints.iter().any(|e| &e.id == f) {
+            if f == &ep.id || !endpoints.iter().any(|e| &e.id == f && e.wildcard.is_none()) {
                 return Err(FieldError::new(
                     format!("endpoints.{}.fallbacks[{}]", ep.id, i),
                     format!("\"{}\" is not another configured model id", f),
@@ -298,14 +310,20 @@ fn check_fallbacks(endpoints: &[Endpoint]) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// `"defaultModel": "<model id>"`, which must be configured.
+/// `"defaultModel": "<model id>"`, which must be configured or served by a wildcard.
 fn read_default_model(
     v: Option<&Value>,
     endpoints: &[Endpoint],
 ) -> Result<Option<String>, FieldError> {
+    let served = |id: &str| {
+        endpoints.iter().any(|e| match &e.wildcard {
+            None => e.id == id,
+            Some(w) => w.backend_model(id).is_some(),
+        })
+    };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) if endpoints.iter().any(|e| &e.id == id) => Ok(Some(id.clone())),
+        Some(Value::String(id)) if served(id) => Ok(Some(id.clone())),
         Some(v) => Err(FieldError::new(
             "defaultModel",
             format!("expected a configured model id, got {}", v),

@@ -43,12 +43,15 @@ pub struct HealthPolicy {
     pub failure_threshold: u32,
     /// How long a failing backend is skipped before it is tried again.
     pub cooldown: Duration,
+    /// Active health: how often every backend's `GET /v1/models` is probed; `None` is off
+    /// (endpoints may set their own).
+    pub probe_interval: Option<Duration>,
 }
 
 /// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
 /// returns the values in `spec` order (`None` where absent). Unknown fields are errors here:
 /// a typo in a safety setting should not pass silently.
-fn number_fields(
+pub(super) fn number_fields(
     v: &Value,
     example: &str,
     spec: &[(&str, f64, f64)],
@@ -100,21 +103,26 @@ pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
     Ok(r)
 }
 
-/// `"health": {"failureThreshold": 3, "cooldownSecs": 30}`.
+/// `"health": {"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30}`.
 pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
     let mut h = HealthPolicy {
         failure_threshold: 3,
         cooldown: Duration::from_secs(30),
+        probe_interval: None,
     };
     let Some(v) = v else { return Ok(h) };
     let n = number_fields(
         v,
-        r#"{"failureThreshold": 3, "cooldownSecs": 30}"#,
+        r#"{"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30}"#,
         &[
             ("failureThreshold", 1.0, 1000.0),
             ("cooldownSecs", 0.0, 86_400.0),
+            ("probeIntervalSecs", 0.0, 86_400.0),
         ],
     )?;
+    if let Some(secs) = n[2] {
+        h.probe_interval = super::discovery::probe_interval(secs);
+    }
     if let Some(f) = n[0] {
         h.failure_threshold = f as u32;
     }

@@ -18,7 +18,7 @@ pub fn summary(path: &str, config: &Config) -> String {
     for e in &config.endpoints {
         out.push_str(&endpoint_line(e));
         for b in &e.backends {
-            out.push_str(&backend_line(b));
+            out.push_str(&backend_line(e, b));
         }
     }
     out
@@ -30,16 +30,31 @@ fn endpoint_line(e: &Endpoint) -> String {
     } else {
         format!(", then fallbacks {}", e.fallbacks.join(", "))
     };
+    let wildcard = match &e.wildcard {
+        Some(w) if w.discover => format!(", discovers models every {} s", w.interval.as_secs_f64()),
+        Some(w) => format!(", serves every id starting with \"{}\"", w.prefix),
+        None => String::new(),
+    };
+    let probe = match e.probe_interval {
+        Some(d) => format!(", health probe every {} s", d.as_secs_f64()),
+        None => String::new(),
+    };
     format!(
-        "  {} ({}): {}{}\n",
+        "  {} ({}): {}{}{}{}\n",
         e.id,
         e.display_name,
         count(e.backends.len(), "backend", "backends"),
+        wildcard,
+        probe,
         fallbacks
     )
 }
 
-fn backend_line(b: &Backend) -> String {
+fn backend_line(e: &Endpoint, b: &Backend) -> String {
+    let model = match &e.wildcard {
+        Some(w) => format!("<the id after \"{}\">", w.prefix),
+        None => b.actual_model_name.clone(),
+    };
     let via = match &b.via_proxy {
         Some(p) => format!(", via proxy {}", redact::url(p)),
         None => String::new(),
@@ -47,7 +62,7 @@ fn backend_line(b: &Backend) -> String {
     format!(
         "    {} as {}, weight {}, {}{}\n",
         redact::url(&b.url),
-        b.actual_model_name,
+        model,
         b.weight,
         if b.api_key.is_empty() {
             "no key"
@@ -97,5 +112,16 @@ mod tests {
         )
         .unwrap();
         assert!(summary("c.json", &one).starts_with("c.json: OK, 1 model\n"));
+        let wild = parse(
+            "c.json",
+            r#"{"endpoints":{"ollama/*":{"url":"http://o","discoverIntervalSecs":60,
+                "health":{"probeIntervalSecs":15}}}}"#,
+            &Defaults::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert!(summary("c.json", &wild).contains(
+            "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s\n"
+        ));
     }
 }

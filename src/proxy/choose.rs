@@ -42,12 +42,26 @@ pub fn model_name(named: Named, path: &str) -> Result<String, ApiError> {
     if let Some(m) = named.json.transpose()?.flatten() {
         return Ok(m);
     }
-    named.multipart.or(named.default).ok_or_else(|| {
-        missing(format!(
-            "No model named for {}: send it as the JSON body's `model`, a `model` form field, a `model` query parameter or an `X-Model-Id` header.",
+    named
+        .multipart
+        .or(named.default)
+        .ok_or_else(|| missing(no_model_message(path)))
+}
+
+/// Why a request that names no model is refused, and how to name one.
+fn no_model_message(path: &str) -> String {
+    // A stored response lives on the backend that created it, and these requests have no body
+    // to name it in.
+    if path.starts_with("/responses/") {
+        return format!(
+            "{} carries no model: name the model that created the response with an `X-Model-Id` header or a `?model=` query parameter.",
             clip(path, 200)
-        ))
-    })
+        );
+    }
+    format!(
+        "No model named for {}: send it as the JSON body's `model`, a `model` form field, a `model` query parameter or an `X-Model-Id` header.",
+        clip(path, 200)
+    )
 }
 
 /// The models to try for model `index`, in order: itself, then each of its fallbacks that is
@@ -172,6 +186,18 @@ mod tests {
             let got = model_name(named, "/x").map_err(|e| e.status);
             assert_eq!(got.as_deref().map_err(|e| *e), want, "case {}", i);
         }
+    }
+
+    #[test]
+    fn a_stored_response_request_without_a_model_says_how_to_name_one() {
+        let e = model_name(Named::default(), "/responses/resp_1/input_items").unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.param),
+            (400, Some("missing_required_parameter"), Some("model"))
+        );
+        assert!(e.message.contains("X-Model-Id") && e.message.contains("?model="));
+        let e = model_name(Named::default(), "/files/f").unwrap_err();
+        assert!(e.message.contains("JSON body"));
     }
 
     #[test]

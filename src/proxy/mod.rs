@@ -10,6 +10,7 @@ mod outbound;
 use crate::api_error::ApiError;
 use crate::auth::Caller;
 use crate::balance::Pick;
+use crate::catalog::Resolved;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::policy::{Done, Policy};
@@ -88,16 +89,15 @@ pub fn handle(
     };
     summary.model = Some(inbound.model.clone());
     // A model the caller's key may not use looks exactly like one that does not exist.
-    let Some(index) = config
-        .endpoints
-        .iter()
-        .position(|e| e.id == inbound.model)
+    let Some(resolved) = ctx
+        .live
+        .resolve(&inbound.model)
         .filter(|_| ctx.caller.may_use(&inbound.model))
     else {
         let e = ApiError::model_not_found(&inbound.model);
         return fail(request, e, ctx, summary);
     };
-    summary.routed = true;
+    summary.routed = resolved.listed;
     let body_user = inbound
         .json
         .as_ref()
@@ -113,7 +113,7 @@ pub fn handle(
         Ok(a) => a,
         Err(e) => return fail(request, e, ctx, summary),
     };
-    let summary = attempt(request, &inbound, index, target, ctx, summary, started);
+    let summary = attempt(request, &inbound, &resolved, target, ctx, summary, started);
     ctx.policy.complete(
         &admission,
         &Done {
@@ -139,7 +139,7 @@ pub fn handle(
 fn attempt(
     request: Request,
     inbound: &inbound::Inbound,
-    index: usize,
+    resolved: &Resolved,
     target: &Target,
     ctx: &Ctx,
     mut summary: Summary,
@@ -148,8 +148,15 @@ fn attempt(
     let live = ctx.live;
     let config = &live.config;
     let model = &inbound.model;
-    let order = choose::model_order(config, index);
-    let next_pick = |tried: &[Pick]| order.iter().find_map(|m| live.balancer.pick(*m, tried));
+    // Ids a wildcard serves but no list names yet are counted as `unknown`: a client must not
+    // be able to mint label values.
+    let label = if resolved.listed { model } else { "unknown" };
+    let order = choose::model_order(config, resolved.index);
+    let skip = resolved.skipped();
+    let next_pick = |tried: &[Pick]| {
+        let avoid = [tried, &skip].concat();
+        order.iter().find_map(|m| live.balancer.pick(*m, &avoid))
+    };
     let mut tried: Vec<Pick> = Vec::new();
     let Some(mut pick) = next_pick(&tried) else {
         let e = ApiError::internal("no backend configured for this model");
@@ -158,7 +165,11 @@ fn attempt(
     loop {
         tried.push(pick);
         let endpoint = &config.endpoints[pick.0];
-        let backend = &endpoint.backends[pick.1];
+        let Some(backend) = resolved.backend(endpoint, pick) else {
+            let e = ApiError::internal("no such backend");
+            return fail(request, e, ctx, summary);
+        };
+        let backend = &*backend;
         let host = crate::redact::host(&backend.url).to_string();
         summary.backend = Some(host.clone());
         let Some(agent) = live.agent(endpoint, backend) else {
@@ -188,7 +199,7 @@ fn attempt(
             return fail(request, failure.to_api_error(model), ctx, summary);
         }
         let cause = failure.cause();
-        ctx.metrics.upstream_error(model, &host, cause);
+        ctx.metrics.upstream_error(label, &host, cause);
         if live.balancer.failure(pick) {
             log::warn!(
                 "backend {} of model {} cools down after repeated failures",
@@ -210,7 +221,7 @@ fn attempt(
                     host,
                     cause
                 );
-                ctx.metrics.retry(model, cause);
+                ctx.metrics.retry(label, cause);
                 summary.retries += 1;
                 std::thread::sleep(config.retry.backoff * summary.retries);
                 pick = n;

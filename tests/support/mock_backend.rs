@@ -91,6 +91,11 @@ pub struct Behavior {
     pub silent_before_stream: Duration,
     /// Added to every response.
     pub extra_headers: Vec<(String, String)>,
+    /// The model ids `GET /v1/models` lists (default `["mock"]`).
+    pub models: Vec<String>,
+    /// If set, `GET /v1/models` answers this status with an error body (a failing health
+    /// probe) while every other path keeps working.
+    pub models_status: Option<u16>,
 }
 
 impl Default for Behavior {
@@ -103,6 +108,8 @@ impl Default for Behavior {
             include_usage_chunk: false,
             silent_before_stream: Duration::ZERO,
             extra_headers: Vec::new(),
+            models: vec!["mock".to_string()],
+            models_status: None,
         }
     }
 }
@@ -587,7 +594,18 @@ fn respond(w: &mut TcpStream, inner: &Inner, b: &Behavior, req: &Request) -> io:
     let is_post = req.method.eq_ignore_ascii_case("POST");
 
     if is_get && (path == "/models" || path.ends_with("/models")) {
-        return send_json(w, 200, &models_json());
+        if let Some(status) = b.models_status {
+            let err = json!({"error": {"message": "mock models failure", "type": "mock_error"}});
+            return send_json(w, status, &err);
+        }
+        return send_json(w, 200, &models_json(&b.models));
+    }
+
+    if let Some(reply) = responses_api(req, path) {
+        return match reply {
+            ResponsesReply::Json(status, v) => send_json(w, status, &v),
+            ResponsesReply::Stream(events) => stream_sse(w, inner, b, close, &events),
+        };
     }
 
     if is_post && path.ends_with("/chat/completions") {
@@ -756,11 +774,12 @@ fn stream_sse(
 // The echo model
 // ---------------------------------------------------------------------------
 
-fn models_json() -> Value {
-    json!({
-        "object": "list",
-        "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}],
-    })
+fn models_json(models: &[String]) -> Value {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "mock"}))
+        .collect();
+    json!({"object": "list", "data": data})
 }
 
 /// Text of a message content: a string, or the `text` parts of an array joined with spaces.
@@ -877,6 +896,223 @@ fn echo_stream_events(model: &Value, content: &str, usage: Option<(u64, u64)>) -
     }
     events.push("data: [DONE]\n\n".to_string());
     events
+}
+
+// ---------------------------------------------------------------------------
+// The Responses API (echo model)
+// ---------------------------------------------------------------------------
+
+/// The id of every response the mock creates.
+pub const RESPONSE_ID: &str = "resp_mock";
+/// The id of the output message of every response the mock creates.
+pub const RESPONSE_MESSAGE_ID: &str = "msg_mock";
+
+enum ResponsesReply {
+    Json(u16, Value),
+    Stream(Vec<String>),
+}
+
+/// `POST /responses`, `GET`/`DELETE /responses/{id}` and `GET /responses/{id}/input_items`.
+fn responses_api(req: &Request, path: &str) -> Option<ResponsesReply> {
+    let rest = &path[path.find("/responses")? + "/responses".len()..];
+    let method = req.method.to_ascii_uppercase();
+    if rest.is_empty() && method == "POST" {
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = json!({"error": {"message": format!("invalid JSON body: {}", e), "type": "invalid_request_error"}});
+                return Some(ResponsesReply::Json(400, err));
+            }
+        };
+        let model = body.get("model").cloned().unwrap_or(Value::Null);
+        let text = responses_input_text(&body);
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            let events = responses_stream_events(&model, &text);
+            return Some(ResponsesReply::Stream(events));
+        }
+        return Some(ResponsesReply::Json(
+            200,
+            response_json(&model, &text, true),
+        ));
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    // Which model name the request carried: proves that modelmux rewrote it for the backend.
+    let named = req
+        .header("x-model-id")
+        .map(str::to_string)
+        .or_else(|| query_model(&req.path));
+    let named = named.map(Value::String).unwrap_or(Value::Null);
+    let v = match (method.as_str(), tail) {
+        ("GET", "") => {
+            let mut v = response_json(&named, "retrieved", true);
+            v["id"] = Value::String(id.to_string());
+            v
+        }
+        ("DELETE", "") => json!({"id": id, "object": "response.deleted", "deleted": true}),
+        ("GET", "input_items") => json!({
+            "object": "list",
+            "data": [{"type": "message", "id": "msg_input", "role": "user", "status": "completed",
+                      "content": [{"type": "input_text", "text": "hello"}]}],
+            "first_id": "msg_input",
+            "last_id": "msg_input",
+            "has_more": false,
+            "model_seen": named,
+        }),
+        _ => return None,
+    };
+    Some(ResponsesReply::Json(200, v))
+}
+
+fn query_model(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "model").then(|| v.to_string())
+    })
+}
+
+/// The text the echo model answers a Responses request with: `input` when it is a string,
+/// else the text parts of the last user item (Open WebUI sends
+/// `[{"type":"message","role":"user","content":[{"type":"input_text","text":...}]}]`).
+fn responses_input_text(body: &Value) -> String {
+    match body.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| content_text(m.get("content")))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn responses_usage(text: &str) -> Value {
+    let n = word_count(text);
+    json!({
+        "input_tokens": n,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": n,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 2 * n,
+    })
+}
+
+fn response_message(text: &str, done: bool) -> Value {
+    json!({
+        "type": "message",
+        "id": RESPONSE_MESSAGE_ID,
+        "status": if done { "completed" } else { "in_progress" },
+        "role": "assistant",
+        "content": if done { json!([{"type": "output_text", "text": text, "annotations": []}]) } else { json!([]) },
+    })
+}
+
+/// A Responses API `response` object; `done` adds the output and the usage.
+fn response_json(model: &Value, text: &str, done: bool) -> Value {
+    json!({
+        "id": RESPONSE_ID,
+        "object": "response",
+        "created_at": CREATED,
+        "status": if done { "completed" } else { "in_progress" },
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "metadata": {},
+        "model": model,
+        "output": if done { json!([response_message(text, true)]) } else { json!([]) },
+        "parallel_tool_calls": true,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "usage": if done { responses_usage(text) } else { Value::Null },
+    })
+}
+
+/// The SSE events (each one HTTP chunk) of a streamed Responses API answer: `event:` and
+/// `data:` lines, one delta per word, ending with `response.completed` (no `[DONE]`).
+fn responses_stream_events(model: &Value, text: &str) -> Vec<String> {
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut push = |kind: &str, mut data: Value| {
+        data["type"] = Value::String(kind.to_string());
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        events.push(format!("event: {}\ndata: {}\n\n", kind, data));
+    };
+    push(
+        "response.created",
+        json!({"response": response_json(model, text, false)}),
+    );
+    push(
+        "response.in_progress",
+        json!({"response": response_json(model, text, false)}),
+    );
+    push(
+        "response.output_item.added",
+        json!({"output_index": 0, "item": response_message(text, false)}),
+    );
+    let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
+    let at = json!({"item_id": RESPONSE_MESSAGE_ID, "output_index": 0, "content_index": 0});
+    let with = |extra: Value| {
+        let mut v = at.clone();
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v
+    };
+    push(
+        "response.content_part.added",
+        with(json!({"part": part("")})),
+    );
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for (i, word) in words.iter().enumerate() {
+        let delta = if i + 1 < words.len() {
+            format!("{} ", word)
+        } else {
+            word.to_string()
+        };
+        push(
+            "response.output_text.delta",
+            with(json!({"delta": delta, "logprobs": []})),
+        );
+    }
+    push(
+        "response.output_text.done",
+        with(json!({"text": text, "logprobs": []})),
+    );
+    push(
+        "response.content_part.done",
+        with(json!({"part": part(text)})),
+    );
+    push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": response_message(text, true)}),
+    );
+    push(
+        "response.completed",
+        json!({"response": response_json(model, text, true)}),
+    );
+    events
+}
+
+/// The exact (de-chunked) bytes of a streamed Responses answer to `input` for `model`.
+pub fn responses_stream_bytes(model: &str, input: &str) -> Vec<u8> {
+    responses_stream_events(&Value::String(model.to_string()), input)
+        .concat()
+        .into_bytes()
+}
+
+/// The exact JSON body of a non-stream Responses answer to `input` for `model`.
+pub fn response_bytes(model: &str, input: &str) -> Vec<u8> {
+    serde_json::to_vec(&response_json(
+        &Value::String(model.to_string()),
+        input,
+        true,
+    ))
+    .expect("serialize json")
 }
 
 // ---------------------------------------------------------------------------
