@@ -167,7 +167,7 @@ pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError
 }
 
 /// `GET /usage?since=2026-11-01&until=2026-12-01&by=user,model&user=u`: usage totals.
-pub fn usage(policy: &Policy, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
+pub fn usage(policy: &Policy, live: &Live, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
     let param = |name: &str| query.and_then(|q| crate::body::query_param(q, name));
     let (since, until, by, user) = (param("since"), param("until"), param("by"), param("user"));
     let q = crate::policy::query(
@@ -177,7 +177,12 @@ pub fn usage(policy: &Policy, query: Option<&str>) -> Result<Vec<u8>, ApiError> 
         user.as_deref(),
     )
     .map_err(|m| ApiError::invalid_request(m).with_code("invalid_query"))?;
-    Ok(policy.report(&q).to_string().into_bytes())
+    let mut report = policy.report(&q);
+    // One user's answer also says what is left of each quota rule that limits them.
+    if let Some(u) = user.as_deref() {
+        report["limits"] = policy.budgets(&live.config.policy, u);
+    }
+    Ok(report.to_string().into_bytes())
 }
 
 /// `GET /debug`: the effective config with keys masked.

@@ -120,6 +120,25 @@ impl ApiError {
         e
     }
 
+    /// 429 when a quota rule refuses (`rate_limit_exceeded` or `insufficient_quota`), or when
+    /// every backend of the model asked to be left alone for a while.
+    pub fn rate_limited(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> ApiError {
+        let kind = if code == "insufficient_quota" {
+            "insufficient_quota"
+        } else {
+            "rate_limit_error"
+        };
+        let mut e = ApiError::new(429, kind, message);
+        e.code = Some(code);
+        e.headers
+            .push(("Retry-After", retry_after_secs.max(1).to_string()));
+        e
+    }
+
     /// 500 for a fault inside modelmux itself.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "server_error", message)

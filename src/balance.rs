@@ -14,6 +14,8 @@ pub struct BackendState {
     consecutive_failures: AtomicU32,
     cooldown_until: Mutex<Option<Instant>>,
     probe: Mutex<Option<ProbeMark>>,
+    /// The backend asked to be left alone until then (a 429 or 503 with `Retry-After`).
+    held_until: Mutex<Option<Instant>>,
 }
 
 /// The result of the last active health probe of a backend.
@@ -101,11 +103,19 @@ impl Balancer {
     /// in-flight per weight, ties broken by smooth weighted round-robin. When every untried
     /// backend is cooling down, one of them is still returned: trying beats refusing.
     pub fn pick(&self, m: usize, tried: &[Pick]) -> Option<Pick> {
+        self.pick_in(m, tried, None)
+    }
+
+    /// Like `pick`, among the backends `allowed` only (those below their concurrency cap). A
+    /// backend that asked to be left alone (`hold_off`) is never picked.
+    pub fn pick_in(&self, m: usize, tried: &[Pick], allowed: Option<&[usize]>) -> Option<Pick> {
         let pool = self.pools.get(m)?;
         let now = Instant::now();
         // One snapshot of the state: other threads change it while we decide.
         let candidates: Vec<Candidate> = (0..pool.states.len())
             .filter(|b| !tried.contains(&(m, *b)))
+            .filter(|b| allowed.is_none_or(|a| a.contains(b)))
+            .filter(|b| pool.held_for(*b, now).is_none())
             .map(|b| Candidate {
                 index: b,
                 in_flight: pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
@@ -115,6 +125,29 @@ impl Balancer {
             .collect();
         let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
         choose(&candidates, &mut current).map(|b| (m, b))
+    }
+
+    /// Leaves a backend alone for `secs` (it answered 429 or 503 with `Retry-After`).
+    pub fn hold_off(&self, pick: Pick, secs: u64) {
+        if let Some(s) = self.state(pick) {
+            let until = Instant::now() + Duration::from_secs(secs.min(24 * 3600));
+            *s.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        }
+    }
+
+    /// When every backend of `models` not in `tried` is held off: the time until the first
+    /// one may be tried again.
+    pub fn all_held(&self, models: &[usize], tried: &[Pick]) -> Option<Duration> {
+        let now = Instant::now();
+        let mut soonest: Option<Duration> = None;
+        for &m in models {
+            let pool = self.pools.get(m)?;
+            for b in (0..pool.states.len()).filter(|b| !tried.contains(&(m, *b))) {
+                let left = pool.held_for(b, now)?;
+                soonest = Some(soonest.map_or(left, |s| s.min(left)));
+            }
+        }
+        soonest
     }
 
     /// Marks a request as in flight on a backend until the guard drops.
@@ -253,6 +286,17 @@ fn pool_key(id: &str, url: &str) -> String {
 }
 
 impl ModelPool {
+    /// How long the backend still asked to be left alone for, if it did.
+    fn held_for(&self, b: usize, now: Instant) -> Option<Duration> {
+        let until = *self.states[b]
+            .held_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        until
+            .and_then(|u| u.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
     /// Out of selection: cooling down after failures, or its last health probe failed.
     fn cooling(&self, b: usize, now: Instant) -> bool {
         let s = &self.states[b];

@@ -95,6 +95,11 @@ impl JsonObject {
         }
     }
 
+    /// A top-level member's value when it is a whole number.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        serde_json::from_str::<u64>(self.get(key)?.get()).ok()
+    }
+
     /// A top-level member's value when it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<String> {
         serde_json::from_str::<String>(self.get(key)?.get()).ok()

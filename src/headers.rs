@@ -64,6 +64,15 @@ pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Seconds a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 10.2.3).
+pub fn retry_after_secs(value: &str, now_unix: i64) -> Option<u64> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok();
+    }
+    crate::policy::secs_until_http_date(v, now_unix)
+}
+
 /// Open WebUI's user headers and signed user token: personal data.
 pub fn is_user_identity(name: &str) -> bool {
     name.len() > 17 && name[..17].eq_ignore_ascii_case("x-openwebui-user-")

@@ -43,6 +43,8 @@ struct Data {
     tokens: BTreeMap<(String, &'static str), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
     user_requests: BTreeMap<String, u64>,
+    limit_refusals: BTreeMap<&'static str, u64>,
+    queue_wait: BTreeMap<String, Histogram>,
     user_tokens: BTreeMap<(String, &'static str), u64>,
 }
 
@@ -126,6 +128,21 @@ impl Metrics {
         *d.user_tokens
             .entry((user.to_string(), "completion"))
             .or_default() += completion;
+    }
+
+    /// Records a request a quota rule (or an unreachable limits store) refused.
+    pub fn limit_refusal(&self, limit: &'static str) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.limit_refusals.entry(limit).or_default() += 1;
+    }
+
+    /// Records how long a request waited for a backend below its cap.
+    pub fn queue_wait(&self, model: &str, waited: Duration) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        d.queue_wait
+            .entry(model.to_string())
+            .or_default()
+            .observe(waited.as_secs_f64());
     }
 
     /// Records a usage line the ledger could not write.
@@ -265,6 +282,25 @@ impl Metrics {
         }
         header(
             &mut out,
+            "modelmux_limit_refusals_total",
+            "counter",
+            "Requests refused by a quota rule, by the kind of limit (store_unavailable: the limits store was down in closed mode).",
+        );
+        for (limit, v) in &d.limit_refusals {
+            let _ = writeln!(
+                out,
+                "modelmux_limit_refusals_total{{limit=\"{}\"}} {}",
+                limit, v
+            );
+        }
+        histogram(
+            &mut out,
+            "modelmux_backend_queue_wait_seconds",
+            "Time requests waited for a backend below its maxConcurrent, by model.",
+            &d.queue_wait,
+        );
+        header(
+            &mut out,
             "modelmux_usage_ledger_write_failures_total",
             "counter",
             "Usage lines the ledger could not write (full disk...); traffic is not affected.",
@@ -335,7 +371,7 @@ fn histogram(out: &mut String, name: &str, help: &str, by_model: &BTreeMap<Strin
 }
 
 /// Escapes a label value as the exposition format requires.
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -120,11 +120,21 @@ pub fn serve(
             continue;
         }
         if matches!(route, Route::Health | Route::Metrics) {
-            let (shared, metrics, workers) =
-                (Arc::clone(&shared), Arc::clone(&metrics), workers.clone());
+            let (shared, metrics, workers, settings, policy) = (
+                Arc::clone(&shared),
+                Arc::clone(&metrics),
+                workers.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&policy),
+            );
             fast.execute(move || {
-                let summary =
-                    fast_lane(request, &target, &route, &meta, &shared, &metrics, &workers);
+                let served = Served {
+                    shared: &shared,
+                    settings: &settings,
+                    metrics: &metrics,
+                    policy: &policy,
+                };
+                let summary = fast_lane(request, &target, &route, &meta, &served, &workers);
                 finish(&meta, &summary, &metrics);
             });
             continue;
@@ -213,10 +223,10 @@ fn fast_lane(
     target: &Target,
     route: &Route,
     meta: &Meta,
-    shared: &ConfigStore,
-    metrics: &Metrics,
+    served: &Served,
     workers: &ThreadPool,
 ) -> Summary {
+    let (shared, metrics) = (served.shared, served.metrics);
     if !matches!(*request.method(), Method::Get | Method::Head) {
         return local_error(
             request,
@@ -229,6 +239,7 @@ fn fast_lane(
         Route::Metrics => {
             let mut text = metrics.render(workers.queued_count());
             text.push_str(&admin::backend_metrics(&live));
+            text.push_str(&served.policy.metrics_text());
             let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(
@@ -296,7 +307,7 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
             Err(e) => local_error(request, e, id),
         },
         Route::Debug if get => ok(request, admin::debug(shared, &live), id),
-        Route::Usage if get => match admin::usage(policy, target.query.as_deref()) {
+        Route::Usage if get => match admin::usage(policy, &live, target.query.as_deref()) {
             Ok(body) => ok(request, body, id),
             Err(e) => local_error(request, e, id),
         },

@@ -54,7 +54,13 @@ impl Inherited {
     }
 }
 
-const ENTRY_FIELDS: &[&str] = &["url", "apiKey", "actualModelName", "weight", "maxConcurrent"];
+const ENTRY_FIELDS: &[&str] = &[
+    "url",
+    "apiKey",
+    "actualModelName",
+    "weight",
+    "maxConcurrent",
+];
 
 /// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
 /// one (a seed config).

@@ -147,7 +147,7 @@ pub(super) fn parse_endpoint(
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
-        None | Some(Value::Null) => Duration::from_secs(30),
+        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_QUEUE_WAIT,
         Some(v) => match v.as_f64() {
             Some(s) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
             _ => {
@@ -161,7 +161,10 @@ pub(super) fn parse_endpoint(
     let default_max_tokens = match obj.get("defaultMaxTokens") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-            FieldError::new("defaultMaxTokens", "expected a whole number of tokens, at least 1")
+            FieldError::new(
+                "defaultMaxTokens",
+                "expected a whole number of tokens, at least 1",
+            )
         })?),
     };
     Ok(Endpoint {

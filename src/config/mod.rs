@@ -357,6 +357,7 @@ mod tests {
                 actual_model_name: "m".into(),
                 weight: 1,
                 via_proxy: None,
+                max_concurrent: None,
             }]
         );
     }
@@ -409,7 +410,7 @@ mod tests {
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","backends":[{"wieght":2}]}}}"#,
-                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName or weight",
+                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","headers":{"Host":"x"}}}}"#,

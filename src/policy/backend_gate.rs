@@ -168,6 +168,7 @@ impl ModelGate {
     }
 
     /// Slots in use per backend now.
+    #[cfg(test)]
     pub fn in_use(&self) -> Vec<usize> {
         self.inner.lock().busy.clone()
     }

@@ -52,6 +52,35 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time as the ledger writes it
+/// (`2026-11-27T05:15:02.123Z`).
+pub fn parse_rfc3339_secs(s: &str) -> Option<i64> {
+    let day = parse_day(s)?;
+    let t = s.get(11..19)?.as_bytes();
+    if t[2] != b':' || t[5] != b':' {
+        return None;
+    }
+    let n = |a: usize| -> Option<i64> { std::str::from_utf8(&t[a..a + 2]).ok()?.parse().ok() };
+    Some(day * 86_400 + n(0)? * 3600 + n(3)? * 60 + n(6)?)
+}
+
+/// Seconds from now until an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), 0 if past.
+pub fn secs_until_http_date(s: &str, now_secs: i64) -> Option<u64> {
+    let mut p = s.split_whitespace();
+    let (_, d, m, y, hms) = (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?);
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|x| *x == m)? as u32
+        + 1;
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    let at =
+        days_from_civil(y.parse().ok()?, month, d.parse().ok()?) * 86_400 + h * 3600 + mi * 60 + se;
+    Some(u64::try_from(at - now_secs).unwrap_or(0))
+}
+
 /// The day number of a `YYYY-MM-DD` date, or of the date part of an RFC 3339 timestamp.
 pub fn parse_day(s: &str) -> Option<i64> {
     let date = s.get(..10)?;
@@ -101,6 +130,20 @@ mod tests {
         assert_eq!(rfc3339(1_795_324_502_123), "2026-11-22T05:15:02.123Z");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(parse_day("2026-11-01"), Some(days_from_civil(2026, 11, 1)));
+        assert_eq!(
+            parse_rfc3339_secs(&rfc3339(1_795_324_502_123)),
+            Some(1_795_324_502)
+        );
+        let now = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            secs_until_http_date("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(30)
+        );
+        assert_eq!(
+            secs_until_http_date("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(secs_until_http_date("tomorrow", now), None);
         assert_eq!(
             parse_day("2026-11-01T10:00:00Z"),
             Some(days_from_civil(2026, 11, 1))

@@ -121,6 +121,7 @@ mod tests {
             models: None,
             name: name.into(),
             trust_user_headers: trust,
+            priority: crate::policy::Priority::Normal,
         }
     }
 

@@ -16,7 +16,8 @@ mod store;
 mod totals;
 mod windows;
 
-pub use backend_gate::Priority;
+pub use backend_gate::{Permit, Priority, DEFAULT_MAX_QUEUE_WAIT};
+pub use clock::secs_until_http_date;
 pub use identity::Identity;
 pub use quota::FailureMode;
 pub use rules::{parse_rules, Rule};
@@ -27,25 +28,67 @@ use crate::auth::Caller;
 use crate::config::PolicySettings;
 use crate::metrics::Metrics;
 use crate::usage::{self, Usage};
+pub use backend_gate::ModelGate;
 use identity::Asking;
 use ledger::{Entry, Ledger};
-use std::sync::Mutex;
+use quota::{Quotas, Reservation};
+use rules::Subject;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use store::Store;
 use totals::Totals;
 
-/// Process-wide accounting state: the ledger and the totals rebuilt from it.
+/// Process-wide policy state: the ledger and the totals rebuilt from it, the quotas and the
+/// per-model backend gates.
 pub struct Policy {
     ledger: Option<Ledger>,
     totals: Mutex<Totals>,
+    quotas: Mutex<QuotaState>,
+    gates: Mutex<HashMap<String, GateEntry>>,
 }
 
-/// A request let in: who it is for, and what an estimate would need.
-#[derive(Debug, Clone)]
+/// The quotas and the settings they were built from (rebuilt when a reload changes them).
+struct QuotaState {
+    rules: Vec<Rule>,
+    failure: FailureMode,
+    quotas: Arc<Quotas>,
+}
+
+/// A model's gate and the caps it was built with.
+struct GateEntry {
+    caps: Vec<Option<usize>>,
+    wait: Duration,
+    gate: Arc<ModelGate>,
+}
+
+/// A request let in: who it is for, what it holds of its quotas, and what an estimate needs.
 pub struct Admission {
     /// Who is asking.
     pub identity: Identity,
+    /// How soon it is served when its backends are at their caps.
+    pub priority: Priority,
+    /// OpenAI's `x-ratelimit-*` headers for its answer, when a quota rule applies.
+    pub headers: Vec<(&'static str, String)>,
     /// The request body's size, for an estimate when the backend reports no usage.
     prompt_bytes: usize,
+    reservation: Option<Reservation>,
+}
+
+/// What admission needs to know about a request.
+pub struct Asked<'a> {
+    /// The client's headers.
+    pub headers: &'a [(String, String)],
+    /// The authenticated caller.
+    pub caller: &'a Caller<'a>,
+    /// The JSON body's `user`.
+    pub body_user: Option<String>,
+    /// The request body's size.
+    pub prompt_bytes: usize,
+    /// The public model id.
+    pub model: &'a str,
+    /// The completion tokens it may use (`max_tokens` or the endpoint's default).
+    pub max_tokens: u64,
 }
 
 /// How a request ended, for the ledger.
@@ -73,15 +116,33 @@ pub struct Done<'a> {
 }
 
 impl Policy {
-    /// Opens the ledger (if configured) and rebuilds the totals from it.
+    /// Opens the ledger (if configured), rebuilds the totals from it, and sets up the quotas
+    /// (their local counters seeded from the ledger, so a restart keeps today's spending).
     pub fn start(settings: &PolicySettings) -> Result<Policy, String> {
         let mut totals = Totals::default();
+        let store = match &settings.limits_store {
+            None => Store::local(),
+            Some(url) => Store::redis(&url.0, None).map_err(|e| format!("limitsStore: {}", e.0))?,
+        };
+        let quotas = Quotas::new(
+            settings.limits.clone(),
+            store,
+            settings.limits_store_failure,
+        );
+        let now = (clock::now_ms() / 1000) as u64;
         let ledger = match &settings.usage_log {
             None => None,
             Some(path) => {
                 let (entries, skipped) = ledger::read_all(path)?;
                 for e in &entries {
                     totals.add(e);
+                    if !quotas.is_empty() {
+                        if let Some(ts) = clock::parse_rfc3339_secs(&e.ts) {
+                            let s = subject(&e.user, &e.key, &e.model);
+                            let tokens = e.usage.prompt + e.usage.completion;
+                            quotas.record_past(&s, tokens, ts as u64, now);
+                        }
+                    }
                 }
                 if skipped > 0 {
                     log::warn!(
@@ -101,36 +162,177 @@ impl Policy {
         Ok(Policy {
             ledger,
             totals: Mutex::new(totals),
+            quotas: Mutex::new(QuotaState {
+                rules: settings.limits.clone(),
+                failure: settings.limits_store_failure,
+                quotas: Arc::new(quotas),
+            }),
+            gates: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Identifies the request; a refusal is the client's answer and never reaches a backend.
+    /// The quotas for these settings: the same counters, with rules a reload changed.
+    fn quotas(&self, settings: &PolicySettings) -> Arc<Quotas> {
+        let mut st = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        if st.rules != settings.limits || st.failure != settings.limits_store_failure {
+            st.quotas = Arc::new(
+                st.quotas
+                    .reloaded(settings.limits.clone(), settings.limits_store_failure),
+            );
+            st.rules = settings.limits.clone();
+            st.failure = settings.limits_store_failure;
+        }
+        Arc::clone(&st.quotas)
+    }
+
+    /// Identifies the request and reserves its quotas; a refusal (401, 429, 503) is the
+    /// client's answer and never reaches a backend.
     pub fn admit(
         &self,
         settings: &PolicySettings,
-        headers: &[(String, String)],
-        caller: &Caller,
-        body_user: Option<String>,
-        prompt_bytes: usize,
+        asked: &Asked,
+        metrics: &Metrics,
     ) -> Result<Admission, ApiError> {
         let asking = Asking {
-            headers,
-            caller,
-            body_user,
+            headers: asked.headers,
+            caller: asked.caller,
+            body_user: asked.body_user.clone(),
         };
         let identity = identity::identify(
             &asking,
             settings.jwt_secret.as_ref(),
             clock::now_ms() / 1000,
         )?;
+        let task = asked
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(&settings.task_header) && !v.trim().is_empty());
+        let priority = match asked.caller {
+            _ if task => Priority::Low,
+            Caller::Key(k) => k.priority,
+            Caller::Open => Priority::Normal,
+        };
+        let quotas = self.quotas(settings);
+        let (reservation, headers) = if quotas.is_empty() {
+            (None, Vec::new())
+        } else {
+            let s = subject(&identity.user, &identity.key, asked.model);
+            let now = (clock::now_ms() / 1000) as u64;
+            let estimate = (asked.prompt_bytes as u64).div_ceil(4) + asked.max_tokens;
+            match quotas.reserve(&s, estimate, now) {
+                Ok(r) => {
+                    let status = quotas.status(&s, now).unwrap_or_default();
+                    (Some(r), quota::ratelimit_headers(&status))
+                }
+                Err(quota::Refusal::Limited(d)) => {
+                    metrics.limit_refusal(d.limit);
+                    return Err(ApiError::rate_limited(
+                        d.code,
+                        d.message,
+                        d.retry_after_secs,
+                    ));
+                }
+                Err(quota::Refusal::Unavailable { retry_after_secs }) => {
+                    metrics.limit_refusal("store_unavailable");
+                    let mut e =
+                        ApiError::overloaded(retry_after_secs).with_code("limits_unavailable");
+                    e.message = "The limits store is unreachable and limitsStoreFailure is closed; retry shortly.".into();
+                    return Err(e);
+                }
+            }
+        };
         Ok(Admission {
             identity,
-            prompt_bytes,
+            priority,
+            headers,
+            prompt_bytes: asked.prompt_bytes,
+            reservation,
         })
     }
 
-    /// Records a finished request: ledger line, totals, per-user metrics.
-    pub fn complete(&self, admission: &Admission, done: &Done, per_user: bool, metrics: &Metrics) {
+    /// The gate of a model whose backends have concurrency caps (`None` when none has one).
+    pub fn gate(
+        &self,
+        model: &str,
+        caps: Vec<Option<usize>>,
+        wait: Duration,
+    ) -> Option<Arc<ModelGate>> {
+        if caps.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = gates.entry(model.to_string()).or_insert_with(|| GateEntry {
+            caps: caps.clone(),
+            wait,
+            gate: Arc::new(ModelGate::new(caps.clone(), wait)),
+        });
+        // A reload that changed the caps gets a new gate; requests waiting on the old one
+        // finish there.
+        if entry.caps != caps || entry.wait != wait {
+            *entry = GateEntry {
+                caps: caps.clone(),
+                wait,
+                gate: Arc::new(ModelGate::new(caps, wait)),
+            };
+        }
+        Some(Arc::clone(&entry.gate))
+    }
+
+    /// Lines for /metrics: queue depth per model and limits store failures.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_backend_queue_depth Requests waiting for a backend below its maxConcurrent, by model.\n# TYPE modelmux_backend_queue_depth gauge"
+        );
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut models: Vec<&String> = gates.keys().collect();
+        models.sort();
+        for m in models {
+            let _ = writeln!(
+                out,
+                "modelmux_backend_queue_depth{{model=\"{}\"}} {}",
+                crate::metrics::esc(m),
+                gates[m].gate.depth()
+            );
+        }
+        drop(gates);
+        let failures = self
+            .quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quotas
+            .store_failures();
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
+            failures
+        );
+        out
+    }
+
+    /// The remaining budgets of the rules that match `user` (by user only), for `/usage`.
+    pub fn budgets(&self, settings: &PolicySettings, user: &str) -> serde_json::Value {
+        let quotas = self.quotas(settings);
+        let now = (clock::now_ms() / 1000) as u64;
+        let status = quotas
+            .status(&subject(user, "", ""), now)
+            .unwrap_or_default();
+        let rows: Vec<serde_json::Value> = status
+            .iter()
+            .flat_map(|s| {
+                s.budgets.iter().map(move |b| {
+                    serde_json::json!({"rule": s.rule, "limit": b.kind.name(), "max": b.limit,
+                                       "remaining": b.remaining, "reset_secs": b.reset_secs})
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+
+    /// Records a finished request: ledger line, totals, quotas settled, per-user metrics.
+    pub fn complete(&self, admission: Admission, done: &Done, per_user: bool, metrics: &Metrics) {
         let usage = match done.usage {
             Some(u) => u,
             // Only answered token-bearing requests get an estimate: an error used nothing.
@@ -165,6 +367,13 @@ impl Policy {
         if per_user {
             metrics.user(&entry.user, usage.prompt, usage.completion);
         }
+        if let Some(r) = admission.reservation {
+            match usage.prompt + usage.completion {
+                // Nothing was used (a refusal, a failed backend): give the estimate back.
+                0 => r.release(),
+                n => r.settle(n),
+            }
+        }
     }
 
     /// `GET /usage`: the totals for `q` as an OpenAI-style list.
@@ -175,6 +384,15 @@ impl Policy {
             .unwrap_or_else(|p| p.into_inner())
             .query(q);
         totals::to_json(&rows, &q.by)
+    }
+}
+
+/// The quota subject of a request.
+fn subject(user: &str, key: &str, model: &str) -> Subject {
+    Subject {
+        user: user.to_string(),
+        key: key.to_string(),
+        model: model.to_string(),
     }
 }
 
@@ -227,4 +445,3 @@ pub fn usage_command(log: &std::path::Path, q: &Query, json: bool) -> Result<Str
         totals::to_table(&rows, &q.by)
     })
 }
-

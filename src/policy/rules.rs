@@ -1,6 +1,5 @@
 //! The `"limits"` rules of the config: whom each rule covers and what it allows.
 
-use crate::policy::windows::Span;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -88,7 +87,9 @@ impl Limit {
     }
 
     /// The window it is counted over; `None` for the in-flight count.
-    pub fn span(self) -> Option<Span> {
+    #[cfg(test)]
+    pub fn span(self) -> Option<crate::policy::windows::Span> {
+        use crate::policy::windows::Span;
         match self {
             Limit::RequestsPerMinute | Limit::TokensPerMinute => Some(Span::Minute),
             Limit::TokensPerDay => Some(Span::Day),
@@ -369,6 +370,7 @@ fn describe(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::windows::Span;
     use serde_json::json;
 
     fn subject(user: &str, key: &str, model: &str) -> Subject {

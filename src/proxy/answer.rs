@@ -17,6 +17,8 @@ pub struct Source<'a> {
     pub host: &'a str,
     /// modelmux asked it for the stream's usage chunk: hide that from the client.
     pub strip_usage: bool,
+    /// Headers modelmux adds (OpenAI's `x-ratelimit-*` when a quota rule applies).
+    pub extra_headers: &'a [(&'static str, String)],
 }
 
 /// Sends `response` to the client; the backend stays counted in flight until it is done.
@@ -34,6 +36,7 @@ pub fn relay(
         pick,
         host,
         strip_usage,
+        ..
     } = *from;
     let mut all: Vec<(String, String)> = Vec::new();
     for name in response.headers_names() {
@@ -64,6 +67,10 @@ pub fn relay(
             }
         })
         .collect();
+    for (n, v) in from.extra_headers {
+        headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
+        headers.push((n.to_string(), v.clone()));
+    }
     headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
     if crate::reply::wants_close(&request) {
         headers.push(("Connection".to_string(), "close".to_string()));

@@ -11,9 +11,10 @@ use crate::api_error::ApiError;
 use crate::auth::Caller;
 use crate::balance::Pick;
 use crate::catalog::Resolved;
+use crate::headers;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::policy::{Done, Policy};
+use crate::policy::{Admission, Asked, Done, Permit, Policy};
 use crate::route::{Route, Target};
 use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
@@ -103,19 +104,29 @@ pub fn handle(
         .as_ref()
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty());
-    let admission = match ctx.policy.admit(
-        &config.policy,
-        &inbound.headers,
-        ctx.caller,
+    let endpoint = &config.endpoints[resolved.index];
+    let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| inbound.json.as_ref()?.get_u64(k))
+        .or(endpoint.default_max_tokens)
+        .unwrap_or(0);
+    let asked = Asked {
+        headers: &inbound.headers,
+        caller: ctx.caller,
         body_user,
-        inbound.body.len(),
-    ) {
+        prompt_bytes: inbound.body.len(),
+        model: &inbound.model,
+        max_tokens,
+    };
+    let admission = match ctx.policy.admit(&config.policy, &asked, ctx.metrics) {
         Ok(a) => a,
         Err(e) => return fail(request, e, ctx, summary),
     };
-    let summary = attempt(request, &inbound, &resolved, target, ctx, summary, started);
+    let summary = attempt(
+        request, &inbound, &resolved, &admission, target, ctx, summary, started,
+    );
     ctx.policy.complete(
-        &admission,
+        admission,
         &Done {
             request_id: ctx.request_id,
             model: &inbound.model,
@@ -136,10 +147,12 @@ pub fn handle(
 
 /// Tries the model's backends, then its fallbacks' (at most `retry.maxAttempts` in all),
 /// until one answers; relays that answer, or the last failure.
+#[allow(clippy::too_many_arguments)]
 fn attempt(
     request: Request,
     inbound: &inbound::Inbound,
     resolved: &Resolved,
+    admission: &Admission,
     target: &Target,
     ctx: &Ctx,
     mut summary: Summary,
@@ -153,14 +166,64 @@ fn attempt(
     let label = if resolved.listed { model } else { "unknown" };
     let order = choose::model_order(config, resolved.index);
     let skip = resolved.skipped();
-    let next_pick = |tried: &[Pick]| {
+    let next_pick = |tried: &[Pick]| -> Result<Option<(Pick, Option<Permit>)>, ApiError> {
         let avoid = [tried, &skip].concat();
-        order.iter().find_map(|m| live.balancer.pick(*m, &avoid))
+        for &m in &order {
+            let e = &config.endpoints[m];
+            let eligible: Vec<usize> = (0..e.backends.len())
+                .filter(|b| !avoid.contains(&(m, *b)))
+                .collect();
+            if eligible.is_empty() || live.balancer.all_held(&[m], &avoid).is_some() {
+                continue;
+            }
+            let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
+            let Some(gate) = ctx.policy.gate(&e.id, caps, e.max_queue_wait) else {
+                match live.balancer.pick(m, &avoid) {
+                    Some(p) => return Ok(Some((p, None))),
+                    None => continue,
+                }
+            };
+            // Every backend at its cap: wait, holding no backend connection, served by
+            // priority and in turn between users.
+            let deadline = Instant::now() + gate.max_queue_wait();
+            let choose = |free: &[usize]| live.balancer.pick_in(m, &avoid, Some(free)).map(|p| p.1);
+            let id = &admission.identity.user;
+            return match gate.acquire(id, admission.priority, &eligible, choose, deadline) {
+                Ok(permit) => {
+                    ctx.metrics.queue_wait(label, permit.waited());
+                    Ok(Some(((m, permit.backend()), Some(permit))))
+                }
+                Err(o) => {
+                    let mut e = ApiError::overloaded(o.retry_after_secs);
+                    e.message = format!(
+                        "Every backend of model `{}` is at its maxConcurrent and the wait passed maxQueueWaitSecs; retry shortly.",
+                        crate::api_error::clip(model, 200)
+                    );
+                    Err(e)
+                }
+            };
+        }
+        Ok(None)
     };
     let mut tried: Vec<Pick> = Vec::new();
-    let Some(mut pick) = next_pick(&tried) else {
-        let e = ApiError::internal("no backend configured for this model");
-        return fail(request, e, ctx, summary);
+    let (mut pick, mut permit) = match next_pick(&tried) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            // Every backend asked to be left alone (429/503 with Retry-After): say until when.
+            let e = match live.balancer.all_held(&order, &skip) {
+                Some(left) => ApiError::rate_limited(
+                    "rate_limit_exceeded",
+                    format!(
+                        "Every backend of model `{}` is rate limited; retry after the time in Retry-After.",
+                        crate::api_error::clip(model, 200)
+                    ),
+                    left.as_secs_f64().ceil() as u64,
+                ),
+                None => ApiError::internal("no backend configured for this model"),
+            };
+            return fail(request, e, ctx, summary);
+        }
+        Err(e) => return fail(request, e, ctx, summary),
     };
     loop {
         tried.push(pick);
@@ -183,10 +246,19 @@ fn attempt(
             pick,
             host: &host,
             strip_usage: outbound::injects_usage(inbound, target, endpoint),
+            extra_headers: &admission.headers,
         };
         // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
         let (failure, kept) = match upstream::send(agent, outgoing, model) {
             Ok(r) if r.status() == 429 || r.status() >= 500 => {
+                // A backend that says when to come back is left alone until then.
+                if let Some(secs) = r
+                    .header("retry-after")
+                    .filter(|_| matches!(r.status(), 429 | 503))
+                    .and_then(|v| headers::retry_after_secs(v, now_unix()))
+                {
+                    live.balancer.hold_off(pick, secs);
+                }
                 (Failure::Status(r.status()), Some(r))
             }
             Ok(r) => {
@@ -207,14 +279,20 @@ fn attempt(
                 endpoint.id
             );
         }
+        // The slot of a backend that failed is free for others while we look further.
+        drop(permit.take());
         let next = if (tried.len() as u32) < config.retry.max_attempts {
-            next_pick(&tried)
+            match next_pick(&tried) {
+                Ok(n) => n,
+                Err(e) => return fail(request, e, ctx, summary),
+            }
         } else {
             None
         };
         match (next, kept) {
-            (Some(n), _) => {
+            (Some((n, p)), _) => {
                 drop(in_flight);
+                permit = p;
                 log::info!(
                     "model {}: backend {} failed ({}); retrying on another backend",
                     model,
@@ -233,6 +311,13 @@ fn attempt(
             (None, None) => return fail(request, failure.to_api_error(model), ctx, summary),
         }
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {
