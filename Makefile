@@ -1,5 +1,5 @@
 # modelmux: everyday commands. `make test` is what CI runs (.ci/run).
-.PHONY: build run test lint check static bench bench-peers conformance clean
+.PHONY: build run test lint check static bench bench-peers conformance vendor-check clean
 
 build:
 	cargo build --release --bin modelmux
@@ -27,6 +27,10 @@ bench-peers:
 
 conformance:
 	./scripts/conformance.sh
+
+# The vendored tiny_http and ureq against their crates.io releases, and their own unit tests.
+vendor-check:
+	./scripts/vendor_check.sh
 
 clean:
 	cargo clean

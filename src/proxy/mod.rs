@@ -188,12 +188,14 @@ fn attempt(
             let deadline = Instant::now() + gate.max_queue_wait();
             let choose = |free: &[usize]| live.balancer.pick_in(m, &avoid, Some(free)).map(|p| p.1);
             let id = &admission.identity.user;
+            let asked_at = Instant::now();
             return match gate.acquire(id, admission.priority, &eligible, choose, deadline) {
                 Ok(permit) => {
                     ctx.metrics.queue_wait(label, permit.waited());
                     Ok(Some(((m, permit.backend()), Some(permit))))
                 }
                 Err(o) => {
+                    ctx.metrics.queue_wait(label, asked_at.elapsed());
                     let mut e = ApiError::overloaded(o.retry_after_secs);
                     e.message = format!(
                         "Every backend of model `{}` is at its maxConcurrent and the wait passed maxQueueWaitSecs; retry shortly.",
@@ -211,14 +213,7 @@ fn attempt(
         Ok(None) => {
             // Every backend asked to be left alone (429/503 with Retry-After): say until when.
             let e = match live.balancer.all_held(&order, &skip) {
-                Some(left) => ApiError::rate_limited(
-                    "rate_limit_exceeded",
-                    format!(
-                        "Every backend of model `{}` is rate limited; retry after the time in Retry-After.",
-                        crate::api_error::clip(model, 200)
-                    ),
-                    left.as_secs_f64().ceil() as u64,
-                ),
+                Some(left) => all_held_error(model, left),
                 None => ApiError::internal("no backend configured for this model"),
             };
             return fail(request, e, ctx, summary);
@@ -304,6 +299,13 @@ fn attempt(
                 std::thread::sleep(config.retry.backoff * summary.retries);
                 pick = n;
             }
+            // Several backends, each asked to be left alone: say when the first may be tried.
+            (None, Some(_))
+                if tried.len() > 1 && live.balancer.all_held(&order, &skip).is_some() =>
+            {
+                let left = live.balancer.all_held(&order, &skip).unwrap_or_default();
+                return fail(request, all_held_error(model, left), ctx, summary);
+            }
             // Nothing left to try: the last backend's own answer goes back as it is.
             (None, Some(r)) => {
                 return answer::relay(request, r, &from, in_flight, ctx, summary, started)
@@ -311,6 +313,18 @@ fn attempt(
             (None, None) => return fail(request, failure.to_api_error(model), ctx, summary),
         }
     }
+}
+
+/// 429 when every backend of the model asked to be left alone, with the soonest recovery.
+fn all_held_error(model: &str, left: Duration) -> ApiError {
+    ApiError::rate_limited(
+        "rate_limit_exceeded",
+        format!(
+            "Every backend of model `{}` is rate limited; retry after the time in Retry-After.",
+            crate::api_error::clip(model, 200)
+        ),
+        left.as_secs_f64().ceil() as u64,
+    )
 }
 
 fn now_unix() -> i64 {

@@ -176,7 +176,9 @@ impl RedisServer {
             }
             // A TLS server does not answer a plain PING; it listens once it has loaded.
             let up = match self.tls {
-                None => answers_ping(self.port),
+                // The port may have been taken meanwhile by another test's server: only our
+                // own process counts as up.
+                None => answers_as(self.port, child.id()),
                 Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
             };
             if up {
@@ -206,18 +208,33 @@ pub fn free_port() -> u16 {
         .expect("bind a free loopback port")
 }
 
-fn answers_ping(port: u16) -> bool {
+/// True when the server on `port` answers and is the process `pid`.
+fn answers_as(port: u16, pid: u32) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-    if s.write_all(b"PING\r\n").is_err() {
+    if s.write_all(b"INFO server\r\n").is_err() {
         return false;
     }
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        // A server with --requirepass answers -NOAUTH: it is up all the same.
-        Ok(n) if n > 0 => buf.starts_with(b"+PONG") || buf.starts_with(b"-NOAUTH"),
-        _ => false,
+    let mut buf = vec![0u8; 8192];
+    let mut got = 0;
+    let want = format!("process_id:{}\r\n", pid);
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        let text = String::from_utf8_lossy(&buf[..got]);
+        // A server with --requirepass answers -NOAUTH and cannot say who it is; the caller's
+        // try_wait has seen our process alive, and another test's server would have a
+        // different password.
+        if text.starts_with("-NOAUTH") || text.contains(&want) {
+            return true;
+        }
+        if text.contains("process_id:") && text.contains("\r\n\r\n") {
+            return false;
+        }
     }
+    false
 }
