@@ -88,21 +88,9 @@ fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
             .unwrap_or_else(|| "config.json".into()),
         ..UsageArgs::default()
     };
-    let mut i = 0;
-    while i < args.len() {
-        let (flag, inline) = match args[i].split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (args[i].clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i)
-                .cloned()
-                .ok_or_else(|| format!("usage: {} needs a value", flag))
-        };
+    let mut flags = Flags { args, i: 0 };
+    while let Some((flag, inline)) = flags.next_flag() {
+        let mut value = || flags.value(&format!("usage: {}", flag), inline.clone());
         match flag.as_str() {
             "--since" => u.since = Some(value()?),
             "--until" => u.until = Some(value()?),
@@ -118,7 +106,6 @@ fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
                 ))
             }
         }
-        i += 1;
     }
     Ok(u)
 }
@@ -258,21 +245,9 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     if o.connect_timeout.is_zero() || o.idle_timeout.is_zero() {
         return Err("upstream timeouts must be at least 1 second".into());
     }
-    let mut i = 0;
-    while i < args.len() {
-        let (flag, inline) = match args[i].split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (args[i].clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i)
-                .cloned()
-                .ok_or_else(|| format!("{} needs a value", flag))
-        };
+    let mut flags = Flags { args, i: 0 };
+    while let Some((flag, inline)) = flags.next_flag() {
+        let mut value = || flags.value(&flag, inline.clone());
         match flag.as_str() {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
@@ -283,9 +258,36 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             "--host" => o.host = value()?,
             other => return Err(format!("unknown argument \"{}\"; see --help", other)),
         }
-        i += 1;
     }
     Ok(Command::Run(Box::new(o)))
+}
+
+/// Walks `--flag value`, `--flag=value` and bare `--flag` arguments.
+struct Flags<'a> {
+    args: &'a [String],
+    i: usize,
+}
+
+impl Flags<'_> {
+    /// The next flag and the value written after its `=`, if any.
+    fn next_flag(&mut self) -> Option<(String, Option<String>)> {
+        let arg = self.args.get(self.i)?;
+        self.i += 1;
+        Some(match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        })
+    }
+
+    /// The flag's value: after its `=`, else the next argument.
+    fn value(&mut self, flag: &str, inline: Option<String>) -> Result<String, String> {
+        if let Some(v) = inline {
+            return Ok(v);
+        }
+        let v = self.args.get(self.i).cloned();
+        self.i += 1;
+        v.ok_or_else(|| format!("{} needs a value", flag))
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -79,7 +79,7 @@ pub(super) fn opt_string(
 }
 
 /// The kind of a JSON value with its article, for "expected X, got Y" messages.
-pub(super) fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

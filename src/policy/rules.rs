@@ -1,5 +1,6 @@
 //! The `"limits"` rules of the config: whom each rule covers and what it allows.
 
+use crate::config::type_name;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -343,17 +344,6 @@ fn unknown_field(obj: &Map<String, Value>, known: &[&str], at: &str) -> Result<(
             format!("unknown field; expected {}", known.join(", ")),
         )),
         None => Ok(()),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
