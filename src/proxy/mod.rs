@@ -6,6 +6,7 @@ mod answer;
 mod choose;
 mod inbound;
 mod outbound;
+mod select;
 
 use crate::api_error::ApiError;
 use crate::auth::Caller;
@@ -14,7 +15,7 @@ use crate::catalog::Resolved;
 use crate::headers;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::policy::{Admission, Asked, Done, Permit, Policy};
+use crate::policy::{Admission, Asked, Done, Policy};
 use crate::route::{Route, Target};
 use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
@@ -166,57 +167,23 @@ fn attempt(
     let label = if resolved.listed { model } else { "unknown" };
     let order = choose::model_order(config, resolved.index);
     let skip = resolved.skipped();
-    let next_pick = |tried: &[Pick]| -> Result<Option<(Pick, Option<Permit>)>, ApiError> {
-        let avoid = [tried, &skip].concat();
-        for &m in &order {
-            let e = &config.endpoints[m];
-            let eligible: Vec<usize> = (0..e.backends.len())
-                .filter(|b| !avoid.contains(&(m, *b)))
-                .collect();
-            if eligible.is_empty() || live.balancer.all_held(&[m], &avoid).is_some() {
-                continue;
-            }
-            let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
-            let Some(gate) = ctx.policy.gate(&e.id, caps, e.max_queue_wait) else {
-                match live.balancer.pick(m, &avoid) {
-                    Some(p) => return Ok(Some((p, None))),
-                    None => continue,
-                }
-            };
-            // Every backend at its cap: wait, holding no backend connection, served by
-            // priority and in turn between users.
-            let deadline = Instant::now() + gate.max_queue_wait();
-            let choose = |free: &[usize]| live.balancer.pick_in(m, &avoid, Some(free)).map(|p| p.1);
-            let id = &admission.identity.user;
-            let asked_at = Instant::now();
-            return match gate.acquire(id, admission.priority, &eligible, choose, deadline) {
-                Ok(permit) => {
-                    ctx.metrics.queue_wait(label, permit.waited());
-                    Ok(Some(((m, permit.backend()), Some(permit))))
-                }
-                Err(o) => {
-                    ctx.metrics.queue_wait(label, asked_at.elapsed());
-                    let mut e = ApiError::overloaded(o.retry_after_secs);
-                    e.message = format!(
-                        "Every backend of model `{}` is at its maxConcurrent and the wait passed maxQueueWaitSecs; retry shortly.",
-                        crate::api_error::clip(model, 200)
-                    );
-                    Err(e)
-                }
-            };
-        }
-        Ok(None)
+    let select = select::Select {
+        live,
+        order: &order,
+        skip: &skip,
+        admission,
+        metrics: ctx.metrics,
+        policy: ctx.policy,
+        model,
+        label,
     };
+    let next_pick = |tried: &[Pick]| select.next(tried);
     let mut tried: Vec<Pick> = Vec::new();
     let (mut pick, mut permit) = match next_pick(&tried) {
         Ok(Some(p)) => p,
         Ok(None) => {
             // Every backend asked to be left alone (429/503 with Retry-After): say until when.
-            let e = match live.balancer.all_held(&order, &skip) {
-                Some(left) => all_held_error(model, left),
-                None => ApiError::internal("no backend configured for this model"),
-            };
-            return fail(request, e, ctx, summary);
+            return fail(request, select.none_left(), ctx, summary);
         }
         Err(e) => return fail(request, e, ctx, summary),
     };
@@ -300,11 +267,8 @@ fn attempt(
                 pick = n;
             }
             // Several backends, each asked to be left alone: say when the first may be tried.
-            (None, Some(_))
-                if tried.len() > 1 && live.balancer.all_held(&order, &skip).is_some() =>
-            {
-                let left = live.balancer.all_held(&order, &skip).unwrap_or_default();
-                return fail(request, all_held_error(model, left), ctx, summary);
+            (None, Some(_)) if tried.len() > 1 && select.all_held() => {
+                return fail(request, select.none_left(), ctx, summary);
             }
             // Nothing left to try: the last backend's own answer goes back as it is.
             (None, Some(r)) => {
@@ -313,18 +277,6 @@ fn attempt(
             (None, None) => return fail(request, failure.to_api_error(model), ctx, summary),
         }
     }
-}
-
-/// 429 when every backend of the model asked to be left alone, with the soonest recovery.
-fn all_held_error(model: &str, left: Duration) -> ApiError {
-    ApiError::rate_limited(
-        "rate_limit_exceeded",
-        format!(
-            "Every backend of model `{}` is rate limited; retry after the time in Retry-After.",
-            crate::api_error::clip(model, 200)
-        ),
-        left.as_secs_f64().ceil() as u64,
-    )
 }
 
 fn now_unix() -> i64 {
