@@ -142,6 +142,13 @@ fn fails_over_when_a_backend_stalls_before_its_first_byte() {
     let t = Instant::now();
     for _ in 0..2 {
         ok(&p);
+        // The worker lets go of the backend just after the client has the last byte; the next
+        // pick must see it free, or "least in flight" rather than the rotation decides.
+        wait_until("the request to leave", Duration::from_secs(5), || {
+            get(p.addr, "/metrics")
+                .text()
+                .contains("\nmodelmux_in_flight_requests 0\n")
+        });
     }
     assert_eq!(good.requests().len(), 2);
     assert_eq!(
