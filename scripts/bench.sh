@@ -5,7 +5,7 @@
 # `./scripts/bench.sh --duration 3 --output -` for a quick look that leaves BENCHMARKS.md alone.
 #
 # Knobs (environment): BENCH_DURATION (seconds per wrk run, default 6), BENCH_CONCURRENCY
-# (default 1,16,64), BENCH_STREAMS (default 1000), BENCH_PEERS=1,
+# (default 1,16,64), BENCH_STREAMS (default 1000), BENCH_NO_NGINX=1, BENCH_PEERS=1,
 # BENCH_PEERS_INSTALL_TIMEOUT (seconds for the LiteLLM install, default 900).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +15,19 @@ say() { echo "bench: $*" >&2; }
 say "building release binary and demo backend"
 cargo build --release --bin modelmux --bin demo_backend
 
-if ! command -v wrk >/dev/null 2>&1; then
+# wrk drives the load; nginx (Debian's nginx-light) is the peer every row is compared with.
+# The package's own service is not used: bench.py starts nginx with its own config on a free
+# loopback port and stops it by PID.
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ "${BENCH_NO_NGINX:-0}" != 1 ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  need+=(nginx-light)
+fi
+if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    say "installing wrk (apt-get install wrk)"
-    apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
+    say "installing ${need[*]} (apt-get install)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+      || say "apt-get install ${need[*]} failed"
   fi
 fi
 if ! command -v wrk >/dev/null 2>&1; then
@@ -41,6 +50,11 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 2600 ]; then
 fi
 
 args=()
+if [ "${BENCH_NO_NGINX:-0}" = 1 ]; then
+  args+=(--no-nginx)
+elif ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  say "nginx is not installed (Debian/Ubuntu: apt-get install nginx-light); its rows will be missing"
+fi
 if [ "${BENCH_PEERS:-0}" = 1 ]; then
   venv=target/bench-venv
   if [ ! -x "$venv/bin/litellm" ]; then

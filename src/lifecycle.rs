@@ -3,14 +3,15 @@
 
 use crate::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// Tells the listener loop to stop accepting and drain.
+/// Tells the server to stop accepting and drain.
 #[derive(Default)]
 pub struct Stopper {
     stopping: AtomicBool,
     server: Mutex<Option<Arc<tiny_http::Server>>>,
+    stopped: Condvar,
 }
 
 impl Stopper {
@@ -29,6 +30,20 @@ impl Stopper {
                 s.stop_accepting();
                 s.unblock();
             }
+            self.stopped.notify_all();
+        }
+    }
+
+    /// Blocks until `stop` has been called.
+    pub fn wait(&self) {
+        let Ok(mut g) = self.server.lock() else {
+            return;
+        };
+        while !self.stopping() {
+            g = match self.stopped.wait(g) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
         }
     }
 

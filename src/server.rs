@@ -1,5 +1,8 @@
-//! The listener loop: takes each request from tiny_http, answers cheap ones (health, metrics,
-//! 503s) on a small fast lane, and hands the rest to a worker.
+//! The HTTP side: tiny_http reads each request on its connection thread and hands it to
+//! `App::serve` right there. Cheap answers (health, metrics, refusals, 503s) are given at once;
+//! everything else first takes one of `workers` slots, waiting in a bounded queue when all are
+//! taken (503 when the queue is full too). Connection threads are tiny_http's elastic pool: a
+//! few at start, one more whenever every thread is busy, idle ones exit after a few seconds.
 
 use crate::access_log::{self, Entry};
 use crate::api_error::ApiError;
@@ -12,17 +15,18 @@ use crate::proxy::{self, Ctx, Summary};
 use crate::route::{self, Route, Target};
 use crate::{admin, reply};
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use threadpool::ThreadPool;
 use tiny_http::{Method, Request};
 
 /// Process settings from flags and environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Worker threads (each serves one request at a time, streams included).
+    /// Requests served at once (each holds its slot to the end, streams included).
     pub workers: usize,
-    /// Requests allowed to wait for a worker before new ones get 503.
+    /// Requests allowed to wait for a slot before new ones get 503.
     pub queue: usize,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
@@ -47,35 +51,77 @@ pub fn serve(
     shared: Arc<ConfigStore>,
     stopper: Arc<Stopper>,
 ) -> Result<(), String> {
+    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
+    let app = Arc::new(App {
+        gate: Gate::new(settings.workers.max(1), settings.queue),
+        settings,
+        shared,
+        metrics: Metrics::default(),
+        policy,
+        stopper: Arc::clone(&stopper),
+        busy: AtomicUsize::new(0),
+    });
+    let handler = {
+        let app = Arc::clone(&app);
+        Arc::new(move |request: Request| app.serve(request))
+    };
     let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
+        tiny_http::Server::from_listener_with_handler(listener, None, handler)
             .map_err(|e| format!("cannot start the HTTP server: {}", e))?,
     );
     stopper.attach(Arc::clone(&server));
-    let workers = threadpool::Builder::new()
-        .num_threads(settings.workers.max(1))
-        .thread_name("worker".into())
-        .build();
-    // Cheap answers (health, metrics, 503s) never wait behind streams; a few threads suffice.
-    let fast = ThreadPool::with_name("fast".into(), 4);
-    let settings = Arc::new(settings);
-    let metrics = Arc::new(Metrics::default());
-    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
-    while !stopper.stopping() {
-        let request = match server.recv() {
-            Ok(r) => r,
-            Err(_) if stopper.stopping() => break,
-            Err(e) => {
-                // The patched tiny_http keeps accepting after accept() errors, so this is rare;
-                // back off instead of spinning.
-                log::error!("listener error: {}", e);
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
+    stopper.wait();
+    // The listener is closed (stop_accepting); requests still arriving on open keep-alive
+    // connections get a 503 with `Connection: close` (see `App::serve`) while the running ones
+    // finish.
+    let deadline = Instant::now() + app.settings.drain;
+    loop {
+        let busy = app.busy.load(Ordering::SeqCst);
+        if busy == 0 {
+            log::info!("drained; exiting");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "drain bound reached with {} requests still running; exiting",
+                busy
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything a connection thread serves requests with.
+struct App {
+    settings: Settings,
+    shared: Arc<ConfigStore>,
+    metrics: Metrics,
+    policy: Arc<Policy>,
+    stopper: Arc<Stopper>,
+    /// Admission of the requests that need a worker slot.
+    gate: Gate,
+    /// Requests being handled right now, of any kind (the drain waits for 0).
+    busy: AtomicUsize,
+}
+
+impl App {
+    /// Answers one request on the connection thread that read it.
+    fn serve(&self, request: Request) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let _busy = Leave(&self.busy);
+        if self.stopper.stopping() {
+            let id = access_log::request_id(None);
+            let mut e = ApiError::overloaded(1);
+            e.message = "modelmux is shutting down; retry on another instance.".into();
+            e.close_connection = true;
+            reply::error(request, &e, &id);
+            return;
+        }
+        let metrics = &self.metrics;
         if let Some(refusal) = request.refusal() {
-            // Refused by the HTTP layer while its head was read: answered on the fast lane,
-            // logged and counted like any other, then the connection closes.
+            // Refused by the HTTP layer while its head was read: answered at once, logged and
+            // counted like any other, then the connection closes.
             let e = ApiError::refused(refusal);
             let meta = Meta {
                 method: request.method().to_string(),
@@ -87,12 +133,9 @@ pub fn serve(
                 request_id: access_log::request_id(None),
                 started: Instant::now(),
             };
-            let metrics = Arc::clone(&metrics);
-            fast.execute(move || {
-                let summary = local_error(request, e, &meta.request_id);
-                finish(&meta, &summary, &metrics);
-            });
-            continue;
+            let summary = local_error(request, e, &meta.request_id);
+            finish(&meta, &summary, metrics);
+            return;
         }
         let target = route::parse_target(request.url());
         let route = route::route(&target.path);
@@ -108,87 +151,117 @@ pub fn serve(
             started: Instant::now(),
         };
         if !route::is_safe_path(&target.path) {
-            let metrics = Arc::clone(&metrics);
-            fast.execute(move || {
-                let e = ApiError::invalid_request(
-                    "The request path contains `.` or `..` segments or a backslash.",
-                )
-                .with_code("invalid_path");
-                let summary = local_error(request, e, &meta.request_id);
-                finish(&meta, &summary, &metrics);
-            });
-            continue;
+            let e = ApiError::invalid_request(
+                "The request path contains `.` or `..` segments or a backslash.",
+            )
+            .with_code("invalid_path");
+            let summary = local_error(request, e, &meta.request_id);
+            finish(&meta, &summary, metrics);
+            return;
         }
         if matches!(route, Route::Health | Route::Metrics) {
-            let (shared, metrics, workers, settings, policy) = (
-                Arc::clone(&shared),
-                Arc::clone(&metrics),
-                workers.clone(),
-                Arc::clone(&settings),
-                Arc::clone(&policy),
-            );
-            fast.execute(move || {
-                let served = Served {
-                    shared: &shared,
-                    settings: &settings,
-                    metrics: &metrics,
-                    policy: &policy,
-                };
-                let summary = fast_lane(request, &target, &route, &meta, &served, &workers);
-                finish(&meta, &summary, &metrics);
-            });
-            continue;
+            let summary = fast_lane(request, &target, &route, &meta, self);
+            finish(&meta, &summary, metrics);
+            return;
         }
-        if workers.active_count() >= settings.workers && workers.queued_count() >= settings.queue {
-            let metrics = Arc::clone(&metrics);
-            fast.execute(move || {
-                let summary = local_error(request, ApiError::overloaded(1), &meta.request_id);
-                finish(&meta, &summary, &metrics);
-            });
-            continue;
-        }
-        let (shared, settings, metrics, policy) = (
-            Arc::clone(&shared),
-            Arc::clone(&settings),
-            Arc::clone(&metrics),
-            Arc::clone(&policy),
-        );
-        workers.execute(move || {
-            let _gauge = metrics.in_flight();
-            let served = Served {
-                shared: &shared,
-                settings: &settings,
-                metrics: &metrics,
-                policy: &policy,
-            };
-            let summary = handle(request, &target, &route, &meta, &served);
-            finish(&meta, &summary, &metrics);
+        let Some(_slot) = self.gate.enter() else {
+            let summary = local_error(request, ApiError::overloaded(1), &meta.request_id);
+            finish(&meta, &summary, metrics);
+            return;
+        };
+        let _gauge = metrics.in_flight();
+        let served = Served {
+            shared: &self.shared,
+            settings: &self.settings,
+            metrics,
+            policy: &self.policy,
+        };
+        // A panic is this request's alone: tiny_http answers the dropped request with a 500
+        // and the connection thread goes on serving.
+        let summary = catch_unwind(AssertUnwindSafe(|| {
+            handle(request, &target, &route, &meta, &served)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("request {} failed: the handler panicked", meta.request_id);
+            Summary {
+                status: 500,
+                outcome: "error",
+                ..Summary::default()
+            }
         });
+        finish(&meta, &summary, metrics);
     }
-    // The listener is closed (stop_accepting); requests still arriving on open keep-alive
-    // connections get a 503 with `Connection: close` while the running ones finish.
-    let deadline = Instant::now() + settings.drain;
-    loop {
-        let busy = workers.active_count() + workers.queued_count();
-        if busy == 0 {
-            log::info!("drained; exiting");
-            return Ok(());
+}
+
+/// Decrements the busy count when a request is done, however it ends.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// At most `cap` requests hold a slot; up to `queue` more wait for one; the rest are refused.
+struct Gate {
+    cap: usize,
+    queue: usize,
+    state: Mutex<GateState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    active: usize,
+    waiting: usize,
+}
+
+impl Gate {
+    fn new(cap: usize, queue: usize) -> Gate {
+        Gate {
+            cap,
+            queue,
+            state: Mutex::new(GateState::default()),
+            freed: Condvar::new(),
         }
-        if Instant::now() >= deadline {
-            log::warn!(
-                "drain bound reached with {} requests still running; exiting",
-                busy
-            );
-            return Ok(());
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot, after waiting in the queue if need be; `None` when the queue is full too.
+    fn enter(&self) -> Option<Slot<'_>> {
+        let mut s = self.lock();
+        if s.active >= self.cap {
+            if s.waiting >= self.queue {
+                return None;
+            }
+            s.waiting += 1;
+            while s.active >= self.cap {
+                s = self.freed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            s.waiting -= 1;
         }
-        if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(20)) {
-            let id = access_log::request_id(None);
-            fast.execute(move || {
-                let mut e = ApiError::overloaded(1);
-                e.message = "modelmux is shutting down; retry on another instance.".into();
-                e.close_connection = true;
-                reply::error(request, &e, &id);
-            });
+        s.active += 1;
+        Some(Slot(self))
+    }
+
+    /// Requests waiting for a slot.
+    fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+}
+
+/// A held slot; dropping it lets one waiting request in.
+struct Slot<'a>(&'a Gate);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.active -= 1;
+        if s.waiting > 0 {
+            self.0.freed.notify_one();
         }
     }
 }
@@ -217,16 +290,9 @@ fn ok(request: Request, body: Vec<u8>, request_id: &str) -> Summary {
     simple(200, len)
 }
 
-/// `/health` and `/metrics`: no worker, no backend, no key (liveness probes and scrapers).
-fn fast_lane(
-    request: Request,
-    target: &Target,
-    route: &Route,
-    meta: &Meta,
-    served: &Served,
-    workers: &ThreadPool,
-) -> Summary {
-    let (shared, metrics) = (served.shared, served.metrics);
+/// `/health` and `/metrics`: no worker slot, no backend, no key (liveness probes and scrapers).
+fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app: &App) -> Summary {
+    let (shared, metrics) = (&app.shared, &app.metrics);
     if !matches!(*request.method(), Method::Get | Method::Head) {
         return local_error(
             request,
@@ -237,9 +303,9 @@ fn fast_lane(
     let live = shared.snapshot();
     match route {
         Route::Metrics => {
-            let mut text = metrics.render(workers.queued_count());
+            let mut text = metrics.render(app.gate.waiting());
             text.push_str(&admin::backend_metrics(&live));
-            text.push_str(&served.policy.metrics_text());
+            text.push_str(&app.policy.metrics_text());
             let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark driver for `make bench` (started by scripts/bench.sh; standard library only).
 
-Starts the demo mock backend and modelmux on loopback (OS-picked ports), drives load with wrk
-and a few small raw-socket clients, prints a markdown report and writes it to BENCHMARKS.md.
-Every process it starts is recorded by PID and killed on exit; all traffic goes to 127.0.0.1.
+Starts the demo mock backend, modelmux (plain and with the optional features whose cost is
+reported: the access log, the usage ledger) and nginx on loopback (free ports), drives load
+with wrk and a few small raw-socket clients, prints a markdown report and writes it to
+BENCHMARKS.md. Every process it starts is recorded by PID and stopped by PID on exit; all
+traffic goes to 127.0.0.1.
+
+A new modelmux row (say "limits on") is one more entry in `variants()`: a name, the config
+fields it adds and the environment it sets.
 """
 
 import argparse
@@ -13,6 +18,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -31,11 +37,18 @@ BODY = '{"model":"echo","messages":[{"role":"user","content":"hello there world"
 STREAM_BODY = (
     '{"model":"echo","stream":true,"messages":[{"role":"user","content":"hello there world"}]}'
 )
+# 198 words: the echo model streams one SSE event per word, then a stop event and [DONE].
+CHUNKS_PER_STREAM = 200
+LONG_STREAM_BODY = json.dumps({
+    "model": "echo", "stream": True,
+    "messages": [{"role": "user", "content": " ".join("w%d" % i for i in range(CHUNKS_PER_STREAM - 2))}],
+}, separators=(",", ":"))
 
 # LiteLLM refuses to start without a master key; a fresh one per run, sent by wrk as a bearer token.
 PEER_KEY = "sk-bench-" + secrets.token_hex(16)
-CHILDREN = []  # Popen objects we started; killed by PID on exit
+CHILDREN = []  # Popen objects we started; stopped by PID on exit
 TMP = tempfile.mkdtemp(prefix="modelmux-bench-")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg):
@@ -111,13 +124,78 @@ def free_port():
     return port
 
 
-def proc_status(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return {"rss_kib": int(out["VmRSS"].split()[0]), "threads": int(out["Threads"])}
+def proc_status(pids):
+    """Summed VmRSS (KiB) and threads of the processes `pids`."""
+    total = {"rss_kib": 0, "threads": 0}
+    for pid in pids:
+        out = {}
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+        total["rss_kib"] += int(out["VmRSS"].split()[0])
+        total["threads"] += int(out["Threads"])
+    return total
+
+
+def cpu_seconds(pid):
+    """utime + stime of a whole process (every thread, living or exited), from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches summed over the process's threads."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return 0
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split(":")[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def children_of(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                data = f.read()
+        except OSError:
+            continue
+        if int(data[data.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+class Usage:
+    """CPU time and context switches of some processes between `start()` and `stop()`."""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+
+    def snapshot(self):
+        return (time.perf_counter(), sum(cpu_seconds(p) for p in self.pids),
+                sum(context_switches(p) for p in self.pids))
+
+    def start(self):
+        self.before = self.snapshot()
+
+    def stop(self):
+        after = self.snapshot()
+        b = self.before
+        return {"seconds": after[0] - b[0], "cpu": after[1] - b[1], "ctx": after[2] - b[2]}
 
 
 def tcp_sockets():
@@ -143,38 +221,129 @@ def start_backend(delay_ms, port=0):
     return p, listening_port(p.pid)
 
 
-def write_config(backend_port):
-    path = os.path.join(TMP, "modelmux-%d.json" % backend_port)
+# ----------------------------------------------------------------------------- the targets
+
+
+def variants():
+    """modelmux rows besides the plain one: (name, extra config fields, extra environment).
+    Each runs in the keep-alive rows only and reports what the feature costs per request."""
+    return [
+        ("modelmux, access log", {},
+         {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "info"}),
+        ("modelmux, usage ledger", {"usageLog": os.path.join(TMP, "usage.jsonl")}, {}),
+    ]
+
+
+def write_config(backend_port, extra=None):
+    path = os.path.join(TMP, "modelmux-%d-%s.json" % (backend_port, secrets.token_hex(4)))
+    cfg = {
+        "endpoints": {
+            "echo": {
+                "url": "http://127.0.0.1:%d" % backend_port,
+                "apiKey": "",
+                "actualModelName": "echo",
+            }
+        }
+    }
+    cfg.update(extra or {})
     with open(path, "w") as f:
-        json.dump(
-            {
-                "endpoints": {
-                    "echo": {
-                        "url": "http://127.0.0.1:%d" % backend_port,
-                        "apiKey": "",
-                        "actualModelName": "echo",
-                    }
-                }
-            },
-            f,
-        )
+        json.dump(cfg, f)
     return path
 
 
-def start_modelmux(backend_port, workers=None, port=0):
-    env = {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "warn"}
+def start_modelmux(backend_port, workers=None, port=0, extra=None, env=None, binary=None):
+    """modelmux with the access log off (level warn) unless `env` turns it on; the log goes to
+    a file, as a service manager would keep it."""
+    full = {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "warn"}
     if workers:
-        env["CM_OPEN_WEBUI_PROXY_WORKERS"] = str(workers)
-    err = open(os.path.join(TMP, "modelmux.log"), "ab")
+        full["CM_OPEN_WEBUI_PROXY_WORKERS"] = str(workers)
+    full.update(env or {})
+    err = open(os.path.join(TMP, "modelmux-%s.log" % secrets.token_hex(4)), "ab")
     p = spawn(
-        [MODELMUX, "--host", "127.0.0.1", "--port", str(port), "--config", write_config(backend_port)],
-        env=env,
+        [binary or MODELMUX, "--host", "127.0.0.1", "--port", str(port),
+         "--config", write_config(backend_port, extra)],
+        env=full,
         stderr=err,
+        stdout=err,
     )
     err.close()
     port = listening_port(p.pid)
     wait_health(port, "/health")
     return p, port
+
+
+def nginx_binary():
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def nginx_version(binary):
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip().split("/")[-1]
+
+
+def start_nginx(binary, backend_port):
+    """nginx with one worker, proxy_pass to an upstream keepalive pool at the mock, no
+    buffering (so SSE chunks go out as they come), no access log (as modelmux at level warn)."""
+    port = free_port()
+    d = os.path.join(TMP, "nginx-%d" % port)
+    os.makedirs(d)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write("""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+{user}
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream mock {{
+        server 127.0.0.1:{backend};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /health {{ return 200 "ok"; }}
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+""".format(d=d, port=port, backend=backend_port,
+           user="user root;" if os.geteuid() == 0 else ""))
+    p = spawn([binary, "-p", d, "-c", conf], stderr=open(os.path.join(d, "stderr.log"), "ab"))
+    if not wait_health(port, "/health", timeout=10, proc=p):
+        stop(p)
+        with open(os.path.join(d, "error.log")) as f:
+            raise RuntimeError("nginx did not start: " + f.read()[-500:])
+    workers = []
+    deadline = time.time() + 5
+    while not workers and time.time() < deadline:
+        workers = children_of(p.pid)
+        time.sleep(0.01)
+    return p, port, workers
+
+
+class Target:
+    """Something that answers POST /v1/chat/completions on `port`; `pids` are measured."""
+
+    def __init__(self, name, proc, port, pids=None, modes=("keep-alive", "new conn/request")):
+        self.name, self.proc, self.port, self.modes = name, proc, port, modes
+        self._pids = pids
+
+    def pids(self):
+        return self._pids if self._pids is not None else [self.proc.pid]
 
 
 # ----------------------------------------------------------------------------- tiny HTTP
@@ -221,11 +390,11 @@ def stream_request(port, body):
     ).encode()
 
 
-def ttfb_once(port):
-    """(first response byte, first SSE event) in seconds from before connect(), new connection."""
-    req = stream_request(port, STREAM_BODY)
+def read_stream(port, body, timeout=30):
+    """(first response byte, first SSE event, whole reply) in seconds from before connect()."""
+    req = stream_request(port, body)
     t0 = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         s.sendall(req)
@@ -241,74 +410,103 @@ def ttfb_once(port):
             buf += chunk
             if event is None and b"data:" in buf:
                 event = now - t0
-            if b"[DONE]" in buf:
+            if b"[DONE]" in buf[-200:]:
                 break
         if not buf.startswith(b"HTTP/1.1 200") or event is None:
             raise RuntimeError("bad stream reply: %r" % buf[:200])
-        return first, event
+        return first, event, buf
     finally:
         s.close()
+
+
+def ttfb_once(port):
+    first, event, _ = read_stream(port, STREAM_BODY, timeout=10)
+    return first, event
 
 
 # ----------------------------------------------------------------------------- wrk
 
 
-def wrk(port, conc, seconds, close=False, auth=""):
-    env = dict(os.environ, BENCH_BODY=BODY, BENCH_CLOSE="1" if close else "0", BENCH_AUTH=auth)
+def wrk(port, conc, seconds, close=False, auth="", body=BODY, measure=None):
+    """One wrk run; with `measure` (a Usage), CPU and context switches are sampled over the
+    middle of the run (after a ramp-up, before the end) and divided by wrk's request rate."""
+    env = dict(os.environ, BENCH_BODY=body, BENCH_CLOSE="1" if close else "0", BENCH_AUTH=auth)
     threads = 1 if conc == 1 else min(2, conc)
     cmd = [
         "wrk", "-t%d" % threads, "-c%d" % conc, "-d%ds" % seconds, "--timeout", "10s",
         "-s", LUA, "http://127.0.0.1:%d/v1/chat/completions" % port,
     ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    for line in out.stdout.splitlines():
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    used = None
+    if measure is not None and seconds >= 2:
+        margin = min(1.0, seconds / 4)
+        time.sleep(margin)
+        measure.start()
+        time.sleep(seconds - 2 * margin)
+        used = measure.stop()
+    out, err = p.communicate(timeout=seconds + 60)
+    for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             r = json.loads(line[len("BENCH_JSON "):])
             r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
             r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            if used and r["rps"]:
+                r["cpu_us"] = used["cpu"] / used["seconds"] / r["rps"] * 1e6
+                r["ctx"] = used["ctx"] / used["seconds"] / r["rps"]
             return r
-    raise RuntimeError("wrk printed no summary:\n" + out.stdout + out.stderr)
+    raise RuntimeError("wrk printed no summary:\n" + out + err)
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def bench_nonstream(args, peer_cmd):
-    """Rows of (mode, conc, target, result). One backend port, restarted per level."""
+def bench_nonstream(args, peer_cmd, nginx):
+    """Rows of (mode, conc, target, result). One backend port, the backend restarted per level."""
     backend_port = free_port()
     backend, _ = start_backend(0, backend_port)
+    direct = Target("direct", backend, backend_port)
     mm, mm_port = start_modelmux(backend_port)
-    modes = [("keep-alive", False)]
+    targets = [direct, Target("modelmux", mm, mm_port)]
+    for name, extra, env in variants():
+        p, port = start_modelmux(backend_port, extra=extra, env=env)
+        targets.append(Target(name, p, port, modes=("keep-alive",)))
+    if args.baseline:
+        p, port = start_modelmux(backend_port, binary=args.baseline)
+        targets.append(Target("modelmux (baseline)", p, port))
+    if nginx:
+        p, port, workers = start_nginx(nginx, backend_port)
+        targets.append(Target("nginx", p, port, pids=workers))
+    modes = ["keep-alive"]
     if not args.no_close_rows:
-        modes.append(("new conn/request", True))
+        modes.append("new conn/request")
     rows = []
     rss_after = None
 
-    def run(targets, on_mode_done=None):
+    def run(targets):
         nonlocal backend
-        for mode, close in modes:
+        for mode in modes:
+            close = mode != "keep-alive"
             for conc in args.concurrency:
                 # A fresh backend per level keeps its request log (it records every request) small.
                 stop(backend)
                 backend, _ = start_backend(0, backend_port)
-                for name, port in targets:
-                    auth = PEER_KEY if name == "LiteLLM" else ""
-                    wrk(port, conc, 1, close, auth)  # warm-up; flushes stale pooled upstream sockets
-                    r = wrk(port, conc, args.duration, close, auth)
-                    log("%-16s c=%-3d %-9s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d"
-                        % (mode, conc, name, r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000,
-                           r["errors"]))
-                    rows.append((mode, conc, name, r))
-            if on_mode_done:
-                on_mode_done(mode)
+                direct.proc = backend
+                for t in targets:
+                    if mode not in t.modes:
+                        continue
+                    auth = PEER_KEY if t.name == "LiteLLM" else ""
+                    wrk(t.port, conc, 1, close, auth)  # warm-up; flushes stale pooled upstream sockets
+                    r = wrk(t.port, conc, args.duration, close, auth, measure=Usage(t.pids()))
+                    log("%-16s c=%-3d %-24s %8.0f req/s  p50 %.3f ms  p99 %.3f ms  %s us/req  %s cs/req  errors %d"
+                        % (mode, conc, t.name, r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000,
+                           fmt(r.get("cpu_us"), "%.1f"), fmt(r.get("ctx"), "%.2f"), r["errors"]))
+                    rows.append((mode, conc, t.name, r))
+            if mode == "keep-alive":
+                rss_after = proc_status([mm.pid])
 
-    def after_mode(mode):
-        nonlocal rss_after
-        if mode == "keep-alive":
-            rss_after = proc_status(mm.pid)
-
-    run([("direct", backend_port), ("modelmux", mm_port)], after_mode)
-    stop(mm)
+    run(targets)
+    for t in targets[1:]:
+        stop(t.proc)
     if peer_cmd:
         # A separate pass, so an idle Python server does not share the CPU with the runs above.
         peer, peer_port, why = start_litellm(peer_cmd, backend_port)
@@ -316,12 +514,60 @@ def bench_nonstream(args, peer_cmd):
             log("LiteLLM did not start (%s); skipping the peer rows" % why)
             args.notes.append("LiteLLM was requested but did not start (%s); its rows are missing." % why)
         else:
-            run([("LiteLLM", peer_port)])
+            run([direct, Target("LiteLLM", peer, peer_port)])
+            rows = dedupe_direct(rows)
             stop(peer)
     stop(backend)
-    order = {"direct": 0, "modelmux": 1, "LiteLLM": 2}
-    rows.sort(key=lambda x: ([m for m, _ in modes].index(x[0]), x[1], order[x[2]]))
+    order = {t.name: i for i, t in enumerate(targets)}
+    order["LiteLLM"] = len(order)
+    rows.sort(key=lambda x: (modes.index(x[0]), x[1], order[x[2]]))
     return rows, rss_after
+
+
+def dedupe_direct(rows):
+    """The LiteLLM pass measures `direct` again; keep the first measurement of each level."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(row)
+    return out
+
+
+def bench_stream_cpu(args, nginx):
+    """CPU per relayed SSE chunk: wrk drives streams of 200 events (1 ms apart) through each
+    target; the proxy's CPU over the middle of the run is divided by the chunk rate."""
+    backend, backend_port = start_backend(args.stream_delay_ms)
+    targets = [Target("direct", backend, backend_port)]
+    mm, mm_port = start_modelmux(backend_port)
+    targets.append(Target("modelmux", mm, mm_port))
+    if args.baseline:
+        p, port = start_modelmux(backend_port, binary=args.baseline)
+        targets.append(Target("modelmux (baseline)", p, port))
+    if nginx:
+        p, port, workers = start_nginx(nginx, backend_port)
+        targets.append(Target("nginx", p, port, pids=workers))
+    rows = []
+    for t in targets:
+        _, _, reply = read_stream(t.port, LONG_STREAM_BODY)
+        events = reply.count(b"data: ")
+        if events != CHUNKS_PER_STREAM:
+            raise RuntimeError("%s relayed %d events, expected %d" % (t.name, events, CHUNKS_PER_STREAM))
+        wrk(t.port, args.stream_concurrency, 1, body=LONG_STREAM_BODY)
+        r = wrk(t.port, args.stream_concurrency, args.stream_duration, body=LONG_STREAM_BODY,
+                measure=Usage(t.pids()))
+        if r.get("cpu_us") is not None:
+            r["cpu_us_chunk"] = r["cpu_us"] / CHUNKS_PER_STREAM
+            r["ctx_chunk"] = r["ctx"] / CHUNKS_PER_STREAM
+        log("streams c=%-3d %-24s %6.1f streams/s  %s us/chunk  %s cs/chunk  errors %d"
+            % (args.stream_concurrency, t.name, r["rps"], fmt(r.get("cpu_us_chunk"), "%.2f"),
+               fmt(r.get("ctx_chunk"), "%.2f"), r["errors"]))
+        rows.append((t.name, r))
+    for t in targets:
+        stop(t.proc)
+    return rows
 
 
 def start_litellm(cmd, backend_port):
@@ -366,19 +612,27 @@ def start_litellm(cmd, backend_port):
     return p, port, ""
 
 
-def bench_ttfb(args):
+def bench_ttfb(args, nginx):
+    """{name: [(first byte, first event)]}, sequential requests interleaved across targets."""
     backend, backend_port = start_backend(0)
     mm, mm_port = start_modelmux(backend_port)
+    targets = [("direct", backend_port), ("modelmux", mm_port)]
+    procs = [mm]
+    if nginx:
+        p, port, _ = start_nginx(nginx, backend_port)
+        targets.append(("nginx", port))
+        procs.append(p)
     for _ in range(10):  # warm-up
-        ttfb_once(backend_port)
-        ttfb_once(mm_port)
-    direct, proxied = [], []
-    for _ in range(args.ttfb_requests):  # interleaved, sequential
-        direct.append(ttfb_once(backend_port))
-        proxied.append(ttfb_once(mm_port))
-    stop(mm)
+        for _, port in targets:
+            ttfb_once(port)
+    out = {name: [] for name, _ in targets}
+    for _ in range(args.ttfb_requests):
+        for name, port in targets:
+            out[name].append(ttfb_once(port))
+    for p in procs:
+        stop(p)
     stop(backend)
-    return direct, proxied
+    return out
 
 
 async def _open_stream(port, body, got_first, release, results, sem):
@@ -410,7 +664,7 @@ async def _open_stream(port, body, got_first, release, results, sem):
         writer.close()
 
 
-async def _many_streams(port, n, words, pid, backend_port):
+async def _many_streams(port, n, words, pids, backend_port):
     body = json.dumps({
         "model": "echo", "stream": True,
         "messages": [{"role": "user", "content": " ".join("w%d" % i for i in range(words))}],
@@ -425,7 +679,7 @@ async def _many_streams(port, n, words, pid, backend_port):
         if count[0] >= n:
             done.set()
 
-    sem = asyncio.Semaphore(64)  # limit simultaneous connects: the listen backlog is 128
+    sem = asyncio.Semaphore(64)  # limit simultaneous connects
     t0 = time.perf_counter()
     tasks = [asyncio.ensure_future(_open_stream(port, body, got_first, release, results, sem))
              for _ in range(n)]
@@ -435,36 +689,46 @@ async def _many_streams(port, n, words, pid, backend_port):
         log("not every stream got its first chunk within %d s; measuring anyway" % (words - 5))
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.5)
-    status = proc_status(pid)
+    status = proc_status(pids)
     status["upstream"] = established(backend_port)
     release.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return results, status, elapsed
 
 
-def bench_streams(args):
+def bench_streams(args, nginx):
+    """1,000 open streams through modelmux with its default settings, then through nginx."""
     n = args.streams
     words = 40  # 1 word per second: streams would run ~40 s; we close them after measuring
     backend, backend_port = start_backend(1000)
-    mm, mm_port = start_modelmux(backend_port, workers=n + 100)
-    time.sleep(1.0)
-    idle = proc_status(mm.pid)
-    results, loaded, elapsed = asyncio.run(_many_streams(mm_port, n, words, mm.pid, backend_port))
-    ok = sum(1 for r in results if r[0] == "ok")
-    if ok != n:
-        bad = [r for r in results if r[0] != "ok"][:3]
-        log("only %d of %d streams got a first chunk; e.g. %r" % (ok, n, bad))
-    time.sleep(3.0)  # let the proxy notice the closed clients and free the workers
-    after = proc_status(mm.pid)
-    after["upstream"] = established(backend_port)
-    healthy = http_get_status(mm_port, "/health") == 200
-    stop(mm)
+    out = {}
+    starters = [("modelmux", lambda: start_modelmux(backend_port))]
+    if nginx:
+        starters.append(("nginx", lambda: start_nginx(nginx, backend_port)))
+    for name, start in starters:
+        started = start()
+        proc, port = started[0], started[1]
+        pids = [proc.pid] + (started[2] if len(started) > 2 else [])
+        time.sleep(1.0)
+        idle = proc_status(pids)
+        results, loaded, elapsed = asyncio.run(_many_streams(port, n, words, pids, backend_port))
+        ok = sum(1 for r in results if r[0] == "ok")
+        if ok != n:
+            bad = [r for r in results if r[0] != "ok"][:3]
+            log("%s: only %d of %d streams got a first chunk; e.g. %r" % (name, ok, n, bad))
+        time.sleep(3.0)  # let the proxy notice the closed clients and free its threads
+        after = proc_status(pids)
+        after["upstream"] = established(backend_port)
+        healthy = http_get_status(port, "/health") == 200
+        stop(proc)
+        out[name] = {"idle": idle, "loaded": loaded, "after": after, "ok": ok, "n": n,
+                     "open_seconds": elapsed, "healthy_after": healthy}
+        log("%s: %d streams open: %s, %d threads" % (name, ok, mib(loaded["rss_kib"]), loaded["threads"]))
     stop(backend)
-    return {"idle": idle, "loaded": loaded, "after": after, "ok": ok, "n": n,
-            "open_seconds": elapsed, "healthy_after": healthy, "workers": n + 100}
+    return out
 
 
-def bench_idle_and_startup(args):
+def bench_idle_and_startup(args, nginx):
     backend, backend_port = start_backend(0)
     cfg = write_config(backend_port)
     times = []
@@ -483,8 +747,13 @@ def bench_idle_and_startup(args):
         stop(p)
     mm, _ = start_modelmux(backend_port)
     time.sleep(1.0)
-    idle = proc_status(mm.pid)
+    idle = {"modelmux": proc_status([mm.pid])}
     stop(mm)
+    if nginx:
+        p, _, workers = start_nginx(nginx, backend_port)
+        time.sleep(1.0)
+        idle["nginx"] = proc_status([p.pid] + workers)
+        stop(p)
     stop(backend)
     return times, idle
 
@@ -512,8 +781,12 @@ def machine():
             if line.startswith("MemTotal"):
                 mem = "%.1f GiB" % (int(line.split()[1]) / 1024 / 1024)
     commit = sh("git rev-parse --short HEAD") or "unknown"
-    if sh("git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock"):
-        commit += " (+ uncommitted changes in src/Cargo)"
+    if sh("git status --porcelain --untracked-files=no -- src vendor Cargo.toml Cargo.lock"):
+        commit += " (+ uncommitted changes in src/vendor/Cargo)"
+    try:
+        load = "%.1f" % os.getloadavg()[0]
+    except OSError:
+        load = "?"
     return {
         "nproc": sh("nproc") or str(os.cpu_count()),
         "cpu": cpu,
@@ -522,10 +795,15 @@ def machine():
         "rustc": sh("rustc --version"),
         "wrk": (sh("wrk --version 2>&1 | head -1").split(" Copyright")[0]),
         "commit": commit,
+        "load": load,
     }
 
 
 ERROR_KINDS = ("connect", "read", "write", "status", "timeout")
+
+
+def fmt(v, pattern):
+    return "—" if v is None else pattern % v
 
 
 def ms(seconds):
@@ -544,80 +822,138 @@ def mib(kib):
     return "%.1f MiB" % (kib / 1024)
 
 
-def report(args, m, rows, rss_after_load, ttfb, streams, startup, idle, size):
+def goals(rows, stream_rows, streams, idle):
+    """The issue's goals, computed from this run: (goal, value, holds)."""
+    out = []
+    by = {(mo, c, t): r for mo, c, t, r in rows or []}
+    ka = lambda c, t: by.get(("keep-alive", c, t))  # noqa: E731
+    if ka(16, "modelmux") and ka(16, "nginx"):
+        ratio = ka(16, "modelmux")["rps"] / ka(16, "nginx")["rps"]
+        out.append(("req/s at 16 keep-alive connections >= 0.6x nginx's", "%.2fx" % ratio, ratio >= 0.6))
+    if ka(1, "modelmux") and ka(1, "nginx") and ka(1, "direct"):
+        d = ka(1, "direct")["p50_us"]
+        mm = ka(1, "modelmux")["p50_us"] - d
+        ng = ka(1, "nginx")["p50_us"] - d
+        holds = mm <= 1.5 * ng if ng > 0 else mm <= 0
+        out.append(("added p50 at 1 connection <= 1.5x nginx's",
+                    "+%d us vs +%d us (%s)" % (mm, ng, ("%.2fx" % (mm / ng)) if ng > 0 else "n/a"), holds))
+    s = dict(stream_rows or [])
+    if s.get("modelmux", {}).get("cpu_us_chunk") and s.get("nginx", {}).get("cpu_us_chunk"):
+        a, b = s["modelmux"]["cpu_us_chunk"], s["nginx"]["cpu_us_chunk"]
+        out.append(("CPU per relayed SSE chunk <= 2x nginx's", "%.2f us vs %.2f us (%.2fx)" % (a, b, a / b), a <= 2 * b))
+    if idle and "modelmux" in idle:
+        kib = idle["modelmux"]["rss_kib"]
+        out.append(("idle RSS < 4 MiB", mib(kib), kib < 4 * 1024))
+    if streams and "modelmux" in streams:
+        m = streams["modelmux"]
+        out.append(("1,000 open streams with the default settings, RSS < 64 MiB",
+                    "%d of %d streams, %s" % (m["ok"], m["n"], mib(m["loaded"]["rss_kib"])),
+                    m["ok"] == m["n"] and m["loaded"]["rss_kib"] < 64 * 1024))
+    return out
+
+
+def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, idle, size):
     L = []
-    L.append("Measured %s UTC on: %s CPUs, %s, Linux %s, %s RAM; %s; %s; modelmux commit %s."
-             % (args.date, m["nproc"], m["cpu"], m["kernel"], m["mem"], m["rustc"], m["wrk"], m["commit"]))
+    L.append("Measured %s UTC on: %s CPUs, %s, Linux %s, %s RAM (load average %s at the start); "
+             "%s; %s; %s; modelmux commit %s."
+             % (args.date, m["nproc"], m["cpu"], m["kernel"], m["mem"], m["load"], m["rustc"],
+                m["wrk"], ("nginx " + args.nginx_version) if args.nginx_version else "no nginx",
+                m["commit"]))
     L.append("")
+    g = goals(rows, stream_rows, streams, idle)
+    if g:
+        L.append("### Goals (issue 14), from this run")
+        L.append("")
+        L.append("| goal | this run | holds |")
+        L.append("|---|---:|:---:|")
+        for name, value, holds in g:
+            L.append("| %s | %s | %s |" % (name, value, "yes" if holds else "**no**"))
+        L.append("")
     if rows:
         L.append("### Non-streaming `POST /v1/chat/completions` (wrk, %d s per run)" % args.duration)
         L.append("")
         if any(t == "LiteLLM" for _, _, t, _ in rows):
             L.append("LiteLLM %s proxy (`litellm --num_workers 1`, master key set, `openai/echo` "
-                     "with `api_base` at the same mock backend) is the peer." % args.litellm_version)
+                     "with `api_base` at the same mock backend) is a further peer." % args.litellm_version)
             L.append("")
-        L.append("| connections | concurrency | target | req/s | p50 ms | p99 ms | req/s vs direct | p50 vs direct | errors |")
-        L.append("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        L.append("| connections | concurrency | target | req/s | p50 ms | p99 ms | req/s vs direct | p50 vs direct "
+                 "| CPU us/req | ctx switches/req | errors |")
+        L.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         direct = {(mo, c): r for mo, c, t, r in rows if t == "direct"}
         for mo, c, t, r in rows:
             d = direct[(mo, c)]
             ratio = "%.3f×" % (r["rps"] / d["rps"]) if t != "direct" and d["rps"] else "—"
             lat = ("%+.3f ms" % ((r["p50_us"] - d["p50_us"]) / 1000)) if t != "direct" else "—"
             errs = ", ".join("%d %s" % (r[k], k) for k in ERROR_KINDS if r[k]) or "0"
-            L.append("| %s | %d | %s | %.0f | %.3f | %.3f | %s | %s | %s |" % (
-                mo, c, t, r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000, ratio, lat, errs))
+            L.append("| %s | %d | %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %s |" % (
+                mo, c, t, r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000, ratio, lat,
+                fmt(r.get("cpu_us"), "%.1f"), fmt(r.get("ctx"), "%.2f"), errs))
         L.append("")
-    L.append("### Streaming, memory, size, startup")
-    L.append("")
-    L.append("| metric | direct | via modelmux | added by modelmux |")
-    L.append("|---|---:|---:|---:|")
+    if stream_rows:
+        L.append("### Streaming: CPU per relayed SSE chunk (wrk, %d connections, %d s, streams of %d "
+                 "events 1 ms apart)" % (args.stream_concurrency, args.stream_duration, CHUNKS_PER_STREAM))
+        L.append("")
+        L.append("| target | streams/s | chunks/s | CPU us/chunk | ctx switches/chunk | errors |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for t, r in stream_rows:
+            errs = ", ".join("%d %s" % (r[k], k) for k in ERROR_KINDS if r[k]) or "0"
+            L.append("| %s | %.1f | %.0f | %s | %s | %s |" % (
+                t, r["rps"], r["rps"] * CHUNKS_PER_STREAM, fmt(r.get("cpu_us_chunk"), "%.2f"),
+                fmt(r.get("ctx_chunk"), "%.3f"), errs))
+        L.append("")
     if ttfb:
-        d, p = ttfb
+        names = list(ttfb)
+        L.append("### Stream time to first byte (%d sequential requests each, new connection each)"
+                 % len(ttfb[names[0]]))
+        L.append("")
+        L.append("| metric | " + " | ".join(names) + " | " +
+                 " | ".join("added by " + n for n in names if n != "direct") + " |")
+        L.append("|---|" + "---:|" * (2 * len(names) - 1))
         for label, idx in (("first response byte", 0), ("first SSE event", 1)):
-            dv = [x[idx] for x in d]
-            pv = [x[idx] for x in p]
             for q in (50, 99):
-                L.append("| stream %s, p%d (ms, %d sequential, new connection each) | %s | %s | %+.3f ms |" % (
-                    label, q, len(dv), ms(pct(dv, q)), ms(pct(pv, q)), (pct(pv, q) - pct(dv, q)) * 1000))
+                vals = {n: pct([x[idx] for x in ttfb[n]], q) for n in names}
+                L.append("| %s, p%d (ms) | %s | %s |" % (
+                    label, q, " | ".join(ms(vals[n]) for n in names),
+                    " | ".join("%+.3f ms" % ((vals[n] - vals["direct"]) * 1000) for n in names if n != "direct")))
+        L.append("")
+    L.append("### Memory, size, startup")
     L.append("")
-    L.append("| metric | value |")
-    L.append("|---|---:|")
-    if idle:
-        L.append("| RSS idle (default 256 workers), threads | %s, %d threads |" % (mib(idle["rss_kib"]), idle["threads"]))
+    L.append("| metric | modelmux | nginx (master + worker) |")
+    L.append("|---|---:|---:|")
+    ng_idle = idle.get("nginx") if idle else None
+    if idle and "modelmux" in idle:
+        L.append("| RSS idle, threads | %s, %d threads | %s |" % (
+            mib(idle["modelmux"]["rss_kib"]), idle["modelmux"]["threads"],
+            ("%s, %d threads" % (mib(ng_idle["rss_kib"]), ng_idle["threads"])) if ng_idle else "—"))
     if rss_after_load:
-        L.append("| RSS after the keep-alive load runs (256 workers), threads | %s, %d threads |"
+        L.append("| RSS after the keep-alive load runs, threads | %s, %d threads | — |"
                  % (mib(rss_after_load["rss_kib"]), rss_after_load["threads"]))
     if streams:
-        s = streams
-        L.append("| RSS idle with %d workers, threads | %s, %d threads |"
-                 % (s["workers"], mib(s["idle"]["rss_kib"]), s["idle"]["threads"]))
-        L.append("| RSS with %d concurrent open streams (%d of %d got their first chunk in %.1f s), threads, open upstream connections | %s, %d threads, %d upstream |"
-                 % (s["n"], s["ok"], s["n"], s["open_seconds"], mib(s["loaded"]["rss_kib"]),
-                    s["loaded"]["threads"], s["loaded"]["upstream"]))
-        L.append("| RSS 3 s after those clients hung up, threads, open upstream connections (then /health: %s) | %s, %d threads, %d upstream |"
-                 % ("200" if s["healthy_after"] else "FAILED", mib(s["after"]["rss_kib"]),
-                    s["after"]["threads"], s["after"]["upstream"]))
+        def cell(name, key, upstream=False):
+            s = streams.get(name)
+            if not s:
+                return "—"
+            v = s[key]
+            text = "%s, %d threads" % (mib(v["rss_kib"]), v["threads"])
+            if upstream:
+                text += ", %d upstream" % v["upstream"]
+            return text
+        n = streams["modelmux"]["n"] if "modelmux" in streams else args.streams
+        got = " / ".join("%s %d of %d in %.1f s" % (k, v["ok"], v["n"], v["open_seconds"]) for k, v in streams.items())
+        L.append("| RSS with %d concurrent open streams (default settings; first chunk received: %s), "
+                 "threads, open upstream connections | %s | %s |"
+                 % (n, got, cell("modelmux", "loaded", True), cell("nginx", "loaded", True)))
+        health = " / ".join("%s %s" % (k, "200" if v["healthy_after"] else "FAILED") for k, v in streams.items())
+        L.append("| RSS 3 s after those clients hung up, threads, open upstream connections (then /health: %s) "
+                 "| %s | %s |" % (health, cell("modelmux", "after", True), cell("nginx", "after", True)))
     if size:
-        L.append("| binary size (target/release/modelmux) | %d bytes (%.1f MiB) |" % (size, size / 1024 / 1024))
+        L.append("| binary size | %d bytes (%.1f MiB) | — |" % (size, size / 1024 / 1024))
     if startup:
-        L.append("| startup: spawn to first 200 from GET /health, median of %d (min / max) | %.1f ms (%.1f / %.1f ms) |" % (
+        L.append("| startup: spawn to first 200 from GET /health, median of %d (min / max) | %.1f ms (%.1f / %.1f ms) | — |" % (
             len(startup), statistics.median(startup) * 1000, min(startup) * 1000, max(startup) * 1000))
     L.append("")
     notes = list(args.notes)
     if rows:
-        ka = {c: r for mo, c, t, r in rows if mo == "keep-alive" and t == "modelmux"}
-        nc = {c: r for mo, c, t, r in rows if mo != "keep-alive" and t == "modelmux"}
-        dka = {c: r for mo, c, t, r in rows if mo == "keep-alive" and t == "direct"}
-        if 1 in ka and ka[1]["p50_us"] > 20000 and dka[1]["p50_us"] < 5000:
-            extra = ""
-            if 1 in nc and nc[1]["p50_us"] < 5000:
-                extra = (" while a new connection per request answers in %.2f ms" % (nc[1]["p50_us"] / 1000))
-            notes.append(
-                "Through modelmux a keep-alive request at concurrency 1 takes %.1f ms (p50)%s. "
-                "A ~40 ms stall on reused connections only is the signature of Nagle's algorithm "
-                "meeting the client's delayed ACK (the response head and body leave in separate "
-                "small writes on a socket without TCP_NODELAY); it caps keep-alive throughput at "
-                "about 25 req/s per connection." % (ka[1]["p50_us"] / 1000, extra))
         # wrk counts a `read` error when the server closes a connection that wrk, having seen no
         # `Connection: close` in the response, meant to reuse; the response itself was complete.
         closers = sorted({t for mo, c, t, r in rows
@@ -627,10 +963,8 @@ def report(args, m, rows, rss_after_load, ttfb, streams, startup, idle, size):
                 "In the new-connection rows, %s shows about one wrk `read` error per request: it "
                 "answers a `Connection: close` request in full and closes the socket, but its "
                 "response carries no `Connection: close` header, so wrk tries to reuse the "
-                "connection and sees it closed. The responses arrived complete (wrk reconnects and "
-                "times each request from its own write), so req/s and latency there are still "
-                "meaningful; a strict HTTP/1.1 client would log the same surprise."
-                % " and ".join(closers))
+                "connection and sees it closed. The responses arrived complete, so req/s and "
+                "latency there are still meaningful." % " and ".join(closers))
         other = sum(r["errors"] for mo, c, t, r in rows if not (mo != "keep-alive" and t in closers))
         if other:
             notes.append("%d requests failed or were answered with a non-2xx status in the other "
@@ -646,62 +980,31 @@ def report(args, m, rows, rss_after_load, ttfb, streams, startup, idle, size):
 
 INTRO = """# Benchmarks
 
-`make bench` (`scripts/bench.sh`) builds the release binary and the demo mock backend
-(`demo/demo_backend.rs`, chunk delay 0), starts both on loopback with OS-picked ports, drives
-them with [wrk](https://github.com/wg/wrk) and small Python clients (`scripts/bench/`), and
-rewrites this file. It takes about two to three minutes; it installs `wrk` with apt-get if it
-is missing. `make bench-peers` (`BENCH_PEERS=1`) also installs LiteLLM's proxy into
-`target/bench-venv` and adds it to the non-streaming table, pointed at the same mock backend
-(skipped with a message if it cannot be installed or started), in a separate pass after the
-direct and modelmux runs. Extra arguments go to the driver, e.g.
-`./scripts/bench.sh --duration 3 --output -` prints a quick report and leaves this file alone.
-
-What the rows mean:
-
-- **Non-streaming**: wrk POSTs a three-word chat completion for a fixed time at 1, 16 and 64
-  concurrent connections, once straight at the mock backend (`direct`) and once through
-  modelmux. *keep-alive* reuses each connection (what SDKs do); *new conn/request* sends
-  `Connection: close`, so each request pays a TCP handshake. `req/s vs direct` is the
-  proxy's throughput as a fraction of the backend's alone; `p50 vs direct` is the latency the
-  proxy adds at the median. `errors` counts socket errors, timeouts and non-2xx answers.
-- **Stream first byte / first SSE event**: sequential `"stream": true` requests, each on a new
-  connection, alternating direct and via modelmux; time from `connect()` to the first
-  response byte (what `curl -w %{time_starttransfer}` reports) and to the first `data:` event.
-- **RSS**: `VmRSS` and `Threads` from `/proc/PID/status` of the modelmux process: idle right
-  after start; after the keep-alive load; and with 1,000 concurrent streams held open (modelmux
-  started with `CM_OPEN_WEBUI_PROXY_WORKERS=1100`, backend sending one word per second), read
-  once every stream has received its first chunk, then again 3 s after the clients hung up
-  (with the number of modelmux-to-backend connections still open, which should drop to 0).
-- **Startup**: time from spawning the process to the first `200` from `GET /health`.
-
-Caveats:
-
-- Load generator, proxy and backend share the same machine, so the proxied runs compete with
-  wrk and the backend for CPU (on a 2-core machine that is most of the story at concurrency
-  16 and 64). The mock backend answers instantly, so these numbers measure the proxy's own
-  overhead, not a realistic LLM workload, where the model's seconds dwarf it.
-- The mock backend starts a thread per accepted connection. In the *new conn/request* rows and
-  the stream rows the direct run pays that for every request while modelmux reuses pooled
-  upstream connections, so there the proxy can look as fast as, or faster than, direct.
-- A p99 over 200 samples is the second-worst sample; a negative "added" value there is noise.
-- Compare runs only on the same machine.
+(intro to be written)
 
 ## Latest results
 
 """
+# Hand-written: where the remaining gap to nginx comes from (kept with the profile that shows it).
+ANALYSIS_PATH = os.path.join(HERE, "analysis.md")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "6")))
     ap.add_argument("--concurrency", default=os.environ.get("BENCH_CONCURRENCY", "1,16,64"))
+    ap.add_argument("--stream-concurrency", type=int, default=32)
+    ap.add_argument("--stream-duration", type=int, default=6)
+    ap.add_argument("--stream-delay-ms", type=int, default=1)
     ap.add_argument("--ttfb-requests", type=int, default=200)
     ap.add_argument("--streams", type=int, default=int(os.environ.get("BENCH_STREAMS", "1000")))
     ap.add_argument("--startup-runs", type=int, default=10)
     ap.add_argument("--no-close-rows", action="store_true")
+    ap.add_argument("--no-nginx", action="store_true", help="leave nginx out")
+    ap.add_argument("--baseline", help="another modelmux binary to measure beside this one")
     ap.add_argument("--litellm", help="command that starts LiteLLM's proxy (peer rows)")
     ap.add_argument("--peer-note", action="append", default=[])
-    ap.add_argument("--only", default="all", help="comma list: nonstream,ttfb,streams,startup")
+    ap.add_argument("--only", default="all", help="comma list: startup,nonstream,chunks,ttfb,streams")
     ap.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -713,6 +1016,10 @@ def main():
         for line in sh("'%s' show litellm 2>/dev/null" % pip).splitlines():
             if line.startswith("Version:"):
                 args.litellm_version = line.split(":", 1)[1].strip()
+    nginx = None if args.no_nginx else nginx_binary()
+    args.nginx_version = nginx_version(nginx) if nginx else ""
+    if not nginx and not args.no_nginx:
+        args.notes.append("nginx was not found; its rows are missing.")
     only = set(args.only.split(","))
     want = lambda s: "all" in only or s in only  # noqa: E731
 
@@ -723,28 +1030,36 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     try:
         m = machine()
-        log("machine: %s CPUs, %s, Linux %s" % (m["nproc"], m["cpu"], m["kernel"]))
-        rows = rss_after = ttfb = streams = startup = idle = None
+        log("machine: %s CPUs, %s, Linux %s, load %s" % (m["nproc"], m["cpu"], m["kernel"], m["load"]))
+        rows = rss_after = ttfb = stream_rows = streams = startup = idle = None
         if want("startup"):
             log("startup time and idle RSS")
-            startup, idle = bench_idle_and_startup(args)
+            startup, idle = bench_idle_and_startup(args, nginx)
         if want("nonstream"):
             log("non-streaming load (wrk)")
             peer_cmd = args.litellm.split() if args.litellm else None
-            rows, rss_after = bench_nonstream(args, peer_cmd)
+            rows, rss_after = bench_nonstream(args, peer_cmd, nginx)
+        if want("chunks"):
+            log("CPU per relayed SSE chunk (wrk, streams of %d events)" % CHUNKS_PER_STREAM)
+            stream_rows = bench_stream_cpu(args, nginx)
         if want("ttfb"):
             log("streaming time to first byte, %d sequential requests each" % args.ttfb_requests)
-            ttfb = bench_ttfb(args)
+            ttfb = bench_ttfb(args, nginx)
         if want("streams"):
             log("%d concurrent open streams" % args.streams)
-            streams = bench_streams(args)
+            streams = bench_streams(args, nginx)
         size = os.path.getsize(MODELMUX)
-        text = report(args, m, rows, rss_after, ttfb, streams, startup, idle, size)
+        text = report(args, m, rows, rss_after, ttfb, stream_rows, streams, startup, idle, size)
         print()
         print(text)
         if args.output != "-":
+            intro = INTRO
+            analysis = ""
+            if os.path.exists(ANALYSIS_PATH):
+                with open(ANALYSIS_PATH) as f:
+                    analysis = "\n" + f.read()
             with open(args.output, "w") as f:
-                f.write(INTRO + text)
+                f.write(intro + text + analysis)
             log("wrote %s" % args.output)
     finally:
         stop_all()
