@@ -100,6 +100,9 @@ pub fn request_id(client: Option<&str>) -> String {
         }
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Asked once: `process::id` is a system call each time.
+    static PID: OnceLock<u32> = OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -109,7 +112,7 @@ pub fn request_id(client: Option<&str>) -> String {
     format!(
         "mm-{:012x}{:04x}{:06x}",
         t >> 8,
-        std::process::id() & 0xffff,
+        pid & 0xffff,
         n & 0xff_ffff
     )
 }

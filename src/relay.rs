@@ -1,12 +1,21 @@
 //! Copies a backend response to the client as it arrives: status and headers as they are, the
 //! body re-framed (chunked or Content-Length) and flushed after every read so SSE tokens never
 //! wait in a buffer.
+//!
+//! System calls are what a relay costs, so each piece of the body goes out in one write (chunk
+//! size line, data and CRLF together), and a response head that is not a stream's goes out with
+//! the first piece of its body. An event stream's head is sent at once.
 
 use crate::usage::{Usage, UsageTap};
 use crate::usage_strip::UsageStrip;
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// How often, at most, a chunk's size line is sent on its own to learn whether the client
+/// has hung up (see `Sink::piece`).
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 /// How the relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +129,14 @@ pub fn relay(
         Framing::None => text.push_str("Content-Length: 0\r\n"),
     }
     text.push_str("\r\n");
+    let mut sink = Sink {
+        out,
+        framing,
+        head: Vec::new(),
+        buf: Vec::new(),
+        last_probe: None,
+        started,
+    };
     let mut stats = Stats {
         bytes: 0,
         ttfb: None,
@@ -143,17 +160,23 @@ pub fn relay(
     let mut tap =
         ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
     let mut strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
-        stats.outcome = Outcome::ClientGone;
-        stats.close_connection = true;
-        return stats;
-    }
-    if matches!(framing, Framing::None) {
-        return stats;
+    if is_sse || framing == Framing::None {
+        // A stream's client learns at once that its stream started.
+        if sink
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|_| sink.out.flush())
+            .is_err()
+        {
+            stats.outcome = Outcome::ClientGone;
+            stats.close_connection = true;
+            return stats;
+        }
+        if framing == Framing::None {
+            return stats;
+        }
+    } else {
+        sink.head = text.into_bytes();
     }
     // A comment inserted into a compressed body would corrupt it for the client's decoder.
     let keepalive = if is_sse && encoding.is_none() {
@@ -166,10 +189,8 @@ pub fn relay(
         strip: &mut strip,
     };
     let result = match keepalive {
-        Some(every) => {
-            pump_with_keepalive(started, out, body, framing, every, &mut stats, &mut pass)
-        }
-        None => pump(started, out, body, framing, &mut stats, &mut pass),
+        Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
+        None => pump(&mut sink, body, &mut stats, &mut pass),
     };
     stats.content_chars = tap.as_ref().map_or(0, UsageTap::content_chars);
     stats.usage = tap.and_then(UsageTap::finish);
@@ -189,10 +210,10 @@ pub fn relay(
                         &crate::api_error::ApiError::bad_gateway(msg.clone()).body()
                     )
                 );
-                let _ = write_chunk(out, event.as_bytes())
-                    .and_then(|_| out.write_all(b"0\r\n\r\n"))
-                    .and_then(|_| out.flush());
+                let _ = sink.piece(event.as_bytes()).and_then(|_| sink.end());
             } else {
+                // The head still goes out (if no body byte did), as it always did.
+                let _ = sink.flush_head();
                 // Any other body stops short of its length (or of its last chunk) and the
                 // connection closes: the client sees a truncated body, never a complete-looking
                 // one, and never reads the next response as the rest of this one.
@@ -242,13 +263,13 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Feeds the tap with the backend's bytes; returns the bytes for the client.
-    fn through(&mut self, data: &[u8]) -> Vec<u8> {
+    fn through<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
         if let Some(t) = self.tap.as_mut() {
             t.feed(data);
         }
         match self.strip.as_mut() {
-            Some(s) => s.feed(data),
-            None => data.to_vec(),
+            Some(s) => Cow::Owned(s.feed(data)),
+            None => Cow::Borrowed(data),
         }
     }
 
@@ -262,10 +283,8 @@ impl Pass<'_> {
 }
 
 fn pump(
-    started: Instant,
-    out: &mut dyn Write,
+    sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
-    framing: Framing,
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
@@ -278,18 +297,16 @@ fn pump(
             Err(e) => return Err(upstream_failure(&e)),
         };
         let piece = pass.through(&buf[..n]);
-        write_piece(started, out, &piece, framing, stats)?;
+        write_piece(sink, &piece, stats)?;
     }
-    write_piece(started, out, &pass.rest(), framing, stats)?;
-    finish(out, framing)
+    write_piece(sink, &pass.rest(), stats)?;
+    sink.end().map_err(|_| Failure::Client)
 }
 
 /// Like `pump`, but a reader thread feeds a channel so silence can be filled with SSE comments.
 fn pump_with_keepalive(
-    started: Instant,
-    out: &mut dyn Write,
+    sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
-    framing: Framing,
     every: Duration,
     stats: &mut Stats,
     pass: &mut Pass,
@@ -318,20 +335,20 @@ fn pump_with_keepalive(
     let result = loop {
         match rx.recv_timeout(every) {
             Ok(Ok(data)) if data.is_empty() => {
-                break write_piece(started, out, &pass.rest(), framing, stats)
-                    .and_then(|_| finish(out, framing))
+                break write_piece(sink, &pass.rest(), stats)
+                    .and_then(|_| sink.end().map_err(|_| Failure::Client))
             }
             Ok(Ok(data)) => {
                 let piece = pass.through(&data);
                 boundary.feed(&piece);
-                if let Err(f) = write_piece(started, out, &piece, framing, stats) {
+                if let Err(f) = write_piece(sink, &piece, stats) {
                     break Err(f);
                 }
             }
             Ok(Err(e)) => break Err(upstream_failure(&e)),
             // Only between events: inside one, the comment would become part of its data.
             Err(mpsc::RecvTimeoutError::Timeout) if boundary.at_boundary() => {
-                if let Err(f) = write_piece(started, out, b": keep-alive\n\n", framing, stats) {
+                if let Err(f) = write_piece(sink, b": keep-alive\n\n", stats) {
                     break Err(f);
                 }
             }
@@ -378,47 +395,79 @@ impl EventBoundary {
     }
 }
 
-fn write_piece(
-    started: Instant,
-    out: &mut dyn Write,
-    data: &[u8],
-    framing: Framing,
-    stats: &mut Stats,
-) -> Result<(), Failure> {
+fn write_piece(sink: &mut Sink, data: &[u8], stats: &mut Stats) -> Result<(), Failure> {
     // An empty chunk would end a chunked body: nothing to send is nothing to write.
     if data.is_empty() {
         return Ok(());
     }
     if stats.ttfb.is_none() {
-        stats.ttfb = Some(started.elapsed());
+        stats.ttfb = Some(sink.started.elapsed());
     }
-    let r = match framing {
-        Framing::Chunked => write_chunk(out, data),
-        _ => out.write_all(data).and_then(|_| out.flush()),
-    };
-    r.map_err(|_| Failure::Client)?;
+    sink.piece(data).map_err(|_| Failure::Client)?;
     stats.bytes += data.len() as u64;
     Ok(())
 }
 
-/// Writes one HTTP chunk. The size line is flushed on its own so that, when the client has
-/// hung up, this first write draws its reset and the data write fails at once: the backend is
-/// then released on this chunk rather than a later one.
-fn write_chunk(out: &mut dyn Write, data: &[u8]) -> io::Result<()> {
-    out.write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
-    out.flush()?;
-    out.write_all(data)?;
-    out.write_all(b"\r\n")?;
-    out.flush()
+/// The client side of a relay: framing, the head when it waits for the body, a reused buffer.
+struct Sink<'a> {
+    out: &'a mut dyn Write,
+    framing: Framing,
+    /// The response head, while it waits to go out with the first piece of the body.
+    head: Vec<u8>,
+    /// Where a piece is assembled with its framing, to go out in one write.
+    buf: Vec<u8>,
+    /// When a size line was last sent on its own (see `piece`).
+    last_probe: Option<Instant>,
+    started: Instant,
 }
 
-fn finish(out: &mut dyn Write, framing: Framing) -> Result<(), Failure> {
-    if framing == Framing::Chunked {
-        out.write_all(b"0\r\n\r\n")
-            .and_then(|_| out.flush())
-            .map_err(|_| Failure::Client)?;
+impl Sink<'_> {
+    /// Sends one piece of the body (with the head, if it still waits), flushed.
+    ///
+    /// In a chunked body the size line is now and then (at most every `PROBE_EVERY`, and for
+    /// the first chunk) flushed on its own: when the client has hung up, that first write
+    /// draws its reset and the data write fails at once, so the backend is released on this
+    /// chunk rather than a later one. Other chunks go out in a single write.
+    fn piece(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        self.buf.append(&mut self.head);
+        if self.framing == Framing::Chunked {
+            let _ = write!(self.buf, "{:x}\r\n", data.len());
+            if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+                self.last_probe = Some(Instant::now());
+                self.out.write_all(&self.buf)?;
+                self.out.flush()?;
+                self.buf.clear();
+            }
+            self.buf.extend_from_slice(data);
+            self.buf.extend_from_slice(b"\r\n");
+        } else if self.buf.is_empty() {
+            self.out.write_all(data)?;
+            return self.out.flush();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        self.out.write_all(&self.buf)?;
+        self.out.flush()
     }
-    Ok(())
+
+    /// Sends the head if it is still waiting (a body that failed before its first byte).
+    fn flush_head(&mut self) -> io::Result<()> {
+        if self.head.is_empty() {
+            return Ok(());
+        }
+        let head = std::mem::take(&mut self.head);
+        self.out.write_all(&head)?;
+        self.out.flush()
+    }
+
+    /// Ends the body: the last chunk of a chunked one, the waiting head of an empty one.
+    fn end(&mut self) -> io::Result<()> {
+        if self.framing == Framing::Chunked {
+            self.head.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush_head()
+    }
 }
 
 #[cfg(test)]

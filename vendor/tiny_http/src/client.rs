@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -129,22 +129,21 @@ impl ClientConnection {
     ///
     /// modelmux: bounded by `limits` (line length, total head size, total time since the
     /// first byte of the request head); upstream read lines of any length for any time.
+    /// The bytes are scanned in the connection's read buffer (upstream read them one by one
+    /// through four layers of `Read`), and the clock is read once per buffer fill, i.e.
+    /// after every receive from the socket, instead of once per byte.
     fn read_next_line(&mut self, limits: &mut HeadLimits) -> Result<Vec<u8>, LineError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b.map_err(LineError::Io)?,
-                None => {
-                    return Err(LineError::Io(IoError::new(
-                        ErrorKind::ConnectionAborted,
-                        "Unexpected EOF",
-                    )))
-                }
-            };
+            let available = self.next_header_source.fill_buf().map_err(LineError::Io)?;
+            if available.is_empty() {
+                return Err(LineError::Io(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "Unexpected EOF",
+                )));
+            }
 
             // modelmux: the whole head must arrive within the header-read timeout
             let started = *self.head_started.get_or_insert_with(Instant::now);
@@ -157,26 +156,41 @@ impl ClientConnection {
                 }
             }
 
-            // modelmux: total size of the head, CRLFs included
-            if limits.remaining_bytes == 0 {
-                return Err(LineError::HeadTooLarge);
+            let mut used = 0;
+            let mut outcome = None;
+            for &byte in available {
+                used += 1;
+                // modelmux: total size of the head, CRLFs included
+                if limits.remaining_bytes == 0 {
+                    outcome = Some(Err(LineError::HeadTooLarge));
+                    break;
+                }
+                limits.remaining_bytes -= 1;
+
+                if byte == b'\n' && prev_byte_was_cr {
+                    buf.pop(); // removing the '\r'
+                               // modelmux: raw bytes; `framing` decides what is acceptable
+                               // (upstream closed the connection without an answer on any
+                               // non-ASCII byte)
+                    outcome = Some(Ok(()));
+                    break;
+                }
+
+                prev_byte_was_cr = byte == b'\r';
+
+                buf.push(byte);
+
+                // modelmux: length of one line, the CR of a possible CRLF not counted
+                if buf.len() - usize::from(prev_byte_was_cr) > limits.max_line {
+                    outcome = Some(Err(LineError::LineTooLong));
+                    break;
+                }
             }
-            limits.remaining_bytes -= 1;
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                           // modelmux: raw bytes; `framing` decides what is acceptable (upstream closed
-                           // the connection without an answer on any non-ASCII byte)
-                return Ok(buf);
-            }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
-
-            // modelmux: length of one line, the CR of a possible CRLF not counted
-            if buf.len() - usize::from(prev_byte_was_cr) > limits.max_line {
-                return Err(LineError::LineTooLong);
+            self.next_header_source.consume(used);
+            match outcome {
+                Some(Ok(())) => return Ok(buf),
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
         }
     }

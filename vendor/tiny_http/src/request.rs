@@ -48,7 +48,8 @@ use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 /// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
 pub struct Request {
     // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    // modelmux: a `BodyReader`, which knows whether anything is left on the socket
+    data_reader: Option<BodyReader>,
 
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
@@ -83,6 +84,34 @@ pub struct Request {
 
     // modelmux: set when the request was refused while its head was read
     refusal: Option<Refusal>,
+}
+
+/// modelmux: a request body that remembers whether unread bytes of it may still be on the
+/// socket, so that dropping a request whose body was read to its end (or was small enough to be
+/// read with the head) needs no drain, and no read-timeout change around one.
+struct BodyReader {
+    inner: Box<dyn Read + Send + 'static>,
+    /// all of it is in memory (or it is empty), or it was read to its end
+    done: bool,
+}
+
+impl BodyReader {
+    fn new(inner: Box<dyn Read + Send + 'static>, on_socket: bool) -> BodyReader {
+        BodyReader {
+            inner,
+            done: !on_socket,
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.done = true;
+        }
+        Ok(n)
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -149,6 +178,11 @@ where
         BodyFraming::None => Some(0),
         BodyFraming::Chunked => None,
     };
+    let on_socket = match framing {
+        BodyFraming::None => false,
+        BodyFraming::Length(n) => n > 1024 || expects_continue,
+        BodyFraming::Chunked => true,
+    };
     let reader = match framing {
         BodyFraming::None => Box::new(io::empty()) as Box<dyn Read + Send + 'static>,
         BodyFraming::Length(content_length) if content_length <= 1024 && !expects_continue => {
@@ -188,7 +222,7 @@ where
     };
 
     Ok(Request {
-        data_reader: Some(reader),
+        data_reader: Some(BodyReader::new(reader, on_socket)),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -220,7 +254,7 @@ where
     W: Write + Send + 'static,
 {
     Request {
-        data_reader: Some(Box::new(io::empty())),
+        data_reader: Some(BodyReader::new(Box::new(io::empty()), false)),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -429,7 +463,7 @@ impl Request {
 
         let mut reader = None;
         mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
+        Box::new(reader.unwrap())
     }
 
     /// Sends a response to this request.
@@ -516,7 +550,8 @@ impl Drop for Request {
         // connection's normal timeout for the next request.
         // A client still waiting for `100 Continue` will not send its body: that case closes
         // the connection below instead.
-        if self.body_length != Some(0) && self.data_reader.is_some() && !self.must_send_continue {
+        let unread = self.data_reader.as_ref().is_some_and(|r| !r.done);
+        if self.body_length != Some(0) && unread && !self.must_send_continue {
             if let Some(handle) = &self.handle {
                 handle.set_read_timeout(Some(DRAIN_READ_TIMEOUT));
                 drop(self.data_reader.take());

@@ -60,7 +60,8 @@ impl fmt::Debug for SizedReader<'_> {
 }
 
 impl<'a> SizedReader<'a> {
-    fn new(size: BodySize, reader: Box<dyn Read + 'a>) -> Self {
+    // modelmux: `pub(crate)` for the retry of an inlined body (`unit::connect_inner`)
+    pub(crate) fn new(size: BodySize, reader: Box<dyn Read + 'a>) -> Self {
         SizedReader { size, reader }
     }
 }

@@ -362,7 +362,8 @@ impl Response {
         if connection_option == ConnectionOption::Close {
             stream.inner_mut().set_unpoolable();
         }
-        let inner = stream.inner_ref();
+        // modelmux: `inner_mut`, the timeout cache is updated (no system call when unchanged)
+        let inner = stream.inner_mut();
         let result = inner.set_read_timeout(unit.agent.config.timeout_read);
         if let Err(e) = result {
             return Box::new(ErrorReader(e));
@@ -566,10 +567,9 @@ impl Response {
     pub(crate) fn do_from_stream(stream: Stream, unit: Unit) -> Result<Response, Error> {
         let remote_addr = stream.remote_addr;
 
-        let local_addr = match stream.socket() {
-            Some(sock) => sock.local_addr().map_err(Error::from)?,
-            None => std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 0).into(),
-        };
+        // modelmux: asked from the socket once per connection (`Stream::local_addr`)
+        let mut stream = stream;
+        let local_addr = stream.local_addr().map_err(Error::from)?;
 
         //
         // HTTP/1.1 200 OK\r\n

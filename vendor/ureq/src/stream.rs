@@ -42,6 +42,12 @@ pub(crate) struct Stream {
     /// The remote address the stream is connected to.
     pub(crate) remote_addr: SocketAddr,
     pool_returner: PoolReturner,
+    // modelmux: the socket's read and write timeouts as last set through this stream (`None`:
+    // not known), so that setting the same value again costs no system call
+    read_timeout: Option<Option<Duration>>,
+    write_timeout: Option<Option<Duration>>,
+    // modelmux: the local address, asked from the socket once per connection, not per response
+    local_addr: Option<SocketAddr>,
 }
 
 impl<T: ReadWrite + ?Sized> ReadWrite for Box<T> {
@@ -74,6 +80,19 @@ impl DeadlineStream {
     }
 }
 
+// modelmux: see `crate::chunked::Buffered`
+impl crate::chunked::Buffered for DeadlineStream {
+    fn buffered(&self) -> &[u8] {
+        self.inner_ref().buffer()
+    }
+}
+
+impl crate::chunked::Buffered for Stream {
+    fn buffered(&self) -> &[u8] {
+        self.buffer()
+    }
+}
+
 impl From<DeadlineStream> for Stream {
     fn from(deadline_stream: DeadlineStream) -> Stream {
         deadline_stream.stream
@@ -84,10 +103,8 @@ impl BufRead for DeadlineStream {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if let Some(deadline) = self.deadline {
             let timeout = time_until_deadline(deadline)?;
-            if let Some(socket) = self.stream.socket() {
-                socket.set_read_timeout(Some(timeout))?;
-                socket.set_write_timeout(Some(timeout))?;
-            }
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.stream.set_write_timeout(Some(timeout))?;
         }
         self.stream.fill_buf().map_err(|e| {
             // On unix-y platforms set_read_timeout and set_write_timeout
@@ -195,7 +212,24 @@ impl Stream {
             inner: BufReader::new(Box::new(t)),
             remote_addr,
             pool_returner,
+            read_timeout: None,
+            write_timeout: None,
+            local_addr: None,
         })
+    }
+
+    /// modelmux: the local address of the connection (127.0.0.1:0 without a socket); asked from
+    /// the socket once per connection.
+    pub(crate) fn local_addr(&mut self) -> io::Result<SocketAddr> {
+        if let Some(addr) = self.local_addr {
+            return Ok(addr);
+        }
+        let addr = match self.socket() {
+            Some(sock) => sock.local_addr()?,
+            None => std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 0).into(),
+        };
+        self.local_addr = Some(addr);
+        Ok(addr)
     }
 
     fn logged_create(stream: Stream) -> Stream {
@@ -220,6 +254,40 @@ impl Stream {
     // If this returns WouldBlock (aka EAGAIN),
     // that means the connection is still open: return false. Otherwise
     // return an error.
+    //
+    // modelmux: one `recv(MSG_PEEK | MSG_DONTWAIT)` instead of three system calls (switching
+    // the socket to non-blocking mode, a peek, and back); this runs before every request on
+    // a pooled connection.
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    fn serverclosed_stream(stream: &std::net::TcpStream) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 1];
+        // SAFETY: a one-byte peek into a buffer we own, on a socket we own; it does not block
+        // (MSG_DONTWAIT) and does not consume the byte (MSG_PEEK).
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            debug!(
+                "peek on reused connection returned {}, not WouldBlock; discarding",
+                n
+            );
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(false),
+            _ => Err(e),
+        }
+    }
+
+    #[cfg(not(unix))]
     fn serverclosed_stream(stream: &std::net::TcpStream) -> io::Result<bool> {
         let mut buf = [0; 1];
         stream.set_nonblocking(true)?;
@@ -251,34 +319,57 @@ impl Stream {
         self.pool_returner = PoolReturner::none();
     }
 
-    pub(crate) fn return_to_pool(mut self) -> io::Result<()> {
-        // ensure stream can be reused
-        self.reset()?;
+    pub(crate) fn return_to_pool(self) -> io::Result<()> {
+        // modelmux: the timeouts are left as they are (upstream removed them here, two system
+        // calls per request, and a reused connection then read its next response head with no
+        // read timeout at all): `connect_socket` sets the next request's timeouts on a reused
+        // stream, at no cost when they are the same.
         self.pool_returner.clone().return_to_pool(self);
         Ok(())
     }
 
-    pub(crate) fn reset(&mut self) -> io::Result<()> {
-        // When we are turning this back into a regular, non-deadline Stream,
-        // remove any timeouts we set.
-        if let Some(socket) = self.socket() {
-            socket.set_read_timeout(None)?;
-            socket.set_write_timeout(None)?;
+    /// modelmux: the timeouts a request of `unit` runs with, as `connect_http` sets them on a
+    /// new connection; for a reused one (see `return_to_pool`).
+    pub(crate) fn set_unit_timeouts(&mut self, unit: &Unit) -> io::Result<()> {
+        let config = &unit.agent.config;
+        match unit.deadline {
+            Some(deadline) => {
+                let left = time_until_deadline(deadline)?;
+                self.set_read_timeout(Some(left))?;
+                self.set_write_timeout(Some(left))
+            }
+            None => {
+                self.set_read_timeout(config.timeout_read)?;
+                self.set_write_timeout(config.timeout_write)
+            }
         }
-
-        Ok(())
     }
 
     pub(crate) fn socket(&self) -> Option<&TcpStream> {
         self.inner.get_ref().socket()
     }
 
-    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        if let Some(socket) = self.socket() {
-            socket.set_read_timeout(timeout)
-        } else {
-            Ok(())
+    // modelmux: through the cache (`read_timeout`, `write_timeout`), `&mut self`
+    pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.read_timeout == Some(timeout) {
+            return Ok(());
         }
+        if let Some(socket) = self.socket() {
+            socket.set_read_timeout(timeout)?;
+        }
+        self.read_timeout = Some(timeout);
+        Ok(())
+    }
+
+    pub(crate) fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.write_timeout == Some(timeout) {
+            return Ok(());
+        }
+        if let Some(socket) = self.socket() {
+            socket.set_write_timeout(timeout)?;
+        }
+        self.write_timeout = Some(timeout);
+        Ok(())
     }
 }
 

@@ -261,7 +261,33 @@ fn connect_inner(
         debug!("sending request {} {}", method, url);
     }
 
-    let send_result = send_prelude(unit, &mut stream);
+    let retryable = unit.is_retryable(&body);
+
+    // modelmux: a body of known length up to INLINE_BODY_MAX goes out in the same write as
+    // the head (upstream wrote them separately: two system calls and two TCP segments per
+    // request); a longer or unsized one is still copied after the head.
+    let mut body = body;
+    let inline_len = match body.size {
+        BodySize::Known(n) if !unit.is_chunked && n <= INLINE_BODY_MAX => Some(n),
+        _ => None,
+    };
+    let send_result = match build_prelude(unit) {
+        Err(e) => Err(e),
+        Ok(prelude) => {
+            let mut wire = prelude.into_bytes();
+            let head_len = wire.len();
+            if let Some(n) = inline_len {
+                io::Read::read_to_end(&mut io::Read::take(&mut body.reader, n), &mut wire)?;
+            }
+            let written = stream.write_all(&wire);
+            if let (Err(_), Some(n)) = (&written, inline_len) {
+                // the inlined body's bytes, for the retry below
+                let rest = wire.split_off(head_len);
+                body = SizedReader::new(BodySize::Known(n), Box::new(io::Cursor::new(rest)));
+            }
+            written
+        }
+    };
 
     if let Err(err) = send_result {
         if is_recycled {
@@ -275,10 +301,11 @@ fn connect_inner(
             return Err(err.into());
         }
     }
-    let retryable = unit.is_retryable(&body);
 
     // send the body (which can be empty now depending on redirects)
-    body::send_body(body, unit.is_chunked, &mut stream)?;
+    if inline_len.is_none() {
+        body::send_body(body, unit.is_chunked, &mut stream)?;
+    }
 
     // start reading the response to process cookies and redirects.
     // TODO: this unit.clone() bothers me. At this stage, we're not
@@ -358,9 +385,11 @@ fn connect_socket(unit: &Unit, hostname: &str, use_pooled: bool) -> Result<(Stre
         // The connection may have been closed by the server
         // due to idle timeout while it was sitting in the pool.
         // Loop until we find one that is still good or run out of connections.
-        while let Some(stream) = pool.try_get_connection(&unit.url, proxy.clone()) {
+        while let Some(mut stream) = pool.try_get_connection(&unit.url, proxy.clone()) {
             let server_closed = stream.server_closed()?;
             if !server_closed {
+                // modelmux: this request's timeouts (a pooled stream keeps the last ones)
+                stream.set_unit_timeouts(unit)?;
                 return Ok((stream, true));
             }
             debug!("dropping stream from pool; closed by server: {:?}", stream);
@@ -403,7 +432,11 @@ fn can_propagate_authorization_on_redirect(
 
 /// Send request line + headers (all up until the body).
 #[allow(clippy::write_with_newline)]
-fn send_prelude(unit: &Unit, stream: &mut Stream) -> io::Result<()> {
+/// modelmux: the longest request body sent in the same write as the head.
+const INLINE_BODY_MAX: u64 = 64 * 1024;
+
+// modelmux: builds the prelude; `connect_inner` writes it (with a small body)
+fn build_prelude(unit: &Unit) -> io::Result<PreludeBuilder> {
     // build into a buffer and send in one go.
     let mut prelude = PreludeBuilder::new();
 
@@ -478,10 +511,7 @@ fn send_prelude(unit: &Unit, stream: &mut Stream) -> io::Result<()> {
     prelude.finish()?;
 
     debug!("writing prelude: {}", prelude);
-    // write all to the wire
-    stream.write_all(prelude.as_slice())?;
-
-    Ok(())
+    Ok(prelude)
 }
 
 fn is_header_sensitive(header: &Header) -> bool {
@@ -495,6 +525,11 @@ struct PreludeBuilder {
 }
 
 impl PreludeBuilder {
+    // modelmux: the bytes to send
+    fn into_bytes(self) -> Vec<u8> {
+        self.prelude
+    }
+
     fn new() -> Self {
         PreludeBuilder {
             prelude: Vec::with_capacity(256),
@@ -527,10 +562,6 @@ impl PreludeBuilder {
 
     fn finish(&mut self) -> io::Result<()> {
         write!(self.prelude, "\r\n")
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.prelude
     }
 }
 

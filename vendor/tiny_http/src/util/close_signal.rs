@@ -7,7 +7,7 @@
 //! later read through the connection's `ClosableReader` fails, so the `ClientConnection`
 //! stops (returns `None`) and the connection is closed.
 
-use std::io::{Error as IoError, ErrorKind, Read, Result as IoResult};
+use std::io::{BufRead, Error as IoError, ErrorKind, Read, Result as IoResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,15 +42,34 @@ impl<R: Read> ClosableReader<R> {
     }
 }
 
+fn abandoned() -> IoError {
+    IoError::new(
+        ErrorKind::ConnectionAborted,
+        "connection closed: a request body was abandoned before its end",
+    )
+}
+
 impl<R: Read> Read for ClosableReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         if self.signal.is_triggered() {
-            return Err(IoError::new(
-                ErrorKind::ConnectionAborted,
-                "connection closed: a request body was abandoned before its end",
-            ));
+            return Err(abandoned());
         }
         self.inner.read(buf)
+    }
+}
+
+// modelmux: request heads are scanned straight in the connection's buffer (see
+// `ClientConnection::read_next_line`), not read byte by byte through `Read`.
+impl<R: BufRead> BufRead for ClosableReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        if self.signal.is_triggered() {
+            return Err(abandoned());
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt)
     }
 }
 

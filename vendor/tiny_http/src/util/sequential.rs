@@ -1,5 +1,5 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
@@ -141,6 +141,30 @@ impl<W: Write + Send> Write for SequentialWriter<W> {
         self.trigger = None;
 
         self.writer.lock().unwrap().flush()
+    }
+}
+
+// modelmux: buffered access for reading request heads (see `ClientConnection::read_next_line`).
+impl<R: BufRead + Send> SequentialReader<R> {
+    fn my_turn(&mut self) -> &mut R {
+        if let SequentialReaderInner::Waiting(ref recv) = self.inner {
+            let reader = recv.recv().unwrap();
+            self.inner = SequentialReaderInner::MyTurn(reader);
+        }
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader,
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl<R: BufRead + Send> BufRead for SequentialReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        self.my_turn().fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.my_turn().consume(amt)
     }
 }
 

@@ -33,6 +33,43 @@ pub struct Decoder<R> {
     // remaining size of the chunk being read
     // none if we are not in a chunk
     remaining_chunks_size: Option<usize>,
+
+    // modelmux: the last chunk was consumed while coalescing (see `Read for Decoder`)
+    finished: bool,
+}
+
+/// modelmux: bytes already received from the connection and buffered, readable without a
+/// system call. The decoder goes on with the next chunks only while they are wholly in here,
+/// so that coalescing never waits for the network.
+pub(crate) trait Buffered {
+    fn buffered(&self) -> &[u8];
+}
+
+impl Buffered for &[u8] {
+    fn buffered(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Buffered for std::io::Cursor<Vec<u8>> {
+    fn buffered(&self) -> &[u8] {
+        let pos = (self.position() as usize).min(self.get_ref().len());
+        &self.get_ref()[pos..]
+    }
+}
+
+/// modelmux: the length of the next chunk (size line, data and CRLF, or the last chunk with the
+/// CRLF that ends the body) if all of it is in `buffered`.
+fn whole_chunk_len(buffered: &[u8]) -> Option<(usize, usize)> {
+    let line_end = buffered.iter().position(|b| *b == b'\n')?;
+    let line = &buffered[..line_end];
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.split(|b| *b == b';').next()?;
+    let digits = std::str::from_utf8(digits).ok()?.trim();
+    let size = usize::from_str_radix(digits, 16).ok()?;
+    // a chunk's data and CRLF; after the last chunk, the CRLF that ends the (trailer-less) body
+    let total = (line_end + 1).checked_add(size)?.checked_add(2)?;
+    (buffered.len() >= total).then_some((size, total))
 }
 
 impl<R> Decoder<R>
@@ -43,6 +80,7 @@ where
         Decoder {
             source,
             remaining_chunks_size: None,
+            finished: false,
         }
     }
 
@@ -146,9 +184,46 @@ where
 
 impl<R> Read for Decoder<R>
 where
+    R: Read + Buffered,
+{
+    /// modelmux: after the chunk (or part of a chunk) upstream's decoder returned, the chunks
+    /// that are already wholly buffered are decoded into the rest of `buf` too, so a relay
+    /// copies many small chunks (SSE events sent back to back) with one read and one write
+    /// instead of one of each per chunk. Nothing more is read from the network for them.
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        let mut total = self.read_one(buf)?;
+        if total == 0 {
+            return Ok(0);
+        }
+        while total < buf.len() && self.remaining_chunks_size.is_none() {
+            let Some((size, _)) = whole_chunk_len(self.source.buffered()) else {
+                break;
+            };
+            if size == 0 {
+                // The last chunk: consumed now, EOF at the next read.
+                self.read_chunk_size()?;
+                self.read_end()?;
+                self.finished = true;
+                break;
+            }
+            if size > buf.len() - total {
+                break;
+            }
+            total += self.read_one(&mut buf[total..])?;
+        }
+        Ok(total)
+    }
+}
+
+impl<R> Decoder<R>
+where
     R: Read,
 {
-    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+    // modelmux: upstream's `read`, one chunk (or part of one) at a time
+    fn read_one(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let remaining_chunks_size = match self.remaining_chunks_size {
             Some(c) => c,
             None => {
@@ -274,6 +349,38 @@ mod test {
         decoded.read_to_string(&mut string).unwrap();
 
         assert_eq!(string, "hello world!!!");
+    }
+
+    // modelmux: chunks wholly buffered are decoded in one read
+    #[test]
+    fn buffered_chunks_are_coalesced_up_to_the_end() {
+        let mut d = Decoder::new(b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n" as &[u8]);
+        let mut buf = [0u8; 64];
+        assert_eq!(d.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(d.read(&mut buf).unwrap(), 0);
+        assert_eq!(d.read(&mut buf).unwrap(), 0);
+    }
+
+    // modelmux: a chunk not wholly buffered, or bigger than the room left, waits for the next read
+    #[test]
+    fn coalescing_stops_at_a_partial_chunk_or_a_full_buffer() {
+        let mut d = Decoder::new(b"3\r\nhel\r\n5\r\nwo" as &[u8]);
+        let mut buf = [0u8; 64];
+        assert_eq!(d.read(&mut buf).unwrap(), 3);
+        assert_eq!(d.read(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"wo");
+
+        let mut d = Decoder::new(b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n" as &[u8]);
+        let mut small = [0u8; 4];
+        assert_eq!(d.read(&mut small).unwrap(), 3);
+        assert_eq!(d.read(&mut small).unwrap(), 2);
+        assert_eq!(d.read(&mut small).unwrap(), 0);
+
+        // a chunk extension and the last chunk in a later read
+        let mut d = Decoder::new(b"3;x=1\r\nhel\r\n0\r\n" as &[u8]);
+        assert_eq!(d.read(&mut buf).unwrap(), 3);
+        assert_eq!(d.read(&mut buf).unwrap(), 0);
     }
 
     #[test]

@@ -1,3 +1,4 @@
 #![allow(dead_code, unused_imports)]
 mod decoder;
+pub(crate) use decoder::Buffered;
 pub use decoder::Decoder;
