@@ -72,7 +72,23 @@ pub struct Admission {
     pub headers: Vec<(&'static str, String)>,
     /// The request body's size, for an estimate when the backend reports no usage.
     prompt_bytes: usize,
-    reservation: Option<Reservation>,
+    reservation: Mutex<Option<Reservation>>,
+}
+
+impl Admission {
+    /// Gives the reserved tokens back now: the request failed before any backend did work.
+    /// Called before the failure is answered, so a client that retries at once finds its budget
+    /// as it was.
+    pub fn release(&self) {
+        if let Some(r) = self
+            .reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.release();
+        }
+    }
 }
 
 /// What admission needs to know about a request.
@@ -246,7 +262,7 @@ impl Policy {
             priority,
             headers,
             prompt_bytes: asked.prompt_bytes,
-            reservation,
+            reservation: Mutex::new(reservation),
         })
     }
 
@@ -367,7 +383,11 @@ impl Policy {
         if per_user {
             metrics.user(&entry.user, usage.prompt, usage.completion);
         }
-        if let Some(r) = admission.reservation {
+        let reservation = admission
+            .reservation
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = reservation {
             match usage.prompt + usage.completion {
                 // Nothing was used (a refusal, a failed backend): give the estimate back.
                 0 => r.release(),

@@ -183,23 +183,23 @@ fn attempt(
         Ok(Some(p)) => p,
         Ok(None) => {
             // Every backend asked to be left alone (429/503 with Retry-After): say until when.
-            return fail(request, select.none_left(), ctx, summary);
+            return fail_released(admission, request, select.none_left(), ctx, summary);
         }
-        Err(e) => return fail(request, e, ctx, summary),
+        Err(e) => return fail_released(admission, request, e, ctx, summary),
     };
     loop {
         tried.push(pick);
         let endpoint = &config.endpoints[pick.0];
         let Some(backend) = resolved.backend(endpoint, pick) else {
             let e = ApiError::internal("no such backend");
-            return fail(request, e, ctx, summary);
+            return fail_released(admission, request, e, ctx, summary);
         };
         let backend = &*backend;
         let host = crate::redact::host(&backend.url).to_string();
         summary.backend = Some(host.clone());
         let Some(agent) = live.agent(endpoint, backend) else {
             let e = ApiError::internal("no HTTP client for this backend");
-            return fail(request, e, ctx, summary);
+            return fail_released(admission, request, e, ctx, summary);
         };
         let in_flight = live.balancer.start(pick);
         let outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
@@ -230,7 +230,13 @@ fn attempt(
             Err(f) => (f, None),
         };
         if !failure.is_backend_fault() {
-            return fail(request, failure.to_api_error(model), ctx, summary);
+            return fail_released(
+                admission,
+                request,
+                failure.to_api_error(model),
+                ctx,
+                summary,
+            );
         }
         let cause = failure.cause();
         ctx.metrics.upstream_error(label, &host, cause);
@@ -246,7 +252,7 @@ fn attempt(
         let next = if (tried.len() as u32) < config.retry.max_attempts {
             match next_pick(&tried) {
                 Ok(n) => n,
-                Err(e) => return fail(request, e, ctx, summary),
+                Err(e) => return fail_released(admission, request, e, ctx, summary),
             }
         } else {
             None
@@ -268,13 +274,21 @@ fn attempt(
             }
             // Several backends, each asked to be left alone: say when the first may be tried.
             (None, Some(_)) if tried.len() > 1 && select.all_held() => {
-                return fail(request, select.none_left(), ctx, summary);
+                return fail_released(admission, request, select.none_left(), ctx, summary);
             }
             // Nothing left to try: the last backend's own answer goes back as it is.
             (None, Some(r)) => {
                 return answer::relay(request, r, &from, in_flight, ctx, summary, started)
             }
-            (None, None) => return fail(request, failure.to_api_error(model), ctx, summary),
+            (None, None) => {
+                return fail_released(
+                    admission,
+                    request,
+                    failure.to_api_error(model),
+                    ctx,
+                    summary,
+                )
+            }
         }
     }
 }
@@ -284,6 +298,18 @@ fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// `fail` for an admitted request that no backend served: its reservation goes back first.
+fn fail_released(
+    admission: &Admission,
+    request: Request,
+    e: ApiError,
+    ctx: &Ctx,
+    summary: Summary,
+) -> Summary {
+    admission.release();
+    fail(request, e, ctx, summary)
 }
 
 fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {
