@@ -13,6 +13,11 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The body is read with a buffer of this size at first, doubled up to `READ_BUF_MAX` while
+/// reads fill it.
+const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MAX: usize = 32 * 1024;
+
 /// How often, at most, a chunk's size line is sent on its own to learn whether the client
 /// has hung up (see `Sink::piece`).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -288,7 +293,9 @@ fn pump(
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small at first (a stream's events are small, and a thousand open streams each hold
+    // one), doubled while reads fill it.
+    let mut buf = vec![0u8; READ_BUF_MIN];
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -298,6 +305,9 @@ fn pump(
         };
         let piece = pass.through(&buf[..n]);
         write_piece(sink, &piece, stats)?;
+        if n == buf.len() && buf.len() < READ_BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     write_piece(sink, &pass.rest(), stats)?;
     sink.end().map_err(|_| Failure::Client)
