@@ -195,7 +195,15 @@ pub fn relay(
     };
     let result = match keepalive {
         Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
-        None => pump(&mut sink, body, &mut stats, &mut pass),
+        None => {
+            // A body of known length is read in one go when it fits.
+            let first = match framing {
+                Framing::Length => head.content_length.unwrap_or(0) as usize,
+                _ => 0,
+            };
+            let first = first.clamp(READ_BUF_MIN, READ_BUF_MAX);
+            pump(&mut sink, body, first, &mut stats, &mut pass)
+        }
     };
     stats.content_chars = tap.as_ref().map_or(0, UsageTap::content_chars);
     stats.usage = tap.and_then(UsageTap::finish);
@@ -290,12 +298,13 @@ impl Pass<'_> {
 fn pump(
     sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
+    first: usize,
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
-    // Small at first (a stream's events are small, and a thousand open streams each hold
-    // one), doubled while reads fill it.
-    let mut buf = vec![0u8; READ_BUF_MIN];
+    // Small at first for a stream (its events are small, and a thousand open streams each
+    // hold one), doubled while reads fill it.
+    let mut buf = vec![0u8; first];
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
