@@ -15,7 +15,7 @@ pub struct Options {
     pub check_config: bool,
     /// Probe a running instance's `/health` and exit 0/1 (for container HEALTHCHECK).
     pub healthcheck: bool,
-    /// Worker threads.
+    /// Requests served at once (worker slots).
     pub workers: usize,
     /// Wait-queue bound.
     pub queue: usize,
@@ -131,7 +131,7 @@ USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --hea
                    (default user), --log the ledger file (default: the config's usageLog)
 
 Environment:
-  CM_OPEN_WEBUI_PROXY_WORKERS              worker threads (default 256)
+  CM_OPEN_WEBUI_PROXY_WORKERS              requests served at once (default 1024)
   CM_OPEN_WEBUI_PROXY_QUEUE                requests that may wait for a worker (default 64)
   CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES       request body limit (default 33554432 = 32 MiB)
   CM_OPEN_WEBUI_PROXY_CONNECT_TIMEOUT_SECS upstream connect timeout (default 10)
@@ -176,7 +176,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             .unwrap_or_else(|| "config.json".into()),
         check_config: false,
         healthcheck: false,
-        workers: env_num("CM_OPEN_WEBUI_PROXY_WORKERS", 256)? as usize,
+        workers: env_num("CM_OPEN_WEBUI_PROXY_WORKERS", 1024)? as usize,
         queue: env_num("CM_OPEN_WEBUI_PROXY_QUEUE", 64)? as usize,
         max_body: env_num("CM_OPEN_WEBUI_PROXY_MAX_BODY_BYTES", 32 * 1024 * 1024)? as usize,
         connect_timeout: Duration::from_secs(env_num(

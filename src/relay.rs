@@ -13,6 +13,11 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The body is read with a buffer of this size at first, doubled up to `READ_BUF_MAX` while
+/// reads fill it.
+const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MAX: usize = 32 * 1024;
+
 /// How often, at most, a chunk's size line is sent on its own to learn whether the client
 /// has hung up (see `Sink::piece`).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -190,7 +195,15 @@ pub fn relay(
     };
     let result = match keepalive {
         Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
-        None => pump(&mut sink, body, &mut stats, &mut pass),
+        None => {
+            // A body of known length is read in one go when it fits.
+            let first = match framing {
+                Framing::Length => head.content_length.unwrap_or(0) as usize,
+                _ => 0,
+            };
+            let first = first.clamp(READ_BUF_MIN, READ_BUF_MAX);
+            pump(&mut sink, body, first, &mut stats, &mut pass)
+        }
     };
     stats.content_chars = tap.as_ref().map_or(0, UsageTap::content_chars);
     stats.usage = tap.and_then(UsageTap::finish);
@@ -285,10 +298,13 @@ impl Pass<'_> {
 fn pump(
     sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
+    first: usize,
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small at first for a stream (its events are small, and a thousand open streams each
+    // hold one), doubled while reads fill it.
+    let mut buf = vec![0u8; first];
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -298,6 +314,9 @@ fn pump(
         };
         let piece = pass.through(&buf[..n]);
         write_piece(sink, &piece, stats)?;
+        if n == buf.len() && buf.len() < READ_BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     write_piece(sink, &pass.rest(), stats)?;
     sink.end().map_err(|_| Failure::Client)

@@ -3,6 +3,8 @@
 //! must give the client the bytes it would have had without asking: the usage-only chunk is
 //! dropped and the `"usage":null` member OpenAI adds to every other chunk is removed.
 
+use crate::usage::find;
+
 /// Rewrites an SSE byte stream event by event; bytes of an unfinished event wait for its end.
 #[derive(Debug, Default)]
 pub struct UsageStrip {
@@ -32,16 +34,15 @@ impl UsageStrip {
 
 /// The length of the first complete event (through its blank line), if there is one.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => {}
         }
-        i += 1;
+        from = i + 1;
     }
     None
 }
@@ -58,10 +59,8 @@ fn strip_event(event: &[u8], out: &mut Vec<u8>) {
             .iter()
             .take_while(|b| **b == b' ')
             .count();
-    let line_end = event[json_start..]
-        .iter()
-        .position(|b| *b == b'\n' || *b == b'\r')
-        .map_or(event.len(), |p| json_start + p);
+    let line_end =
+        memchr::memchr2(b'\n', b'\r', &event[json_start..]).map_or(event.len(), |p| json_start + p);
     let json = &event[json_start..line_end];
     let Some(usage) = member(json, "usage") else {
         out.extend_from_slice(event);
@@ -91,7 +90,7 @@ struct Span {
 
 /// Finds top-level member `key` of the object `json` by scanning (no parse, no reformatting).
 fn member(json: &[u8], key: &str) -> Option<Span> {
-    let quoted = format!("\"{}\"", key);
+    let key = key.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
     // Start of the current member at depth 1 (after `{` or `,`), and the comma before it.
@@ -101,7 +100,7 @@ fn member(json: &[u8], key: &str) -> Option<Span> {
         match json[i] {
             b'"' => {
                 let end = string_end(json, i)?;
-                if depth == 1 && &json[i..end] == quoted.as_bytes() {
+                if depth == 1 && end == i + key.len() + 2 && &json[i + 1..end - 1] == key {
                     let mut j = end;
                     while json.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
                         j += 1;
@@ -164,10 +163,10 @@ fn member(json: &[u8], key: &str) -> Option<Span> {
 fn string_end(json: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     while i < json.len() {
+        i += memchr::memchr2(b'\\', b'"', &json[i..])?;
         match json[i] {
             b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
+            _ => return Some(i + 1),
         }
     }
     None
@@ -213,10 +212,6 @@ fn is_empty_array(v: &[u8]) -> bool {
     v.first() == Some(&b'[')
         && v.last() == Some(&b']')
         && v[1..v.len() - 1].iter().all(u8::is_ascii_whitespace)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -362,7 +362,10 @@ impl ClientConnection {
 
         let started = Instant::now();
         let mut discarded = 0;
-        let mut buf = [0u8; 8 * 1024];
+        // modelmux: on the heap: an 8 KiB array here made every call of `next()` (which
+        // inlines this) probe, and so keep resident, two more pages of each connection
+        // thread's stack
+        let mut buf = vec![0u8; 8 * 1024];
         while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX_TIME {
             match self.next_header_source.read(&mut buf) {
                 Ok(0) | Err(_) => break,
