@@ -19,6 +19,8 @@ cargo build --release --bin modelmux --bin demo_backend
 # The package's own service is not used: bench.py starts nginx with its own config on a free
 # loopback port and stops it by PID.
 need=()
+# redis-server backs the "limits (Redis)" row; without it that row is left out.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ "${BENCH_NO_NGINX:-0}" != 1 ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   need+=(nginx-light)

@@ -227,11 +227,43 @@ def start_backend(delay_ms, port=0):
 def variants():
     """modelmux rows besides the plain one: (name, extra config fields, extra environment).
     Each runs in the keep-alive rows only and reports what the feature costs per request."""
-    return [
+    # Limits that never refuse: the row measures the admission work (reserve, settle, the
+    # x-ratelimit headers), not refusals.
+    rules = [{"match": {"user": "*"}, "requestsPerMinute": 10**15, "tokensPerMinute": 10**15},
+             {"match": {"user": "*", "model": "*"}, "tokensPerDay": 10**15}]
+    rows = [
         ("modelmux, access log", {},
          {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "info"}),
         ("modelmux, usage ledger", {"usageLog": os.path.join(TMP, "usage.jsonl")}, {}),
+        ("modelmux, limits (local)", {"limits": rules}, {}),
     ]
+    redis = start_redis()
+    if redis:
+        rows.append(("modelmux, limits (Redis)",
+                     {"limits": rules, "limitsStore": "redis://127.0.0.1:%d/0" % redis}, {}))
+    return rows
+
+
+def start_redis():
+    """A redis-server on a free loopback port for the Redis limits row (stopped with the other
+    children); None when redis-server is not installed."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        return None
+    port = free_port()
+    spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", TMP])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return None
 
 
 def write_config(backend_port, extra=None):
