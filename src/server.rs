@@ -78,10 +78,12 @@ pub fn serve(
     loop {
         let busy = app.busy.load(Ordering::SeqCst);
         if busy == 0 {
+            access_log::flush();
             log::info!("drained; exiting");
             return Ok(());
         }
         if Instant::now() >= deadline {
+            access_log::flush();
             log::warn!(
                 "drain bound reached with {} requests still running; exiting",
                 busy

@@ -226,7 +226,8 @@ def start_backend(delay_ms, port=0):
 
 def variants():
     """modelmux rows besides the plain one: (name, extra config fields, extra environment).
-    Each runs in the keep-alive rows only and reports what the feature costs per request."""
+    Each runs in the keep-alive rows at concurrency 1 and 16 and reports what the feature
+    costs per request."""
     # Limits that never refuse: the row measures the admission work (reserve, settle, the
     # x-ratelimit headers), not refusals.
     rules = [{"match": {"user": "*"}, "requestsPerMinute": 10**15, "tokensPerMinute": 10**15},
@@ -370,8 +371,9 @@ http {{
 class Target:
     """Something that answers POST /v1/chat/completions on `port`; `pids` are measured."""
 
-    def __init__(self, name, proc, port, pids=None, modes=("keep-alive", "new conn/request")):
-        self.name, self.proc, self.port, self.modes = name, proc, port, modes
+    def __init__(self, name, proc, port, pids=None, modes=("keep-alive", "new conn/request"),
+                 levels=None):
+        self.name, self.proc, self.port, self.modes, self.levels = name, proc, port, modes, levels
         self._pids = pids
 
     def pids(self):
@@ -442,13 +444,27 @@ def read_stream(port, body, timeout=30):
             buf += chunk
             if event is None and b"data:" in buf:
                 event = now - t0
-            if b"[DONE]" in buf[-200:]:
+            if buf.endswith(b"\r\n0\r\n\r\n"):
                 break
         if not buf.startswith(b"HTTP/1.1 200") or event is None:
             raise RuntimeError("bad stream reply: %r" % buf[:200])
         return first, event, buf
     finally:
         s.close()
+
+
+def dechunk(reply):
+    """The body of a chunked HTTP response (chunk boundaries fall anywhere in the events)."""
+    _, _, rest = reply.partition(b"\r\n\r\n")
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        body += rest[:size]
+        rest = rest[size + 2:]
+    return body
 
 
 def ttfb_once(port):
@@ -501,7 +517,7 @@ def bench_nonstream(args, peer_cmd, nginx):
     targets = [direct, Target("modelmux", mm, mm_port)]
     for name, extra, env in variants():
         p, port = start_modelmux(backend_port, extra=extra, env=env)
-        targets.append(Target(name, p, port, modes=("keep-alive",)))
+        targets.append(Target(name, p, port, modes=("keep-alive",), levels=(1, 16)))
     if args.baseline:
         p, port = start_modelmux(backend_port, binary=args.baseline)
         targets.append(Target("modelmux (baseline)", p, port))
@@ -515,7 +531,7 @@ def bench_nonstream(args, peer_cmd, nginx):
     rss_after = None
 
     def run(targets):
-        nonlocal backend
+        nonlocal backend, rss_after
         for mode in modes:
             close = mode != "keep-alive"
             for conc in args.concurrency:
@@ -524,7 +540,7 @@ def bench_nonstream(args, peer_cmd, nginx):
                 backend, _ = start_backend(0, backend_port)
                 direct.proc = backend
                 for t in targets:
-                    if mode not in t.modes:
+                    if mode not in t.modes or (t.levels and conc not in t.levels):
                         continue
                     auth = PEER_KEY if t.name == "LiteLLM" else ""
                     wrk(t.port, conc, 1, close, auth)  # warm-up; flushes stale pooled upstream sockets
@@ -569,37 +585,68 @@ def dedupe_direct(rows):
 
 
 def bench_stream_cpu(args, nginx):
-    """CPU per relayed SSE chunk: wrk drives streams of 200 events (1 ms apart) through each
-    target; the proxy's CPU over the middle of the run is divided by the chunk rate."""
-    backend, backend_port = start_backend(args.stream_delay_ms)
-    targets = [Target("direct", backend, backend_port)]
+    """CPU per relayed SSE chunk: wrk drives streams of 200 events through each target, once
+    with the events sent back to back and once 1 ms apart; the process's CPU over the middle of
+    the run is divided by the chunk rate. Rows of (delay ms, target, result)."""
+    rows = []
+    for delay in args.stream_delays:
+        backend, backend_port = start_backend(delay)
+        targets = [Target("direct", backend, backend_port)]
+        mm, mm_port = start_modelmux(backend_port)
+        targets.append(Target("modelmux", mm, mm_port))
+        if args.baseline:
+            p, port = start_modelmux(backend_port, binary=args.baseline)
+            targets.append(Target("modelmux (baseline)", p, port))
+        if nginx:
+            p, port, workers = start_nginx(nginx, backend_port)
+            targets.append(Target("nginx", p, port, pids=workers))
+        for t in targets:
+            _, _, reply = read_stream(t.port, LONG_STREAM_BODY)
+            events = dechunk(reply).count(b"data: ")
+            if events != CHUNKS_PER_STREAM:
+                raise RuntimeError("%s relayed %d events, expected %d" % (t.name, events, CHUNKS_PER_STREAM))
+            wrk(t.port, args.stream_concurrency, 1, body=LONG_STREAM_BODY)
+            r = wrk(t.port, args.stream_concurrency, args.stream_duration, body=LONG_STREAM_BODY,
+                    measure=Usage(t.pids()))
+            if r.get("cpu_us") is not None:
+                r["cpu_us_chunk"] = r["cpu_us"] / CHUNKS_PER_STREAM
+                r["ctx_chunk"] = r["ctx"] / CHUNKS_PER_STREAM
+            log("streams %d ms apart c=%-3d %-20s %6.1f streams/s  %s us/chunk  %s cs/chunk  errors %d"
+                % (delay, args.stream_concurrency, t.name, r["rps"], fmt(r.get("cpu_us_chunk"), "%.2f"),
+                   fmt(r.get("ctx_chunk"), "%.3f"), r["errors"]))
+            rows.append((delay, t.name, r))
+        for t in targets:
+            stop(t.proc)
+    return rows
+
+
+def bench_latency(args, nginx):
+    """Added latency at one keep-alive connection: short wrk runs, interleaved direct / modelmux
+    / nginx, several rounds; the median p50 of each (one run's p50 swings with whatever else the
+    machine is doing). {name: [p50 us, ...]}"""
+    backend, backend_port = start_backend(0)
     mm, mm_port = start_modelmux(backend_port)
-    targets.append(Target("modelmux", mm, mm_port))
+    targets = [("direct", backend_port), ("modelmux", mm_port)]
+    procs = [mm]
     if args.baseline:
         p, port = start_modelmux(backend_port, binary=args.baseline)
-        targets.append(Target("modelmux (baseline)", p, port))
+        targets.append(("modelmux (baseline)", port))
+        procs.append(p)
     if nginx:
-        p, port, workers = start_nginx(nginx, backend_port)
-        targets.append(Target("nginx", p, port, pids=workers))
-    rows = []
-    for t in targets:
-        _, _, reply = read_stream(t.port, LONG_STREAM_BODY)
-        events = reply.count(b"data: ")
-        if events != CHUNKS_PER_STREAM:
-            raise RuntimeError("%s relayed %d events, expected %d" % (t.name, events, CHUNKS_PER_STREAM))
-        wrk(t.port, args.stream_concurrency, 1, body=LONG_STREAM_BODY)
-        r = wrk(t.port, args.stream_concurrency, args.stream_duration, body=LONG_STREAM_BODY,
-                measure=Usage(t.pids()))
-        if r.get("cpu_us") is not None:
-            r["cpu_us_chunk"] = r["cpu_us"] / CHUNKS_PER_STREAM
-            r["ctx_chunk"] = r["ctx"] / CHUNKS_PER_STREAM
-        log("streams c=%-3d %-24s %6.1f streams/s  %s us/chunk  %s cs/chunk  errors %d"
-            % (args.stream_concurrency, t.name, r["rps"], fmt(r.get("cpu_us_chunk"), "%.2f"),
-               fmt(r.get("ctx_chunk"), "%.2f"), r["errors"]))
-        rows.append((t.name, r))
-    for t in targets:
-        stop(t.proc)
-    return rows
+        p, port, _ = start_nginx(nginx, backend_port)
+        targets.append(("nginx", port))
+        procs.append(p)
+    for _, port in targets:
+        wrk(port, 1, 1)
+    out = {name: [] for name, _ in targets}
+    for _ in range(args.latency_rounds):
+        for name, port in targets:
+            out[name].append(wrk(port, 1, args.latency_seconds)["p50_us"])
+    log("c=1 p50 medians: " + ", ".join("%s %.0f us" % (n, statistics.median(v)) for n, v in out.items()))
+    for p in procs:
+        stop(p)
+    stop(backend)
+    return out
 
 
 def start_litellm(cmd, backend_port):
@@ -748,7 +795,7 @@ def bench_streams(args, nginx):
         if ok != n:
             bad = [r for r in results if r[0] != "ok"][:3]
             log("%s: only %d of %d streams got a first chunk; e.g. %r" % (name, ok, n, bad))
-        time.sleep(3.0)  # let the proxy notice the closed clients and free its threads
+        time.sleep(6.0)  # the proxy notices the closed clients; idle threads exit after 5 s
         after = proc_status(pids)
         after["upstream"] = established(backend_port)
         healthy = http_get_status(port, "/health") == 200
@@ -854,7 +901,7 @@ def mib(kib):
     return "%.1f MiB" % (kib / 1024)
 
 
-def goals(rows, stream_rows, streams, idle):
+def goals(rows, latency, stream_rows, streams, idle):
     """The issue's goals, computed from this run: (goal, value, holds)."""
     out = []
     by = {(mo, c, t): r for mo, c, t, r in rows or []}
@@ -862,17 +909,21 @@ def goals(rows, stream_rows, streams, idle):
     if ka(16, "modelmux") and ka(16, "nginx"):
         ratio = ka(16, "modelmux")["rps"] / ka(16, "nginx")["rps"]
         out.append(("req/s at 16 keep-alive connections >= 0.6x nginx's", "%.2fx" % ratio, ratio >= 0.6))
-    if ka(1, "modelmux") and ka(1, "nginx") and ka(1, "direct"):
-        d = ka(1, "direct")["p50_us"]
-        mm = ka(1, "modelmux")["p50_us"] - d
-        ng = ka(1, "nginx")["p50_us"] - d
+    if latency and "modelmux" in latency and "nginx" in latency:
+        d = statistics.median(latency["direct"])
+        mm = statistics.median(latency["modelmux"]) - d
+        ng = statistics.median(latency["nginx"]) - d
         holds = mm <= 1.5 * ng if ng > 0 else mm <= 0
-        out.append(("added p50 at 1 connection <= 1.5x nginx's",
-                    "+%d us vs +%d us (%s)" % (mm, ng, ("%.2fx" % (mm / ng)) if ng > 0 else "n/a"), holds))
-    s = dict(stream_rows or [])
-    if s.get("modelmux", {}).get("cpu_us_chunk") and s.get("nginx", {}).get("cpu_us_chunk"):
-        a, b = s["modelmux"]["cpu_us_chunk"], s["nginx"]["cpu_us_chunk"]
-        out.append(("CPU per relayed SSE chunk <= 2x nginx's", "%.2f us vs %.2f us (%.2fx)" % (a, b, a / b), a <= 2 * b))
+        out.append(("added p50 at 1 keep-alive connection <= 1.5x nginx's (medians, latency table)",
+                    "+%.0f us vs +%.0f us (%s)" % (mm, ng, ("%.2fx" % (mm / ng)) if ng > 0 else "n/a"), holds))
+    by_delay = {}
+    for delay, t, r in stream_rows or []:
+        by_delay.setdefault(delay, {})[t] = r
+    for delay, s in sorted(by_delay.items()):
+        if s.get("modelmux", {}).get("cpu_us_chunk") and s.get("nginx", {}).get("cpu_us_chunk"):
+            a, b = s["modelmux"]["cpu_us_chunk"], s["nginx"]["cpu_us_chunk"]
+            out.append(("CPU per relayed SSE chunk <= 2x nginx's (%s)" % delay_label(delay),
+                        "%.2f us vs %.2f us (%.2fx)" % (a, b, a / b), a <= 2 * b))
     if idle and "modelmux" in idle:
         kib = idle["modelmux"]["rss_kib"]
         out.append(("idle RSS < 4 MiB", mib(kib), kib < 4 * 1024))
@@ -884,7 +935,11 @@ def goals(rows, stream_rows, streams, idle):
     return out
 
 
-def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, idle, size):
+def delay_label(delay):
+    return "events back to back" if delay == 0 else "events %d ms apart" % delay
+
+
+def report(args, m, rows, rss_after_load, latency, ttfb, stream_rows, streams, startup, idle, size):
     L = []
     L.append("Measured %s UTC on: %s CPUs, %s, Linux %s, %s RAM (load average %s at the start); "
              "%s; %s; %s; modelmux commit %s."
@@ -892,7 +947,7 @@ def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, i
                 m["wrk"], ("nginx " + args.nginx_version) if args.nginx_version else "no nginx",
                 m["commit"]))
     L.append("")
-    g = goals(rows, stream_rows, streams, idle)
+    g = goals(rows, latency, stream_rows, streams, idle)
     if g:
         L.append("### Goals (issue 14), from this run")
         L.append("")
@@ -921,17 +976,30 @@ def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, i
                 mo, c, t, r["rps"], r["p50_us"] / 1000, r["p99_us"] / 1000, ratio, lat,
                 fmt(r.get("cpu_us"), "%.1f"), fmt(r.get("ctx"), "%.2f"), errs))
         L.append("")
+    if latency:
+        names = list(latency)
+        d = statistics.median(latency["direct"])
+        L.append("### Added latency at 1 keep-alive connection (%d interleaved wrk runs of %d s each)"
+                 % (args.latency_rounds, args.latency_seconds))
+        L.append("")
+        L.append("| target | p50 of each run (us) | median p50 (us) | added to direct |")
+        L.append("|---|---|---:|---:|")
+        for n in names:
+            med = statistics.median(latency[n])
+            L.append("| %s | %s | %.0f | %s |" % (n, ", ".join("%d" % v for v in latency[n]), med,
+                                                 "—" if n == "direct" else "%+.0f us" % (med - d)))
+        L.append("")
     if stream_rows:
         L.append("### Streaming: CPU per relayed SSE chunk (wrk, %d connections, %d s, streams of %d "
-                 "events 1 ms apart)" % (args.stream_concurrency, args.stream_duration, CHUNKS_PER_STREAM))
+                 "events)" % (args.stream_concurrency, args.stream_duration, CHUNKS_PER_STREAM))
         L.append("")
-        L.append("| target | streams/s | chunks/s | CPU us/chunk | ctx switches/chunk | errors |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for t, r in stream_rows:
+        L.append("| events | target | streams/s | chunks/s | CPU us/chunk | ctx switches/chunk | errors |")
+        L.append("|---|---|---:|---:|---:|---:|---:|")
+        for delay, t, r in stream_rows:
             errs = ", ".join("%d %s" % (r[k], k) for k in ERROR_KINDS if r[k]) or "0"
-            L.append("| %s | %.1f | %.0f | %s | %s | %s |" % (
-                t, r["rps"], r["rps"] * CHUNKS_PER_STREAM, fmt(r.get("cpu_us_chunk"), "%.2f"),
-                fmt(r.get("ctx_chunk"), "%.3f"), errs))
+            L.append("| %s | %s | %.1f | %.0f | %s | %s | %s |" % (
+                delay_label(delay), t, r["rps"], r["rps"] * CHUNKS_PER_STREAM,
+                fmt(r.get("cpu_us_chunk"), "%.2f"), fmt(r.get("ctx_chunk"), "%.3f"), errs))
         L.append("")
     if ttfb:
         names = list(ttfb)
@@ -976,7 +1044,7 @@ def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, i
                  "threads, open upstream connections | %s | %s |"
                  % (n, got, cell("modelmux", "loaded", True), cell("nginx", "loaded", True)))
         health = " / ".join("%s %s" % (k, "200" if v["healthy_after"] else "FAILED") for k, v in streams.items())
-        L.append("| RSS 3 s after those clients hung up, threads, open upstream connections (then /health: %s) "
+        L.append("| RSS 6 s after those clients hung up, threads, open upstream connections (then /health: %s) "
                  "| %s | %s |" % (health, cell("modelmux", "after", True), cell("nginx", "after", True)))
     if size:
         L.append("| binary size | %d bytes (%.1f MiB) | — |" % (size, size / 1024 / 1024))
@@ -1012,7 +1080,63 @@ def report(args, m, rows, rss_after_load, ttfb, stream_rows, streams, startup, i
 
 INTRO = """# Benchmarks
 
-(intro to be written)
+`make bench` (`scripts/bench.sh`) builds the release binary and the demo mock backend
+(`demo/demo_backend.rs`), starts them, modelmux variants and nginx on loopback with free ports,
+drives them with [wrk](https://github.com/wg/wrk) and small Python clients
+(`scripts/bench/bench.py`), and rewrites this file. It takes about four minutes; it installs
+`wrk` and Debian's `nginx-light` with apt-get if they are missing (nginx is started with its own
+config and stopped by PID; `BENCH_NO_NGINX=1` leaves it out). `make bench-peers`
+(`BENCH_PEERS=1`) also installs LiteLLM's proxy into `target/bench-venv` and adds it to the
+non-streaming table in a separate pass. Extra arguments go to the driver, e.g.
+`./scripts/bench.sh --duration 3 --output -` prints a quick report and leaves this file alone,
+`--only latency,chunks` runs some sections, `--baseline OLD_BINARY` adds rows for another
+modelmux build side by side.
+
+The peer is nginx 1.22 with one worker process: `proxy_pass` to an `upstream` block with a
+`keepalive` pool at the same mock, `proxy_http_version 1.1`, `proxy_buffering off` (so SSE
+events go out as they come) and no access log, as modelmux runs here at log level `warn` (no
+access log) unless a row says otherwise.
+
+What the tables mean:
+
+- **Goals**: the targets of issue 14, computed from this run.
+- **Non-streaming**: wrk POSTs a three-word chat completion for a fixed time at 1, 16 and 64
+  concurrent connections: straight at the mock (`direct`), through modelmux, through nginx,
+  and (keep-alive, 1 and 16 connections) through modelmux with one optional feature on, to show
+  its cost: the access log (level `info`, to a file) and the usage ledger (`usageLog`).
+  *keep-alive* reuses each connection (what SDKs do); *new conn/request* sends
+  `Connection: close`. `CPU us/req` is the process's utime + stime (`/proc/PID/stat`, every
+  thread) over the middle of the run divided by the requests in that time (for `direct`, the
+  mock's own); `ctx switches/req` likewise from voluntary + involuntary context switches summed
+  over `/proc/PID/task/*/status`. For nginx these are its worker process's.
+- **Added latency**: p50 at one keep-alive connection, from short runs interleaved across
+  targets, several rounds; the median of each target's p50s minus direct's. One run's c=1 p50
+  swings with whatever else the machine is doing, so the goal is judged on this table.
+- **CPU per relayed SSE chunk**: wrk keeps 32 streams of 200 SSE events going through each
+  target, the events sent back to back by the mock and then 1 ms apart; the process's CPU over
+  the middle of the run divided by the events relayed (each stream's request overhead is
+  included, spread over its 200 events).
+- **Stream time to first byte**: sequential `"stream": true` requests, each on a new
+  connection, interleaved across targets; time from `connect()` to the first response byte and
+  to the first `data:` event.
+- **Memory**: `VmRSS` and `Threads` from `/proc/PID/status`: idle right after start, after the
+  keep-alive load, and with 1,000 concurrent streams held open (default settings; backend
+  sending one word per second), read once every stream has received its first chunk, then
+  again 6 s after the clients hung up (modelmux's idle threads exit after 5 s), with the number
+  of connections to the backend still open (which should drop to 0).
+- **Startup**: time from spawning the process to the first `200` from `GET /health`.
+
+Caveats:
+
+- Load generator, proxies and backend share one small machine (and, where this was measured,
+  other people's builds), so each row competes with wrk and the mock for CPU. The mock answers
+  instantly; these numbers are the proxy's own overhead, not an LLM workload, where the model's
+  seconds dwarf it. Compare rows of one run, never runs of different machines or times.
+- CPU is counted in clock ticks (10 ms), so short or idle rows are coarse.
+- The mock starts a thread per accepted connection: in the *new conn/request* rows and the
+  stream rows `direct` pays that for every request while the proxies reuse pooled upstream
+  connections, so a proxy can look as fast as, or faster than, direct.
+- A p99 over 200 samples is the second-worst sample; a negative "added" value there is noise.
 
 ## Latest results
 
@@ -1023,11 +1147,13 @@ ANALYSIS_PATH = os.path.join(HERE, "analysis.md")
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "6")))
+    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "5")))
     ap.add_argument("--concurrency", default=os.environ.get("BENCH_CONCURRENCY", "1,16,64"))
     ap.add_argument("--stream-concurrency", type=int, default=32)
-    ap.add_argument("--stream-duration", type=int, default=6)
-    ap.add_argument("--stream-delay-ms", type=int, default=1)
+    ap.add_argument("--stream-duration", type=int, default=5)
+    ap.add_argument("--stream-delays", default="0,1", help="ms between a stream's events, comma list")
+    ap.add_argument("--latency-rounds", type=int, default=5)
+    ap.add_argument("--latency-seconds", type=int, default=2)
     ap.add_argument("--ttfb-requests", type=int, default=200)
     ap.add_argument("--streams", type=int, default=int(os.environ.get("BENCH_STREAMS", "1000")))
     ap.add_argument("--startup-runs", type=int, default=10)
@@ -1036,10 +1162,12 @@ def main():
     ap.add_argument("--baseline", help="another modelmux binary to measure beside this one")
     ap.add_argument("--litellm", help="command that starts LiteLLM's proxy (peer rows)")
     ap.add_argument("--peer-note", action="append", default=[])
-    ap.add_argument("--only", default="all", help="comma list: startup,nonstream,chunks,ttfb,streams")
+    ap.add_argument("--only", default="all",
+                    help="comma list: startup,nonstream,latency,chunks,ttfb,streams")
     ap.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.stream_delays = [int(d) for d in args.stream_delays.split(",")]
     args.notes = list(args.peer_note)
     args.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     args.litellm_version = ""
@@ -1063,7 +1191,7 @@ def main():
     try:
         m = machine()
         log("machine: %s CPUs, %s, Linux %s, load %s" % (m["nproc"], m["cpu"], m["kernel"], m["load"]))
-        rows = rss_after = ttfb = stream_rows = streams = startup = idle = None
+        rows = rss_after = latency = ttfb = stream_rows = streams = startup = idle = None
         if want("startup"):
             log("startup time and idle RSS")
             startup, idle = bench_idle_and_startup(args, nginx)
@@ -1071,6 +1199,9 @@ def main():
             log("non-streaming load (wrk)")
             peer_cmd = args.litellm.split() if args.litellm else None
             rows, rss_after = bench_nonstream(args, peer_cmd, nginx)
+        if want("latency"):
+            log("added latency at 1 keep-alive connection, %d interleaved rounds" % args.latency_rounds)
+            latency = bench_latency(args, nginx)
         if want("chunks"):
             log("CPU per relayed SSE chunk (wrk, streams of %d events)" % CHUNKS_PER_STREAM)
             stream_rows = bench_stream_cpu(args, nginx)
@@ -1081,7 +1212,7 @@ def main():
             log("%d concurrent open streams" % args.streams)
             streams = bench_streams(args, nginx)
         size = os.path.getsize(MODELMUX)
-        text = report(args, m, rows, rss_after, ttfb, stream_rows, streams, startup, idle, size)
+        text = report(args, m, rows, rss_after, latency, ttfb, stream_rows, streams, startup, idle, size)
         print()
         print(text)
         if args.output != "-":
