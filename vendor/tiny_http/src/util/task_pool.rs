@@ -69,7 +69,13 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // modelmux: upstream queued the task whenever `waiting_tasks > 0`, but a worker that was
+        // notified still counts as waiting until it re-takes the lock, so two spawns in that gap
+        // queued two tasks for one worker. A task is a whole keep-alive connection: the second
+        // one waited until some other connection closed. `waiting_tasks` only changes under this
+        // lock, and each waiting worker takes at most one queued task, so a task is queued only
+        // while there are more waiting workers than queued tasks; otherwise it gets a new thread.
+        if queue.len() >= self.sharing.waiting_tasks.load(Ordering::Acquire) {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
@@ -139,5 +145,42 @@ impl Drop for TaskPool {
             .active_tasks
             .store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
+    }
+}
+
+// modelmux: every task spawned runs at once, however fast the spawns come (a task is a whole
+// keep-alive connection and may never end while others wait).
+#[cfg(test)]
+mod tests {
+    use super::TaskPool;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn tasks_spawned_back_to_back_all_run_at_once() {
+        const TASKS: usize = 32;
+        let pool = TaskPool::new();
+        for round in 0..50 {
+            let started = Arc::new(AtomicUsize::new(0));
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..TASKS {
+                let started = Arc::clone(&started);
+                let tx = tx.clone();
+                pool.spawn(Box::new(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    // Each task holds its thread until every task of the round has started.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while started.load(Ordering::SeqCst) < TASKS && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let _ = tx.send(started.load(Ordering::SeqCst));
+                }));
+            }
+            for _ in 0..TASKS {
+                let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                assert_eq!(seen, TASKS, "round {}: a task waited for another to end", round);
+            }
+        }
     }
 }
