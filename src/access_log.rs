@@ -168,9 +168,9 @@ fn text_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
         TARGET,
         Clip(e.method, 16),
         Clip(e.path, 200),
-        e.request_id,
+        Clip(e.request_id, 128),
         Clip(e.model.unwrap_or("-"), 120),
-        e.backend.unwrap_or("-"),
+        Clip(e.backend.unwrap_or("-"), 200),
         e.status,
         e.duration.as_millis(),
     );
@@ -185,7 +185,7 @@ fn text_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
         None => write!(s, "- tokens_out=-"),
     }
     .ok();
-    let _ = writeln!(s, " retries={} outcome={}", e.retries, e.outcome);
+    let _ = writeln!(s, " retries={} outcome={}", e.retries, Clip(e.outcome, 64));
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -226,22 +226,56 @@ fn json_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
 }
 
 /// `api_error::clip` without the allocation: at most `max` bytes (on a character boundary),
-/// then `…` when something was cut.
+/// then `…` when something was cut; escaped (see `escape`).
 struct Clip<'a>(&'a str, usize);
 
 impl std::fmt::Display for Clip<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Clip(s, max) = *self;
         if s.len() <= max {
-            return f.write_str(s);
+            return escape(f, s);
         }
         let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
-        f.write_str(&s[..end])?;
+        escape(f, &s[..end])?;
         f.write_str("…")
     }
+}
+
+/// Values in the text line come from clients (the model id from the JSON body may hold any
+/// character): a newline would forge a log line, ESC drive the terminal that shows the log,
+/// a space forge a `key=value` field, a bidi override reorder what a reader sees. Such
+/// characters, and `\` itself, are written as `\n`, `\r`, `\t`, `\\` or `\u{..}`; the
+/// result is one line of printable characters without spaces, and the escaping is reversible.
+fn escape(f: &mut std::fmt::Formatter<'_>, s: &str) -> std::fmt::Result {
+    let plain = |c: char| {
+        if c.is_ascii() {
+            c.is_ascii_graphic() && c != '\\'
+        } else {
+            !c.is_control()
+                && !c.is_whitespace()
+                && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+        }
+    };
+    if s.chars().all(plain) {
+        return f.write_str(s);
+    }
+    let mut rest = s;
+    while let Some(i) = rest.find(|c: char| !plain(c)) {
+        f.write_str(&rest[..i])?;
+        let c = rest[i..].chars().next().unwrap_or_default();
+        match c {
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            '\\' => f.write_str("\\\\")?,
+            c => write!(f, "\\u{{{:x}}}", c as u32)?,
+        }
+        rest = &rest[i + c.len_utf8()..];
+    }
+    f.write_str(rest)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time since the Unix epoch (UTC), as simple_logger wrote it.
