@@ -43,6 +43,8 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
                         "consecutiveFailures": view.as_ref().map(|v| v.consecutive_failures),
                         "coolingDown": view.as_ref().map(|v| v.cooldown_left.is_some()),
                         "cooldownLeftSecs": view.as_ref().and_then(|v| v.cooldown_left).map(|d| d.as_secs_f64()),
+                        "heldOff": view.as_ref().map(|v| v.held_left.is_some()),
+                        "holdOffLeftSecs": view.as_ref().and_then(|v| v.held_left).map(|d| d.as_secs_f64()),
                         "probed": e.probe_interval.is_some() || e.wildcard.as_ref().is_some_and(|w| w.discover),
                         "lastProbeAt": probe.map(|p| p.at),
                         "lastProbeOk": probe.map(|p| p.up),
@@ -57,10 +59,13 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-/// `up`, `down` (its last health probe failed) or `cooling` (passive cool-down after failures).
+/// `up`, `down` (its last health probe failed), `held` (it answered 429 or 503 with
+/// `Retry-After`; never selected until that passes) or `cooling` (passive cool-down after failures).
 fn backend_state(v: &BackendView) -> &'static str {
     if v.probe.as_ref().is_some_and(|p| !p.up) {
         "down"
+    } else if v.held_left.is_some() {
+        "held"
     } else if v.cooldown_left.is_some() {
         "cooling"
     } else {
@@ -74,6 +79,7 @@ pub fn backend_metrics(live: &Live) -> String {
     use std::fmt::Write;
     let mut up = String::new();
     let mut probed = String::new();
+    let mut held = String::new();
     for (m, e) in live.config.endpoints.iter().enumerate() {
         for (b, backend) in e.backends.iter().enumerate() {
             let Some(view) = live.balancer.view((m, b)) else {
@@ -90,6 +96,12 @@ pub fn backend_metrics(live: &Live) -> String {
                 labels,
                 u8::from(backend_state(&view) == "up")
             );
+            let _ = writeln!(
+                held,
+                "modelmux_backend_hold_off_seconds{{{}}} {}",
+                labels,
+                view.held_left.map_or(0.0, |d| d.as_secs_f64())
+            );
             if let Some(p) = &view.probe {
                 let _ = writeln!(
                     probed,
@@ -100,8 +112,10 @@ pub fn backend_metrics(live: &Live) -> String {
         }
     }
     let mut out = String::new();
-    out.push_str("# HELP modelmux_backend_up 1 when the backend is selectable, 0 while its health probe fails or it cools down after failures.\n# TYPE modelmux_backend_up gauge\n");
+    out.push_str("# HELP modelmux_backend_up 1 when the backend is selectable, 0 while its health probe fails, it is held off after a Retry-After or it cools down after failures.\n# TYPE modelmux_backend_up gauge\n");
     out.push_str(&up);
+    out.push_str("# HELP modelmux_backend_hold_off_seconds Seconds left in the hold-off the backend asked for with Retry-After on a 429 or 503 (0 when none).\n# TYPE modelmux_backend_hold_off_seconds gauge\n");
+    out.push_str(&held);
     out.push_str("# HELP modelmux_backend_last_probe_timestamp_seconds Unix time of the backend's last health probe.\n# TYPE modelmux_backend_last_probe_timestamp_seconds gauge\n");
     out.push_str(&probed);
     out.push_str("# HELP modelmux_discovered_models Models a wildcard endpoint discovered on its backends (after filters).\n# TYPE modelmux_discovered_models gauge\n");
@@ -230,7 +244,7 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
         "proxyKeys": live.config.proxy_keys.len(),
         "defaultModel": live.config.default_model,
         "retry": {"maxAttempts": live.config.retry.max_attempts, "backoffMs": live.config.retry.backoff.as_millis() as u64},
-        "health": {"failureThreshold": live.config.health.failure_threshold, "cooldownSecs": live.config.health.cooldown.as_secs_f64()},
+        "health": {"failureThreshold": live.config.health.failure_threshold, "cooldownSecs": live.config.health.cooldown.as_secs_f64(), "maxHoldOffSecs": live.config.health.max_hold_off.as_secs_f64()},
         "endpoints": endpoints,
     })
     .to_string()

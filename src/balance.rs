@@ -1,6 +1,7 @@
 //! Choosing a backend: weighted round-robin that prefers the fewest requests in flight, passive
 //! health (a backend failing N times in a row is skipped for a cool-down) and active health (a
-//! backend whose `/models` probe failed is skipped until a probe succeeds).
+//! backend whose `/models` probe failed is skipped until a probe succeeds) and `Retry-After`
+//! hold-offs (capped, lifted by a successful probe and by a reload).
 
 use crate::config::{Config, HealthPolicy};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -62,6 +63,8 @@ pub struct BackendView {
     pub cooldown_left: Option<Duration>,
     /// The last active health probe, if any ran.
     pub probe: Option<ProbeMark>,
+    /// Time left in a hold-off the backend asked for with `Retry-After`, if held off.
+    pub held_left: Option<Duration>,
 }
 
 impl Balancer {
@@ -79,10 +82,14 @@ impl Balancer {
                     .collect();
                 let states = keys
                     .iter()
-                    .map(|k| {
-                        previous
-                            .and_then(|p| p.find_state(k))
-                            .unwrap_or_else(|| Arc::new(BackendState::default()))
+                    .map(|k| match previous.and_then(|p| p.find_state(k)) {
+                        Some(s) => {
+                            // A reload is the operator's way to say "try it again now": a
+                            // hold-off the backend asked for does not outlive it.
+                            *s.held_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            s
+                        }
+                        None => Arc::new(BackendState::default()),
                     })
                     .collect();
                 ModelPool {
@@ -127,11 +134,15 @@ impl Balancer {
         choose(&candidates, &mut current).map(|b| (m, b))
     }
 
-    /// Leaves a backend alone for `secs` (it answered 429 or 503 with `Retry-After`).
+    /// Leaves a backend alone for `secs` (it answered 429 or 503 with `Retry-After`), at most
+    /// `health.maxHoldOffSecs`: one answer asking for a day must not shut the model for a day.
     pub fn hold_off(&self, pick: Pick, secs: u64) {
+        let held = Duration::from_secs(secs).min(self.policy.max_hold_off);
+        if held.is_zero() {
+            return;
+        }
         if let Some(s) = self.state(pick) {
-            let until = Instant::now() + Duration::from_secs(secs.min(24 * 3600));
-            *s.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+            *s.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + held);
         }
     }
 
@@ -195,6 +206,10 @@ impl Balancer {
             for (k, s) in pool.keys.iter().zip(&pool.states) {
                 if k.0 == key {
                     *s.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(mark.clone());
+                    // A backend that answers its probe is back: its `Retry-After` hold-off ends.
+                    if mark.up {
+                        *s.held_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
                     n += 1;
                 }
             }
@@ -219,11 +234,13 @@ impl Balancer {
     pub fn view(&self, pick: Pick) -> Option<BackendView> {
         let s = self.state(pick)?;
         let until = *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         Some(BackendView {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
-            cooldown_left: until.and_then(|u| u.checked_duration_since(Instant::now())),
+            cooldown_left: until.and_then(|u| u.checked_duration_since(now)),
             probe: s.probe.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            held_left: self.pools.get(pick.0)?.held_for(pick.1, now),
         })
     }
 

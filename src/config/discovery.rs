@@ -141,7 +141,7 @@ pub(super) fn parse_endpoint_probe(
     let Some(v) = v else { return Ok(None) };
     let n = number_fields(
         v,
-        r#"{"probeIntervalSecs": 30} (failureThreshold and cooldownSecs are top-level settings)"#,
+        r#"{"probeIntervalSecs": 30} (failureThreshold, cooldownSecs and maxHoldOffSecs are top-level settings)"#,
         &[("probeIntervalSecs", 0.0, 86_400.0)],
     )
     .map_err(at("health"))?;

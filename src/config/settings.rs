@@ -46,7 +46,13 @@ pub struct HealthPolicy {
     /// Active health: how often every backend's `GET /v1/models` is probed; `None` is off
     /// (endpoints may set their own).
     pub probe_interval: Option<Duration>,
+    /// The longest a backend's `Retry-After` (on a 429 or 503) keeps it out of selection: one
+    /// answer must not shut a model for a day.
+    pub max_hold_off: Duration,
 }
+
+/// Default `health.maxHoldOffSecs`.
+pub const DEFAULT_MAX_HOLD_OFF: Duration = Duration::from_secs(300);
 
 /// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
 /// returns the values in `spec` order (`None` where absent). Unknown fields are errors here:
@@ -103,23 +109,29 @@ pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
     Ok(r)
 }
 
-/// `"health": {"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30}`.
+/// `"health": {"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30,
+/// "maxHoldOffSecs": 300}`.
 pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
     let mut h = HealthPolicy {
         failure_threshold: 3,
         cooldown: Duration::from_secs(30),
         probe_interval: None,
+        max_hold_off: DEFAULT_MAX_HOLD_OFF,
     };
     let Some(v) = v else { return Ok(h) };
     let n = number_fields(
         v,
-        r#"{"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30}"#,
+        r#"{"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30, "maxHoldOffSecs": 300}"#,
         &[
             ("failureThreshold", 1.0, 1000.0),
             ("cooldownSecs", 0.0, 86_400.0),
             ("probeIntervalSecs", 0.0, 86_400.0),
+            ("maxHoldOffSecs", 0.0, 86_400.0),
         ],
     )?;
+    if let Some(secs) = n[3] {
+        h.max_hold_off = Duration::from_secs_f64(secs);
+    }
     if let Some(secs) = n[2] {
         h.probe_interval = super::discovery::probe_interval(secs);
     }
