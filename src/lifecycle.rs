@@ -1,5 +1,5 @@
 //! Process lifecycle: signals (drain on SIGTERM/SIGINT, reload on SIGHUP), config file watching,
-//! and the descriptor limit.
+//! the descriptor limit, and the other libc calls (listen backlog, a peek at a client socket).
 
 use crate::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,5 +172,32 @@ pub fn raise_fd_limit() {
                 );
             }
         }
+    }
+}
+
+/// True when the client of this connection closed its side (EOF) or reset it: a request that
+/// waits for a capped backend is then dropped instead of sent for nobody. Looks with a
+/// non-blocking `MSG_PEEK`, so a byte the client sent (a pipelined next request) stays for the
+/// connection to read, and a client that is simply waiting costs one system call. A client that
+/// half-closes its sending side after a complete request counts as gone.
+pub fn client_gone(connection: &tiny_http::ConnectionHandle) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv() into a one-byte buffer we own, on a descriptor `connection` keeps open.
+    let n = unsafe {
+        libc::recv(
+            connection.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
     }
 }

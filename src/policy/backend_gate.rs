@@ -43,6 +43,19 @@ pub struct Overloaded {
     pub retry_after_secs: u64,
 }
 
+/// Why a waiting request got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unserved {
+    /// The wait ran out.
+    Overloaded(Overloaded),
+    /// The client hung up while waiting (or when its turn came): the request left the queue
+    /// and must not reach a backend.
+    ClientGone,
+}
+
+/// How often a waiting request looks whether its client is still there.
+const GONE_POLL: Duration = Duration::from_millis(100);
+
 /// The concurrency caps of one model's backends and the requests waiting for them.
 #[derive(Debug)]
 pub struct ModelGate {
@@ -95,6 +108,15 @@ impl State {
                 return;
             }
         }
+    }
+
+    /// A slot of backend `b` that was handed to a request which will not use it: free again,
+    /// and at once handed to the next waiter (not counted in how long slots are held).
+    fn give_back(&mut self, b: usize) {
+        if let Some(n) = self.busy.get_mut(b) {
+            *n = n.saturating_sub(1);
+        }
+        self.dispatch(b);
     }
 
     /// Hands a free slot of backend `b` to the first waiter in service order that may use it.
@@ -167,6 +189,23 @@ impl ModelGate {
             .count()
     }
 
+    /// `acquire_unless_gone` for a client that never hangs up.
+    #[cfg(test)]
+    pub fn acquire(
+        &self,
+        user: &str,
+        priority: Priority,
+        eligible: &[usize],
+        choose: impl Fn(&[usize]) -> Option<usize>,
+        deadline: Instant,
+    ) -> Result<Permit, Overloaded> {
+        match self.acquire_unless_gone(user, priority, eligible, choose, deadline, &|| false) {
+            Ok(p) => Ok(p),
+            Err(Unserved::Overloaded(o)) => Err(o),
+            Err(Unserved::ClientGone) => unreachable!("the client never goes"),
+        }
+    }
+
     /// Slots in use per backend now.
     #[cfg(test)]
     pub fn in_use(&self) -> Vec<usize> {
@@ -176,15 +215,20 @@ impl ModelGate {
     /// A slot on one of `eligible` (the backends this request may still try, already without
     /// any it must not use): at once on a free backend picked by `choose` (given the free ones;
     /// `None` means wait), else the next slot freed on any of them, in service order. Gives up
-    /// at `deadline`.
-    pub fn acquire(
+    /// at `deadline`, or when `gone` (a cheap check of the client's socket, called without the
+    /// lock held) says the client hung up: asked every `GONE_POLL` while waiting and once more
+    /// when a slot is handed over. A request whose client is gone leaves the queue (a slot it
+    /// was handed goes to the next waiter), so nobody waits behind it and no backend generates
+    /// for nobody.
+    pub fn acquire_unless_gone(
         &self,
         user: &str,
         priority: Priority,
         eligible: &[usize],
         choose: impl Fn(&[usize]) -> Option<usize>,
         deadline: Instant,
-    ) -> Result<Permit, Overloaded> {
+        gone: &dyn Fn() -> bool,
+    ) -> Result<Permit, Unserved> {
         let start = Instant::now();
         let mut st = self.inner.lock();
         let free: Vec<usize> = eligible.iter().copied().filter(|b| st.free(*b)).collect();
@@ -198,9 +242,9 @@ impl ModelGate {
             .filter(|b| *b < st.caps.len())
             .collect();
         if eligible.is_empty() {
-            return Err(Overloaded {
+            return Err(Unserved::Overloaded(Overloaded {
                 retry_after_secs: retry_after(&st, self.inner.max_queue_wait),
-            });
+            }));
         }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
@@ -218,21 +262,44 @@ impl ModelGate {
             Some((_, tickets)) => tickets.push_back(ticket),
             None => lane.push_back((user.to_string(), VecDeque::from([ticket]))),
         }
+        let mut next_look = start + GONE_POLL;
         loop {
             if let Some(b) = st.waiters.get(&ticket).and_then(|w| w.granted) {
                 st.waiters.remove(&ticket);
+                drop(st);
+                // Its turn came: the last chance not to send a request nobody waits for.
+                if gone() {
+                    self.inner.lock().give_back(b);
+                    return Err(Unserved::ClientGone);
+                }
                 return Ok(self.permit(b, start));
             }
             let now = Instant::now();
             if now >= deadline {
                 st.unqueue(ticket);
                 st.waiters.remove(&ticket);
-                return Err(Overloaded {
+                return Err(Unserved::Overloaded(Overloaded {
                     retry_after_secs: retry_after(&st, self.inner.max_queue_wait),
-                });
+                }));
+            }
+            if now >= next_look {
+                drop(st);
+                let left = gone();
+                st = self.inner.lock();
+                next_look = Instant::now() + GONE_POLL;
+                if left {
+                    // A slot may have been handed over meanwhile: it goes to the next waiter.
+                    let granted = st.waiters.remove(&ticket).and_then(|w| w.granted);
+                    match granted {
+                        Some(b) => st.give_back(b),
+                        None => st.unqueue(ticket),
+                    }
+                    return Err(Unserved::ClientGone);
+                }
+                continue;
             }
             st = wake
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, deadline.min(next_look) - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -538,5 +605,66 @@ mod tests {
         assert_eq!(retry_after(&g.inner.lock(), Duration::from_secs(10)), 5);
         g.inner.lock().hold_avg_ms = 600_000;
         assert_eq!(retry_after(&g.inner.lock(), Duration::from_secs(10)), 10);
+    }
+
+    /// Queues `user` on backend 0 from another thread, with a client that hangs up once `gone`
+    /// is set; returns whether it got a slot (given back at once) or saw its client gone.
+    fn queue_gone(
+        gate: &Arc<ModelGate>,
+        user: &str,
+        gone: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> thread::JoinHandle<Result<(), Unserved>> {
+        let depth = gate.depth();
+        let (g, gone, user) = (Arc::clone(gate), Arc::clone(gone), user.to_string());
+        let t = thread::spawn(move || {
+            let check = || gone.load(Ordering::SeqCst);
+            g.acquire_unless_gone(&user, Priority::Normal, &[0], first, soon(20), &check)
+                .map(drop)
+        });
+        wait_depth(gate, depth + 1);
+        t
+    }
+
+    #[test]
+    fn a_waiter_whose_client_hung_up_leaves_the_queue_at_once() {
+        let g = gate(vec![Some(1)]);
+        let held = g
+            .acquire("a", Priority::Normal, &[0], first, soon(5))
+            .unwrap();
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = queue_gone(&g, "b", &gone);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let c = queue(&g, &order, "c", "c".into(), Priority::Normal);
+        gone.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        assert_eq!(b.join().unwrap(), Err(Unserved::ClientGone));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(g.depth(), 1, "only c still waits");
+        assert_eq!(g.in_use(), vec![1], "a still holds the slot");
+        drop(held);
+        c.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["c"]);
+        assert_eq!(g.in_use(), vec![0]);
+    }
+
+    #[test]
+    fn a_slot_handed_to_a_gone_client_goes_to_the_next_waiter() {
+        for _ in 0..20 {
+            let g = gate(vec![Some(1)]);
+            let held = g
+                .acquire("a", Priority::Normal, &[0], first, soon(5))
+                .unwrap();
+            let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let b = queue_gone(&g, "b", &gone);
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let c = queue(&g, &order, "c", "c".into(), Priority::Normal);
+            // Gone just as its turn comes: seen by the poll or when the slot is handed over.
+            gone.store(true, Ordering::SeqCst);
+            drop(held);
+            assert_eq!(b.join().unwrap(), Err(Unserved::ClientGone));
+            c.join().unwrap();
+            assert_eq!(*order.lock().unwrap(), ["c"]);
+            assert_eq!((g.depth(), g.in_use()), (0, vec![0]));
+        }
     }
 }

@@ -16,7 +16,7 @@ mod store;
 mod totals;
 mod windows;
 
-pub use backend_gate::{Permit, Priority, DEFAULT_MAX_QUEUE_WAIT};
+pub use backend_gate::{Permit, Priority, Unserved, DEFAULT_MAX_QUEUE_WAIT};
 pub use clock::secs_until_http_date;
 pub use identity::Identity;
 pub use quota::FailureMode;

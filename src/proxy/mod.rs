@@ -167,6 +167,13 @@ fn attempt(
     let label = if resolved.listed { model } else { "unknown" };
     let order = choose::model_order(config, resolved.index);
     let skip = resolved.skipped();
+    // Looked at only while the request waits for a capped backend.
+    let connection = request.connection_handle();
+    let gone = || {
+        connection
+            .as_deref()
+            .is_some_and(crate::lifecycle::client_gone)
+    };
     let select = select::Select {
         live,
         order: &order,
@@ -176,6 +183,7 @@ fn attempt(
         policy: ctx.policy,
         model,
         label,
+        gone: &gone,
     };
     let next_pick = |tried: &[Pick]| select.next(tried);
     let mut tried: Vec<Pick> = Vec::new();
@@ -185,7 +193,8 @@ fn attempt(
             // Every backend asked to be left alone (429/503 with Retry-After): say until when.
             return fail_released(admission, request, select.none_left(), ctx, summary);
         }
-        Err(e) => return fail_released(admission, request, e, ctx, summary),
+        Err(select::Stop::Refused(e)) => return fail_released(admission, request, e, ctx, summary),
+        Err(select::Stop::ClientGone) => return client_left(admission, request, summary),
     };
     loop {
         tried.push(pick);
@@ -252,7 +261,10 @@ fn attempt(
         let next = if (tried.len() as u32) < config.retry.max_attempts {
             match next_pick(&tried) {
                 Ok(n) => n,
-                Err(e) => return fail_released(admission, request, e, ctx, summary),
+                Err(select::Stop::Refused(e)) => {
+                    return fail_released(admission, request, e, ctx, summary)
+                }
+                Err(select::Stop::ClientGone) => return client_left(admission, request, summary),
             }
         } else {
             None
@@ -310,6 +322,21 @@ fn fail_released(
 ) -> Summary {
     admission.release();
     fail(request, e, ctx, summary)
+}
+
+/// The client hung up while its request waited for a backend: nothing was sent upstream and
+/// nothing is answered; logged as 499 (nginx's "client closed request"), charged nothing.
+fn client_left(admission: &Admission, request: Request, mut summary: Summary) -> Summary {
+    admission.release();
+    let connection = request.connection_handle();
+    // Taking the writer means no answer is written (a dropped request would send a 500).
+    drop(request.into_writer());
+    if let Some(c) = connection {
+        c.close();
+    }
+    summary.status = 499;
+    summary.outcome = "client_gone";
+    summary
 }
 
 fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summary {

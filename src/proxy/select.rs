@@ -6,7 +6,7 @@ use crate::api_error::{clip, ApiError};
 use crate::balance::Pick;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::policy::{Admission, Permit, Policy};
+use crate::policy::{Admission, Permit, Policy, Unserved};
 use std::time::Instant;
 
 /// What choosing needs, for one request.
@@ -27,12 +27,23 @@ pub struct Select<'a> {
     pub model: &'a str,
     /// Its metric label.
     pub label: &'a str,
+    /// Whether the client hung up (asked while the request waits for a capped backend).
+    pub gone: &'a dyn Fn() -> bool,
+}
+
+/// Why no backend was chosen.
+pub enum Stop {
+    /// An error to answer (503 when a capped model's wait ran out).
+    Refused(ApiError),
+    /// The client hung up while the request waited: nothing to send, to anyone.
+    ClientGone,
 }
 
 impl Select<'_> {
     /// The next backend to try (with its concurrency slot, where the model caps them); `None`
-    /// when no backend is left; `Err` (503) when a capped model's wait ran out.
-    pub fn next(&self, tried: &[Pick]) -> Result<Option<(Pick, Option<Permit>)>, ApiError> {
+    /// when no backend is left; `Err` when a capped model's wait ran out (503) or the client
+    /// hung up while waiting.
+    pub fn next(&self, tried: &[Pick]) -> Result<Option<(Pick, Option<Permit>)>, Stop> {
         let avoid = [tried, self.skip].concat();
         let balancer = &self.live.balancer;
         for &m in self.order {
@@ -56,19 +67,26 @@ impl Select<'_> {
             let deadline = asked_at + gate.max_queue_wait();
             let choose = |free: &[usize]| balancer.pick_in(m, &avoid, Some(free)).map(|p| p.1);
             let user = &self.admission.identity.user;
-            return match gate.acquire(user, self.admission.priority, &eligible, choose, deadline) {
+            let priority = self.admission.priority;
+            return match gate
+                .acquire_unless_gone(user, priority, &eligible, choose, deadline, self.gone)
+            {
                 Ok(permit) => {
                     self.metrics.queue_wait(self.label, permit.waited());
                     Ok(Some(((m, permit.backend()), Some(permit))))
                 }
-                Err(o) => {
+                Err(Unserved::ClientGone) => {
+                    self.metrics.queue_wait(self.label, asked_at.elapsed());
+                    Err(Stop::ClientGone)
+                }
+                Err(Unserved::Overloaded(o)) => {
                     self.metrics.queue_wait(self.label, asked_at.elapsed());
                     let mut e = ApiError::overloaded(o.retry_after_secs);
                     e.message = format!(
                         "Every backend of model `{}` is at its maxConcurrent and the wait passed maxQueueWaitSecs; retry shortly.",
                         clip(self.model, 200)
                     );
-                    Err(e)
+                    Err(Stop::Refused(e))
                 }
             };
         }

@@ -248,3 +248,16 @@ impl ConnectionHandle {
         };
     }
 }
+
+// modelmux: the application looks at the socket (a non-blocking `MSG_PEEK`) to learn whether a
+// client whose request waits in a queue has hung up, so that request is dropped instead of being
+// sent to a backend for nobody.
+#[cfg(unix)]
+impl std::os::unix::io::AsRawFd for ConnectionHandle {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        match &self.0 {
+            Connection::Tcp(s) => std::os::unix::io::AsRawFd::as_raw_fd(s),
+            Connection::Unix(s) => std::os::unix::io::AsRawFd::as_raw_fd(s),
+        }
+    }
+}
