@@ -225,6 +225,12 @@ fn json_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
     out.extend_from_slice(b"}\n");
 }
 
+/// A client-supplied value (a model id) for any other log line: clipped to 200 bytes and
+/// escaped as in the access log, so it cannot forge lines there either.
+pub fn shown(value: &str) -> impl std::fmt::Display + '_ {
+    Clip(value, 200)
+}
+
 /// `api_error::clip` without the allocation: at most `max` bytes (on a character boundary),
 /// then `…` when something was cut; escaped (see `escape`).
 struct Clip<'a>(&'a str, usize);

@@ -196,7 +196,7 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
     log::warn!(
         "upstream {} for model {} failed: {} ({:?})",
         crate::redact::host(&out.url),
-        model,
+        crate::access_log::shown(model),
         failure.cause(),
         failure
     );

@@ -275,7 +275,7 @@ fn attempt(
                 permit = p;
                 log::info!(
                     "model {}: backend {} failed ({}); retrying on another backend",
-                    model,
+                    crate::access_log::shown(model),
                     host,
                     cause
                 );
