@@ -319,3 +319,67 @@ fn invented_identities_stay_bounded_and_are_freed_when_their_windows_end() {
     let mut c = Client::connect(p.addr);
     assert_eq!(c.chat("someone-new", "wild/another").0, 200);
 }
+
+#[test]
+fn a_full_store_refuses_new_identities_with_503_and_serves_known_ones() {
+    let backend = start_backend();
+    let config = format!(
+        r#"{{"endpoints":{{"m":{{"url":"{}"}}}},
+            "proxyKeys":[{{"key":"{}","name":"owui","trustUserHeaders":true}}],
+            "limitsMaxTracked":2,
+            "limits":[{{"match":{{"user":"*"}},"requestsPerMinute":50}}]}}"#,
+        backend, CLIENT
+    );
+    let p = Proxy::start(&config);
+    let send = |user: &str| {
+        request(
+            p.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &format!("Bearer {}", CLIENT)),
+                ("X-OpenWebUI-User-Id", user),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+    };
+    // Every request below falls in one UTC minute.
+    wait_until("room in this minute", Duration::from_secs(12), || {
+        60 - unix_secs() % 60 > 8
+    });
+    assert_eq!(send("ann").status, 200);
+    assert_eq!(send("bob").status, 200);
+    let r = send("carol");
+    let e = r.error(503);
+    assert_eq!(
+        e,
+        serde_json::json!({
+            "message": "The limits store already tracks 2 identities in open windows (limitsMaxTracked) and cannot count a new one; retry after the time in Retry-After.",
+            "type": "server_error",
+            "param": null,
+            "code": "limits_tracking_full"
+        })
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    let left = 60 - unix_secs() % 60;
+    assert!(
+        retry <= left + 1 && retry + 2 >= left,
+        "{} vs {}",
+        retry,
+        left
+    );
+    // Those already counted go on being served (and counted).
+    let r = send("ann");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("48"));
+    let m = get(p.addr, "/metrics").text();
+    assert_eq!(metric(&m, "modelmux_limits_tracked_identities"), 2);
+    assert_eq!(
+        metric(
+            &m,
+            "modelmux_limit_refusals_total{limit=\"tracked_identities\"}"
+        ),
+        1
+    );
+}
