@@ -321,9 +321,15 @@ impl LocalStore {
                     self.freed.fetch_add(freed, Ordering::Relaxed);
                 }
                 if d.buckets.len() + new > max {
+                    // Nothing held (a request needing more identities than the cap allows):
+                    // no window to wait for; say a minute rather than forever.
+                    let free_at = match d.next_free {
+                        u64::MAX => window_end(Span::Minute, now),
+                        t => t,
+                    };
                     return Err(ReserveError::Full {
                         max,
-                        retry_after_secs: d.next_free.saturating_sub(now).max(1),
+                        retry_after_secs: free_at.saturating_sub(now).max(1),
                     });
                 }
             }
@@ -609,5 +615,14 @@ mod tests {
         );
         s.sweep(NOON + 86_400);
         assert_eq!(s.tracked(), 1, "the month is still open");
+        // More new identities than the cap itself: refused, with a finite Retry-After.
+        let t = NOON + 40 * 86_400 + 30;
+        assert_eq!(
+            s.reserve(&[ask("c", month), ask("d", month)], 1, t),
+            Err(ReserveError::Full {
+                max: 1,
+                retry_after_secs: 30
+            })
+        );
     }
 }
