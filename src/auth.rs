@@ -86,6 +86,15 @@ pub fn admin(
     }
 }
 
+/// True when `token` is one of `keys` (compared in constant time); a key that is not set never
+/// matches.
+pub fn is_one_of(keys: &[Option<&str>], token: Option<&str>) -> bool {
+    let token = token.unwrap_or("").as_bytes();
+    keys.iter()
+        .flatten()
+        .fold(false, |hit, k| ct_eq(k.as_bytes(), token) | hit)
+}
+
 fn unauthorized() -> ApiError {
     let mut e = ApiError::invalid_request(
         "Incorrect or missing API key. Send `Authorization: Bearer <key>`.",

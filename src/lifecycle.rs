@@ -201,3 +201,14 @@ pub fn client_gone(connection: &tiny_http::ConnectionHandle) -> bool {
         ),
     }
 }
+
+/// glibc keeps freed small blocks for reuse and returns pages to the system only from the top of
+/// each heap; after a burst of identities is forgotten, ask it to return every free page (musl
+/// returns them itself).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -42,10 +42,29 @@ struct Data {
     retries: BTreeMap<(String, String), u64>,
     tokens: BTreeMap<(String, &'static str), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
-    user_requests: BTreeMap<String, u64>,
     limit_refusals: BTreeMap<&'static str, u64>,
     queue_wait: BTreeMap<String, Histogram>,
-    user_tokens: BTreeMap<(String, &'static str), u64>,
+    /// The first `metrics.maxUsers` users seen since start, each with series of their own.
+    users: BTreeMap<String, UserCounts>,
+    /// Everyone after them, summed: a client inventing users cannot grow this map.
+    other_users: UserCounts,
+    /// Whether `other_users` has counted anything (its series appear from then on).
+    any_other: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct UserCounts {
+    requests: u64,
+    prompt: u64,
+    completion: u64,
+}
+
+impl UserCounts {
+    fn add(&mut self, prompt: u64, completion: u64) {
+        self.requests += 1;
+        self.prompt += prompt;
+        self.completion += completion;
+    }
 }
 
 /// Process-wide metrics; they survive config reloads.
@@ -119,15 +138,21 @@ impl Metrics {
     }
 
     /// Records a user's request and tokens (only with `metrics.perUser`: label cardinality).
-    pub fn user(&self, user: &str, prompt: u64, completion: u64) {
+    /// Once `max_users` users have series, any other user is counted with the others: first
+    /// come rather than top-N, so a series never disappears or goes backwards.
+    pub fn user(&self, user: &str, max_users: usize, prompt: u64, completion: u64) {
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        *d.user_requests.entry(user.to_string()).or_default() += 1;
-        *d.user_tokens
-            .entry((user.to_string(), "prompt"))
-            .or_default() += prompt;
-        *d.user_tokens
-            .entry((user.to_string(), "completion"))
-            .or_default() += completion;
+        if let Some(c) = d.users.get_mut(user) {
+            c.add(prompt, completion);
+        } else if d.users.len() < max_users {
+            d.users
+                .entry(user.to_string())
+                .or_default()
+                .add(prompt, completion);
+        } else {
+            d.other_users.add(prompt, completion);
+            d.any_other = true;
+        }
     }
 
     /// Records a request a quota rule (or an unreachable limits store) refused.
@@ -158,8 +183,9 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The text exposition; `queued` is the worker queue depth at scrape time.
-    pub fn render(&self, queued: usize) -> String {
+    /// The text exposition; `queued` is the worker queue depth at scrape time. Per-user series
+    /// only when `personal` (the scraper showed the admin or metrics key): they name people.
+    pub fn render(&self, queued: usize, personal: bool) -> String {
         let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(4096);
         header(
@@ -249,34 +275,59 @@ impl Metrics {
                 status, code, v
             );
         }
-        if !d.user_requests.is_empty() {
+        if personal && !d.users.is_empty() {
             header(
                 &mut out,
                 "modelmux_user_requests_total",
                 "counter",
-                "Proxied requests per user (metrics.perUser).",
+                "Proxied requests per user (metrics.perUser; the first metrics.maxUsers users).",
             );
-            for (u, v) in &d.user_requests {
+            for (u, c) in &d.users {
                 let _ = writeln!(
                     out,
                     "modelmux_user_requests_total{{user=\"{}\"}} {}",
                     esc(u),
-                    v
+                    c.requests
                 );
             }
             header(
                 &mut out,
                 "modelmux_user_tokens_total",
                 "counter",
-                "Tokens per user and direction (metrics.perUser).",
+                "Tokens per user and direction (metrics.perUser; the first metrics.maxUsers users).",
             );
-            for ((u, dir), v) in &d.user_tokens {
+            for (u, c) in &d.users {
+                for (dir, v) in [("prompt", c.prompt), ("completion", c.completion)] {
+                    let _ = writeln!(
+                        out,
+                        "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\"}} {}",
+                        esc(u),
+                        dir,
+                        v
+                    );
+                }
+            }
+        }
+        if personal && d.any_other {
+            let o = d.other_users;
+            header(
+                &mut out,
+                "modelmux_user_other_requests_total",
+                "counter",
+                "Proxied requests of users beyond metrics.maxUsers, summed.",
+            );
+            let _ = writeln!(out, "modelmux_user_other_requests_total {}", o.requests);
+            header(
+                &mut out,
+                "modelmux_user_other_tokens_total",
+                "counter",
+                "Tokens of users beyond metrics.maxUsers, summed, by direction.",
+            );
+            for (dir, v) in [("prompt", o.prompt), ("completion", o.completion)] {
                 let _ = writeln!(
                     out,
-                    "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\"}} {}",
-                    esc(u),
-                    dir,
-                    v
+                    "modelmux_user_other_tokens_total{{direction=\"{}\"}} {}",
+                    dir, v
                 );
             }
         }

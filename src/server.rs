@@ -51,7 +51,17 @@ pub fn serve(
     shared: Arc<ConfigStore>,
     stopper: Arc<Stopper>,
 ) -> Result<(), String> {
-    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
+    let policy_settings = &shared.snapshot().config.policy;
+    if policy_settings.metrics_per_user
+        && settings.admin_key.is_none()
+        && policy_settings.metrics_key.is_none()
+    {
+        log::warn!(
+            "metrics.perUser is on, but per-user series are served only to the admin key or \
+             metrics.key and neither is set: /metrics leaves them out"
+        );
+    }
+    let policy = Arc::new(Policy::start(policy_settings)?);
     let app = Arc::new(App {
         gate: Gate::new(settings.workers.max(1), settings.queue),
         settings,
@@ -305,7 +315,19 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
     let live = shared.snapshot();
     match route {
         Route::Metrics => {
-            let mut text = metrics.render(app.gate.waiting());
+            // Per-user series name people: only for the admin key or `metrics.key`. Anyone
+            // else (a scraper with no key or another one) gets every other series.
+            let policy = &live.config.policy;
+            let token = auth::bearer(request.headers());
+            let personal = policy.metrics_per_user
+                && auth::is_one_of(
+                    &[
+                        app.settings.admin_key.as_deref(),
+                        policy.metrics_key.as_ref().map(|k| k.0.as_str()),
+                    ],
+                    token,
+                );
+            let mut text = metrics.render(app.gate.waiting(), personal);
             text.push_str(&admin::backend_metrics(&live));
             text.push_str(&app.policy.metrics_text());
             let text = text.into_bytes();

@@ -536,22 +536,32 @@ fn the_ledger_survives_kill_9_and_usage_agrees_with_the_backend_and_the_command(
 fn per_user_metrics_are_opt_in_and_a_full_disk_never_stops_traffic() {
     let a = MockBackend::start(Behavior::default());
     let cfg = format!(
-        r#"{{"endpoints":{{"m":{{"url":"{}","apiKey":"{}"}}}},"usageLog":"/dev/full","metrics":{{"perUser":true}}}}"#,
+        r#"{{"endpoints":{{"m":{{"url":"{}","apiKey":"{}"}}}},"usageLog":"/dev/full","metrics":{{"perUser":true,"key":"sk-metrics-reader-31"}}}}"#,
         a.url(),
         KEY
     );
     let p = Proxy::start(&cfg);
+    // Per-user series name people: only the metrics key (or the admin key) sees them.
+    let scrape = || {
+        request(
+            p.addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer sk-metrics-reader-31")],
+            b"",
+        )
+    };
     for _ in 0..3 {
         let mut body: Value = serde_json::from_str(&chat_body("m", "a b", false)).unwrap();
         body["user"] = "carol".into();
         assert_eq!(chat(&p, &[], &body.to_string()).status, 200);
     }
     wait_until("per-user metrics", Duration::from_secs(5), || {
-        get(p.addr, "/metrics")
+        scrape()
             .text()
             .contains("modelmux_user_requests_total{user=\"carol\"} 3")
     });
-    let m = get(p.addr, "/metrics").text();
+    let m = scrape().text();
     assert!(
         m.contains("modelmux_user_tokens_total{user=\"carol\",direction=\"prompt\"} 6"),
         "{}",

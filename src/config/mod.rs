@@ -151,6 +151,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "limits",
     "limitsStore",
     "limitsStoreFailure",
+    "limitsMaxTracked",
     "taskHeader",
 ];
 
@@ -433,6 +434,49 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_text(text).unwrap_err().to_string(), expected);
         }
+    }
+
+    #[test]
+    fn memory_and_personal_data_settings_fail_closed() {
+        let ep = r#""endpoints":{"m":{"url":"http://h"}}"#;
+        let cases = [
+            (
+                r#""metrics":{"perUsers":true}"#,
+                "config c.json: metrics.perUsers: unknown field: expected \"perUser\", \"maxUsers\" or \"key\"",
+            ),
+            (
+                r#""metrics":{"perUser":true,"maxUsers":0}"#,
+                "config c.json: metrics.maxUsers: expected a whole number from 1 to 100000 (default 1000), got 0",
+            ),
+            (
+                r#""metrics":{"key":"short"}"#,
+                "config c.json: metrics.key: expected a string of at least 8 characters (e.g. \"${METRICS_KEY}\"), got a string",
+            ),
+            (
+                r#""limitsMaxTracked":-5"#,
+                "config c.json: limitsMaxTracked: expected a whole number of identities, at least 1 (default 100000), got -5",
+            ),
+        ];
+        for (field, expected) in cases {
+            let text = format!("{{{},{}}}", ep, field);
+            assert_eq!(parse_text(&text).unwrap_err().to_string(), expected);
+        }
+        let c = parse_text(&format!(
+            r#"{{{},"metrics":{{"perUser":true,"maxUsers":5,"key":"sk-metrics-12345"}},"limitsMaxTracked":7}}"#,
+            ep
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.policy.metrics_per_user, c.policy.metrics_max_users),
+            (true, 5)
+        );
+        assert_eq!(c.policy.metrics_key.unwrap().0, "sk-metrics-12345");
+        assert_eq!(c.policy.limits_max_tracked, 7);
+        let d = parse_text(&format!("{{{}}}", ep)).unwrap();
+        assert_eq!(
+            (d.policy.metrics_max_users, d.policy.limits_max_tracked),
+            (1000, 100_000)
+        );
     }
 
     #[test]

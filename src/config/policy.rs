@@ -6,6 +6,9 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Default of `metrics.maxUsers`.
+pub const DEFAULT_METRICS_MAX_USERS: usize = 1000;
+
 /// Default size at which the usage ledger rotates.
 pub const DEFAULT_USAGE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -30,6 +33,12 @@ pub struct PolicySettings {
     pub usage_log_max_bytes: u64,
     /// `metrics.perUser`: requests and tokens per user in /metrics (label cardinality!).
     pub metrics_per_user: bool,
+    /// `metrics.maxUsers`: users given series of their own; later ones are summed as others.
+    pub metrics_max_users: usize,
+    /// `metrics.key`: a bearer token besides the admin key that may read per-user series.
+    pub metrics_key: Option<Secret>,
+    /// `limitsMaxTracked`: identities the local limits store holds counters for at once.
+    pub limits_max_tracked: usize,
     /// `limits`: quota rules, in file order.
     pub limits: Vec<Rule>,
     /// `limitsStore`: a `redis://` or `rediss://` URL (may hold a password); local when absent.
@@ -110,24 +119,22 @@ pub(super) fn parse_policy(
             }
         },
     };
-    let metrics_per_user = match root.get("metrics") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(m)) => match m.get("perUser") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
+    let (metrics_per_user, metrics_max_users, metrics_key) = parse_metrics(root.get("metrics"))?;
+    let limits_max_tracked = match root.get("limitsMaxTracked") {
+        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_TRACKED,
+        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n >= 1 => n,
+            _ => {
                 return Err(FieldError::new(
-                    "metrics.perUser",
-                    format!("expected true or false, got {}", type_name(v)),
+                    "limitsMaxTracked",
+                    format!(
+                        "expected a whole number of identities, at least 1 (default {}), got {}",
+                        crate::policy::DEFAULT_MAX_TRACKED,
+                        v
+                    ),
                 ))
             }
         },
-        Some(v) => {
-            return Err(FieldError::new(
-                "metrics",
-                format!("expected {{\"perUser\": true}}, got {}", type_name(v)),
-            ))
-        }
     };
     let limits = match root.get("limits") {
         None | Some(Value::Null) => Vec::new(),
@@ -162,9 +169,75 @@ pub(super) fn parse_policy(
         usage_log,
         usage_log_max_bytes,
         metrics_per_user,
+        metrics_max_users,
+        metrics_key,
+        limits_max_tracked,
         limits,
         limits_store,
         limits_store_failure,
         task_header,
     })
+}
+
+/// `"metrics": {"perUser": true, "maxUsers": 1000, "key": "${METRICS_KEY}"}`. Every field is
+/// checked: these settings decide who sees personal data.
+fn parse_metrics(v: Option<&Value>) -> Result<(bool, usize, Option<Secret>), FieldError> {
+    let m = match v {
+        None | Some(Value::Null) => return Ok((false, DEFAULT_METRICS_MAX_USERS, None)),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(FieldError::new(
+                "metrics",
+                format!("expected {{\"perUser\": true}}, got {}", type_name(v)),
+            ))
+        }
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["perUser", "maxUsers", "key"].contains(&k.as_str()))
+    {
+        return Err(FieldError::new(
+            format!("metrics.{}", k),
+            "unknown field: expected \"perUser\", \"maxUsers\" or \"key\"",
+        ));
+    }
+    let per_user = match m.get("perUser") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(FieldError::new(
+                "metrics.perUser",
+                format!("expected true or false, got {}", type_name(v)),
+            ))
+        }
+    };
+    let max_users = match m.get("maxUsers") {
+        None | Some(Value::Null) => DEFAULT_METRICS_MAX_USERS,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=100_000).contains(&n) => n as usize,
+            _ => {
+                return Err(FieldError::new(
+                    "metrics.maxUsers",
+                    format!(
+                        "expected a whole number from 1 to 100000 (default {}), got {}",
+                        DEFAULT_METRICS_MAX_USERS, v
+                    ),
+                ))
+            }
+        },
+    };
+    let key = match m.get("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() >= 8 => Some(Secret(s.clone())),
+        Some(v) => {
+            return Err(FieldError::new(
+                "metrics.key",
+                format!(
+                "expected a string of at least 8 characters (e.g. \"${{METRICS_KEY}}\"), got {}",
+                type_name(v)
+            ),
+            ))
+        }
+    };
+    Ok((per_user, max_users, key))
 }

@@ -21,6 +21,7 @@ pub use clock::secs_until_http_date;
 pub use identity::Identity;
 pub use quota::FailureMode;
 pub use rules::{parse_rules, Rule};
+pub use store::DEFAULT_MAX_TRACKED;
 pub use totals::Query;
 
 use crate::api_error::ApiError;
@@ -52,6 +53,7 @@ pub struct Policy {
 struct QuotaState {
     rules: Vec<Rule>,
     failure: FailureMode,
+    max_tracked: usize,
     quotas: Arc<Quotas>,
 }
 
@@ -140,6 +142,8 @@ impl Policy {
             None => Store::local(),
             Some(url) => Store::redis(&url.0, None).map_err(|e| format!("limitsStore: {}", e.0))?,
         };
+        store.set_max_tracked(settings.limits_max_tracked);
+        store::spawn_sweeper(&store);
         let quotas = Quotas::new(
             settings.limits.clone(),
             store,
@@ -181,6 +185,7 @@ impl Policy {
             quotas: Mutex::new(QuotaState {
                 rules: settings.limits.clone(),
                 failure: settings.limits_store_failure,
+                max_tracked: settings.limits_max_tracked,
                 quotas: Arc::new(quotas),
             }),
             gates: Mutex::new(HashMap::new()),
@@ -197,6 +202,10 @@ impl Policy {
             );
             st.rules = settings.limits.clone();
             st.failure = settings.limits_store_failure;
+        }
+        if st.max_tracked != settings.limits_max_tracked {
+            st.quotas.set_max_tracked(settings.limits_max_tracked);
+            st.max_tracked = settings.limits_max_tracked;
         }
         Arc::clone(&st.quotas)
     }
@@ -247,6 +256,20 @@ impl Policy {
                         d.message,
                         d.retry_after_secs,
                     ));
+                }
+                Err(quota::Refusal::Full {
+                    max,
+                    retry_after_secs,
+                }) => {
+                    metrics.limit_refusal("tracked_identities");
+                    let mut e =
+                        ApiError::overloaded(retry_after_secs).with_code("limits_tracking_full");
+                    e.message = format!(
+                        "The limits store already tracks {} identities in open windows \
+                         (limitsMaxTracked) and cannot count a new one; retry after the time in Retry-After.",
+                        max
+                    );
+                    return Err(e);
                 }
                 Err(quota::Refusal::Unavailable { retry_after_secs }) => {
                     metrics.limit_refusal("store_unavailable");
@@ -314,12 +337,15 @@ impl Policy {
             );
         }
         drop(gates);
-        let failures = self
-            .quotas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .quotas
-            .store_failures();
+        let quotas = Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas);
+        let failures = quotas.store_failures();
+        if let Some(n) = quotas.tracked() {
+            let _ = writeln!(
+                out,
+                "# HELP modelmux_limits_tracked_identities Identities (users, keys, models a rule counts apart) the local limits store holds counters for now (at most limitsMaxTracked).\n# TYPE modelmux_limits_tracked_identities gauge\nmodelmux_limits_tracked_identities {}",
+                n
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
@@ -348,7 +374,14 @@ impl Policy {
     }
 
     /// Records a finished request: ledger line, totals, quotas settled, per-user metrics.
-    pub fn complete(&self, admission: Admission, done: &Done, per_user: bool, metrics: &Metrics) {
+    /// `per_user`: `metrics.maxUsers` when `metrics.perUser` is on.
+    pub fn complete(
+        &self,
+        admission: Admission,
+        done: &Done,
+        per_user: Option<usize>,
+        metrics: &Metrics,
+    ) {
         let usage = match done.usage {
             Some(u) => u,
             // Only answered token-bearing requests get an estimate: an error used nothing.
@@ -380,8 +413,8 @@ impl Policy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(&entry);
-        if per_user {
-            metrics.user(&entry.user, usage.prompt, usage.completion);
+        if let Some(max_users) = per_user {
+            metrics.user(&entry.user, max_users, usage.prompt, usage.completion);
         }
         let reservation = admission
             .reservation

@@ -12,7 +12,7 @@
 //!   dies would leave its in-flight counts in Redis until they expired, locking users out.
 
 use crate::policy::rules::{Limit, Rule, Subject, WINDOWED};
-use crate::policy::store::{increments, Ask, Outcome, Store, StoreError, SPANS};
+use crate::policy::store::{increments, Ask, Outcome, ReserveError, Store, StoreError, SPANS};
 use crate::policy::windows::{reset_secs, Windows};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -70,6 +70,15 @@ pub enum Refusal {
     /// The limits store is unreachable and `limitsStoreFailure` is `closed`: answer 503.
     Unavailable {
         /// Seconds before trying again is worthwhile.
+        retry_after_secs: u64,
+    },
+    /// The local store already tracks `limitsMaxTracked` identities in open windows and this
+    /// request is from a new one: answer 503 (whatever `limitsStoreFailure` says, since admitting
+    /// it uncounted is what someone minting identities wants).
+    Full {
+        /// The cap.
+        max: usize,
+        /// Seconds until the first tracked identity's windows end.
         retry_after_secs: u64,
     },
 }
@@ -189,6 +198,16 @@ impl Quotas {
         self.rules.is_empty()
     }
 
+    /// Sets the most identities (buckets) the local store tracks at once.
+    pub fn set_max_tracked(&self, max: usize) {
+        self.shared.store.set_max_tracked(max);
+    }
+
+    /// How many identities (buckets) the local store tracks now; `None` with Redis.
+    pub fn tracked(&self) -> Option<usize> {
+        self.shared.store.tracked()
+    }
+
     /// How often the store has failed since start, for /metrics.
     pub fn store_failures(&self) -> u64 {
         self.shared.failures.load(Ordering::Relaxed)
@@ -289,7 +308,14 @@ impl Quotas {
                 &o,
                 estimated_tokens,
             ))),
-            Err(e) => match self.failure {
+            Err(ReserveError::Full {
+                max,
+                retry_after_secs,
+            }) => Err(Refusal::Full {
+                max,
+                retry_after_secs,
+            }),
+            Err(ReserveError::Store(e)) => match self.failure {
                 FailureMode::Open => {
                     self.shared
                         .note_failure(&e, "admitting requests without quota checks meanwhile");
@@ -423,14 +449,17 @@ impl Quotas {
     /// restart keeps today's and this month's spending; windows already over are skipped.
     pub fn record_past(&self, s: &Subject, tokens: u64, ts: u64, now: u64) {
         let plan = self.plan(s);
-        let names: Vec<String> = plan
+        let asks: Vec<Ask> = plan
             .buckets
             .into_iter()
             .filter(|b| b.limits.iter().any(Option::is_some))
-            .map(|b| b.name)
+            .map(|b| Ask {
+                bucket: b.name,
+                limits: b.limits,
+            })
             .collect();
-        if !names.is_empty() {
-            self.shared.store.record(&names, tokens, ts, now);
+        if !asks.is_empty() {
+            self.shared.store.record(&asks, tokens, ts, now);
         }
     }
 }

@@ -140,7 +140,10 @@ pub fn handle(
             ttfb: summary.ttfb,
             outcome: summary.outcome,
         },
-        config.policy.metrics_per_user,
+        config
+            .policy
+            .metrics_per_user
+            .then_some(config.policy.metrics_max_users),
         ctx.metrics,
     );
     summary
