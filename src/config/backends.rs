@@ -1,7 +1,7 @@
 //! Where a model's requests go: its `backends`, or the endpoint's own `url` as a list of one.
 
 use super::forward_proxy::proxy_for;
-use super::json::{at, opt_string, type_name, FieldError};
+use super::json::{at, check_fields, opt_string, type_name, FieldError};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -54,6 +54,7 @@ impl Inherited {
     }
 }
 
+/// Every field of a `backends` entry; anything else is an error (see `json::check_fields`).
 const ENTRY_FIELDS: &[&str] = &[
     "url",
     "apiKey",
@@ -109,12 +110,7 @@ fn parse_entry(
     let b = item.as_object().ok_or_else(|| {
         FieldError::new("", format!("expected an object, got {}", type_name(item)))
     })?;
-    if let Some(key) = b.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
-        return Err(FieldError::new(
-            key.as_str(),
-            "unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
-        ));
-    }
+    check_fields(b, ENTRY_FIELDS)?;
     let url = match opt_string(b, "url")? {
         Some(u) => validate_url(&u).map_err(at("url"))?,
         None => inherited.url.clone().ok_or_else(|| {

@@ -23,7 +23,7 @@ mod summary;
 pub use backends::Backend;
 pub use discovery::Wildcard;
 pub use endpoint::{ClientKey, Endpoint};
-pub(crate) use json::type_name;
+pub(crate) use json::{type_name, unknown_field};
 pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::summary;
@@ -31,7 +31,7 @@ pub use summary::summary;
 use crate::auth::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};
 use env::substitute_env;
-use json::{at, FieldError};
+use json::{check_fields, remove_comments, under, FieldError};
 use keys::parse_proxy_keys;
 use serde_json::{Map, Value};
 use settings::{parse_health, parse_retry, parse_timeouts};
@@ -137,6 +137,7 @@ pub fn parse(
     })
 }
 
+/// Every top-level field; anything else is an error (see `json::check_fields`).
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "endpoints",
     "timeouts",
@@ -163,15 +164,11 @@ fn read_config(
     warnings: &mut Vec<String>,
 ) -> Result<Config, FieldError> {
     let root = read_root(text, env)?;
-    warnings.extend(
-        root.keys()
-            .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
-            .map(|k| format!("unknown top-level field \"{}\" ignored", k)),
-    );
-    let health = parse_health(root.get("health")).map_err(at("health"))?;
+    check_fields(&root, TOP_LEVEL_FIELDS)?;
+    let health = parse_health(root.get("health")).map_err(under("health"))?;
     let endpoint_defaults = EndpointDefaults {
         timeouts: match root.get("timeouts") {
-            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(under("timeouts"))?,
             None => defaults.timeouts,
         },
         ca_file: defaults.ca_file.as_deref(),
@@ -187,7 +184,7 @@ fn read_config(
     check_fallbacks(&endpoints)?;
     let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
     Ok(Config {
-        retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
+        retry: parse_retry(root.get("retry")).map_err(under("retry"))?,
         health,
         policy: policy::parse_policy(&root, file)?,
         endpoints,
@@ -223,6 +220,7 @@ fn read_root(
 ) -> Result<Map<String, Value>, FieldError> {
     let mut root: Value =
         serde_json::from_str(text).map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+    remove_comments(&mut root);
     substitute_env(&mut root, "", env)?;
     match root {
         Value::Object(m) => Ok(m),
@@ -411,7 +409,7 @@ mod tests {
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","backends":[{"wieght":2}]}}}"#,
-                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
+                "config c.json: endpoints.m.backends[0].wieght: unknown field; did you mean \"weight\"?",
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","headers":{"Host":"x"}}}}"#,
@@ -427,7 +425,7 @@ mod tests {
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h"}},"retry":{"maxAttempts":0}}"#,
-                "config c.json: retry: maxAttempts: expected a number from 1 to 10",
+                "config c.json: retry.maxAttempts: expected a number from 1 to 10",
             ),
         ];
         for (text, expected) in cases {
@@ -444,16 +442,104 @@ mod tests {
         );
     }
 
+    /// Every object of the file rejects a field it does not know, naming where, with a
+    /// suggestion for a near miss (issue 17: a typo used to turn a feature off silently).
     #[test]
-    fn unknown_fields_warn() {
-        let c =
-            parse_text(r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#).unwrap();
-        assert_eq!(
-            c.warnings,
-            vec![
-                "c.json: unknown top-level field \"x\" ignored",
-                "c.json: endpoints.m: unknown field \"colour\" ignored",
-            ]
-        );
+    fn unknown_fields_are_errors_at_every_level() {
+        let ep = r#""m":{"url":"http://h""#;
+        let cases = [
+            (
+                format!(r#"{{"endpoints":{{{}}}}},"proxyKey":["k"]}}"#, ep),
+                "proxyKey",
+                "proxyKeys",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{},"maxConcurent":1}}}}}}"#, ep),
+                "endpoints.m.maxConcurent",
+                "maxConcurrent",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{},"backends":[{{"url":"http://a","wieght":2}}]}}}}}}"#,
+                    ep
+                ),
+                "endpoints.m.backends[0].wieght",
+                "weight",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"proxyKeys":[{{"key":"k","trustUserHeader":true}}]}}"#,
+                    ep
+                ),
+                "proxyKeys[0].trustUserHeader",
+                "trustUserHeaders",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"limits":[{{"match":{{"usr":"*"}},"concurrent":1}}]}}"#,
+                    ep
+                ),
+                "limits[0].match.usr",
+                "user",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"openWebUI":{{"jwtsecret":"s"}}}}"#,
+                    ep
+                ),
+                "openWebUI.jwtsecret",
+                "jwtSecret",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"metrics":{{"perUsers":true}}}}"#,
+                    ep
+                ),
+                "metrics.perUsers",
+                "perUser",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{}}}}},"retry":{{"maxAtempts":2}}}}"#, ep),
+                "retry.maxAtempts",
+                "maxAttempts",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{},"timeouts":{{"idleSec":5}}}}}}}}"#, ep),
+                "endpoints.m.timeouts.idleSec",
+                "idleSecs",
+            ),
+            (
+                r#"{"endpoints":{"w/*":{"url":"http://h","discoverExlude":["x"]}}}"#.to_string(),
+                "endpoints.w/*.discoverExlude",
+                "discoverExclude",
+            ),
+        ];
+        for (text, location, meant) in cases {
+            let e = parse_text(&text).unwrap_err();
+            assert_eq!(
+                (e.location.as_str(), e.message),
+                (
+                    location,
+                    format!("unknown field; did you mean \"{}\"?", meant)
+                ),
+                "{}",
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn underscore_keys_are_comments_anywhere() {
+        let c = parse_text(
+            r#"{"_comment":"${UNSET} is not substituted in a comment",
+                "endpoints":{"_note":"models below","m":{"url":"http://h","_why":1,
+                  "backends":[{"url":"http://a","_owner":"ops"}]}},
+                "proxyKeys":[{"key":"k","_who":"ann"}],
+                "limits":[{"_c":0,"match":{"_c":0,"user":"*"},"concurrent":1}],
+                "retry":{"_c":0},"metrics":{"_c":0},"openWebUI":{"_c":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 1);
+        assert!(c.warnings.is_empty());
     }
 }

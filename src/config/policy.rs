@@ -1,6 +1,6 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
-use super::json::{type_name, FieldError};
+use super::json::{check_fields, type_name, under, FieldError};
 use crate::policy::{parse_rules, FailureMode, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -40,6 +40,11 @@ pub struct PolicySettings {
     pub task_header: String,
 }
 
+/// Every field of `openWebUI`; anything else is an error (see `json::check_fields`).
+const OPEN_WEBUI_FIELDS: &[&str] = &["jwtSecret"];
+/// Every field of `metrics`.
+const METRICS_FIELDS: &[&str] = &["perUser"];
+
 /// Reads the settings from the file's top level; `config_file` anchors a relative `usageLog`.
 pub(super) fn parse_policy(
     root: &Map<String, Value>,
@@ -48,12 +53,7 @@ pub(super) fn parse_policy(
     let jwt_secret = match root.get("openWebUI") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => {
-            if let Some(k) = m.keys().find(|k| k.as_str() != "jwtSecret") {
-                return Err(FieldError::new(
-                    format!("openWebUI.{}", k),
-                    "unknown field: expected only \"jwtSecret\"",
-                ));
-            }
+            check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
             match m.get("jwtSecret") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if !s.is_empty() => Some(Secret(s.clone())),
@@ -112,7 +112,10 @@ pub(super) fn parse_policy(
     };
     let metrics_per_user = match root.get("metrics") {
         None | Some(Value::Null) => false,
-        Some(Value::Object(m)) => match m.get("perUser") {
+        Some(Value::Object(m)) => match check_fields(m, METRICS_FIELDS)
+            .map_err(under("metrics"))
+            .map(|()| m.get("perUser"))?
+        {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(v) => {

@@ -91,12 +91,11 @@ mod tests {
                    "backends":[{"url":"http://a:1","weight":2},
                                {"url":"https://user:pw@b:2/v1","apiKey":"","actualModelName":"big-b"}],
                    "fallbacks":["small"]},
-            "small":{"url":"http://c:3"}},
-            "colour":"red"}"#;
+            "small":{"url":"http://c:3","insecureSkipVerify":true}}}"#;
         let config = parse("c.json", text, &Defaults::default(), &env).unwrap();
         assert_eq!(
             summary("c.json", &config),
-            "warning: c.json: unknown top-level field \"colour\" ignored\n\
+            "warning: c.json: endpoints.small: insecureSkipVerify is on: the backend's TLS certificate is NOT verified\n\
              c.json: OK, 2 models\n\
              \x20 big (Big): 2 backends, then fallbacks small\n\
              \x20   http://a:1 as big-real, weight 2, key set\n\

@@ -337,11 +337,15 @@ fn number(v: Option<&Value>, at: &str) -> Result<Option<u64>, RuleError> {
     }
 }
 
+/// The config's rule for unknown fields (`_` comments allowed), with its "did you mean".
 fn unknown_field(obj: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), RuleError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+    match obj
+        .keys()
+        .find(|k| !k.starts_with('_') && !known.contains(&k.as_str()))
+    {
         Some(k) => Err(err(
             format!("{}.{}", at, k),
-            format!("unknown field; expected {}", known.join(", ")),
+            crate::config::unknown_field(k, known),
         )),
         None => Ok(()),
     }
@@ -446,12 +450,12 @@ mod tests {
             (
                 json!([{"tokensPerday": 5}]),
                 "limits[0].tokensPerday",
-                "unknown field; expected match, requestsPerMinute",
+                "unknown field; did you mean \"tokensPerDay\"?",
             ),
             (
                 json!([{"match": {"team": "x"}, "concurrent": 1}]),
                 "limits[0].match.team",
-                "unknown field; expected user, key, model",
+                "unknown field; expected user, key or model",
             ),
             (
                 json!([{"match": {"user": ""}, "concurrent": 1}]),
