@@ -356,8 +356,14 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
     let get = matches!(method, Method::Get | Method::Head);
     let token = auth::bearer(request.headers()).map(str::to_string);
     if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
-        let keys_set = !live.config.proxy_keys.is_empty();
-        if let Err(e) = auth::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
+        let keys = &live.config.proxy_keys;
+        let personal = matches!(route, Route::Usage);
+        if let Err(e) = auth::admin(
+            settings.admin_key.as_deref(),
+            keys,
+            token.as_deref(),
+            personal,
+        ) {
             return local_error(request, e, id);
         }
     }
