@@ -45,13 +45,16 @@ struct Meta {
 }
 
 /// Serves until the stopper fires, then drains in-flight requests up to `settings.drain`.
+/// `ready` runs once the server accepts requests (the caller prints its listening line).
 pub fn serve(
     listener: TcpListener,
     settings: Settings,
     shared: Arc<ConfigStore>,
+    policy: Policy,
     stopper: Arc<Stopper>,
+    ready: &dyn Fn(),
 ) -> Result<(), String> {
-    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
+    let policy = Arc::new(policy);
     let app = Arc::new(App {
         gate: Gate::new(settings.workers.max(1), settings.queue),
         settings,
@@ -70,6 +73,7 @@ pub fn serve(
             .map_err(|e| format!("cannot start the HTTP server: {}", e))?,
     );
     stopper.attach(Arc::clone(&server));
+    ready();
     stopper.wait();
     // The listener is closed (stop_accepting); requests still arriving on open keep-alive
     // connections get a 503 with `Connection: close` (see `App::serve`) while the running ones

@@ -5,6 +5,7 @@ use crate::cli::{self, Command, Options};
 use crate::config::{Defaults, Timeouts};
 use crate::lifecycle;
 use crate::live::ConfigStore;
+use crate::policy::Policy;
 use crate::server::{self, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -65,9 +66,7 @@ fn run(o: Options) -> Result<(), String> {
         return healthcheck(&o);
     }
     if o.check_config {
-        let config = crate::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
-        print!("{}", crate::config::summary(&o.config, &config));
-        return Ok(());
+        return check_config(&o, defaults);
     }
     // Before any thread exists, so every thread inherits the mask and only one takes signals.
     lifecycle::block_signals();
@@ -103,20 +102,26 @@ fn run(o: Options) -> Result<(), String> {
     for w in &live.config.warnings {
         log::warn!("{}", w);
     }
+    // Everything the server needs is opened before the listening line: a failure after it
+    // would tell scripts and operators that a server is up when it is not.
+    let policy = Policy::start(&live.config.policy)?;
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     lifecycle::deepen_backlog(&listener);
-    // Printed whatever the log level: operators and scripts (tests, bench) need the address.
-    eprintln!(
-        "modelmux {} listening on http://{} with {} models from {} ({} workers)",
-        env!("CARGO_PKG_VERSION"),
-        addr,
-        live.config.endpoints.len(),
-        o.config,
-        o.workers
-    );
+    let models = live.config.endpoints.len();
     drop(live);
+    let announce = || {
+        // Printed whatever the log level: operators and scripts (tests, bench) need the address.
+        eprintln!(
+            "modelmux {} listening on http://{} with {} from {} ({} workers)",
+            env!("CARGO_PKG_VERSION"),
+            addr,
+            plural(models, "model", "models"),
+            o.config,
+            o.workers
+        );
+    };
     let shared = Arc::new(shared);
     let stopper = Arc::new(lifecycle::Stopper::default());
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
@@ -132,8 +137,28 @@ fn run(o: Options) -> Result<(), String> {
             drain: o.drain,
         },
         shared,
+        policy,
         stopper,
+        &announce,
     )
+}
+
+/// `--check-config`: loads the config as the server would (clients built, CA files read), opens
+/// what the server opens at start (the usage ledger, the limits store URL), prints the summary.
+/// Exit 0 means the server will start, unless its port is taken (not checked: the running
+/// instance may hold it).
+fn check_config(o: &Options, defaults: Defaults) -> Result<(), String> {
+    let shared = ConfigStore::load(&o.config, defaults, 1).map_err(|e| e.to_string())?;
+    let live = shared.snapshot();
+    crate::policy::preflight(&live.config.policy)
+        .map_err(|e| format!("config {}: {}", o.config, e))?;
+    print!("{}", crate::config::summary(&o.config, &live.config));
+    Ok(())
+}
+
+/// "1 model", "2 models".
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{} {}", n, if n == 1 { one } else { many })
 }
 
 /// `modelmux usage`: totals straight from the ledger files.

@@ -1,0 +1,139 @@
+//! Issue 17: `--check-config` checks what start checks (exit 0 means the server will start),
+//! the server prints its listening line only once everything it needs is open, and both show
+//! what was read without a secret.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use support::*;
+
+fn check_config(path: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelmux"));
+    cmd.arg("--check-config")
+        .arg("--config")
+        .arg(path)
+        .env_remove("CM_OPEN_WEBUI_PROXY_API_KEYS")
+        .env_remove("CM_OPEN_WEBUI_PROXY_ADMIN_KEY")
+        .env_remove("CM_OPEN_WEBUI_PROXY_CA_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_config_opens_the_ledger_as_start_does_and_leaves_no_file_behind() {
+    let dir = TempDir::new();
+    let path = dir.0.join("c.json");
+    // A ledger in a folder that does not exist: start cannot open it, so the check fails.
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},"usageLog":"no-such-dir/usage.jsonl"}"#,
+    )
+    .unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "modelmux: config {}: cannot open usage ledger {}: ",
+            path.display(),
+            dir.0.join("no-such-dir/usage.jsonl").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // A ledger that does not exist yet: probed, then removed again.
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},"usageLog":"usage.jsonl"}"#,
+    )
+    .unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !dir.0.join("usage.jsonl").exists(),
+        "the probe was left behind"
+    );
+    // An existing ledger is not touched.
+    let line = "{\"ts\":\"2026-01-01T00:00:00Z\"}\n";
+    std::fs::write(dir.0.join("usage.jsonl"), line).unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("usage.jsonl")).unwrap(),
+        line
+    );
+}
+
+#[test]
+fn check_config_refuses_a_limits_store_url_start_would_refuse_and_an_unreadable_ca_file() {
+    let dir = TempDir::new();
+    let path = dir.0.join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},"limitsStore":"redis://:pw-secret-1@redis:notaport/0"}"#,
+    )
+    .unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "modelmux: config {}: limitsStore: ",
+            path.display()
+        )) && !stderr(&out).contains("pw-secret-1"),
+        "{}",
+        stderr(&out)
+    );
+    // A store URL that parses is enough: --check-config does not connect.
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},"limitsStore":"redis://:pw-secret-1@127.0.0.1:9/0"}"#,
+    )
+    .unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("pw-secret-1"), "{}", stdout(&out));
+    // A CA file that is not PEM.
+    std::fs::write(dir.0.join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"https://127.0.0.1:9","caFile":"CA"}}}"#
+            .replace("CA", &dir.0.join("ca.pem").display().to_string()),
+    )
+    .unwrap();
+    let out = check_config(&path, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("endpoints.m.caFile: CA file")
+            && stderr(&out).contains("holds no PEM certificate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_listening_line_comes_only_after_the_ledger_is_open() {
+    let logs = Proxy::try_start(
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},"usageLog":"/nonexistent-modelmux-dir/usage.jsonl"}"#,
+        &[],
+        &[],
+    )
+    .err()
+    .expect("a server that cannot open its ledger must not say it listens")
+    .join("\n");
+    assert!(
+        logs.contains("cannot open usage ledger /nonexistent-modelmux-dir/usage.jsonl")
+            && !logs.contains("listening"),
+        "{}",
+        logs
+    );
+}
