@@ -215,15 +215,19 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                     "apiKey": redact::api_key(&b.api_key),
                     "actualModelName": b.actual_model_name,
                     "weight": b.weight,
+                    "maxConcurrent": b.max_concurrent,
                     "proxy": b.via_proxy.as_deref().map(redact::url),
                 })).collect::<Vec<_>>(),
                 "fallbacks": e.fallbacks,
                 "probeIntervalSecs": e.probe_interval.map(|d| d.as_secs_f64()),
                 "discovery": e.wildcard.as_ref().map(|w| discovery_view(live, e, w)),
+                "maxQueueWaitSecs": e.max_queue_wait.as_secs_f64(),
+                "forwardUserHeaders": e.forward_user_headers,
+                "injectStreamUsage": e.inject_stream_usage,
             }),
         );
     }
-    json!({
+    let mut view = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "configPath": shared.path,
         "loadedAt": live.loaded_at,
@@ -232,9 +236,12 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
         "retry": {"maxAttempts": live.config.retry.max_attempts, "backoffMs": live.config.retry.backoff.as_millis() as u64},
         "health": {"failureThreshold": live.config.health.failure_threshold, "cooldownSecs": live.config.health.cooldown.as_secs_f64()},
         "endpoints": endpoints,
-    })
-    .to_string()
-    .into_bytes()
+    });
+    // What was read beside the models: client keys by name, identity, ledger, quotas, store.
+    if let Value::Object(m) = &mut view {
+        m.extend(crate::config::policy_view(&live.config));
+    }
+    view.to_string().into_bytes()
 }
 
 /// A wildcard's settings and, per backend, its last list and whether it is stale.

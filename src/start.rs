@@ -110,16 +110,26 @@ fn run(o: Options) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     lifecycle::deepen_backlog(&listener);
     let models = live.config.endpoints.len();
+    // An open proxy is the original's default, but it should never be a surprise.
+    let open = if live.config.proxy_keys.is_empty() {
+        format!(
+            "; no client keys: anyone who reaches {} can use every model",
+            addr
+        )
+    } else {
+        String::new()
+    };
     drop(live);
     let announce = || {
         // Printed whatever the log level: operators and scripts (tests, bench) need the address.
         eprintln!(
-            "modelmux {} listening on http://{} with {} from {} ({} workers)",
+            "modelmux {} listening on http://{} with {} from {} ({} workers){}",
             env!("CARGO_PKG_VERSION"),
             addr,
             plural(models, "model", "models"),
             o.config,
-            o.workers
+            o.workers,
+            open
         );
     };
     let shared = Arc::new(shared);

@@ -137,3 +137,131 @@ fn the_listening_line_comes_only_after_the_ledger_is_open() {
         logs
     );
 }
+
+#[test]
+fn debug_shows_what_was_read_without_a_secret() {
+    let cfg = r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9","apiKey":"sk-backend-secret-0000",
+            "maxConcurrent":3,"maxQueueWaitSecs":7,"forwardUserHeaders":true,"injectStreamUsage":false}},
+        "proxyKeys":[{"key":"mm-web-key-111111","name":"web","models":["m"],"trustUserHeaders":true,"priority":"low"}],
+        "openWebUI":{"jwtSecret":"jwt-secret-value-222"},
+        "usageLog":"usage.jsonl","usageLogMaxBytes":8192,
+        "limits":[{"match":{"user":"*"},"tokensPerDay":1000}],
+        "limitsStore":"redis://:redis-pw-333@127.0.0.1:9/0",
+        "metrics":{"perUser":true}}"#;
+    let p = Proxy::start_with(
+        cfg,
+        &[("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-admin-key-444444")],
+        &[],
+    );
+    let r = request(
+        p.addr,
+        "GET",
+        "/debug",
+        &[("Authorization", "Bearer mm-admin-key-444444")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for secret in [
+        "sk-backend-secret-0000",
+        "mm-web-key-111111",
+        "jwt-secret-value-222",
+        "redis-pw-333",
+        "mm-admin-key-444444",
+    ] {
+        assert!(!r.text().contains(secret), "{} in {}", secret, r.text());
+    }
+    let d = r.json();
+    assert_eq!(
+        d["clientKeys"],
+        serde_json::json!([{"name": "web", "models": ["m"], "trustUserHeaders": true, "priority": "low"}])
+    );
+    assert_eq!(
+        d["identity"],
+        serde_json::json!({"jwt": true, "plainUserHeadersFrom": ["web"]})
+    );
+    assert_eq!(
+        d["usageLog"]["path"],
+        p.config_path
+            .with_file_name("usage.jsonl")
+            .display()
+            .to_string()
+    );
+    assert_eq!(d["usageLog"]["maxBytes"], 8192);
+    assert_eq!(
+        d["limits"],
+        serde_json::json!(["limits[0] (each user) allows 1000 tokens per day"])
+    );
+    assert_eq!(
+        d["limitsStore"],
+        serde_json::json!({"url": "redis://****@127.0.0.1:9/0", "failure": "open"})
+    );
+    assert_eq!(d["metrics"], serde_json::json!({"perUser": true}));
+    let m = &d["endpoints"]["m"];
+    assert_eq!(
+        (
+            &m["maxQueueWaitSecs"],
+            &m["forwardUserHeaders"],
+            &m["injectStreamUsage"],
+            &m["backends"][0]["maxConcurrent"]
+        ),
+        (
+            &serde_json::json!(7.0),
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(3)
+        )
+    );
+    assert!(
+        p.logs().iter().all(|l| !l.contains("no client keys")),
+        "keys are set"
+    );
+}
+
+#[test]
+fn the_listening_line_says_when_anyone_can_use_every_model() {
+    let p = Proxy::start(r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}}}"#);
+    let line = p
+        .wait_log("listening on", std::time::Duration::from_secs(1))
+        .unwrap();
+    assert!(
+        line.ends_with(&format!(
+            " with 1 model from {} (1024 workers); no client keys: anyone who reaches {} can use every model",
+            p.config_path.display(),
+            p.addr
+        )),
+        "{}",
+        line
+    );
+}
+
+#[test]
+fn check_config_lists_client_keys_by_name_never_the_key() {
+    let dir = TempDir::new();
+    let path = dir.0.join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"endpoints":{"m":{"url":"http://127.0.0.1:9"}},
+            "proxyKeys":["mm-plain-key-000000",{"key":"mm-web-key-111111","name":"web","models":["m"]}]}"#,
+    )
+    .unwrap();
+    let out = check_config(
+        &path,
+        &[("CM_OPEN_WEBUI_PROXY_API_KEYS", "mm-env-key-555555=m")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "client keys: 3 keys\n  key-1: models m; priority normal\n  key-2: every model; priority normal\n  web: models m; priority normal\n"
+        ),
+        "{}",
+        text
+    );
+    for secret in [
+        "mm-plain-key-000000",
+        "mm-web-key-111111",
+        "mm-env-key-555555",
+    ] {
+        assert!(!text.contains(secret), "{}", text);
+    }
+}

@@ -26,7 +26,7 @@ pub use endpoint::{ClientKey, Endpoint};
 pub(crate) use json::{type_name, unknown_field};
 pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
-pub use summary::summary;
+pub use summary::{policy_view, summary};
 
 use crate::auth::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};

@@ -185,6 +185,21 @@ impl Rule {
         }
     }
 
+    /// The rule in words as a 429 words it, every limit it sets:
+    /// `limits[0] (each user) allows 20 requests per minute, 200000 tokens per day`.
+    pub fn in_words(&self, index: usize) -> String {
+        let limits: Vec<String> = ALL_LIMITS
+            .iter()
+            .filter_map(|l| self.limit(*l).map(|n| format!("{} {}", n, l.describe())))
+            .collect();
+        format!(
+            "limits[{}] ({}) allows {}",
+            index,
+            self.scope(),
+            limits.join(", ")
+        )
+    }
+
     /// Whom the rule covers, for messages: `each user, key "openwebui"`. Only config values.
     pub fn scope(&self) -> String {
         let parts: Vec<String> = [
@@ -396,6 +411,11 @@ mod tests {
         assert_eq!(
             rules[0].scope(),
             "each user, key \"openwebui\", model \"gpt-4o\""
+        );
+        assert_eq!(
+            rules[0].in_words(3),
+            "limits[3] (each user, key \"openwebui\", model \"gpt-4o\") allows 20 requests per minute, \
+             40000 tokens per minute, 200000 tokens per day, 3000000 tokens per month, 4 concurrent requests"
         );
     }
 
