@@ -30,6 +30,10 @@ pub fn main() -> ExitCode {
             println!("modelmux {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Command::UsageHelp => {
+            print!("{}", cli::USAGE_COMMAND);
+            return ExitCode::SUCCESS;
+        }
         Command::Usage(u) => {
             return match usage(&u) {
                 Ok(text) => {
@@ -175,17 +179,19 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 fn usage(u: &cli::UsageArgs) -> Result<String, String> {
     let log = match &u.log {
         Some(l) => std::path::PathBuf::from(l),
-        None => {
-            let config = crate::config::load_file(&u.config, &Defaults::default())
-                .map_err(|e| e.to_string())?;
-            config.policy.usage_log.ok_or_else(|| {
+        None => crate::config::read_usage_log(&u.config)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
                 format!(
                     "{} sets no usageLog; name the ledger with --log FILE",
                     u.config
                 )
-            })?
-        }
+            })?,
     };
+    // An empty report for a mistyped path would look like "nobody used anything".
+    if !log.exists() {
+        return Err(format!("no such ledger file: {}", log.display()));
+    }
     let q = crate::policy::query(
         u.since.as_deref(),
         u.until.as_deref(),

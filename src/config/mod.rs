@@ -118,6 +118,26 @@ pub fn load_file(path: &str, defaults: &Defaults) -> Result<Config, ConfigError>
     parse(path, &text, defaults, &|name| std::env::var(name).ok())
 }
 
+/// Only the `usageLog` of a config file, for `modelmux usage`: nothing else is read, so a
+/// variable the local shell lacks (an `apiKey`'s `${VAR}`) does not stop a local report.
+pub fn read_usage_log(path: &str) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        location: String::new(),
+        message: format!("cannot read file: {}", e),
+    })?;
+    let read = || -> Result<_, FieldError> {
+        let mut root: Value = serde_json::from_str(&text)
+            .map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+        let mut v = root.get_mut("usageLog").map(Value::take);
+        if let Some(v) = v.as_mut() {
+            substitute_env(v, "usageLog", &|name| std::env::var(name).ok())?;
+        }
+        policy::parse_usage_log(v.as_ref(), path)
+    };
+    read().map_err(|e| e.in_file(path))
+}
+
 /// Parses config text; `env` resolves `${VAR}` references.
 pub fn parse(
     file: &str,

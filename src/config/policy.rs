@@ -75,29 +75,7 @@ pub(super) fn parse_policy(
             ))
         }
     };
-    let usage_log = match root.get("usageLog") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => {
-            let p = Path::new(s);
-            Some(if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                Path::new(config_file)
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(p)
-            })
-        }
-        Some(v) => {
-            return Err(FieldError::new(
-                "usageLog",
-                format!(
-                    "expected a file path such as \"usage.jsonl\", got {}",
-                    type_name(v)
-                ),
-            ))
-        }
-    };
+    let usage_log = parse_usage_log(root.get("usageLog"), config_file)?;
     let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
         None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
         Some(v) => match v.as_u64() {
@@ -169,5 +147,35 @@ pub(super) fn parse_policy(
         limits_store,
         limits_store_failure,
         task_header,
+    })
+}
+
+/// `"usageLog": "usage.jsonl"`, resolved against the config file's folder.
+pub(super) fn parse_usage_log(
+    v: Option<&Value>,
+    config_file: &str,
+) -> Result<Option<PathBuf>, FieldError> {
+    Ok(match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => {
+            let p = Path::new(s);
+            Some(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                Path::new(config_file)
+                    .parent()
+                    .unwrap_or_else(|| Path::new(""))
+                    .join(p)
+            })
+        }
+        Some(v) => {
+            return Err(FieldError::new(
+                "usageLog",
+                format!(
+                    "expected a file path such as \"usage.jsonl\", got {}",
+                    type_name(v)
+                ),
+            ))
+        }
     })
 }
