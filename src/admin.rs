@@ -17,7 +17,15 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
         .config
         .endpoints
         .iter()
-        .map(|e| json!({"id": e.id, "displayName": e.display_name}))
+        .map(|e| {
+            // A wildcard's `{model}` stands for each model it serves: `*` here, not the raw
+            // template.
+            let name = match &e.wildcard {
+                Some(_) => e.display_name.replace("{model}", "*"),
+                None => e.display_name.clone(),
+            };
+            json!({"id": e.id, "displayName": name})
+        })
         .collect();
     let mut v = json!({
         "status": "ok",
@@ -288,10 +296,12 @@ pub fn reload(shared: &ConfigStore, query: Option<&str>) -> Result<Vec<u8>, ApiE
     }
     match shared.reload() {
         Ok(live) => {
+            let n = live.config.endpoints.len();
             log::info!(
-                "config reloaded from {}: {} models",
+                "config reloaded from {}: {} {}",
                 shared.path,
-                live.config.endpoints.len()
+                n,
+                if n == 1 { "model" } else { "models" }
             );
             Ok(json!({
                 "status": "ok",

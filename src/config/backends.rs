@@ -1,7 +1,7 @@
 //! Where a model's requests go: its `backends`, or the endpoint's own `url` as a list of one.
 
 use super::forward_proxy::proxy_for;
-use super::json::{at, check_fields, opt_string, type_name, FieldError};
+use super::json::{at, check_fields, opt_string, shown, type_name, FieldError};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -147,7 +147,7 @@ fn parse_max_concurrent(v: Option<&Value>) -> Result<Option<usize>, String> {
             .as_u64()
             .filter(|n| (1..=100_000).contains(n))
             .map(|n| Some(n as usize))
-            .ok_or_else(|| "expected a whole number from 1 to 100000".to_string()),
+            .ok_or_else(|| format!("expected a whole number from 1 to 100000, got {}", shown(v))),
     }
 }
 
@@ -159,7 +159,7 @@ fn parse_weight(v: Option<&Value>) -> Result<u32, String> {
             .as_u64()
             .filter(|w| (1..=1000).contains(w))
             .map(|w| w as u32)
-            .ok_or_else(|| "expected a whole number from 1 to 1000".to_string()),
+            .ok_or_else(|| format!("expected a whole number from 1 to 1000, got {}", shown(v))),
     }
 }
 

@@ -167,6 +167,17 @@ pub(super) fn opt_string(
     }
 }
 
+/// A wrong value as the message shows it: numbers and short strings as written (`"1"`, so a
+/// quoted number is visible), else its kind.
+pub(super) fn shown(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.is_empty() => "an empty string".to_string(),
+        Value::String(s) if s.chars().count() <= 40 => format!("\"{}\"", s),
+        other => type_name(other).to_string(),
+    }
+}
+
 /// The kind of a JSON value with its article, for "expected X, got Y" messages.
 pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {

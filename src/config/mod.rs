@@ -444,6 +444,18 @@ mod tests {
                 "config c.json: proxyKeys[1].models: expected an array of model ids",
             ),
             (
+                r#"{"endpoints":{"m":{"url":"http://h","maxConcurrent":"1"}}}"#,
+                "config c.json: endpoints.m.maxConcurrent: expected a whole number from 1 to 100000, got \"1\"",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"openWebUI":{"jwtSecret":""}}"#,
+                "config c.json: openWebUI.jwtSecret: expected a non-empty string (e.g. \"${OWUI_JWT_SECRET}\"), got an empty string",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"},"n":{"url":"${NADA}"}}}"#,
+                "config c.json: environment variables not set: NOPE (at endpoints.m.apiKey), NADA (at endpoints.n.url)",
+            ),
+            (
                 r#"{"endpoints":{"m":{"url":"http://h"}},"retry":{"maxAttempts":0}}"#,
                 "config c.json: retry.maxAttempts: expected a number from 1 to 10",
             ),

@@ -62,7 +62,11 @@ pub(super) fn parse_policy(
                         "openWebUI.jwtSecret",
                         format!(
                             "expected a non-empty string (e.g. \"${{OWUI_JWT_SECRET}}\"), got {}",
-                            type_name(v)
+                            if v.as_str() == Some("") {
+                                "an empty string"
+                            } else {
+                                type_name(v)
+                            }
                         ),
                     ))
                 }
