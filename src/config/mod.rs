@@ -79,7 +79,8 @@ pub struct Config {
     pub health: HealthPolicy,
     /// Identity sources, the usage ledger and per-user metrics.
     pub policy: PolicySettings,
-    /// Non-fatal findings (unknown fields), for the operator's log.
+    /// Non-fatal findings (`insecureSkipVerify`), for the operator's log; unknown fields are
+    /// errors.
     pub warnings: Vec<String>,
 }
 

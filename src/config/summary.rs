@@ -47,6 +47,8 @@ pub fn summary(path: &str, config: &Config) -> String {
         for line in limits_words(p) {
             out.push_str(&format!("  {}\n", line));
         }
+    }
+    if !p.limits.is_empty() || p.limits_store.is_some() {
         out.push_str(&format!("limits store: {}\n", store_words(p)));
     }
     out.push_str(&format!(
