@@ -140,7 +140,8 @@ impl Policy {
         let mut totals = Totals::default();
         let store = match &settings.limits_store {
             None => Store::local(),
-            Some(url) => Store::redis(&url.0, None).map_err(|e| format!("limitsStore: {}", e.0))?,
+            // The store's own message starts with `limitsStore:`.
+            Some(url) => Store::redis(&url.0, None).map_err(|e| e.0)?,
         };
         let quotas = Quotas::new(
             settings.limits.clone(),
