@@ -167,6 +167,15 @@ fn check_config(o: &Options, defaults: Defaults) -> Result<(), String> {
     crate::policy::preflight(&live.config.policy)
         .map_err(|e| format!("config {}: {}", o.config, e))?;
     print!("{}", crate::config::summary(&o.config, &live.config));
+    // The admin key is not in the file, but it decides who may read /usage and /debug.
+    println!(
+        "admin key: {}",
+        match (&o.admin_key, live.config.proxy_keys.is_empty()) {
+            (Some(_), _) => "set: /usage, /debug and /reload need it",
+            (None, true) => "not set: /usage answers 403; /debug and /reload are open",
+            (None, false) => "not set: /usage, /debug and /reload answer 403",
+        }
+    );
     Ok(())
 }
 

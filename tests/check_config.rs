@@ -264,4 +264,19 @@ fn check_config_lists_client_keys_by_name_never_the_key() {
     ] {
         assert!(!text.contains(secret), "{}", text);
     }
+    assert!(
+        text.ends_with("admin key: not set: /usage, /debug and /reload answer 403\n"),
+        "{}",
+        text
+    );
+    let out = check_config(
+        &path,
+        &[("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-admin-key-666666")],
+    );
+    assert!(
+        stdout(&out).ends_with("admin key: set: /usage, /debug and /reload need it\n")
+            && !stdout(&out).contains("mm-admin-key-666666"),
+        "{}",
+        stdout(&out)
+    );
 }
