@@ -79,11 +79,16 @@ if ! cmp -s "$req" "$venv/.requirements.txt"; then
 fi
 
 # --- binaries ---------------------------------------------------------------------------------
+# Cargo says where the binaries are (CARGO_TARGET_DIR is honoured); both land in one folder.
+. scripts/cargo_bins.sh
 case "$profile" in
-  release) cargo build --release --bin modelmux --bin demo_backend; bin=target/release ;;
-  debug) cargo build --bin modelmux --bin demo_backend; bin=target/debug ;;
+  release) profile_flag=--release ;;
+  debug) profile_flag= ;;
   *) say "CONFORMANCE_PROFILE must be debug or release"; exit 2 ;;
 esac
+bin="$(dirname "$(cargo_build_bin demo_backend $profile_flag --bin modelmux --bin demo_backend)")"
+[ "$(cargo_build_bin modelmux $profile_flag --bin modelmux)" = "$bin/modelmux" ] ||
+  { say "cargo put modelmux and demo_backend in different folders"; exit 1; }
 
 # --- processes --------------------------------------------------------------------------------
 

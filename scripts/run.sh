@@ -3,9 +3,10 @@
 # It stays in the foreground (Ctrl-C stops modelmux and the demo backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_bins.sh
 config="${CM_OPEN_WEBUI_PROXY_CONFIG_FILE:-config.json}"
 if [ -f "$config" ]; then
-  cargo build --release --bin modelmux
+  modelmux="$(cargo_build_bin modelmux --release --bin modelmux)"
 else
   echo "run: $config not found; using config.example.json with the built-in demo backend on 127.0.0.1:3334"
   wanted="$config"
@@ -15,10 +16,14 @@ else
     echo "run: port 3334 is already in use (another make run?); stop it, or create $wanted" >&2
     exit 1
   fi
-  # One cargo call: the small demo backend compiles beside the proxy instead of after it.
-  cargo build --release --bin modelmux --bin demo_backend
-  ./target/release/demo_backend 127.0.0.1:3334 &
+  # The small demo backend compiles beside the proxy instead of after it; the second call
+  # only asks cargo where the (fresh) proxy binary is.
+  demo="$(cargo_build_bin demo_backend --release --bin modelmux --bin demo_backend)"
+  modelmux="$(cargo_build_bin modelmux --release --bin modelmux)"
+  # --include-usage: the demo honours stream_options.include_usage, so streamed token counts in
+  # the usage ledger and /metrics are exact, as the README promises.
+  "$demo" 127.0.0.1:3334 --include-usage &
   demo_pid=$!
   trap 'kill "$demo_pid" 2>/dev/null || true' EXIT INT TERM
 fi
-CM_OPEN_WEBUI_PROXY_CONFIG_FILE="$config" ./target/release/modelmux "$@"
+CM_OPEN_WEBUI_PROXY_CONFIG_FILE="$config" "$modelmux" "$@"

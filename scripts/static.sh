@@ -5,7 +5,7 @@
 #      root on Debian/Ubuntu: ring compiles C and needs a musl C compiler); if that is not
 #      possible, falls back to glibc with +crt-static (works, but glibc's static getaddrinfo
 #      still wants NSS libraries at run time, so prefer musl for FROM scratch images).
-#   2. copy to target/static/modelmux and show `file`, `ldd` and the size (budget: 3 MiB).
+#   2. copy to <cargo's target dir>/static/modelmux and show `file`, `ldd` and the size (budget: 3 MiB).
 #   3. smoke test on loopback: demo backend reached as http://localhost:PORT, one plain and
 #      one streamed chat completion through the static binary, --check-config, --healthcheck.
 #   4. TLS: an endpoint pointing at a local TLS server whose certificate comes from a private
@@ -24,7 +24,9 @@ cd "$(dirname "$0")/.."
 
 target="${STATIC_TARGET:-x86_64-unknown-linux-musl}"
 max_bytes="${STATIC_MAX_BYTES:-3145728}"
-out=target/static/modelmux
+# Cargo says where it builds (CARGO_TARGET_DIR is honoured), never a hard-coded ./target.
+. scripts/cargo_bins.sh
+out="$(cargo_target_dir)/static/modelmux"
 
 step() { printf '\n== %s\n' "$*"; }
 fail() {
@@ -51,8 +53,8 @@ if [ "$target" = x86_64-unknown-linux-musl ]; then
       export CC_x86_64_unknown_linux_musl=musl-gcc
     fi
     # A failure here is the code's, not the toolchain's: glibc would fail the same way.
-    cargo build --release --locked --bin modelmux --target "$target" || fail "musl build failed"
-    built="target/$target/release/modelmux"
+    built="$(cargo_build_bin modelmux --release --locked --bin modelmux --target "$target")" ||
+      fail "musl build failed"
   else
     echo "static: no musl toolchain (rustup target or musl-gcc missing)"
   fi
@@ -62,9 +64,8 @@ if [ "$target" = x86_64-unknown-linux-musl ]; then
   fi
 fi
 if [ -z "$built" ]; then
-  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --bin modelmux --target "$target"
-  built="target/$target/release/modelmux"
+  built="$(RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo_build_bin modelmux --release --locked --bin modelmux --target "$target")"
 fi
 mkdir -p "$(dirname "$out")"
 cp "$built" "$out"
@@ -99,7 +100,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "smoke test on loopback"
-cargo build --release --locked --bin demo_backend
+demo="$(cargo_build_bin demo_backend --release --locked --bin demo_backend)"
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -140,7 +141,7 @@ backend_port="$(free_port)"
 tls_port="$(free_port)"
 proxy_port="$(free_port)"
 
-target/release/demo_backend "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
+"$demo" "127.0.0.1:$backend_port" --chunk-delay-ms 0 >"$tmp/backend.log" 2>&1 &
 pids+=($!)
 wait_port "$backend_port" "$!" "demo backend" "$tmp/backend.log"
 

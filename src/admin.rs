@@ -17,7 +17,15 @@ pub fn health(live: &Live, backends: bool) -> Vec<u8> {
         .config
         .endpoints
         .iter()
-        .map(|e| json!({"id": e.id, "displayName": e.display_name}))
+        .map(|e| {
+            // A wildcard's `{model}` stands for each model it serves: `*` here, not the raw
+            // template.
+            let name = match &e.wildcard {
+                Some(_) => e.display_name.replace("{model}", "*"),
+                None => e.display_name.clone(),
+            };
+            json!({"id": e.id, "displayName": name})
+        })
         .collect();
     let mut v = json!({
         "status": "ok",
@@ -229,15 +237,19 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                     "apiKey": redact::api_key(&b.api_key),
                     "actualModelName": b.actual_model_name,
                     "weight": b.weight,
+                    "maxConcurrent": b.max_concurrent,
                     "proxy": b.via_proxy.as_deref().map(redact::url),
                 })).collect::<Vec<_>>(),
                 "fallbacks": e.fallbacks,
                 "probeIntervalSecs": e.probe_interval.map(|d| d.as_secs_f64()),
                 "discovery": e.wildcard.as_ref().map(|w| discovery_view(live, e, w)),
+                "maxQueueWaitSecs": e.max_queue_wait.as_secs_f64(),
+                "forwardUserHeaders": e.forward_user_headers,
+                "injectStreamUsage": e.inject_stream_usage,
             }),
         );
     }
-    json!({
+    let mut view = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "configPath": shared.path,
         "loadedAt": live.loaded_at,
@@ -246,9 +258,12 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
         "retry": {"maxAttempts": live.config.retry.max_attempts, "backoffMs": live.config.retry.backoff.as_millis() as u64},
         "health": {"failureThreshold": live.config.health.failure_threshold, "cooldownSecs": live.config.health.cooldown.as_secs_f64(), "maxHoldOffSecs": live.config.health.max_hold_off.as_secs_f64()},
         "endpoints": endpoints,
-    })
-    .to_string()
-    .into_bytes()
+    });
+    // What was read beside the models: client keys by name, identity, ledger, quotas, store.
+    if let Value::Object(m) = &mut view {
+        m.extend(crate::config::policy_view(&live.config));
+    }
+    view.to_string().into_bytes()
 }
 
 /// A wildcard's settings and, per backend, its last list and whether it is stale.
@@ -295,10 +310,12 @@ pub fn reload(shared: &ConfigStore, query: Option<&str>) -> Result<Vec<u8>, ApiE
     }
     match shared.reload() {
         Ok(live) => {
+            let n = live.config.endpoints.len();
             log::info!(
-                "config reloaded from {}: {} models",
+                "config reloaded from {}: {} {}",
                 shared.path,
-                live.config.endpoints.len()
+                n,
+                if n == 1 { "model" } else { "models" }
             );
             Ok(json!({
                 "status": "ok",

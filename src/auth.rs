@@ -64,24 +64,33 @@ pub fn authenticate<'a>(keys: &'a [ProxyKey], token: Option<&str>) -> Result<Cal
     found.map(Caller::Key).ok_or_else(unauthorized)
 }
 
-/// Gate for `/debug` and `/reload`: the admin key when set; refused when client keys are set
-/// without one; open otherwise (the seed's behaviour).
+/// Gate for the admin endpoints. `/usage` (`personal_data`) always needs the admin key.
+/// `/debug` and `/reload` need it when it is set; with client keys but no admin key they are
+/// refused; with neither they are open (the original proxy's behaviour). A valid client key
+/// that is not the admin key is known, so it gets 403, not 401.
 pub fn admin(
     admin_key: Option<&str>,
-    proxy_keys_configured: bool,
+    proxy_keys: &[ProxyKey],
     token: Option<&str>,
+    personal_data: bool,
 ) -> Result<(), ApiError> {
     match admin_key {
         Some(k) if ct_eq(k.as_bytes(), token.unwrap_or("").as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized()),
-        None if proxy_keys_configured => {
-            let mut e = ApiError::invalid_request(
-                "Admin endpoints are disabled: proxy keys are configured but CM_OPEN_WEBUI_PROXY_ADMIN_KEY is not.",
-            )
-            .with_code("admin_disabled");
-            e.status = 403;
-            Err(e)
+        Some(_) if !proxy_keys.is_empty() && authenticate(proxy_keys, token).is_ok() => {
+            Err(forbidden(
+                "admin only: this endpoint needs the admin key (CM_OPEN_WEBUI_PROXY_ADMIN_KEY), not a client key.",
+                "admin_only",
+            ))
         }
+        Some(_) => Err(unauthorized()),
+        None if personal_data => Err(forbidden(
+            "/usage shows personal data and needs the admin key: set CM_OPEN_WEBUI_PROXY_ADMIN_KEY and send it as `Authorization: Bearer <key>`. `modelmux usage` reads the ledger locally without a server.",
+            "admin_key_not_set",
+        )),
+        None if !proxy_keys.is_empty() => Err(forbidden(
+            "Admin endpoints are disabled: proxy keys are configured but CM_OPEN_WEBUI_PROXY_ADMIN_KEY is not.",
+            "admin_disabled",
+        )),
         None => Ok(()),
     }
 }
@@ -93,6 +102,12 @@ pub fn is_one_of(keys: &[Option<&str>], token: Option<&str>) -> bool {
     keys.iter()
         .flatten()
         .fold(false, |hit, k| ct_eq(k.as_bytes(), token) | hit)
+}
+
+fn forbidden(message: &str, code: &'static str) -> ApiError {
+    let mut e = ApiError::invalid_request(message).with_code(code);
+    e.status = 403;
+    e
 }
 
 fn unauthorized() -> ApiError {
@@ -166,8 +181,32 @@ mod tests {
         assert!(c.may_use("ollama/llama3:8b") && c.may_use("gpt-4o"));
         assert!(!c.may_use("ollama/qwen2") && !c.may_use("gpt-4o-mini"));
         assert!(!ct_eq(b"", b""));
-        assert_eq!(admin(None, true, None).unwrap_err().status, 403);
-        assert!(admin(None, false, None).is_ok());
-        assert!(admin(Some("adm"), true, Some("adm")).is_ok());
+        let status = |admin_key, keys: &[ProxyKey], token, usage| {
+            admin(admin_key, keys, token, usage).map_err(|e| (e.status, e.code))
+        };
+        let none: &[ProxyKey] = &[];
+        assert_eq!(
+            status(None, &keys, None, false),
+            Err((403, Some("admin_disabled")))
+        );
+        assert_eq!(status(None, none, None, false), Ok(()));
+        assert_eq!(
+            status(None, none, None, true),
+            Err((403, Some("admin_key_not_set")))
+        );
+        assert_eq!(status(Some("adm"), &keys, Some("adm"), true), Ok(()));
+        assert_eq!(status(Some("adm"), none, Some("adm"), false), Ok(()));
+        assert_eq!(
+            status(Some("adm"), &keys, Some("ccc"), true),
+            Err((403, Some("admin_only")))
+        );
+        assert_eq!(
+            status(Some("adm"), &keys, Some("ccx"), false),
+            Err((401, Some("invalid_api_key")))
+        );
+        assert_eq!(
+            status(Some("adm"), none, Some("ccc"), false),
+            Err((401, Some("invalid_api_key")))
+        );
     }
 }

@@ -58,6 +58,8 @@ pub enum Command {
     Help,
     /// `modelmux usage`: print usage totals from the ledger.
     Usage(UsageArgs),
+    /// `modelmux usage --help`.
+    UsageHelp,
 }
 
 /// `modelmux usage [--since DATE] [--until DATE] [--by user,model] [--user U] [--log FILE]
@@ -101,7 +103,7 @@ fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
             "--json" => u.json = true,
             other => {
                 return Err(format!(
-                    "usage: unknown argument \"{}\" (see modelmux --help)",
+                    "usage: unknown argument \"{}\" (see modelmux usage --help)",
                     other
                 ))
             }
@@ -109,6 +111,24 @@ fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
     Ok(u)
 }
+
+/// Usage text for `modelmux usage --help`.
+pub const USAGE_COMMAND: &str =
+    "modelmux usage: usage totals from the usage ledger, without a running server
+
+USAGE: modelmux usage [--since DATE] [--until DATE] [--by user,key,model] [--user U]
+                      [--log FILE | --config PATH] [--json]
+
+  --since DATE     first day counted, YYYY-MM-DD (default: the ledger's start)
+  --until DATE     first day not counted, YYYY-MM-DD (default: no end)
+  --by FIELDS      group by any of user, key, model, comma-separated (default user)
+  --user U         only this user
+  --log FILE       the ledger file (its rotated copies FILE.1 to FILE.3 are read too)
+  --config PATH    the config whose usageLog names the ledger, when --log is not given (env
+                   CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json); only usageLog is read
+  --json           print JSON exactly as GET /usage answers, instead of a table
+  --help           print this help
+";
 
 /// Usage text for `--help`.
 pub const USAGE: &str = "modelmux: one OpenAI-compatible endpoint in front of many LLM backends
@@ -128,7 +148,8 @@ USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --hea
 
   usage            print usage totals from the usage ledger (no running server needed):
                    --since/--until YYYY-MM-DD (until excluded), --by any of user,key,model
-                   (default user), --log the ledger file (default: the config's usageLog)
+                   (default user), --log the ledger file (default: the config's usageLog);
+                   see modelmux usage --help
 
 Environment:
   CM_OPEN_WEBUI_PROXY_WORKERS              requests served at once (default 1024)
@@ -139,7 +160,7 @@ Environment:
   CM_OPEN_WEBUI_PROXY_LOG_LEVEL            error|warn|info|debug (default info)
   CM_OPEN_WEBUI_PROXY_LOG_FORMAT           access log: text (stderr) or json (stdout) (default text)
   CM_OPEN_WEBUI_PROXY_API_KEYS             client keys: key1,key2=modelA|modelB (default: open)
-  CM_OPEN_WEBUI_PROXY_ADMIN_KEY            key for /debug and /reload
+  CM_OPEN_WEBUI_PROXY_ADMIN_KEY            key for /debug, /reload and /usage
   CM_OPEN_WEBUI_PROXY_DRAIN_SECS           SIGTERM drain bound (default 30)
   CM_OPEN_WEBUI_PROXY_WATCH_SECS           config file poll interval, 0 = off (default 2)
   CM_OPEN_WEBUI_PROXY_CLIENT_TIMEOUT_SECS  bound for a client to send its request head (default 30)
@@ -154,6 +175,9 @@ Environment:
 /// Parses arguments (without the program name) and an environment lookup.
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Command, String> {
     if args.first().map(String::as_str) == Some("usage") {
+        if args[1..].iter().any(|a| a == "--help" || a == "-h") {
+            return Ok(Command::UsageHelp);
+        }
         return parse_usage(&args[1..], env).map(Command::Usage);
     }
     let env_num = |name: &str, default: u64| -> Result<u64, String> {

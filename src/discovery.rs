@@ -211,20 +211,43 @@ fn log_list_change(
     now: &[String],
 ) {
     let old = before.unwrap_or(&[]);
-    if before.is_some() && old == now {
+    let wildcard = config.endpoint(id).and_then(|e| e.wildcard.as_ref());
+    // Ids that discoverInclude/discoverExclude filter out are never served: naming them would
+    // suggest they are.
+    let served = |m: &&String| wildcard.is_none_or(|w| w.accepts(m));
+    let listed: Vec<&String> = now.iter().filter(served).collect();
+    let added: Vec<&String> = listed
+        .iter()
+        .copied()
+        .filter(|m| !old.contains(m))
+        .collect();
+    let removed: Vec<&String> = old
+        .iter()
+        .filter(served)
+        .filter(|m| !now.contains(m))
+        .collect();
+    if before.is_some() && added.is_empty() && removed.is_empty() {
         return;
     }
-    let added: Vec<&String> = now.iter().filter(|m| !old.contains(m)).collect();
-    let removed: Vec<&String> = old.iter().filter(|m| !now.contains(m)).collect();
+    let filtered = now.len() - listed.len();
     log::info!(
-        "discovery for {} at {}: {} models{}{}",
+        "discovery for {} at {}: {} {}{}{}{}",
         id,
         host,
-        now.len(),
+        listed.len(),
+        if listed.len() == 1 { "model" } else { "models" },
+        if filtered > 0 {
+            format!(
+                " ({} more filtered out by discoverInclude/discoverExclude)",
+                filtered
+            )
+        } else {
+            String::new()
+        },
         names(" added: ", &added),
         names(" removed: ", &removed)
     );
-    let Some(w) = config.endpoint(id).and_then(|e| e.wildcard.as_ref()) else {
+    let Some(w) = wildcard else {
         return;
     };
     for m in added.iter().filter(|m| w.accepts(m)) {

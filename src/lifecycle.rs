@@ -108,11 +108,15 @@ pub fn spawn_signal_thread(shared: Arc<ConfigStore>, stopper: Arc<Stopper>) {
 
 fn reload_and_log(shared: &ConfigStore) {
     match shared.reload() {
-        Ok(live) => log::info!(
-            "config reloaded from {}: {} models",
-            shared.path,
-            live.config.endpoints.len()
-        ),
+        Ok(live) => {
+            let n = live.config.endpoints.len();
+            log::info!(
+                "config reloaded from {}: {} {}",
+                shared.path,
+                n,
+                if n == 1 { "model" } else { "models" }
+            )
+        }
         Err(e) => log::error!("reload failed, keeping the old config: {}", e),
     }
 }

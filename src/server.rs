@@ -45,11 +45,14 @@ struct Meta {
 }
 
 /// Serves until the stopper fires, then drains in-flight requests up to `settings.drain`.
+/// `ready` runs once the server accepts requests (the caller prints its listening line).
 pub fn serve(
     listener: TcpListener,
     settings: Settings,
     shared: Arc<ConfigStore>,
+    policy: Policy,
     stopper: Arc<Stopper>,
+    ready: &dyn Fn(),
 ) -> Result<(), String> {
     let policy_settings = &shared.snapshot().config.policy;
     if policy_settings.metrics_per_user
@@ -61,7 +64,7 @@ pub fn serve(
              metrics.key and neither is set: /metrics leaves them out"
         );
     }
-    let policy = Arc::new(Policy::start(policy_settings)?);
+    let policy = Arc::new(policy);
     let app = Arc::new(App {
         gate: Gate::new(settings.workers.max(1), settings.queue),
         settings,
@@ -80,6 +83,7 @@ pub fn serve(
             .map_err(|e| format!("cannot start the HTTP server: {}", e))?,
     );
     stopper.attach(Arc::clone(&server));
+    ready();
     stopper.wait();
     // The listener is closed (stop_accepting); requests still arriving on open keep-alive
     // connections get a 503 with `Connection: close` (see `App::serve`) while the running ones
@@ -378,8 +382,14 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
     let get = matches!(method, Method::Get | Method::Head);
     let token = auth::bearer(request.headers()).map(str::to_string);
     if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
-        let keys_set = !live.config.proxy_keys.is_empty();
-        if let Err(e) = auth::admin(settings.admin_key.as_deref(), keys_set, token.as_deref()) {
+        let keys = &live.config.proxy_keys;
+        let personal = matches!(route, Route::Usage);
+        if let Err(e) = auth::admin(
+            settings.admin_key.as_deref(),
+            keys,
+            token.as_deref(),
+            personal,
+        ) {
             return local_error(request, e, id);
         }
     }

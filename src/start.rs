@@ -5,6 +5,7 @@ use crate::cli::{self, Command, Options};
 use crate::config::{Defaults, Timeouts};
 use crate::lifecycle;
 use crate::live::ConfigStore;
+use crate::policy::Policy;
 use crate::server::{self, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -27,6 +28,10 @@ pub fn main() -> ExitCode {
         }
         Command::Version => {
             println!("modelmux {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::UsageHelp => {
+            print!("{}", cli::USAGE_COMMAND);
             return ExitCode::SUCCESS;
         }
         Command::Usage(u) => {
@@ -65,9 +70,7 @@ fn run(o: Options) -> Result<(), String> {
         return healthcheck(&o);
     }
     if o.check_config {
-        let config = crate::config::load_file(&o.config, &defaults).map_err(|e| e.to_string())?;
-        print!("{}", crate::config::summary(&o.config, &config));
-        return Ok(());
+        return check_config(&o, defaults);
     }
     // Before any thread exists, so every thread inherits the mask and only one takes signals.
     lifecycle::block_signals();
@@ -103,20 +106,36 @@ fn run(o: Options) -> Result<(), String> {
     for w in &live.config.warnings {
         log::warn!("{}", w);
     }
+    // Everything the server needs is opened before the listening line: a failure after it
+    // would tell scripts and operators that a server is up when it is not.
+    let policy = Policy::start(&live.config.policy)?;
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     lifecycle::deepen_backlog(&listener);
-    // Printed whatever the log level: operators and scripts (tests, bench) need the address.
-    eprintln!(
-        "modelmux {} listening on http://{} with {} models from {} ({} workers)",
-        env!("CARGO_PKG_VERSION"),
-        addr,
-        live.config.endpoints.len(),
-        o.config,
-        o.workers
-    );
+    let models = live.config.endpoints.len();
+    // An open proxy is the original's default, but it should never be a surprise.
+    let open = if live.config.proxy_keys.is_empty() {
+        format!(
+            "; no client keys: anyone who reaches {} can use every model",
+            addr
+        )
+    } else {
+        String::new()
+    };
     drop(live);
+    let announce = || {
+        // Printed whatever the log level: operators and scripts (tests, bench) need the address.
+        eprintln!(
+            "modelmux {} listening on http://{} with {} from {} ({} workers){}",
+            env!("CARGO_PKG_VERSION"),
+            addr,
+            plural(models, "model", "models"),
+            o.config,
+            o.workers,
+            open
+        );
+    };
     let shared = Arc::new(shared);
     let stopper = Arc::new(lifecycle::Stopper::default());
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
@@ -132,25 +151,56 @@ fn run(o: Options) -> Result<(), String> {
             drain: o.drain,
         },
         shared,
+        policy,
         stopper,
+        &announce,
     )
+}
+
+/// `--check-config`: loads the config as the server would (clients built, CA files read), opens
+/// what the server opens at start (the usage ledger, the limits store URL), prints the summary.
+/// Exit 0 means the server will start, unless its port is taken (not checked: the running
+/// instance may hold it).
+fn check_config(o: &Options, defaults: Defaults) -> Result<(), String> {
+    let shared = ConfigStore::load(&o.config, defaults, 1).map_err(|e| e.to_string())?;
+    let live = shared.snapshot();
+    crate::policy::preflight(&live.config.policy)
+        .map_err(|e| format!("config {}: {}", o.config, e))?;
+    print!("{}", crate::config::summary(&o.config, &live.config));
+    // The admin key is not in the file, but it decides who may read /usage and /debug.
+    println!(
+        "admin key: {}",
+        match (&o.admin_key, live.config.proxy_keys.is_empty()) {
+            (Some(_), _) => "set: /usage, /debug and /reload need it",
+            (None, true) => "not set: /usage answers 403; /debug and /reload are open",
+            (None, false) => "not set: /usage, /debug and /reload answer 403",
+        }
+    );
+    Ok(())
+}
+
+/// "1 model", "2 models".
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{} {}", n, if n == 1 { one } else { many })
 }
 
 /// `modelmux usage`: totals straight from the ledger files.
 fn usage(u: &cli::UsageArgs) -> Result<String, String> {
     let log = match &u.log {
         Some(l) => std::path::PathBuf::from(l),
-        None => {
-            let config = crate::config::load_file(&u.config, &Defaults::default())
-                .map_err(|e| e.to_string())?;
-            config.policy.usage_log.ok_or_else(|| {
+        None => crate::config::read_usage_log(&u.config)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
                 format!(
                     "{} sets no usageLog; name the ledger with --log FILE",
                     u.config
                 )
-            })?
-        }
+            })?,
     };
+    // An empty report for a mistyped path would look like "nobody used anything".
+    if !log.exists() {
+        return Err(format!("no such ledger file: {}", log.display()));
+    }
     let q = crate::policy::query(
         u.since.as_deref(),
         u.until.as_deref(),

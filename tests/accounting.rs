@@ -521,7 +521,7 @@ fn the_ledger_survives_kill_9_and_usage_agrees_with_the_backend_and_the_command(
         b"",
     );
     r.error(400);
-    // /usage is an admin endpoint.
+    // /usage is an admin endpoint: a client key is known but not allowed.
     let r = request(
         p.addr,
         "GET",
@@ -529,7 +529,7 @@ fn the_ledger_survives_kill_9_and_usage_agrees_with_the_backend_and_the_command(
         &[("Authorization", "Bearer sk-owui-key-444444")],
         b"",
     );
-    assert_eq!(r.status, 401);
+    assert_eq!(r.error(403)["code"], "admin_only");
 }
 
 #[test]

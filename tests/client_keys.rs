@@ -154,3 +154,82 @@ fn a_restricted_key_cannot_smuggle_another_model_in_the_body() {
     .error(400);
     assert_eq!(a.requests().len(), 1);
 }
+
+/// Issue 17: `/usage` is personal data and always needs the admin key; a valid client key that
+/// is not the admin key gets 403 `admin only` (it is known, so not 401) on every admin endpoint.
+#[test]
+fn usage_always_needs_the_admin_key_and_a_client_key_gets_403_admin_only() {
+    let a = MockBackend::start(Behavior::default());
+    let get_with = |p: &Proxy, method: &str, path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {}", t));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|v| vec![("Authorization", v)])
+            .unwrap_or_default();
+        request(p.addr, method, path, &headers, b"")
+    };
+    let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
+
+    // Neither client keys nor an admin key: /debug stays open as in the original proxy, but
+    // /usage is refused with a message that says how to set the admin key.
+    let open = Proxy::start(&config_for(&[("m", &a.url(), KEY, "real-m")]));
+    assert_eq!(get_with(&open, "GET", "/debug", None).status, 200);
+    let e = get_with(&open, "GET", "/usage", None).error(403);
+    assert_eq!(e["code"], "admin_key_not_set");
+    assert!(
+        message(&e).contains("set CM_OPEN_WEBUI_PROXY_ADMIN_KEY")
+            && message(&e).contains("`modelmux usage`"),
+        "{}",
+        e
+    );
+    drop(open);
+
+    let with_keys = format!(
+        r#"{{"proxyKeys":["mm-client-key-123456"],"endpoints":{{"m":{{"url":"{}","apiKey":"{}"}}}}}}"#,
+        a.url(),
+        KEY
+    );
+    // Client keys but no admin key: /usage still says how to set one; /debug is disabled.
+    let p = Proxy::start(&with_keys);
+    let e = get_with(&p, "GET", "/usage", Some("mm-client-key-123456")).error(403);
+    assert_eq!(e["code"], "admin_key_not_set");
+    let e = get_with(&p, "GET", "/debug", Some("mm-client-key-123456")).error(403);
+    assert_eq!(e["code"], "admin_disabled");
+    drop(p);
+
+    // Both: the admin key opens every admin endpoint; a client key gets 403 `admin only`; no
+    // key or an unknown one gets 401.
+    let p = Proxy::start_with(
+        &with_keys,
+        &[("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-admin-key-abcdef")],
+        &[],
+    );
+    for (method, path) in [("GET", "/usage"), ("GET", "/debug"), ("POST", "/reload")] {
+        let e = get_with(&p, method, path, Some("mm-client-key-123456")).error(403);
+        assert_eq!(e["code"], "admin_only", "{} {}", method, path);
+        assert!(message(&e).starts_with("admin only"), "{}", e);
+        assert_eq!(
+            get_with(&p, method, path, None).error(401)["code"],
+            "invalid_api_key"
+        );
+        assert_eq!(
+            get_with(&p, method, path, Some("mm-wrong-key-000000")).error(401)["code"],
+            "invalid_api_key"
+        );
+        let r = get_with(&p, method, path, Some("mm-admin-key-abcdef"));
+        assert_eq!(r.status, 200, "{} {}: {}", method, path, r.text());
+    }
+    drop(p);
+
+    // An admin key and no client keys: /usage with the admin key only.
+    let p = Proxy::start_with(
+        &config_for(&[("m", &a.url(), KEY, "real-m")]),
+        &[("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-admin-key-abcdef")],
+        &[],
+    );
+    get_with(&p, "GET", "/usage", None).error(401);
+    assert_eq!(
+        get_with(&p, "GET", "/usage", Some("mm-admin-key-abcdef")).status,
+        200
+    );
+}

@@ -17,6 +17,8 @@ use support::mock_backend::{echo_completion_bytes, Behavior, MockBackend};
 use support::*;
 
 const KEY: &str = "sk-limits-backend-key-5c6d7e";
+/// `/usage` is personal data: only the admin key reads it.
+const ADMIN: (&str, &str) = ("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-limits-admin-key-1");
 const TEN_WORDS: &str = "one two three four five six seven eight nine ten";
 
 fn now_secs() -> u64 {
@@ -268,7 +270,14 @@ fn contents(b: &MockBackend) -> Vec<String> {
 }
 
 fn usage_limits(p: &Proxy, user: &str) -> Value {
-    let r = get(p.addr, &format!("/usage?user={}", user));
+    let auth = format!("Bearer {}", ADMIN.1);
+    let r = request(
+        p.addr,
+        "GET",
+        &format!("/usage?user={}", user),
+        &[("Authorization", &auth)],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "list", "{}", v);
@@ -312,12 +321,16 @@ fn requests_per_minute_star_gives_each_user_a_budget_and_a_literal_rule_only_its
 #[test]
 fn x_ratelimit_headers_show_limit_remaining_and_reset() {
     let a = MockBackend::start(Behavior::default());
-    let p = Proxy::start(&config(
-        json!({"m": endpoint(&a.url(), json!({}))}),
-        json!({"limits": [
-            {"match": {"user": "hal"}, "requestsPerMinute": 10, "tokensPerMinute": 1000},
-        ]}),
-    ));
+    let p = Proxy::start_with(
+        &config(
+            json!({"m": endpoint(&a.url(), json!({}))}),
+            json!({"limits": [
+                {"match": {"user": "hal"}, "requestsPerMinute": 10, "tokensPerMinute": 1000},
+            ]}),
+        ),
+        &[ADMIN],
+        &[],
+    );
     room_in_this_minute(10);
     let b1 = body("hal", "alpha beta gamma", json!({"max_tokens": 100}));
     let r = send(p.addr, &[], &b1);
@@ -555,7 +568,7 @@ fn a_used_up_daily_budget_survives_a_restart_and_usage_shows_what_is_left() {
             ],
         }),
     );
-    let p = Proxy::start(&cfg);
+    let p = Proxy::start_with(&cfg, &[ADMIN], &[]);
     room_in_this_minute(15);
     let b = body("pat", TEN_WORDS, json!({}));
     let expect = admitted_in_a_row(60, estimate(&b, 0), 20);
@@ -613,7 +626,7 @@ fn a_used_up_daily_budget_survives_a_restart_and_usage_shows_what_is_left() {
             .unwrap_or(false)
     });
     drop(p);
-    let p = Proxy::start(&cfg);
+    let p = Proxy::start_with(&cfg, &[ADMIN], &[]);
     let r = send(p.addr, &[], &b);
     refused(&r, "insufficient_quota", 0);
     pat_limits(&p);

@@ -1,7 +1,7 @@
 //! Where a model's requests go: its `backends`, or the endpoint's own `url` as a list of one.
 
 use super::forward_proxy::proxy_for;
-use super::json::{at, opt_string, type_name, FieldError};
+use super::json::{at, check_fields, opt_string, shown, type_name, FieldError};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -54,6 +54,7 @@ impl Inherited {
     }
 }
 
+/// Every field of a `backends` entry; anything else is an error (see `json::check_fields`).
 const ENTRY_FIELDS: &[&str] = &[
     "url",
     "apiKey",
@@ -109,12 +110,7 @@ fn parse_entry(
     let b = item.as_object().ok_or_else(|| {
         FieldError::new("", format!("expected an object, got {}", type_name(item)))
     })?;
-    if let Some(key) = b.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
-        return Err(FieldError::new(
-            key.as_str(),
-            "unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
-        ));
-    }
+    check_fields(b, ENTRY_FIELDS)?;
     let url = match opt_string(b, "url")? {
         Some(u) => validate_url(&u).map_err(at("url"))?,
         None => inherited.url.clone().ok_or_else(|| {
@@ -151,7 +147,7 @@ fn parse_max_concurrent(v: Option<&Value>) -> Result<Option<usize>, String> {
             .as_u64()
             .filter(|n| (1..=100_000).contains(n))
             .map(|n| Some(n as usize))
-            .ok_or_else(|| "expected a whole number from 1 to 100000".to_string()),
+            .ok_or_else(|| format!("expected a whole number from 1 to 100000, got {}", shown(v))),
     }
 }
 
@@ -163,7 +159,7 @@ fn parse_weight(v: Option<&Value>) -> Result<u32, String> {
             .as_u64()
             .filter(|w| (1..=1000).contains(w))
             .map(|w| w as u32)
-            .ok_or_else(|| "expected a whole number from 1 to 1000".to_string()),
+            .ok_or_else(|| format!("expected a whole number from 1 to 1000, got {}", shown(v))),
     }
 }
 

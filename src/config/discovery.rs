@@ -144,7 +144,7 @@ pub(super) fn parse_endpoint_probe(
         r#"{"probeIntervalSecs": 30} (failureThreshold, cooldownSecs and maxHoldOffSecs are top-level settings)"#,
         &[("probeIntervalSecs", 0.0, 86_400.0)],
     )
-    .map_err(at("health"))?;
+    .map_err(|e| e.within("health"))?;
     Ok(n[0].map(probe_interval))
 }
 
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(parse(r#"{}"#).unwrap(), None);
         assert_eq!(
             parse(r#"{"cooldownSecs":3}"#).unwrap_err().location,
-            "health"
+            "health.cooldownSecs"
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use super::backends::{parse_backends, Backend, Inherited};
 use super::discovery::{parse_endpoint_probe, parse_wildcard, Wildcard};
-use super::json::{at, opt_string, string_list, type_name, FieldError};
+use super::json::{at, check_fields, opt_string, string_list, type_name, under, FieldError};
 use super::settings::{parse_timeouts, Timeouts};
 use crate::tls::TlsPolicy;
 use serde_json::{Map, Value};
@@ -80,6 +80,7 @@ pub(super) struct EndpointDefaults<'a> {
     pub probe_interval: Option<Duration>,
 }
 
+/// Every field of an endpoint object; anything else is an error (see `json::check_fields`).
 const KNOWN_FIELDS: &[&str] = &[
     "displayName",
     "url",
@@ -113,17 +114,12 @@ pub(super) fn parse_endpoint(
     defaults: &EndpointDefaults,
     warnings: &mut Vec<String>,
 ) -> Result<Endpoint, FieldError> {
-    // Unknown endpoint fields only warn: the seed's users may carry fields of their own.
-    warnings.extend(
-        obj.keys()
-            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-            .map(|k| format!("unknown field \"{}\" ignored", k)),
-    );
+    check_fields(obj, KNOWN_FIELDS)?;
     let wildcard = parse_wildcard(id, obj)?;
     let inherited = Inherited::read(id, obj)?;
     let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
     let timeouts = match obj.get("timeouts") {
-        Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+        Some(v) => parse_timeouts(v, defaults.timeouts).map_err(under("timeouts"))?,
         None => defaults.timeouts,
     };
     let headers = parse_headers(obj.get("headers"))?;

@@ -44,6 +44,95 @@ impl FieldError {
     }
 }
 
+/// Places a located problem inside `parent`, for `map_err`.
+pub(super) fn under(parent: &str) -> impl FnOnce(FieldError) -> FieldError + '_ {
+    move |e| e.within(parent)
+}
+
+/// Fails on the first field of `obj` (file order) that is not in `known`, located at the field.
+/// Every object of the config is checked against its list: a mistyped name must not silently
+/// turn off what it was meant to set. Keys starting with `_` are comments, allowed anywhere
+/// (`remove_comments` drops them before parsing; skipped here too for objects read alone).
+pub(super) fn check_fields(obj: &Map<String, Value>, known: &[&str]) -> Result<(), FieldError> {
+    match obj
+        .keys()
+        .find(|k| !k.starts_with('_') && !known.contains(&k.as_str()))
+    {
+        Some(k) => Err(FieldError::new(k.as_str(), unknown_field(k, known))),
+        None => Ok(()),
+    }
+}
+
+/// "unknown field; did you mean \"proxyKeys\"?" for a near miss (the same name in another case,
+/// an edit distance of 2 or less, or the name without its unit suffix such as `Secs`), else the
+/// list of known fields.
+pub(crate) fn unknown_field(field: &str, known: &[&str]) -> String {
+    match suggestion(field, known) {
+        Some(s) => format!("unknown field; did you mean \"{}\"?", s),
+        None => format!("unknown field; expected {}", one_of(known)),
+    }
+}
+
+fn suggestion<'a>(field: &str, known: &[&'a str]) -> Option<&'a str> {
+    if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(field)) {
+        return Some(k);
+    }
+    let lower = field.to_ascii_lowercase();
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 2)
+        .map(|(_, k)| k);
+    best.or_else(|| {
+        known.iter().copied().find(|k| {
+            ["Secs", "Ms", "Bytes"]
+                .iter()
+                .any(|unit| k.eq_ignore_ascii_case(&format!("{}{}", field, unit)))
+        })
+    })
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// "a, b or c".
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => "none".to_string(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {}", rest.join(", "), last),
+    }
+}
+
+/// Drops every object key that starts with `_` (`"_comment"`), at any depth, so people can
+/// annotate the file; nothing reads them, not even `${VAR}` substitution.
+pub(super) fn remove_comments(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('_'));
+            m.values_mut().for_each(remove_comments);
+        }
+        Value::Array(items) => items.iter_mut().for_each(remove_comments),
+        _ => {}
+    }
+}
+
 /// Locates a plain message at `location`, for `map_err`.
 pub(super) fn at(location: &str) -> impl FnOnce(String) -> FieldError + '_ {
     move |message| FieldError::new(location, message)
@@ -78,6 +167,17 @@ pub(super) fn opt_string(
     }
 }
 
+/// A wrong value as the message shows it: numbers and short strings as written (`"1"`, so a
+/// quoted number is visible), else its kind.
+pub(super) fn shown(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.is_empty() => "an empty string".to_string(),
+        Value::String(s) if s.chars().count() <= 40 => format!("\"{}\"", s),
+        other => type_name(other).to_string(),
+    }
+}
+
 /// The kind of a JSON value with its article, for "expected X, got Y" messages.
 pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
@@ -92,7 +192,49 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::FieldError;
+    use super::{check_fields, remove_comments, unknown_field, FieldError};
+    use serde_json::json;
+
+    #[test]
+    fn near_misses_get_a_suggestion() {
+        let known = [
+            "proxyKeys",
+            "openWebUI",
+            "usageLog",
+            "maxQueueWaitSecs",
+            "name",
+        ];
+        for (typo, meant) in [
+            ("proxyKey", "proxyKeys"),
+            ("openWebUi", "openWebUI"),
+            ("OPENWEBUI", "openWebUI"),
+            ("usagelog", "usageLog"),
+            ("nmae", "name"),
+            ("maxQueueWait", "maxQueueWaitSecs"),
+        ] {
+            assert_eq!(
+                unknown_field(typo, &known),
+                format!("unknown field; did you mean \"{}\"?", meant)
+            );
+        }
+        assert_eq!(
+            unknown_field("colour", &["url", "apiKey", "weight"]),
+            "unknown field; expected url, apiKey or weight"
+        );
+    }
+
+    #[test]
+    fn comments_are_dropped_at_any_depth() {
+        let mut v = json!({"_c": "${NOPE}", "a": [{"_x": 1, "b": 2}], "o": {"_y": {}}});
+        remove_comments(&mut v);
+        assert_eq!(v, json!({"a": [{"b": 2}], "o": {}}));
+        let obj = json!({"url": "u", "_note": 1, "wieght": 2});
+        let e = check_fields(obj.as_object().unwrap(), &["url", "weight"]).unwrap_err();
+        assert_eq!(
+            (e.location.as_str(), e.message.as_str()),
+            ("wieght", "unknown field; did you mean \"weight\"?")
+        );
+    }
 
     #[test]
     fn locations_nest_with_dots_and_brackets() {

@@ -1,9 +1,13 @@
 //! Client keys from the file's `proxyKeys`.
 
-use super::json::{at, string_list, type_name, FieldError};
+use super::json::{at, check_fields, string_list, type_name, FieldError};
 use crate::auth::ProxyKey;
 use crate::policy::Priority;
 use serde_json::Value;
+
+/// Every field of a `proxyKeys` object entry; anything else is an error (see
+/// `json::check_fields`).
+const KEY_FIELDS: &[&str] = &["key", "models", "name", "trustUserHeaders", "priority"];
 
 const EXPECTED: &str = "expected a key string or {\"key\": \"...\", \"models\": [\"id\", ...]}";
 
@@ -51,6 +55,7 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
             priority: Priority::Normal,
         },
         Value::Object(m) => {
+            check_fields(m, KEY_FIELDS)?;
             let key = m
                 .get("key")
                 .and_then(Value::as_str)

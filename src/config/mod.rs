@@ -23,15 +23,15 @@ mod summary;
 pub use backends::Backend;
 pub use discovery::Wildcard;
 pub use endpoint::{ClientKey, Endpoint};
-pub(crate) use json::type_name;
+pub(crate) use json::{type_name, unknown_field};
 pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
-pub use summary::summary;
+pub use summary::{policy_view, summary};
 
 use crate::auth::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};
 use env::substitute_env;
-use json::{at, FieldError};
+use json::{check_fields, remove_comments, under, FieldError};
 use keys::parse_proxy_keys;
 use serde_json::{Map, Value};
 use settings::{parse_health, parse_retry, parse_timeouts};
@@ -79,7 +79,8 @@ pub struct Config {
     pub health: HealthPolicy,
     /// Identity sources, the usage ledger and per-user metrics.
     pub policy: PolicySettings,
-    /// Non-fatal findings (unknown fields), for the operator's log.
+    /// Non-fatal findings (`insecureSkipVerify`), for the operator's log; unknown fields are
+    /// errors.
     pub warnings: Vec<String>,
 }
 
@@ -118,6 +119,26 @@ pub fn load_file(path: &str, defaults: &Defaults) -> Result<Config, ConfigError>
     parse(path, &text, defaults, &|name| std::env::var(name).ok())
 }
 
+/// Only the `usageLog` of a config file, for `modelmux usage`: nothing else is read, so a
+/// variable the local shell lacks (an `apiKey`'s `${VAR}`) does not stop a local report.
+pub fn read_usage_log(path: &str) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        location: String::new(),
+        message: format!("cannot read file: {}", e),
+    })?;
+    let read = || -> Result<_, FieldError> {
+        let mut root: Value = serde_json::from_str(&text)
+            .map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+        let mut v = root.get_mut("usageLog").map(Value::take);
+        if let Some(v) = v.as_mut() {
+            substitute_env(v, "usageLog", &|name| std::env::var(name).ok())?;
+        }
+        policy::parse_usage_log(v.as_ref(), path)
+    };
+    read().map_err(|e| e.in_file(path))
+}
+
 /// Parses config text; `env` resolves `${VAR}` references.
 pub fn parse(
     file: &str,
@@ -137,6 +158,7 @@ pub fn parse(
     })
 }
 
+/// Every top-level field; anything else is an error (see `json::check_fields`).
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "endpoints",
     "timeouts",
@@ -164,15 +186,11 @@ fn read_config(
     warnings: &mut Vec<String>,
 ) -> Result<Config, FieldError> {
     let root = read_root(text, env)?;
-    warnings.extend(
-        root.keys()
-            .filter(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str()))
-            .map(|k| format!("unknown top-level field \"{}\" ignored", k)),
-    );
-    let health = parse_health(root.get("health")).map_err(at("health"))?;
+    check_fields(&root, TOP_LEVEL_FIELDS)?;
+    let health = parse_health(root.get("health")).map_err(under("health"))?;
     let endpoint_defaults = EndpointDefaults {
         timeouts: match root.get("timeouts") {
-            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(at("timeouts"))?,
+            Some(v) => parse_timeouts(v, defaults.timeouts).map_err(under("timeouts"))?,
             None => defaults.timeouts,
         },
         ca_file: defaults.ca_file.as_deref(),
@@ -188,7 +206,7 @@ fn read_config(
     check_fallbacks(&endpoints)?;
     let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
     Ok(Config {
-        retry: parse_retry(root.get("retry")).map_err(at("retry"))?,
+        retry: parse_retry(root.get("retry")).map_err(under("retry"))?,
         health,
         policy: policy::parse_policy(&root, file)?,
         endpoints,
@@ -224,6 +242,7 @@ fn read_root(
 ) -> Result<Map<String, Value>, FieldError> {
     let mut root: Value =
         serde_json::from_str(text).map_err(|e| FieldError::new("", json_syntax_message(&e)))?;
+    remove_comments(&mut root);
     substitute_env(&mut root, "", env)?;
     match root {
         Value::Object(m) => Ok(m),
@@ -412,7 +431,7 @@ mod tests {
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","backends":[{"wieght":2}]}}}"#,
-                "config c.json: endpoints.m.backends[0].wieght: unknown field; expected url, apiKey, actualModelName, weight or maxConcurrent",
+                "config c.json: endpoints.m.backends[0].wieght: unknown field; did you mean \"weight\"?",
             ),
             (
                 r#"{"endpoints":{"m":{"url":"http://h","headers":{"Host":"x"}}}}"#,
@@ -427,8 +446,20 @@ mod tests {
                 "config c.json: proxyKeys[1].models: expected an array of model ids",
             ),
             (
+                r#"{"endpoints":{"m":{"url":"http://h","maxConcurrent":"1"}}}"#,
+                "config c.json: endpoints.m.maxConcurrent: expected a whole number from 1 to 100000, got \"1\"",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h"}},"openWebUI":{"jwtSecret":""}}"#,
+                "config c.json: openWebUI.jwtSecret: expected a non-empty string (e.g. \"${OWUI_JWT_SECRET}\"), got an empty string",
+            ),
+            (
+                r#"{"endpoints":{"m":{"url":"http://h","apiKey":"${NOPE}"},"n":{"url":"${NADA}"}}}"#,
+                "config c.json: environment variables not set: NOPE (at endpoints.m.apiKey), NADA (at endpoints.n.url)",
+            ),
+            (
                 r#"{"endpoints":{"m":{"url":"http://h"}},"retry":{"maxAttempts":0}}"#,
-                "config c.json: retry: maxAttempts: expected a number from 1 to 10",
+                "config c.json: retry.maxAttempts: expected a number from 1 to 10",
             ),
         ];
         for (text, expected) in cases {
@@ -488,16 +519,104 @@ mod tests {
         );
     }
 
+    /// Every object of the file rejects a field it does not know, naming where, with a
+    /// suggestion for a near miss (issue 17: a typo used to turn a feature off silently).
     #[test]
-    fn unknown_fields_warn() {
-        let c =
-            parse_text(r#"{"endpoints":{"m":{"url":"http://h","colour":"red"}},"x":1}"#).unwrap();
-        assert_eq!(
-            c.warnings,
-            vec![
-                "c.json: unknown top-level field \"x\" ignored",
-                "c.json: endpoints.m: unknown field \"colour\" ignored",
-            ]
-        );
+    fn unknown_fields_are_errors_at_every_level() {
+        let ep = r#""m":{"url":"http://h""#;
+        let cases = [
+            (
+                format!(r#"{{"endpoints":{{{}}}}},"proxyKey":["k"]}}"#, ep),
+                "proxyKey",
+                "proxyKeys",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{},"maxConcurent":1}}}}}}"#, ep),
+                "endpoints.m.maxConcurent",
+                "maxConcurrent",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{},"backends":[{{"url":"http://a","wieght":2}}]}}}}}}"#,
+                    ep
+                ),
+                "endpoints.m.backends[0].wieght",
+                "weight",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"proxyKeys":[{{"key":"k","trustUserHeader":true}}]}}"#,
+                    ep
+                ),
+                "proxyKeys[0].trustUserHeader",
+                "trustUserHeaders",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"limits":[{{"match":{{"usr":"*"}},"concurrent":1}}]}}"#,
+                    ep
+                ),
+                "limits[0].match.usr",
+                "user",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"openWebUI":{{"jwtsecret":"s"}}}}"#,
+                    ep
+                ),
+                "openWebUI.jwtsecret",
+                "jwtSecret",
+            ),
+            (
+                format!(
+                    r#"{{"endpoints":{{{}}}}},"metrics":{{"perUsers":true}}}}"#,
+                    ep
+                ),
+                "metrics.perUsers",
+                "perUser",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{}}}}},"retry":{{"maxAtempts":2}}}}"#, ep),
+                "retry.maxAtempts",
+                "maxAttempts",
+            ),
+            (
+                format!(r#"{{"endpoints":{{{},"timeouts":{{"idleSec":5}}}}}}}}"#, ep),
+                "endpoints.m.timeouts.idleSec",
+                "idleSecs",
+            ),
+            (
+                r#"{"endpoints":{"w/*":{"url":"http://h","discoverExlude":["x"]}}}"#.to_string(),
+                "endpoints.w/*.discoverExlude",
+                "discoverExclude",
+            ),
+        ];
+        for (text, location, meant) in cases {
+            let e = parse_text(&text).unwrap_err();
+            assert_eq!(
+                (e.location.as_str(), e.message),
+                (
+                    location,
+                    format!("unknown field; did you mean \"{}\"?", meant)
+                ),
+                "{}",
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn underscore_keys_are_comments_anywhere() {
+        let c = parse_text(
+            r#"{"_comment":"${UNSET} is not substituted in a comment",
+                "endpoints":{"_note":"models below","m":{"url":"http://h","_why":1,
+                  "backends":[{"url":"http://a","_owner":"ops"}]}},
+                "proxyKeys":[{"key":"k","_who":"ann"}],
+                "limits":[{"_c":0,"match":{"_c":0,"user":"*"},"concurrent":1}],
+                "retry":{"_c":0},"metrics":{"_c":0},"openWebUI":{"_c":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 1);
+        assert!(c.warnings.is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
-use super::json::{type_name, FieldError};
+use super::json::{check_fields, type_name, under, FieldError};
 use crate::policy::{parse_rules, FailureMode, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -49,6 +49,11 @@ pub struct PolicySettings {
     pub task_header: String,
 }
 
+/// Every field of `openWebUI`; anything else is an error (see `json::check_fields`).
+const OPEN_WEBUI_FIELDS: &[&str] = &["jwtSecret"];
+/// Every field of `metrics`.
+const METRICS_FIELDS: &[&str] = &["perUser", "maxUsers", "key"];
+
 /// Reads the settings from the file's top level; `config_file` anchors a relative `usageLog`.
 pub(super) fn parse_policy(
     root: &Map<String, Value>,
@@ -57,12 +62,7 @@ pub(super) fn parse_policy(
     let jwt_secret = match root.get("openWebUI") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => {
-            if let Some(k) = m.keys().find(|k| k.as_str() != "jwtSecret") {
-                return Err(FieldError::new(
-                    format!("openWebUI.{}", k),
-                    "unknown field: expected only \"jwtSecret\"",
-                ));
-            }
+            check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
             match m.get("jwtSecret") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if !s.is_empty() => Some(Secret(s.clone())),
@@ -71,7 +71,11 @@ pub(super) fn parse_policy(
                         "openWebUI.jwtSecret",
                         format!(
                             "expected a non-empty string (e.g. \"${{OWUI_JWT_SECRET}}\"), got {}",
-                            type_name(v)
+                            if v.as_str() == Some("") {
+                                "an empty string"
+                            } else {
+                                type_name(v)
+                            }
                         ),
                     ))
                 }
@@ -84,29 +88,7 @@ pub(super) fn parse_policy(
             ))
         }
     };
-    let usage_log = match root.get("usageLog") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => {
-            let p = Path::new(s);
-            Some(if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                Path::new(config_file)
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(p)
-            })
-        }
-        Some(v) => {
-            return Err(FieldError::new(
-                "usageLog",
-                format!(
-                    "expected a file path such as \"usage.jsonl\", got {}",
-                    type_name(v)
-                ),
-            ))
-        }
-    };
+    let usage_log = parse_usage_log(root.get("usageLog"), config_file)?;
     let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
         None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
         Some(v) => match v.as_u64() {
@@ -192,15 +174,7 @@ fn parse_metrics(v: Option<&Value>) -> Result<(bool, usize, Option<Secret>), Fie
             ))
         }
     };
-    if let Some(k) = m
-        .keys()
-        .find(|k| !["perUser", "maxUsers", "key"].contains(&k.as_str()))
-    {
-        return Err(FieldError::new(
-            format!("metrics.{}", k),
-            "unknown field: expected \"perUser\", \"maxUsers\" or \"key\"",
-        ));
-    }
+    check_fields(m, METRICS_FIELDS).map_err(under("metrics"))?;
     let per_user = match m.get("perUser") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -240,4 +214,34 @@ fn parse_metrics(v: Option<&Value>) -> Result<(bool, usize, Option<Secret>), Fie
         }
     };
     Ok((per_user, max_users, key))
+}
+
+/// `"usageLog": "usage.jsonl"`, resolved against the config file's folder.
+pub(super) fn parse_usage_log(
+    v: Option<&Value>,
+    config_file: &str,
+) -> Result<Option<PathBuf>, FieldError> {
+    Ok(match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => {
+            let p = Path::new(s);
+            Some(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                Path::new(config_file)
+                    .parent()
+                    .unwrap_or_else(|| Path::new(""))
+                    .join(p)
+            })
+        }
+        Some(v) => {
+            return Err(FieldError::new(
+                "usageLog",
+                format!(
+                    "expected a file path such as \"usage.jsonl\", got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    })
 }

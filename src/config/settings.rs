@@ -1,6 +1,6 @@
 //! The small numeric settings objects: `timeouts`, `retry` and `health`.
 
-use super::json::type_name;
+use super::json::{check_fields, type_name, FieldError};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -55,27 +55,21 @@ pub struct HealthPolicy {
 pub const DEFAULT_MAX_HOLD_OFF: Duration = Duration::from_secs(300);
 
 /// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
-/// returns the values in `spec` order (`None` where absent). Unknown fields are errors here:
-/// a typo in a safety setting should not pass silently.
+/// returns the values in `spec` order (`None` where absent). `spec` is the object's whole list
+/// of fields: any other is an error, located at the field.
 pub(super) fn number_fields(
     v: &Value,
     example: &str,
     spec: &[(&str, f64, f64)],
-) -> Result<Vec<Option<f64>>, String> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("expected an object like {}, got {}", example, type_name(v)))?;
-    if let Some(key) = obj
-        .keys()
-        .find(|k| !spec.iter().any(|(name, _, _)| name == k))
-    {
-        let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
-        return Err(format!(
-            "unknown field \"{}\"; expected {}",
-            key,
-            names.join(" or ")
-        ));
-    }
+) -> Result<Vec<Option<f64>>, FieldError> {
+    let obj = v.as_object().ok_or_else(|| {
+        FieldError::new(
+            "",
+            format!("expected an object like {}, got {}", example, type_name(v)),
+        )
+    })?;
+    let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
+    check_fields(obj, &names)?;
     spec.iter()
         .map(|(name, min, max)| match obj.get(*name) {
             None | Some(Value::Null) => Ok(None),
@@ -83,13 +77,15 @@ pub(super) fn number_fields(
                 .as_f64()
                 .filter(|n| n >= min && n <= max)
                 .map(Some)
-                .ok_or_else(|| format!("{}: expected a number from {} to {}", name, min, max)),
+                .ok_or_else(|| {
+                    FieldError::new(*name, format!("expected a number from {} to {}", min, max))
+                }),
         })
         .collect()
 }
 
 /// `"retry": {"maxAttempts": 3, "backoffMs": 50}`.
-pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
+pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, FieldError> {
     let mut r = RetryPolicy {
         max_attempts: 3,
         backoff: Duration::from_millis(50),
@@ -111,7 +107,7 @@ pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, String> {
 
 /// `"health": {"failureThreshold": 3, "cooldownSecs": 30, "probeIntervalSecs": 30,
 /// "maxHoldOffSecs": 300}`.
-pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
+pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, FieldError> {
     let mut h = HealthPolicy {
         failure_threshold: 3,
         cooldown: Duration::from_secs(30),
@@ -145,7 +141,7 @@ pub(super) fn parse_health(v: Option<&Value>) -> Result<HealthPolicy, String> {
 }
 
 /// `"timeouts": {"connectSecs": 10, "idleSecs": 600}` over `base`, field by field.
-pub(super) fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, String> {
+pub(super) fn parse_timeouts(v: &Value, base: Timeouts) -> Result<Timeouts, FieldError> {
     let n = number_fields(
         v,
         r#"{"connectSecs": 10, "idleSecs": 600}"#,

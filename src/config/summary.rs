@@ -1,8 +1,13 @@
-//! The `--check-config` report: every model, each of its backends with its weight, and its
-//! fallbacks; URLs without credentials and keys only as set or not.
+//! What was read, for the `--check-config` report and `/debug`: every model, each of its
+//! backends with its weight and cap, its fallbacks, then the client keys, identity, the usage
+//! ledger, the quota rules and the limits store. URLs without credentials, keys only by name or
+//! as set or not: never a secret.
 
-use super::{Backend, Config, Endpoint};
+use super::{Backend, Config, Endpoint, PolicySettings};
+use crate::auth::ProxyKey;
+use crate::policy::{FailureMode, Priority};
 use crate::redact;
+use serde_json::{json, Map, Value};
 
 /// The report for a valid config loaded from `path`, warnings first, one line each.
 pub fn summary(path: &str, config: &Config) -> String {
@@ -21,7 +26,182 @@ pub fn summary(path: &str, config: &Config) -> String {
             out.push_str(&backend_line(e, b));
         }
     }
+    if config.proxy_keys.is_empty() {
+        out.push_str("client keys: none: anyone who reaches the port can use every model\n");
+    } else {
+        out.push_str(&format!(
+            "client keys: {}\n",
+            count(config.proxy_keys.len(), "key", "keys")
+        ));
+        for k in &config.proxy_keys {
+            out.push_str(&format!("  {}\n", key_words(k)));
+        }
+    }
+    out.push_str(&format!("identity: {}\n", identity_words(config)));
+    let p = &config.policy;
+    out.push_str(&format!("usage ledger: {}\n", ledger_words(p)));
+    if p.limits.is_empty() {
+        out.push_str("limits: none\n");
+    } else {
+        out.push_str("limits:\n");
+        for line in limits_words(p) {
+            out.push_str(&format!("  {}\n", line));
+        }
+    }
+    if !p.limits.is_empty() || p.limits_store.is_some() {
+        out.push_str(&format!("limits store: {}\n", store_words(p)));
+    }
+    out.push_str(&format!(
+        "metrics.perUser: {}\n",
+        if p.metrics_per_user { "on" } else { "off" }
+    ));
     out
+}
+
+/// `web: models gpt-4o, ollama/*; trusts user headers; priority high`; never the key.
+fn key_words(k: &ProxyKey) -> String {
+    let models = match &k.models {
+        None => "every model".to_string(),
+        Some(m) if m.is_empty() => "no model".to_string(),
+        Some(m) => format!("models {}", m.join(", ")),
+    };
+    format!(
+        "{}: {}{}; priority {}",
+        k.name,
+        models,
+        if k.trust_user_headers {
+            "; trusts user headers"
+        } else {
+            ""
+        },
+        priority_name(k.priority)
+    )
+}
+
+/// `low`, `normal` or `high`, as the config writes it.
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Low => "low",
+        Priority::Normal => "normal",
+        Priority::High => "high",
+    }
+}
+
+/// Where user identities come from: the signed Open WebUI token, and the keys whose plain
+/// `X-OpenWebUI-User-*` headers are believed.
+fn identity_words(config: &Config) -> String {
+    let trusted = trusted_keys(config);
+    format!(
+        "Open WebUI JWT {}; plain user headers {}",
+        if config.policy.jwt_secret.is_some() {
+            "on (openWebUI.jwtSecret)"
+        } else {
+            "off"
+        },
+        if trusted.is_empty() {
+            "trusted from no key".to_string()
+        } else {
+            format!("trusted from keys {}", trusted.join(", "))
+        }
+    )
+}
+
+/// Names of the keys with `trustUserHeaders`.
+fn trusted_keys(config: &Config) -> Vec<&str> {
+    config
+        .proxy_keys
+        .iter()
+        .filter(|k| k.trust_user_headers)
+        .map(|k| k.name.as_str())
+        .collect()
+}
+
+/// `/srv/usage.jsonl, rotates past 67108864 bytes` or `off`.
+fn ledger_words(p: &PolicySettings) -> String {
+    match &p.usage_log {
+        Some(path) => format!(
+            "{}, rotates past {} bytes",
+            path.display(),
+            p.usage_log_max_bytes
+        ),
+        None => "off".to_string(),
+    }
+}
+
+/// Each quota rule in one line, worded as its 429 words it.
+fn limits_words(p: &PolicySettings) -> Vec<String> {
+    p.limits
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.in_words(i))
+        .collect()
+}
+
+/// The store URL without its password (not connected here), and what happens while it is down.
+fn store_words(p: &PolicySettings) -> String {
+    match store_url(p) {
+        Some(url) => format!(
+            "{} (the URL is checked; --check-config does not connect), while it is down: {}",
+            url,
+            match p.limits_store_failure {
+                FailureMode::Open => "admit without limits (open)",
+                FailureMode::Closed => "refuse with 503 (closed)",
+            }
+        ),
+        None => "local to this process".to_string(),
+    }
+}
+
+/// The `limitsStore` URL with any password masked.
+fn store_url(p: &PolicySettings) -> Option<String> {
+    p.limits_store.as_ref().map(|u| redact::url(&u.0))
+}
+
+/// `open` or `closed`, as the config writes it.
+fn failure_name(f: FailureMode) -> &'static str {
+    match f {
+        FailureMode::Open => "open",
+        FailureMode::Closed => "closed",
+    }
+}
+
+/// The same, for `/debug`: client keys by name with their settings, identity, the usage ledger,
+/// each quota rule in words, the limits store (masked) and per-user metrics.
+pub fn policy_view(config: &Config) -> Map<String, Value> {
+    let p = &config.policy;
+    let keys: Vec<Value> = config
+        .proxy_keys
+        .iter()
+        .map(|k| {
+            json!({
+                "name": k.name,
+                "models": k.models,
+                "trustUserHeaders": k.trust_user_headers,
+                "priority": priority_name(k.priority),
+            })
+        })
+        .collect();
+    let view = json!({
+        "clientKeys": keys,
+        "identity": {
+            "jwt": p.jwt_secret.is_some(),
+            "plainUserHeadersFrom": trusted_keys(config),
+        },
+        "usageLog": p.usage_log.as_ref().map(|path| json!({
+            "path": path.display().to_string(),
+            "maxBytes": p.usage_log_max_bytes,
+        })),
+        "limits": limits_words(p),
+        "limitsStore": {
+            "url": store_url(p),
+            "failure": failure_name(p.limits_store_failure),
+        },
+        "metrics": {"perUser": p.metrics_per_user},
+    });
+    match view {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 fn endpoint_line(e: &Endpoint) -> String {
@@ -39,14 +219,22 @@ fn endpoint_line(e: &Endpoint) -> String {
         Some(d) => format!(", health probe every {} s", d.as_secs_f64()),
         None => String::new(),
     };
+    let mut settings = format!(", maxQueueWaitSecs {}", e.max_queue_wait.as_secs_f64());
+    if e.forward_user_headers {
+        settings.push_str(", forwardUserHeaders on");
+    }
+    if !e.inject_stream_usage {
+        settings.push_str(", injectStreamUsage off");
+    }
     format!(
-        "  {} ({}): {}{}{}{}\n",
+        "  {} ({}): {}{}{}{}{}\n",
         e.id,
         e.display_name,
         count(e.backends.len(), "backend", "backends"),
         wildcard,
         probe,
-        fallbacks
+        fallbacks,
+        settings
     )
 }
 
@@ -59,8 +247,12 @@ fn backend_line(e: &Endpoint, b: &Backend) -> String {
         Some(p) => format!(", via proxy {}", redact::url(p)),
         None => String::new(),
     };
+    let cap = match b.max_concurrent {
+        Some(n) => format!(", maxConcurrent {}", n),
+        None => String::new(),
+    };
     format!(
-        "    {} as {}, weight {}, {}{}\n",
+        "    {} as {}, weight {}, {}{}{}\n",
         redact::url(&b.url),
         model,
         b.weight,
@@ -69,6 +261,7 @@ fn backend_line(e: &Endpoint, b: &Backend) -> String {
         } else {
             "key set"
         },
+        cap,
         via
     )
 }
@@ -80,7 +273,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::summary;
+    use super::{policy_view, summary};
     use crate::config::{parse, Defaults};
 
     #[test]
@@ -91,18 +284,22 @@ mod tests {
                    "backends":[{"url":"http://a:1","weight":2},
                                {"url":"https://user:pw@b:2/v1","apiKey":"","actualModelName":"big-b"}],
                    "fallbacks":["small"]},
-            "small":{"url":"http://c:3"}},
-            "colour":"red"}"#;
+            "small":{"url":"http://c:3","insecureSkipVerify":true}}}"#;
         let config = parse("c.json", text, &Defaults::default(), &env).unwrap();
         assert_eq!(
             summary("c.json", &config),
-            "warning: c.json: unknown top-level field \"colour\" ignored\n\
+            "warning: c.json: endpoints.small: insecureSkipVerify is on: the backend's TLS certificate is NOT verified\n\
              c.json: OK, 2 models\n\
-             \x20 big (Big): 2 backends, then fallbacks small\n\
+             \x20 big (Big): 2 backends, then fallbacks small, maxQueueWaitSecs 30\n\
              \x20   http://a:1 as big-real, weight 2, key set\n\
              \x20   https://****@b:2/v1 as big-b, weight 1, no key, via proxy http://****@proxy:3128\n\
-             \x20 small (small): 1 backend\n\
-             \x20   http://c:3 as small, weight 1, no key\n"
+             \x20 small (small): 1 backend, maxQueueWaitSecs 30\n\
+             \x20   http://c:3 as small, weight 1, no key\n\
+             client keys: none: anyone who reaches the port can use every model\n\
+             identity: Open WebUI JWT off; plain user headers trusted from no key\n\
+             usage ledger: off\n\
+             limits: none\n\
+             metrics.perUser: off\n"
         );
         let one = parse(
             "c.json",
@@ -121,7 +318,79 @@ mod tests {
         )
         .unwrap();
         assert!(summary("c.json", &wild).contains(
-            "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s\n"
+            "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s, maxQueueWaitSecs 30\n"
         ));
+    }
+
+    /// Issue 17: what was read, beside the models, and never a secret.
+    const POLICY: &str = r#"{"endpoints":{
+        "big":{"url":"http://a:1","apiKey":"sk-backend-secret-0000",
+               "backends":[{"weight":2,"maxConcurrent":4},{"url":"http://b:2"}],
+               "maxQueueWaitSecs":5,"forwardUserHeaders":true},
+        "small":{"url":"http://c:3","injectStreamUsage":false}},
+      "proxyKeys":["mm-plain-key-000000",{"key":"mm-web-key-111111","name":"web",
+        "models":["big","ollama/*"],"trustUserHeaders":true,"priority":"high"}],
+      "openWebUI":{"jwtSecret":"jwt-secret-value-222"},
+      "usageLog":"/srv/usage.jsonl","usageLogMaxBytes":1048576,
+      "limits":[{"match":{"user":"*"},"requestsPerMinute":20,"tokensPerDay":200000},
+                {"match":{"key":"web","model":"big"},"concurrent":2}],
+      "limitsStore":"redis://:redis-pw-333@redis:6379/0","limitsStoreFailure":"closed",
+      "metrics":{"perUser":true}}"#;
+    const SECRETS: [&str; 5] = [
+        "sk-backend-secret-0000",
+        "mm-plain-key-000000",
+        "mm-web-key-111111",
+        "jwt-secret-value-222",
+        "redis-pw-333",
+    ];
+
+    #[test]
+    fn keys_identity_ledger_limits_and_store_are_shown_without_a_secret() {
+        let config = parse("c.json", POLICY, &Defaults::default(), &|_| None).unwrap();
+        let text = summary("c.json", &config);
+        assert_eq!(
+            text,
+            "c.json: OK, 2 models\n\
+             \x20 big (big): 2 backends, maxQueueWaitSecs 5, forwardUserHeaders on\n\
+             \x20   http://a:1 as big, weight 2, key set, maxConcurrent 4\n\
+             \x20   http://b:2 as big, weight 1, key set\n\
+             \x20 small (small): 1 backend, maxQueueWaitSecs 30, injectStreamUsage off\n\
+             \x20   http://c:3 as small, weight 1, no key\n\
+             client keys: 2 keys\n\
+             \x20 key-1: every model; priority normal\n\
+             \x20 web: models big, ollama/*; trusts user headers; priority high\n\
+             identity: Open WebUI JWT on (openWebUI.jwtSecret); plain user headers trusted from keys web\n\
+             usage ledger: /srv/usage.jsonl, rotates past 1048576 bytes\n\
+             limits:\n\
+             \x20 limits[0] (each user) allows 20 requests per minute, 200000 tokens per day\n\
+             \x20 limits[1] (key \"web\", model \"big\") allows 2 concurrent requests\n\
+             limits store: redis://****@redis:6379/0 (the URL is checked; --check-config does not connect), while it is down: refuse with 503 (closed)\n\
+             metrics.perUser: on\n"
+        );
+        let view = serde_json::Value::Object(policy_view(&config));
+        assert_eq!(
+            view,
+            serde_json::json!({
+                "clientKeys": [
+                    {"name": "key-1", "models": null, "trustUserHeaders": false, "priority": "normal"},
+                    {"name": "web", "models": ["big", "ollama/*"], "trustUserHeaders": true, "priority": "high"}
+                ],
+                "identity": {"jwt": true, "plainUserHeadersFrom": ["web"]},
+                "usageLog": {"path": "/srv/usage.jsonl", "maxBytes": 1048576},
+                "limits": [
+                    "limits[0] (each user) allows 20 requests per minute, 200000 tokens per day",
+                    "limits[1] (key \"web\", model \"big\") allows 2 concurrent requests"
+                ],
+                "limitsStore": {"url": "redis://****@redis:6379/0", "failure": "closed"},
+                "metrics": {"perUser": true}
+            })
+        );
+        for secret in SECRETS {
+            assert!(
+                !text.contains(secret) && !view.to_string().contains(secret),
+                "{}",
+                secret
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ mod clock;
 mod identity;
 mod jwt;
 mod ledger;
+mod preflight;
 mod quota;
 mod redis_store;
 mod rules;
@@ -19,6 +20,7 @@ mod windows;
 pub use backend_gate::{Permit, Priority, Unserved, DEFAULT_MAX_QUEUE_WAIT};
 pub use clock::secs_until_http_date;
 pub use identity::Identity;
+pub use preflight::preflight;
 pub use quota::FailureMode;
 pub use rules::{parse_rules, Rule};
 pub use store::DEFAULT_MAX_TRACKED;
@@ -140,7 +142,8 @@ impl Policy {
         let mut totals = Totals::default();
         let store = match &settings.limits_store {
             None => Store::local(),
-            Some(url) => Store::redis(&url.0, None).map_err(|e| format!("limitsStore: {}", e.0))?,
+            // The store's own message starts with `limitsStore:`.
+            Some(url) => Store::redis(&url.0, None).map_err(|e| e.0)?,
         };
         store.set_max_tracked(settings.limits_max_tracked);
         store::spawn_sweeper(&store);

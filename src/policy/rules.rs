@@ -185,6 +185,21 @@ impl Rule {
         }
     }
 
+    /// The rule in words as a 429 words it, every limit it sets:
+    /// `limits[0] (each user) allows 20 requests per minute, 200000 tokens per day`.
+    pub fn in_words(&self, index: usize) -> String {
+        let limits: Vec<String> = ALL_LIMITS
+            .iter()
+            .filter_map(|l| self.limit(*l).map(|n| format!("{} {}", n, l.describe())))
+            .collect();
+        format!(
+            "limits[{}] ({}) allows {}",
+            index,
+            self.scope(),
+            limits.join(", ")
+        )
+    }
+
     /// Whom the rule covers, for messages: `each user, key "openwebui"`. Only config values.
     pub fn scope(&self) -> String {
         let parts: Vec<String> = [
@@ -337,11 +352,15 @@ fn number(v: Option<&Value>, at: &str) -> Result<Option<u64>, RuleError> {
     }
 }
 
+/// The config's rule for unknown fields (`_` comments allowed), with its "did you mean".
 fn unknown_field(obj: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), RuleError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+    match obj
+        .keys()
+        .find(|k| !k.starts_with('_') && !known.contains(&k.as_str()))
+    {
         Some(k) => Err(err(
             format!("{}.{}", at, k),
-            format!("unknown field; expected {}", known.join(", ")),
+            crate::config::unknown_field(k, known),
         )),
         None => Ok(()),
     }
@@ -392,6 +411,11 @@ mod tests {
         assert_eq!(
             rules[0].scope(),
             "each user, key \"openwebui\", model \"gpt-4o\""
+        );
+        assert_eq!(
+            rules[0].in_words(3),
+            "limits[3] (each user, key \"openwebui\", model \"gpt-4o\") allows 20 requests per minute, \
+             40000 tokens per minute, 200000 tokens per day, 3000000 tokens per month, 4 concurrent requests"
         );
     }
 
@@ -446,12 +470,12 @@ mod tests {
             (
                 json!([{"tokensPerday": 5}]),
                 "limits[0].tokensPerday",
-                "unknown field; expected match, requestsPerMinute",
+                "unknown field; did you mean \"tokensPerDay\"?",
             ),
             (
                 json!([{"match": {"team": "x"}, "concurrent": 1}]),
                 "limits[0].match.team",
-                "unknown field; expected user, key, model",
+                "unknown field; expected user, key or model",
             ),
             (
                 json!([{"match": {"user": ""}, "concurrent": 1}]),
