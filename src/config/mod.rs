@@ -473,7 +473,7 @@ mod tests {
         let cases = [
             (
                 r#""metrics":{"perUsers":true}"#,
-                "config c.json: metrics.perUsers: unknown field: expected \"perUser\", \"maxUsers\" or \"key\"",
+                "config c.json: metrics.perUsers: unknown field; did you mean \"perUser\"?",
             ),
             (
                 r#""metrics":{"perUser":true,"maxUsers":0}"#,
