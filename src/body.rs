@@ -105,6 +105,50 @@ impl JsonObject {
         serde_json::from_str::<String>(self.get(key)?.get()).ok()
     }
 
+    /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens` present:
+    /// a backend may honour any one of them, so a reservation must cover the largest.
+    pub fn max_tokens(&self) -> Option<u64> {
+        MAX_TOKENS_FIELDS
+            .iter()
+            .filter_map(|k| self.get_u64(k))
+            .max()
+    }
+
+    /// Refuses, as OpenAI does (400 `invalid_type`), a mistyped member that decides how the
+    /// request is routed or accounted: `stream` not a boolean (a lax backend would stream
+    /// while modelmux expects a JSON answer), `stream_options` not an object, a max tokens
+    /// field not a whole number, `user` not a string, `messages` (chat) not an array. `null`
+    /// is accepted where OpenAI accepts it.
+    pub fn check_types(&self, chat: bool) -> Result<(), ApiError> {
+        let mut checks: Vec<(&'static str, Kind)> = vec![
+            ("stream", Kind::Boolean),
+            ("stream_options", Kind::Object),
+            ("user", Kind::String),
+        ];
+        checks.extend(MAX_TOKENS_FIELDS.iter().map(|k| (*k, Kind::Integer)));
+        if chat {
+            checks.push(("messages", Kind::Array));
+        }
+        for (name, want) in checks {
+            let Some(raw) = self.get(name) else {
+                continue;
+            };
+            let got = kind_of(raw.get());
+            if got == Kind::Null || got == want {
+                continue;
+            }
+            return Err(ApiError::invalid_request(format!(
+                "Invalid type for '{}': expected {}, but got {} instead.",
+                name,
+                want.article(),
+                got.article()
+            ))
+            .with_param(name)
+            .with_code("invalid_type"));
+        }
+        Ok(())
+    }
+
     /// True when the body asks for a streamed reply (`"stream": true`).
     pub fn stream(&self) -> bool {
         self.get("stream")
@@ -179,6 +223,49 @@ impl JsonObject {
         }
         out.push(b'}');
         out
+    }
+}
+
+/// The members that bound a request's completion tokens (the Responses API's last).
+const MAX_TOKENS_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// A JSON value's type, as OpenAI's `invalid_type` messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Boolean,
+    Integer,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    fn article(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Boolean => "a boolean",
+            Kind::Integer => "a non-negative integer",
+            Kind::Number => "a number",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+        }
+    }
+}
+
+/// The type of a raw JSON value (already validated by the parse) from its first byte; a number
+/// is an integer only when it is a whole, non-negative one that fits in 64 bits.
+fn kind_of(raw: &str) -> Kind {
+    match raw.as_bytes().first() {
+        Some(b'n') => Kind::Null,
+        Some(b't' | b'f') => Kind::Boolean,
+        Some(b'"') => Kind::String,
+        Some(b'[') => Kind::Array,
+        Some(b'{') => Kind::Object,
+        _ if raw.parse::<u64>().is_ok() => Kind::Integer,
+        _ => Kind::Number,
     }
 }
 

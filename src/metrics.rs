@@ -40,12 +40,13 @@ struct Data {
     ttfb: BTreeMap<String, Histogram>,
     upstream_errors: BTreeMap<(String, String, String), u64>,
     retries: BTreeMap<(String, String), u64>,
-    tokens: BTreeMap<(String, &'static str), u64>,
+    /// By model, direction and whether the count is an estimate.
+    tokens: BTreeMap<(String, &'static str, bool), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
     user_requests: BTreeMap<String, u64>,
     limit_refusals: BTreeMap<&'static str, u64>,
     queue_wait: BTreeMap<String, Histogram>,
-    user_tokens: BTreeMap<(String, &'static str), u64>,
+    user_tokens: BTreeMap<(String, &'static str, bool), u64>,
 }
 
 /// Process-wide metrics; they survive config reloads.
@@ -54,6 +55,7 @@ pub struct Metrics {
     data: Mutex<Data>,
     in_flight: AtomicI64,
     ledger_failures: AtomicU64,
+    invalid_usage: AtomicU64,
 }
 
 /// What one finished request contributes.
@@ -68,8 +70,9 @@ pub struct RequestRecord<'a> {
     pub duration: Duration,
     /// Time to the first body byte.
     pub ttfb: Option<Duration>,
-    /// Tokens from `usage`, when the backend reported them.
-    pub tokens: Option<(u64, u64)>,
+    /// Tokens recorded (prompt, completion, estimated): the backend's `usage`, else the
+    /// estimate the ledger has.
+    pub tokens: Option<(u64, u64, bool)>,
 }
 
 impl Metrics {
@@ -96,11 +99,11 @@ impl Metrics {
                 .or_default()
                 .observe(t.as_secs_f64());
         }
-        if let Some((p, c)) = r.tokens {
-            *d.tokens.entry((r.model.to_string(), "prompt")).or_default() += p;
-            *d.tokens
-                .entry((r.model.to_string(), "completion"))
-                .or_default() += c;
+        if let Some((p, c, est)) = r.tokens {
+            for (dir, n) in [("prompt", p), ("completion", c)] {
+                let v = d.tokens.entry((r.model.to_string(), dir, est)).or_default();
+                *v = v.saturating_add(n);
+            }
         }
     }
 
@@ -119,15 +122,21 @@ impl Metrics {
     }
 
     /// Records a user's request and tokens (only with `metrics.perUser`: label cardinality).
-    pub fn user(&self, user: &str, prompt: u64, completion: u64) {
+    pub fn user(&self, user: &str, prompt: u64, completion: u64, estimated: bool) {
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         *d.user_requests.entry(user.to_string()).or_default() += 1;
-        *d.user_tokens
-            .entry((user.to_string(), "prompt"))
-            .or_default() += prompt;
-        *d.user_tokens
-            .entry((user.to_string(), "completion"))
-            .or_default() += completion;
+        for (dir, n) in [("prompt", prompt), ("completion", completion)] {
+            let v = d
+                .user_tokens
+                .entry((user.to_string(), dir, estimated))
+                .or_default();
+            *v = v.saturating_add(n);
+        }
+    }
+
+    /// Records a backend's usage report with counts too large to believe.
+    pub fn invalid_usage(&self) {
+        self.invalid_usage.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a request a quota rule (or an unreachable limits store) refused.
@@ -225,14 +234,15 @@ impl Metrics {
             &mut out,
             "modelmux_tokens_total",
             "counter",
-            "Tokens reported by backends in usage, by model and direction.",
+            "Tokens by model and direction, as the ledger records them: reported by backends (estimated=\"false\") or estimated when a backend reported none (estimated=\"true\").",
         );
-        for ((m, dir), v) in &d.tokens {
+        for ((m, dir, est), v) in &d.tokens {
             let _ = writeln!(
                 out,
-                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\"}} {}",
+                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
                 esc(m),
                 dir,
+                est,
                 v
             );
         }
@@ -268,14 +278,15 @@ impl Metrics {
                 &mut out,
                 "modelmux_user_tokens_total",
                 "counter",
-                "Tokens per user and direction (metrics.perUser).",
+                "Tokens per user and direction (metrics.perUser), reported or estimated as in modelmux_tokens_total.",
             );
-            for ((u, dir), v) in &d.user_tokens {
+            for ((u, dir, est), v) in &d.user_tokens {
                 let _ = writeln!(
                     out,
-                    "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\"}} {}",
+                    "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
                     esc(u),
                     dir,
+                    est,
                     v
                 );
             }
@@ -309,6 +320,17 @@ impl Metrics {
             out,
             "modelmux_usage_ledger_write_failures_total {}",
             self.ledger_failures.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "modelmux_invalid_usage_total",
+            "counter",
+            "Backend usage reports with a count above 1e9 tokens, not believed (the request was estimated).",
+        );
+        let _ = writeln!(
+            out,
+            "modelmux_invalid_usage_total {}",
+            self.invalid_usage.load(Ordering::Relaxed)
         );
         header(
             &mut out,

@@ -70,6 +70,10 @@ pub fn read(
     } else {
         None
     };
+    // Fields that decide routing and accounting are checked before anything relies on them.
+    if let Some(j) = json.as_ref().filter(|_| bears_tokens(&target.path)) {
+        j.check_types(chat)?;
+    }
     let named = Named {
         chat,
         header: header(&headers, "x-model-id").map(str::to_string),
@@ -119,6 +123,14 @@ fn upstream_method(method: &Method, route: &Route, path: &str) -> Result<&'stati
             ))
         }
     })
+}
+
+/// Paths whose answers carry tokens, where OpenAI's request fields mean what they say.
+fn bears_tokens(path: &str) -> bool {
+    matches!(
+        path,
+        "/chat/completions" | "/completions" | "/responses" | "/embeddings"
+    )
 }
 
 fn looks_json(content_type: &str, body: &[u8], multipart: bool) -> bool {
