@@ -152,9 +152,10 @@ impl UsageTap {
             return (None, 0);
         }
         match usage_of(&self.buf) {
-            Some(u) => (Some(u), 0),
-            // A whole JSON answer without usage: its generated text, for the estimate.
-            None => (None, delta_chars(&self.buf)),
+            Some(u) if u.plausible() => (Some(u), 0),
+            // A whole JSON answer without usage (or with counts not to be believed): its
+            // generated text, for the estimate.
+            u => (u, delta_chars(&self.buf)),
         }
     }
 }
