@@ -114,10 +114,22 @@ impl JsonObject {
             .max()
     }
 
+    /// How many completions the request asks for: the larger of `n` and the legacy
+    /// completions' `best_of` (each may be as long as the max tokens field allows), at least 1.
+    pub fn choices(&self) -> u64 {
+        ["n", "best_of"]
+            .iter()
+            .filter_map(|k| self.get_u64(k))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// Refuses, as OpenAI does (400 `invalid_type`), a mistyped member that decides how the
     /// request is routed or accounted: `stream` not a boolean (a lax backend would stream
     /// while modelmux expects a JSON answer), `stream_options` not an object, a max tokens
-    /// field not a whole number, `user` not a string, `messages` (chat) not an array. `null`
+    /// field (or `n`, `best_of`) not a whole number, `user` not a string, `messages` (chat)
+    /// not an array. `null`
     /// is accepted where OpenAI accepts it.
     pub fn check_types(&self, chat: bool) -> Result<(), ApiError> {
         let mut checks: Vec<(&'static str, Kind)> = vec![
@@ -125,7 +137,12 @@ impl JsonObject {
             ("stream_options", Kind::Object),
             ("user", Kind::String),
         ];
-        checks.extend(MAX_TOKENS_FIELDS.iter().map(|k| (*k, Kind::Integer)));
+        checks.extend(
+            MAX_TOKENS_FIELDS
+                .iter()
+                .chain(&["n", "best_of"])
+                .map(|k| (*k, Kind::Integer)),
+        );
         if chat {
             checks.push(("messages", Kind::Array));
         }
@@ -141,7 +158,7 @@ impl JsonObject {
                 "Invalid type for '{}': expected {}, but got {} instead.",
                 name,
                 want.article(),
-                got.article()
+                got.found()
             ))
             .with_param(name)
             .with_code("invalid_type"));
@@ -251,6 +268,14 @@ impl Kind {
             Kind::String => "a string",
             Kind::Array => "an array",
             Kind::Object => "an object",
+        }
+    }
+
+    /// As a value found: `1` is an integer, whether or not one was expected.
+    fn found(self) -> &'static str {
+        match self {
+            Kind::Integer => "an integer",
+            other => other.article(),
         }
     }
 }

@@ -175,6 +175,12 @@ fn the_largest_max_tokens_field_is_reserved_and_without_one_a_default() {
             ),
             2000,
         ),
+        // Each of `n` completions may be that long.
+        (
+            "/v1/chat/completions",
+            body("m", "three", json!({"n": 3, "max_tokens": 100})),
+            300,
+        ),
         // No field: the built-in default, or the endpoint's defaultMaxTokens.
         (
             "/v1/chat/completions",
@@ -351,7 +357,7 @@ fn mistyped_core_fields_get_400_invalid_type() {
     let dir = TempDir::new();
     let p = Proxy::start(&config(&a.url(), &dir, json!({}), json!({})));
     let chat_path = "/v1/chat/completions";
-    let cases: [(&str, Value, &str, &str); 11] = [
+    let cases: [(&str, Value, &str, &str); 12] = [
         (
             chat_path,
             json!({"stream": "true"}),
@@ -362,7 +368,7 @@ fn mistyped_core_fields_get_400_invalid_type() {
             chat_path,
             json!({"stream": 1}),
             "stream",
-            "a boolean, but got a non-negative integer",
+            "a boolean, but got an integer",
         ),
         (
             chat_path,
@@ -396,9 +402,15 @@ fn mistyped_core_fields_get_400_invalid_type() {
         ),
         (
             chat_path,
+            json!({"n": "2"}),
+            "n",
+            "a non-negative integer, but got a string",
+        ),
+        (
+            chat_path,
             json!({"user": 7}),
             "user",
-            "a string, but got a non-negative integer",
+            "a string, but got an integer",
         ),
         (chat_path, json!({"model": 3}), "model", ""),
         (

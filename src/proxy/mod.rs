@@ -123,13 +123,16 @@ pub fn handle(
     };
     summary.routed = resolved.listed;
     let endpoint = &config.endpoints[resolved.index];
-    // A backend may honour any of the max tokens fields, so the largest is reserved; a
-    // generating request without one reserves a default rather than nothing.
-    let asked_max = inbound.json.as_ref().and_then(|j| j.max_tokens());
+    // A backend may honour any of the max tokens fields, so the largest is reserved, once per
+    // completion asked for (`n`); a generating request without one reserves a default rather
+    // than nothing.
+    let json = inbound.json.as_ref();
     let max_tokens = match target.path.as_str() {
-        "/chat/completions" | "/completions" | "/responses" => asked_max
+        "/chat/completions" | "/completions" | "/responses" => json
+            .and_then(|j| j.max_tokens())
             .or(endpoint.default_max_tokens)
-            .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS),
+            .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS)
+            .saturating_mul(json.map_or(1, |j| j.choices())),
         _ => 0,
     };
     let asked = Asked {
