@@ -754,3 +754,68 @@ fn token_metrics_include_estimates_with_a_label() {
         }
     }
 }
+
+#[test]
+fn cap_max_tokens_forwards_what_the_reservation_covers() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let cfg = |cap: Value| {
+        config(
+            &a.url(),
+            &dir,
+            json!({}),
+            json!({"defaultMaxTokens": 50, "capMaxTokens": cap}),
+        )
+    };
+    let sent = |p: &Proxy, path: &str, b: &str| -> Value {
+        let r = post(p, path, b);
+        assert_eq!(r.status, 200, "{}", r.text());
+        a.requests().last().unwrap().json().unwrap()
+    };
+    let p = Proxy::start(&cfg(json!(true)));
+    let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
+    assert_eq!(got["max_tokens"], 50, "{}", got);
+    // `n` completions each reserved 50: each may be 50 long.
+    let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({"n": 2})));
+    assert_eq!(got["max_tokens"], 50, "{}", got);
+    // A request that names a field is forwarded as sent: its reservation covers the largest.
+    let got = sent(
+        &p,
+        "/v1/chat/completions",
+        &body("m", "u", json!({"max_completion_tokens": 7})),
+    );
+    assert_eq!(
+        (&got["max_completion_tokens"], got.get("max_tokens")),
+        (&json!(7), None),
+        "{}",
+        got
+    );
+    // The Responses API's own field.
+    let got = sent(
+        &p,
+        "/v1/responses",
+        &json!({"model": "m", "input": "hi"}).to_string(),
+    );
+    assert_eq!(got["max_output_tokens"], 50, "{}", got);
+    let p = Proxy::start(&cfg(json!("max_completion_tokens")));
+    let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
+    assert_eq!(
+        (&got["max_completion_tokens"], got.get("max_tokens")),
+        (&json!(50), None),
+        "{}",
+        got
+    );
+    // Off (the default): forwarded as sent.
+    let p = Proxy::start(&cfg(json!(false)));
+    let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
+    assert!(got.get("max_tokens").is_none(), "{}", got);
+    // A typo is an error, not a silent "off".
+    let err = Proxy::try_start(&cfg(json!("max-tokens")), &[], &[])
+        .err()
+        .expect("refused");
+    assert!(
+        err.iter().any(|l| l.contains("capMaxTokens")),
+        "{}",
+        err.join("\n")
+    );
+}

@@ -434,6 +434,13 @@ mod tests {
                 store.read(&["all".into()]).unwrap().counts,
                 vec![[1, 0, 0, 0]]
             );
+            // A refusal takes its request back, once.
+            store.unrequest(&["u=ann".into()], o.windows).unwrap();
+            store.unrequest(&["u=ann".into()], o.windows).unwrap();
+            assert_eq!(
+                store.read(&["u=ann".into()]).unwrap().counts,
+                vec![[0, 40, 40, 40]]
+            );
             Some(())
         });
     }

@@ -21,6 +21,9 @@ pub struct Inbound {
     pub boundary: Option<String>,
     /// The public model id the request names.
     pub model: String,
+    /// For a generating request that names no max tokens field: the completion tokens (per
+    /// choice) its reservation covers, for an endpoint with `capMaxTokens` to forward.
+    pub unnamed_max_tokens: Option<u64>,
 }
 
 impl Inbound {
@@ -95,6 +98,7 @@ pub fn read(
         json,
         boundary,
         model,
+        unnamed_max_tokens: None,
     })
 }
 

@@ -80,7 +80,7 @@ pub fn handle(
         ..Summary::default()
     };
     let config = &ctx.live.config;
-    let inbound = match inbound::read(
+    let mut inbound = match inbound::read(
         &mut request,
         target,
         route,
@@ -97,7 +97,8 @@ pub fn handle(
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty());
     let refusal = Refusal {
-        inbound: &inbound,
+        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
+        model: crate::api_error::clip(&inbound.model, 200),
         target,
         started,
     };
@@ -128,11 +129,16 @@ pub fn handle(
     // than nothing.
     let json = inbound.json.as_ref();
     let max_tokens = match target.path.as_str() {
-        "/chat/completions" | "/completions" | "/responses" => json
-            .and_then(|j| j.max_tokens())
-            .or(endpoint.default_max_tokens)
-            .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS)
-            .saturating_mul(json.map_or(1, |j| j.choices())),
+        "/chat/completions" | "/completions" | "/responses" => {
+            let named = json.and_then(|j| j.max_tokens());
+            let per_choice = named
+                .or(endpoint.default_max_tokens)
+                .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS);
+            if named.is_none() && json.is_some() {
+                inbound.unnamed_max_tokens = Some(per_choice);
+            }
+            per_choice.saturating_mul(json.map_or(1, |j| j.choices()))
+        }
         _ => 0,
     };
     let asked = Asked {
@@ -177,7 +183,7 @@ pub fn handle(
 
 /// What recording a refusal needs to know about the request.
 struct Refusal<'a> {
-    inbound: &'a inbound::Inbound,
+    model: String,
     target: &'a Target,
     started: Instant,
 }
@@ -195,13 +201,11 @@ impl Refusal<'_> {
     ) -> Summary {
         let mut summary = fail(request, e, ctx, summary);
         summary.outcome = REFUSED;
-        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
-        let model = crate::api_error::clip(&self.inbound.model, 200);
         ctx.policy.refused(
             who,
             &Done {
                 request_id: ctx.request_id,
-                model: &model,
+                model: &self.model,
                 backend: None,
                 path: &self.target.path,
                 status: summary.status,
