@@ -95,9 +95,10 @@ impl JsonObject {
         }
     }
 
-    /// A top-level member's value when it is a whole number.
+    /// A top-level member's value when it is a whole, non-negative number (`100`, and also
+    /// `1e2` or `100.0`, which lax validators such as pydantic's take as 100).
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        serde_json::from_str::<u64>(self.get(key)?.get()).ok()
+        whole(self.get(key)?.get())
     }
 
     /// A top-level member's value when it is a JSON string.
@@ -280,8 +281,19 @@ impl Kind {
     }
 }
 
+/// A raw JSON number's value when it is whole, non-negative and fits in 64 bits.
+fn whole(raw: &str) -> Option<u64> {
+    if let Ok(n) = raw.parse::<u64>() {
+        return Some(n);
+    }
+    let f = raw.parse::<f64>().ok()?;
+    // 2^64 as f64; a float at or above it does not fit.
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0)
+        .then_some(f as u64)
+}
+
 /// The type of a raw JSON value (already validated by the parse) from its first byte; a number
-/// is an integer only when it is a whole, non-negative one that fits in 64 bits.
+/// is an integer only when it is `whole`.
 fn kind_of(raw: &str) -> Kind {
     match raw.as_bytes().first() {
         Some(b'n') => Kind::Null,
@@ -289,7 +301,7 @@ fn kind_of(raw: &str) -> Kind {
         Some(b'"') => Kind::String,
         Some(b'[') => Kind::Array,
         Some(b'{') => Kind::Object,
-        _ if raw.parse::<u64>().is_ok() => Kind::Integer,
+        _ if whole(raw).is_some() => Kind::Integer,
         _ => Kind::Number,
     }
 }
@@ -446,6 +458,29 @@ mod tests {
             String::from_utf8(obj.rewrite("real", &["n".to_string()], &[])).unwrap(),
             r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}]}"#
         );
+    }
+
+    #[test]
+    fn max_tokens_fields_and_their_types() {
+        let obj = JsonObject::parse(
+            br#"{"max_tokens":1,"max_completion_tokens":4e3,"max_output_tokens":30,"n":2}"#,
+        )
+        .unwrap();
+        assert_eq!((obj.max_tokens(), obj.choices()), (Some(4000), 2));
+        assert!(obj.check_types(true).is_ok());
+        for (raw, kind) in [
+            ("100", Kind::Integer),
+            ("1e2", Kind::Integer),
+            ("100.0", Kind::Integer),
+            ("1.5", Kind::Number),
+            ("-1", Kind::Number),
+            ("1e30", Kind::Number),
+            ("\"1\"", Kind::String),
+            ("null", Kind::Null),
+            ("false", Kind::Boolean),
+        ] {
+            assert_eq!(kind_of(raw), kind, "{}", raw);
+        }
     }
 
     #[test]

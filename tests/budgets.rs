@@ -175,6 +175,12 @@ fn the_largest_max_tokens_field_is_reserved_and_without_one_a_default() {
             ),
             2000,
         ),
+        // A whole number written as a float is that number, as lax validators read it.
+        (
+            "/v1/chat/completions",
+            body("m", "float", json!({"max_tokens": 1000.0})),
+            1000,
+        ),
         // Each of `n` completions may be that long.
         (
             "/v1/chat/completions",
