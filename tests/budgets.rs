@@ -825,3 +825,29 @@ fn cap_max_tokens_forwards_what_the_reservation_covers() {
         err.join("\n")
     );
 }
+
+#[test]
+fn refusals_read_back_from_the_ledger_use_no_budget_after_a_restart() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let cfg = config(
+        &a.url(),
+        &dir,
+        json!({"limits": [{"match": {"user": "*"}, "requestsPerMinute": 2}]}),
+        json!({}),
+    );
+    let p = Proxy::start(&cfg);
+    room_in_this_minute(15);
+    let b = body("m", "sam", json!({"max_tokens": 5}));
+    assert_eq!(chat(&p, &b).status, 200);
+    for _ in 0..3 {
+        assert_eq!(chat(&p, &body("nope", "sam", json!({}))).status, 404);
+    }
+    ledger_lines(&dir, 4);
+    drop(p);
+    // The restarted proxy counts this minute's requests from the ledger: one, not four.
+    let p = Proxy::start(&cfg);
+    let r = chat(&p, &b);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(header_u64(&r, "x-ratelimit-remaining-requests"), 0);
+}
