@@ -207,16 +207,21 @@ fn usage_of(json: &[u8]) -> Option<Usage> {
 fn delta_chars(payload: &[u8]) -> u64 {
     let mut total = 0;
     let n = needles();
-    for key in [
-        &n.content,
-        &n.text,
-        &n.delta,
-        &n.reasoning_content,
-        &n.reasoning,
-    ] {
+    // Four scans, not five: `"reasoning` finds both `reasoning` and `reasoning_content` (this
+    // runs on every line of every stream).
+    for key in [&n.content, &n.text, &n.delta, &n.reasoning] {
         let mut rest = payload;
         while let Some(at) = key.find(rest) {
             rest = &rest[at + key.needle().len()..];
+            if key.needle() == n.reasoning.needle() {
+                match [&b"\""[..], b"_content\""]
+                    .iter()
+                    .find(|end| rest.starts_with(end))
+                {
+                    Some(end) => rest = &rest[end.len()..],
+                    None => continue,
+                }
+            }
             // A member name is followed by a colon; the same word as a value is not.
             let Some(value) = string_value_start(rest) else {
                 continue;
@@ -277,7 +282,7 @@ struct Needles {
     content: Finder<'static>,
     text: Finder<'static>,
     delta: Finder<'static>,
-    reasoning_content: Finder<'static>,
+    /// Without its closing quote: `reasoning` and `reasoning_content`.
     reasoning: Finder<'static>,
 }
 
@@ -288,8 +293,7 @@ fn needles() -> &'static Needles {
         content: Finder::new(b"\"content\""),
         text: Finder::new(b"\"text\""),
         delta: Finder::new(b"\"delta\""),
-        reasoning_content: Finder::new(b"\"reasoning_content\""),
-        reasoning: Finder::new(b"\"reasoning\""),
+        reasoning: Finder::new(b"\"reasoning"),
     })
 }
 
