@@ -129,15 +129,11 @@ impl JsonObject {
     /// Refuses, as OpenAI does (400 `invalid_type`), a mistyped member that decides how the
     /// request is routed or accounted: `stream` not a boolean (a lax backend would stream
     /// while modelmux expects a JSON answer), `stream_options` not an object, a max tokens
-    /// field (or `n`, `best_of`) not a whole number, `user` not a string, `messages` (chat)
-    /// not an array. `null`
+    /// field (or `n`, `best_of`) not a whole number, `messages` (chat) not an array. `null`
     /// is accepted where OpenAI accepts it.
     pub fn check_types(&self, chat: bool) -> Result<(), ApiError> {
-        let mut checks: Vec<(&'static str, Kind)> = vec![
-            ("stream", Kind::Boolean),
-            ("stream_options", Kind::Object),
-            ("user", Kind::String),
-        ];
+        let mut checks: Vec<(&'static str, Kind)> =
+            vec![("stream", Kind::Boolean), ("stream_options", Kind::Object)];
         checks.extend(
             MAX_TOKENS_FIELDS
                 .iter()
