@@ -95,14 +95,72 @@ impl JsonObject {
         }
     }
 
-    /// A top-level member's value when it is a whole number.
+    /// A top-level member's value when it is a whole, non-negative number (`100`, and also
+    /// `1e2` or `100.0`, which lax validators such as pydantic's take as 100).
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        serde_json::from_str::<u64>(self.get(key)?.get()).ok()
+        whole(self.get(key)?.get())
     }
 
     /// A top-level member's value when it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<String> {
         serde_json::from_str::<String>(self.get(key)?.get()).ok()
+    }
+
+    /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens` present:
+    /// a backend may honour any one of them, so a reservation must cover the largest.
+    pub fn max_tokens(&self) -> Option<u64> {
+        MAX_TOKENS_FIELDS
+            .iter()
+            .filter_map(|k| self.get_u64(k))
+            .max()
+    }
+
+    /// How many completions the request asks for: the larger of `n` and the legacy
+    /// completions' `best_of` (each may be as long as the max tokens field allows), at least 1.
+    pub fn choices(&self) -> u64 {
+        ["n", "best_of"]
+            .iter()
+            .filter_map(|k| self.get_u64(k))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Refuses, as OpenAI does (400 `invalid_type`), a mistyped member that decides how the
+    /// request is routed or accounted: `stream` not a boolean (a lax backend would stream
+    /// while modelmux expects a JSON answer), `stream_options` not an object, a max tokens
+    /// field (or `n`, `best_of`) not a whole number, `messages` (chat) not an array. `null`
+    /// is accepted where OpenAI accepts it.
+    pub fn check_types(&self, chat: bool) -> Result<(), ApiError> {
+        let mut checks: Vec<(&'static str, Kind)> =
+            vec![("stream", Kind::Boolean), ("stream_options", Kind::Object)];
+        checks.extend(
+            MAX_TOKENS_FIELDS
+                .iter()
+                .chain(&["n", "best_of"])
+                .map(|k| (*k, Kind::Integer)),
+        );
+        if chat {
+            checks.push(("messages", Kind::Array));
+        }
+        for (name, want) in checks {
+            let Some(raw) = self.get(name) else {
+                continue;
+            };
+            let got = kind_of(raw.get());
+            if got == Kind::Null || got == want {
+                continue;
+            }
+            return Err(ApiError::invalid_request(format!(
+                "Invalid type for '{}': expected {}, but got {} instead.",
+                name,
+                want.article(),
+                got.found()
+            ))
+            .with_param(name)
+            .with_code("invalid_type"));
+        }
+        Ok(())
     }
 
     /// True when the body asks for a streamed reply (`"stream": true`).
@@ -179,6 +237,68 @@ impl JsonObject {
         }
         out.push(b'}');
         out
+    }
+}
+
+/// The members that bound a request's completion tokens (the Responses API's last).
+const MAX_TOKENS_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// A JSON value's type, as OpenAI's `invalid_type` messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Boolean,
+    Integer,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    fn article(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Boolean => "a boolean",
+            Kind::Integer => "a non-negative integer",
+            Kind::Number => "a number",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+        }
+    }
+
+    /// As a value found: `1` is an integer, whether or not one was expected.
+    fn found(self) -> &'static str {
+        match self {
+            Kind::Integer => "an integer",
+            other => other.article(),
+        }
+    }
+}
+
+/// A raw JSON number's value when it is whole, non-negative and fits in 64 bits.
+fn whole(raw: &str) -> Option<u64> {
+    if let Ok(n) = raw.parse::<u64>() {
+        return Some(n);
+    }
+    let f = raw.parse::<f64>().ok()?;
+    // 2^64 as f64; a float at or above it does not fit.
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0)
+        .then_some(f as u64)
+}
+
+/// The type of a raw JSON value (already validated by the parse) from its first byte; a number
+/// is an integer only when it is `whole`.
+fn kind_of(raw: &str) -> Kind {
+    match raw.as_bytes().first() {
+        Some(b'n') => Kind::Null,
+        Some(b't' | b'f') => Kind::Boolean,
+        Some(b'"') => Kind::String,
+        Some(b'[') => Kind::Array,
+        Some(b'{') => Kind::Object,
+        _ if whole(raw).is_some() => Kind::Integer,
+        _ => Kind::Number,
     }
 }
 
@@ -334,6 +454,29 @@ mod tests {
             String::from_utf8(obj.rewrite("real", &["n".to_string()], &[])).unwrap(),
             r#"{"temperature":0.70,"model":"real","messages":[{"role":"user","content":"hi"}]}"#
         );
+    }
+
+    #[test]
+    fn max_tokens_fields_and_their_types() {
+        let obj = JsonObject::parse(
+            br#"{"max_tokens":1,"max_completion_tokens":4e3,"max_output_tokens":30,"n":2}"#,
+        )
+        .unwrap();
+        assert_eq!((obj.max_tokens(), obj.choices()), (Some(4000), 2));
+        assert!(obj.check_types(true).is_ok());
+        for (raw, kind) in [
+            ("100", Kind::Integer),
+            ("1e2", Kind::Integer),
+            ("100.0", Kind::Integer),
+            ("1.5", Kind::Number),
+            ("-1", Kind::Number),
+            ("1e30", Kind::Number),
+            ("\"1\"", Kind::String),
+            ("null", Kind::Null),
+            ("false", Kind::Boolean),
+        ] {
+            assert_eq!(kind_of(raw), kind, "{}", raw);
+        }
     }
 
     #[test]

@@ -40,7 +40,8 @@ struct Data {
     ttfb: BTreeMap<String, Histogram>,
     upstream_errors: BTreeMap<(String, String, String), u64>,
     retries: BTreeMap<(String, String), u64>,
-    tokens: BTreeMap<(String, &'static str), u64>,
+    /// By model, direction and whether the count is an estimate.
+    tokens: BTreeMap<(String, &'static str, bool), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
     limit_refusals: BTreeMap<&'static str, u64>,
     queue_wait: BTreeMap<String, Histogram>,
@@ -52,18 +53,35 @@ struct Data {
     any_other: bool,
 }
 
+/// One user's (or the summed others') requests, and tokens by direction and by whether they
+/// were estimated (`[prompt, completion][reported, estimated]`).
 #[derive(Debug, Default, Clone, Copy)]
 struct UserCounts {
     requests: u64,
-    prompt: u64,
-    completion: u64,
+    tokens: [[u64; 2]; 2],
+    /// Which of reported / estimated has been seen, so only those series appear.
+    seen: [bool; 2],
 }
 
 impl UserCounts {
-    fn add(&mut self, prompt: u64, completion: u64) {
+    fn add(&mut self, prompt: u64, completion: u64, estimated: bool) {
+        let e = usize::from(estimated);
         self.requests += 1;
-        self.prompt += prompt;
-        self.completion += completion;
+        self.seen[e] = true;
+        self.tokens[0][e] = self.tokens[0][e].saturating_add(prompt);
+        self.tokens[1][e] = self.tokens[1][e].saturating_add(completion);
+    }
+
+    /// `(direction, estimated, tokens)` for each series this user has.
+    fn series(&self) -> impl Iterator<Item = (&'static str, bool, u64)> + '_ {
+        [("prompt", 0), ("completion", 1)]
+            .into_iter()
+            .flat_map(move |(dir, d)| {
+                [false, true]
+                    .into_iter()
+                    .filter(move |e| self.seen[usize::from(*e)])
+                    .map(move |e| (dir, e, self.tokens[d][usize::from(e)]))
+            })
     }
 }
 
@@ -73,6 +91,7 @@ pub struct Metrics {
     data: Mutex<Data>,
     in_flight: AtomicI64,
     ledger_failures: AtomicU64,
+    invalid_usage: AtomicU64,
 }
 
 /// What one finished request contributes.
@@ -87,8 +106,9 @@ pub struct RequestRecord<'a> {
     pub duration: Duration,
     /// Time to the first body byte.
     pub ttfb: Option<Duration>,
-    /// Tokens from `usage`, when the backend reported them.
-    pub tokens: Option<(u64, u64)>,
+    /// Tokens recorded (prompt, completion, estimated): the backend's `usage`, else the
+    /// estimate the ledger has.
+    pub tokens: Option<(u64, u64, bool)>,
 }
 
 impl Metrics {
@@ -115,11 +135,11 @@ impl Metrics {
                 .or_default()
                 .observe(t.as_secs_f64());
         }
-        if let Some((p, c)) = r.tokens {
-            *d.tokens.entry((r.model.to_string(), "prompt")).or_default() += p;
-            *d.tokens
-                .entry((r.model.to_string(), "completion"))
-                .or_default() += c;
+        if let Some((p, c, est)) = r.tokens {
+            for (dir, n) in [("prompt", p), ("completion", c)] {
+                let v = d.tokens.entry((r.model.to_string(), dir, est)).or_default();
+                *v = v.saturating_add(n);
+            }
         }
     }
 
@@ -140,19 +160,31 @@ impl Metrics {
     /// Records a user's request and tokens (only with `metrics.perUser`: label cardinality).
     /// Once `max_users` users have series, any other user is counted with the others: first
     /// come rather than top-N, so a series never disappears or goes backwards.
-    pub fn user(&self, user: &str, max_users: usize, prompt: u64, completion: u64) {
+    pub fn user(
+        &self,
+        user: &str,
+        max_users: usize,
+        prompt: u64,
+        completion: u64,
+        estimated: bool,
+    ) {
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = d.users.get_mut(user) {
-            c.add(prompt, completion);
+            c.add(prompt, completion, estimated);
         } else if d.users.len() < max_users {
             d.users
                 .entry(user.to_string())
                 .or_default()
-                .add(prompt, completion);
+                .add(prompt, completion, estimated);
         } else {
-            d.other_users.add(prompt, completion);
+            d.other_users.add(prompt, completion, estimated);
             d.any_other = true;
         }
+    }
+
+    /// Records a backend's usage report with counts too large to believe.
+    pub fn invalid_usage(&self) {
+        self.invalid_usage.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a request a quota rule (or an unreachable limits store) refused.
@@ -251,14 +283,15 @@ impl Metrics {
             &mut out,
             "modelmux_tokens_total",
             "counter",
-            "Tokens reported by backends in usage, by model and direction.",
+            "Tokens by model and direction, as the ledger records them: reported by backends (estimated=\"false\") or estimated when a backend reported none (estimated=\"true\").",
         );
-        for ((m, dir), v) in &d.tokens {
+        for ((m, dir, est), v) in &d.tokens {
             let _ = writeln!(
                 out,
-                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\"}} {}",
+                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
                 esc(m),
                 dir,
+                est,
                 v
             );
         }
@@ -294,15 +327,16 @@ impl Metrics {
                 &mut out,
                 "modelmux_user_tokens_total",
                 "counter",
-                "Tokens per user and direction (metrics.perUser; the first metrics.maxUsers users).",
+                "Tokens per user and direction (metrics.perUser; the first metrics.maxUsers users), reported or estimated as in modelmux_tokens_total.",
             );
             for (u, c) in &d.users {
-                for (dir, v) in [("prompt", c.prompt), ("completion", c.completion)] {
+                for (dir, est, v) in c.series() {
                     let _ = writeln!(
                         out,
-                        "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\"}} {}",
+                        "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
                         esc(u),
                         dir,
+                        est,
                         v
                     );
                 }
@@ -321,13 +355,13 @@ impl Metrics {
                 &mut out,
                 "modelmux_user_other_tokens_total",
                 "counter",
-                "Tokens of users beyond metrics.maxUsers, summed, by direction.",
+                "Tokens of users beyond metrics.maxUsers, summed, by direction, reported or estimated.",
             );
-            for (dir, v) in [("prompt", o.prompt), ("completion", o.completion)] {
+            for (dir, est, v) in o.series() {
                 let _ = writeln!(
                     out,
-                    "modelmux_user_other_tokens_total{{direction=\"{}\"}} {}",
-                    dir, v
+                    "modelmux_user_other_tokens_total{{direction=\"{}\",estimated=\"{}\"}} {}",
+                    dir, est, v
                 );
             }
         }
@@ -360,6 +394,17 @@ impl Metrics {
             out,
             "modelmux_usage_ledger_write_failures_total {}",
             self.ledger_failures.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "modelmux_invalid_usage_total",
+            "counter",
+            "Backend usage reports with a count above 1e9 tokens, not believed (the request was estimated).",
+        );
+        let _ = writeln!(
+            out,
+            "modelmux_invalid_usage_total {}",
+            self.invalid_usage.load(Ordering::Relaxed)
         );
         header(
             &mut out,

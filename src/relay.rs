@@ -89,7 +89,9 @@ pub fn relay(
         || (100..200).contains(&head.status);
     let is_sse = head.headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type")
-            && v.to_ascii_lowercase().starts_with("text/event-stream")
+            && v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
     });
     if is_sse {
         // Without these an nginx or ingress in front buffers the tokens.
@@ -152,7 +154,9 @@ pub fn relay(
     };
     let is_json = head.headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type")
-            && v.to_ascii_lowercase().starts_with("application/json")
+            && v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
     });
     let encoding = head
         .headers
@@ -205,8 +209,7 @@ pub fn relay(
             pump(&mut sink, body, first, &mut stats, &mut pass)
         }
     };
-    stats.content_chars = tap.as_ref().map_or(0, UsageTap::content_chars);
-    stats.usage = tap.and_then(UsageTap::finish);
+    (stats.usage, stats.content_chars) = tap.map_or((None, 0), UsageTap::finish);
     stats.outcome = match result {
         Ok(()) => Outcome::Complete,
         Err(Failure::Client) => {

@@ -454,7 +454,11 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
         duration,
         ttfb: s.ttfb,
         bytes: s.bytes,
-        tokens: s.usage.map(|u| (u.prompt, u.completion)),
+        // The backend's counts only: an estimate is in the ledger and the metrics, marked.
+        tokens: s
+            .usage
+            .filter(|u| !u.estimated)
+            .map(|u| (u.prompt, u.completion)),
         retries: s.retries,
         outcome: s.outcome,
     });
@@ -469,10 +473,7 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
             status: s.status,
             duration,
             ttfb: s.ttfb,
-            tokens: s
-                .usage
-                .filter(|u| !u.estimated)
-                .map(|u| (u.prompt, u.completion)),
+            tokens: s.usage.map(|u| (u.prompt, u.completion, u.estimated)),
         });
     }
 }

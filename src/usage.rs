@@ -12,6 +12,10 @@ use std::sync::OnceLock;
 const MAX_JSON: usize = 4 * 1024 * 1024;
 /// Longest SSE line kept while looking for `usage`.
 const MAX_LINE: usize = 256 * 1024;
+/// Largest token count believed from a backend, per field of one request. No model reads or
+/// writes a billion tokens in one request; a larger count is a broken or hostile backend (2^64-1
+/// would wrap a sum to a charge of 1), so the request is estimated instead (`plausible`).
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
 
 /// Tokens one request used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +30,20 @@ pub struct Usage {
     pub reasoning: u64,
     /// Not reported by the backend: estimated from the text's length.
     pub estimated: bool,
+}
+
+impl Usage {
+    /// True when no count is above `MAX_PLAUSIBLE_TOKENS`.
+    pub fn plausible(&self) -> bool {
+        [self.prompt, self.completion, self.cached, self.reasoning]
+            .iter()
+            .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+    }
+
+    /// Prompt plus completion tokens, never wrapping.
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
 }
 
 /// Watches response bytes as they pass and keeps the last usage seen.
@@ -115,8 +133,9 @@ impl UsageTap {
         self.buf.clear();
     }
 
-    /// The usage the backend reported, once the body has ended.
-    pub fn finish(mut self) -> Option<Usage> {
+    /// Once the body has ended: the usage the backend reported, and the characters of
+    /// generated text the body carried (for an estimate when it reported none).
+    pub fn finish(mut self) -> (Option<Usage>, u64) {
         if let Some(mut d) = self.gzip.take() {
             if d.try_finish().is_ok() {
                 let rest = std::mem::take(d.get_mut());
@@ -127,17 +146,17 @@ impl UsageTap {
             if !self.buf.is_empty() {
                 self.line_done();
             }
-            return self.found;
+            return (self.found, self.content_chars);
         }
         if self.overflow {
-            return None;
+            return (None, 0);
         }
-        usage_of(&self.buf)
-    }
-
-    /// Characters of generated text the stream carried (for an estimate).
-    pub fn content_chars(&self) -> u64 {
-        self.content_chars
+        match usage_of(&self.buf) {
+            Some(u) if u.plausible() => (Some(u), 0),
+            // A whole JSON answer without usage (or with counts not to be believed): its
+            // generated text, for the estimate.
+            u => (u, delta_chars(&self.buf)),
+        }
     }
 }
 
@@ -181,15 +200,33 @@ fn usage_of(json: &[u8]) -> Option<Usage> {
     })
 }
 
-/// Characters of the JSON string values of `"content"`, `"text"` and `"delta"` members in one
-/// SSE payload, escapes counted as one: a cheap scan, no parse, for the estimate.
+/// Characters of the JSON string values of `"content"`, `"text"`, `"delta"`,
+/// `"reasoning_content"` and `"reasoning"` members in one SSE payload (or JSON answer), escapes
+/// counted as one, whitespace around the colon allowed (Python's `json.dumps` writes
+/// `"content": "x"`): a cheap scan, no parse, for the estimate.
 fn delta_chars(payload: &[u8]) -> u64 {
     let mut total = 0;
     let n = needles();
-    for key in [&n.content, &n.text, &n.delta] {
+    // Four scans, not five: `"reasoning` finds both `reasoning` and `reasoning_content` (this
+    // runs on every line of every stream).
+    for key in [&n.content, &n.text, &n.delta, &n.reasoning] {
         let mut rest = payload;
         while let Some(at) = key.find(rest) {
             rest = &rest[at + key.needle().len()..];
+            if key.needle() == n.reasoning.needle() {
+                match [&b"\""[..], b"_content\""]
+                    .iter()
+                    .find(|end| rest.starts_with(end))
+                {
+                    Some(end) => rest = &rest[end.len()..],
+                    None => continue,
+                }
+            }
+            // A member name is followed by a colon; the same word as a value is not.
+            let Some(value) = string_value_start(rest) else {
+                continue;
+            };
+            rest = &rest[value..];
             let mut end = rest.len();
             let mut i = 0;
             while i < rest.len() {
@@ -216,6 +253,23 @@ fn delta_chars(payload: &[u8]) -> u64 {
     total
 }
 
+/// After a member name: the offset of its string value's first character, when the name is
+/// followed by optional whitespace, a colon, optional whitespace and an opening quote.
+fn string_value_start(rest: &[u8]) -> Option<usize> {
+    let ws = |from: usize| {
+        rest[from.min(rest.len())..]
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            .map(|p| from + p)
+    };
+    let colon = ws(0)?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let quote = ws(colon + 1)?;
+    (rest[quote] == b'"').then_some(quote + 1)
+}
+
 /// Where `needle` first occurs in `hay` (memchr's SIMD search: a comparison at every position
 /// was a third of a stream's relay time).
 pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -228,15 +282,18 @@ struct Needles {
     content: Finder<'static>,
     text: Finder<'static>,
     delta: Finder<'static>,
+    /// Without its closing quote: `reasoning` and `reasoning_content`.
+    reasoning: Finder<'static>,
 }
 
 fn needles() -> &'static Needles {
     static NEEDLES: OnceLock<Needles> = OnceLock::new();
     NEEDLES.get_or_init(|| Needles {
         usage: Finder::new(b"\"usage\""),
-        content: Finder::new(b"\"content\":\""),
-        text: Finder::new(b"\"text\":\""),
-        delta: Finder::new(b"\"delta\":\""),
+        content: Finder::new(b"\"content\""),
+        text: Finder::new(b"\"text\""),
+        delta: Finder::new(b"\"delta\""),
+        reasoning: Finder::new(b"\"reasoning"),
     })
 }
 
@@ -249,7 +306,7 @@ mod tests {
         for p in pieces {
             t.feed(p);
         }
-        t.finish()
+        t.finish().0
     }
 
     #[test]
@@ -312,7 +369,7 @@ mod tests {
         for piece in gz.chunks(7) {
             t.feed(piece);
         }
-        assert_eq!(t.finish().map(|u| (u.prompt, u.completion)), Some((9, 4)));
+        assert_eq!(t.finish().0.map(|u| (u.prompt, u.completion)), Some((9, 4)));
     }
 
     #[test]
@@ -320,8 +377,44 @@ mod tests {
         let mut t = UsageTap::new(true, false);
         t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello \\\"w\\u00e9\"}}]}\n\n");
         t.feed("data: {\"choices\":[{\"delta\":{\"content\":\"é!\"}}]}\n\n".as_bytes());
-        assert_eq!(t.content_chars(), 9 + 2);
+        assert_eq!(t.finish(), (None, 9 + 2));
         assert_eq!(estimate(40, 12).prompt, 10);
         assert_eq!(estimate(40, 13).completion, 4);
+    }
+
+    #[test]
+    fn counts_spaced_json_and_reasoning_text_for_estimates() {
+        let compact = b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\",\"content\":\"ab\"}}]}\n";
+        let spaced = b"data: {\"choices\": [{\"delta\": {\"reasoning\" : \"hmm\", \"content\":  \"ab\"}}]}\n";
+        for body in [&compact[..], &spaced[..]] {
+            let mut t = UsageTap::new(true, false);
+            t.feed(body);
+            assert_eq!(t.finish(), (None, 5), "{}", String::from_utf8_lossy(body));
+        }
+        // The same words as values, and a reasoning object, are not text.
+        assert_eq!(
+            delta_chars(br#"{"role": "content", "reasoning": {"effort": "low"}, "text" :"xy"}"#),
+            2
+        );
+        // A whole JSON answer without usage is counted too.
+        let mut t = UsageTap::new(false, false);
+        t.feed(br#"{"choices": [{"message": {"role": "assistant", "content": "four"}}]}"#);
+        assert_eq!(t.finish(), (None, 4));
+    }
+
+    #[test]
+    fn implausible_counts_are_flagged_and_sums_saturate() {
+        let huge = Usage {
+            prompt: 12,
+            completion: u64::MAX,
+            ..Usage::default()
+        };
+        assert!(!huge.plausible());
+        assert_eq!(huge.total(), u64::MAX);
+        let edge = Usage {
+            prompt: MAX_PLAUSIBLE_TOKENS,
+            ..Usage::default()
+        };
+        assert!(edge.plausible());
     }
 }

@@ -147,12 +147,36 @@ fn open_webui_tokens_are_verified_and_bad_ones_never_reach_a_backend() {
         1,
         "refused tokens never reach the backend"
     );
-    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 1);
-    assert_eq!(lines.len(), 1, "refused requests are not accounted");
-    assert_eq!(lines[0]["user"], "user-ada");
-    assert_eq!(lines[0]["key"], "anonymous");
-    assert_eq!(lines[0]["prompt_tokens"], 2);
-    assert_eq!(lines[0]["completion_tokens"], 2);
+    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 5);
+    assert_eq!(lines.len(), 5);
+    // Lines are written as requests finish: the served one may land after a refusal.
+    let (served, refused): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|l| l["status"] == 200);
+    assert_eq!(served.len(), 1, "{:?}", lines);
+    assert_eq!(served[0]["user"], "user-ada");
+    assert_eq!(served[0]["key"], "anonymous");
+    assert_eq!(served[0]["prompt_tokens"], 2);
+    assert_eq!(served[0]["completion_tokens"], 2);
+    assert_eq!(served[0]["outcome"], "complete");
+    // Refused tokens are recorded as refusals, under the key (their user is unknown), with 0
+    // tokens.
+    for l in refused {
+        assert_eq!(
+            (&l["user"], &l["key"], &l["status"], &l["outcome"]),
+            (
+                &json!("anonymous"),
+                &json!("anonymous"),
+                &json!(401),
+                &json!("refused")
+            ),
+            "{}",
+            l
+        );
+        assert_eq!(
+            (&l["prompt_tokens"], &l["completion_tokens"]),
+            (&json!(0), &json!(0))
+        );
+    }
     p.assert_no_secret_logged(&[SECRET, &good]);
 }
 
@@ -478,8 +502,10 @@ fn the_ledger_survives_kill_9_and_usage_agrees_with_the_backend_and_the_command(
     assert_eq!(
         usage,
         json!({"object":"list","data":[
-            {"user":"ann","model":"m","requests":3,"prompt_tokens":6,"completion_tokens":6,"cached_tokens":0,"reasoning_tokens":0},
-            {"user":"ben","model":"m","requests":2,"prompt_tokens":9,"completion_tokens":9,"cached_tokens":0,"reasoning_tokens":0}
+            {"user":"ann","model":"m","requests":3,"prompt_tokens":6,"completion_tokens":6,"cached_tokens":0,"reasoning_tokens":0,
+             "requests_by_outcome":{"complete":3,"client_gone":0,"upstream_failed":0,"error":0,"refused":0}},
+            {"user":"ben","model":"m","requests":2,"prompt_tokens":9,"completion_tokens":9,"cached_tokens":0,"reasoning_tokens":0,
+             "requests_by_outcome":{"complete":2,"client_gone":0,"upstream_failed":0,"error":0,"refused":0}}
         ]})
     );
     // The same totals from the command, without a server, as JSON and as a table.
@@ -501,9 +527,12 @@ fn the_ledger_survives_kill_9_and_usage_agrees_with_the_backend_and_the_command(
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[0][..3], ["user", "requests", "prompt_tokens"]);
-    assert_eq!(rows[1][..4], ["ann", "3", "6", "6"]);
-    assert_eq!(rows[2][..4], ["ben", "2", "9", "9"]);
+    assert_eq!(
+        rows[0][..4],
+        ["user", "requests", "refused", "prompt_tokens"]
+    );
+    assert_eq!(rows[1][..5], ["ann", "3", "0", "6", "6"]);
+    assert_eq!(rows[2][..5], ["ben", "2", "0", "9", "9"]);
     // A date range outside the traffic is empty; a malformed one is a 400.
     let r = request(
         p.addr,
@@ -563,7 +592,9 @@ fn per_user_metrics_are_opt_in_and_a_full_disk_never_stops_traffic() {
     });
     let m = scrape().text();
     assert!(
-        m.contains("modelmux_user_tokens_total{user=\"carol\",direction=\"prompt\"} 6"),
+        m.contains(
+            "modelmux_user_tokens_total{user=\"carol\",direction=\"prompt\",estimated=\"false\"} 6"
+        ),
         "{}",
         m
     );

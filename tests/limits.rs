@@ -394,9 +394,9 @@ fn tokens_per_day_and_month_refuse_with_insufficient_quota() {
         (0, "dora", "tokens_per_day", secs_to_next_day()),
         (1, "moe", "tokens_per_month", secs_to_next_month()),
     ] {
-        let b = body(user, TEN_WORDS, json!({}));
+        let b = body(user, TEN_WORDS, json!({"max_tokens": 10}));
         // Each request reserves its estimate and settles to 10 + 10 tokens.
-        let expect = admitted_in_a_row(60, estimate(&b, 0), 20);
+        let expect = admitted_in_a_row(60, estimate(&b, 10), 20);
         assert!(expect >= 1);
         for i in 0..expect {
             // Settling an answered request may land a moment after its answer.
@@ -570,8 +570,8 @@ fn a_used_up_daily_budget_survives_a_restart_and_usage_shows_what_is_left() {
     );
     let p = Proxy::start_with(&cfg, &[ADMIN], &[]);
     room_in_this_minute(15);
-    let b = body("pat", TEN_WORDS, json!({}));
-    let expect = admitted_in_a_row(60, estimate(&b, 0), 20);
+    let b = body("pat", TEN_WORDS, json!({"max_tokens": 10}));
+    let expect = admitted_in_a_row(60, estimate(&b, 10), 20);
     for i in 0..expect {
         let r = once_not_429(|| send(p.addr, &[], &b));
         assert_eq!(r.status, 200, "request {}: {}", i, r.text());
@@ -630,7 +630,8 @@ fn a_used_up_daily_budget_survives_a_restart_and_usage_shows_what_is_left() {
     let r = send(p.addr, &[], &b);
     refused(&r, "insufficient_quota", 0);
     pat_limits(&p);
-    assert_eq!(chat_as(&p, "quinn", TEN_WORDS).status, 200);
+    let quinn = body("quinn", TEN_WORDS, json!({"max_tokens": 10}));
+    assert_eq!(send(p.addr, &[], &quinn).status, 200);
     assert_eq!(a.requests().len(), served + 1);
 }
 

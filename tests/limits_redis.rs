@@ -31,10 +31,12 @@ fn room_in_this_minute(need: u64) {
 }
 
 /// A replica: model `m` on `backend`, counters in `store`, plus `extra` top-level fields.
-/// Users `"*"` get 3 requests a minute; user `tok` 100 tokens a day.
+/// Users `"*"` get 3 requests a minute; user `tok` 100 tokens a day. Requests name no
+/// max_tokens and reserve 1 completion token (`defaultMaxTokens`).
 fn replica(backend: &str, store: &str, extra: Value) -> Proxy {
     let mut cfg = json!({
-        "endpoints": {"m": {"url": backend, "apiKey": KEY, "actualModelName": "real-m"}},
+        "endpoints": {"m": {"url": backend, "apiKey": KEY, "actualModelName": "real-m",
+                            "defaultMaxTokens": 1}},
         "limitsStore": store,
         "limits": [
             {"match": {"user": "*"}, "requestsPerMinute": 3},
@@ -97,7 +99,7 @@ fn two_replicas_enforce_one_budget_through_redis() {
     for r in answers.iter().filter(|r| r.status != 200) {
         refused(r, "rate_limit_exceeded", 0);
     }
-    // Each reserves about 42 tokens and settles to 20 + 20, against 100 a day: two fit, even
+    // Each reserves about 43 tokens and settles to 20 + 20, against 100 a day: two fit, even
     // if the first has not settled yet; a third does not.
     assert_eq!(chat_as(&p1, "tok", TWENTY_WORDS).status, 200);
     let r = chat_as(&p2, "tok", TWENTY_WORDS);

@@ -164,7 +164,11 @@ fn metrics_change_exactly_as_the_traffic_implies() {
         value(
             &s,
             "modelmux_tokens_total",
-            &[("model", "chat"), ("direction", "prompt")]
+            &[
+                ("model", "chat"),
+                ("direction", "prompt"),
+                ("estimated", "false")
+            ]
         ),
         3.0 * 3.0 + 2.0 + 4.0
     );
@@ -172,7 +176,11 @@ fn metrics_change_exactly_as_the_traffic_implies() {
         value(
             &s,
             "modelmux_tokens_total",
-            &[("model", "chat"), ("direction", "completion")]
+            &[
+                ("model", "chat"),
+                ("direction", "completion"),
+                ("estimated", "false")
+            ]
         ),
         3.0 * 3.0 + 2.0 + 4.0
     );

@@ -23,7 +23,7 @@ fn responses_body(model: &str, input: &str, stream: bool) -> String {
 
 fn tokens(p: &Proxy, model: &str, direction: &str) -> u64 {
     let needle = format!(
-        "modelmux_tokens_total{{model=\"{}\",direction=\"{}\"}} ",
+        "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"false\"}} ",
         model, direction
     );
     get(p.addr, "/metrics")

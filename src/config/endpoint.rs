@@ -44,6 +44,10 @@ pub struct Endpoint {
     pub max_queue_wait: Duration,
     /// `defaultMaxTokens`: the completion tokens a request without `max_tokens` reserves.
     pub default_max_tokens: Option<u64>,
+    /// `capMaxTokens`: the field (`max_tokens` or `max_completion_tokens`) modelmux adds to a
+    /// chat or completions request that names no max tokens field, set to what it reserved
+    /// (the Responses API gets `max_output_tokens`); `None`: requests are forwarded as sent.
+    pub cap_max_tokens: Option<&'static str>,
 }
 
 impl Endpoint {
@@ -104,6 +108,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "maxConcurrent",
     "maxQueueWaitSecs",
     "defaultMaxTokens",
+    "capMaxTokens",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -163,8 +168,24 @@ pub(super) fn parse_endpoint(
             )
         })?),
     };
+    let cap_max_tokens = match obj.get("capMaxTokens") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some("max_tokens"),
+        Some(Value::String(s)) if s == "max_tokens" => Some("max_tokens"),
+        Some(Value::String(s)) if s == "max_completion_tokens" => Some("max_completion_tokens"),
+        Some(v) => {
+            return Err(FieldError::new(
+                "capMaxTokens",
+                format!(
+                    "expected true, false, \"max_tokens\" or \"max_completion_tokens\", got {}",
+                    v
+                ),
+            ))
+        }
+    };
     Ok(Endpoint {
         id: id.to_string(),
+        cap_max_tokens,
         max_queue_wait,
         default_max_tokens,
         forward_user_headers,

@@ -36,10 +36,7 @@ pub fn identify(
     jwt_secret: Option<&Secret>,
     now_secs: i64,
 ) -> Result<Identity, ApiError> {
-    let key = match asking.caller {
-        Caller::Open => "anonymous".to_string(),
-        Caller::Key(k) => k.name.clone(),
-    };
+    let key = key_name(asking.caller);
     let header = |name: &str| {
         asking
             .headers
@@ -77,6 +74,23 @@ pub fn identify(
         user: clip(&user),
         key,
     })
+}
+
+/// Who a request is for when its user could not be told (its signed token was refused): the
+/// client key alone, so the refusal is still accounted to someone.
+pub fn key_only(caller: &Caller) -> Identity {
+    let key = key_name(caller);
+    Identity {
+        user: key.clone(),
+        key,
+    }
+}
+
+fn key_name(caller: &Caller) -> String {
+    match caller {
+        Caller::Open => "anonymous".to_string(),
+        Caller::Key(k) => k.name.clone(),
+    }
 }
 
 fn trusted(caller: &Caller) -> bool {

@@ -19,7 +19,7 @@ mod windows;
 
 pub use backend_gate::{Permit, Priority, Unserved, DEFAULT_MAX_QUEUE_WAIT};
 pub use clock::secs_until_http_date;
-pub use identity::Identity;
+pub use identity::{key_only, Identity};
 pub use preflight::preflight;
 pub use quota::FailureMode;
 pub use rules::{parse_rules, Rule};
@@ -66,6 +66,11 @@ struct GateEntry {
     gate: Arc<ModelGate>,
 }
 
+/// The completion tokens a request that names no max tokens field reserves on a generating path
+/// (chat, completions, Responses) when its endpoint sets no `defaultMaxTokens`. Without it such a
+/// request reserved only its prompt, and a budget was overspent by whole answers.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
 /// A request let in: who it is for, what it holds of its quotas, and what an estimate needs.
 pub struct Admission {
     /// Who is asking.
@@ -93,6 +98,19 @@ impl Admission {
             r.release();
         }
     }
+
+    /// Gives the reserved tokens and the request back: modelmux refused it before asking any
+    /// backend (a refusal uses up no budget, not even `requestsPerMinute`).
+    pub fn refuse(&self) {
+        if let Some(r) = self
+            .reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.refuse();
+        }
+    }
 }
 
 /// What admission needs to know about a request.
@@ -101,13 +119,11 @@ pub struct Asked<'a> {
     pub headers: &'a [(String, String)],
     /// The authenticated caller.
     pub caller: &'a Caller<'a>,
-    /// The JSON body's `user`.
-    pub body_user: Option<String>,
     /// The request body's size.
     pub prompt_bytes: usize,
     /// The public model id.
     pub model: &'a str,
-    /// The completion tokens it may use (`max_tokens` or the endpoint's default).
+    /// The completion tokens it may use (the largest max tokens field, else the default).
     pub max_tokens: u64,
 }
 
@@ -159,10 +175,11 @@ impl Policy {
                 let (entries, skipped) = ledger::read_all(path)?;
                 for e in &entries {
                     totals.add(e);
-                    if !quotas.is_empty() {
+                    // A refusal never counted against a limit.
+                    if !quotas.is_empty() && e.outcome != REFUSED {
                         if let Some(ts) = clock::parse_rfc3339_secs(&e.ts) {
                             let s = subject(&e.user, &e.key, &e.model);
-                            let tokens = e.usage.prompt + e.usage.completion;
+                            let tokens = e.usage.total();
                             quotas.record_past(&s, tokens, ts as u64, now);
                         }
                     }
@@ -213,24 +230,36 @@ impl Policy {
         Arc::clone(&st.quotas)
     }
 
-    /// Identifies the request and reserves its quotas; a refusal (401, 429, 503) is the
-    /// client's answer and never reaches a backend.
-    pub fn admit(
+    /// Who the request is for; a present but invalid signed token is a 401 (record it with
+    /// `refused` under `key_only`).
+    pub fn identify(
         &self,
         settings: &PolicySettings,
-        asked: &Asked,
-        metrics: &Metrics,
-    ) -> Result<Admission, ApiError> {
+        headers: &[(String, String)],
+        caller: &Caller,
+        body_user: Option<String>,
+    ) -> Result<Identity, ApiError> {
         let asking = Asking {
-            headers: asked.headers,
-            caller: asked.caller,
-            body_user: asked.body_user.clone(),
+            headers,
+            caller,
+            body_user,
         };
-        let identity = identity::identify(
+        identity::identify(
             &asking,
             settings.jwt_secret.as_ref(),
             clock::now_ms() / 1000,
-        )?;
+        )
+    }
+
+    /// Reserves the request's quotas; a refusal (429, 503) is the client's answer, never
+    /// reaches a backend, and is recorded with `refused`.
+    pub fn admit(
+        &self,
+        settings: &PolicySettings,
+        identity: &Identity,
+        asked: &Asked,
+        metrics: &Metrics,
+    ) -> Result<Admission, ApiError> {
         let task = asked
             .headers
             .iter()
@@ -246,7 +275,9 @@ impl Policy {
         } else {
             let s = subject(&identity.user, &identity.key, asked.model);
             let now = (clock::now_ms() / 1000) as u64;
-            let estimate = (asked.prompt_bytes as u64).div_ceil(4) + asked.max_tokens;
+            let estimate = (asked.prompt_bytes as u64)
+                .div_ceil(4)
+                .saturating_add(asked.max_tokens);
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
                     let status = quotas.status(&s, now).unwrap_or_default();
@@ -254,11 +285,11 @@ impl Policy {
                 }
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
-                    return Err(ApiError::rate_limited(
-                        d.code,
-                        d.message,
-                        d.retry_after_secs,
-                    ));
+                    let mut e = ApiError::rate_limited(d.code, d.message, d.retry_after_secs);
+                    // OpenAI sends its x-ratelimit-* headers on 429s too.
+                    let status = quotas.status(&s, now).unwrap_or_default();
+                    e.headers.extend(quota::ratelimit_headers(&status));
+                    return Err(e);
                 }
                 Err(quota::Refusal::Full {
                     max,
@@ -284,7 +315,7 @@ impl Policy {
             }
         };
         Ok(Admission {
-            identity,
+            identity: identity.clone(),
             priority,
             headers,
             prompt_bytes: asked.prompt_bytes,
@@ -378,26 +409,74 @@ impl Policy {
 
     /// Records a finished request: ledger line, totals, quotas settled, per-user metrics.
     /// `per_user`: `metrics.maxUsers` when `metrics.perUser` is on.
+    /// Returns the usage recorded (the backend's, else an estimate).
     pub fn complete(
         &self,
         admission: Admission,
         done: &Done,
         per_user: Option<usize>,
         metrics: &Metrics,
-    ) {
+    ) -> Usage {
         let usage = match done.usage {
-            Some(u) => u,
+            Some(u) if u.plausible() => u,
             // Only answered token-bearing requests get an estimate: an error used nothing.
-            None if (200..300).contains(&done.status) && bears_tokens(done.path) => {
+            reported if (200..300).contains(&done.status) && bears_tokens(done.path) => {
+                if let Some(u) = reported {
+                    metrics.invalid_usage();
+                    log::warn!(
+                        "model {} backend {}: usage counts above {} (prompt {}, completion {}, cached {}, reasoning {}) are not believed; the request is estimated",
+                        done.model,
+                        done.backend.unwrap_or("-"),
+                        usage::MAX_PLAUSIBLE_TOKENS,
+                        u.prompt,
+                        u.completion,
+                        u.cached,
+                        u.reasoning
+                    );
+                }
                 usage::estimate(admission.prompt_bytes, done.content_chars)
             }
-            None => Usage::default(),
+            _ => Usage::default(),
         };
-        let entry = Entry {
+        let entry = self.entry(&admission.identity, done, usage);
+        self.record(&entry, metrics);
+        if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
+            metrics.user(
+                &entry.user,
+                max_users,
+                usage.prompt,
+                usage.completion,
+                usage.estimated,
+            );
+        }
+        let reservation = admission
+            .reservation
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = reservation {
+            match usage.total() {
+                // Nothing was used (a refusal, a failed backend): give the estimate back.
+                0 => r.release(),
+                n => r.settle(n),
+            }
+        }
+        usage
+    }
+
+    /// Records a request refused at or after identification and before admission (a 401
+    /// token, an unknown model, a quota 429): a ledger line and totals with 0 tokens and
+    /// outcome `refused`. Nothing was reserved, so no budget is touched.
+    pub fn refused(&self, identity: &Identity, done: &Done, metrics: &Metrics) {
+        let entry = self.entry(identity, done, Usage::default());
+        self.record(&entry, metrics);
+    }
+
+    fn entry(&self, identity: &Identity, done: &Done, usage: Usage) -> Entry {
+        Entry {
             ts: clock::rfc3339(clock::now_ms()),
             request_id: done.request_id.to_string(),
-            user: admission.identity.user.clone(),
-            key: admission.identity.key.clone(),
+            user: identity.user.clone(),
+            key: identity.key.clone(),
             model: done.model.to_string(),
             backend: done.backend.map(str::to_string),
             path: done.path.to_string(),
@@ -406,30 +485,19 @@ impl Policy {
             duration_ms: done.duration.as_millis() as u64,
             ttfb_ms: done.ttfb.map(|t| t.as_millis() as u64),
             outcome: done.outcome.to_string(),
-        };
+        }
+    }
+
+    fn record(&self, entry: &Entry, metrics: &Metrics) {
         if let Some(l) = &self.ledger {
-            if !l.append(&entry) {
+            if !l.append(entry) {
                 metrics.ledger_failure();
             }
         }
         self.totals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add(&entry);
-        if let Some(max_users) = per_user {
-            metrics.user(&entry.user, max_users, usage.prompt, usage.completion);
-        }
-        let reservation = admission
-            .reservation
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = reservation {
-            match usage.prompt + usage.completion {
-                // Nothing was used (a refusal, a failed backend): give the estimate back.
-                0 => r.release(),
-                n => r.settle(n),
-            }
-        }
+            .add(entry);
     }
 
     /// `GET /usage`: the totals for `q` as an OpenAI-style list.
@@ -442,6 +510,9 @@ impl Policy {
         totals::to_json(&rows, &q.by)
     }
 }
+
+/// The ledger's `outcome` of a request modelmux refused before asking any backend.
+pub const REFUSED: &str = "refused";
 
 /// The quota subject of a request.
 fn subject(user: &str, key: &str, model: &str) -> Subject {

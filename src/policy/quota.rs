@@ -5,6 +5,8 @@
 //! - A released reservation (the request failed, e.g. the backend refused it) gives its tokens
 //!   back but still counts as a request: `requestsPerMinute` is there to stop floods, and a flood
 //!   of failing requests is still a flood.
+//! - A refused reservation (modelmux said no before asking any backend, e.g. a 503 after the
+//!   queue wait) gives back its tokens and its request: a refusal uses up no budget.
 //! - A reservation dropped without `settle` or `release` (a panic, a forgotten path) frees its
 //!   concurrency slots but keeps its estimate: work may have been done, and over-counting is the
 //!   side that cannot be abused.
@@ -503,6 +505,18 @@ impl Reservation {
         }
     }
 
+    /// Gives back the reserved tokens and the request itself: modelmux refused the request
+    /// before asking any backend.
+    pub fn refuse(mut self) {
+        if let Some(h) = self.held.take() {
+            self.adjust(&h, -i64::try_from(h.estimate).unwrap_or(i64::MAX));
+            if let Err(e) = self.shared.store.unrequest(&h.buckets, h.windows) {
+                self.shared
+                    .note_failure(&e, "a refused request stays counted this minute");
+            }
+        }
+    }
+
     fn adjust(&self, h: &Held, delta: i64) {
         if delta == 0 {
             return;
@@ -659,6 +673,20 @@ mod tests {
         );
         // From 2024-03-15 12:02 the month resets at 2024-04-01 00:00.
         assert_eq!(d.retry_after_secs, 16 * 86_400 + 12 * 3600 - 120);
+    }
+
+    #[test]
+    fn a_refused_reservation_gives_back_its_request_and_tokens() {
+        let q = quotas(
+            json!([{"match": {"user": "*"}, "requestsPerMinute": 1, "tokensPerMinute": 100}]),
+        );
+        let ann = who("ann", "k", "m");
+        q.reserve(&ann, 90, NOON).unwrap().refuse();
+        q.reserve(&ann, 90, NOON + 1).unwrap().settle(90);
+        assert_eq!(
+            denied(q.reserve(&ann, 0, NOON + 2)).limit,
+            "requests_per_minute"
+        );
     }
 
     #[test]

@@ -244,6 +244,20 @@ impl RedisStore {
         .map(|_| ())
     }
 
+    /// Takes one request off the minute counters of `buckets` in `windows` (the adjust script:
+    /// an expired counter stays gone, none goes below zero).
+    pub fn unrequest(&self, buckets: &[String], w: Windows) -> Result<(), StoreError> {
+        self.with_conn(|con| {
+            let mut call = self.adjust.prepare_invoke();
+            for b in buckets {
+                call.key(format!("{}{}:{}{}", PREFIX, b, NAMES[0], w.minute));
+            }
+            call.arg(-1);
+            call.invoke::<i64>(con)
+        })
+        .map(|_| ())
+    }
+
     /// The current counts of `buckets` by the server's clock.
     pub fn read(&self, buckets: &[String]) -> Result<Snapshot, StoreError> {
         let reply: Vec<i64> = self.with_conn(|con| {
@@ -419,6 +433,13 @@ mod tests {
             assert_eq!(
                 store.read(&["all".into()]).unwrap().counts,
                 vec![[1, 0, 0, 0]]
+            );
+            // A refusal takes its request back, once.
+            store.unrequest(&["u=ann".into()], o.windows).unwrap();
+            store.unrequest(&["u=ann".into()], o.windows).unwrap();
+            assert_eq!(
+                store.read(&["u=ann".into()]).unwrap().counts,
+                vec![[0, 40, 40, 40]]
             );
             Some(())
         });

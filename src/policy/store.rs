@@ -132,6 +132,18 @@ impl Store {
         }
     }
 
+    /// Takes back the request a reservation counted in `windows`' minute (a refusal is not a
+    /// request); a minute that has ended is left alone.
+    pub fn unrequest(&self, buckets: &[String], windows: Windows) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => {
+                s.unrequest(buckets, windows);
+                Ok(())
+            }
+            Store::Redis(s) => s.unrequest(buckets, windows),
+        }
+    }
+
     /// The current counts of `buckets`.
     pub fn read(&self, buckets: &[String], now: u64) -> Result<Snapshot, StoreError> {
         match self {
@@ -363,6 +375,17 @@ impl LocalStore {
         }
     }
 
+    fn unrequest(&self, buckets: &[String], w: Windows) {
+        let mut d = self.lock();
+        for b in buckets {
+            if let Some(b) = d.buckets.get_mut(b) {
+                if b.slots[0].0 == w.of(SPANS[0]) {
+                    b.slots[0].1 = b.slots[0].1.saturating_sub(1);
+                }
+            }
+        }
+    }
+
     fn read(&self, buckets: &[String], now: u64) -> Snapshot {
         let w = Windows::at(now);
         let d = self.lock();
@@ -499,6 +522,20 @@ mod tests {
         // Never below zero.
         s.adjust(&names, Windows::at(186), -1_000_000);
         assert_eq!(s.read(&names, 186).counts, vec![[1, 0, 0, 0]]);
+    }
+
+    #[test]
+    fn unrequest_takes_back_one_request_of_its_minute_only() {
+        let s = LocalStore::default();
+        let asks = [ask("a", [None; 4])];
+        let o = s.reserve(&asks, 5, 120).expect("reserved");
+        s.reserve(&asks, 5, 121).expect("reserved");
+        let names = ["a".to_string()];
+        s.unrequest(&names, o.windows);
+        assert_eq!(s.read(&names, 122).counts, vec![[1, 10, 10, 10]]);
+        s.reserve(&asks, 5, 185).expect("reserved");
+        s.unrequest(&names, o.windows); // that minute has ended
+        assert_eq!(s.read(&names, 186).counts, vec![[1, 5, 15, 15]]);
     }
 
     #[test]

@@ -18,15 +18,35 @@ pub struct Counters {
     pub cached: u64,
     /// Reasoning tokens.
     pub reasoning: u64,
+    /// Requests by the ledger's `outcome`, in `OUTCOMES` order (other values are not counted).
+    pub outcomes: [u64; 5],
 }
+
+/// The ledger's outcomes, as `/usage` counts them.
+pub const OUTCOMES: [&str; 5] = [
+    "complete",
+    "client_gone",
+    "upstream_failed",
+    "error",
+    "refused",
+];
 
 impl Counters {
     fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.prompt += o.prompt;
-        self.completion += o.completion;
-        self.cached += o.cached;
-        self.reasoning += o.reasoning;
+        // Saturating: a ledger line may hold any number a backend reported.
+        self.requests = self.requests.saturating_add(o.requests);
+        self.prompt = self.prompt.saturating_add(o.prompt);
+        self.completion = self.completion.saturating_add(o.completion);
+        self.cached = self.cached.saturating_add(o.cached);
+        self.reasoning = self.reasoning.saturating_add(o.reasoning);
+        for (a, b) in self.outcomes.iter_mut().zip(o.outcomes) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    /// Refused requests (admission said no; nothing reached a backend).
+    pub fn refused(&self) -> u64 {
+        self.outcomes[4]
     }
 }
 
@@ -116,12 +136,17 @@ impl Totals {
             .cells
             .entry((day, e.user.clone(), e.key.clone(), e.model.clone()))
             .or_default();
+        let mut outcomes = [0; 5];
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == e.outcome) {
+            outcomes[i] = 1;
+        }
         c.add(&Counters {
             requests: 1,
             prompt: e.usage.prompt,
             completion: e.usage.completion,
             cached: e.usage.cached,
             reasoning: e.usage.reasoning,
+            outcomes,
         });
     }
 
@@ -167,6 +192,12 @@ pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
             m.insert("completion_tokens".into(), c.completion.into());
             m.insert("cached_tokens".into(), c.cached.into());
             m.insert("reasoning_tokens".into(), c.reasoning.into());
+            let by_outcome: serde_json::Map<String, serde_json::Value> = OUTCOMES
+                .iter()
+                .zip(c.outcomes)
+                .map(|(o, n)| (o.to_string(), n.into()))
+                .collect();
+            m.insert("requests_by_outcome".into(), by_outcome.into());
             serde_json::Value::Object(m)
         })
         .collect();
@@ -181,6 +212,7 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
         .chain(
             [
                 "requests",
+                "refused",
                 "prompt_tokens",
                 "completion_tokens",
                 "cached_tokens",
@@ -194,9 +226,16 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
         let c = r.counters;
         let mut line = r.group.clone();
         line.extend(
-            [c.requests, c.prompt, c.completion, c.cached, c.reasoning]
-                .iter()
-                .map(u64::to_string),
+            [
+                c.requests,
+                c.refused(),
+                c.prompt,
+                c.completion,
+                c.cached,
+                c.reasoning,
+            ]
+            .iter()
+            .map(u64::to_string),
         );
         lines.push(line);
     }
@@ -237,6 +276,7 @@ mod tests {
     fn e(ts: &str, user: &str, model: &str, p: u64, c: u64) -> Entry {
         Entry {
             ts: ts.into(),
+            outcome: "complete".into(),
             user: user.into(),
             key: "k".into(),
             model: model.into(),
@@ -281,8 +321,17 @@ mod tests {
         assert_eq!(rows.len(), 3);
         let json = to_json(&rows, &parse_by("user,model").unwrap());
         assert_eq!(json["data"][1]["model"], "m2");
+        assert_eq!(
+            json["data"][1]["requests_by_outcome"],
+            serde_json::json!({"complete": 1, "client_gone": 0, "upstream_failed": 0,
+                               "error": 0, "refused": 0})
+        );
         let table = to_table(&rows, &parse_by("user,model").unwrap());
-        assert!(table.starts_with("user  model  requests"), "{}", table);
+        assert!(
+            table.starts_with("user  model  requests  refused"),
+            "{}",
+            table
+        );
         assert!(parse_by("team").is_err());
     }
 }

@@ -21,6 +21,9 @@ pub struct Inbound {
     pub boundary: Option<String>,
     /// The public model id the request names.
     pub model: String,
+    /// For a generating request that names no max tokens field: the completion tokens (per
+    /// choice) its reservation covers, for an endpoint with `capMaxTokens` to forward.
+    pub unnamed_max_tokens: Option<u64>,
 }
 
 impl Inbound {
@@ -70,6 +73,10 @@ pub fn read(
     } else {
         None
     };
+    // Fields that decide routing and accounting are checked before anything relies on them.
+    if let Some(j) = json.as_ref().filter(|_| bears_tokens(&target.path)) {
+        j.check_types(chat)?;
+    }
     let named = Named {
         chat,
         header: header(&headers, "x-model-id").map(str::to_string),
@@ -91,6 +98,7 @@ pub fn read(
         json,
         boundary,
         model,
+        unnamed_max_tokens: None,
     })
 }
 
@@ -119,6 +127,14 @@ fn upstream_method(method: &Method, route: &Route, path: &str) -> Result<&'stati
             ))
         }
     })
+}
+
+/// Paths whose answers carry tokens, where OpenAI's request fields mean what they say.
+fn bears_tokens(path: &str) -> bool {
+    matches!(
+        path,
+        "/chat/completions" | "/completions" | "/responses" | "/embeddings"
+    )
 }
 
 fn looks_json(content_type: &str, body: &[u8], multipart: bool) -> bool {

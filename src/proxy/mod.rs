@@ -15,7 +15,7 @@ use crate::catalog::Resolved;
 use crate::headers;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::policy::{Admission, Asked, Done, Policy};
+use crate::policy::{Admission, Asked, Done, Identity, Policy, REFUSED};
 use crate::route::{Route, Target};
 use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
@@ -34,13 +34,14 @@ pub struct Summary {
     pub bytes: u64,
     /// Time to the first body byte sent to the client.
     pub ttfb: Option<Duration>,
-    /// Tokens the backend reported.
+    /// Tokens the backend reported; once the ledger has the request, what it recorded (an
+    /// estimate is marked `estimated`).
     pub usage: Option<crate::usage::Usage>,
     /// Characters of generated text a stream carried (for an estimate).
     pub content_chars: u64,
     /// Retries on other backends or fallback models.
     pub retries: u32,
-    /// `complete`, `client_gone`, `upstream_failed` or `error`.
+    /// `complete`, `client_gone`, `upstream_failed`, `error` or `refused`.
     pub outcome: &'static str,
     /// The model is a configured one (only those become metric labels: a client must not be
     /// able to mint label values).
@@ -79,7 +80,7 @@ pub fn handle(
         ..Summary::default()
     };
     let config = &ctx.live.config;
-    let inbound = match inbound::read(
+    let mut inbound = match inbound::read(
         &mut request,
         target,
         route,
@@ -90,6 +91,28 @@ pub fn handle(
         Err(e) => return fail(request, e, ctx, summary),
     };
     summary.model = Some(inbound.model.clone());
+    let body_user = inbound
+        .json
+        .as_ref()
+        .and_then(|j| j.get_str("user"))
+        .filter(|u| !u.is_empty());
+    let refusal = Refusal {
+        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
+        model: crate::api_error::clip(&inbound.model, 200),
+        target,
+        started,
+    };
+    let identity =
+        match ctx
+            .policy
+            .identify(&config.policy, &inbound.headers, ctx.caller, body_user)
+        {
+            Ok(i) => i,
+            Err(e) => {
+                let who = crate::policy::key_only(ctx.caller);
+                return refusal.answer(request, &who, e, ctx, summary);
+            }
+        };
     // A model the caller's key may not use looks exactly like one that does not exist.
     let Some(resolved) = ctx
         .live
@@ -97,36 +120,45 @@ pub fn handle(
         .filter(|_| ctx.caller.may_use(&inbound.model))
     else {
         let e = ApiError::model_not_found(&inbound.model);
-        return fail(request, e, ctx, summary);
+        return refusal.answer(request, &identity, e, ctx, summary);
     };
     summary.routed = resolved.listed;
-    let body_user = inbound
-        .json
-        .as_ref()
-        .and_then(|j| j.get_str("user"))
-        .filter(|u| !u.is_empty());
     let endpoint = &config.endpoints[resolved.index];
-    let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| inbound.json.as_ref()?.get_u64(k))
-        .or(endpoint.default_max_tokens)
-        .unwrap_or(0);
+    // A backend may honour any of the max tokens fields, so the largest is reserved, once per
+    // completion asked for (`n`); a generating request without one reserves a default rather
+    // than nothing.
+    let json = inbound.json.as_ref();
+    let max_tokens = match target.path.as_str() {
+        "/chat/completions" | "/completions" | "/responses" => {
+            let named = json.and_then(|j| j.max_tokens());
+            let per_choice = named
+                .or(endpoint.default_max_tokens)
+                .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS);
+            if named.is_none() && json.is_some() {
+                inbound.unnamed_max_tokens = Some(per_choice);
+            }
+            per_choice.saturating_mul(json.map_or(1, |j| j.choices()))
+        }
+        _ => 0,
+    };
     let asked = Asked {
         headers: &inbound.headers,
         caller: ctx.caller,
-        body_user,
         prompt_bytes: inbound.body.len(),
         model: &inbound.model,
         max_tokens,
     };
-    let admission = match ctx.policy.admit(&config.policy, &asked, ctx.metrics) {
+    let admission = match ctx
+        .policy
+        .admit(&config.policy, &identity, &asked, ctx.metrics)
+    {
         Ok(a) => a,
-        Err(e) => return fail(request, e, ctx, summary),
+        Err(e) => return refusal.answer(request, &identity, e, ctx, summary),
     };
-    let summary = attempt(
+    let mut summary = attempt(
         request, &inbound, &resolved, &admission, target, ctx, summary, started,
     );
-    ctx.policy.complete(
+    let recorded = ctx.policy.complete(
         admission,
         &Done {
             request_id: ctx.request_id,
@@ -146,7 +178,50 @@ pub fn handle(
             .then_some(config.policy.metrics_max_users),
         ctx.metrics,
     );
+    if summary.usage.is_some() || recorded.estimated {
+        summary.usage = Some(recorded);
+    }
     summary
+}
+
+/// What recording a refusal needs to know about the request.
+struct Refusal<'a> {
+    model: String,
+    target: &'a Target,
+    started: Instant,
+}
+
+impl Refusal<'_> {
+    /// Answers a request refused once its identity was known and before it was admitted (a
+    /// 401 token, an unknown model, a quota 429), and records it in the ledger as `refused`.
+    fn answer(
+        &self,
+        request: Request,
+        who: &Identity,
+        e: ApiError,
+        ctx: &Ctx,
+        summary: Summary,
+    ) -> Summary {
+        let mut summary = fail(request, e, ctx, summary);
+        summary.outcome = REFUSED;
+        ctx.policy.refused(
+            who,
+            &Done {
+                request_id: ctx.request_id,
+                model: &self.model,
+                backend: None,
+                path: &self.target.path,
+                status: summary.status,
+                usage: None,
+                content_chars: 0,
+                duration: self.started.elapsed(),
+                ttfb: None,
+                outcome: REFUSED,
+            },
+            ctx.metrics,
+        );
+        summary
+    }
 }
 
 /// Tries the model's backends, then its fallbacks' (at most `retry.maxAttempts` in all),
@@ -192,11 +267,13 @@ fn attempt(
     let mut tried: Vec<Pick> = Vec::new();
     let (mut pick, mut permit) = match next_pick(&tried) {
         Ok(Some(p)) => p,
+        // Refusals: no backend was asked, so the request uses up no budget.
         Ok(None) => {
             // Every backend asked to be left alone (429/503 with Retry-After): say until when.
-            return fail_released(admission, request, select.none_left(), ctx, summary);
+            return fail_refused(admission, request, select.none_left(), ctx, summary);
         }
-        Err(select::Stop::Refused(e)) => return fail_released(admission, request, e, ctx, summary),
+        // The wait for a capped backend ran out (503 overloaded).
+        Err(select::Stop::Refused(e)) => return fail_refused(admission, request, e, ctx, summary),
         Err(select::Stop::ClientGone) => return client_left(admission, request, summary),
     };
     loop {
@@ -330,7 +407,8 @@ fn fail_released(
 /// The client hung up while its request waited for a backend: nothing was sent upstream and
 /// nothing is answered; logged as 499 (nginx's "client closed request"), charged nothing.
 fn client_left(admission: &Admission, request: Request, mut summary: Summary) -> Summary {
-    admission.release();
+    // Nothing reached a backend: no budget, not even the request, is used.
+    admission.refuse();
     let connection = request.connection_handle();
     // Taking the writer means no answer is written (a dropped request would send a 500).
     drop(request.into_writer());
@@ -339,6 +417,21 @@ fn client_left(admission: &Admission, request: Request, mut summary: Summary) ->
     }
     summary.status = 499;
     summary.outcome = "client_gone";
+    summary
+}
+
+/// `fail` for an admitted request modelmux refused before asking any backend: its reservation
+/// goes back whole, request included, and the ledger says `refused`.
+fn fail_refused(
+    admission: &Admission,
+    request: Request,
+    e: ApiError,
+    ctx: &Ctx,
+    summary: Summary,
+) -> Summary {
+    admission.refuse();
+    let mut summary = fail(request, e, ctx, summary);
+    summary.outcome = REFUSED;
     summary
 }
 

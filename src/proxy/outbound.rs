@@ -29,11 +29,20 @@ pub fn outgoing(
 ) -> Outgoing<'static> {
     let actual = &backend.actual_model_name;
     let body = if let Some(obj) = &inbound.json {
-        let set: Vec<(&str, String)> = if injects_usage(inbound, target, endpoint) {
+        let mut set: Vec<(&str, String)> = if injects_usage(inbound, target, endpoint) {
             vec![("stream_options", obj.stream_options_with_usage())]
         } else {
             Vec::new()
         };
+        // An opt-in: a backend that honours the field cannot write more than was reserved.
+        if let (Some(field), Some(n)) = (endpoint.cap_max_tokens, inbound.unnamed_max_tokens) {
+            let field = if target.path == "/responses" {
+                "max_output_tokens"
+            } else {
+                field
+            };
+            set.push((field, n.to_string()));
+        }
         obj.rewrite(actual, &endpoint.drop_fields, &set)
     } else if let Some(b) = &inbound.boundary {
         body::replace_multipart_field(&inbound.body, b, "model", actual)
