@@ -24,6 +24,10 @@ impl fmt::Debug for Secret {
 pub struct PolicySettings {
     /// `openWebUI.jwtSecret`: verifies Open WebUI's `X-OpenWebUI-User-Jwt`.
     pub jwt_secret: Option<Secret>,
+    /// `openWebUI.jwtAudience`: the token's `aud` must be (or contain) this.
+    pub jwt_audience: Option<String>,
+    /// `openWebUI.jwtIssuer`: the token's `iss` must be this.
+    pub jwt_issuer: Option<String>,
     /// `usageLog`, resolved against the config file's folder.
     pub usage_log: Option<PathBuf>,
     /// `usageLogMaxBytes`: the ledger rotates past this size.
@@ -45,28 +49,39 @@ pub(super) fn parse_policy(
     root: &Map<String, Value>,
     config_file: &str,
 ) -> Result<PolicySettings, FieldError> {
-    let jwt_secret = match root.get("openWebUI") {
-        None | Some(Value::Null) => None,
+    let (jwt_secret, jwt_audience, jwt_issuer) = match root.get("openWebUI") {
+        None | Some(Value::Null) => (None, None, None),
         Some(Value::Object(m)) => {
-            if let Some(k) = m.keys().find(|k| k.as_str() != "jwtSecret") {
+            const FIELDS: [&str; 3] = ["jwtSecret", "jwtAudience", "jwtIssuer"];
+            if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
                 return Err(FieldError::new(
                     format!("openWebUI.{}", k),
-                    "unknown field: expected only \"jwtSecret\"",
+                    "unknown field: expected \"jwtSecret\", \"jwtAudience\" or \"jwtIssuer\"",
                 ));
             }
-            match m.get("jwtSecret") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if !s.is_empty() => Some(Secret(s.clone())),
-                Some(v) => {
-                    return Err(FieldError::new(
-                        "openWebUI.jwtSecret",
-                        format!(
-                            "expected a non-empty string (e.g. \"${{OWUI_JWT_SECRET}}\"), got {}",
-                            type_name(v)
-                        ),
-                    ))
-                }
+            let text = |name: &str, example: &str| match m.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(v) => Err(FieldError::new(
+                    format!("openWebUI.{}", name),
+                    format!(
+                        "expected a non-empty string (e.g. {}), got {}",
+                        example,
+                        type_name(v)
+                    ),
+                )),
+            };
+            let secret = text("jwtSecret", "\"${OWUI_JWT_SECRET}\"")?.map(Secret);
+            let audience = text("jwtAudience", "\"modelmux\"")?;
+            let issuer = text("jwtIssuer", "\"open-webui\"")?;
+            // A claim check without a secret would be silently skipped: say so instead.
+            if secret.is_none() && (audience.is_some() || issuer.is_some()) {
+                return Err(FieldError::new(
+                    "openWebUI",
+                    "jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
+                ));
             }
+            (secret, audience, issuer)
         }
         Some(v) => {
             return Err(FieldError::new(
@@ -159,6 +174,8 @@ pub(super) fn parse_policy(
     };
     Ok(PolicySettings {
         jwt_secret,
+        jwt_audience,
+        jwt_issuer,
         usage_log,
         usage_log_max_bytes,
         metrics_per_user,

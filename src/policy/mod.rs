@@ -214,9 +214,13 @@ impl Policy {
             caller: asked.caller,
             body_user: asked.body_user.clone(),
         };
+        let expect = jwt::Expect {
+            audience: settings.jwt_audience.as_deref(),
+            issuer: settings.jwt_issuer.as_deref(),
+        };
         let identity = identity::identify(
             &asking,
-            settings.jwt_secret.as_ref(),
+            settings.jwt_secret.as_ref().map(|s| (s, expect)),
             clock::now_ms() / 1000,
         )?;
         let task = asked
@@ -362,6 +366,7 @@ impl Policy {
             request_id: done.request_id.to_string(),
             user: admission.identity.user.clone(),
             key: admission.identity.key.clone(),
+            end_user: admission.identity.label.clone(),
             model: done.model.to_string(),
             backend: done.backend.map(str::to_string),
             path: done.path.to_string(),
