@@ -151,6 +151,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "limits",
     "limitsStore",
     "limitsStoreFailure",
+    "limitsStoreTimeoutMs",
+    "limitsStoreRetrySecs",
     "taskHeader",
 ];
 

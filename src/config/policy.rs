@@ -5,6 +5,7 @@ use crate::policy::{parse_rules, FailureMode, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default size at which the usage ledger rotates.
 pub const DEFAULT_USAGE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -40,6 +41,10 @@ pub struct PolicySettings {
     pub limits_store: Option<Secret>,
     /// `limitsStoreFailure`: admit (`open`) or refuse (`closed`) while the store is down.
     pub limits_store_failure: FailureMode,
+    /// `limitsStoreTimeoutMs`: connect, read and write timeout of each store operation.
+    pub limits_store_timeout: Duration,
+    /// `limitsStoreRetrySecs`: after a store failure, requests go without it this long.
+    pub limits_store_retry: Duration,
     /// `taskHeader`: a request carrying it (non-empty) is a background task, served last.
     pub task_header: String,
 }
@@ -162,6 +167,14 @@ pub(super) fn parse_policy(
     };
     let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
         .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
+    let whole = |name: &str, default: u64, max: u64| match root.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            FieldError::new(name, format!("expected a whole number from 1 to {}", max))
+        }),
+    };
+    let limits_store_timeout = Duration::from_millis(whole("limitsStoreTimeoutMs", 250, 60_000)?);
+    let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
     let task_header = match root.get("taskHeader") {
         None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
         Some(Value::String(h)) if crate::headers::is_valid_name(h) => h.clone(),
@@ -182,6 +195,8 @@ pub(super) fn parse_policy(
         limits,
         limits_store,
         limits_store_failure,
+        limits_store_timeout,
+        limits_store_retry,
         task_header,
     })
 }

@@ -5,6 +5,7 @@
 //! `windows`, `redis_store`); per-backend concurrency caps wait fairly (`backend_gate`).
 
 mod backend_gate;
+mod breaker;
 mod clock;
 mod identity;
 mod jwt;
@@ -138,7 +139,15 @@ impl Policy {
         let mut totals = Totals::default();
         let store = match &settings.limits_store {
             None => Store::local(),
-            Some(url) => Store::redis(&url.0, None).map_err(|e| format!("limitsStore: {}", e.0))?,
+            Some(url) => Store::redis(
+                &url.0,
+                None,
+                store::Timing {
+                    timeout: settings.limits_store_timeout,
+                    retry: settings.limits_store_retry,
+                },
+            )
+            .map_err(|e| format!("limitsStore: {}", e.0))?,
         };
         let quotas = Quotas::new(
             settings.limits.clone(),
@@ -241,8 +250,8 @@ impl Policy {
             let estimate = (asked.prompt_bytes as u64).div_ceil(4) + asked.max_tokens;
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
-                    let status = quotas.status(&s, now).unwrap_or_default();
-                    (Some(r), quota::ratelimit_headers(&status))
+                    let headers = quota::ratelimit_headers(r.status());
+                    (Some(r), headers)
                 }
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
@@ -318,16 +327,31 @@ impl Policy {
             );
         }
         drop(gates);
-        let failures = self
+        let health = self
             .quotas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .quotas
-            .store_failures();
+            .store_health();
         let _ = writeln!(
             out,
-            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
-            failures
+            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable, timed out or erring).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
+            health.failures
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_skipped_total Limits store operations not tried because the breaker was open after a failure.\n# TYPE modelmux_limits_store_skipped_total counter\nmodelmux_limits_store_skipped_total {}",
+            health.skipped
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_breaker_open 1 while requests go without the limits store after a failure (limitsStoreFailure decides what they get).\n# TYPE modelmux_limits_store_breaker_open gauge\nmodelmux_limits_store_breaker_open {}",
+            u8::from(health.breaker_open)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_pending_cancels Reservations whose answer was lost, waiting to be taken back in the limits store.\n# TYPE modelmux_limits_store_pending_cancels gauge\nmodelmux_limits_store_pending_cancels {}",
+            health.pending_cancels
         );
         out
     }
