@@ -67,7 +67,7 @@ pub fn identify(
             e.status = 401;
             e
         })?;
-        checked(claims.sub, "the X-OpenWebUI-User-Jwt token's sub", None)?
+        checked(claims.sub, "The X-OpenWebUI-User-Jwt token's sub", None)?
     } else if let Some((name, id)) = trusted(asking.caller)
         .then(|| {
             ["X-OpenWebUI-User-Id", "X-OpenWebUI-User-Email"]
@@ -76,9 +76,9 @@ pub fn identify(
         })
         .flatten()
     {
-        checked(id, name, None)?
+        checked(id, &format!("The {} header", name), None)?
     } else if let Some(u) = body_user {
-        let u = checked(u.to_string(), "user", Some("user"))?;
+        let u = checked(u.to_string(), "The body's user", Some("user"))?;
         if names_users(asking.caller) {
             u
         } else {
@@ -107,11 +107,9 @@ fn names_users(caller: &Caller) -> bool {
 fn checked(s: String, what: &str, param: Option<&'static str>) -> Result<String, ApiError> {
     let clean: String = s.chars().filter(|c| !c.is_control()).collect();
     if clean.chars().count() > MAX_USER {
-        let mut e = ApiError::invalid_request(format!(
-            "The user id in {} is longer than {} characters.",
-            what, MAX_USER
-        ))
-        .with_code("user_too_long");
+        let mut e =
+            ApiError::invalid_request(format!("{} is longer than {} characters.", what, MAX_USER))
+                .with_code("user_too_long");
         e.param = param;
         return Err(e);
     }
