@@ -36,6 +36,9 @@ fn replica(backend: &str, store: &str, extra: Value) -> Proxy {
     let mut cfg = json!({
         "endpoints": {"m": {"url": backend, "apiKey": KEY, "actualModelName": "real-m"}},
         "limitsStore": store,
+        // Not the 250 ms default: a loaded test machine can stall a debug build that long, and
+        // a timeout would admit a request unchecked. Tests about timeouts set their own.
+        "limitsStoreTimeoutMs": 3000,
         "limits": [
             {"match": {"user": "*"}, "requestsPerMinute": 3},
             {"match": {"user": "tok"}, "tokensPerDay": 100},

@@ -336,9 +336,10 @@ impl RedisStore {
     }
 
     /// Runs `f` on a pooled or new connection. A pooled connection the server has dropped
-    /// (e.g. Redis restarted) is retried once on a new one: the command never reached a live
-    /// server, and a reservation's id makes a repeat add nothing anyway. A connection whose
-    /// command failed is not reused (a late reply would answer the next command).
+    /// (e.g. Redis restarted) is retried once on a new one: a reservation's id makes a repeat
+    /// add nothing, and since the server may have run the command before it closed, a failed
+    /// retry counts as sent. A connection whose command failed is not reused (a late reply
+    /// would answer the next command).
     fn with_conn<T>(&self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Result<T, Failed> {
         let pooled = {
             let mut idle = lock(&self.idle);
@@ -346,7 +347,7 @@ impl RedisStore {
         };
         let result = match pooled {
             Some(mut con) => match f(&mut con) {
-                Err(e) if e.is_connection_dropped() => self.fresh(&f),
+                Err(e) if e.is_connection_dropped() => self.fresh(&f).map_err(|(e, _)| (e, true)),
                 other => other.map(|v| (v, con)).map_err(|e| (e, true)),
             },
             None => self.fresh(&f),
@@ -645,7 +646,7 @@ mod tests {
     #[test]
     fn lua_windows_agree_with_rust() {
         let server = RedisServer::start();
-        let store = RedisStore::open(&server.url(), None, Timing::default()).unwrap();
+        let store = RedisStore::open(&server.url(), None, patient()).unwrap();
         let probe = Script::new(&format!(
             "{}local a, b, c, d = windows(tonumber(ARGV[1])) return {{a, b, c, d}}",
             WINDOWS_LUA
@@ -687,7 +688,7 @@ mod tests {
     #[test]
     fn reserve_adjust_and_read_against_real_redis() {
         let server = RedisServer::start();
-        let store = RedisStore::open(&server.url(), None, Timing::default()).unwrap();
+        let store = RedisStore::open(&server.url(), None, patient()).unwrap();
         let asks = [
             ask("u=ann", [Some(2), Some(100), None, None]),
             ask("all", [None, None, Some(1000), None]),
@@ -729,7 +730,7 @@ mod tests {
     #[test]
     fn keys_expire_after_their_window_and_ended_windows_are_not_revived() {
         let server = RedisServer::start();
-        let store = RedisStore::open(&server.url(), None, Timing::default()).unwrap();
+        let store = RedisStore::open(&server.url(), None, patient()).unwrap();
         let o = store.reserve(&[ask("u=ann", [None; 4])], 5).unwrap();
         let ttl = |key: String| -> i64 {
             let reply = server.command(&["TTL", &key]);
@@ -763,7 +764,7 @@ mod tests {
         let replica = || {
             Arc::new(Quotas::new(
                 parse_rules(&rules).unwrap(),
-                Store::redis(&server.url(), None, Timing::default()).unwrap(),
+                Store::redis(&server.url(), None, patient()).unwrap(),
                 FailureMode::Closed,
             ))
         };
@@ -818,7 +819,7 @@ mod tests {
         let server = RedisServer::start();
         let q = Quotas::new(
             parse_rules(&json!([{"match": {"user": "*"}, "tokensPerMonth": 1000}])).unwrap(),
-            Store::redis(&server.url(), None, Timing::default()).unwrap(),
+            Store::redis(&server.url(), None, patient()).unwrap(),
             FailureMode::Open,
         );
         let remaining = || q.status(&who("ann"), 0).unwrap()[0].budgets[0].remaining;
@@ -844,10 +845,19 @@ mod tests {
         assert_eq!(q.store_health().failures, 0);
     }
 
+    /// For tests not about timeouts: a loaded test machine can stall a debug build for longer
+    /// than the 250 ms default, and a timeout would admit a request unchecked.
+    fn patient() -> Timing {
+        Timing {
+            timeout: Duration::from_secs(5),
+            retry: Duration::from_secs(5),
+        }
+    }
+
     /// A breaker interval short enough for tests to wait out.
     fn quick() -> Timing {
         Timing {
-            timeout: Duration::from_millis(300),
+            timeout: Duration::from_millis(1000),
             retry: Duration::from_millis(400),
         }
     }
@@ -885,8 +895,14 @@ mod tests {
             "a restarted Redis without persistence is empty"
         );
         assert!(!store.breaker_open());
-        // A refused connection sent nothing: there is nothing to cancel.
+        // The command on the dropped connection may have run: it is cancelled all the same
+        // (a tombstone only), and the cancel goes through once Redis is back.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.pending_cancels() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(store.pending_cancels(), 0);
+        assert_eq!(store.read(&["u=ann".into()]).unwrap().counts[0][2], 10);
     }
 
     #[test]
@@ -1046,21 +1062,21 @@ mod tests {
     fn password_from_the_url_and_no_secret_in_errors() {
         let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
         let with = format!("redis://:s3cret-pw@127.0.0.1:{}/0", server.port());
-        let store = RedisStore::open(&with, None, Timing::default()).unwrap();
+        let store = RedisStore::open(&with, None, patient()).unwrap();
         assert!(store.reserve(&[ask("all", [None; 4])], 1).unwrap().admitted);
         let wrong = format!("redis://:wrong-pw@127.0.0.1:{}/0", server.port());
-        let e = RedisStore::open(&wrong, None, Timing::default())
+        let e = RedisStore::open(&wrong, None, patient())
             .unwrap()
             .reserve(&[], 1)
             .unwrap_err();
         assert!(!e.0.contains("wrong-pw"), "{}", e);
-        let none = RedisStore::open(&server.url(), None, Timing::default())
+        let none = RedisStore::open(&server.url(), None, patient())
             .unwrap()
             .reserve(&[], 1)
             .unwrap_err();
         assert!(none.0.contains("127.0.0.1"), "{}", none);
         assert!(!format!("{:?}", store).contains("s3cret"));
-        let bad = RedisStore::open("http://:s3cret-pw@host/", None, Timing::default()).unwrap_err();
+        let bad = RedisStore::open("http://:s3cret-pw@host/", None, patient()).unwrap_err();
         assert!(!bad.0.contains("s3cret"), "{}", bad);
     }
 
@@ -1073,7 +1089,7 @@ mod tests {
         .unwrap();
         let server = RedisServer::start_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem());
         let ca = server.cert_file().unwrap().to_str().unwrap();
-        let store = RedisStore::open(&server.url(), Some(ca), Timing::default()).unwrap();
+        let store = RedisStore::open(&server.url(), Some(ca), patient()).unwrap();
         assert!(
             store
                 .reserve(&[ask("all", [Some(5); 4])], 1)
@@ -1082,15 +1098,11 @@ mod tests {
         );
         assert_eq!(store.read(&["all".into()]).unwrap().counts, vec![[1; 4]]);
         // The bundled web roots do not trust a private CA: the handshake fails, as a value.
-        let untrusted = RedisStore::open(&server.url(), None, Timing::default()).unwrap();
+        let untrusted = RedisStore::open(&server.url(), None, patient()).unwrap();
         let e = untrusted.reserve(&[], 1).unwrap_err();
         assert!(e.0.starts_with("redis at localhost:"), "{}", e);
-        let missing = RedisStore::open(
-            &server.url(),
-            Some("/nonexistent/ca.pem"),
-            Timing::default(),
-        )
-        .unwrap_err();
+        let missing =
+            RedisStore::open(&server.url(), Some("/nonexistent/ca.pem"), patient()).unwrap_err();
         assert!(missing.0.contains("/nonexistent/ca.pem"), "{}", missing);
     }
 }
