@@ -72,7 +72,10 @@ pub(super) fn parse_policy(
                     format!(
                         "expected a non-empty string (e.g. {}), got {}",
                         example,
-                        type_name(v)
+                        match v {
+                            Value::String(_) => "an empty string",
+                            v => type_name(v),
+                        }
                     ),
                 )),
             };
@@ -199,4 +202,64 @@ pub(super) fn parse_policy(
         limits_store_retry,
         task_header,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PolicySettings, String> {
+        let v: Value = serde_json::from_str(text).unwrap();
+        parse_policy(v.as_object().unwrap(), "/etc/c.json")
+            .map_err(|e| format!("{}: {}", e.location, e.message))
+    }
+
+    #[test]
+    fn token_checks_and_store_timings_are_strict() {
+        let s =
+            parse(r#"{"openWebUI":{"jwtSecret":"s","jwtAudience":"mm","jwtIssuer":"i"}}"#).unwrap();
+        assert_eq!(
+            (s.jwt_audience.as_deref(), s.jwt_issuer.as_deref()),
+            (Some("mm"), Some("i"))
+        );
+        assert_eq!(s.limits_store_timeout, Duration::from_millis(250));
+        assert_eq!(s.limits_store_retry, Duration::from_secs(5));
+        let s = parse(r#"{"limitsStoreTimeoutMs":50,"limitsStoreRetrySecs":1}"#).unwrap();
+        assert_eq!(
+            (s.limits_store_timeout, s.limits_store_retry),
+            (Duration::from_millis(50), Duration::from_secs(1))
+        );
+        for (text, error) in [
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtAudience":["mm"]}}"#,
+                "openWebUI.jwtAudience: expected a non-empty string (e.g. \"modelmux\"), got an array",
+            ),
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtIssuer":""}}"#,
+                "openWebUI.jwtIssuer: expected a non-empty string (e.g. \"open-webui\"), got an empty string",
+            ),
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtAud":"mm"}}"#,
+                "openWebUI.jwtAud: unknown field: expected \"jwtSecret\", \"jwtAudience\" or \"jwtIssuer\"",
+            ),
+            (
+                r#"{"openWebUI":{"jwtAudience":"mm"}}"#,
+                "openWebUI: jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
+            ),
+            (
+                r#"{"limitsStoreTimeoutMs":0}"#,
+                "limitsStoreTimeoutMs: expected a whole number from 1 to 60000",
+            ),
+            (
+                r#"{"limitsStoreTimeoutMs":"250"}"#,
+                "limitsStoreTimeoutMs: expected a whole number from 1 to 60000",
+            ),
+            (
+                r#"{"limitsStoreRetrySecs":0.5}"#,
+                "limitsStoreRetrySecs: expected a whole number from 1 to 3600",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err(), error, "{}", text);
+        }
+    }
 }
