@@ -10,6 +10,9 @@
 //!   side that cannot be abused.
 //! - `concurrent` counts in-flight requests in this process only, even with Redis: a replica that
 //!   dies would leave its in-flight counts in Redis until they expired, locking users out.
+//! - While the store fails or its breaker keeps requests off it, `limitsStoreFailure` decides:
+//!   admitted open, a request reserves nothing and is never charged; a reservation whose answer
+//!   was lost is taken back by the store (`redis_store`), so the two never disagree.
 
 use crate::policy::rules::{Limit, Rule, Subject, WINDOWED};
 use crate::policy::store::{increments, Ask, Health, Outcome, Store, StoreError, SPANS};
