@@ -100,12 +100,25 @@ fn two_replicas_enforce_one_budget_through_redis() {
     for r in answers.iter().filter(|r| r.status != 200) {
         refused(r, "rate_limit_exceeded", 0);
     }
-    // Each reserves about 42 tokens and settles to 20 + 20, against 100 a day: two fit, even
-    // if the first has not settled yet; a third does not.
-    assert_eq!(chat_as(&p1, "tok", TWENTY_WORDS).status, 200);
-    let r = chat_as(&p2, "tok", TWENTY_WORDS);
+    // Each reserves 31 (123 body bytes / 4) + 10 (max_tokens) = 41 tokens and settles to
+    // 20 + 20, against 100 a day: two fit, even if the first has not settled yet; a third does
+    // not, even if the second has not (a settle lands after its answer).
+    let tok = |p: &Proxy| {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": TWENTY_WORDS}],
+                          "user": "tok", "max_tokens": 10});
+        let h = [("Content-Type", "application/json")];
+        request(
+            p.addr,
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            body.to_string().as_bytes(),
+        )
+    };
+    assert_eq!(tok(&p1).status, 200);
+    let r = tok(&p2);
     assert_eq!(r.status, 200, "{}", r.text());
-    refused(&chat_as(&p1, "tok", TWENTY_WORDS), "insufficient_quota", 1);
+    refused(&tok(&p1), "insufficient_quota", 1);
     assert_eq!(
         a.requests().len(),
         5,
