@@ -236,8 +236,13 @@ fn a_paused_redis_costs_one_timeout_per_interval_and_charges_nothing_it_did_not_
         assert_eq!(remaining(&r).as_deref(), Some("2"), "3 a minute, 1 used");
     }
     // Each settles its tokens after its answer: let that reach Redis before it stalls (a
-    // settle that times out would open the breaker before the requests below).
-    std::thread::sleep(Duration::from_millis(500));
+    // settle that times out would open the breaker before the requests below). A request
+    // counts as in flight until it has settled.
+    for p in [&open, &closed] {
+        wait_until("the first requests settled", Duration::from_secs(5), || {
+            metric(p, "modelmux_in_flight_requests") == Some(0.0)
+        });
+    }
 
     redis.pause();
     let waited = Duration::from_millis(900)..Duration::from_millis(2500);
