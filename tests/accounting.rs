@@ -124,11 +124,29 @@ fn open_webui_tokens_are_verified_and_bad_ones_never_reach_a_backend() {
         b64url(claims("user-ada", 300).to_string().as_bytes())
     );
     let hs512 = jwt(&json!({"alg": "HS512"}), &claims("user-ada", 300), SECRET);
+    let with = |k: &str, v: Value| {
+        let mut c = claims("user-ada", 300);
+        c[k] = v;
+        jwt(&hs, &c, SECRET)
+    };
+    let no_exp = {
+        let mut c = claims("user-ada", 300);
+        c.as_object_mut().unwrap().remove("exp");
+        jwt(&hs, &c, SECRET)
+    };
+    let string_exp = with("exp", json!((now() + 300).to_string()));
+    let float_expired = with("exp", json!(now() as f64 - 3600.5));
+    let not_yet = with("nbf", json!(now() + 3600));
+    let long_sub = with("sub", json!("u".repeat(129)));
     for (what, token) in [
         ("forged", &forged),
         ("expired", &expired),
         ("alg none", &none),
         ("HS512", &hs512),
+        ("no exp", &no_exp),
+        ("string exp", &string_exp),
+        ("float exp in the past", &float_expired),
+        ("nbf in the future", &not_yet),
     ] {
         let r = chat(
             &p,
@@ -142,6 +160,16 @@ fn open_webui_tokens_are_verified_and_bad_ones_never_reach_a_backend() {
             "the token is not echoed"
         );
     }
+    let r = chat(
+        &p,
+        &[("X-OpenWebUI-User-Jwt", &long_sub)],
+        &chat_body("m", "x", false),
+    );
+    assert_eq!(
+        r.text(),
+        r#"{"error":{"message":"The X-OpenWebUI-User-Jwt token's sub is longer than 128 characters.","type":"invalid_request_error","param":null,"code":"user_too_long"}}"#
+    );
+    assert_eq!(r.status, 400);
     assert_eq!(
         a.requests().len(),
         1,
@@ -220,10 +248,24 @@ fn only_trusted_keys_may_name_users_in_plain_headers() {
         got,
         [
             ("alice w", "openwebui"),
-            ("bob", "scripts"),
             ("key-1", "key-1"),
             ("scripts", "scripts"),
+            ("scripts", "scripts"),
         ]
+    );
+    // The untrusted key's body user is kept only as the end user's label.
+    let labels: Vec<&Value> = lines.iter().map(|l| &l["end_user"]).collect();
+    assert_eq!(
+        labels.iter().filter(|l| **l == "bob").count(),
+        1,
+        "{:?}",
+        labels
+    );
+    assert_eq!(
+        labels.iter().filter(|l| l.is_null()).count(),
+        3,
+        "{:?}",
+        labels
     );
     for l in &lines {
         let text = l.to_string();
@@ -614,4 +656,76 @@ fn per_user_metrics_are_opt_in_and_a_full_disk_never_stops_traffic() {
     body["user"] = "dave".into();
     assert_eq!(chat(&p, &[], &body.to_string()).status, 200);
     assert!(!get(p.addr, "/metrics").text().contains("dave"));
+}
+
+#[test]
+fn configured_audience_and_issuer_are_required_and_long_ids_are_refused() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let p = Proxy::start(&config(
+        &a.url(),
+        &dir,
+        &format!(
+            r#","openWebUI":{{"jwtSecret":"{}","jwtAudience":"modelmux","jwtIssuer":"https://chat.example.org"}},"proxyKeys":[{{"key":"sk-owui-key-555555","name":"openwebui","trustUserHeaders":true}},{{"key":"sk-script-key-666666","name":"scripts"}}]"#,
+            SECRET
+        ),
+        "",
+    ));
+    let hs = json!({"alg": "HS256", "typ": "JWT"});
+    let token = |aud: Value, iss: &str| {
+        let mut c = claims("user-ada", 300);
+        c["iss"] = iss.into();
+        if !aud.is_null() {
+            c["aud"] = aud;
+        }
+        jwt(&hs, &c, SECRET)
+    };
+    let iss = "https://chat.example.org";
+    let owui = ("Authorization", "Bearer sk-owui-key-555555");
+    for (aud, issuer, status) in [
+        (json!("modelmux"), iss, 200),
+        (json!(["other", "modelmux"]), iss, 200),
+        (json!("other"), iss, 401),
+        (Value::Null, iss, 401),
+        (json!("modelmux"), "open-webui", 401),
+    ] {
+        let t = token(aud.clone(), issuer);
+        let r = chat(
+            &p,
+            &[owui, ("X-OpenWebUI-User-Jwt", &t)],
+            &chat_body("m", "x", false),
+        );
+        assert_eq!(r.status, status, "aud {} iss {}: {}", aud, issuer, r.text());
+        if status == 401 {
+            assert_eq!(r.error(401)["code"], "invalid_user_token");
+        }
+    }
+    // Over-long ids are refused whole, not cut to 128 characters and merged.
+    let long = "x".repeat(129);
+    let mut body: Value = serde_json::from_str(&chat_body("m", "x", false)).unwrap();
+    body["user"] = long.clone().into();
+    for auth in [owui, ("Authorization", "Bearer sk-script-key-666666")] {
+        let r = chat(&p, &[auth], &body.to_string());
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.text(),
+            r#"{"error":{"message":"The body's user is longer than 128 characters.","type":"invalid_request_error","param":"user","code":"user_too_long"}}"#
+        );
+    }
+    let r = chat(
+        &p,
+        &[owui, ("X-OpenWebUI-User-Id", &long)],
+        &chat_body("m", "x", false),
+    );
+    assert_eq!(r.error(400)["code"], "user_too_long");
+    body["user"] = "y".repeat(128).into();
+    assert_eq!(
+        chat(&p, &[owui], &body.to_string()).status,
+        200,
+        "128 is fine"
+    );
+    assert_eq!(a.requests().len(), 3, "refusals never reach the backend");
+    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 3);
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().any(|l| l["user"] == "y".repeat(128)));
 }

@@ -4,8 +4,9 @@
 //! race, restart persistence from the usage ledger, `/usage` budgets, fair and prioritised
 //! per-backend queues, queue timeouts, and backends' own `Retry-After`.
 //!
-//! Identity: no Open WebUI token and no trusted headers are used, so the body's `user` field
-//! names the user. The mock backend echoes: prompt tokens = words of the user messages,
+//! Identity: no Open WebUI token and no trusted headers are used, and no keys (or keys trusted
+//! to name users), so the body's `user` field names the user; one test checks that a key not
+//! trusted for it cannot. The mock backend echoes: prompt tokens = words of the user messages,
 //! completion tokens = the same count.
 
 mod support;
@@ -891,4 +892,79 @@ fn a_single_backends_429_is_relayed_with_its_retry_after_and_it_cools_for_that_l
         t0.elapsed()
     );
     assert_eq!(a.requests().len(), 2);
+}
+
+#[test]
+fn only_keys_trusted_to_name_users_spend_a_users_budget_through_the_body() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let log = dir.0.join("usage.jsonl");
+    let p = Proxy::start(&config(
+        json!({"m": endpoint(&a.url(), json!({}))}),
+        json!({
+            "proxyKeys": [
+                {"key": "sk-limits-owui-key-000001", "name": "owui", "trustUserHeaders": true},
+                {"key": "sk-limits-script-key-00002", "name": "scripts"},
+            ],
+            "limits": [{"match": {"user": "*"}, "requestsPerMinute": 2}],
+            "usageLog": log.to_str().unwrap(),
+        }),
+    ));
+    let owui = "Bearer sk-limits-owui-key-000001";
+    let scripts = "Bearer sk-limits-script-key-00002";
+    let as_user = |auth: &str, user: &str| {
+        send(
+            p.addr,
+            &[("Authorization", auth)],
+            &body(user, "hi", json!({})),
+        )
+    };
+    let left = |r: &Resp| header_u64(r, "x-ratelimit-remaining-requests");
+    room_in_this_minute(15);
+    // The untrusted key says it is ann: counted under the key, not ann.
+    let r = as_user(scripts, "ann");
+    assert_eq!((r.status, left(&r)), (200, 1), "{}", r.text());
+    // A new name per request mints no new budget: the key's own 2 are spent.
+    let r = as_user(scripts, "fresh-1");
+    assert_eq!((r.status, left(&r)), (200, 0), "{}", r.text());
+    refused(&as_user(scripts, "fresh-2"), "rate_limit_exceeded", 0);
+    // Ann's budget is whole: the trusted key spends it, and only it.
+    let r = as_user(owui, "ann");
+    assert_eq!((r.status, left(&r)), (200, 1), "{}", r.text());
+    let r = as_user(owui, "ann");
+    assert_eq!((r.status, left(&r)), (200, 0), "{}", r.text());
+    refused(&as_user(owui, "ann"), "rate_limit_exceeded", 0);
+    // A trusted key's new name is a user of its own.
+    let r = as_user(owui, "bea");
+    assert_eq!((r.status, left(&r)), (200, 1), "{}", r.text());
+    // The ledger keeps the untrusted names as the end user's label beside the key.
+    wait_until("the ledger lines", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 5
+    });
+    let mut got: Vec<(String, String, String)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+            (s("user"), s("key"), s("end_user"))
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("ann", "owui", "-"),
+        ("ann", "owui", "-"),
+        ("bea", "owui", "-"),
+        ("scripts", "scripts", "ann"),
+        ("scripts", "scripts", "fresh-1"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want);
 }

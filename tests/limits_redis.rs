@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::mock_backend::{Behavior, MockBackend};
 use support::redis::RedisServer;
 use support::*;
@@ -38,6 +38,9 @@ fn replica(backend: &str, store: &str, extra: Value) -> Proxy {
         "endpoints": {"m": {"url": backend, "apiKey": KEY, "actualModelName": "real-m",
                             "defaultMaxTokens": 1}},
         "limitsStore": store,
+        // Not the 250 ms default: a loaded test machine can stall a debug build that long, and
+        // a timeout would admit a request unchecked. Tests about timeouts set their own.
+        "limitsStoreTimeoutMs": 3000,
         "limits": [
             {"match": {"user": "*"}, "requestsPerMinute": 3},
             {"match": {"user": "tok"}, "tokensPerDay": 100},
@@ -99,12 +102,25 @@ fn two_replicas_enforce_one_budget_through_redis() {
     for r in answers.iter().filter(|r| r.status != 200) {
         refused(r, "rate_limit_exceeded", 0);
     }
-    // Each reserves about 43 tokens and settles to 20 + 20, against 100 a day: two fit, even
-    // if the first has not settled yet; a third does not.
-    assert_eq!(chat_as(&p1, "tok", TWENTY_WORDS).status, 200);
-    let r = chat_as(&p2, "tok", TWENTY_WORDS);
+    // Each reserves 31 (123 body bytes / 4) + 10 (max_tokens) = 41 tokens and settles to
+    // 20 + 20, against 100 a day: two fit, even if the first has not settled yet; a third does
+    // not, even if the second has not (a settle lands after its answer).
+    let tok = |p: &Proxy| {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": TWENTY_WORDS}],
+                          "user": "tok", "max_tokens": 10});
+        let h = [("Content-Type", "application/json")];
+        request(
+            p.addr,
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            body.to_string().as_bytes(),
+        )
+    };
+    assert_eq!(tok(&p1).status, 200);
+    let r = tok(&p2);
     assert_eq!(r.status, 200, "{}", r.text());
-    refused(&chat_as(&p1, "tok", TWENTY_WORDS), "insufficient_quota", 1);
+    refused(&tok(&p1), "insufficient_quota", 1);
     assert_eq!(
         a.requests().len(),
         5,
@@ -119,13 +135,13 @@ fn redis_down_open_admits_closed_refuses_and_back_up_enforces_again() {
     let p1 = replica(
         &a.url(),
         &redis.url(),
-        json!({"limitsStoreFailure": "open"}),
+        json!({"limitsStoreFailure": "open", "limitsStoreRetrySecs": 1}),
     );
-    let p2 = replica(&a.url(), &redis.url(), json!({}));
+    let p2 = replica(&a.url(), &redis.url(), json!({"limitsStoreRetrySecs": 1}));
     let closed = replica(
         &a.url(),
         &redis.url(),
-        json!({"limitsStoreFailure": "closed"}),
+        json!({"limitsStoreFailure": "closed", "limitsStoreRetrySecs": 1}),
     );
     room_in_this_minute(20);
     assert_eq!(chat_as(&closed, "before", "hi").status, 200);
@@ -193,5 +209,103 @@ fn redis_down_open_admits_closed_refuses_and_back_up_enforces_again() {
         "the closed replica admits again",
         Duration::from_secs(10),
         || chat_as(&closed, "after", "hi").status == 200,
+    );
+}
+
+/// The answer to one request and how long it took.
+fn timed(p: &Proxy, user: &str) -> (Resp, Duration) {
+    let started = Instant::now();
+    let r = chat_as(p, user, "hi");
+    (r, started.elapsed())
+}
+
+#[test]
+fn a_paused_redis_costs_one_timeout_per_interval_and_charges_nothing_it_did_not_answer() {
+    let redis = RedisServer::start();
+    let a = MockBackend::start(Behavior::default());
+    // A timeout long enough to tell from an answer that did not wait for the store at all.
+    let timing = |mode: &str| json!({"limitsStoreFailure": mode, "limitsStoreTimeoutMs": 1000, "limitsStoreRetrySecs": 3});
+    let open = replica(&a.url(), &redis.url(), timing("open"));
+    let closed = replica(&a.url(), &redis.url(), timing("closed"));
+    room_in_this_minute(40);
+    let remaining = |r: &Resp| {
+        r.header("x-ratelimit-remaining-requests")
+            .map(str::to_string)
+    };
+    for (p, user) in [(&open, "pia"), (&closed, "cid")] {
+        let r = chat_as(p, user, "hi");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(remaining(&r).as_deref(), Some("2"), "3 a minute, 1 used");
+    }
+    // Each settles its tokens after its answer: let that reach Redis before it stalls (a
+    // settle that times out would open the breaker before the requests below). A request
+    // counts as in flight until it has settled.
+    for p in [&open, &closed] {
+        wait_until("the first requests settled", Duration::from_secs(5), || {
+            metric(p, "modelmux_in_flight_requests") == Some(0.0)
+        });
+    }
+
+    redis.pause();
+    let waited = Duration::from_millis(900)..Duration::from_millis(2500);
+    let at_once = Duration::from_millis(500);
+    // Open: the first request waits one timeout and is served without a quota check...
+    let (r, took) = timed(&open, "pia");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(waited.contains(&took), "one timeout, took {:?}", took);
+    assert_eq!(remaining(&r), None, "no budget to report");
+    // ...and the next ones within the interval do not wait for the store at all.
+    for _ in 0..3 {
+        let (r, took) = timed(&open, "pia");
+        assert_eq!(r.status, 200);
+        assert!(took < at_once, "the breaker is open, took {:?}", took);
+    }
+    // Closed: the same, refused.
+    let (r, took) = timed(&closed, "cid");
+    assert_eq!(r.error(503)["code"], "limits_unavailable");
+    assert!(waited.contains(&took), "one timeout, took {:?}", took);
+    for _ in 0..3 {
+        let (r, took) = timed(&closed, "cid");
+        assert_eq!(r.error(503)["code"], "limits_unavailable");
+        assert!(took < at_once, "the breaker is open, took {:?}", took);
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=3).contains(&wait), "until the next probe: {}", wait);
+    }
+    for p in [&open, &closed] {
+        assert_eq!(metric(p, "modelmux_limits_store_failures_total"), Some(1.0));
+        assert_eq!(metric(p, "modelmux_limits_store_skipped_total"), Some(3.0));
+        assert_eq!(metric(p, "modelmux_limits_store_breaker_open"), Some(1.0));
+        assert_eq!(
+            metric(p, "modelmux_limits_store_pending_cancels"),
+            Some(1.0)
+        );
+    }
+
+    // Resumed, Redis runs the reservations it had buffered; their cancels take them back.
+    redis.resume();
+    for p in [&open, &closed] {
+        wait_until(
+            "the lost reservation cancelled",
+            Duration::from_secs(15),
+            || metric(p, "modelmux_limits_store_pending_cancels") == Some(0.0),
+        );
+        wait_until("the breaker interval over", Duration::from_secs(5), || {
+            metric(p, "modelmux_limits_store_breaker_open") == Some(0.0)
+        });
+    }
+    // Only the requests Redis answered count: the one before the pause and this one.
+    for (p, user) in [(&open, "pia"), (&closed, "cid")] {
+        let r = chat_as(p, user, "hi");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            remaining(&r).as_deref(),
+            Some("1"),
+            "{} was charged for nothing",
+            user
+        );
+    }
+    assert_eq!(
+        metric(&open, "modelmux_limits_store_failures_total"),
+        Some(1.0)
     );
 }

@@ -174,6 +174,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "limitsStore",
     "limitsStoreFailure",
     "limitsMaxTracked",
+    "limitsStoreTimeoutMs",
+    "limitsStoreRetrySecs",
     "taskHeader",
 ];
 

@@ -5,6 +5,7 @@ use crate::policy::{parse_rules, FailureMode, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default of `metrics.maxUsers`.
 pub const DEFAULT_METRICS_MAX_USERS: usize = 1000;
@@ -27,6 +28,10 @@ impl fmt::Debug for Secret {
 pub struct PolicySettings {
     /// `openWebUI.jwtSecret`: verifies Open WebUI's `X-OpenWebUI-User-Jwt`.
     pub jwt_secret: Option<Secret>,
+    /// `openWebUI.jwtAudience`: the token's `aud` must be (or contain) this.
+    pub jwt_audience: Option<String>,
+    /// `openWebUI.jwtIssuer`: the token's `iss` must be this.
+    pub jwt_issuer: Option<String>,
     /// `usageLog`, resolved against the config file's folder.
     pub usage_log: Option<PathBuf>,
     /// `usageLogMaxBytes`: the ledger rotates past this size.
@@ -45,12 +50,16 @@ pub struct PolicySettings {
     pub limits_store: Option<Secret>,
     /// `limitsStoreFailure`: admit (`open`) or refuse (`closed`) while the store is down.
     pub limits_store_failure: FailureMode,
+    /// `limitsStoreTimeoutMs`: connect, read and write timeout of each store operation.
+    pub limits_store_timeout: Duration,
+    /// `limitsStoreRetrySecs`: after a store failure, requests go without it this long.
+    pub limits_store_retry: Duration,
     /// `taskHeader`: a request carrying it (non-empty) is a background task, served last.
     pub task_header: String,
 }
 
 /// Every field of `openWebUI`; anything else is an error (see `json::check_fields`).
-const OPEN_WEBUI_FIELDS: &[&str] = &["jwtSecret"];
+const OPEN_WEBUI_FIELDS: &[&str] = &["jwtSecret", "jwtAudience", "jwtIssuer"];
 /// Every field of `metrics`.
 const METRICS_FIELDS: &[&str] = &["perUser", "maxUsers", "key"];
 
@@ -59,27 +68,36 @@ pub(super) fn parse_policy(
     root: &Map<String, Value>,
     config_file: &str,
 ) -> Result<PolicySettings, FieldError> {
-    let jwt_secret = match root.get("openWebUI") {
-        None | Some(Value::Null) => None,
+    let (jwt_secret, jwt_audience, jwt_issuer) = match root.get("openWebUI") {
+        None | Some(Value::Null) => (None, None, None),
         Some(Value::Object(m)) => {
             check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
-            match m.get("jwtSecret") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if !s.is_empty() => Some(Secret(s.clone())),
-                Some(v) => {
-                    return Err(FieldError::new(
-                        "openWebUI.jwtSecret",
-                        format!(
-                            "expected a non-empty string (e.g. \"${{OWUI_JWT_SECRET}}\"), got {}",
-                            if v.as_str() == Some("") {
-                                "an empty string"
-                            } else {
-                                type_name(v)
-                            }
-                        ),
-                    ))
-                }
+            let text = |name: &str, example: &str| match m.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(v) => Err(FieldError::new(
+                    format!("openWebUI.{}", name),
+                    format!(
+                        "expected a non-empty string (e.g. {}), got {}",
+                        example,
+                        match v {
+                            Value::String(_) => "an empty string",
+                            v => type_name(v),
+                        }
+                    ),
+                )),
+            };
+            let secret = text("jwtSecret", "\"${OWUI_JWT_SECRET}\"")?.map(Secret);
+            let audience = text("jwtAudience", "\"modelmux\"")?;
+            let issuer = text("jwtIssuer", "\"open-webui\"")?;
+            // A claim check without a secret would be silently skipped: say so instead.
+            if secret.is_none() && (audience.is_some() || issuer.is_some()) {
+                return Err(FieldError::new(
+                    "openWebUI",
+                    "jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
+                ));
             }
+            (secret, audience, issuer)
         }
         Some(v) => {
             return Err(FieldError::new(
@@ -136,6 +154,14 @@ pub(super) fn parse_policy(
     };
     let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
         .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
+    let whole = |name: &str, default: u64, max: u64| match root.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            FieldError::new(name, format!("expected a whole number from 1 to {}", max))
+        }),
+    };
+    let limits_store_timeout = Duration::from_millis(whole("limitsStoreTimeoutMs", 250, 60_000)?);
+    let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
     let task_header = match root.get("taskHeader") {
         None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
         Some(Value::String(h)) if crate::headers::is_valid_name(h) => h.clone(),
@@ -148,6 +174,8 @@ pub(super) fn parse_policy(
     };
     Ok(PolicySettings {
         jwt_secret,
+        jwt_audience,
+        jwt_issuer,
         usage_log,
         usage_log_max_bytes,
         metrics_per_user,
@@ -157,6 +185,8 @@ pub(super) fn parse_policy(
         limits,
         limits_store,
         limits_store_failure,
+        limits_store_timeout,
+        limits_store_retry,
         task_header,
     })
 }
@@ -244,4 +274,64 @@ pub(super) fn parse_usage_log(
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PolicySettings, String> {
+        let v: Value = serde_json::from_str(text).unwrap();
+        parse_policy(v.as_object().unwrap(), "/etc/c.json")
+            .map_err(|e| format!("{}: {}", e.location, e.message))
+    }
+
+    #[test]
+    fn token_checks_and_store_timings_are_strict() {
+        let s =
+            parse(r#"{"openWebUI":{"jwtSecret":"s","jwtAudience":"mm","jwtIssuer":"i"}}"#).unwrap();
+        assert_eq!(
+            (s.jwt_audience.as_deref(), s.jwt_issuer.as_deref()),
+            (Some("mm"), Some("i"))
+        );
+        assert_eq!(s.limits_store_timeout, Duration::from_millis(250));
+        assert_eq!(s.limits_store_retry, Duration::from_secs(5));
+        let s = parse(r#"{"limitsStoreTimeoutMs":50,"limitsStoreRetrySecs":1}"#).unwrap();
+        assert_eq!(
+            (s.limits_store_timeout, s.limits_store_retry),
+            (Duration::from_millis(50), Duration::from_secs(1))
+        );
+        for (text, error) in [
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtAudience":["mm"]}}"#,
+                "openWebUI.jwtAudience: expected a non-empty string (e.g. \"modelmux\"), got an array",
+            ),
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtIssuer":""}}"#,
+                "openWebUI.jwtIssuer: expected a non-empty string (e.g. \"open-webui\"), got an empty string",
+            ),
+            (
+                r#"{"openWebUI":{"jwtSecret":"s","jwtAud":"mm"}}"#,
+                "openWebUI.jwtAud: unknown field; did you mean \"jwtAudience\"?",
+            ),
+            (
+                r#"{"openWebUI":{"jwtAudience":"mm"}}"#,
+                "openWebUI: jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
+            ),
+            (
+                r#"{"limitsStoreTimeoutMs":0}"#,
+                "limitsStoreTimeoutMs: expected a whole number from 1 to 60000",
+            ),
+            (
+                r#"{"limitsStoreTimeoutMs":"250"}"#,
+                "limitsStoreTimeoutMs: expected a whole number from 1 to 60000",
+            ),
+            (
+                r#"{"limitsStoreRetrySecs":0.5}"#,
+                "limitsStoreRetrySecs: expected a whole number from 1 to 3600",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err(), error, "{}", text);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Who is asking, per request, first match wins: Open WebUI's signed user token, its plain user
-//! headers (only from a key trusted to send them), the OpenAI body's `user`, else the client
-//! key's name (or `anonymous` when no keys are configured).
+//! headers and the OpenAI body's `user` (both only from a key trusted to name users, or when
+//! no keys are configured), else the client key's name (or `anonymous` when no keys are
+//! configured). The body `user` of a key not trusted to name users is kept as the end user's
+//! label beside the key's identity: budgets and fairness never see it.
 
 use super::jwt;
 use crate::api_error::ApiError;
@@ -14,6 +16,9 @@ pub struct Identity {
     pub user: String,
     /// The client key's name, or `anonymous`.
     pub key: String,
+    /// The body's `user` sent with a key not trusted to name users: the ledger records it as
+    /// `end_user`, but quotas and the fair queue count the request under `user` (the key).
+    pub label: Option<String>,
 }
 
 /// What identification reads from a request.
@@ -26,14 +31,15 @@ pub struct Asking<'a> {
     pub body_user: Option<String>,
 }
 
-/// Longest user id kept; a longer one is cut (ids land in the ledger and perhaps in metrics).
+/// Longest user id accepted, in characters; a longer one is refused rather than cut, since cut
+/// ids that share their first 128 characters would be one user.
 const MAX_USER: usize = 128;
 
-/// Identifies the caller; a present but invalid signed token is a 401 that never reaches a
-/// backend.
+/// Identifies the caller. A present but invalid signed token is a 401 and an over-long id a
+/// 400; neither reaches a backend.
 pub fn identify(
     asking: &Asking,
-    jwt_secret: Option<&Secret>,
+    jwt: Option<(&Secret, jwt::Expect)>,
     now_secs: i64,
 ) -> Result<Identity, ApiError> {
     let key = key_name(asking.caller);
@@ -45,8 +51,11 @@ pub fn identify(
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.trim().is_empty())
     };
-    let user = if let (Some(token), Some(secret)) = (header("x-openwebui-user-jwt"), jwt_secret) {
-        let claims = jwt::verify(token, secret.0.as_bytes(), now_secs).map_err(|why| {
+    let body_user = asking.body_user.as_deref().filter(|u| !u.is_empty());
+    let mut label = None;
+    let user = if let (Some(token), Some((secret, expect))) = (header("x-openwebui-user-jwt"), jwt)
+    {
+        let claims = jwt::verify(token, secret.0.as_bytes(), expect, now_secs).map_err(|why| {
             let mut e = ApiError::invalid_request(format!(
                 "The X-OpenWebUI-User-Jwt token was refused: {}.",
                 why
@@ -55,25 +64,28 @@ pub fn identify(
             e.status = 401;
             e
         })?;
-        claims.sub
-    } else if let Some(id) = trusted(asking.caller)
+        checked(claims.sub, "The X-OpenWebUI-User-Jwt token's sub", None)?
+    } else if let Some((name, id)) = trusted(asking.caller)
         .then(|| {
-            header("x-openwebui-user-id")
-                .or_else(|| header("x-openwebui-user-email"))
-                .map(percent_decode)
+            ["X-OpenWebUI-User-Id", "X-OpenWebUI-User-Email"]
+                .into_iter()
+                .find_map(|n| header(n).map(|v| (n, percent_decode(v))))
         })
         .flatten()
     {
-        id
-    } else if let Some(u) = asking.body_user.clone().filter(|u| !u.is_empty()) {
-        u
+        checked(id, &format!("The {} header", name), None)?
+    } else if let Some(u) = body_user {
+        let u = checked(u.to_string(), "The body's user", Some("user"))?;
+        if names_users(asking.caller) {
+            u
+        } else {
+            label = Some(u);
+            key.clone()
+        }
     } else {
         key.clone()
     };
-    Ok(Identity {
-        user: clip(&user),
-        key,
-    })
+    Ok(Identity { user, key, label })
 }
 
 /// Who a request is for when its user could not be told (its signed token was refused): the
@@ -83,6 +95,7 @@ pub fn key_only(caller: &Caller) -> Identity {
     Identity {
         user: key.clone(),
         key,
+        label: None,
     }
 }
 
@@ -93,15 +106,29 @@ fn key_name(caller: &Caller) -> String {
     }
 }
 
+/// Keys with `trustUserHeaders` may name the user (a header or the body's `user`).
 fn trusted(caller: &Caller) -> bool {
     matches!(caller, Caller::Key(k) if k.trust_user_headers)
 }
 
-fn clip(s: &str) -> String {
+/// Who may name the user in the body: a trusted key, or anyone when no keys are configured
+/// (nothing is authenticated then, so there is no key identity to count under).
+fn names_users(caller: &Caller) -> bool {
+    matches!(caller, Caller::Open) || trusted(caller)
+}
+
+/// The id without control characters, or a 400 naming `what` when it is longer than
+/// `MAX_USER` characters.
+fn checked(s: String, what: &str, param: Option<&'static str>) -> Result<String, ApiError> {
     let clean: String = s.chars().filter(|c| !c.is_control()).collect();
-    crate::api_error::clip(&clean, MAX_USER)
-        .trim_end_matches('…')
-        .to_string()
+    if clean.chars().count() > MAX_USER {
+        let mut e =
+            ApiError::invalid_request(format!("{} is longer than {} characters.", what, MAX_USER))
+                .with_code("user_too_long");
+        e.param = param;
+        return Err(e);
+    }
+    Ok(clean)
 }
 
 /// Open WebUI percent-encodes its user headers (names and emails may hold non-ASCII).
@@ -152,7 +179,7 @@ mod tests {
         let now = 1_800_000_000;
         let token = super::jwt::tests::sign(
             r#"{"alg":"HS256"}"#,
-            r#"{"sub":"jwt-user","iss":"open-webui"}"#,
+            r#"{"sub":"jwt-user","iss":"open-webui","exp":1800000300}"#,
             b"k",
         );
         let trusted = key("owui", true);
@@ -201,13 +228,22 @@ mod tests {
                 "hdr user",
                 "owui",
             ),
+            // An untrusted key's body user is only a label: the key is the user.
             (
                 &plain,
                 Caller::Key(&untrusted),
                 Some("body"),
                 None,
-                "body",
                 "other",
+                "other",
+            ),
+            (
+                &[],
+                Caller::Key(&trusted),
+                Some("body"),
+                None,
+                "body",
+                "owui",
             ),
             (
                 &plain,
@@ -226,7 +262,10 @@ mod tests {
                 caller: &caller,
                 body_user: body_user.map(str::to_string),
             };
-            let id = identify(&asking, secret, now).unwrap();
+            let jwt = secret.map(|s| (s, jwt::Expect::default()));
+            let id = identify(&asking, jwt, now).unwrap();
+            let label = (key == "other" && body_user.is_some()).then(|| "body".to_string());
+            assert_eq!(id.label, label, "case {}", i);
             assert_eq!(
                 (id.user.as_str(), id.key.as_str()),
                 (user, key),
@@ -244,7 +283,46 @@ mod tests {
             caller: &Caller::Open,
             body_user: None,
         };
-        let e = identify(&asking, Some(&Secret("k".into())), 0).unwrap_err();
+        let secret = Secret("k".into());
+        let e = identify(&asking, Some((&secret, jwt::Expect::default())), 0).unwrap_err();
         assert_eq!((e.status, e.code), (401, Some("invalid_user_token")));
+    }
+
+    #[test]
+    fn ids_over_128_characters_are_refused_not_cut() {
+        let trusted = key("owui", true);
+        let untrusted = key("other", false);
+        let long = "é".repeat(129);
+        let max = "é".repeat(128);
+        let run = |headers: &[(String, String)], caller: &Caller, body: Option<&str>| {
+            let asking = Asking {
+                headers,
+                caller,
+                body_user: body.map(str::to_string),
+            };
+            identify(&asking, None, 0)
+        };
+        let ok = run(&[], &Caller::Key(&trusted), Some(&max)).unwrap();
+        assert_eq!(ok.user, max, "128 characters (256 bytes) are kept whole");
+        for (headers, caller, body) in [
+            (vec![], Caller::Key(&trusted), Some(long.as_str())),
+            (vec![], Caller::Key(&untrusted), Some(long.as_str())),
+            (vec![], Caller::Open, Some(long.as_str())),
+            (
+                h(&[("X-OpenWebUI-User-Id", &long)]),
+                Caller::Key(&trusted),
+                None,
+            ),
+        ] {
+            let e = run(&headers, &caller, body).unwrap_err();
+            assert_eq!((e.status, e.code), (400, Some("user_too_long")), "{:?}", e);
+        }
+        // An untrusted key's over-long header is not an id at all: ignored, not refused.
+        let id = run(
+            &h(&[("X-OpenWebUI-User-Id", &long)]),
+            &Caller::Key(&untrusted),
+            None,
+        );
+        assert_eq!(id.unwrap().user, "other");
     }
 }

@@ -24,6 +24,8 @@ pub struct Entry {
     pub user: String,
     /// The client key's name.
     pub key: String,
+    /// The body's `user` from a key not trusted to name users (`identity::Identity::label`).
+    pub end_user: Option<String>,
     /// The public model id.
     pub model: String,
     /// The backend host that answered last, if any.
@@ -45,7 +47,7 @@ pub struct Entry {
 impl Entry {
     /// The JSON line, without its newline.
     pub fn to_line(&self) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "ts": self.ts,
             "request_id": self.request_id,
             "user": self.user,
@@ -62,8 +64,12 @@ impl Entry {
             "duration_ms": self.duration_ms,
             "ttfb_ms": self.ttfb_ms,
             "outcome": self.outcome,
-        })
-        .to_string()
+        });
+        // Only on the lines that have one, after `key`, so other lines keep their bytes.
+        if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
+            m.shift_insert(4, "end_user".into(), label.clone().into());
+        }
+        v.to_string()
     }
 
     /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
@@ -76,6 +82,7 @@ impl Entry {
             request_id: s("request_id").unwrap_or_default(),
             user: s("user")?,
             key: s("key").unwrap_or_default(),
+            end_user: s("end_user"),
             model: s("model")?,
             backend: s("backend"),
             path: s("path").unwrap_or_default(),

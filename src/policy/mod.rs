@@ -5,6 +5,7 @@
 //! `windows`, `redis_store`); per-backend concurrency caps wait fairly (`backend_gate`).
 
 mod backend_gate;
+mod breaker;
 mod clock;
 mod identity;
 mod jwt;
@@ -159,7 +160,15 @@ impl Policy {
         let store = match &settings.limits_store {
             None => Store::local(),
             // The store's own message starts with `limitsStore:`.
-            Some(url) => Store::redis(&url.0, None).map_err(|e| e.0)?,
+            Some(url) => Store::redis(
+                &url.0,
+                None,
+                store::Timing {
+                    timeout: settings.limits_store_timeout,
+                    retry: settings.limits_store_retry,
+                },
+            )
+            .map_err(|e| e.0)?,
         };
         store.set_max_tracked(settings.limits_max_tracked);
         store::spawn_sweeper(&store);
@@ -244,9 +253,13 @@ impl Policy {
             caller,
             body_user,
         };
+        let expect = jwt::Expect {
+            audience: settings.jwt_audience.as_deref(),
+            issuer: settings.jwt_issuer.as_deref(),
+        };
         identity::identify(
             &asking,
-            settings.jwt_secret.as_ref(),
+            settings.jwt_secret.as_ref().map(|s| (s, expect)),
             clock::now_ms() / 1000,
         )
     }
@@ -280,8 +293,8 @@ impl Policy {
                 .saturating_add(asked.max_tokens);
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
-                    let status = quotas.status(&s, now).unwrap_or_default();
-                    (Some(r), quota::ratelimit_headers(&status))
+                    let headers = quota::ratelimit_headers(r.status());
+                    (Some(r), headers)
                 }
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
@@ -372,7 +385,7 @@ impl Policy {
         }
         drop(gates);
         let quotas = Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas);
-        let failures = quotas.store_failures();
+        let health = quotas.store_health();
         if let Some(n) = quotas.tracked() {
             let _ = writeln!(
                 out,
@@ -382,8 +395,23 @@ impl Policy {
         }
         let _ = writeln!(
             out,
-            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
-            failures
+            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable, timed out or erring).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
+            health.failures
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_skipped_total Limits store operations not tried because the breaker was open after a failure.\n# TYPE modelmux_limits_store_skipped_total counter\nmodelmux_limits_store_skipped_total {}",
+            health.skipped
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_breaker_open 1 while requests go without the limits store after a failure (limitsStoreFailure decides what they get).\n# TYPE modelmux_limits_store_breaker_open gauge\nmodelmux_limits_store_breaker_open {}",
+            u8::from(health.breaker_open)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modelmux_limits_store_pending_cancels Reservations whose answer was lost, waiting to be taken back in the limits store.\n# TYPE modelmux_limits_store_pending_cancels gauge\nmodelmux_limits_store_pending_cancels {}",
+            health.pending_cancels
         );
         out
     }
@@ -477,6 +505,7 @@ impl Policy {
             request_id: done.request_id.to_string(),
             user: identity.user.clone(),
             key: identity.key.clone(),
+            end_user: identity.label.clone(),
             model: done.model.to_string(),
             backend: done.backend.map(str::to_string),
             path: done.path.to_string(),

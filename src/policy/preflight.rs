@@ -10,7 +10,11 @@ use std::path::Path;
 /// is down is a runtime condition that `limitsStoreFailure` handles).
 pub fn preflight(settings: &PolicySettings) -> Result<(), String> {
     if let Some(url) = &settings.limits_store {
-        Store::redis(&url.0, None).map_err(|e| e.0)?;
+        let timing = super::store::Timing {
+            timeout: settings.limits_store_timeout,
+            retry: settings.limits_store_retry,
+        };
+        Store::redis(&url.0, None, timing).map_err(|e| e.0)?;
     }
     if let Some(path) = &settings.usage_log {
         probe_ledger(path)?;

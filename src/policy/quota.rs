@@ -12,18 +12,20 @@
 //!   side that cannot be abused.
 //! - `concurrent` counts in-flight requests in this process only, even with Redis: a replica that
 //!   dies would leave its in-flight counts in Redis until they expired, locking users out.
+//! - While the store fails or its breaker keeps requests off it, `limitsStoreFailure` decides:
+//!   admitted open, a request reserves nothing and is never charged; a reservation whose answer
+//!   was lost is taken back by the store (`redis_store`), so the two never disagree.
 
 use crate::policy::rules::{Limit, Rule, Subject, WINDOWED};
-use crate::policy::store::{increments, Ask, Outcome, ReserveError, Store, StoreError, SPANS};
+use crate::policy::store::{
+    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, SPANS,
+};
 use crate::policy::windows::{reset_secs, Windows};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Retry-After of a 503 while the limits store is unreachable in `closed` mode.
-const STORE_DOWN_RETRY_SECS: u64 = 5;
 
 /// What to do when the limits store cannot be reached (`"limitsStoreFailure"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,7 +123,6 @@ pub struct Quotas {
 struct Shared {
     store: Store,
     inflight: Mutex<HashMap<String, u64>>,
-    failures: AtomicU64,
     /// Unix minute of the last logged store failure.
     logged_minute: AtomicU64,
 }
@@ -131,9 +132,8 @@ impl Shared {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a store failure and logs it if none was logged this minute.
+    /// Logs a store failure if none was logged this minute (the store counts them).
     fn note_failure(&self, e: &StoreError, consequence: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
         let minute = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() / 60)
@@ -179,7 +179,6 @@ impl Quotas {
             shared: Arc::new(Shared {
                 store,
                 inflight: Mutex::default(),
-                failures: AtomicU64::new(0),
                 logged_minute: AtomicU64::new(u64::MAX),
             }),
         }
@@ -210,9 +209,9 @@ impl Quotas {
         self.shared.store.tracked()
     }
 
-    /// How often the store has failed since start, for /metrics.
-    pub fn store_failures(&self) -> u64 {
-        self.shared.failures.load(Ordering::Relaxed)
+    /// Store failures since start and the breaker's state, for /metrics.
+    pub fn store_health(&self) -> Health {
+        self.shared.store.health()
     }
 
     fn plan(&self, s: &Subject) -> Plan {
@@ -259,6 +258,7 @@ impl Quotas {
             shared: Arc::clone(&self.shared),
             inflight: Vec::new(),
             held: None,
+            status: Vec::new(),
         };
         {
             let mut inflight = self.shared.inflight();
@@ -297,6 +297,7 @@ impl Quotas {
         }
         match self.shared.store.reserve(&asks, estimated_tokens, now) {
             Ok(o) if o.admitted => {
+                r.status = self.status_after(&plan, &ask_of, &o, estimated_tokens);
                 r.held = Some(Held {
                     buckets: asks.into_iter().map(|a| a.bucket).collect(),
                     windows: o.windows,
@@ -327,11 +328,43 @@ impl Quotas {
                     self.shared
                         .note_failure(&e, "refusing requests with 503 meanwhile");
                     Err(Refusal::Unavailable {
-                        retry_after_secs: STORE_DOWN_RETRY_SECS,
+                        retry_after_secs: self.shared.store.health().retry_after_secs.max(1),
                     })
                 }
             },
         }
+    }
+
+    /// The budgets of the windowed rules once this reservation is added, from the counts the
+    /// store judged it on: the same as reading them back, without another round trip.
+    fn status_after(
+        &self,
+        plan: &Plan,
+        ask_of: &[Option<usize>],
+        o: &Outcome,
+        tokens: u64,
+    ) -> Vec<RuleStatus> {
+        let add = increments(tokens);
+        let mut out = Vec::new();
+        for &(ri, bi) in &plan.rules {
+            let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
+                continue;
+            };
+            let budgets: Vec<Budget> = (0..4)
+                .filter_map(|i| {
+                    self.rules[ri].windowed[i].map(|limit| Budget {
+                        kind: WINDOWED[i],
+                        limit,
+                        remaining: limit.saturating_sub(used[i].saturating_add(add[i])),
+                        reset_secs: reset_secs(SPANS[i], o.now),
+                    })
+                })
+                .collect();
+            if !budgets.is_empty() {
+                out.push(RuleStatus { rule: ri, budgets });
+            }
+        }
+        out
     }
 
     /// Which rule refused: of all the limits that would be exceeded, the one that lasts
@@ -476,6 +509,8 @@ pub struct Reservation {
     /// The reserved tokens; `None` when nothing was reserved (no windowed rule, or the store
     /// was down and the request admitted open).
     held: Option<Held>,
+    /// The windowed budgets once this request was counted (empty when nothing was reserved).
+    status: Vec<RuleStatus>,
 }
 
 #[derive(Debug)]
@@ -486,6 +521,11 @@ struct Held {
 }
 
 impl Reservation {
+    /// The budgets of the rules that counted this request, for the `x-ratelimit-*` headers.
+    pub fn status(&self) -> &[RuleStatus] {
+        &self.status
+    }
+
     /// Replaces the estimate with the tokens the backend reported, in the windows the
     /// reservation was made in (a window that has ended since is left alone).
     pub fn settle(mut self, actual_tokens: u64) {

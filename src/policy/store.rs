@@ -5,6 +5,7 @@
 //! tokens this minute, tokens today, tokens this month.
 
 use crate::policy::redis_store::RedisStore;
+pub use crate::policy::redis_store::Timing;
 use crate::policy::windows::{window_end, Span, Windows};
 use std::collections::HashMap;
 use std::fmt;
@@ -59,6 +60,21 @@ impl fmt::Display for StoreError {
     }
 }
 
+/// Store failures since start and the breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Health {
+    /// Operations tried that failed (timeout, refused connection, error reply).
+    pub failures: u64,
+    /// Operations not tried because the breaker was open.
+    pub skipped: u64,
+    /// True while requests go without the store.
+    pub breaker_open: bool,
+    /// Seconds until the store is tried again.
+    pub retry_after_secs: u64,
+    /// Reservations whose answer was lost, not yet cancelled in the store.
+    pub pending_cancels: usize,
+}
+
 /// What one request adds to each counter.
 pub fn increments(tokens: u64) -> Counts {
     [1, tokens, tokens, tokens]
@@ -88,8 +104,25 @@ impl Store {
     /// A store in Redis at `"limitsStore"` (`redis://` or `rediss://`, `[:password@]host
     /// [:port][/db]`), trusting only the PEM bundle `ca_file` for TLS when given. The
     /// connection is made on first use, so a Redis that is down at start is a runtime failure.
-    pub fn redis(url: &str, ca_file: Option<&str>) -> Result<Store, StoreError> {
-        RedisStore::open(url, ca_file).map(|s| Store::Redis(Arc::new(s)))
+    pub fn redis(url: &str, ca_file: Option<&str>, timing: Timing) -> Result<Store, StoreError> {
+        RedisStore::open(url, ca_file, timing).map(|s| Store::Redis(Arc::new(s)))
+    }
+
+    /// How the store is doing, for /metrics and `Retry-After` (the local store never fails).
+    pub fn health(&self) -> Health {
+        match self {
+            Store::Local(_) => Health::default(),
+            Store::Redis(s) => {
+                let (failures, skipped) = s.failures();
+                Health {
+                    failures,
+                    skipped,
+                    breaker_open: s.breaker_open(),
+                    retry_after_secs: s.retry_after_secs(),
+                    pending_cancels: s.pending_cancels(),
+                }
+            }
+        }
     }
 
     /// Checks every bucket and, only if all fit, adds one request and `tokens` to each.

@@ -95,6 +95,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP to its own pid): connections are accepted by the kernel
+    /// and commands are buffered, but nothing is answered until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT); it then runs what was buffered meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {} {} failed", sig, pid);
+    }
+
     /// Starts it again on the same port, empty (nothing is saved).
     pub fn restart(&mut self) {
         self.stop();
