@@ -109,8 +109,13 @@ fn header_u64(r: &Resp, name: &str) -> u64 {
 }
 
 /// The value of one series in /metrics, e.g. `modelmux_x_total{limit="concurrent"}`.
+/// `metrics.key` in the configs that turn per-user series on: only it (or the admin key) sees them.
+const METRICS_KEY: &str = "metrics-reader-key";
+
 fn metric(p: &Proxy, series: &str) -> Option<f64> {
-    get(p.addr, "/metrics").text().lines().find_map(|l| {
+    let auth = format!("Bearer {}", METRICS_KEY);
+    let m = request(p.addr, "GET", "/metrics", &[("Authorization", &auth)], b"");
+    m.text().lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
@@ -717,7 +722,7 @@ fn token_metrics_include_estimates_with_a_label() {
     let p = Proxy::start(&config(
         &a.url(),
         &dir,
-        json!({"metrics": {"perUser": true}}),
+        json!({"metrics": {"perUser": true, "key": METRICS_KEY}}),
         json!({"injectStreamUsage": false}),
     ));
     let mut exact: Value = serde_json::from_str(&chat_body("m", "one two", false)).unwrap();
