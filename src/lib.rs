@@ -22,7 +22,7 @@ mod config;
 mod discovery;
 mod glob;
 mod headers;
-// The libc calls (signals, descriptor limit, listen backlog) live here and nowhere else.
+// The libc calls (signals, descriptor limit, listen backlog, ledger lock) live here and nowhere else.
 #[cfg(test)]
 mod fuzz_tests;
 #[allow(unsafe_code)]
