@@ -49,9 +49,9 @@ pub fn serve(
     listener: TcpListener,
     settings: Settings,
     shared: Arc<ConfigStore>,
+    policy: Arc<Policy>,
     stopper: Arc<Stopper>,
 ) -> Result<(), String> {
-    let policy = Arc::new(Policy::start(&shared.snapshot().config.policy)?);
     let app = Arc::new(App {
         gate: Gate::new(settings.workers.max(1), settings.queue),
         settings,

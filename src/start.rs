@@ -103,6 +103,9 @@ fn run(o: Options) -> Result<(), String> {
     for w in &live.config.warnings {
         log::warn!("{}", w);
     }
+    // Before listening: a ledger another process writes stops the start here, and the limits
+    // are seeded from the ledger before the first request can be admitted.
+    let policy = Arc::new(crate::policy::Policy::start(&live.config.policy)?);
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -132,6 +135,7 @@ fn run(o: Options) -> Result<(), String> {
             drain: o.drain,
         },
         shared,
+        policy,
         stopper,
     )
 }
