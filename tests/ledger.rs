@@ -78,9 +78,15 @@ fn a_restart_after_many_rotations_keeps_the_month_budget_and_usage_complete() {
     .to_string();
     let env = [("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", ADMIN)];
     let p = Proxy::start_with(&cfg, &env, &[]);
-    // Five words: the mock answers 5 prompt and 5 completion tokens.
+    // Five words: the mock answers 5 prompt and 5 completion tokens. A request settles just
+    // after its answer, so each waits for the one before to settle: the budget is judged on
+    // what was used, not on a reservation still held.
+    let remaining = |p: &Proxy| usage(p, "user=anonymous")["limits"][0]["remaining"].clone();
     let mut served = 0u64;
     loop {
+        wait_until("the last request settled", Duration::from_secs(5), || {
+            remaining(&p) == json!(1000 - 10 * served)
+        });
         let r = chat(&p, "one two three four five");
         if r.status == 429 {
             assert_eq!(r.error(429)["code"], "insufficient_quota", "{}", r.text());
@@ -90,18 +96,14 @@ fn a_restart_after_many_rotations_keeps_the_month_budget_and_usage_complete() {
         served += 1;
         assert!(served < 200, "the month budget never ran out");
     }
-    wait_until("every line written", Duration::from_secs(5), || {
-        all_lines(&log) as u64 >= served
-    });
-    // Far more rotations than the three rotated files kept before.
-    assert!(
-        numbered(&log, 5).exists(),
-        "only {} lines, {} served: too few rotations",
-        all_lines(&log),
-        served
-    );
     let q = "by=user,model&since=2000-01-01";
-    let before = usage(&p, q);
+    // Settled: (a line for the refusal, should one be written, is in too).
+    let mut before = usage(&p, q);
+    wait_until("/usage to settle", Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = usage(&p, q);
+        std::mem::replace(&mut before, now) == before
+    });
     assert_eq!(
         before["data"][0]["prompt_tokens"],
         json!(5 * served),
@@ -112,13 +114,21 @@ fn a_restart_after_many_rotations_keeps_the_month_budget_and_usage_complete() {
     drop(p);
 
     let p = Proxy::start_with(&cfg, &env, &[]);
-    assert_eq!(usage(&p, q), before, "/usage after the restart");
     let r = chat(&p, "one two three four five");
     assert_eq!(
         r.status,
         429,
         "the spent month budget was granted again: {}",
         r.text()
+    );
+    assert_eq!(remaining(&p), json!(1000 - 10 * served), "{:#?}", p.logs());
+    assert_eq!(usage(&p, q), before, "/usage after the restart");
+    // Far more rotations than the three rotated files kept before.
+    assert!(
+        numbered(&log, 5).exists(),
+        "only {} lines, {} served: too few rotations",
+        all_lines(&log),
+        served
     );
     assert_eq!(r.error(429)["code"], "insufficient_quota");
     assert_eq!(a.requests().len() as u64, served);
