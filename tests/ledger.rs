@@ -304,6 +304,28 @@ fn a_64_mib_ledger_is_read_at_start_and_for_usage_in_bounded_memory() {
         peak,
         LEDGER_RSS_BOUND_MIB
     );
+    // `modelmux usage` over the same ledger: the largest peak of any child process this test
+    // binary has waited for (the command, and proxies other tests ended) stays under the bound.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelmux"))
+        .args(["usage", "--by", "user,model", "--json", "--log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, all, "the command agrees with /usage");
+    // SAFETY: getrusage fills a struct we own.
+    let children_peak_kib = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru), 0);
+        ru.ru_maxrss as u64
+    };
+    eprintln!("modelmux usage: peak RSS at most {} KiB", children_peak_kib);
+    assert!(
+        children_peak_kib < LEDGER_RSS_BOUND_MIB * 1024,
+        "modelmux usage peaked at {} KiB",
+        children_peak_kib
+    );
 }
 
 /// Item 15: `modelmux usage` shows ledger strings escaped: an escape sequence, a newline that

@@ -70,33 +70,74 @@ impl Entry {
     }
 
     /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
+    /// Read field by field, without building a JSON tree: start and `/usage` read every line.
     pub fn from_line(line: &str) -> Option<Entry> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-        Some(Entry {
-            ts: s("ts")?,
-            request_id: s("request_id").unwrap_or_default(),
-            user: s("user")?,
-            key: s("key").unwrap_or_default(),
-            model: s("model")?,
-            backend: s("backend"),
-            path: s("path").unwrap_or_default(),
-            status: u16::try_from(n("status")).unwrap_or(0),
-            usage: Usage {
-                prompt: n("prompt_tokens"),
-                completion: n("completion_tokens"),
-                cached: n("cached_tokens"),
-                reasoning: n("reasoning_tokens"),
-                estimated: v
-                    .get("estimated")
-                    .and_then(|x| x.as_bool())
-                    .unwrap_or(false),
-            },
-            duration_ms: n("duration_ms"),
-            ttfb_ms: v.get("ttfb_ms").and_then(|x| x.as_u64()),
-            outcome: s("outcome").unwrap_or_default(),
-        })
+        serde_json::from_str::<Parsed>(line).ok()?.0
+    }
+}
+
+/// A line read back: an entry, or `None` when a field it needs is missing.
+struct Parsed(Option<Entry>);
+
+impl<'de> serde::Deserialize<'de> for Parsed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Parsed, D::Error> {
+        d.deserialize_map(LineVisitor)
+    }
+}
+
+struct LineVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LineVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a usage ledger line")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        use serde_json::Value;
+        let (mut ts, mut user, mut model) = (None, None, None);
+        let mut e = Entry::default();
+        // As before: a field of the wrong type reads as absent (a string) or 0 (a number).
+        let text = |v: Value| match v {
+            Value::String(s) => Some(s),
+            _ => None,
+        };
+        let num = |v: Value| v.as_u64().unwrap_or(0);
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match k.as_ref() {
+                "ts" => ts = text(map.next_value()?),
+                "user" => user = text(map.next_value()?),
+                "model" => model = text(map.next_value()?),
+                "request_id" => e.request_id = text(map.next_value()?).unwrap_or_default(),
+                "key" => e.key = text(map.next_value()?).unwrap_or_default(),
+                "backend" => e.backend = text(map.next_value()?),
+                "path" => e.path = text(map.next_value()?).unwrap_or_default(),
+                "outcome" => e.outcome = text(map.next_value()?).unwrap_or_default(),
+                "status" => e.status = u16::try_from(num(map.next_value()?)).unwrap_or(0),
+                "prompt_tokens" => e.usage.prompt = num(map.next_value()?),
+                "completion_tokens" => e.usage.completion = num(map.next_value()?),
+                "cached_tokens" => e.usage.cached = num(map.next_value()?),
+                "reasoning_tokens" => e.usage.reasoning = num(map.next_value()?),
+                "estimated" => {
+                    e.usage.estimated = map.next_value::<Value>()?.as_bool().unwrap_or(false)
+                }
+                "duration_ms" => e.duration_ms = num(map.next_value()?),
+                "ttfb_ms" => e.ttfb_ms = map.next_value::<Value>()?.as_u64(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Parsed(match (ts, user, model) {
+            (Some(ts), Some(user), Some(model)) => Some(Entry {
+                ts,
+                user,
+                model,
+                ..e
+            }),
+            _ => None,
+        }))
     }
 }
 
@@ -578,5 +619,40 @@ mod tests {
         assert_eq!(buf, b"last");
         buf.clear();
         assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn lines_read_back_field_by_field_as_the_tree_read_them() {
+        let full = Entry {
+            backend: Some("b:1".into()),
+            ttfb_ms: Some(7),
+            status: 200,
+            ..entry(5)
+        };
+        assert_eq!(Entry::from_line(&full.to_line()), Some(full));
+        // Wrong types read as absent or 0; unknown fields are ignored; escapes are decoded.
+        let odd = r#"{"ts":"2026-11-02T10:00:00.000Z","user":"a\u00e9\n","model":"m","extra":{"x":[1]},"status":-3,"prompt_tokens":1.5,"completion_tokens":"9","key":7,"ttfb_ms":null,"estimated":true}"#;
+        let e = Entry::from_line(odd).unwrap();
+        assert_eq!(
+            (
+                e.user.as_str(),
+                e.status,
+                e.usage.prompt,
+                e.usage.completion
+            ),
+            ("a\u{e9}\n", 0, 0, 0)
+        );
+        assert_eq!(
+            (e.key.as_str(), e.ttfb_ms, e.usage.estimated),
+            ("", None, true)
+        );
+        for bad in [
+            r#"{"user":"a","model":"m"}"#,
+            r#"{"ts":"2026-11-02T10:00:00.000Z","user":null,"model":"m"}"#,
+            r#"["ts"]"#,
+            r#"{"ts":"2026"#,
+        ] {
+            assert_eq!(Entry::from_line(bad), None, "{}", bad);
+        }
     }
 }

@@ -151,17 +151,7 @@ impl Policy {
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
                 // Redis keeps its own counters; only local ones are rebuilt.
                 if !quotas.is_empty() && settings.limits_store.is_none() {
-                    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
-                    let month = clock::days_from_civil(y, m, 1);
-                    let mut read = 0u64;
-                    let skipped = ledger::scan(ledger.sources()?, Some(month), None, |e| {
-                        read += 1;
-                        if let Some(ts) = clock::parse_rfc3339_secs(&e.ts) {
-                            let s = subject(&e.user, &e.key, &e.model);
-                            let tokens = e.usage.prompt + e.usage.completion;
-                            quotas.record_past(&s, tokens, ts as u64, now);
-                        }
-                    })?;
+                    let (read, skipped) = seed_quotas(&ledger, &quotas, now)?;
                     if skipped > 0 {
                         log::warn!(
                             "usage ledger {}: {} unreadable lines skipped",
@@ -403,6 +393,46 @@ impl Policy {
         }
         Ok(totals::to_json(&t.rows(), &q.by))
     }
+}
+
+/// Rebuilds the local quota counters from this month's ledger lines; returns the lines counted
+/// and skipped. Lines are summed first by subject and by which of now's windows (minute, day,
+/// month) they fall in, then recorded once per sum: memory by subjects, not lines, and one
+/// rule lookup per sum rather than per line.
+fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, usize), String> {
+    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
+    let month = clock::days_from_civil(y, m, 1);
+    let w = windows::Windows::at(now);
+    // (user, key, model, same minute, same day, same month) → (tokens, a line's time, lines)
+    type Cell = (String, String, String, [bool; 3]);
+    let mut sums: HashMap<Cell, (u64, u64, u64)> = HashMap::new();
+    let mut read = 0u64;
+    let skipped = ledger::scan(ledger.sources()?, Some(month), None, |e| {
+        read += 1;
+        let Some(ts) = clock::parse_rfc3339_secs(&e.ts) else {
+            return;
+        };
+        let ts = ts as u64;
+        let at = windows::Windows::at(ts);
+        let same = [at.minute == w.minute, at.day == w.day, at.month == w.month];
+        let tokens = e.usage.prompt + e.usage.completion;
+        let sum = sums
+            .entry((e.user, e.key, e.model, same))
+            .or_insert((0, ts, 0));
+        sum.0 = sum.0.saturating_add(tokens);
+        sum.2 += 1;
+    })?;
+    for ((user, key, model, same), (tokens, ts, lines)) in sums {
+        let s = subject(&user, &key, &model);
+        quotas.record_past(&s, tokens, ts, now);
+        // Requests are counted per minute only: each line of this minute is one.
+        if same[0] {
+            for _ in 1..lines {
+                quotas.record_past(&s, 0, ts, now);
+            }
+        }
+    }
+    Ok((read, skipped))
 }
 
 /// The quota subject of a request.
