@@ -415,7 +415,7 @@ fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, usize
         let ts = ts as u64;
         let at = windows::Windows::at(ts);
         let same = [at.minute == w.minute, at.day == w.day, at.month == w.month];
-        let tokens = e.usage.prompt + e.usage.completion;
+        let tokens = e.usage.prompt.saturating_add(e.usage.completion);
         let sum = sums
             .entry((e.user, e.key, e.model, same))
             .or_insert((0, ts, 0));

@@ -22,11 +22,12 @@ pub struct Counters {
 
 impl Counters {
     fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.prompt += o.prompt;
-        self.completion += o.completion;
-        self.cached += o.cached;
-        self.reasoning += o.reasoning;
+        // A ledger line can carry any count (a backend's nonsense, a hand edit): never wrap.
+        self.requests = self.requests.saturating_add(o.requests);
+        self.prompt = self.prompt.saturating_add(o.prompt);
+        self.completion = self.completion.saturating_add(o.completion);
+        self.cached = self.cached.saturating_add(o.cached);
+        self.reasoning = self.reasoning.saturating_add(o.reasoning);
     }
 }
 
