@@ -227,10 +227,12 @@ fn the_largest_max_tokens_field_is_reserved_and_without_one_a_default() {
             b
         );
     }
-    // A request whose largest field cannot fit is refused before any backend sees it.
+    // A request whose largest field cannot fit is refused before any backend sees it (a
+    // ledger of its own: one process per ledger).
+    let small_dir = TempDir::new();
     let small = Proxy::start(&config(
         &a.url(),
-        &dir,
+        &small_dir,
         json!({"limits": [{"match": {"user": "*"}, "tokensPerMinute": 3000}]}),
         json!({}),
     ));
@@ -806,6 +808,8 @@ fn cap_max_tokens_forwards_what_the_reservation_covers() {
         &json!({"model": "m", "input": "hi"}).to_string(),
     );
     assert_eq!(got["max_output_tokens"], 50, "{}", got);
+    // One process per ledger: the next proxy starts once this one is gone.
+    drop(p);
     let p = Proxy::start(&cfg(json!("max_completion_tokens")));
     let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
     assert_eq!(
@@ -814,10 +818,12 @@ fn cap_max_tokens_forwards_what_the_reservation_covers() {
         "{}",
         got
     );
+    drop(p);
     // Off (the default): forwarded as sent.
     let p = Proxy::start(&cfg(json!(false)));
     let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
     assert!(got.get("max_tokens").is_none(), "{}", got);
+    drop(p);
     // A typo is an error, not a silent "off".
     let err = Proxy::try_start(&cfg(json!("max-tokens")), &[], &[])
         .err()

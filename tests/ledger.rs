@@ -122,7 +122,17 @@ fn a_restart_after_many_rotations_keeps_the_month_budget_and_usage_complete() {
         r.text()
     );
     assert_eq!(remaining(&p), json!(1000 - 10 * served), "{:#?}", p.logs());
-    assert_eq!(usage(&p, q), before, "/usage after the restart");
+    // The refusal after the restart is in the ledger too: one more request, refused.
+    let mut after = before.clone();
+    let row = &mut after["data"][0];
+    row["requests"] = json!(row["requests"].as_u64().unwrap() + 1);
+    let refused = &mut row["requests_by_outcome"]["refused"];
+    *refused = json!(refused.as_u64().unwrap() + 1);
+    let got = usage(&p, q);
+    wait_until("the refusal in /usage", Duration::from_secs(5), || {
+        usage(&p, q) == after
+    });
+    assert_eq!(usage(&p, q), after, "/usage after the restart: {}", got);
     // Far more rotations than the three rotated files kept before.
     assert!(
         numbered(&log, 5).exists(),
@@ -369,8 +379,8 @@ fn modelmux_usage_prints_ledger_strings_escaped() {
     assert_eq!(
         table,
         concat!(
-            "user                                                         model      requests  prompt_tokens  completion_tokens  cached_tokens  reasoning_tokens\n",
-            "ann\\u{001b}[2J\\nmallory  999\\u{202e}txt.exe\\u{2066}\\u{007f}  m\\u{200f}         1              3                  4              0                 0\n",
+            "user                                                         model      requests  refused  prompt_tokens  completion_tokens  cached_tokens  reasoning_tokens\n",
+            "ann\\u{001b}[2J\\nmallory  999\\u{202e}txt.exe\\u{2066}\\u{007f}  m\\u{200f}         1        0              3                  4              0                 0\n",
         )
     );
     let out = cmd(&["--by", "user,model", "--json"]);
@@ -382,7 +392,7 @@ fn modelmux_usage_prints_ledger_strings_escaped() {
     );
     assert_eq!(
         out,
-        "{\"object\":\"list\",\"data\":[{\"user\":\"ann\\u001b[2J\\nmallory  999\\u202etxt.exe\\u2066\\u007f\",\"model\":\"m\\u200f\",\"requests\":1,\"prompt_tokens\":3,\"completion_tokens\":4,\"cached_tokens\":0,\"reasoning_tokens\":0}]}\n"
+        "{\"object\":\"list\",\"data\":[{\"user\":\"ann\\u001b[2J\\nmallory  999\\u202etxt.exe\\u2066\\u007f\",\"model\":\"m\\u200f\",\"requests\":1,\"prompt_tokens\":3,\"completion_tokens\":4,\"cached_tokens\":0,\"reasoning_tokens\":0,\"requests_by_outcome\":{\"complete\":0,\"client_gone\":0,\"upstream_failed\":0,\"error\":0,\"refused\":0}}]}\n"
     );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["data"][0]["user"], user, "the same value, escaped");
