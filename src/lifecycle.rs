@@ -207,6 +207,29 @@ pub fn client_gone(connection: &tiny_http::ConnectionHandle) -> bool {
     }
 }
 
+/// The size from which glibc serves a block with its own `mmap` (returned to the system when
+/// freed): its starting value, kept fixed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Keeps glibc from moving large blocks into its heaps for good. By default, freeing an
+/// `mmap`ed block raises the threshold to that block's size (and the heap trim threshold to
+/// twice it): once the limits store's table of 100,000 identities (about 12 MiB) was freed when
+/// a minute ended under load, the next such table came from a thread's heap, and a thread heap's
+/// free top is returned neither by `free` (below the raised trim threshold) nor by
+/// `malloc_trim`, so a burst of invented identities left ~12 MiB resident for good. Setting the
+/// threshold turns that adjustment off: big blocks always go back when freed, and heaps shrink
+/// once 128 KiB is free at their top. Called at start, before any large block is freed.
+pub fn pin_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; a rejected value leaves the default.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
+            log::warn!("mallopt(M_MMAP_THRESHOLD) refused; freed memory may stay with the process");
+        }
+    }
+}
+
 /// glibc keeps freed small blocks for reuse and returns pages to the system only from the top of
 /// each heap; after a burst of identities is forgotten, ask it to return every free page (musl
 /// returns them itself).

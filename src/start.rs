@@ -84,6 +84,7 @@ fn run(o: Options) -> Result<(), String> {
         .init()
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
+    lifecycle::pin_malloc_thresholds();
     crate::access_log::set_format(o.log_format);
     // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
     // client can read.
