@@ -13,6 +13,7 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	python3 scripts/import_graph.py
 
 check: lint test
 

@@ -1,22 +1,7 @@
 //! Optional client authentication: proxy keys with model allow-lists, and the admin key.
 
 use crate::api_error::ApiError;
-
-/// A key clients may present, optionally limited to some model ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyKey {
-    /// The bearer token.
-    pub key: String,
-    /// Model ids this key may use, `*` and `?` as wildcards (`"ollama/*"`); `None` means all.
-    pub models: Option<Vec<String>>,
-    /// What logs and usage call this key (never the key itself); `key-N` when unnamed.
-    pub name: String,
-    /// Requests with this key may name their user in Open WebUI's `X-OpenWebUI-User-*`
-    /// headers (plain headers can be forged by anyone else who can reach the proxy).
-    pub trust_user_headers: bool,
-    /// How soon its requests are served when a backend is at its cap.
-    pub priority: crate::policy::Priority,
-}
+pub use crate::config::ProxyKey;
 
 /// Who is calling, after authentication.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +125,7 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
                 key: k.trim().to_string(),
                 name: String::new(),
                 trust_user_headers: false,
-                priority: crate::policy::Priority::Normal,
+                priority: crate::config::Priority::Normal,
                 models: Some(
                     models
                         .split('|')
@@ -152,7 +137,7 @@ pub fn parse_env_keys(s: &str) -> Vec<ProxyKey> {
             None => ProxyKey {
                 name: String::new(),
                 trust_user_headers: false,
-                priority: crate::policy::Priority::Normal,
+                priority: crate::config::Priority::Normal,
                 key: entry.to_string(),
                 models: None,
             },

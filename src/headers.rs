@@ -70,7 +70,7 @@ pub fn retry_after_secs(value: &str, now_unix: i64) -> Option<u64> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse().ok();
     }
-    crate::policy::secs_until_http_date(v, now_unix)
+    crate::clock::secs_until_http_date(v, now_unix)
 }
 
 /// Open WebUI's user headers and signed user token: personal data.

@@ -18,6 +18,7 @@ mod balance;
 mod body;
 mod catalog;
 mod cli;
+mod clock;
 mod config;
 mod discovery;
 mod glob;

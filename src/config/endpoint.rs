@@ -148,7 +148,7 @@ pub(super) fn parse_endpoint(
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
-        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_QUEUE_WAIT,
+        None | Some(Value::Null) => DEFAULT_MAX_QUEUE_WAIT,
         Some(v) => match v.as_f64() {
             Some(s) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
             _ => {
@@ -287,3 +287,6 @@ fn parse_tls(obj: &Map<String, Value>, ca_file: Option<&str>) -> Result<TlsPolic
     crate::tls::client_config(&tls).map_err(at("caFile"))?;
     Ok(tls)
 }
+
+/// Default `maxQueueWaitSecs`.
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
 use super::json::{check_fields, type_name, under, FieldError};
-use crate::policy::{parse_rules, FailureMode, Rule};
+use super::rules::{parse_rules, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -121,7 +121,7 @@ pub(super) fn parse_policy(
     };
     let (metrics_per_user, metrics_max_users, metrics_key) = parse_metrics(root.get("metrics"))?;
     let limits_max_tracked = match root.get("limitsMaxTracked") {
-        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_TRACKED,
+        None | Some(Value::Null) => DEFAULT_MAX_TRACKED,
         Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
             Some(n) if n >= 1 => n,
             _ => {
@@ -129,8 +129,7 @@ pub(super) fn parse_policy(
                     "limitsMaxTracked",
                     format!(
                         "expected a whole number of identities, at least 1 (default {}), got {}",
-                        crate::policy::DEFAULT_MAX_TRACKED,
-                        v
+                        DEFAULT_MAX_TRACKED, v
                     ),
                 ))
             }
@@ -274,6 +273,32 @@ pub(super) fn parse_usage_log(
             ))
         }
     })
+}
+
+/// How many buckets the local store holds at once unless `"limitsMaxTracked"` says otherwise.
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+
+/// What to do when the limits store cannot be reached (`"limitsStoreFailure"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Admit without limits while the store is down (the default): an outage of the
+    /// accounting side should not become an outage of the service.
+    #[default]
+    Open,
+    /// Refuse with 503 while the store is down: for budgets that must never be overspent.
+    Closed,
+}
+
+impl FailureMode {
+    /// Reads `"limitsStoreFailure"`: absent or null is `open`.
+    pub fn parse(v: Option<&Value>) -> Result<FailureMode, String> {
+        match v {
+            None | Some(Value::Null) => Ok(FailureMode::Open),
+            Some(Value::String(s)) if s == "open" => Ok(FailureMode::Open),
+            Some(Value::String(s)) if s == "closed" => Ok(FailureMode::Closed),
+            Some(other) => Err(format!("expected \"open\" or \"closed\", got {}", other)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,32 +7,19 @@
 //! everyone else waiting. Caps are per process: a shared count in Redis would outlive a replica
 //! that died holding slots, and a backend's capacity is usually split between replicas anyway.
 
+pub use crate::config::Priority;
+#[cfg(test)]
+use crate::config::DEFAULT_MAX_QUEUE_WAIT;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Default `maxQueueWaitSecs`.
-pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);
-
-/// How soon a waiting request is served relative to others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// Background tasks (title, tag and follow-up generation): served after everything else.
-    Low,
-    /// Interactive requests.
-    Normal,
-    /// Keys marked `"priority": "high"`.
-    High,
-}
-
-impl Priority {
-    /// Lane index, highest priority first.
-    fn lane(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
+/// Lane index of a priority, highest priority first.
+fn lane(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
     }
 }
 
@@ -257,7 +244,7 @@ impl ModelGate {
                 wake: Arc::clone(&wake),
             },
         );
-        let lane = &mut st.lanes[priority.lane()];
+        let lane = &mut st.lanes[lane(priority)];
         match lane.iter_mut().find(|(u, _)| u == user) {
             Some((_, tickets)) => tickets.push_back(ticket),
             None => lane.push_back((user.to_string(), VecDeque::from([ticket]))),

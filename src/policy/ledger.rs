@@ -4,7 +4,7 @@
 //! start (budgets survive restarts) and for `/usage`. One writer per ledger, enforced by a lock
 //! file. Never message content, never a secret.
 
-use super::clock;
+use crate::clock;
 use crate::usage::Usage;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};

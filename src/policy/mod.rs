@@ -6,37 +6,33 @@
 
 mod backend_gate;
 mod breaker;
-mod clock;
+mod counts;
 mod identity;
 mod jwt;
 mod ledger;
 mod preflight;
 mod quota;
 mod redis_store;
-mod rules;
 mod store;
 mod totals;
 mod windows;
 
-pub use backend_gate::{Permit, Priority, Unserved, DEFAULT_MAX_QUEUE_WAIT};
-pub use clock::secs_until_http_date;
+pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
 pub use preflight::preflight;
-pub use quota::FailureMode;
-pub use rules::{parse_rules, Rule};
-pub use store::DEFAULT_MAX_TRACKED;
 pub use totals::Query;
 
 use crate::api_error::ApiError;
 use crate::auth::Caller;
-use crate::config::PolicySettings;
+use crate::clock;
+use crate::config::Subject;
+use crate::config::{FailureMode, PolicySettings, Rule};
 use crate::metrics::Metrics;
 use crate::usage::{self, Usage};
 pub use backend_gate::ModelGate;
 use identity::Asking;
 use ledger::{Entry, Ledger};
 use quota::{Quotas, Reservation};
-use rules::Subject;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

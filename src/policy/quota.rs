@@ -16,39 +16,15 @@
 //!   admitted open, a request reserves nothing and is never charged; a reservation whose answer
 //!   was lost is taken back by the store (`redis_store`), so the two never disagree.
 
-use crate::policy::rules::{Limit, Rule, Subject, WINDOWED};
+use crate::config::{FailureMode, Limit, Rule, Subject, WINDOWED};
 use crate::policy::store::{
     increments, Ask, Health, Outcome, ReserveError, Store, StoreError, SPANS,
 };
 use crate::policy::windows::{reset_secs, Windows};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// What to do when the limits store cannot be reached (`"limitsStoreFailure"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    /// Admit without limits while the store is down (the default): an outage of the
-    /// accounting side should not become an outage of the service.
-    #[default]
-    Open,
-    /// Refuse with 503 while the store is down: for budgets that must never be overspent.
-    Closed,
-}
-
-impl FailureMode {
-    /// Reads `"limitsStoreFailure"`: absent or null is `open`.
-    pub fn parse(v: Option<&Value>) -> Result<FailureMode, String> {
-        match v {
-            None | Some(Value::Null) => Ok(FailureMode::Open),
-            Some(Value::String(s)) if s == "open" => Ok(FailureMode::Open),
-            Some(Value::String(s)) if s == "closed" => Ok(FailureMode::Closed),
-            Some(other) => Err(format!("expected \"open\" or \"closed\", got {}", other)),
-        }
-    }
-}
 
 /// A refusal by a rule, shaped for a 429 with `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -625,8 +601,9 @@ pub fn format_reset(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::rules::parse_rules;
+    use crate::config::parse_rules;
     use serde_json::json;
+    use serde_json::Value;
 
     /// 2024-03-14 12:00:00 UTC: mid-month, on a minute boundary.
     const NOON: u64 = 1_710_417_600;

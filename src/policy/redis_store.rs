@@ -15,7 +15,7 @@
 //! no-op. A request whose reservation failed is never charged for it.
 
 use crate::policy::breaker::Breaker;
-use crate::policy::store::{Ask, Counts, Outcome, Snapshot, StoreError};
+use crate::policy::counts::{Ask, Counts, Outcome, Snapshot, StoreError};
 use crate::policy::windows::Windows;
 use redis::{Connection, ConnectionLike, RedisResult, Script};
 use std::collections::VecDeque;
@@ -624,8 +624,8 @@ mod test_server;
 mod tests {
     use super::test_server::RedisServer;
     use super::*;
-    use crate::policy::quota::{FailureMode, Quotas, Refusal};
-    use crate::policy::rules::{parse_rules, Subject};
+    use crate::config::{parse_rules, FailureMode, Subject};
+    use crate::policy::quota::{Quotas, Refusal};
     use crate::policy::store::Store;
     use crate::policy::windows::{days_from_civil, window_end, Span};
     use serde_json::json;

@@ -4,61 +4,16 @@
 //! Every bucket keeps four counters, in the order of `rules::WINDOWED`: requests this minute,
 //! tokens this minute, tokens today, tokens this month.
 
+use crate::config::DEFAULT_MAX_TRACKED;
+pub use crate::policy::counts::{
+    fits, increments, Ask, Counts, Outcome, Snapshot, StoreError, SPANS,
+};
 use crate::policy::redis_store::RedisStore;
 pub use crate::policy::redis_store::Timing;
 use crate::policy::windows::{window_end, Span, Windows};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The four counters of one bucket, in `rules::WINDOWED` order.
-pub type Counts = [u64; 4];
-
-/// The window each counter is kept over.
-pub const SPANS: [Span; 4] = [Span::Minute, Span::Minute, Span::Day, Span::Month];
-
-/// One bucket to check and, if every bucket fits, add to; `limits` are the smallest of the
-/// rules that share the bucket (`None`: unlimited).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ask {
-    /// The bucket name from `Rule::bucket`.
-    pub bucket: String,
-    /// Per counter, the limit the bucket must stay within.
-    pub limits: [Option<u64>; 4],
-}
-
-/// The answer to a reservation: whether it was recorded, and the counts it was judged on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// True when the request and its tokens were added to every bucket.
-    pub admitted: bool,
-    /// The clock the windows were taken from (the Redis server's for `Redis`).
-    pub now: u64,
-    /// The windows the counts were added to.
-    pub windows: Windows,
-    /// Each asked bucket's counts before this request, in `asks` order.
-    pub before: Vec<Counts>,
-}
-
-/// The current counts of some buckets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The clock the windows were taken from.
-    pub now: u64,
-    /// Counts in the order the buckets were asked.
-    pub counts: Vec<Counts>,
-}
-
-/// The store could not be reached or answered nonsense; the text names no secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Store failures since start and the breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,17 +28,6 @@ pub struct Health {
     pub retry_after_secs: u64,
     /// Reservations whose answer was lost, not yet cancelled in the store.
     pub pending_cancels: usize,
-}
-
-/// What one request adds to each counter.
-pub fn increments(tokens: u64) -> Counts {
-    [1, tokens, tokens, tokens]
-}
-
-/// Whether one more request with `tokens` fits within `limits` on top of `used`.
-pub fn fits(used: &Counts, limits: &[Option<u64>; 4], tokens: u64) -> bool {
-    let add = increments(tokens);
-    (0..4).all(|i| limits[i].is_none_or(|l| used[i].saturating_add(add[i]) <= l))
 }
 
 /// The counter store, cheap to clone; clones share the counters (so a reload can keep them).
@@ -198,9 +142,6 @@ impl Store {
 
 /// (window number, count) per counter.
 type Slots = [(u64, u64); 4];
-
-/// How many buckets the local store holds at once unless `"limitsMaxTracked"` says otherwise.
-pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 
 /// Buckets freed since the allocator was last asked to hand memory back, above which the sweeper
 /// asks again: a few freed buckets are not worth a pass over the heap.
@@ -475,7 +416,7 @@ pub fn spawn_sweeper(store: &Store) {
     let spawned = std::thread::Builder::new()
         .name("limits-sweep".into())
         .spawn(move || loop {
-            let now_ms = super::clock::now_ms().max(0) as u64;
+            let now_ms = crate::clock::now_ms().max(0) as u64;
             let next = (now_ms / 60_000 + 1) * 60_000 + 1_000;
             std::thread::sleep(std::time::Duration::from_millis(next - now_ms));
             let Some(store) = weak.upgrade() else {

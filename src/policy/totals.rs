@@ -1,8 +1,8 @@
 //! Usage totals by day, user, key and model: kept in memory from the ledger, and summed over a
 //! date range by any of user, key and model for `/usage` and `modelmux usage`.
 
-use super::clock;
 use super::ledger::Entry;
+use crate::clock;
 use std::collections::BTreeMap;
 
 /// What a group of requests used.

@@ -99,6 +99,24 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::Limit;
+
+    /// The window a limit is counted over; `None` for the in-flight count.
+    fn span(l: Limit) -> Option<Span> {
+        match l {
+            Limit::RequestsPerMinute | Limit::TokensPerMinute => Some(Span::Minute),
+            Limit::TokensPerDay => Some(Span::Day),
+            Limit::TokensPerMonth => Some(Span::Month),
+            Limit::Concurrent => None,
+        }
+    }
+
+    #[test]
+    fn limit_kinds_have_spans() {
+        assert_eq!(span(Limit::Concurrent), None);
+        assert_eq!(span(Limit::TokensPerMonth), Some(Span::Month));
+    }
+
     use super::*;
 
     /// Unix time of a UTC date and time, via the function under test's inverse.

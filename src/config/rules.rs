@@ -87,18 +87,6 @@ impl Limit {
         }
     }
 
-    /// The window it is counted over; `None` for the in-flight count.
-    #[cfg(test)]
-    pub fn span(self) -> Option<crate::policy::windows::Span> {
-        use crate::policy::windows::Span;
-        match self {
-            Limit::RequestsPerMinute | Limit::TokensPerMinute => Some(Span::Minute),
-            Limit::TokensPerDay => Some(Span::Day),
-            Limit::TokensPerMonth => Some(Span::Month),
-            Limit::Concurrent => None,
-        }
-    }
-
     /// The OpenAI error code of a refusal: budgets that last a day or more are "quota".
     pub fn code(self) -> &'static str {
         match self {
@@ -379,7 +367,6 @@ fn describe(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::windows::Span;
     use serde_json::json;
 
     fn subject(user: &str, key: &str, model: &str) -> Subject {
@@ -544,13 +531,11 @@ mod tests {
     }
 
     #[test]
-    fn limit_kinds_have_codes_and_spans() {
+    fn limit_kinds_have_codes() {
         assert_eq!(Limit::TokensPerDay.code(), "insufficient_quota");
         assert_eq!(Limit::TokensPerMonth.code(), "insufficient_quota");
         assert_eq!(Limit::TokensPerMinute.code(), "rate_limit_exceeded");
         assert_eq!(Limit::RequestsPerMinute.code(), "rate_limit_exceeded");
         assert_eq!(Limit::Concurrent.code(), "rate_limit_exceeded");
-        assert_eq!(Limit::Concurrent.span(), None);
-        assert_eq!(Limit::TokensPerMonth.span(), Some(Span::Month));
     }
 }
