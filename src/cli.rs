@@ -28,7 +28,7 @@ pub struct Options {
     /// Log level name.
     pub log_level: log::LevelFilter,
     /// Proxy keys from `CM_OPEN_WEBUI_PROXY_API_KEYS`.
-    pub proxy_keys: Vec<crate::auth::ProxyKey>,
+    pub proxy_keys: Vec<crate::policy::identity::auth::ProxyKey>,
     /// Key for `/debug` and `/reload`.
     pub admin_key: Option<String>,
     /// How long in-flight requests may run after SIGTERM.
@@ -44,7 +44,7 @@ pub struct Options {
     /// CA bundle trusted for every backend, beside the bundled roots.
     pub ca_file: Option<String>,
     /// Access log format.
-    pub log_format: crate::access_log::Format,
+    pub log_format: crate::http::access_log::Format,
 }
 
 /// What the command line asks for.
@@ -210,7 +210,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         idle_timeout: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", 600)?),
         log_level: log::LevelFilter::Info,
         proxy_keys: env("CM_OPEN_WEBUI_PROXY_API_KEYS")
-            .map(|s| crate::auth::parse_env_keys(&s))
+            .map(|s| crate::policy::identity::auth::parse_env_keys(&s))
             .unwrap_or_default(),
         admin_key: env("CM_OPEN_WEBUI_PROXY_ADMIN_KEY").filter(|s| !s.trim().is_empty()),
         drain: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_DRAIN_SECS", 30)?),
@@ -229,8 +229,8 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             .map(|s| s.trim().to_ascii_lowercase())
             .as_deref()
         {
-            None | Some("") | Some("text") => crate::access_log::Format::Text,
-            Some("json") => crate::access_log::Format::Json,
+            None | Some("") | Some("text") => crate::http::access_log::Format::Text,
+            Some("json") => crate::http::access_log::Format::Json,
             Some(other) => {
                 return Err(format!(
                     "CM_OPEN_WEBUI_PROXY_LOG_FORMAT must be text or json, got \"{}\"",

@@ -1,6 +1,7 @@
 //! Property-based fuzzing: random paths and bodies never panic the routing and rewriting code.
 
-use crate::{body, route};
+use crate::http::route;
+use crate::stream::body;
 use proptest::prelude::*;
 
 fn json_like() -> impl Strategy<Value = Vec<u8>> {

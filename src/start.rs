@@ -1,12 +1,12 @@
 //! Starting modelmux: parse flags, then print help or the version, check the config, probe a
 //! running instance, or load the config and serve.
 
+use crate::backend::live::ConfigStore;
 use crate::cli::{self, Command, Options};
 use crate::config::{Defaults, Timeouts};
+use crate::edge::server::{self, Settings};
 use crate::lifecycle;
-use crate::live::ConfigStore;
 use crate::policy::Policy;
-use crate::server::{self, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,12 +84,12 @@ fn run(o: Options) -> Result<(), String> {
         .init()
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
-    crate::access_log::set_format(o.log_format);
+    crate::http::access_log::set_format(o.log_format);
     // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
     // client can read.
     tiny_http::limits::set_unanswered_body(
         "application/json",
-        crate::api_error::ApiError::internal("internal error in modelmux")
+        crate::http::api_error::ApiError::internal("internal error in modelmux")
             .with_code("internal_error")
             .body(),
     );
@@ -142,7 +142,7 @@ fn run(o: Options) -> Result<(), String> {
     let stopper = Arc::new(lifecycle::Stopper::default());
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
     lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
-    crate::discovery::spawn(Arc::clone(&shared));
+    crate::backend::discovery::spawn(Arc::clone(&shared));
     server::serve(
         listener,
         Settings {

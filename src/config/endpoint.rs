@@ -246,10 +246,10 @@ fn check_header<'v>(name: &str, value: &'v Value) -> Result<&'v str, String> {
         .ok_or_else(|| format!("expected a string, got {}", type_name(value)))?;
     // Framing and routing headers are the proxy's to set: a configured one could
     // desynchronize the backend connection.
-    if crate::headers::is_reserved(name) {
+    if crate::http::headers::is_reserved(name) {
         return Err("this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured".to_string());
     }
-    if !crate::headers::is_valid_name(name) || !crate::headers::is_valid_value(value) {
+    if !crate::http::headers::is_valid_name(name) || !crate::http::headers::is_valid_value(value) {
         return Err("not a valid HTTP header".to_string());
     }
     Ok(value)

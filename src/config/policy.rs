@@ -163,7 +163,7 @@ pub(super) fn parse_policy(
     let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
     let task_header = match root.get("taskHeader") {
         None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
-        Some(Value::String(h)) if crate::headers::is_valid_name(h) => h.clone(),
+        Some(Value::String(h)) if crate::http::headers::is_valid_name(h) => h.clone(),
         Some(_) => {
             return Err(FieldError::new(
                 "taskHeader",

@@ -4,31 +4,28 @@
 //! per user, key and model are counted in a `store`, locally or in Redis (`quota`, `rules`,
 //! `windows`, `redis_store`); per-backend concurrency caps wait fairly (`backend_gate`).
 
-mod backend_gate;
-mod breaker;
-mod counts;
-mod identity;
-mod jwt;
-mod ledger;
-mod preflight;
-mod quota;
-mod redis_store;
-mod store;
-mod totals;
-mod windows;
+mod accounting;
+mod admission;
+pub mod identity;
+mod limits;
+
+use accounting::{ledger, totals};
+use admission::backend_gate;
+use identity::jwt;
+use limits::{preflight, quota, store, windows};
 
 pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
 pub use preflight::preflight;
 pub use totals::Query;
 
-use crate::api_error::ApiError;
-use crate::auth::Caller;
 use crate::clock;
 use crate::config::Subject;
 use crate::config::{FailureMode, PolicySettings, Rule};
+use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
-use crate::usage::{self, Usage};
+use crate::policy::identity::auth::Caller;
+use crate::stream::usage::{self, Usage};
 pub use backend_gate::ModelGate;
 use identity::Asking;
 use ledger::{Entry, Ledger};
@@ -600,7 +597,7 @@ pub fn query(
                 format!(
                     "`{}` must be a date such as 2026-11-01, got `{}`",
                     name,
-                    crate::api_error::clip(s, 40)
+                    crate::http::api_error::clip(s, 40)
                 )
             })
         })

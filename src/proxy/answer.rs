@@ -1,9 +1,9 @@
 //! Relaying a backend's answer: its head filtered and re-framed, its body streamed through.
 
 use super::{Ctx, Summary};
-use crate::balance::{InFlight, Pick};
+use crate::backend::balance::{InFlight, Pick};
 use crate::config::Endpoint;
-use crate::relay::{self, ClientSide, Head, Outcome};
+use crate::stream::relay::{self, ClientSide, Head, Outcome};
 use std::time::Instant;
 use tiny_http::{Method, Request};
 
@@ -56,7 +56,7 @@ pub fn relay(
             .header("content-length")
             .and_then(|v| v.trim().parse().ok())
     };
-    let mut headers: Vec<(String, String)> = crate::headers::end_to_end(&all)
+    let mut headers: Vec<(String, String)> = crate::http::headers::end_to_end(&all)
         .into_iter()
         // Our id names this request; the backend's own id is kept under another name.
         .map(|(n, v)| {
@@ -72,7 +72,7 @@ pub fn relay(
         headers.push((n.to_string(), v.clone()));
     }
     headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
-    if crate::reply::wants_close(&request) {
+    if crate::http::reply::wants_close(&request) {
         headers.push(("Connection".to_string(), "close".to_string()));
     }
     let head = Head {

@@ -8,16 +8,16 @@ mod inbound;
 mod outbound;
 mod select;
 
-use crate::api_error::ApiError;
-use crate::auth::Caller;
-use crate::balance::Pick;
-use crate::catalog::Resolved;
-use crate::headers;
-use crate::live::Live;
+use crate::backend::balance::Pick;
+use crate::backend::catalog::Resolved;
+use crate::backend::live::Live;
+use crate::backend::upstream::{self, Failure};
+use crate::http::api_error::ApiError;
+use crate::http::headers;
+use crate::http::route::{Route, Target};
 use crate::metrics::Metrics;
+use crate::policy::identity::auth::Caller;
 use crate::policy::{Admission, Asked, Done, Identity, Policy, REFUSED};
-use crate::route::{Route, Target};
-use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -36,7 +36,7 @@ pub struct Summary {
     pub ttfb: Option<Duration>,
     /// Tokens the backend reported; once the ledger has the request, what it recorded (an
     /// estimate is marked `estimated`).
-    pub usage: Option<crate::usage::Usage>,
+    pub usage: Option<crate::stream::usage::Usage>,
     /// Characters of generated text a stream carried (for an estimate).
     pub content_chars: u64,
     /// Retries on other backends or fallback models.
@@ -98,7 +98,7 @@ pub fn handle(
         .filter(|u| !u.is_empty());
     let refusal = Refusal {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
-        model: crate::api_error::clip(&inbound.model, 200),
+        model: crate::http::api_error::clip(&inbound.model, 200),
         target,
         started,
     };
@@ -355,7 +355,7 @@ fn attempt(
                 permit = p;
                 log::info!(
                     "model {}: backend {} failed ({}); retrying on another backend",
-                    crate::access_log::shown(model),
+                    crate::http::access_log::shown(model),
                     host,
                     cause
                 );
@@ -441,6 +441,6 @@ fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summa
     if e.status < 500 {
         summary.refused = Some(e.code.unwrap_or(e.kind));
     }
-    summary.bytes = crate::reply::error(request, &e, ctx.request_id);
+    summary.bytes = crate::http::reply::error(request, &e, ctx.request_id);
     summary
 }

@@ -3,8 +3,8 @@
 //! JSON bodies are split into top-level members whose values are kept as raw text, so every
 //! field but `model` (and configured `dropFields`) reaches the backend exactly as sent, in order.
 
-use crate::api_error::ApiError;
-use crate::route::{percent_decode, percent_encode};
+use crate::http::api_error::ApiError;
+use crate::http::route::{percent_decode, percent_encode};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;

@@ -83,7 +83,7 @@ pub fn parse_by(s: &str) -> Result<Vec<Dim>, String> {
             other => {
                 return Err(format!(
                     "cannot group by `{}`: use user, key, model or a comma list of them",
-                    crate::api_error::clip(other, 32)
+                    crate::http::api_error::clip(other, 32)
                 ))
             }
         };
@@ -322,7 +322,7 @@ pub fn json_for_terminal(json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::Usage;
+    use crate::stream::usage::Usage;
 
     fn e(ts: &str, user: &str, model: &str, p: u64, c: u64) -> Entry {
         Entry {

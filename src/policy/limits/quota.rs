@@ -17,10 +17,10 @@
 //!   was lost is taken back by the store (`redis_store`), so the two never disagree.
 
 use crate::config::{FailureMode, Limit, Rule, Subject, WINDOWED};
-use crate::policy::store::{
+use crate::policy::limits::store::{
     increments, Ask, Health, Outcome, ReserveError, Store, StoreError, SPANS,
 };
-use crate::policy::windows::{reset_secs, Windows};
+use crate::policy::limits::windows::{reset_secs, Windows};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

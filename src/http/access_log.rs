@@ -197,7 +197,7 @@ fn json_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
         out.extend_from_slice(b"\":");
         let _ = serde_json::to_writer(&mut *out, v);
     }
-    let clip = crate::api_error::clip;
+    let clip = crate::http::api_error::clip;
     put(out, true, "ts", &now.as_secs_f64());
     put(out, false, "request_id", e.request_id);
     put(out, false, "method", &clip(e.method, 16));

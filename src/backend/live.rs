@@ -1,7 +1,7 @@
 //! The live config: parsed once per (re)load, swapped atomically, shared by reference.
 
-use crate::balance::Balancer;
-use crate::catalog::{self, Catalog, Listed, Resolved};
+use crate::backend::balance::Balancer;
+use crate::backend::catalog::{self, Catalog, Listed, Resolved};
 use crate::config::{self, Backend, ClientKey, Config, ConfigError, Defaults, Endpoint};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -141,12 +141,13 @@ fn build(
             let agent = match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, a)) => a.clone(),
                 None => {
-                    let a =
-                        crate::upstream::agent(&key, max_idle).map_err(|message| ConfigError {
+                    let a = crate::backend::upstream::agent(&key, max_idle).map_err(|message| {
+                        ConfigError {
                             file: path.to_string(),
                             location: format!("endpoints.{}", ep.id),
                             message,
-                        })?;
+                        }
+                    })?;
                     cache.push((key.clone(), a.clone()));
                     a
                 }

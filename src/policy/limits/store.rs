@@ -5,12 +5,12 @@
 //! tokens this minute, tokens today, tokens this month.
 
 use crate::config::DEFAULT_MAX_TRACKED;
-pub use crate::policy::counts::{
+pub use crate::policy::limits::counts::{
     fits, increments, Ask, Counts, Outcome, Snapshot, StoreError, SPANS,
 };
-use crate::policy::redis_store::RedisStore;
-pub use crate::policy::redis_store::Timing;
-use crate::policy::windows::{window_end, Span, Windows};
+use crate::policy::limits::redis_store::RedisStore;
+pub use crate::policy::limits::redis_store::Timing;
+use crate::policy::limits::windows::{window_end, Span, Windows};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -6,8 +6,8 @@
 //! size line, data and CRLF together), and a response head that is not a stream's goes out with
 //! the first piece of its body. An event stream's head is sent at once.
 
-use crate::usage::{Usage, UsageTap};
-use crate::usage_strip::UsageStrip;
+use crate::stream::usage::{Usage, UsageTap};
+use crate::stream::usage_strip::UsageStrip;
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -223,7 +223,7 @@ pub fn relay(
                 let event = format!(
                     "data: {}\n\n",
                     String::from_utf8_lossy(
-                        &crate::api_error::ApiError::bad_gateway(msg.clone()).body()
+                        &crate::http::api_error::ApiError::bad_gateway(msg.clone()).body()
                     )
                 );
                 let _ = sink.piece(event.as_bytes()).and_then(|_| sink.end());
@@ -261,7 +261,7 @@ fn add_if_missing(headers: &mut Vec<(String, String)>, name: &str, value: &str) 
 }
 
 fn upstream_failure(e: &io::Error) -> Failure {
-    if crate::upstream::is_timeout(e) {
+    if crate::backend::upstream::is_timeout(e) {
         Failure::Upstream("the backend went silent longer than the idle timeout".to_string())
     } else {
         Failure::Upstream(format!(

@@ -5,7 +5,7 @@
 //! file. Never message content, never a secret.
 
 use crate::clock;
-use crate::usage::Usage;
+use crate::stream::usage::Usage;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! must give the client the bytes it would have had without asking: the usage-only chunk is
 //! dropped and the `"usage":null` member OpenAI adds to every other chunk is removed.
 
-use crate::usage::find;
+use crate::stream::usage::find;
 
 /// Rewrites an SSE byte stream event by event; bytes of an unfinished event wait for its end.
 #[derive(Debug, Default)]

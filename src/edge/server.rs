@@ -4,16 +4,17 @@
 //! taken (503 when the queue is full too). Connection threads are tiny_http's elastic pool: a
 //! few at start, one more whenever every thread is busy, idle ones exit after a few seconds.
 
-use crate::access_log::{self, Entry};
-use crate::api_error::ApiError;
-use crate::auth::{self, Caller};
+use crate::backend::live::ConfigStore;
+use crate::edge::admin;
+use crate::http::access_log::{self, Entry};
+use crate::http::api_error::ApiError;
+use crate::http::reply;
+use crate::http::route::{self, Route, Target};
 use crate::lifecycle::Stopper;
-use crate::live::ConfigStore;
 use crate::metrics::{Metrics, RequestRecord};
+use crate::policy::identity::auth::{self, Caller};
 use crate::policy::Policy;
 use crate::proxy::{self, Ctx, Summary};
-use crate::route::{self, Route, Target};
-use crate::{admin, reply};
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -352,7 +353,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             let backends = target
                 .query
                 .as_deref()
-                .and_then(|q| crate::body::query_param(q, "backends"))
+                .and_then(|q| crate::stream::body::query_param(q, "backends"))
                 .map(|v| v != "0" && v != "false")
                 .unwrap_or(false);
             ok(request, admin::health(&live, backends), &meta.request_id)

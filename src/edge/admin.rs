@@ -1,11 +1,11 @@
 //! The proxy's own endpoints: `/health`, `/models`, `/debug`, `/reload`.
 
-use crate::api_error::ApiError;
-use crate::auth::Caller;
-use crate::balance::BackendView;
-use crate::catalog;
+use crate::backend::balance::BackendView;
+use crate::backend::catalog;
+use crate::backend::live::{ConfigStore, Live};
 use crate::config::{Endpoint, Wildcard};
-use crate::live::{ConfigStore, Live};
+use crate::http::api_error::ApiError;
+use crate::policy::identity::auth::Caller;
 use crate::policy::Policy;
 use crate::redact;
 use serde_json::{json, Value};
@@ -190,7 +190,7 @@ pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError
 
 /// `GET /usage?since=2026-11-01&until=2026-12-01&by=user,model&user=u`: usage totals.
 pub fn usage(policy: &Policy, live: &Live, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    let param = |name: &str| query.and_then(|q| crate::body::query_param(q, name));
+    let param = |name: &str| query.and_then(|q| crate::stream::body::query_param(q, name));
     let (since, until, by, user) = (param("since"), param("until"), param("by"), param("user"));
     let q = crate::policy::query(
         since.as_deref(),
@@ -303,7 +303,7 @@ fn discovery_view(live: &Live, e: &Endpoint, w: &Wildcard) -> Value {
 /// `POST /reload`: always the configured file; a `config` parameter is refused.
 pub fn reload(shared: &ConfigStore, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
     if query
-        .and_then(|q| crate::body::query_param(q, "config"))
+        .and_then(|q| crate::stream::body::query_param(q, "config"))
         .is_some()
     {
         return Err(ApiError::invalid_request(

@@ -14,9 +14,9 @@
 //! cancel that takes exactly that back, or leaves a tombstone that makes a late reservation a
 //! no-op. A request whose reservation failed is never charged for it.
 
-use crate::policy::breaker::Breaker;
-use crate::policy::counts::{Ask, Counts, Outcome, Snapshot, StoreError};
-use crate::policy::windows::Windows;
+use crate::policy::limits::breaker::Breaker;
+use crate::policy::limits::counts::{Ask, Counts, Outcome, Snapshot, StoreError};
+use crate::policy::limits::windows::Windows;
 use redis::{Connection, ConnectionLike, RedisResult, Script};
 use std::collections::VecDeque;
 use std::fmt;
@@ -617,7 +617,7 @@ impl Canceller {
 }
 
 #[cfg(test)]
-#[path = "../../tests/support/redis.rs"]
+#[path = "../../../tests/support/redis.rs"]
 mod test_server;
 
 #[cfg(test)]
@@ -625,9 +625,9 @@ mod tests {
     use super::test_server::RedisServer;
     use super::*;
     use crate::config::{parse_rules, FailureMode, Subject};
-    use crate::policy::quota::{Quotas, Refusal};
-    use crate::policy::store::Store;
-    use crate::policy::windows::{days_from_civil, window_end, Span};
+    use crate::policy::limits::quota::{Quotas, Refusal};
+    use crate::policy::limits::store::Store;
+    use crate::policy::limits::windows::{days_from_civil, window_end, Span};
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Optional client authentication: proxy keys with model allow-lists, and the admin key.
 
-use crate::api_error::ApiError;
 pub use crate::config::ProxyKey;
+use crate::http::api_error::ApiError;
 
 /// Who is calling, after authentication.
 #[derive(Debug, Clone, Copy)]

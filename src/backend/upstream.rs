@@ -1,8 +1,8 @@
 //! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
 
-use crate::api_error::ApiError;
 use crate::config::{Backend, ClientKey, Endpoint};
-use crate::headers;
+use crate::http::api_error::ApiError;
+use crate::http::headers;
 use std::io;
 
 /// Builds a pooled HTTP client with the given timeouts; redirects and status errors are off
@@ -172,7 +172,7 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
     {
         return Err(Failure::Unsendable(format!(
             "header `{}` cannot be sent",
-            crate::api_error::clip(name, 64)
+            crate::http::api_error::clip(name, 64)
         )));
     }
     let mut req = agent.request(out.method, &out.url);
@@ -196,7 +196,7 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
     log::warn!(
         "upstream {} for model {} failed: {} ({:?})",
         crate::redact::host(&out.url),
-        crate::access_log::shown(model),
+        crate::http::access_log::shown(model),
         failure.cause(),
         failure
     );

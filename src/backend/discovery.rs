@@ -3,11 +3,11 @@
 //! due (never two for the same backend), and sleeps until the next one is due or a reload or a
 //! finished probe wakes it. Results go to the catalog (model lists) and the balancer (up/down).
 
-use crate::balance::ProbeMark;
-use crate::catalog::{TargetKey, TargetState};
+use crate::backend::balance::ProbeMark;
+use crate::backend::catalog::{TargetKey, TargetState};
+use crate::backend::live::ConfigStore;
+use crate::backend::probe::Prober;
 use crate::config::Config;
-use crate::live::ConfigStore;
-use crate::probe::Prober;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

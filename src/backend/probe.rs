@@ -32,15 +32,19 @@ impl Prober {
         backend: &Backend,
     ) -> Result<Vec<String>, String> {
         let agent = self.agent(endpoint.client_key(backend))?;
-        let headers = crate::upstream::forward_headers(
+        let headers = crate::backend::upstream::forward_headers(
             &[],
             false,
             endpoint,
             backend,
-            &crate::access_log::request_id(None),
+            &crate::http::access_log::request_id(None),
         );
         let mut req = agent
-            .get(&crate::upstream::url(&backend.url, "/models", None))
+            .get(&crate::backend::upstream::url(
+                &backend.url,
+                "/models",
+                None,
+            ))
             .timeout(PROBE_TOTAL_TIMEOUT);
         for (n, v) in &headers {
             req = req.set(n, v);
@@ -75,7 +79,7 @@ impl Prober {
         if let Some((_, a)) = agents.iter().find(|(k, _)| *k == key) {
             return Ok(a.clone());
         }
-        let a = crate::upstream::agent(&key, 2)?;
+        let a = crate::backend::upstream::agent(&key, 2)?;
         agents.push((key, a.clone()));
         Ok(a)
     }

@@ -4,10 +4,12 @@
 //! configured). The body `user` of a key not trusted to name users is kept as the end user's
 //! label beside the key's identity: budgets and fairness never see it.
 
-use super::jwt;
-use crate::api_error::ApiError;
-use crate::auth::Caller;
+pub mod auth;
+pub mod jwt;
+
 use crate::config::Secret;
+use crate::http::api_error::ApiError;
+use crate::policy::identity::auth::Caller;
 
 /// The user a request is accounted to, and the client key's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +156,7 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::ProxyKey;
+    use crate::policy::identity::auth::ProxyKey;
 
     fn key(name: &str, trust: bool) -> ProxyKey {
         ProxyKey {

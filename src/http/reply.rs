@@ -1,6 +1,6 @@
 //! Answers the proxy produces itself (JSON bodies, errors), written through tiny_http.
 
-use crate::api_error::ApiError;
+use crate::http::api_error::ApiError;
 use tiny_http::{Header, Request, Response};
 
 /// Sends a JSON body with a status and extra headers; a client that left is not an error.

@@ -3,7 +3,7 @@
 //! writes the lists in the background; `/models` and routing only read the last good ones, so
 //! they never wait on a backend.
 
-use crate::balance::Pick;
+use crate::backend::balance::Pick;
 use crate::config::{Backend, Config, Endpoint};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};

@@ -2,7 +2,7 @@
 //! four counters (in the order of `rules::WINDOWED`: requests this minute, tokens this minute,
 //! tokens today, tokens this month), the asks, the outcomes and the error.
 
-use crate::policy::windows::{Span, Windows};
+use crate::policy::limits::windows::{Span, Windows};
 use std::fmt;
 
 /// The four counters of one bucket, in `rules::WINDOWED` order.
