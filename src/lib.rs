@@ -1,20 +1,31 @@
 //! modelmux: one OpenAI-compatible endpoint in front of many LLM backends.
 //!
-//! The layers, in the order a request travels:
-//! - `http/`: the HTTP edge (server, route, auth, admin endpoints, errors and replies, access
-//!   log, header rules).
-//! - `proxy/`: one proxied request, from reading it through the failover loop to its answer.
-//! - `policy/`: who asks and what they may use, called at admission and completion (identity,
-//!   accounting, limits, admission to capped backends).
-//! - `backend/`: which models exist and where (catalog, discovery, probe), backend choice and
-//!   health (balance), and the outbound client (upstream, tls).
-//! - `stream/`: bodies in and out (body rewrite, relay, usage, usage strip).
-//! - `translate/`: protocol translators (such as Anthropic Messages) live here, between `proxy`
-//!   and `stream`, mapping a foreign API onto the OpenAI one.
-//! - `config/` is data and imports nothing from the modules that read it; `live` holds it and
-//!   reloads it atomically. `lifecycle` (signals, file watch, fd limit), `metrics`, `clock`,
-//!   `glob`, `redact` and `cli` serve them all; `start` is the binary's entry point and the only
-//!   public module.
+//! The source is in layers, in the order a request travels; no two modules import each other in a
+//! circle (`scripts/import_graph.py`, run by `make lint`):
+//! - `start`, `cli`: the binary's entry point (the only public module) and its command line.
+//! - `edge/`: the HTTP edge: connections, their threads, fast lane and queue (`server`), and the
+//!   proxy's own endpoints (`admin`).
+//! - `proxy/`: one proxied request: read (`inbound`), its models named (`choose`), a backend
+//!   picked (`select`), the backend's request built (`outbound`), the failover loop in phases
+//!   (`mod.rs`) and the answer relayed (`answer`).
+//! - `translate/`: protocol translators (Anthropic Messages first) live here, mapping a foreign
+//!   API onto the OpenAI one for `proxy` with the help of `stream` and `http`.
+//! - `policy/`: who asks and what they may use, called at admission and completion (`mod.rs`):
+//!   `identity/` (client keys, JWT, user headers, body user), `accounting/` (the usage ledger and
+//!   the `/usage` totals), `limits/` (rules applied to counters over windows, in a local or Redis
+//!   store) and `admission/` (fair queues at capped backends).
+//! - `stream/`: bodies in and out: the request's model lookup and byte-faithful rewrite (`body`),
+//!   the answer streamed back (`relay`), its tokens (`usage`) and the usage modelmux asked for
+//!   hidden again (`usage_strip`).
+//! - `backend/`: the backends: which models exist and where (`catalog`, kept fresh by
+//!   `discovery` with `probe`), choice and health (`balance`), the outbound client (`upstream`),
+//!   and the config in force with what is built from it, swapped on reload (`live`).
+//! - `config/`: the config file as data, one module per kind of setting, and the
+//!   `--check-config` summary; it imports nothing from the modules that read it.
+//! - `http/`: what every layer says in HTTP: routes, OpenAI-style errors, replies, which headers
+//!   cross the proxy, the access log line.
+//! - Helpers used across layers: `lifecycle` (signals, file watch, fd limit: the only libc calls),
+//!   `metrics`, `clock` (UTC calendar arithmetic), `tls`, `glob` and `redact`.
 
 #![deny(unsafe_code)]
 

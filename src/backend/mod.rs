@@ -1,6 +1,6 @@
-//! The backends: which models exist and which endpoint serves them (`catalog`, refreshed by
-//! `discovery` with `probe`), backend choice and health (`balance`), and the outbound HTTP
-//! client with its TLS (`upstream`, `tls`).
+//! The backends: which models exist and where (`catalog`, kept fresh by `discovery` with
+//! `probe`), choice and health (`balance`), the outbound client (`upstream`), and the config in
+//! force with what is built from it, swapped on reload (`live`).
 
 pub mod balance;
 pub mod catalog;

@@ -1,6 +1,5 @@
-//! The HTTP edge: connections and their threads, which route a path names, client and admin
-//! keys, the proxy's own endpoints, error and reply shapes, the access log and which headers
-//! cross the proxy.
+//! What every layer says in HTTP: routes, OpenAI-style errors, replies, which headers cross
+//! the proxy, the access log line.
 
 pub mod access_log;
 pub mod api_error;
