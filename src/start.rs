@@ -85,21 +85,7 @@ fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
     crate::http::access_log::set_format(o.log_format);
-    // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
-    // client can read.
-    tiny_http::limits::set_unanswered_body(
-        "application/json",
-        crate::http::api_error::ApiError::internal("internal error in modelmux")
-            .with_code("internal_error")
-            .body(),
-    );
-    tiny_http::limits::set_header_read_timeout(o.client_timeout);
-    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
-    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
-    tiny_http::limits::set_max_header_line(
-        o.max_header_bytes
-            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
-    );
+    set_client_limits(&o);
     let shared =
         ConfigStore::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
     let live = shared.snapshot();
@@ -152,11 +138,33 @@ fn run(o: Options) -> Result<(), String> {
             admin_key: o.admin_key.clone(),
             drain: o.drain,
         },
-        shared,
-        policy,
-        stopper,
+        server::Parts {
+            shared,
+            policy,
+            stopper,
+        },
         &announce,
     )
+}
+
+/// What tiny_http allows a client: header size and timeouts, and the body of an answer a
+/// handler dropped.
+fn set_client_limits(o: &Options) {
+    // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
+    // client can read.
+    tiny_http::limits::set_unanswered_body(
+        "application/json",
+        crate::http::api_error::ApiError::internal("internal error in modelmux")
+            .with_code("internal_error")
+            .body(),
+    );
+    tiny_http::limits::set_header_read_timeout(o.client_timeout);
+    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
+    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
+    tiny_http::limits::set_max_header_line(
+        o.max_header_bytes
+            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
+    );
 }
 
 /// `--check-config`: loads the config as the server would (clients built, CA files read), opens

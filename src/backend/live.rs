@@ -47,11 +47,15 @@ pub struct ConfigStore {
     /// Discovered model lists, kept across reloads.
     pub catalog: Arc<Catalog>,
     defaults: Defaults,
-    max_idle_per_host: usize,
     current: RwLock<Arc<Live>>,
     reload_lock: Mutex<()>,
-    // Agents outlive reloads so connection pools stay warm.
-    agent_cache: Mutex<Vec<(ClientKey, ureq::Agent)>>,
+    agents: AgentCache,
+}
+
+/// The HTTP clients by client key. Agents outlive reloads so connection pools stay warm.
+struct AgentCache {
+    cache: Mutex<Vec<(ClientKey, ureq::Agent)>>,
+    max_idle_per_host: usize,
 }
 
 impl ConfigStore {
@@ -62,24 +66,19 @@ impl ConfigStore {
         max_idle_per_host: usize,
     ) -> Result<ConfigStore, ConfigError> {
         let config = config::load_file(path, &defaults)?;
-        let agent_cache = Mutex::new(Vec::new());
-        let catalog = Arc::new(Catalog::default());
-        let live = build(
-            path,
-            config,
-            &agent_cache,
+        let agents = AgentCache {
+            cache: Mutex::new(Vec::new()),
             max_idle_per_host,
-            None,
-            &catalog,
-        )?;
+        };
+        let catalog = Arc::new(Catalog::default());
+        let live = build(path, config, &agents, None, &catalog)?;
         Ok(ConfigStore {
             path: path.to_string(),
             catalog,
             defaults,
-            max_idle_per_host,
             current: RwLock::new(Arc::new(live)),
             reload_lock: Mutex::new(()),
-            agent_cache,
+            agents,
         })
     }
 
@@ -102,8 +101,7 @@ impl ConfigStore {
         let live = Arc::new(build(
             &self.path,
             config,
-            &self.agent_cache,
-            self.max_idle_per_host,
+            &self.agents,
             Some(&previous),
             &self.catalog,
         )?);
@@ -122,12 +120,12 @@ impl ConfigStore {
 fn build(
     path: &str,
     config: Config,
-    cache: &Mutex<Vec<(ClientKey, ureq::Agent)>>,
-    max_idle: usize,
+    agents_cache: &AgentCache,
     previous: Option<&Live>,
     catalog: &Arc<Catalog>,
 ) -> Result<Live, ConfigError> {
-    let mut cache = match cache.lock() {
+    let max_idle = agents_cache.max_idle_per_host;
+    let mut cache = match agents_cache.cache.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };

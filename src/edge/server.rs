@@ -45,16 +45,29 @@ struct Meta {
     started: Instant,
 }
 
+/// What the server shares with the rest of the process.
+pub struct Parts {
+    /// The config, reloaded by signals and the file watcher.
+    pub shared: Arc<ConfigStore>,
+    /// Identity, accounting and limits.
+    pub policy: Arc<Policy>,
+    /// Fires on SIGTERM/SIGINT.
+    pub stopper: Arc<Stopper>,
+}
+
 /// Serves until the stopper fires, then drains in-flight requests up to `settings.drain`.
 /// `ready` runs once the server accepts requests (the caller prints its listening line).
 pub fn serve(
     listener: TcpListener,
     settings: Settings,
-    shared: Arc<ConfigStore>,
-    policy: Arc<Policy>,
-    stopper: Arc<Stopper>,
+    parts: Parts,
     ready: &dyn Fn(),
 ) -> Result<(), String> {
+    let Parts {
+        shared,
+        policy,
+        stopper,
+    } = parts;
     let policy_settings = &shared.snapshot().config.policy;
     if policy_settings.metrics_per_user
         && settings.admin_key.is_none()
@@ -435,8 +448,9 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
                 metrics,
                 request_id: id,
                 policy,
+                started: meta.started,
             };
-            proxy::handle(request, target, route, &ctx, meta.started)
+            proxy::handle(request, target, route, &ctx)
         }
     }
 }
