@@ -68,44 +68,7 @@ pub(super) fn parse_policy(
     root: &Map<String, Value>,
     config_file: &str,
 ) -> Result<PolicySettings, FieldError> {
-    let (jwt_secret, jwt_audience, jwt_issuer) = match root.get("openWebUI") {
-        None | Some(Value::Null) => (None, None, None),
-        Some(Value::Object(m)) => {
-            check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
-            let text = |name: &str, example: &str| match m.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-                Some(v) => Err(FieldError::new(
-                    format!("openWebUI.{}", name),
-                    format!(
-                        "expected a non-empty string (e.g. {}), got {}",
-                        example,
-                        match v {
-                            Value::String(_) => "an empty string",
-                            v => type_name(v),
-                        }
-                    ),
-                )),
-            };
-            let secret = text("jwtSecret", "\"${OWUI_JWT_SECRET}\"")?.map(Secret);
-            let audience = text("jwtAudience", "\"modelmux\"")?;
-            let issuer = text("jwtIssuer", "\"open-webui\"")?;
-            // A claim check without a secret would be silently skipped: say so instead.
-            if secret.is_none() && (audience.is_some() || issuer.is_some()) {
-                return Err(FieldError::new(
-                    "openWebUI",
-                    "jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
-                ));
-            }
-            (secret, audience, issuer)
-        }
-        Some(v) => {
-            return Err(FieldError::new(
-                "openWebUI",
-                format!("expected {{\"jwtSecret\": \"...\"}}, got {}", type_name(v)),
-            ))
-        }
-    };
+    let (jwt_secret, jwt_audience, jwt_issuer) = parse_open_webui(root.get("openWebUI"))?;
     let usage_log = parse_usage_log(root.get("usageLog"), config_file)?;
     let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
         None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
@@ -187,6 +150,52 @@ pub(super) fn parse_policy(
         limits_store_timeout,
         limits_store_retry,
         task_header,
+    })
+}
+
+/// The JWT secret, audience and issuer of `openWebUI`.
+type OpenWebUi = (Option<Secret>, Option<String>, Option<String>);
+
+/// `"openWebUI": {"jwtSecret": ..., "jwtAudience": ..., "jwtIssuer": ...}`: the secret that
+/// signs Open WebUI's tokens and the claims they must carry.
+fn parse_open_webui(v: Option<&Value>) -> Result<OpenWebUi, FieldError> {
+    Ok(match v {
+        None | Some(Value::Null) => (None, None, None),
+        Some(Value::Object(m)) => {
+            check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
+            let text = |name: &str, example: &str| match m.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(v) => Err(FieldError::new(
+                    format!("openWebUI.{}", name),
+                    format!(
+                        "expected a non-empty string (e.g. {}), got {}",
+                        example,
+                        match v {
+                            Value::String(_) => "an empty string",
+                            v => type_name(v),
+                        }
+                    ),
+                )),
+            };
+            let secret = text("jwtSecret", "\"${OWUI_JWT_SECRET}\"")?.map(Secret);
+            let audience = text("jwtAudience", "\"modelmux\"")?;
+            let issuer = text("jwtIssuer", "\"open-webui\"")?;
+            // A claim check without a secret would be silently skipped: say so instead.
+            if secret.is_none() && (audience.is_some() || issuer.is_some()) {
+                return Err(FieldError::new(
+                    "openWebUI",
+                    "jwtAudience and jwtIssuer need jwtSecret (tokens are not checked without it)",
+                ));
+            }
+            (secret, audience, issuer)
+        }
+        Some(v) => {
+            return Err(FieldError::new(
+                "openWebUI",
+                format!("expected {{\"jwtSecret\": \"...\"}}, got {}", type_name(v)),
+            ))
+        }
     })
 }
 

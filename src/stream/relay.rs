@@ -83,59 +83,14 @@ pub fn relay(
     body: Box<dyn Read + Send>,
     client: &ClientSide,
 ) -> Stats {
-    let no_body = client.head_only
-        || head.status == 204
-        || head.status == 304
-        || (100..200).contains(&head.status);
-    let is_sse = head.headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("content-type")
-            && v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-    });
+    let is_sse = has_content_type(&head, "text/event-stream");
     if is_sse {
         // Without these an nginx or ingress in front buffers the tokens.
         add_if_missing(&mut head.headers, "Cache-Control", "no-cache");
         add_if_missing(&mut head.headers, "X-Accel-Buffering", "no");
     }
-    let framing = if no_body {
-        Framing::None
-    } else if head.content_length.is_some() && !is_sse {
-        Framing::Length
-    } else if client.http10 {
-        Framing::UntilClose
-    } else {
-        Framing::Chunked
-    };
-    let mut text = format!(
-        "HTTP/1.{} {} {}\r\n",
-        if client.http10 { 0 } else { 1 },
-        head.status,
-        head.reason
-    );
-    for (n, v) in &head.headers {
-        text.push_str(n);
-        text.push_str(": ");
-        text.push_str(v);
-        text.push_str("\r\n");
-    }
-    match framing {
-        Framing::Length => text.push_str(&format!(
-            "Content-Length: {}\r\n",
-            head.content_length.unwrap_or(0)
-        )),
-        Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
-        Framing::UntilClose => text.push_str("Connection: close\r\n"),
-        Framing::None if client.head_only => {
-            if let Some(len) = head.content_length {
-                text.push_str(&format!("Content-Length: {}\r\n", len));
-            }
-        }
-        // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).
-        Framing::None if head.status < 200 || head.status == 204 || head.status == 304 => {}
-        Framing::None => text.push_str("Content-Length: 0\r\n"),
-    }
-    text.push_str("\r\n");
+    let framing = framing_of(&head, client, is_sse);
+    let text = head_text(&head, client, framing);
     let mut sink = Sink {
         out,
         framing,
@@ -152,23 +107,9 @@ pub fn relay(
         content_chars: 0,
         close_connection: framing == Framing::UntilClose,
     };
-    let is_json = head.headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("content-type")
-            && v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-    });
-    let encoding = head
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
-        .map(|(_, v)| v.trim().to_ascii_lowercase())
-        .filter(|v| v != "identity");
-    let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
+    let encoding = content_encoding(&head);
     // Usage is read from plain or gzip bodies; other codings (br, zstd) are not counted.
-    let mut tap =
-        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
-    let mut strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
+    let (mut tap, mut strip) = taps(&head, client, is_sse, encoding.as_deref());
     if is_sse || framing == Framing::None {
         // A stream's client learns at once that its stream started.
         if sink
@@ -210,14 +151,115 @@ pub fn relay(
         }
     };
     (stats.usage, stats.content_chars) = tap.map_or((None, 0), UsageTap::finish);
-    stats.outcome = match result {
+    stats.outcome = outcome(
+        result,
+        &mut sink,
+        &mut stats,
+        is_sse && framing == Framing::Chunked,
+    );
+    stats
+}
+
+/// True when the head's `Content-Type` is `mime` (parameters aside).
+fn has_content_type(head: &Head, mime: &str) -> bool {
+    head.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type")
+            && v.trim_start().to_ascii_lowercase().starts_with(mime)
+    })
+}
+
+/// How the body is delimited for this client.
+fn framing_of(head: &Head, client: &ClientSide, is_sse: bool) -> Framing {
+    let no_body = client.head_only
+        || head.status == 204
+        || head.status == 304
+        || (100..200).contains(&head.status);
+    if no_body {
+        Framing::None
+    } else if head.content_length.is_some() && !is_sse {
+        Framing::Length
+    } else if client.http10 {
+        Framing::UntilClose
+    } else {
+        Framing::Chunked
+    }
+}
+
+/// The status line and headers, with the framing header, up to the blank line.
+fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
+    let mut text = format!(
+        "HTTP/1.{} {} {}\r\n",
+        if client.http10 { 0 } else { 1 },
+        head.status,
+        head.reason
+    );
+    for (n, v) in &head.headers {
+        text.push_str(n);
+        text.push_str(": ");
+        text.push_str(v);
+        text.push_str("\r\n");
+    }
+    match framing {
+        Framing::Length => text.push_str(&format!(
+            "Content-Length: {}\r\n",
+            head.content_length.unwrap_or(0)
+        )),
+        Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
+        Framing::UntilClose => text.push_str("Connection: close\r\n"),
+        Framing::None if client.head_only => {
+            if let Some(len) = head.content_length {
+                text.push_str(&format!("Content-Length: {}\r\n", len));
+            }
+        }
+        // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).
+        Framing::None if head.status < 200 || head.status == 204 || head.status == 304 => {}
+        Framing::None => text.push_str("Content-Length: 0\r\n"),
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// The body's `Content-Encoding`, lowercased; `None` for none or `identity`.
+fn content_encoding(head: &Head) -> Option<String> {
+    head.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "identity")
+}
+
+/// The usage reader (plain or gzip JSON and SSE bodies) and the usage stripper (plain SSE
+/// when modelmux asked for the usage chunk).
+fn taps(
+    head: &Head,
+    client: &ClientSide,
+    is_sse: bool,
+    encoding: Option<&str>,
+) -> (Option<UsageTap>, Option<UsageStrip>) {
+    let is_json = has_content_type(head, "application/json");
+    let gzip = matches!(encoding, Some("gzip" | "x-gzip"));
+    let tap =
+        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
+    let strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
+    (tap, strip)
+}
+
+/// How the relay ended; a failed upstream ends a chunked SSE stream with an error event,
+/// anything else is cut short with the connection closed.
+fn outcome(
+    result: Result<(), Failure>,
+    sink: &mut Sink,
+    stats: &mut Stats,
+    sse_chunked: bool,
+) -> Outcome {
+    match result {
         Ok(()) => Outcome::Complete,
         Err(Failure::Client) => {
             stats.close_connection = true;
             Outcome::ClientGone
         }
         Err(Failure::Upstream(msg)) => {
-            if is_sse && framing == Framing::Chunked {
+            if sse_chunked {
                 // End the stream honestly with the error event the OpenAI API uses, so the
                 // client can tell a cut-off answer from a finished one.
                 let event = format!(
@@ -237,8 +279,7 @@ pub fn relay(
             }
             Outcome::UpstreamFailed(msg)
         }
-    };
-    stats
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
