@@ -27,7 +27,6 @@ use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
 use crate::stream::usage::{self, Usage};
-pub use backend_gate::ModelGate;
 use identity::Asking;
 use ledger::{Entry, Ledger};
 use quota::{Quotas, Reservation};
@@ -313,14 +312,9 @@ impl Policy {
         })
     }
 
-    /// The gate of a model whose backends have concurrency caps (`None` when none has one).
-    pub fn gate(
-        &self,
-        model: &str,
-        caps: Vec<Option<usize>>,
-        wait: Duration,
-    ) -> Option<Arc<ModelGate>> {
-        self.gates.gate(model, caps, wait)
+    /// The per-model gates of capped backends.
+    pub fn gates(&self) -> &admission::Gates {
+        &self.gates
     }
 
     /// Lines for /metrics: queue depth per model and limits store failures.

@@ -55,7 +55,7 @@ impl Select<'_> {
                 continue;
             }
             let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
-            let Some(gate) = self.policy.gate(&e.id, caps, e.max_queue_wait) else {
+            let Some(gate) = self.policy.gates().gate(&e.id, caps, e.max_queue_wait) else {
                 match balancer.pick(m, &avoid) {
                     Some(p) => return Ok(Some((p, None))),
                     None => continue,
