@@ -13,6 +13,8 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	python3 scripts/import_graph.py
+	python3 scripts/fn_sizes.py
 
 check: lint test
 

@@ -28,7 +28,7 @@ pub struct Options {
     /// Log level name.
     pub log_level: log::LevelFilter,
     /// Proxy keys from `CM_OPEN_WEBUI_PROXY_API_KEYS`.
-    pub proxy_keys: Vec<crate::auth::ProxyKey>,
+    pub proxy_keys: Vec<crate::policy::identity::auth::ProxyKey>,
     /// Key for `/debug` and `/reload`.
     pub admin_key: Option<String>,
     /// How long in-flight requests may run after SIGTERM.
@@ -44,7 +44,7 @@ pub struct Options {
     /// CA bundle trusted for every backend, beside the bundled roots.
     pub ca_file: Option<String>,
     /// Access log format.
-    pub log_format: crate::access_log::Format,
+    pub log_format: crate::http::access_log::Format,
 }
 
 /// What the command line asks for.
@@ -180,6 +180,38 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         }
         return parse_usage(&args[1..], env).map(Command::Usage);
     }
+    let mut o = from_env(env)?;
+    if o.workers == 0 {
+        return Err("CM_OPEN_WEBUI_PROXY_WORKERS must be at least 1".into());
+    }
+    if o.client_timeout.is_zero() || o.client_write_timeout.is_zero() || o.max_header_bytes < 1024 {
+        return Err(
+            "client timeouts must be at least 1 second and the header limit at least 1024 bytes"
+                .into(),
+        );
+    }
+    if o.connect_timeout.is_zero() || o.idle_timeout.is_zero() {
+        return Err("upstream timeouts must be at least 1 second".into());
+    }
+    let mut flags = Flags { args, i: 0 };
+    while let Some((flag, inline)) = flags.next_flag() {
+        let mut value = || flags.value(&flag, inline.clone());
+        match flag.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            "--check-config" => o.check_config = true,
+            "--healthcheck" => o.healthcheck = true,
+            "--port" => o.port = parse_port(&value()?).map_err(|e| format!("--port {}", e))?,
+            "--config" => o.config = value()?,
+            "--host" => o.host = value()?,
+            other => return Err(format!("unknown argument \"{}\"; see --help", other)),
+        }
+    }
+    Ok(Command::Run(Box::new(o)))
+}
+
+/// The options the environment sets, before the flags.
+fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Options, String> {
     let env_num = |name: &str, default: u64| -> Result<u64, String> {
         match env(name) {
             None => Ok(default),
@@ -210,7 +242,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         idle_timeout: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_IDLE_TIMEOUT_SECS", 600)?),
         log_level: log::LevelFilter::Info,
         proxy_keys: env("CM_OPEN_WEBUI_PROXY_API_KEYS")
-            .map(|s| crate::auth::parse_env_keys(&s))
+            .map(|s| crate::policy::identity::auth::parse_env_keys(&s))
             .unwrap_or_default(),
         admin_key: env("CM_OPEN_WEBUI_PROXY_ADMIN_KEY").filter(|s| !s.trim().is_empty()),
         drain: Duration::from_secs(env_num("CM_OPEN_WEBUI_PROXY_DRAIN_SECS", 30)?),
@@ -229,8 +261,8 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             .map(|s| s.trim().to_ascii_lowercase())
             .as_deref()
         {
-            None | Some("") | Some("text") => crate::access_log::Format::Text,
-            Some("json") => crate::access_log::Format::Json,
+            None | Some("") | Some("text") => crate::http::access_log::Format::Text,
+            Some("json") => crate::http::access_log::Format::Json,
             Some(other) => {
                 return Err(format!(
                     "CM_OPEN_WEBUI_PROXY_LOG_FORMAT must be text or json, got \"{}\"",
@@ -243,47 +275,26 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         o.port = parse_port(&p).map_err(|e| format!("CM_OPEN_WEBUI_PROXY_PORT {}", e))?;
     }
     if let Some(l) = env("CM_OPEN_WEBUI_PROXY_LOG_LEVEL").filter(|s| !s.trim().is_empty()) {
-        o.log_level = match l.trim().to_ascii_lowercase().as_str() {
-            "error" => log::LevelFilter::Error,
-            "warn" | "warning" => log::LevelFilter::Warn,
-            "info" => log::LevelFilter::Info,
-            "debug" => log::LevelFilter::Debug,
-            "trace" => log::LevelFilter::Trace,
-            _ => {
-                return Err(format!(
-                    "CM_OPEN_WEBUI_PROXY_LOG_LEVEL must be error, warn, info or debug, got \"{}\"",
-                    l
-                ))
-            }
-        };
+        o.log_level = parse_log_level(&l)?;
     }
-    if o.workers == 0 {
-        return Err("CM_OPEN_WEBUI_PROXY_WORKERS must be at least 1".into());
-    }
-    if o.client_timeout.is_zero() || o.client_write_timeout.is_zero() || o.max_header_bytes < 1024 {
-        return Err(
-            "client timeouts must be at least 1 second and the header limit at least 1024 bytes"
-                .into(),
-        );
-    }
-    if o.connect_timeout.is_zero() || o.idle_timeout.is_zero() {
-        return Err("upstream timeouts must be at least 1 second".into());
-    }
-    let mut flags = Flags { args, i: 0 };
-    while let Some((flag, inline)) = flags.next_flag() {
-        let mut value = || flags.value(&flag, inline.clone());
-        match flag.as_str() {
-            "--help" | "-h" => return Ok(Command::Help),
-            "--version" | "-V" => return Ok(Command::Version),
-            "--check-config" => o.check_config = true,
-            "--healthcheck" => o.healthcheck = true,
-            "--port" => o.port = parse_port(&value()?).map_err(|e| format!("--port {}", e))?,
-            "--config" => o.config = value()?,
-            "--host" => o.host = value()?,
-            other => return Err(format!("unknown argument \"{}\"; see --help", other)),
+    Ok(o)
+}
+
+/// `CM_OPEN_WEBUI_PROXY_LOG_LEVEL`.
+fn parse_log_level(l: &str) -> Result<log::LevelFilter, String> {
+    Ok(match l.trim().to_ascii_lowercase().as_str() {
+        "error" => log::LevelFilter::Error,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => {
+            return Err(format!(
+                "CM_OPEN_WEBUI_PROXY_LOG_LEVEL must be error, warn, info or debug, got \"{}\"",
+                l
+            ))
         }
-    }
-    Ok(Command::Run(Box::new(o)))
+    })
 }
 
 /// Walks `--flag value`, `--flag=value` and bare `--flag` arguments.

@@ -1,21 +1,13 @@
 //! Property-based fuzzing: random paths and bodies never panic the routing and rewriting code.
 
-use crate::{body, route};
+use crate::http::route;
+use crate::stream::body;
 use proptest::prelude::*;
 
-fn json_like() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300),
-        "[{}\\[\\]\":,a-z0-9 \\\\.-]{0,200}".prop_map(|s| s.into_bytes()),
-        ("[a-z]{0,8}", "[ -~]{0,40}").prop_map(|(k, v)| format!(
-            "{{\"model\":\"m\",\"{}\":\"{}\"}}",
-            k,
-            v.replace('"', "")
-        )
-        .into_bytes()),
-        Just(b"{\"model\":\"m\",\"messages\":[]}".to_vec()),
-    ]
-}
+#[path = "../tests/support/json_like.rs"]
+mod json_like;
+
+use json_like::json_like;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]

@@ -1,45 +1,51 @@
 //! modelmux: one OpenAI-compatible endpoint in front of many LLM backends.
 //!
-//! The modules follow a request's path: `server` takes it, `route` names it, `admin` answers the
-//! proxy's own endpoints, `proxy` reads and rewrites it (`body`), `upstream` calls the backend
-//! and `relay` streams the answer back; `config`/`live` hold the config, `redact` keeps secrets out.
-//! `catalog` knows which models exist (configured and discovered) and which endpoint serves an
-//! id; `discovery` keeps it fresh in the background with `probe`, which also feeds active health
-//! to `balance`.
-//! `start` is the binary's entry point and the only public module.
+//! The source is in layers, in the order a request travels; no two modules import each other in a
+//! circle (`scripts/import_graph.py`, run by `make lint`):
+//! - `start`, `cli`: the binary's entry point (the only public module) and its command line.
+//! - `edge/`: the HTTP edge: connections, their threads, fast lane and queue (`server`), and the
+//!   proxy's own endpoints (`admin`).
+//! - `proxy/`: one proxied request: read (`inbound`), its models named (`choose`), a backend
+//!   picked (`select`), the backend's request built (`outbound`), the failover loop in phases
+//!   (`mod.rs`) and the answer relayed (`answer`).
+//! - `translate/`: protocol translators (Anthropic Messages first) live here, mapping a foreign
+//!   API onto the OpenAI one for `proxy` with the help of `stream` and `http`.
+//! - `policy/`: who asks and what they may use, called at admission and completion (`mod.rs`):
+//!   `identity/` (client keys, JWT, user headers, body user), `accounting/` (the usage ledger and
+//!   the `/usage` totals), `limits/` (rules applied to counters over windows, in a local or Redis
+//!   store) and `admission/` (fair queues at capped backends).
+//! - `stream/`: bodies in and out: the request's model lookup and byte-faithful rewrite (`body`),
+//!   the answer streamed back (`relay`), its tokens (`usage`) and the usage modelmux asked for
+//!   hidden again (`usage_strip`).
+//! - `backend/`: the backends: which models exist and where (`catalog`, kept fresh by
+//!   `discovery` with `probe`), choice and health (`balance`), the outbound client (`upstream`),
+//!   and the config in force with what is built from it, swapped on reload (`live`).
+//! - `config/`: the config file as data, one module per kind of setting, and the
+//!   `--check-config` summary; it imports nothing from the modules that read it.
+//! - `http/`: what every layer says in HTTP: routes, OpenAI-style errors, replies, which headers
+//!   cross the proxy, the access log line.
+//! - Helpers used across layers: `lifecycle` (signals, file watch, fd limit: the only libc calls),
+//!   `metrics`, `clock` (UTC calendar arithmetic), `tls`, `glob` and `redact`.
 
 #![deny(unsafe_code)]
 
-mod access_log;
-mod admin;
-mod api_error;
-mod auth;
-mod balance;
-mod body;
-mod catalog;
+mod backend;
 mod cli;
+mod clock;
 mod config;
-mod discovery;
+mod edge;
 mod glob;
-mod headers;
+mod http;
 // The libc calls (signals, descriptor limit, listen backlog, client socket peek, heap trim,
 // ledger lock) live here and nowhere else.
 #[cfg(test)]
 mod fuzz_tests;
 #[allow(unsafe_code)]
 mod lifecycle;
-mod live;
 mod metrics;
 mod policy;
-mod probe;
 mod proxy;
 mod redact;
-mod relay;
-mod reply;
-mod route;
-mod server;
 pub mod start;
+mod stream;
 mod tls;
-mod upstream;
-mod usage;
-mod usage_strip;

@@ -2,7 +2,7 @@
 //! the descriptor limit, and the other libc calls (listen backlog, a peek at a client socket,
 //! heap trim, the usage ledger's writer lock).
 
-use crate::live::ConfigStore;
+use crate::backend::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};

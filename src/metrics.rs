@@ -220,172 +220,20 @@ impl Metrics {
     pub fn render(&self, queued: usize, personal: bool) -> String {
         let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(4096);
+        render_traffic(&d, &mut out);
+        if personal {
+            render_users(&d, &mut out);
+        }
+        render_limits(&d, &mut out);
+        drop(d);
+        self.render_gauges(queued, &mut out);
+        out
+    }
+
+    /// Counters kept outside the lock, and the gauges read at scrape time.
+    fn render_gauges(&self, queued: usize, out: &mut String) {
         header(
-            &mut out,
-            "modelmux_requests_total",
-            "counter",
-            "Requests answered, by model, backend and status class.",
-        );
-        for ((m, b, c), v) in &d.requests {
-            let _ = writeln!(
-                out,
-                "modelmux_requests_total{{model=\"{}\",backend=\"{}\",status_class=\"{}\"}} {}",
-                esc(m),
-                esc(b),
-                c,
-                v
-            );
-        }
-        histogram(
-            &mut out,
-            "modelmux_request_duration_seconds",
-            "Time from request to the end of the response, by model.",
-            &d.duration,
-        );
-        histogram(
-            &mut out,
-            "modelmux_time_to_first_byte_seconds",
-            "Time from request to the first body byte sent, by model.",
-            &d.ttfb,
-        );
-        header(
-            &mut out,
-            "modelmux_upstream_errors_total",
-            "counter",
-            "Backend failures, by model, backend and cause.",
-        );
-        for ((m, b, c), v) in &d.upstream_errors {
-            let _ = writeln!(
-                out,
-                "modelmux_upstream_errors_total{{model=\"{}\",backend=\"{}\",cause=\"{}\"}} {}",
-                esc(m),
-                esc(b),
-                esc(c),
-                v
-            );
-        }
-        header(
-            &mut out,
-            "modelmux_retries_total",
-            "counter",
-            "Retries on another backend or fallback model, by model and cause.",
-        );
-        for ((m, c), v) in &d.retries {
-            let _ = writeln!(
-                out,
-                "modelmux_retries_total{{model=\"{}\",cause=\"{}\"}} {}",
-                esc(m),
-                esc(c),
-                v
-            );
-        }
-        header(
-            &mut out,
-            "modelmux_tokens_total",
-            "counter",
-            "Tokens by model and direction, as the ledger records them: reported by backends (estimated=\"false\") or estimated when a backend reported none (estimated=\"true\").",
-        );
-        for ((m, dir, est), v) in &d.tokens {
-            let _ = writeln!(
-                out,
-                "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
-                esc(m),
-                dir,
-                est,
-                v
-            );
-        }
-        header(
-            &mut out,
-            "modelmux_refused_requests_total",
-            "counter",
-            "Requests modelmux answered with an error of its own (bad framing, headers or body, unknown model, keys, overload), by status and code.",
-        );
-        for ((status, code), v) in &d.refused {
-            let _ = writeln!(
-                out,
-                "modelmux_refused_requests_total{{status=\"{}\",code=\"{}\"}} {}",
-                status, code, v
-            );
-        }
-        if personal && !d.users.is_empty() {
-            header(
-                &mut out,
-                "modelmux_user_requests_total",
-                "counter",
-                "Proxied requests per user (metrics.perUser; the first metrics.maxUsers users).",
-            );
-            for (u, c) in &d.users {
-                let _ = writeln!(
-                    out,
-                    "modelmux_user_requests_total{{user=\"{}\"}} {}",
-                    esc(u),
-                    c.requests
-                );
-            }
-            header(
-                &mut out,
-                "modelmux_user_tokens_total",
-                "counter",
-                "Tokens per user and direction (metrics.perUser; the first metrics.maxUsers users), reported or estimated as in modelmux_tokens_total.",
-            );
-            for (u, c) in &d.users {
-                for (dir, est, v) in c.series() {
-                    let _ = writeln!(
-                        out,
-                        "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
-                        esc(u),
-                        dir,
-                        est,
-                        v
-                    );
-                }
-            }
-        }
-        if personal && d.any_other {
-            let o = d.other_users;
-            header(
-                &mut out,
-                "modelmux_user_other_requests_total",
-                "counter",
-                "Proxied requests of users beyond metrics.maxUsers, summed.",
-            );
-            let _ = writeln!(out, "modelmux_user_other_requests_total {}", o.requests);
-            header(
-                &mut out,
-                "modelmux_user_other_tokens_total",
-                "counter",
-                "Tokens of users beyond metrics.maxUsers, summed, by direction, reported or estimated.",
-            );
-            for (dir, est, v) in o.series() {
-                let _ = writeln!(
-                    out,
-                    "modelmux_user_other_tokens_total{{direction=\"{}\",estimated=\"{}\"}} {}",
-                    dir, est, v
-                );
-            }
-        }
-        header(
-            &mut out,
-            "modelmux_limit_refusals_total",
-            "counter",
-            "Requests refused by a quota rule, by the kind of limit (store_unavailable: the limits store was down in closed mode).",
-        );
-        for (limit, v) in &d.limit_refusals {
-            let _ = writeln!(
-                out,
-                "modelmux_limit_refusals_total{{limit=\"{}\"}} {}",
-                limit, v
-            );
-        }
-        histogram(
-            &mut out,
-            "modelmux_backend_queue_wait_seconds",
-            "Time requests waited for a backend below its maxConcurrent, by model.",
-            &d.queue_wait,
-        );
-        header(
-            &mut out,
+            out,
             "modelmux_usage_ledger_write_failures_total",
             "counter",
             "Usage lines the ledger could not write (full disk...); traffic is not affected.",
@@ -396,7 +244,7 @@ impl Metrics {
             self.ledger_failures.load(Ordering::Relaxed)
         );
         header(
-            &mut out,
+            out,
             "modelmux_invalid_usage_total",
             "counter",
             "Backend usage reports with a count above 1e9 tokens, not believed (the request was estimated).",
@@ -407,7 +255,7 @@ impl Metrics {
             self.invalid_usage.load(Ordering::Relaxed)
         );
         header(
-            &mut out,
+            out,
             "modelmux_in_flight_requests",
             "gauge",
             "Requests being handled now.",
@@ -418,14 +266,189 @@ impl Metrics {
             self.in_flight.load(Ordering::Relaxed).max(0)
         );
         header(
-            &mut out,
+            out,
             "modelmux_queue_depth",
             "gauge",
             "Requests waiting for a worker.",
         );
         let _ = writeln!(out, "modelmux_queue_depth {}", queued);
-        out
     }
+}
+
+/// Requests, durations, backend errors, retries, tokens and refusals.
+fn render_traffic(d: &Data, out: &mut String) {
+    header(
+        out,
+        "modelmux_requests_total",
+        "counter",
+        "Requests answered, by model, backend and status class.",
+    );
+    for ((m, b, c), v) in &d.requests {
+        let _ = writeln!(
+            out,
+            "modelmux_requests_total{{model=\"{}\",backend=\"{}\",status_class=\"{}\"}} {}",
+            esc(m),
+            esc(b),
+            c,
+            v
+        );
+    }
+    histogram(
+        out,
+        "modelmux_request_duration_seconds",
+        "Time from request to the end of the response, by model.",
+        &d.duration,
+    );
+    histogram(
+        out,
+        "modelmux_time_to_first_byte_seconds",
+        "Time from request to the first body byte sent, by model.",
+        &d.ttfb,
+    );
+    header(
+        out,
+        "modelmux_upstream_errors_total",
+        "counter",
+        "Backend failures, by model, backend and cause.",
+    );
+    for ((m, b, c), v) in &d.upstream_errors {
+        let _ = writeln!(
+            out,
+            "modelmux_upstream_errors_total{{model=\"{}\",backend=\"{}\",cause=\"{}\"}} {}",
+            esc(m),
+            esc(b),
+            esc(c),
+            v
+        );
+    }
+    header(
+        out,
+        "modelmux_retries_total",
+        "counter",
+        "Retries on another backend or fallback model, by model and cause.",
+    );
+    for ((m, c), v) in &d.retries {
+        let _ = writeln!(
+            out,
+            "modelmux_retries_total{{model=\"{}\",cause=\"{}\"}} {}",
+            esc(m),
+            esc(c),
+            v
+        );
+    }
+    header(
+        out,
+        "modelmux_tokens_total",
+        "counter",
+        "Tokens by model and direction, as the ledger records them: reported by backends (estimated=\"false\") or estimated when a backend reported none (estimated=\"true\").",
+    );
+    for ((m, dir, est), v) in &d.tokens {
+        let _ = writeln!(
+            out,
+            "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
+            esc(m),
+            dir,
+            est,
+            v
+        );
+    }
+    header(
+        out,
+        "modelmux_refused_requests_total",
+        "counter",
+        "Requests modelmux answered with an error of its own (bad framing, headers or body, unknown model, keys, overload), by status and code.",
+    );
+    for ((status, code), v) in &d.refused {
+        let _ = writeln!(
+            out,
+            "modelmux_refused_requests_total{{status=\"{}\",code=\"{}\"}} {}",
+            status, code, v
+        );
+    }
+}
+
+/// Per-user series (they name people: only for the admin or metrics key).
+fn render_users(d: &Data, out: &mut String) {
+    if !d.users.is_empty() {
+        header(
+            out,
+            "modelmux_user_requests_total",
+            "counter",
+            "Proxied requests per user (metrics.perUser; the first metrics.maxUsers users).",
+        );
+        for (u, c) in &d.users {
+            let _ = writeln!(
+                out,
+                "modelmux_user_requests_total{{user=\"{}\"}} {}",
+                esc(u),
+                c.requests
+            );
+        }
+        header(
+            out,
+            "modelmux_user_tokens_total",
+            "counter",
+            "Tokens per user and direction (metrics.perUser; the first metrics.maxUsers users), reported or estimated as in modelmux_tokens_total.",
+        );
+        for (u, c) in &d.users {
+            for (dir, est, v) in c.series() {
+                let _ = writeln!(
+                    out,
+                    "modelmux_user_tokens_total{{user=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",
+                    esc(u),
+                    dir,
+                    est,
+                    v
+                );
+            }
+        }
+    }
+    if d.any_other {
+        let o = d.other_users;
+        header(
+            out,
+            "modelmux_user_other_requests_total",
+            "counter",
+            "Proxied requests of users beyond metrics.maxUsers, summed.",
+        );
+        let _ = writeln!(out, "modelmux_user_other_requests_total {}", o.requests);
+        header(
+            out,
+            "modelmux_user_other_tokens_total",
+            "counter",
+            "Tokens of users beyond metrics.maxUsers, summed, by direction, reported or estimated.",
+        );
+        for (dir, est, v) in o.series() {
+            let _ = writeln!(
+                out,
+                "modelmux_user_other_tokens_total{{direction=\"{}\",estimated=\"{}\"}} {}",
+                dir, est, v
+            );
+        }
+    }
+}
+
+/// Quota refusals and the wait for capped backends.
+fn render_limits(d: &Data, out: &mut String) {
+    header(
+        out,
+        "modelmux_limit_refusals_total",
+        "counter",
+        "Requests refused by a quota rule, by the kind of limit (store_unavailable: the limits store was down in closed mode).",
+    );
+    for (limit, v) in &d.limit_refusals {
+        let _ = writeln!(
+            out,
+            "modelmux_limit_refusals_total{{limit=\"{}\"}} {}",
+            limit, v
+        );
+    }
+    histogram(
+        out,
+        "modelmux_backend_queue_wait_seconds",
+        "Time requests waited for a backend below its maxConcurrent, by model.",
+        &d.queue_wait,
+    );
 }
 
 /// Decrements the in-flight gauge on drop.

@@ -1,12 +1,12 @@
 //! Starting modelmux: parse flags, then print help or the version, check the config, probe a
 //! running instance, or load the config and serve.
 
+use crate::backend::live::ConfigStore;
 use crate::cli::{self, Command, Options};
 use crate::config::{Defaults, Timeouts};
+use crate::edge::server::{self, Settings};
 use crate::lifecycle;
-use crate::live::ConfigStore;
 use crate::policy::Policy;
-use crate::server::{self, Settings};
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -85,22 +85,8 @@ fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
     lifecycle::pin_malloc_thresholds();
-    crate::access_log::set_format(o.log_format);
-    // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
-    // client can read.
-    tiny_http::limits::set_unanswered_body(
-        "application/json",
-        crate::api_error::ApiError::internal("internal error in modelmux")
-            .with_code("internal_error")
-            .body(),
-    );
-    tiny_http::limits::set_header_read_timeout(o.client_timeout);
-    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
-    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
-    tiny_http::limits::set_max_header_line(
-        o.max_header_bytes
-            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
-    );
+    crate::http::access_log::set_format(o.log_format);
+    set_client_limits(&o);
     let shared =
         ConfigStore::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
     let live = shared.snapshot();
@@ -143,7 +129,7 @@ fn run(o: Options) -> Result<(), String> {
     let stopper = Arc::new(lifecycle::Stopper::default());
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
     lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
-    crate::discovery::spawn(Arc::clone(&shared));
+    crate::backend::discovery::spawn(Arc::clone(&shared));
     server::serve(
         listener,
         Settings {
@@ -153,11 +139,33 @@ fn run(o: Options) -> Result<(), String> {
             admin_key: o.admin_key.clone(),
             drain: o.drain,
         },
-        shared,
-        policy,
-        stopper,
+        server::Parts {
+            shared,
+            policy,
+            stopper,
+        },
         &announce,
     )
+}
+
+/// What tiny_http allows a client: header size and timeouts, and the body of an answer a
+/// handler dropped.
+fn set_client_limits(o: &Options) {
+    // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
+    // client can read.
+    tiny_http::limits::set_unanswered_body(
+        "application/json",
+        crate::http::api_error::ApiError::internal("internal error in modelmux")
+            .with_code("internal_error")
+            .body(),
+    );
+    tiny_http::limits::set_header_read_timeout(o.client_timeout);
+    tiny_http::limits::set_write_timeout(Some(o.client_write_timeout));
+    tiny_http::limits::set_max_header_bytes(o.max_header_bytes);
+    tiny_http::limits::set_max_header_line(
+        o.max_header_bytes
+            .min(tiny_http::limits::DEFAULT_MAX_HEADER_LINE),
+    );
 }
 
 /// `--check-config`: loads the config as the server would (clients built, CA files read), opens

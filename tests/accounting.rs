@@ -58,15 +58,6 @@ fn claims(sub: &str, exp_in: i64) -> Value {
            "iss": "open-webui", "iat": now() - 5, "exp": now() + exp_in})
 }
 
-/// The ledger's lines, parsed.
-fn ledger(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {:?}: {}", l, e)))
-        .collect()
-}
-
 /// Waits until the ledger holds `n` lines.
 fn ledger_lines(path: &Path, n: usize) -> Vec<Value> {
     wait_until("the ledger lines", Duration::from_secs(5), || {

@@ -7,8 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::fake_backend::{chunk, FakeBackend, Step};
 use support::mock_backend::{Behavior, MockBackend};
 use support::*;
@@ -17,30 +16,6 @@ const KEY: &str = "sk-budgets-backend-key-3e4f5a";
 const ADMIN: &str = "admin-key-budgets-6b7c8d";
 /// What modelmux reserves for a generating request that names no max tokens field.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Waits until more than `need` seconds are left in the current UTC minute, so every request
-/// of a test falls in one per-minute window.
-fn room_in_this_minute(need: u64) {
-    assert!(need < 50);
-    wait_until(
-        "room in the current UTC minute",
-        Duration::from_secs(need + 2),
-        || 60 - now_secs() % 60 > need,
-    );
-}
-
-fn merge(into: &mut Value, extra: Value) {
-    if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
-        into.extend(extra);
-    }
-}
 
 /// Model `m` (and `d`, the same backend with `defaultMaxTokens: 700`) on `url`, the ledger in
 /// `dir`, plus `top` fields and `ep` endpoint fields.
@@ -82,14 +57,6 @@ fn chat(p: &Proxy, body: &str) -> Resp {
 /// The prompt part of a reservation: the body's bytes / 4, rounded up.
 fn prompt_estimate(body: &str) -> u64 {
     (body.len() as u64).div_ceil(4)
-}
-
-fn ledger(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {:?}: {}", l, e)))
-        .collect()
 }
 
 /// Waits until the ledger holds `n` lines.

@@ -149,9 +149,9 @@ fn a_101_switching_protocols_answer_is_a_502() {
     assert_healthy(&p);
 }
 
-#[test]
-fn a_101_switching_protocols_backend_fails_over_to_a_good_one() {
-    let bad = FakeBackend::start(|_| vec![Step::Send(SWITCHING.to_vec())]);
+/// `bad` first and a good backend second: the client gets the good one's answer, `bad` was
+/// asked once first (`not_first` says otherwise), and the proxy stays healthy.
+fn fails_over_from(bad: &FakeBackend, not_first: &str) {
     let good = MockBackend::start(Behavior::default());
     let p = proxy_two(&bad.url, &good.url());
     let r = Client::new(&p)
@@ -166,9 +166,15 @@ fn a_101_switching_protocols_backend_fails_over_to_a_good_one() {
     );
     assert_eq!(r.body, echo_completion_bytes("real-m", "fail over"));
     let tried = bad.requests();
-    assert_eq!(tried.len(), 1, "the 101 backend was not tried first");
+    assert_eq!(tried.len(), 1, "{}", not_first);
     assert_eq!(tried[0].line, "POST /v1/chat/completions HTTP/1.1");
     assert_healthy(&p);
+}
+
+#[test]
+fn a_101_switching_protocols_backend_fails_over_to_a_good_one() {
+    let bad = FakeBackend::start(|_| vec![Step::Send(SWITCHING.to_vec())]);
+    fails_over_from(&bad, "the 101 backend was not tried first");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,23 +254,7 @@ fn a_response_with_too_many_headers_is_a_502_that_does_not_blame_the_request() {
 #[test]
 fn a_response_with_too_many_headers_fails_over_to_a_good_backend() {
     let bad = FakeBackend::start(|_| vec![Step::Send(too_many_headers())]);
-    let good = MockBackend::start(Behavior::default());
-    let p = proxy_two(&bad.url, &good.url());
-    let r = Client::new(&p)
-        .call(&chat_request("m", "fail over", false, ""))
-        .expect("an answer");
-    assert_eq!(
-        r.status,
-        200,
-        "did not fail over: {:?} {}",
-        r.headers,
-        r.text()
-    );
-    assert_eq!(r.body, echo_completion_bytes("real-m", "fail over"));
-    let tried = bad.requests();
-    assert_eq!(tried.len(), 1, "the bad backend was not tried first");
-    assert_eq!(tried[0].line, "POST /v1/chat/completions HTTP/1.1");
-    assert_healthy(&p);
+    fails_over_from(&bad, "the bad backend was not tried first");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -731,6 +731,21 @@ fn refused_count(p: &Proxy, status: &str, code: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// A 400 modelmux refused with `code` has its access log line and its count in
+/// `modelmux_refused_requests_total`, and the proxy stays healthy.
+fn assert_logged_and_counted(p: &Proxy, code: &str) {
+    let line = access_line(p, 400);
+    let count = refused_count(p, "400", code);
+    assert!(
+        line.is_ok() && count >= 1.0,
+        "access log: {:?}; modelmux_refused_requests_total{{status=\"400\",code=\"{}\"}} = {}",
+        line,
+        code,
+        count
+    );
+    assert_healthy(p);
+}
+
 #[test]
 fn a_refused_framing_request_is_access_logged_and_counted() {
     let (_a, p) = setup();
@@ -743,15 +758,7 @@ fn a_refused_framing_request_is_access_logged_and_counted() {
         ),
         COLLECT,
     );
-    let line = access_line(&p, 400);
-    let count = refused_count(&p, "400", "invalid_framing");
-    assert!(
-        line.is_ok() && count >= 1.0,
-        "access log: {:?}; modelmux_refused_requests_total{{status=\"400\",code=\"invalid_framing\"}} = {}",
-        line,
-        count
-    );
-    assert_healthy(&p);
+    assert_logged_and_counted(&p, "invalid_framing");
 }
 
 #[test]
@@ -762,15 +769,7 @@ fn a_refused_header_is_access_logged_and_counted() {
         &chat_with_header("X-OpenWebUI-User-Name: José Núñez".as_bytes()),
         COLLECT,
     );
-    let line = access_line(&p, 400);
-    let count = refused_count(&p, "400", "invalid_header");
-    assert!(
-        line.is_ok() && count >= 1.0,
-        "access log: {:?}; modelmux_refused_requests_total{{status=\"400\",code=\"invalid_header\"}} = {}",
-        line,
-        count
-    );
-    assert_healthy(&p);
+    assert_logged_and_counted(&p, "invalid_header");
 }
 
 #[test]

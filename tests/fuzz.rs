@@ -8,19 +8,10 @@ use proptest::prelude::*;
 use support::mock_backend::{Behavior, MockBackend};
 use support::*;
 
-fn json_like() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300),
-        "[{}\\[\\]\":,a-z0-9 \\\\.-]{0,200}".prop_map(|s| s.into_bytes()),
-        ("[a-z]{0,8}", "[ -~]{0,40}").prop_map(|(k, v)| format!(
-            "{{\"model\":\"m\",\"{}\":\"{}\"}}",
-            k,
-            v.replace('"', "")
-        )
-        .into_bytes()),
-        Just(b"{\"model\":\"m\",\"messages\":[]}".to_vec()),
-    ]
-}
+#[path = "support/json_like.rs"]
+mod json_like;
+
+use json_like::json_like;
 
 #[test]
 fn random_requests_always_get_well_formed_answers() {

@@ -7,18 +7,11 @@ mod support;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::mock_backend::{Behavior, MockBackend};
 use support::*;
 
 const ADMIN: &str = "admin-key-ledger-3c2b1a";
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn usage(p: &Proxy, query: &str) -> Value {
     let r = request(

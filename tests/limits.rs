@@ -13,7 +13,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::mock_backend::{echo_completion_bytes, Behavior, MockBackend};
 use support::*;
 
@@ -21,24 +21,6 @@ const KEY: &str = "sk-limits-backend-key-5c6d7e";
 /// `/usage` is personal data: only the admin key reads it.
 const ADMIN: (&str, &str) = ("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", "mm-limits-admin-key-1");
 const TEN_WORDS: &str = "one two three four five six seven eight nine ten";
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Waits until more than `need` seconds are left in the current UTC minute, so every request
-/// of a test falls in one fixed window (day and month windows end on a minute too).
-fn room_in_this_minute(need: u64) {
-    assert!(need < 50);
-    wait_until(
-        "room in the current UTC minute",
-        Duration::from_secs(need + 2),
-        || 60 - now_secs() % 60 > need,
-    );
-}
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
@@ -104,12 +86,6 @@ fn endpoint(url: &str, extra: Value) -> Value {
     let mut e = json!({"url": url, "apiKey": KEY, "actualModelName": "real-m"});
     merge(&mut e, extra);
     e
-}
-
-fn merge(into: &mut Value, extra: Value) {
-    if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
-        into.extend(extra);
-    }
 }
 
 /// A config with these endpoints and these top-level fields (`limits`, `proxyKeys`, ...).

@@ -5,30 +5,13 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::mock_backend::{Behavior, MockBackend};
 use support::redis::RedisServer;
 use support::*;
 
 const KEY: &str = "sk-limits-redis-backend-key-8e9f";
 const TWENTY_WORDS: &str = "a b c d e f g h i j k l m n o p q r s t";
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Waits until more than `need` seconds are left in the current UTC minute, so every request
-/// of a test falls in one fixed window.
-fn room_in_this_minute(need: u64) {
-    wait_until(
-        "room in the current UTC minute",
-        Duration::from_secs(need + 2),
-        || 60 - now_secs() % 60 > need,
-    );
-}
 
 /// A replica: model `m` on `backend`, counters in `store`, plus `extra` top-level fields.
 /// Users `"*"` get 3 requests a minute; user `tok` 100 tokens a day. Requests name no

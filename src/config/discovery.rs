@@ -1,7 +1,6 @@
 //! Wildcard endpoints (`"ollama/*"`) and their discovery settings, and active health probing.
 
-use super::json::{at, string_list, type_name, FieldError};
-use super::settings::number_fields;
+use super::json::{at, number_fields, string_list, type_name, FieldError};
 use serde_json::{Map, Value};
 use std::time::Duration;
 

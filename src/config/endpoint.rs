@@ -148,7 +148,7 @@ pub(super) fn parse_endpoint(
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
-        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_QUEUE_WAIT,
+        None | Some(Value::Null) => DEFAULT_MAX_QUEUE_WAIT,
         Some(v) => match v.as_f64() {
             Some(s) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
             _ => {
@@ -246,10 +246,10 @@ fn check_header<'v>(name: &str, value: &'v Value) -> Result<&'v str, String> {
         .ok_or_else(|| format!("expected a string, got {}", type_name(value)))?;
     // Framing and routing headers are the proxy's to set: a configured one could
     // desynchronize the backend connection.
-    if crate::headers::is_reserved(name) {
+    if crate::http::headers::is_reserved(name) {
         return Err("this header is set by modelmux (framing, hop-by-hop or Authorization) and cannot be configured".to_string());
     }
-    if !crate::headers::is_valid_name(name) || !crate::headers::is_valid_value(value) {
+    if !crate::http::headers::is_valid_name(name) || !crate::http::headers::is_valid_value(value) {
         return Err("not a valid HTTP header".to_string());
     }
     Ok(value)
@@ -287,3 +287,6 @@ fn parse_tls(obj: &Map<String, Value>, ca_file: Option<&str>) -> Result<TlsPolic
     crate::tls::client_config(&tls).map_err(at("caFile"))?;
     Ok(tls)
 }
+
+/// Default `maxQueueWaitSecs`.
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);

@@ -190,6 +190,36 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
+/// returns the values in `spec` order (`None` where absent). `spec` is the object's whole list
+/// of fields: any other is an error, located at the field.
+pub(super) fn number_fields(
+    v: &Value,
+    example: &str,
+    spec: &[(&str, f64, f64)],
+) -> Result<Vec<Option<f64>>, FieldError> {
+    let obj = v.as_object().ok_or_else(|| {
+        FieldError::new(
+            "",
+            format!("expected an object like {}, got {}", example, type_name(v)),
+        )
+    })?;
+    let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
+    check_fields(obj, &names)?;
+    spec.iter()
+        .map(|(name, min, max)| match obj.get(*name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| n >= min && n <= max)
+                .map(Some)
+                .ok_or_else(|| {
+                    FieldError::new(*name, format!("expected a number from {} to {}", min, max))
+                }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{check_fields, remove_comments, unknown_field, FieldError};

@@ -1,8 +1,6 @@
 //! Client keys from the file's `proxyKeys`.
 
 use super::json::{at, check_fields, string_list, type_name, FieldError};
-use crate::auth::ProxyKey;
-use crate::policy::Priority;
 use serde_json::Value;
 
 /// Every field of a `proxyKeys` object entry; anything else is an error (see
@@ -106,4 +104,31 @@ fn parse_key(item: &Value) -> Result<ProxyKey, FieldError> {
         return Err(FieldError::new("", "a proxy key must not be empty"));
     }
     Ok(key)
+}
+
+/// A key clients may present, optionally limited to some model ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyKey {
+    /// The bearer token.
+    pub key: String,
+    /// Model ids this key may use, `*` and `?` as wildcards (`"ollama/*"`); `None` means all.
+    pub models: Option<Vec<String>>,
+    /// What logs and usage call this key (never the key itself); `key-N` when unnamed.
+    pub name: String,
+    /// Requests with this key may name their user in Open WebUI's `X-OpenWebUI-User-*`
+    /// headers (plain headers can be forged by anyone else who can reach the proxy).
+    pub trust_user_headers: bool,
+    /// How soon its requests are served when a backend is at its cap.
+    pub priority: Priority,
+}
+
+/// How soon a waiting request is served relative to others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Background tasks (title, tag and follow-up generation): served after everything else.
+    Low,
+    /// Interactive requests.
+    Normal,
+    /// Keys marked `"priority": "high"`.
+    High,
 }

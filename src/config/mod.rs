@@ -17,18 +17,24 @@ mod forward_proxy;
 mod json;
 mod keys;
 mod policy;
+mod rules;
 mod settings;
 mod summary;
 
 pub use backends::Backend;
 pub use discovery::Wildcard;
+#[cfg(test)]
+pub use endpoint::DEFAULT_MAX_QUEUE_WAIT;
 pub use endpoint::{ClientKey, Endpoint};
 pub(crate) use json::{type_name, unknown_field};
-pub use policy::{PolicySettings, Secret};
+pub use keys::{Priority, ProxyKey};
+pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
+#[cfg(test)]
+pub use rules::parse_rules;
+pub use rules::{Limit, Rule, Subject, WINDOWED};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::{policy_view, summary};
 
-use crate::auth::ProxyKey;
 use endpoint::{parse_endpoint, EndpointDefaults};
 use env::substitute_env;
 use json::{check_fields, remove_comments, under, FieldError};

@@ -1,7 +1,7 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
 use super::json::{check_fields, type_name, under, FieldError};
-use crate::policy::{parse_rules, FailureMode, Rule};
+use super::rules::{parse_rules, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,98 @@ pub(super) fn parse_policy(
     root: &Map<String, Value>,
     config_file: &str,
 ) -> Result<PolicySettings, FieldError> {
-    let (jwt_secret, jwt_audience, jwt_issuer) = match root.get("openWebUI") {
+    let (jwt_secret, jwt_audience, jwt_issuer) = parse_open_webui(root.get("openWebUI"))?;
+    let usage_log = parse_usage_log(root.get("usageLog"), config_file)?;
+    let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
+        None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 4096 => n,
+            _ => {
+                return Err(FieldError::new(
+                    "usageLogMaxBytes",
+                    "expected a whole number of bytes, at least 4096",
+                ))
+            }
+        },
+    };
+    let (metrics_per_user, metrics_max_users, metrics_key) = parse_metrics(root.get("metrics"))?;
+    let limits_max_tracked = match root.get("limitsMaxTracked") {
+        None | Some(Value::Null) => DEFAULT_MAX_TRACKED,
+        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n >= 1 => n,
+            _ => {
+                return Err(FieldError::new(
+                    "limitsMaxTracked",
+                    format!(
+                        "expected a whole number of identities, at least 1 (default {}), got {}",
+                        DEFAULT_MAX_TRACKED, v
+                    ),
+                ))
+            }
+        },
+    };
+    let limits = match root.get("limits") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => parse_rules(v).map_err(|e| FieldError::new(e.location, e.message))?,
+    };
+    let limits_store = match root.get("limitsStore") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            Some(Secret(u.clone()))
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "limitsStore",
+                "expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
+            ))
+        }
+    };
+    let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
+        .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
+    let whole = |name: &str, default: u64, max: u64| match root.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            FieldError::new(name, format!("expected a whole number from 1 to {}", max))
+        }),
+    };
+    let limits_store_timeout = Duration::from_millis(whole("limitsStoreTimeoutMs", 250, 60_000)?);
+    let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
+    let task_header = match root.get("taskHeader") {
+        None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
+        Some(Value::String(h)) if crate::http::headers::is_valid_name(h) => h.clone(),
+        Some(_) => {
+            return Err(FieldError::new(
+                "taskHeader",
+                "expected a header name such as \"X-OpenWebUI-Task\"",
+            ))
+        }
+    };
+    Ok(PolicySettings {
+        jwt_secret,
+        jwt_audience,
+        jwt_issuer,
+        usage_log,
+        usage_log_max_bytes,
+        metrics_per_user,
+        metrics_max_users,
+        metrics_key,
+        limits_max_tracked,
+        limits,
+        limits_store,
+        limits_store_failure,
+        limits_store_timeout,
+        limits_store_retry,
+        task_header,
+    })
+}
+
+/// The JWT secret, audience and issuer of `openWebUI`.
+type OpenWebUi = (Option<Secret>, Option<String>, Option<String>);
+
+/// `"openWebUI": {"jwtSecret": ..., "jwtAudience": ..., "jwtIssuer": ...}`: the secret that
+/// signs Open WebUI's tokens and the claims they must carry.
+fn parse_open_webui(v: Option<&Value>) -> Result<OpenWebUi, FieldError> {
+    Ok(match v {
         None | Some(Value::Null) => (None, None, None),
         Some(Value::Object(m)) => {
             check_fields(m, OPEN_WEBUI_FIELDS).map_err(under("openWebUI"))?;
@@ -105,89 +196,6 @@ pub(super) fn parse_policy(
                 format!("expected {{\"jwtSecret\": \"...\"}}, got {}", type_name(v)),
             ))
         }
-    };
-    let usage_log = parse_usage_log(root.get("usageLog"), config_file)?;
-    let usage_log_max_bytes = match root.get("usageLogMaxBytes") {
-        None | Some(Value::Null) => DEFAULT_USAGE_LOG_MAX_BYTES,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 4096 => n,
-            _ => {
-                return Err(FieldError::new(
-                    "usageLogMaxBytes",
-                    "expected a whole number of bytes, at least 4096",
-                ))
-            }
-        },
-    };
-    let (metrics_per_user, metrics_max_users, metrics_key) = parse_metrics(root.get("metrics"))?;
-    let limits_max_tracked = match root.get("limitsMaxTracked") {
-        None | Some(Value::Null) => crate::policy::DEFAULT_MAX_TRACKED,
-        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n >= 1 => n,
-            _ => {
-                return Err(FieldError::new(
-                    "limitsMaxTracked",
-                    format!(
-                        "expected a whole number of identities, at least 1 (default {}), got {}",
-                        crate::policy::DEFAULT_MAX_TRACKED,
-                        v
-                    ),
-                ))
-            }
-        },
-    };
-    let limits = match root.get("limits") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => parse_rules(v).map_err(|e| FieldError::new(e.location, e.message))?,
-    };
-    let limits_store = match root.get("limitsStore") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) if u.starts_with("redis://") || u.starts_with("rediss://") => {
-            Some(Secret(u.clone()))
-        }
-        Some(_) => {
-            return Err(FieldError::new(
-                "limitsStore",
-                "expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
-            ))
-        }
-    };
-    let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
-        .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
-    let whole = |name: &str, default: u64, max: u64| match root.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-            FieldError::new(name, format!("expected a whole number from 1 to {}", max))
-        }),
-    };
-    let limits_store_timeout = Duration::from_millis(whole("limitsStoreTimeoutMs", 250, 60_000)?);
-    let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
-    let task_header = match root.get("taskHeader") {
-        None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
-        Some(Value::String(h)) if crate::headers::is_valid_name(h) => h.clone(),
-        Some(_) => {
-            return Err(FieldError::new(
-                "taskHeader",
-                "expected a header name such as \"X-OpenWebUI-Task\"",
-            ))
-        }
-    };
-    Ok(PolicySettings {
-        jwt_secret,
-        jwt_audience,
-        jwt_issuer,
-        usage_log,
-        usage_log_max_bytes,
-        metrics_per_user,
-        metrics_max_users,
-        metrics_key,
-        limits_max_tracked,
-        limits,
-        limits_store,
-        limits_store_failure,
-        limits_store_timeout,
-        limits_store_retry,
-        task_header,
     })
 }
 
@@ -274,6 +282,32 @@ pub(super) fn parse_usage_log(
             ))
         }
     })
+}
+
+/// How many buckets the local store holds at once unless `"limitsMaxTracked"` says otherwise.
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+
+/// What to do when the limits store cannot be reached (`"limitsStoreFailure"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Admit without limits while the store is down (the default): an outage of the
+    /// accounting side should not become an outage of the service.
+    #[default]
+    Open,
+    /// Refuse with 503 while the store is down: for budgets that must never be overspent.
+    Closed,
+}
+
+impl FailureMode {
+    /// Reads `"limitsStoreFailure"`: absent or null is `open`.
+    pub fn parse(v: Option<&Value>) -> Result<FailureMode, String> {
+        match v {
+            None | Some(Value::Null) => Ok(FailureMode::Open),
+            Some(Value::String(s)) if s == "open" => Ok(FailureMode::Open),
+            Some(Value::String(s)) if s == "closed" => Ok(FailureMode::Closed),
+            Some(other) => Err(format!("expected \"open\" or \"closed\", got {}", other)),
+        }
+    }
 }
 
 #[cfg(test)]

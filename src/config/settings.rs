@@ -1,6 +1,6 @@
 //! The small numeric settings objects: `timeouts`, `retry` and `health`.
 
-use super::json::{check_fields, type_name, FieldError};
+use super::json::{number_fields, FieldError};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -53,36 +53,6 @@ pub struct HealthPolicy {
 
 /// Default `health.maxHoldOffSecs`.
 pub const DEFAULT_MAX_HOLD_OFF: Duration = Duration::from_secs(300);
-
-/// Reads a small settings object whose fields are all numbers in a range, e.g. `retry`;
-/// returns the values in `spec` order (`None` where absent). `spec` is the object's whole list
-/// of fields: any other is an error, located at the field.
-pub(super) fn number_fields(
-    v: &Value,
-    example: &str,
-    spec: &[(&str, f64, f64)],
-) -> Result<Vec<Option<f64>>, FieldError> {
-    let obj = v.as_object().ok_or_else(|| {
-        FieldError::new(
-            "",
-            format!("expected an object like {}, got {}", example, type_name(v)),
-        )
-    })?;
-    let names: Vec<&str> = spec.iter().map(|(n, _, _)| *n).collect();
-    check_fields(obj, &names)?;
-    spec.iter()
-        .map(|(name, min, max)| match obj.get(*name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|n| n >= min && n <= max)
-                .map(Some)
-                .ok_or_else(|| {
-                    FieldError::new(*name, format!("expected a number from {} to {}", min, max))
-                }),
-        })
-        .collect()
-}
 
 /// `"retry": {"maxAttempts": 3, "backoffMs": 50}`.
 pub(super) fn parse_retry(v: Option<&Value>) -> Result<RetryPolicy, FieldError> {

@@ -4,8 +4,7 @@
 //! as set or not: never a secret.
 
 use super::{Backend, Config, Endpoint, PolicySettings};
-use crate::auth::ProxyKey;
-use crate::policy::{FailureMode, Priority};
+use super::{FailureMode, Priority, ProxyKey};
 use crate::redact;
 use serde_json::{json, Map, Value};
 

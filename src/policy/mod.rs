@@ -1,43 +1,35 @@
 //! Policy: who is asking, what they used and what they may use. The request path calls it at
 //! two points: `admit` once the request is read (identity, quotas, refusals) and `complete`
-//! once it is answered (the usage ledger, totals, settling quotas, per-user metrics). Quotas
-//! per user, key and model are counted in a `store`, locally or in Redis (`quota`, `rules`,
-//! `windows`, `redis_store`); per-backend concurrency caps wait fairly (`backend_gate`).
+//! once it is answered (the usage ledger, settling quotas, per-user metrics). Each concern has
+//! its folder: `identity/` (client keys, JWT, user headers, body user), `accounting/` (the
+//! ledger and the `/usage` totals), `limits/` (quota rules over windows, in a local or Redis
+//! store) and `admission/` (per-backend concurrency caps with a fair queue).
 
-mod backend_gate;
-mod breaker;
-mod clock;
-mod identity;
-mod jwt;
-mod ledger;
-mod preflight;
-mod quota;
-mod redis_store;
-mod rules;
-mod store;
-mod totals;
-mod windows;
+mod accounting;
+mod admission;
+pub mod identity;
+mod limits;
 
-pub use backend_gate::{Permit, Priority, Unserved, DEFAULT_MAX_QUEUE_WAIT};
-pub use clock::secs_until_http_date;
+use accounting::{ledger, totals};
+use admission::backend_gate;
+use identity::jwt;
+use limits::{preflight, quota, store, subject};
+
+pub use accounting::{query, usage_command};
+pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
 pub use preflight::preflight;
-pub use quota::FailureMode;
-pub use rules::{parse_rules, Rule};
-pub use store::DEFAULT_MAX_TRACKED;
 pub use totals::Query;
 
-use crate::api_error::ApiError;
-use crate::auth::Caller;
-use crate::config::PolicySettings;
+use crate::clock;
+use crate::config::{FailureMode, PolicySettings, Rule};
+use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
-use crate::usage::{self, Usage};
-pub use backend_gate::ModelGate;
+use crate::policy::identity::auth::Caller;
+use crate::stream::usage::{self, Usage};
 use identity::Asking;
 use ledger::{Entry, Ledger};
 use quota::{Quotas, Reservation};
-use rules::Subject;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
@@ -48,7 +40,7 @@ use totals::Totals;
 pub struct Policy {
     ledger: Option<Ledger>,
     quotas: Mutex<QuotaState>,
-    gates: Mutex<HashMap<String, GateEntry>>,
+    gates: admission::Gates,
 }
 
 /// The quotas and the settings they were built from (rebuilt when a reload changes them).
@@ -57,13 +49,6 @@ struct QuotaState {
     failure: FailureMode,
     max_tracked: usize,
     quotas: Arc<Quotas>,
-}
-
-/// A model's gate and the caps it was built with.
-struct GateEntry {
-    caps: Vec<Option<usize>>,
-    wait: Duration,
-    gate: Arc<ModelGate>,
 }
 
 /// The completion tokens a request that names no max tokens field reserves on a generating path
@@ -183,7 +168,7 @@ impl Policy {
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
                 // Redis keeps its own counters; only local ones are rebuilt.
                 if !quotas.is_empty() && settings.limits_store.is_none() {
-                    let (read, skipped) = seed_quotas(&ledger, &quotas, now)?;
+                    let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now)?;
                     if skipped > 0 {
                         log::warn!(
                             "usage ledger {}: {} unreadable lines skipped",
@@ -208,7 +193,7 @@ impl Policy {
                 max_tracked: settings.limits_max_tracked,
                 quotas: Arc::new(quotas),
             }),
-            gates: Mutex::new(HashMap::new()),
+            gates: admission::Gates::default(),
         })
     }
 
@@ -327,83 +312,17 @@ impl Policy {
         })
     }
 
-    /// The gate of a model whose backends have concurrency caps (`None` when none has one).
-    pub fn gate(
-        &self,
-        model: &str,
-        caps: Vec<Option<usize>>,
-        wait: Duration,
-    ) -> Option<Arc<ModelGate>> {
-        if caps.iter().all(Option::is_none) {
-            return None;
-        }
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = gates.entry(model.to_string()).or_insert_with(|| GateEntry {
-            caps: caps.clone(),
-            wait,
-            gate: Arc::new(ModelGate::new(caps.clone(), wait)),
-        });
-        // A reload that changed the caps gets a new gate; requests waiting on the old one
-        // finish there.
-        if entry.caps != caps || entry.wait != wait {
-            *entry = GateEntry {
-                caps: caps.clone(),
-                wait,
-                gate: Arc::new(ModelGate::new(caps, wait)),
-            };
-        }
-        Some(Arc::clone(&entry.gate))
+    /// The per-model gates of capped backends.
+    pub fn gates(&self) -> &admission::Gates {
+        &self.gates
     }
 
     /// Lines for /metrics: queue depth per model and limits store failures.
     pub fn metrics_text(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP modelmux_backend_queue_depth Requests waiting for a backend below its maxConcurrent, by model.\n# TYPE modelmux_backend_queue_depth gauge"
-        );
-        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        let mut models: Vec<&String> = gates.keys().collect();
-        models.sort();
-        for m in models {
-            let _ = writeln!(
-                out,
-                "modelmux_backend_queue_depth{{model=\"{}\"}} {}",
-                crate::metrics::esc(m),
-                gates[m].gate.depth()
-            );
-        }
-        drop(gates);
+        self.gates.metrics_text(&mut out);
         let quotas = Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas);
-        let health = quotas.store_health();
-        if let Some(n) = quotas.tracked() {
-            let _ = writeln!(
-                out,
-                "# HELP modelmux_limits_tracked_identities Identities (users, keys, models a rule counts apart) the local limits store holds counters for now (at most limitsMaxTracked).\n# TYPE modelmux_limits_tracked_identities gauge\nmodelmux_limits_tracked_identities {}",
-                n
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP modelmux_limits_store_failures_total Limits store operations that failed (Redis unreachable, timed out or erring).\n# TYPE modelmux_limits_store_failures_total counter\nmodelmux_limits_store_failures_total {}",
-            health.failures
-        );
-        let _ = writeln!(
-            out,
-            "# HELP modelmux_limits_store_skipped_total Limits store operations not tried because the breaker was open after a failure.\n# TYPE modelmux_limits_store_skipped_total counter\nmodelmux_limits_store_skipped_total {}",
-            health.skipped
-        );
-        let _ = writeln!(
-            out,
-            "# HELP modelmux_limits_store_breaker_open 1 while requests go without the limits store after a failure (limitsStoreFailure decides what they get).\n# TYPE modelmux_limits_store_breaker_open gauge\nmodelmux_limits_store_breaker_open {}",
-            u8::from(health.breaker_open)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP modelmux_limits_store_pending_cancels Reservations whose answer was lost, waiting to be taken back in the limits store.\n# TYPE modelmux_limits_store_pending_cancels gauge\nmodelmux_limits_store_pending_cancels {}",
-            health.pending_cancels
-        );
+        limits::metrics_text(&quotas, &mut out);
         out
     }
 
@@ -527,61 +446,7 @@ impl Policy {
     }
 }
 
-/// The ledger's `outcome` of a request modelmux refused before asking any backend.
-pub const REFUSED: &str = "refused";
-
-/// Rebuilds the local quota counters from this month's ledger lines; returns the lines counted
-/// and skipped. Lines are summed first by subject and by which of now's windows (minute, day,
-/// month) they fall in, then recorded once per sum: memory by subjects, not lines, and one
-/// rule lookup per sum rather than per line.
-fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, usize), String> {
-    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
-    let month = clock::days_from_civil(y, m, 1);
-    let w = windows::Windows::at(now);
-    // (user, key, model, same minute, same day, same month) → (tokens, a line's time, lines)
-    type Cell = (String, String, String, [bool; 3]);
-    let mut sums: HashMap<Cell, (u64, u64, u64)> = HashMap::new();
-    let mut read = 0u64;
-    let skipped = ledger::scan(ledger.sources()?, Some(month), None, |e| {
-        read += 1;
-        // A refusal never counted against a limit.
-        if e.outcome == REFUSED {
-            return;
-        }
-        let Some(ts) = clock::parse_rfc3339_secs(&e.ts) else {
-            return;
-        };
-        let ts = ts as u64;
-        let at = windows::Windows::at(ts);
-        let same = [at.minute == w.minute, at.day == w.day, at.month == w.month];
-        let tokens = e.usage.prompt.saturating_add(e.usage.completion);
-        let sum = sums
-            .entry((e.user, e.key, e.model, same))
-            .or_insert((0, ts, 0));
-        sum.0 = sum.0.saturating_add(tokens);
-        sum.2 += 1;
-    })?;
-    for ((user, key, model, same), (tokens, ts, lines)) in sums {
-        let s = subject(&user, &key, &model);
-        quotas.record_past(&s, tokens, ts, now);
-        // Requests are counted per minute only: each line of this minute is one.
-        if same[0] {
-            for _ in 1..lines {
-                quotas.record_past(&s, 0, ts, now);
-            }
-        }
-    }
-    Ok((read, skipped))
-}
-
-/// The quota subject of a request.
-fn subject(user: &str, key: &str, model: &str) -> Subject {
-    Subject {
-        user: user.to_string(),
-        key: key.to_string(),
-        model: model.to_string(),
-    }
-}
+pub use accounting::REFUSED;
 
 /// Paths whose answers carry tokens (others, such as audio or files, count requests only).
 fn bears_tokens(path: &str) -> bool {
@@ -589,47 +454,4 @@ fn bears_tokens(path: &str) -> bool {
         path,
         "/chat/completions" | "/completions" | "/responses" | "/embeddings"
     )
-}
-
-/// Parses `since`/`until` (`YYYY-MM-DD` or an RFC 3339 time) and `by` into a query.
-pub fn query(
-    since: Option<&str>,
-    until: Option<&str>,
-    by: Option<&str>,
-    user: Option<&str>,
-) -> Result<Query, String> {
-    let day = |name: &str, v: Option<&str>| -> Result<Option<i64>, String> {
-        v.map(|s| {
-            clock::parse_day(s).ok_or_else(|| {
-                format!(
-                    "`{}` must be a date such as 2026-11-01, got `{}`",
-                    name,
-                    crate::api_error::clip(s, 40)
-                )
-            })
-        })
-        .transpose()
-    };
-    Ok(Query {
-        since: day("since", since)?,
-        until: day("until", until)?,
-        by: totals::parse_by(by.unwrap_or("user"))?,
-        user: user.map(str::to_string),
-    })
-}
-
-/// `modelmux usage`: the same totals read straight from the ledger files, as a table or JSON,
-/// with every control, bidi and zero-width character of a ledger string escaped.
-pub fn usage_command(log: &std::path::Path, q: &Query, json: bool) -> Result<String, String> {
-    let mut t = Totals::new(q);
-    ledger::scan(ledger::open_sources(log)?, q.since, q.until, |e| t.add(&e))?;
-    let rows = t.rows();
-    Ok(if json {
-        format!(
-            "{}\n",
-            totals::json_for_terminal(&totals::to_json(&rows, &q.by).to_string())
-        )
-    } else {
-        totals::to_table(&rows, &q.by)
-    })
 }

@@ -1,10 +1,9 @@
 //! Relaying a backend's answer: its head filtered and re-framed, its body streamed through.
 
 use super::{Ctx, Summary};
-use crate::balance::{InFlight, Pick};
+use crate::backend::balance::{InFlight, Pick};
 use crate::config::Endpoint;
-use crate::relay::{self, ClientSide, Head, Outcome};
-use std::time::Instant;
+use crate::stream::relay::{self, ClientSide, Head, Outcome};
 use tiny_http::{Method, Request};
 
 /// Where the answer comes from.
@@ -14,30 +13,31 @@ pub struct Source<'a> {
     /// That backend.
     pub pick: Pick,
     /// Its host, for logs and metrics.
-    pub host: &'a str,
+    pub host: String,
     /// modelmux asked it for the stream's usage chunk: hide that from the client.
     pub strip_usage: bool,
     /// Headers modelmux adds (OpenAI's `x-ratelimit-*` when a quota rule applies).
     pub extra_headers: &'a [(&'static str, String)],
+    /// The backend stays counted in flight until the answer is relayed.
+    pub in_flight: InFlight<'a>,
 }
 
 /// Sends `response` to the client; the backend stays counted in flight until it is done.
 pub fn relay(
     request: Request,
     response: ureq::Response,
-    from: &Source,
-    in_flight: InFlight,
+    from: Source,
     ctx: &Ctx,
     mut summary: Summary,
-    started: Instant,
 ) -> Summary {
     let Source {
         endpoint,
         pick,
         host,
         strip_usage,
-        ..
-    } = *from;
+        extra_headers,
+        in_flight,
+    } = from;
     let mut all: Vec<(String, String)> = Vec::new();
     for name in response.headers_names() {
         for v in response.all(&name) {
@@ -56,7 +56,7 @@ pub fn relay(
             .header("content-length")
             .and_then(|v| v.trim().parse().ok())
     };
-    let mut headers: Vec<(String, String)> = crate::headers::end_to_end(&all)
+    let mut headers: Vec<(String, String)> = crate::http::headers::end_to_end(&all)
         .into_iter()
         // Our id names this request; the backend's own id is kept under another name.
         .map(|(n, v)| {
@@ -67,12 +67,12 @@ pub fn relay(
             }
         })
         .collect();
-    for (n, v) in from.extra_headers {
+    for (n, v) in extra_headers {
         headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
         headers.push((n.to_string(), v.clone()));
     }
     headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
-    if crate::reply::wants_close(&request) {
+    if crate::http::reply::wants_close(&request) {
         headers.push(("Connection".to_string(), "close".to_string()));
     }
     let head = Head {
@@ -90,7 +90,13 @@ pub fn relay(
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();
-    let stats = relay::relay(started, &mut *writer, head, response.into_reader(), &client);
+    let stats = relay::relay(
+        ctx.started,
+        &mut *writer,
+        head,
+        response.into_reader(),
+        &client,
+    );
     drop(writer);
     if stats.close_connection {
         if let Some(c) = connection {
@@ -107,7 +113,8 @@ pub fn relay(
         Outcome::ClientGone => "client_gone",
         Outcome::UpstreamFailed(msg) => {
             log::warn!("model {} backend {}: {}", endpoint.id, host, msg);
-            ctx.metrics.upstream_error(&endpoint.id, host, "mid_stream");
+            ctx.metrics
+                .upstream_error(&endpoint.id, &host, "mid_stream");
             ctx.live.balancer.failure(pick);
             "upstream_failed"
         }

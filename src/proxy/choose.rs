@@ -1,8 +1,8 @@
 //! Which model a request names and in which order its models are tried: pure functions of the
 //! request's parts and the config.
 
-use crate::api_error::{clip, ApiError};
 use crate::config::Config;
+use crate::http::api_error::{clip, ApiError};
 
 /// Every place a request can name its model, each already read.
 #[derive(Debug, Default)]

@@ -1,9 +1,9 @@
 //! Reading the client's request: method, headers and body, and the model it names.
 
 use super::choose::{self, Named};
-use crate::api_error::ApiError;
-use crate::body::{self, JsonObject};
-use crate::route::{Route, Target};
+use crate::http::api_error::ApiError;
+use crate::http::route::{Route, Target};
+use crate::stream::body::{self, JsonObject};
 use std::io::Read;
 use tiny_http::{Method, Request};
 

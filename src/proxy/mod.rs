@@ -8,16 +8,17 @@ mod inbound;
 mod outbound;
 mod select;
 
-use crate::api_error::ApiError;
-use crate::auth::Caller;
-use crate::balance::Pick;
-use crate::catalog::Resolved;
-use crate::headers;
-use crate::live::Live;
+use crate::backend::balance::Pick;
+use crate::backend::catalog::Resolved;
+use crate::backend::live::Live;
+use crate::backend::upstream::{self, Failure};
+use crate::config::Endpoint;
+use crate::http::api_error::ApiError;
+use crate::http::headers;
+use crate::http::route::{Route, Target};
 use crate::metrics::Metrics;
-use crate::policy::{Admission, Asked, Done, Identity, Policy, REFUSED};
-use crate::route::{Route, Target};
-use crate::upstream::{self, Failure};
+use crate::policy::identity::auth::Caller;
+use crate::policy::{Admission, Asked, Done, Identity, Permit, Policy, REFUSED};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -36,7 +37,7 @@ pub struct Summary {
     pub ttfb: Option<Duration>,
     /// Tokens the backend reported; once the ledger has the request, what it recorded (an
     /// estimate is marked `estimated`).
-    pub usage: Option<crate::usage::Usage>,
+    pub usage: Option<crate::stream::usage::Usage>,
     /// Characters of generated text a stream carried (for an estimate).
     pub content_chars: u64,
     /// Retries on other backends or fallback models.
@@ -65,16 +66,12 @@ pub struct Ctx<'a> {
     pub request_id: &'a str,
     /// Identity and accounting.
     pub policy: &'a Policy,
+    /// When the request arrived: its duration and time to first byte count from here.
+    pub started: Instant,
 }
 
 /// Handles a chat completion or passthrough request end to end.
-pub fn handle(
-    mut request: Request,
-    target: &Target,
-    route: &Route,
-    ctx: &Ctx,
-    started: Instant,
-) -> Summary {
+pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -> Summary {
     let mut summary = Summary {
         outcome: "error",
         ..Summary::default()
@@ -98,9 +95,8 @@ pub fn handle(
         .filter(|u| !u.is_empty());
     let refusal = Refusal {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
-        model: crate::api_error::clip(&inbound.model, 200),
+        model: crate::http::api_error::clip(&inbound.model, 200),
         target,
-        started,
     };
     let identity =
         match ctx
@@ -123,24 +119,7 @@ pub fn handle(
         return refusal.answer(request, &identity, e, ctx, summary);
     };
     summary.routed = resolved.listed;
-    let endpoint = &config.endpoints[resolved.index];
-    // A backend may honour any of the max tokens fields, so the largest is reserved, once per
-    // completion asked for (`n`); a generating request without one reserves a default rather
-    // than nothing.
-    let json = inbound.json.as_ref();
-    let max_tokens = match target.path.as_str() {
-        "/chat/completions" | "/completions" | "/responses" => {
-            let named = json.and_then(|j| j.max_tokens());
-            let per_choice = named
-                .or(endpoint.default_max_tokens)
-                .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS);
-            if named.is_none() && json.is_some() {
-                inbound.unnamed_max_tokens = Some(per_choice);
-            }
-            per_choice.saturating_mul(json.map_or(1, |j| j.choices()))
-        }
-        _ => 0,
-    };
+    let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], &mut inbound);
     let asked = Asked {
         headers: &inbound.headers,
         caller: ctx.caller,
@@ -155,9 +134,52 @@ pub fn handle(
         Ok(a) => a,
         Err(e) => return refusal.answer(request, &identity, e, ctx, summary),
     };
-    let mut summary = attempt(
-        request, &inbound, &resolved, &admission, target, ctx, summary, started,
-    );
+    let a = Attempt {
+        inbound: &inbound,
+        resolved: &resolved,
+        admission: &admission,
+        target,
+        ctx,
+        label: if resolved.listed {
+            &inbound.model
+        } else {
+            "unknown"
+        },
+    };
+    let summary = attempt(request, &a, summary);
+    complete(admission, &inbound, target, ctx, summary)
+}
+
+/// The completion tokens a request reserves. A backend may honour any of the max tokens
+/// fields, so the largest is reserved, once per completion asked for (`n`); a generating
+/// request without one reserves a default rather than nothing.
+fn reserved_tokens(target: &Target, endpoint: &Endpoint, inbound: &mut inbound::Inbound) -> u64 {
+    let json = inbound.json.as_ref();
+    match target.path.as_str() {
+        "/chat/completions" | "/completions" | "/responses" => {
+            let named = json.and_then(|j| j.max_tokens());
+            let per_choice = named
+                .or(endpoint.default_max_tokens)
+                .unwrap_or(crate::policy::DEFAULT_MAX_TOKENS);
+            let choices = json.map_or(1, |j| j.choices());
+            if named.is_none() && json.is_some() {
+                inbound.unnamed_max_tokens = Some(per_choice);
+            }
+            per_choice.saturating_mul(choices)
+        }
+        _ => 0,
+    }
+}
+
+/// Records the finished request with policy (ledger, quotas settled, per-user metrics).
+fn complete(
+    admission: Admission,
+    inbound: &inbound::Inbound,
+    target: &Target,
+    ctx: &Ctx,
+    mut summary: Summary,
+) -> Summary {
+    let config = &ctx.live.config;
     let recorded = ctx.policy.complete(
         admission,
         &Done {
@@ -168,7 +190,7 @@ pub fn handle(
             status: summary.status,
             usage: summary.usage,
             content_chars: summary.content_chars,
-            duration: started.elapsed(),
+            duration: ctx.started.elapsed(),
             ttfb: summary.ttfb,
             outcome: summary.outcome,
         },
@@ -188,7 +210,6 @@ pub fn handle(
 struct Refusal<'a> {
     model: String,
     target: &'a Target,
-    started: Instant,
 }
 
 impl Refusal<'_> {
@@ -214,7 +235,7 @@ impl Refusal<'_> {
                 status: summary.status,
                 usage: None,
                 content_chars: 0,
-                duration: self.started.elapsed(),
+                duration: ctx.started.elapsed(),
                 ttfb: None,
                 outcome: REFUSED,
             },
@@ -224,27 +245,64 @@ impl Refusal<'_> {
     }
 }
 
+/// What travels with an admitted request through the failover loop.
+struct Attempt<'a> {
+    inbound: &'a inbound::Inbound,
+    resolved: &'a Resolved,
+    admission: &'a Admission,
+    target: &'a Target,
+    ctx: &'a Ctx<'a>,
+    /// The model's metric label: ids a wildcard serves but no list names yet are counted as
+    /// `unknown`, so a client cannot mint label values.
+    label: &'a str,
+}
+
+/// How the failover loop ends.
+// One per request, moved a few times: boxing the response would add an allocation per call.
+#[allow(clippy::large_enum_variant)]
+enum End<'a> {
+    /// A backend's answer to relay: a success, or the last backend's own 429 or 5xx.
+    Relay(ureq::Response, answer::Source<'a>),
+    /// Failed after admission: the reservation goes back, the request stays counted.
+    Released(ApiError),
+    /// Refused before any backend was asked: nothing is charged.
+    Refused(ApiError),
+    /// The client hung up while the request waited for a capped backend.
+    ClientGone,
+}
+
+/// How the loop ended, with what it holds until the answer is written: after a failed call,
+/// that backend's source (its in-flight count), and the slot of a capped backend.
+struct Ending<'a> {
+    end: End<'a>,
+    held: Option<answer::Source<'a>>,
+    permit: Option<Permit>,
+}
+
+impl<'a> End<'a> {
+    fn holding(self, held: Option<answer::Source<'a>>, permit: Option<Permit>) -> Ending<'a> {
+        Ending {
+            end: self,
+            held,
+            permit,
+        }
+    }
+}
+
+/// A backend asked that failed.
+struct Failed<'a> {
+    failure: Failure,
+    /// A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
+    kept: Option<ureq::Response>,
+    from: answer::Source<'a>,
+}
+
 /// Tries the model's backends, then its fallbacks' (at most `retry.maxAttempts` in all),
 /// until one answers; relays that answer, or the last failure.
-#[allow(clippy::too_many_arguments)]
-fn attempt(
-    request: Request,
-    inbound: &inbound::Inbound,
-    resolved: &Resolved,
-    admission: &Admission,
-    target: &Target,
-    ctx: &Ctx,
-    mut summary: Summary,
-    started: Instant,
-) -> Summary {
-    let live = ctx.live;
-    let config = &live.config;
-    let model = &inbound.model;
-    // Ids a wildcard serves but no list names yet are counted as `unknown`: a client must not
-    // be able to mint label values.
-    let label = if resolved.listed { model } else { "unknown" };
-    let order = choose::model_order(config, resolved.index);
-    let skip = resolved.skipped();
+fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
+    let live = a.ctx.live;
+    let order = choose::model_order(&live.config, a.resolved.index);
+    let skip = a.resolved.skipped();
     // Looked at only while the request waits for a capped backend.
     let connection = request.connection_handle();
     let gone = || {
@@ -256,132 +314,199 @@ fn attempt(
         live,
         order: &order,
         skip: &skip,
-        admission,
-        metrics: ctx.metrics,
-        policy: ctx.policy,
-        model,
-        label,
+        admission: a.admission,
+        metrics: a.ctx.metrics,
+        policy: a.ctx.policy,
+        model: &a.inbound.model,
+        label: a.label,
         gone: &gone,
     };
-    let next_pick = |tried: &[Pick]| select.next(tried);
-    let mut tried: Vec<Pick> = Vec::new();
-    let (mut pick, mut permit) = match next_pick(&tried) {
-        Ok(Some(p)) => p,
+    let mut summary = summary;
+    let ending = match select.next(&[]) {
+        Ok(Some(first)) => a.failover(&select, first, &mut summary),
         // Refusals: no backend was asked, so the request uses up no budget.
-        Ok(None) => {
-            // Every backend asked to be left alone (429/503 with Retry-After): say until when.
-            return fail_refused(admission, request, select.none_left(), ctx, summary);
-        }
+        // Every backend asked to be left alone (429/503 with Retry-After): say until when.
+        Ok(None) => End::Refused(select.none_left()).holding(None, None),
         // The wait for a capped backend ran out (503 overloaded).
-        Err(select::Stop::Refused(e)) => return fail_refused(admission, request, e, ctx, summary),
-        Err(select::Stop::ClientGone) => return client_left(admission, request, summary),
+        Err(select::Stop::Refused(e)) => End::Refused(e).holding(None, None),
+        Err(select::Stop::ClientGone) => End::ClientGone.holding(None, None),
     };
-    loop {
-        tried.push(pick);
-        let endpoint = &config.endpoints[pick.0];
-        let Some(backend) = resolved.backend(endpoint, pick) else {
-            let e = ApiError::internal("no such backend");
-            return fail_released(admission, request, e, ctx, summary);
+    a.answer(request, ending, summary)
+}
+
+impl<'a> Attempt<'a> {
+    /// The loop: call the picked backend, classify its failure, pick the next one and hold
+    /// off before retrying, until a backend answers or none is left.
+    fn failover(
+        &self,
+        select: &select::Select,
+        first: (Pick, Option<Permit>),
+        summary: &mut Summary,
+    ) -> Ending<'a> {
+        let (mut pick, mut permit) = first;
+        let mut tried: Vec<Pick> = Vec::new();
+        loop {
+            tried.push(pick);
+            let failed = match self.call(pick, summary) {
+                Ok(end) => return end.holding(None, permit),
+                Err(f) => f,
+            };
+            if !failed.failure.is_backend_fault() {
+                let e = failed.failure.to_api_error(&self.inbound.model);
+                return End::Released(e).holding(Some(failed.from), permit);
+            }
+            let cause = self.classify(pick, &failed);
+            // The slot of a backend that failed is free for others while we look further.
+            drop(permit.take());
+            let next = if (tried.len() as u32) < self.ctx.live.config.retry.max_attempts {
+                match select.next(&tried) {
+                    Ok(n) => n,
+                    Err(select::Stop::Refused(e)) => {
+                        return End::Released(e).holding(Some(failed.from), permit)
+                    }
+                    Err(select::Stop::ClientGone) => {
+                        return End::ClientGone.holding(Some(failed.from), permit)
+                    }
+                }
+            } else {
+                None
+            };
+            match next {
+                Some((n, p)) => {
+                    let host = failed.from.host.clone();
+                    drop(failed.from);
+                    permit = p;
+                    self.retry(&host, cause, summary);
+                    pick = n;
+                }
+                // Several backends, each asked to be left alone: say when the first may be tried.
+                None if failed.kept.is_some() && tried.len() > 1 && select.all_held() => {
+                    return End::Released(select.none_left()).holding(Some(failed.from), permit);
+                }
+                // Nothing left to try: the last backend's own answer goes back as it is.
+                None => return self.last(failed, permit),
+            }
+        }
+    }
+
+    /// The call: the picked backend is sent the request; its answer is relayed, or kept as a
+    /// failure to classify.
+    // The failure keeps the backend's answer to relay: see `End`.
+    #[allow(clippy::result_large_err)]
+    fn call(&self, pick: Pick, summary: &mut Summary) -> Result<End<'a>, Failed<'a>> {
+        let live: &'a Live = self.ctx.live;
+        let endpoint = &live.config.endpoints[pick.0];
+        let Some(backend) = self.resolved.backend(endpoint, pick) else {
+            return Ok(End::Released(ApiError::internal("no such backend")));
         };
-        let backend = &*backend;
         let host = crate::redact::host(&backend.url).to_string();
         summary.backend = Some(host.clone());
-        let Some(agent) = live.agent(endpoint, backend) else {
+        let Some(agent) = live.agent(endpoint, &backend) else {
             let e = ApiError::internal("no HTTP client for this backend");
-            return fail_released(admission, request, e, ctx, summary);
+            return Ok(End::Released(e));
         };
         let in_flight = live.balancer.start(pick);
-        let outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
+        let outgoing = outbound::outgoing(
+            self.inbound,
+            self.target,
+            endpoint,
+            &backend,
+            self.ctx.request_id,
+        );
         let from = answer::Source {
             endpoint,
             pick,
-            host: &host,
-            strip_usage: outbound::injects_usage(inbound, target, endpoint),
-            extra_headers: &admission.headers,
+            host,
+            strip_usage: outbound::injects_usage(self.inbound, self.target, endpoint),
+            extra_headers: &self.admission.headers,
+            in_flight,
         };
-        // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
-        let (failure, kept) = match upstream::send(agent, outgoing, model) {
+        match upstream::send(agent, outgoing, &self.inbound.model) {
             Ok(r) if r.status() == 429 || r.status() >= 500 => {
-                // A backend that says when to come back is left alone until then.
-                if let Some(secs) = r
-                    .header("retry-after")
-                    .filter(|_| matches!(r.status(), 429 | 503))
-                    .and_then(|v| headers::retry_after_secs(v, now_unix()))
-                {
-                    live.balancer.hold_off(pick, secs);
-                }
-                (Failure::Status(r.status()), Some(r))
+                self.hold_off(pick, &r);
+                let failure = Failure::Status(r.status());
+                Err(Failed {
+                    failure,
+                    kept: Some(r),
+                    from,
+                })
             }
             Ok(r) => {
                 live.balancer.success(pick);
-                return answer::relay(request, r, &from, in_flight, ctx, summary, started);
+                Ok(End::Relay(r, from))
             }
-            Err(f) => (f, None),
-        };
-        if !failure.is_backend_fault() {
-            return fail_released(
-                admission,
-                request,
-                failure.to_api_error(model),
-                ctx,
-                summary,
-            );
+            Err(failure) => Err(Failed {
+                failure,
+                kept: None,
+                from,
+            }),
         }
-        let cause = failure.cause();
-        ctx.metrics.upstream_error(label, &host, cause);
-        if live.balancer.failure(pick) {
+    }
+
+    /// A backend that says when to come back (429 or 503 with Retry-After) is left alone
+    /// until then.
+    fn hold_off(&self, pick: Pick, r: &ureq::Response) {
+        if let Some(secs) = r
+            .header("retry-after")
+            .filter(|_| matches!(r.status(), 429 | 503))
+            .and_then(|v| headers::retry_after_secs(v, now_unix()))
+        {
+            self.ctx.live.balancer.hold_off(pick, secs);
+        }
+    }
+
+    /// Classifies a backend's fault: counted by cause, and the backend cools down after
+    /// repeated failures.
+    fn classify(&self, pick: Pick, failed: &Failed) -> &'static str {
+        let cause = failed.failure.cause();
+        let host = &failed.from.host;
+        self.ctx.metrics.upstream_error(self.label, host, cause);
+        if self.ctx.live.balancer.failure(pick) {
             log::warn!(
                 "backend {} of model {} cools down after repeated failures",
                 host,
-                endpoint.id
+                failed.from.endpoint.id
             );
         }
-        // The slot of a backend that failed is free for others while we look further.
-        drop(permit.take());
-        let next = if (tried.len() as u32) < config.retry.max_attempts {
-            match next_pick(&tried) {
-                Ok(n) => n,
-                Err(select::Stop::Refused(e)) => {
-                    return fail_released(admission, request, e, ctx, summary)
-                }
-                Err(select::Stop::ClientGone) => return client_left(admission, request, summary),
-            }
-        } else {
-            None
-        };
-        match (next, kept) {
-            (Some((n, p)), _) => {
-                drop(in_flight);
-                permit = p;
-                log::info!(
-                    "model {}: backend {} failed ({}); retrying on another backend",
-                    crate::access_log::shown(model),
-                    host,
-                    cause
-                );
-                ctx.metrics.retry(label, cause);
-                summary.retries += 1;
-                std::thread::sleep(config.retry.backoff * summary.retries);
-                pick = n;
-            }
-            // Several backends, each asked to be left alone: say when the first may be tried.
-            (None, Some(_)) if tried.len() > 1 && select.all_held() => {
-                return fail_released(admission, request, select.none_left(), ctx, summary);
-            }
-            // Nothing left to try: the last backend's own answer goes back as it is.
-            (None, Some(r)) => {
-                return answer::relay(request, r, &from, in_flight, ctx, summary, started)
-            }
-            (None, None) => {
-                return fail_released(
-                    admission,
-                    request,
-                    failure.to_api_error(model),
-                    ctx,
-                    summary,
-                )
+        cause
+    }
+
+    /// Counts a retry and waits the backoff before the next backend is called.
+    fn retry(&self, host: &str, cause: &str, summary: &mut Summary) {
+        log::info!(
+            "model {}: backend {} failed ({}); retrying on another backend",
+            crate::http::access_log::shown(&self.inbound.model),
+            host,
+            cause
+        );
+        self.ctx.metrics.retry(self.label, cause);
+        summary.retries += 1;
+        std::thread::sleep(self.ctx.live.config.retry.backoff * summary.retries);
+    }
+
+    /// No backend is left: the last one's own 429 or 5xx goes back as it is, else its failure.
+    fn last(&self, failed: Failed<'a>, permit: Option<Permit>) -> Ending<'a> {
+        match failed.kept {
+            Some(r) => End::Relay(r, failed.from).holding(None, permit),
+            None => {
+                let e = failed.failure.to_api_error(&self.inbound.model);
+                End::Released(e).holding(Some(failed.from), permit)
             }
         }
+    }
+
+    /// The answer: a backend's relayed, or modelmux's own error.
+    fn answer(&self, request: Request, ending: Ending, summary: Summary) -> Summary {
+        let Ending { end, held, permit } = ending;
+        let summary = match end {
+            End::Relay(r, from) => answer::relay(request, r, from, self.ctx, summary),
+            End::Released(e) => fail_released(self.admission, request, e, self.ctx, summary),
+            End::Refused(e) => fail_refused(self.admission, request, e, self.ctx, summary),
+            End::ClientGone => client_left(self.admission, request, summary),
+        };
+        drop(held);
+        drop(permit);
+        summary
     }
 }
 
@@ -441,6 +566,6 @@ fn fail(request: Request, e: ApiError, ctx: &Ctx, mut summary: Summary) -> Summa
     if e.status < 500 {
         summary.refused = Some(e.code.unwrap_or(e.kind));
     }
-    summary.bytes = crate::reply::error(request, &e, ctx.request_id);
+    summary.bytes = crate::http::reply::error(request, &e, ctx.request_id);
     summary
 }

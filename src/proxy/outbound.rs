@@ -1,10 +1,10 @@
 //! What one backend receives: its URL, its key, its model name in the body, query and headers.
 
 use super::inbound::Inbound;
-use crate::body;
+use crate::backend::upstream::{self, Outgoing};
 use crate::config::{Backend, Endpoint};
-use crate::route::Target;
-use crate::upstream::{self, Outgoing};
+use crate::http::route::Target;
+use crate::stream::body;
 
 /// True when modelmux asks this backend for a stream's usage chunk the client did not ask for
 /// (and so must hide it from the client): streamed chat and completions, unless the endpoint

@@ -2,9 +2,9 @@
 //! fallbacks) with an untried backend that did not ask to be left alone; where the model's
 //! backends have concurrency caps, a slot on one of them, waited for fairly.
 
-use crate::api_error::{clip, ApiError};
-use crate::balance::Pick;
-use crate::live::Live;
+use crate::backend::balance::Pick;
+use crate::backend::live::Live;
+use crate::http::api_error::{clip, ApiError};
 use crate::metrics::Metrics;
 use crate::policy::{Admission, Permit, Policy, Unserved};
 use std::time::Instant;
@@ -55,7 +55,7 @@ impl Select<'_> {
                 continue;
             }
             let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
-            let Some(gate) = self.policy.gate(&e.id, caps, e.max_queue_wait) else {
+            let Some(gate) = self.policy.gates().gate(&e.id, caps, e.max_queue_wait) else {
                 match balancer.pick(m, &avoid) {
                     Some(p) => return Ok(Some((p, None))),
                     None => continue,

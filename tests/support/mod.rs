@@ -464,3 +464,38 @@ pub fn config_for(eps: &[(&str, &str, &str, &str)]) -> String {
     }
     serde_json::json!({"endpoints": m}).to_string()
 }
+
+/// Seconds since the Unix epoch now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until more than `need` seconds are left in the current UTC minute, so every request
+/// of a test falls in one fixed window (day and month windows end on a minute too).
+pub fn room_in_this_minute(need: u64) {
+    assert!(need < 50);
+    wait_until(
+        "room in the current UTC minute",
+        Duration::from_secs(need + 2),
+        || 60 - now_secs() % 60 > need,
+    );
+}
+
+/// Adds `extra`'s fields to the object `into` (a config under construction).
+pub fn merge(into: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (serde_json::Value::Object(into), serde_json::Value::Object(extra)) = (into, extra) {
+        into.extend(extra);
+    }
+}
+
+/// The usage ledger's lines, parsed (none when the file is not there yet).
+pub fn ledger(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {:?}: {}", l, e)))
+        .collect()
+}

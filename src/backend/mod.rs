@@ -1,0 +1,10 @@
+//! The backends: which models exist and where (`catalog`, kept fresh by `discovery` with
+//! `probe`), choice and health (`balance`), the outbound client (`upstream`), and the config in
+//! force with what is built from it, swapped on reload (`live`).
+
+pub mod balance;
+pub mod catalog;
+pub mod discovery;
+pub mod live;
+pub mod probe;
+pub mod upstream;

@@ -1,0 +1,147 @@
+//! Which headers cross the proxy: hop-by-hop and reserved names, the syntax HTTP allows, and
+//! the filters applied to a client's request and a backend's response.
+
+/// Headers never forwarded in either direction (RFC 9110 section 7.6.1 hop-by-hop, plus the
+/// framing and `Host` that modelmux sets itself).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "trailers"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "http2-settings"
+    ) || n.starts_with("proxy-")
+}
+
+/// Headers modelmux sets for the backend itself: a configured or forwarded one could
+/// desynchronize the backend connection or replace the backend's key.
+pub fn is_reserved(name: &str) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("expect")
+}
+
+/// RFC 9110 section 5.1: a field name is a non-empty token.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A field value modelmux sends: visible ASCII, spaces and tabs (what the HTTP client accepts).
+pub fn is_valid_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
+}
+
+/// The names a `Connection` header lists: hop-by-hop for this message only (RFC 9110 7.6.1).
+fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Drops hop-by-hop headers and the ones the message's `Connection` header names.
+pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
+    let listed = connection_listed(headers);
+    headers
+        .iter()
+        .filter(|(n, _)| !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)))
+        .cloned()
+        .collect()
+}
+
+/// Seconds a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 10.2.3).
+pub fn retry_after_secs(value: &str, now_unix: i64) -> Option<u64> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok();
+    }
+    crate::clock::secs_until_http_date(v, now_unix)
+}
+
+/// Open WebUI's user headers and signed user token: personal data.
+pub fn is_user_identity(name: &str) -> bool {
+    name.len() > 17 && name[..17].eq_ignore_ascii_case("x-openwebui-user-")
+}
+
+/// The client headers a backend may see: end-to-end ones minus the reserved, and minus Open
+/// WebUI's user headers unless the endpoint forwards them.
+///
+/// On a streaming request `Accept-Encoding` is dropped too: a compressed event stream is
+/// buffered by the compressor (tokens arrive late) and cannot carry keep-alive comments.
+pub fn from_client(
+    headers: &[(String, String)],
+    streaming: bool,
+    forward_user: bool,
+) -> Vec<(String, String)> {
+    end_to_end(headers)
+        .into_iter()
+        .filter(|(n, _)| !is_reserved(n))
+        .filter(|(n, _)| !(streaming && n.eq_ignore_ascii_case("accept-encoding")))
+        .filter(|(n, _)| forward_user || !is_user_identity(n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn connection_listed_headers_are_dropped() {
+        let input = h(&[
+            ("Connection", "Upgrade, HTTP2-Settings, X-Hop"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMA"),
+            ("X-Hop", "1"),
+            ("X-Keep", "2"),
+            ("Authorization", "Bearer client"),
+            ("Accept-Encoding", "gzip"),
+        ]);
+        assert_eq!(
+            from_client(&input, false, false),
+            h(&[("X-Keep", "2"), ("Accept-Encoding", "gzip")])
+        );
+        assert_eq!(from_client(&input, true, false), h(&[("X-Keep", "2")]));
+        let user = h(&[
+            ("X-OpenWebUI-User-Id", "u"),
+            ("x-openwebui-user-jwt", "t"),
+            ("X-OpenWebUI-Chat-Id", "c"),
+        ]);
+        assert_eq!(
+            from_client(&user, false, false),
+            h(&[("X-OpenWebUI-Chat-Id", "c")])
+        );
+        assert_eq!(from_client(&user, false, true), user);
+    }
+
+    #[test]
+    fn syntax() {
+        assert!(is_valid_name("X-Model-Id"));
+        assert!(!is_valid_name("X Model"));
+        assert!(!is_valid_name(""));
+        assert!(is_valid_value("a b\tc"));
+        assert!(!is_valid_value("caf\u{e9}"));
+        assert!(!is_valid_value("a\u{1}"));
+    }
+}

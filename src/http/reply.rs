@@ -1,0 +1,63 @@
+//! Answers the proxy produces itself (JSON bodies, errors), written through tiny_http.
+
+use crate::http::api_error::ApiError;
+use tiny_http::{Header, Request, Response};
+
+/// Sends a JSON body with a status and extra headers; a client that left is not an error.
+/// Returns the body's length, for the access log.
+pub fn json(
+    request: Request,
+    status: u16,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+    request_id: &str,
+) -> u64 {
+    let len = body.len() as u64;
+    let mut response = Response::from_data(body).with_status_code(status);
+    let close = wants_close(&request);
+    let fixed = [
+        ("Content-Type", "application/json"),
+        ("X-Request-Id", request_id),
+        ("Connection", if close { "close" } else { "" }),
+    ];
+    for (n, v) in fixed
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .copied()
+        .chain(headers.iter().map(|(n, v)| (*n, v.as_str())))
+    {
+        if let Ok(h) = Header::from_bytes(n.as_bytes(), v.as_bytes()) {
+            response.add_header(h);
+        }
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("could not send a reply: {}", e);
+    }
+    len
+}
+
+/// Sends an OpenAI-shaped error; when the body was left unread, with `Connection: close` so
+/// clients do not reuse a connection the server closes after this reply. Returns the body's
+/// length.
+pub fn error(request: Request, e: &ApiError, request_id: &str) -> u64 {
+    let mut headers = e.headers.clone();
+    if e.close_connection && !wants_close(&request) {
+        headers.push(("Connection", "close".to_string()));
+    }
+    json(request, e.status, e.body(), &headers, request_id)
+}
+
+/// True when this is the connection's last request (`Connection: close`, or HTTP/1.0 without
+/// keep-alive), so the reply must say `Connection: close`.
+pub fn wants_close(request: &Request) -> bool {
+    let connection = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Connection"))
+        .map(|h| h.value.as_str().to_ascii_lowercase());
+    match connection {
+        Some(v) if v.contains("close") => true,
+        Some(v) if v.contains("keep-alive") => false,
+        _ => *request.http_version() == (1, 0),
+    }
+}

@@ -1,0 +1,330 @@
+//! Who is asking, per request, first match wins: Open WebUI's signed user token, its plain user
+//! headers and the OpenAI body's `user` (both only from a key trusted to name users, or when
+//! no keys are configured), else the client key's name (or `anonymous` when no keys are
+//! configured). The body `user` of a key not trusted to name users is kept as the end user's
+//! label beside the key's identity: budgets and fairness never see it.
+
+pub mod auth;
+pub mod jwt;
+
+use crate::config::Secret;
+use crate::http::api_error::ApiError;
+use crate::policy::identity::auth::Caller;
+
+/// The user a request is accounted to, and the client key's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id (never a secret; personal data kept out of logs).
+    pub user: String,
+    /// The client key's name, or `anonymous`.
+    pub key: String,
+    /// The body's `user` sent with a key not trusted to name users: the ledger records it as
+    /// `end_user`, but quotas and the fair queue count the request under `user` (the key).
+    pub label: Option<String>,
+}
+
+/// What identification reads from a request.
+pub struct Asking<'a> {
+    /// The client's headers.
+    pub headers: &'a [(String, String)],
+    /// The authenticated caller.
+    pub caller: &'a Caller<'a>,
+    /// The JSON body's `user`, if it is a string.
+    pub body_user: Option<String>,
+}
+
+/// Longest user id accepted, in characters; a longer one is refused rather than cut, since cut
+/// ids that share their first 128 characters would be one user.
+const MAX_USER: usize = 128;
+
+/// Identifies the caller. A present but invalid signed token is a 401 and an over-long id a
+/// 400; neither reaches a backend.
+pub fn identify(
+    asking: &Asking,
+    jwt: Option<(&Secret, jwt::Expect)>,
+    now_secs: i64,
+) -> Result<Identity, ApiError> {
+    let key = key_name(asking.caller);
+    let header = |name: &str| {
+        asking
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let body_user = asking.body_user.as_deref().filter(|u| !u.is_empty());
+    let mut label = None;
+    let user = if let (Some(token), Some((secret, expect))) = (header("x-openwebui-user-jwt"), jwt)
+    {
+        let claims = jwt::verify(token, secret.0.as_bytes(), expect, now_secs).map_err(|why| {
+            let mut e = ApiError::invalid_request(format!(
+                "The X-OpenWebUI-User-Jwt token was refused: {}.",
+                why
+            ))
+            .with_code("invalid_user_token");
+            e.status = 401;
+            e
+        })?;
+        checked(claims.sub, "The X-OpenWebUI-User-Jwt token's sub", None)?
+    } else if let Some((name, id)) = trusted(asking.caller)
+        .then(|| {
+            ["X-OpenWebUI-User-Id", "X-OpenWebUI-User-Email"]
+                .into_iter()
+                .find_map(|n| header(n).map(|v| (n, percent_decode(v))))
+        })
+        .flatten()
+    {
+        checked(id, &format!("The {} header", name), None)?
+    } else if let Some(u) = body_user {
+        let u = checked(u.to_string(), "The body's user", Some("user"))?;
+        if names_users(asking.caller) {
+            u
+        } else {
+            label = Some(u);
+            key.clone()
+        }
+    } else {
+        key.clone()
+    };
+    Ok(Identity { user, key, label })
+}
+
+/// Who a request is for when its user could not be told (its signed token was refused): the
+/// client key alone, so the refusal is still accounted to someone.
+pub fn key_only(caller: &Caller) -> Identity {
+    let key = key_name(caller);
+    Identity {
+        user: key.clone(),
+        key,
+        label: None,
+    }
+}
+
+fn key_name(caller: &Caller) -> String {
+    match caller {
+        Caller::Open => "anonymous".to_string(),
+        Caller::Key(k) => k.name.clone(),
+    }
+}
+
+/// Keys with `trustUserHeaders` may name the user (a header or the body's `user`).
+fn trusted(caller: &Caller) -> bool {
+    matches!(caller, Caller::Key(k) if k.trust_user_headers)
+}
+
+/// Who may name the user in the body: a trusted key, or anyone when no keys are configured
+/// (nothing is authenticated then, so there is no key identity to count under).
+fn names_users(caller: &Caller) -> bool {
+    matches!(caller, Caller::Open) || trusted(caller)
+}
+
+/// The id without control characters, or a 400 naming `what` when it is longer than
+/// `MAX_USER` characters.
+fn checked(s: String, what: &str, param: Option<&'static str>) -> Result<String, ApiError> {
+    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
+    if clean.chars().count() > MAX_USER {
+        let mut e =
+            ApiError::invalid_request(format!("{} is longer than {} characters.", what, MAX_USER))
+                .with_code("user_too_long");
+        e.param = param;
+        return Err(e);
+    }
+    Ok(clean)
+}
+
+/// Open WebUI percent-encodes its user headers (names and emails may hold non-ASCII).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::identity::auth::ProxyKey;
+
+    fn key(name: &str, trust: bool) -> ProxyKey {
+        ProxyKey {
+            key: "sk-secret-value".into(),
+            models: None,
+            name: name.into(),
+            trust_user_headers: trust,
+            priority: crate::policy::Priority::Normal,
+        }
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let secret = Secret("k".into());
+        let now = 1_800_000_000;
+        let token = super::jwt::tests::sign(
+            r#"{"alg":"HS256"}"#,
+            r#"{"sub":"jwt-user","iss":"open-webui","exp":1800000300}"#,
+            b"k",
+        );
+        let trusted = key("owui", true);
+        let untrusted = key("other", false);
+        let plain = h(&[
+            ("X-OpenWebUI-User-Id", "hdr%20user"),
+            ("X-OpenWebUI-User-Email", "a@b"),
+        ]);
+        let with_jwt = {
+            let mut v = plain.clone();
+            v.push(("X-OpenWebUI-User-Jwt".into(), token.clone()));
+            v
+        };
+        // (headers, caller, body user, secret, expected user, expected key)
+        type Case<'a> = (
+            &'a [(String, String)],
+            Caller<'a>,
+            Option<&'a str>,
+            Option<&'a Secret>,
+            &'a str,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                &with_jwt,
+                Caller::Key(&trusted),
+                Some("body"),
+                Some(&secret),
+                "jwt-user",
+                "owui",
+            ),
+            // Without a secret the token cannot be checked: it is ignored.
+            (
+                &with_jwt,
+                Caller::Key(&trusted),
+                None,
+                None,
+                "hdr user",
+                "owui",
+            ),
+            (
+                &plain,
+                Caller::Key(&trusted),
+                Some("body"),
+                Some(&secret),
+                "hdr user",
+                "owui",
+            ),
+            // An untrusted key's body user is only a label: the key is the user.
+            (
+                &plain,
+                Caller::Key(&untrusted),
+                Some("body"),
+                None,
+                "other",
+                "other",
+            ),
+            (
+                &[],
+                Caller::Key(&trusted),
+                Some("body"),
+                None,
+                "body",
+                "owui",
+            ),
+            (
+                &plain,
+                Caller::Key(&untrusted),
+                None,
+                None,
+                "other",
+                "other",
+            ),
+            (&plain, Caller::Open, None, None, "anonymous", "anonymous"),
+            (&[], Caller::Open, Some("u7"), None, "u7", "anonymous"),
+        ];
+        for (i, (headers, caller, body_user, secret, user, key)) in cases.into_iter().enumerate() {
+            let asking = Asking {
+                headers,
+                caller: &caller,
+                body_user: body_user.map(str::to_string),
+            };
+            let jwt = secret.map(|s| (s, jwt::Expect::default()));
+            let id = identify(&asking, jwt, now).unwrap();
+            let label = (key == "other" && body_user.is_some()).then(|| "body".to_string());
+            assert_eq!(id.label, label, "case {}", i);
+            assert_eq!(
+                (id.user.as_str(), id.key.as_str()),
+                (user, key),
+                "case {}",
+                i
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_token_is_a_401() {
+        let headers = h(&[("X-OpenWebUI-User-Jwt", "a.b.c")]);
+        let asking = Asking {
+            headers: &headers,
+            caller: &Caller::Open,
+            body_user: None,
+        };
+        let secret = Secret("k".into());
+        let e = identify(&asking, Some((&secret, jwt::Expect::default())), 0).unwrap_err();
+        assert_eq!((e.status, e.code), (401, Some("invalid_user_token")));
+    }
+
+    #[test]
+    fn ids_over_128_characters_are_refused_not_cut() {
+        let trusted = key("owui", true);
+        let untrusted = key("other", false);
+        let long = "é".repeat(129);
+        let max = "é".repeat(128);
+        let run = |headers: &[(String, String)], caller: &Caller, body: Option<&str>| {
+            let asking = Asking {
+                headers,
+                caller,
+                body_user: body.map(str::to_string),
+            };
+            identify(&asking, None, 0)
+        };
+        let ok = run(&[], &Caller::Key(&trusted), Some(&max)).unwrap();
+        assert_eq!(ok.user, max, "128 characters (256 bytes) are kept whole");
+        for (headers, caller, body) in [
+            (vec![], Caller::Key(&trusted), Some(long.as_str())),
+            (vec![], Caller::Key(&untrusted), Some(long.as_str())),
+            (vec![], Caller::Open, Some(long.as_str())),
+            (
+                h(&[("X-OpenWebUI-User-Id", &long)]),
+                Caller::Key(&trusted),
+                None,
+            ),
+        ] {
+            let e = run(&headers, &caller, body).unwrap_err();
+            assert_eq!((e.status, e.code), (400, Some("user_too_long")), "{:?}", e);
+        }
+        // An untrusted key's over-long header is not an id at all: ignored, not refused.
+        let id = run(
+            &h(&[("X-OpenWebUI-User-Id", &long)]),
+            &Caller::Key(&untrusted),
+            None,
+        );
+        assert_eq!(id.unwrap().user, "other");
+    }
+}

@@ -1,0 +1,385 @@
+//! The unit tests of `quota`.
+
+use super::*;
+use crate::config::parse_rules;
+use crate::policy::limits::reservation::first_in_minute;
+use serde_json::json;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// 2024-03-14 12:00:00 UTC: mid-month, on a minute boundary.
+const NOON: u64 = 1_710_417_600;
+
+fn quotas(rules: Value) -> Quotas {
+    Quotas::new(
+        parse_rules(&rules).unwrap(),
+        Store::local(),
+        FailureMode::Open,
+    )
+}
+
+fn who(user: &str, key: &str, model: &str) -> Subject {
+    Subject {
+        user: user.into(),
+        key: key.into(),
+        model: model.into(),
+    }
+}
+
+fn denied(r: Result<Reservation, Refusal>) -> Denied {
+    match r {
+        Err(Refusal::Limited(d)) => d,
+        other => panic!("expected a refusal by a rule, got {:?}", other),
+    }
+}
+
+#[test]
+fn requests_per_minute() {
+    let q = quotas(json!([{"match": {"user": "*"}, "requestsPerMinute": 2}]));
+    let ann = who("ann", "k", "m");
+    q.reserve(&ann, 0, NOON).unwrap().settle(0);
+    q.reserve(&ann, 0, NOON + 1).unwrap().release();
+    let d = denied(q.reserve(&ann, 0, NOON + 20));
+    assert_eq!(
+        (d.rule, d.limit, d.code, d.retry_after_secs),
+        (0, "requests_per_minute", "rate_limit_exceeded", 40)
+    );
+    assert_eq!(
+        d.message,
+        "Rate limit reached: limits[0] (each user) allows 2 requests per minute; try again in 40s."
+    );
+    // Another user has a budget of their own; the next minute starts afresh.
+    q.reserve(&who("bob", "k", "m"), 0, NOON + 20)
+        .unwrap()
+        .settle(0);
+    q.reserve(&ann, 0, NOON + 60).unwrap().settle(0);
+}
+
+#[test]
+fn tokens_per_minute_day_and_month() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "tokensPerMinute": 100},
+        {"match": {"user": "*"}, "tokensPerDay": 250},
+        {"match": {"user": "*"}, "tokensPerMonth": 400}
+    ]));
+    let ann = who("ann", "k", "m");
+    q.reserve(&ann, 100, NOON).unwrap().settle(100);
+    let d = denied(q.reserve(&ann, 1, NOON + 30));
+    assert_eq!(
+        (d.rule, d.limit, d.retry_after_secs),
+        (0, "tokens_per_minute", 30)
+    );
+    q.reserve(&ann, 100, NOON + 60).unwrap().settle(100);
+    // 200 today: 60 more would pass the minute but not the day.
+    let d = denied(q.reserve(&ann, 60, NOON + 120));
+    assert_eq!(
+        (d.rule, d.limit, d.code),
+        (1, "tokens_per_day", "insufficient_quota")
+    );
+    assert_eq!(d.retry_after_secs, 12 * 3600 - 120);
+    assert_eq!(
+        d.message,
+        "Quota exceeded: limits[1] (each user) allows 250 tokens per day; it resets in 11h58m0s."
+    );
+    // Next day: the day is fresh, the month has 200 of 400.
+    let tomorrow = NOON + 86_400;
+    q.reserve(&ann, 100, tomorrow).unwrap().settle(100);
+    q.reserve(&ann, 100, tomorrow + 60).unwrap().settle(100);
+    let d = denied(q.reserve(&ann, 1, tomorrow + 120));
+    assert_eq!(
+        (d.rule, d.limit, d.code),
+        (2, "tokens_per_month", "insufficient_quota")
+    );
+    // From 2024-03-15 12:02 the month resets at 2024-04-01 00:00.
+    assert_eq!(d.retry_after_secs, 16 * 86_400 + 12 * 3600 - 120);
+}
+
+#[test]
+fn a_refused_reservation_gives_back_its_request_and_tokens() {
+    let q =
+        quotas(json!([{"match": {"user": "*"}, "requestsPerMinute": 1, "tokensPerMinute": 100}]));
+    let ann = who("ann", "k", "m");
+    q.reserve(&ann, 90, NOON).unwrap().refuse();
+    q.reserve(&ann, 90, NOON + 1).unwrap().settle(90);
+    assert_eq!(
+        denied(q.reserve(&ann, 0, NOON + 2)).limit,
+        "requests_per_minute"
+    );
+}
+
+#[test]
+fn concurrent_is_released_by_settle_release_and_drop() {
+    let q = quotas(json!([{"match": {"key": "*"}, "concurrent": 2}]));
+    let s = who("ann", "web", "m");
+    let a = q.reserve(&s, 10, NOON).unwrap();
+    let b = q.reserve(&s, 10, NOON).unwrap();
+    let d = denied(q.reserve(&s, 10, NOON));
+    assert_eq!(
+        (d.limit, d.code, d.retry_after_secs),
+        ("concurrent", "rate_limit_exceeded", 1)
+    );
+    assert!(d
+        .message
+        .contains("limits[0] (each key) allows 2 concurrent requests"));
+    // Another key is not affected.
+    drop(q.reserve(&who("ann", "cli", "m"), 10, NOON).unwrap());
+    a.settle(5);
+    let c = q.reserve(&s, 10, NOON).unwrap();
+    b.release();
+    drop(c); // neither settled nor released
+    let _x = q.reserve(&s, 10, NOON).unwrap();
+    let _y = q.reserve(&s, 10, NOON).unwrap();
+    assert!(q.shared.inflight().get("k=web").copied() == Some(2));
+    drop((_x, _y));
+    assert!(q.shared.inflight().is_empty(), "no count is leaked");
+}
+
+#[test]
+fn literal_rules_only_bind_their_value_and_all_matching_rules_apply() {
+    let q = quotas(json!([
+        {"match": {"model": "gpt-4o"}, "requestsPerMinute": 1},
+        {"match": {"user": "ann"}, "requestsPerMinute": 3}
+    ]));
+    q.reserve(&who("bob", "k", "gpt-4o"), 0, NOON)
+        .unwrap()
+        .settle(0);
+    // gpt-4o is shared by everyone under rule 0.
+    assert_eq!(
+        denied(q.reserve(&who("ann", "k", "gpt-4o"), 0, NOON)).rule,
+        0
+    );
+    for _ in 0..3 {
+        q.reserve(&who("ann", "k", "mini"), 0, NOON)
+            .unwrap()
+            .settle(0);
+    }
+    assert_eq!(denied(q.reserve(&who("ann", "k", "mini"), 0, NOON)).rule, 1);
+    q.reserve(&who("bob", "k", "mini"), 0, NOON)
+        .unwrap()
+        .settle(0);
+}
+
+#[test]
+fn all_or_nothing_across_rules() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "tokensPerMinute": 1000},
+        {"match": {"model": "small"}, "tokensPerMinute": 100}
+    ]));
+    let ann = who("ann", "k", "small");
+    q.reserve(&ann, 80, NOON).unwrap().settle(80);
+    // Rule 1 (the model's budget) refuses; rule 0 must not have been charged the 50.
+    assert_eq!(denied(q.reserve(&ann, 50, NOON)).rule, 1);
+    // Had rule 0 been charged, these 920 would not fit in its 1000.
+    q.reserve(&who("ann", "k", "big"), 920, NOON)
+        .unwrap()
+        .settle(920);
+    let st = q.status(&ann, NOON).unwrap();
+    assert_eq!(st[0].budgets[0].remaining, 0);
+    assert_eq!(st[1].budgets[0].remaining, 20);
+}
+
+#[test]
+fn estimate_larger_than_the_limit_says_so() {
+    let q = quotas(json!([{"tokensPerMinute": 100}]));
+    let d = denied(q.reserve(&who("a", "k", "m"), 500, NOON + 10));
+    assert_eq!(
+        d.message,
+        "limits[0] (all requests together) allows 100 tokens per minute, and this request may \
+         use up to 500 tokens (its prompt plus max_tokens); lower max_tokens."
+    );
+    assert_eq!(d.retry_after_secs, 50);
+}
+
+#[test]
+fn the_longest_reset_is_reported_when_several_limits_refuse() {
+    let q = quotas(json!([
+        {"tokensPerMinute": 10},
+        {"tokensPerDay": 10}
+    ]));
+    let s = who("a", "k", "m");
+    q.reserve(&s, 10, NOON).unwrap().settle(10);
+    let d = denied(q.reserve(&s, 5, NOON + 1));
+    assert_eq!((d.rule, d.limit), (1, "tokens_per_day"));
+}
+
+#[test]
+fn settle_lowers_and_raises_usage() {
+    let q = quotas(json!([{"match": {"user": "*"}, "tokensPerDay": 1000}]));
+    let s = who("ann", "k", "m");
+    let remaining = |q: &Quotas| q.status(&s, NOON + 5).unwrap()[0].budgets[0].remaining;
+    let r = q.reserve(&s, 500, NOON).unwrap();
+    assert_eq!(remaining(&q), 500);
+    r.settle(120);
+    assert_eq!(remaining(&q), 880);
+    q.reserve(&s, 100, NOON).unwrap().settle(700); // the estimate was too low
+    assert_eq!(remaining(&q), 180);
+    q.reserve(&s, 150, NOON).unwrap().release();
+    assert_eq!(remaining(&q), 180);
+    drop(q.reserve(&s, 150, NOON).unwrap()); // forgotten: the estimate stays
+    assert_eq!(remaining(&q), 30);
+    assert_eq!(denied(q.reserve(&s, 31, NOON)).limit, "tokens_per_day");
+}
+
+#[test]
+fn a_settle_after_the_window_ended_leaves_the_new_window_alone() {
+    let q = quotas(json!([{"tokensPerMinute": 100}]));
+    let s = who("a", "k", "m");
+    let r = q.reserve(&s, 90, NOON + 59).unwrap();
+    q.reserve(&s, 50, NOON + 60).unwrap().settle(50);
+    r.settle(10); // belongs to the previous minute
+    let st = q.status(&s, NOON + 61).unwrap();
+    assert_eq!(st[0].budgets[0].remaining, 50);
+}
+
+#[test]
+fn the_reservation_race_never_overspends() {
+    let q = Arc::new(quotas(
+        json!([{"match": {"user": "*"}, "tokensPerMinute": 1000}]),
+    ));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let (q, admitted) = (Arc::clone(&q), Arc::clone(&admitted));
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let est = 7 + i % 5 * 11;
+                    if let Ok(r) = q.reserve(&who("ann", "k", "m"), est, NOON) {
+                        admitted.fetch_add(est, Ordering::SeqCst);
+                        // Hold the reservation across a yield so others race with it.
+                        std::thread::yield_now();
+                        drop(r);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = admitted.load(Ordering::SeqCst);
+    assert!(
+        total <= 1000,
+        "admitted {} tokens on a budget of 1000",
+        total
+    );
+    // Every thread kept trying, so what is left is less than the largest estimate (51).
+    assert!(
+        total > 949,
+        "the budget should be nearly used, got {}",
+        total
+    );
+}
+
+#[test]
+fn status_and_headers() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "requestsPerMinute": 20, "tokensPerMinute": 40000},
+        {"match": {"user": "*"}, "tokensPerDay": 1000},
+        {"match": {"user": "*"}, "concurrent": 3}
+    ]));
+    let s = who("ann", "k", "m");
+    q.reserve(&s, 600, NOON).unwrap().settle(600);
+    let st = q.status(&s, NOON + 10).unwrap();
+    assert_eq!(st.len(), 2, "a concurrency-only rule has no budget");
+    assert_eq!(
+        st[0].budgets,
+        vec![
+            Budget {
+                kind: Limit::RequestsPerMinute,
+                limit: 20,
+                remaining: 19,
+                reset_secs: 50
+            },
+            Budget {
+                kind: Limit::TokensPerMinute,
+                limit: 40000,
+                remaining: 39400,
+                reset_secs: 50
+            }
+        ]
+    );
+    assert_eq!(
+        ratelimit_headers(&st),
+        vec![
+            ("x-ratelimit-limit-requests", "20".to_string()),
+            ("x-ratelimit-remaining-requests", "19".to_string()),
+            ("x-ratelimit-reset-requests", "50s".to_string()),
+            ("x-ratelimit-limit-tokens", "1000".to_string()),
+            ("x-ratelimit-remaining-tokens", "400".to_string()),
+            ("x-ratelimit-reset-tokens", "11h59m50s".to_string()),
+        ]
+    );
+    assert!(ratelimit_headers(&[]).is_empty());
+    assert!(q.status(&s, NOON).unwrap().iter().all(|r| r.rule != 2));
+}
+
+#[test]
+fn resets_are_written_like_openai() {
+    assert_eq!(format_reset(1), "1s");
+    assert_eq!(format_reset(59), "59s");
+    assert_eq!(format_reset(360), "6m0s");
+    assert_eq!(format_reset(3600), "1h0m0s");
+    assert_eq!(format_reset(86_399), "23h59m59s");
+}
+
+#[test]
+fn record_past_survives_a_restart() {
+    let rules = json!([{"match": {"user": "*"}, "tokensPerDay": 1000, "requestsPerMinute": 5}]);
+    let q = quotas(rules);
+    let s = who("ann", "k", "m");
+    let now = NOON + 30;
+    q.record_past(&s, 300, now - 3600, now); // earlier today
+    q.record_past(&s, 200, NOON + 10, now); // this minute
+    q.record_past(&s, 999, now - 86_400, now); // yesterday: gone
+    q.record_past(&who("bob", "k", "m"), 100, NOON + 10, now);
+    let st = q.status(&s, now).unwrap();
+    assert_eq!(st[0].budgets[0].remaining, 4, "one request this minute");
+    assert_eq!(st[0].budgets[1].remaining, 500);
+}
+
+#[test]
+fn reload_keeps_counters_and_inflight() {
+    let q = quotas(json!([{"match": {"user": "*"}, "tokensPerDay": 100, "concurrent": 1}]));
+    let s = who("ann", "k", "m");
+    let held = q.reserve(&s, 60, NOON).unwrap();
+    // Reordered rules, the same traffic.
+    let rules = parse_rules(&json!([
+        {"match": {"model": "x"}, "concurrent": 9},
+        {"match": {"user": "*"}, "tokensPerDay": 100, "concurrent": 1}
+    ]))
+    .unwrap();
+    let q2 = q.reloaded(rules, FailureMode::Open);
+    assert_eq!(denied(q2.reserve(&s, 10, NOON)).limit, "concurrent");
+    held.settle(60);
+    assert_eq!(denied(q2.reserve(&s, 50, NOON)).limit, "tokens_per_day");
+    q2.reserve(&s, 40, NOON).unwrap().settle(40);
+}
+
+#[test]
+fn no_rules_means_nothing_is_held() {
+    let q = quotas(json!([{"match": {"user": "ann"}, "concurrent": 1}]));
+    let r = q.reserve(&who("bob", "k", "m"), 10, NOON).unwrap();
+    assert!(r.inflight.is_empty() && r.held.is_none());
+    assert!(q.status(&who("bob", "k", "m"), NOON).unwrap().is_empty());
+}
+
+#[test]
+fn failure_mode_parses_and_store_failures_log_once_a_minute() {
+    assert_eq!(FailureMode::parse(None), Ok(FailureMode::Open));
+    assert_eq!(
+        FailureMode::parse(Some(&json!("closed"))),
+        Ok(FailureMode::Closed)
+    );
+    assert_eq!(
+        FailureMode::parse(Some(&json!("open"))),
+        Ok(FailureMode::Open)
+    );
+    assert_eq!(
+        FailureMode::parse(Some(&json!("Closed"))),
+        Err("expected \"open\" or \"closed\", got \"Closed\"".to_string())
+    );
+    let last = AtomicU64::new(u64::MAX);
+    assert!(first_in_minute(&last, 100));
+    assert!(!first_in_minute(&last, 100));
+    assert!(first_in_minute(&last, 101));
+}

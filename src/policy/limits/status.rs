@@ -1,0 +1,101 @@
+//! What quotas answer: a refusal shaped for a 429 or 503, the budgets that still stand, and
+//! OpenAI's `x-ratelimit-*` headers made from them.
+
+use crate::config::Limit;
+
+/// A refusal by a rule, shaped for a 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// Index of the rule in `"limits"`.
+    pub rule: usize,
+    /// `requests_per_minute`, `tokens_per_minute`, `tokens_per_day`, `tokens_per_month` or
+    /// `concurrent`.
+    pub limit: &'static str,
+    /// Seconds until the window resets (1 for `concurrent`); at least 1.
+    pub retry_after_secs: u64,
+    /// OpenAI error code: `rate_limit_exceeded` or `insufficient_quota`.
+    pub code: &'static str,
+    /// For the client: the rule and what it limits, never anyone's usage.
+    pub message: String,
+}
+
+/// Why `reserve` did not admit a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A rule's limit would be exceeded: answer 429.
+    Limited(Denied),
+    /// The limits store is unreachable and `limitsStoreFailure` is `closed`: answer 503.
+    Unavailable {
+        /// Seconds before trying again is worthwhile.
+        retry_after_secs: u64,
+    },
+    /// The local store already tracks `limitsMaxTracked` identities in open windows and this
+    /// request is from a new one: answer 503 (whatever `limitsStoreFailure` says, since admitting
+    /// it uncounted is what someone minting identities wants).
+    Full {
+        /// The cap.
+        max: usize,
+        /// Seconds until the first tracked identity's windows end.
+        retry_after_secs: u64,
+    },
+}
+
+/// One limit of a rule as it stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Which kind of limit.
+    pub kind: Limit,
+    /// The configured limit.
+    pub limit: u64,
+    /// What is left in the current window.
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+/// The windowed budgets of one matching rule (`concurrent` is not a budget and is left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStatus {
+    /// Index of the rule in `"limits"`.
+    pub rule: usize,
+    /// Its budgets, in `requestsPerMinute`, `tokensPerMinute`, `tokensPerDay`,
+    /// `tokensPerMonth` order, only those the rule sets.
+    pub budgets: Vec<Budget>,
+}
+
+/// OpenAI's `x-ratelimit-*` headers from the most restrictive budget of each kind: the one
+/// with the least remaining (on a tie, the one that resets last). Token budgets of every window
+/// compete, since a day budget can bind before a minute one.
+pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)> {
+    let pick = |tokens: bool| {
+        statuses
+            .iter()
+            .flat_map(|s| s.budgets.iter())
+            .filter(|b| (b.kind != Limit::RequestsPerMinute) == tokens)
+            .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
+    };
+    let mut out = Vec::new();
+    if let Some(b) = pick(false) {
+        out.push(("x-ratelimit-limit-requests", b.limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", b.remaining.to_string()));
+        out.push(("x-ratelimit-reset-requests", format_reset(b.reset_secs)));
+    }
+    if let Some(b) = pick(true) {
+        out.push(("x-ratelimit-limit-tokens", b.limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", b.remaining.to_string()));
+        out.push(("x-ratelimit-reset-tokens", format_reset(b.reset_secs)));
+    }
+    out
+}
+
+/// A duration the way OpenAI's reset headers write it: `1s`, `6m0s`, `23h59m59s`.
+pub fn format_reset(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{}h{}m{}s", h, m, s)
+    } else if m > 0 {
+        format!("{}m{}s", m, s)
+    } else {
+        format!("{}s", s)
+    }
+}

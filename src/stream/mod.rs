@@ -1,0 +1,8 @@
+//! Bodies in and out: the request body's model lookup and byte-faithful rewrite (`body`), the
+//! answer streamed back (`relay`), the tokens it reports (`usage`) and the usage modelmux asked
+//! for hidden again (`usage_strip`).
+
+pub mod body;
+pub mod relay;
+pub mod usage;
+pub mod usage_strip;

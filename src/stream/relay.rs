@@ -1,0 +1,559 @@
+//! Copies a backend response to the client as it arrives: status and headers as they are, the
+//! body re-framed (chunked or Content-Length) and flushed after every read so SSE tokens never
+//! wait in a buffer.
+//!
+//! System calls are what a relay costs, so each piece of the body goes out in one write (chunk
+//! size line, data and CRLF together), and a response head that is not a stream's goes out with
+//! the first piece of its body. An event stream's head is sent at once.
+
+use crate::stream::usage::{Usage, UsageTap};
+use crate::stream::usage_strip::UsageStrip;
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The body is read with a buffer of this size at first, doubled up to `READ_BUF_MAX` while
+/// reads fill it.
+const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MAX: usize = 32 * 1024;
+
+/// How often, at most, a chunk's size line is sent on its own to learn whether the client
+/// has hung up (see `Sink::piece`).
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// How the relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every byte the backend sent reached the client.
+    Complete,
+    /// The client went away; the backend connection was dropped to stop generation.
+    ClientGone,
+    /// The backend failed or went silent mid-body.
+    UpstreamFailed(String),
+}
+
+/// Numbers for the access log.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Body bytes written to the client.
+    pub bytes: u64,
+    /// Time from request start to the first body byte to the client.
+    pub ttfb: Option<Duration>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The backend's `usage`, if it reported it.
+    pub usage: Option<Usage>,
+    /// Characters of generated text a stream carried (for an estimate when no usage came).
+    pub content_chars: u64,
+    /// The client connection must be closed now: the body ends by closing (HTTP/1.0), or it
+    /// was cut short and the client must not wait for, or misread, the missing bytes.
+    pub close_connection: bool,
+}
+
+/// The response head to send.
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Headers to send, hop-by-hop already removed.
+    pub headers: Vec<(String, String)>,
+    /// Body length when the backend declared it.
+    pub content_length: Option<u64>,
+}
+
+/// What the client can take.
+pub struct ClientSide {
+    /// The client spoke HTTP/1.0 (no chunked encoding).
+    pub http10: bool,
+    /// The request was HEAD: headers only.
+    pub head_only: bool,
+    /// Send `: keep-alive` SSE comments when the backend is silent this long.
+    pub sse_keepalive: Option<Duration>,
+    /// modelmux asked for the stream's usage chunk; the client did not: hide it.
+    pub strip_usage: bool,
+}
+
+/// Writes the head, then streams `body` through; returns what happened.
+pub fn relay(
+    started: Instant,
+    out: &mut dyn Write,
+    mut head: Head,
+    body: Box<dyn Read + Send>,
+    client: &ClientSide,
+) -> Stats {
+    let is_sse = has_content_type(&head, "text/event-stream");
+    if is_sse {
+        // Without these an nginx or ingress in front buffers the tokens.
+        add_if_missing(&mut head.headers, "Cache-Control", "no-cache");
+        add_if_missing(&mut head.headers, "X-Accel-Buffering", "no");
+    }
+    let framing = framing_of(&head, client, is_sse);
+    let text = head_text(&head, client, framing);
+    let mut sink = Sink {
+        out,
+        framing,
+        head: Vec::new(),
+        buf: Vec::new(),
+        last_probe: None,
+        started,
+    };
+    let mut stats = Stats {
+        bytes: 0,
+        ttfb: None,
+        outcome: Outcome::Complete,
+        usage: None,
+        content_chars: 0,
+        close_connection: framing == Framing::UntilClose,
+    };
+    let encoding = content_encoding(&head);
+    // Usage is read from plain or gzip bodies; other codings (br, zstd) are not counted.
+    let (mut tap, mut strip) = taps(&head, client, is_sse, encoding.as_deref());
+    if is_sse || framing == Framing::None {
+        // A stream's client learns at once that its stream started.
+        if sink
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|_| sink.out.flush())
+            .is_err()
+        {
+            stats.outcome = Outcome::ClientGone;
+            stats.close_connection = true;
+            return stats;
+        }
+        if framing == Framing::None {
+            return stats;
+        }
+    } else {
+        sink.head = text.into_bytes();
+    }
+    // A comment inserted into a compressed body would corrupt it for the client's decoder.
+    let keepalive = if is_sse && encoding.is_none() {
+        client.sse_keepalive
+    } else {
+        None
+    };
+    let mut pass = Pass {
+        tap: &mut tap,
+        strip: &mut strip,
+    };
+    let result = match keepalive {
+        Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
+        None => {
+            // A body of known length is read in one go when it fits.
+            let first = match framing {
+                Framing::Length => head.content_length.unwrap_or(0) as usize,
+                _ => 0,
+            };
+            let first = first.clamp(READ_BUF_MIN, READ_BUF_MAX);
+            pump(&mut sink, body, first, &mut stats, &mut pass)
+        }
+    };
+    (stats.usage, stats.content_chars) = tap.map_or((None, 0), UsageTap::finish);
+    stats.outcome = outcome(
+        result,
+        &mut sink,
+        &mut stats,
+        is_sse && framing == Framing::Chunked,
+    );
+    stats
+}
+
+/// True when the head's `Content-Type` is `mime` (parameters aside).
+fn has_content_type(head: &Head, mime: &str) -> bool {
+    head.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type")
+            && v.trim_start().to_ascii_lowercase().starts_with(mime)
+    })
+}
+
+/// How the body is delimited for this client.
+fn framing_of(head: &Head, client: &ClientSide, is_sse: bool) -> Framing {
+    let no_body = client.head_only
+        || head.status == 204
+        || head.status == 304
+        || (100..200).contains(&head.status);
+    if no_body {
+        Framing::None
+    } else if head.content_length.is_some() && !is_sse {
+        Framing::Length
+    } else if client.http10 {
+        Framing::UntilClose
+    } else {
+        Framing::Chunked
+    }
+}
+
+/// The status line and headers, with the framing header, up to the blank line.
+fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
+    let mut text = format!(
+        "HTTP/1.{} {} {}\r\n",
+        if client.http10 { 0 } else { 1 },
+        head.status,
+        head.reason
+    );
+    for (n, v) in &head.headers {
+        text.push_str(n);
+        text.push_str(": ");
+        text.push_str(v);
+        text.push_str("\r\n");
+    }
+    match framing {
+        Framing::Length => text.push_str(&format!(
+            "Content-Length: {}\r\n",
+            head.content_length.unwrap_or(0)
+        )),
+        Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
+        Framing::UntilClose => text.push_str("Connection: close\r\n"),
+        Framing::None if client.head_only => {
+            if let Some(len) = head.content_length {
+                text.push_str(&format!("Content-Length: {}\r\n", len));
+            }
+        }
+        // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).
+        Framing::None if head.status < 200 || head.status == 204 || head.status == 304 => {}
+        Framing::None => text.push_str("Content-Length: 0\r\n"),
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// The body's `Content-Encoding`, lowercased; `None` for none or `identity`.
+fn content_encoding(head: &Head) -> Option<String> {
+    head.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "identity")
+}
+
+/// The usage reader (plain or gzip JSON and SSE bodies) and the usage stripper (plain SSE
+/// when modelmux asked for the usage chunk).
+fn taps(
+    head: &Head,
+    client: &ClientSide,
+    is_sse: bool,
+    encoding: Option<&str>,
+) -> (Option<UsageTap>, Option<UsageStrip>) {
+    let is_json = has_content_type(head, "application/json");
+    let gzip = matches!(encoding, Some("gzip" | "x-gzip"));
+    let tap =
+        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
+    let strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
+    (tap, strip)
+}
+
+/// How the relay ended; a failed upstream ends a chunked SSE stream with an error event,
+/// anything else is cut short with the connection closed.
+fn outcome(
+    result: Result<(), Failure>,
+    sink: &mut Sink,
+    stats: &mut Stats,
+    sse_chunked: bool,
+) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Complete,
+        Err(Failure::Client) => {
+            stats.close_connection = true;
+            Outcome::ClientGone
+        }
+        Err(Failure::Upstream(msg)) => {
+            if sse_chunked {
+                // End the stream honestly with the error event the OpenAI API uses, so the
+                // client can tell a cut-off answer from a finished one.
+                let event = format!(
+                    "data: {}\n\n",
+                    String::from_utf8_lossy(
+                        &crate::http::api_error::ApiError::bad_gateway(msg.clone()).body()
+                    )
+                );
+                let _ = sink.piece(event.as_bytes()).and_then(|_| sink.end());
+            } else {
+                // The head still goes out (if no body byte did), as it always did.
+                let _ = sink.flush_head();
+                // Any other body stops short of its length (or of its last chunk) and the
+                // connection closes: the client sees a truncated body, never a complete-looking
+                // one, and never reads the next response as the rest of this one.
+                stats.close_connection = true;
+            }
+            Outcome::UpstreamFailed(msg)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length,
+    Chunked,
+    UntilClose,
+}
+
+enum Failure {
+    Client,
+    Upstream(String),
+}
+
+fn add_if_missing(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        headers.push((name.to_string(), value.to_string()));
+    }
+}
+
+fn upstream_failure(e: &io::Error) -> Failure {
+    if crate::backend::upstream::is_timeout(e) {
+        Failure::Upstream("the backend went silent longer than the idle timeout".to_string())
+    } else {
+        Failure::Upstream(format!(
+            "the backend connection failed mid-response ({:?})",
+            e.kind()
+        ))
+    }
+}
+
+/// What every piece of the body passes through on its way to the client.
+struct Pass<'a> {
+    tap: &'a mut Option<UsageTap>,
+    strip: &'a mut Option<UsageStrip>,
+}
+
+impl Pass<'_> {
+    /// Feeds the tap with the backend's bytes; returns the bytes for the client.
+    fn through<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
+        if let Some(t) = self.tap.as_mut() {
+            t.feed(data);
+        }
+        match self.strip.as_mut() {
+            Some(s) => Cow::Owned(s.feed(data)),
+            None => Cow::Borrowed(data),
+        }
+    }
+
+    /// What an unfinished last event held back, as it came.
+    fn rest(&mut self) -> Vec<u8> {
+        self.strip
+            .take()
+            .map(UsageStrip::finish)
+            .unwrap_or_default()
+    }
+}
+
+fn pump(
+    sink: &mut Sink,
+    mut body: Box<dyn Read + Send>,
+    first: usize,
+    stats: &mut Stats,
+    pass: &mut Pass,
+) -> Result<(), Failure> {
+    // Small at first for a stream (its events are small, and a thousand open streams each
+    // hold one), doubled while reads fill it.
+    let mut buf = vec![0u8; first];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(upstream_failure(&e)),
+        };
+        let piece = pass.through(&buf[..n]);
+        write_piece(sink, &piece, stats)?;
+        if n == buf.len() && buf.len() < READ_BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    write_piece(sink, &pass.rest(), stats)?;
+    sink.end().map_err(|_| Failure::Client)
+}
+
+/// Like `pump`, but a reader thread feeds a channel so silence can be filled with SSE comments.
+fn pump_with_keepalive(
+    sink: &mut Sink,
+    mut body: Box<dyn Read + Send>,
+    every: Duration,
+    stats: &mut Stats,
+    pass: &mut Pass,
+) -> Result<(), Failure> {
+    // Bounded so a slow client pushes back on the backend instead of growing memory.
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let reader = std::thread::Builder::new()
+        .name("sse-reader".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let msg = match body.read(&mut buf) {
+                    Ok(n) => Ok(buf[..n].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let done = !matches!(msg, Ok(ref v) if !v.is_empty());
+                // A send error means the writer side gave up: dropping `body` closes the backend.
+                if tx.send(msg).is_err() || done {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Failure::Upstream(format!("cannot start stream reader: {}", e)))?;
+    let mut boundary = EventBoundary::default();
+    let result = loop {
+        match rx.recv_timeout(every) {
+            Ok(Ok(data)) if data.is_empty() => {
+                break write_piece(sink, &pass.rest(), stats)
+                    .and_then(|_| sink.end().map_err(|_| Failure::Client))
+            }
+            Ok(Ok(data)) => {
+                let piece = pass.through(&data);
+                boundary.feed(&piece);
+                if let Err(f) = write_piece(sink, &piece, stats) {
+                    break Err(f);
+                }
+            }
+            Ok(Err(e)) => break Err(upstream_failure(&e)),
+            // Only between events: inside one, the comment would become part of its data.
+            Err(mpsc::RecvTimeoutError::Timeout) if boundary.at_boundary() => {
+                if let Err(f) = write_piece(sink, b": keep-alive\n\n", stats) {
+                    break Err(f);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(Failure::Upstream("stream reader stopped".to_string()))
+            }
+        }
+    };
+    drop(rx);
+    // The reader thread ends at its next read; for a client hang-up that read returns soon
+    // because the backend keeps sending, and the dropped body then closes the connection.
+    let _ = reader;
+    result
+}
+
+/// Tracks whether the bytes relayed so far end between two SSE events (a blank line, with any
+/// of the three line endings the SSE format allows) or inside one.
+#[derive(Debug, Default)]
+struct EventBoundary {
+    /// The last (up to) four bytes relayed.
+    tail: Vec<u8>,
+    /// Some bytes were relayed.
+    started: bool,
+}
+
+impl EventBoundary {
+    fn feed(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.started = true;
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(4)..]);
+        let excess = self.tail.len().saturating_sub(4);
+        self.tail.drain(..excess);
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.started
+            || self.tail.ends_with(b"\n\n")
+            || self.tail.ends_with(b"\r\r")
+            || self.tail.ends_with(b"\r\n\r\n")
+    }
+}
+
+fn write_piece(sink: &mut Sink, data: &[u8], stats: &mut Stats) -> Result<(), Failure> {
+    // An empty chunk would end a chunked body: nothing to send is nothing to write.
+    if data.is_empty() {
+        return Ok(());
+    }
+    if stats.ttfb.is_none() {
+        stats.ttfb = Some(sink.started.elapsed());
+    }
+    sink.piece(data).map_err(|_| Failure::Client)?;
+    stats.bytes += data.len() as u64;
+    Ok(())
+}
+
+/// The client side of a relay: framing, the head when it waits for the body, a reused buffer.
+struct Sink<'a> {
+    out: &'a mut dyn Write,
+    framing: Framing,
+    /// The response head, while it waits to go out with the first piece of the body.
+    head: Vec<u8>,
+    /// Where a piece is assembled with its framing, to go out in one write.
+    buf: Vec<u8>,
+    /// When a size line was last sent on its own (see `piece`).
+    last_probe: Option<Instant>,
+    started: Instant,
+}
+
+impl Sink<'_> {
+    /// Sends one piece of the body (with the head, if it still waits), flushed.
+    ///
+    /// In a chunked body the size line is now and then (at most every `PROBE_EVERY`, and for
+    /// the first chunk) flushed on its own: when the client has hung up, that first write
+    /// draws its reset and the data write fails at once, so the backend is released on this
+    /// chunk rather than a later one. Other chunks go out in a single write.
+    fn piece(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        self.buf.append(&mut self.head);
+        if self.framing == Framing::Chunked {
+            let _ = write!(self.buf, "{:x}\r\n", data.len());
+            if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+                self.last_probe = Some(Instant::now());
+                self.out.write_all(&self.buf)?;
+                self.out.flush()?;
+                self.buf.clear();
+            }
+            self.buf.extend_from_slice(data);
+            self.buf.extend_from_slice(b"\r\n");
+        } else if self.buf.is_empty() {
+            self.out.write_all(data)?;
+            return self.out.flush();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        self.out.write_all(&self.buf)?;
+        self.out.flush()
+    }
+
+    /// Sends the head if it is still waiting (a body that failed before its first byte).
+    fn flush_head(&mut self) -> io::Result<()> {
+        if self.head.is_empty() {
+            return Ok(());
+        }
+        let head = std::mem::take(&mut self.head);
+        self.out.write_all(&head)?;
+        self.out.flush()
+    }
+
+    /// Ends the body: the last chunk of a chunked one, the waiting head of an empty one.
+    fn end(&mut self) -> io::Result<()> {
+        if self.framing == Framing::Chunked {
+            self.head.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush_head()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventBoundary;
+
+    #[test]
+    fn event_boundaries() {
+        let cases: [(&[&[u8]], bool); 7] = [
+            (&[], true),
+            (&[b"data: {\"x\":"], false),
+            (&[b"data: 1\n\n"], true),
+            (&[b"data: 1\n", b"\n"], true),
+            (&[b"data: 1\r\n\r", b"\n"], true),
+            (&[b"data: 1\n\n", b"data: 2\n"], false),
+            (&[b"data: 1\r\r"], true),
+        ];
+        for (pieces, want) in cases {
+            let mut b = EventBoundary::default();
+            for p in pieces {
+                b.feed(p);
+            }
+            assert_eq!(b.at_boundary(), want, "{:?}", pieces);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Hides the stream usage modelmux asked a backend for: when a client streams without
+//! `stream_options.include_usage`, modelmux asks for it anyway (to count tokens exactly) and
+//! must give the client the bytes it would have had without asking: the usage-only chunk is
+//! dropped and the `"usage":null` member OpenAI adds to every other chunk is removed.
+
+use crate::stream::usage::find;
+
+/// Rewrites an SSE byte stream event by event; bytes of an unfinished event wait for its end.
+#[derive(Debug, Default)]
+pub struct UsageStrip {
+    pending: Vec<u8>,
+}
+
+impl UsageStrip {
+    /// Takes the next bytes from the backend; returns the bytes to send now (complete events).
+    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        while let Some(end) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + end];
+            strip_event(event, &mut out);
+            start += end;
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    /// The bytes of an event the stream ended in the middle of, as they came.
+    pub fn finish(self) -> Vec<u8> {
+        self.pending
+    }
+}
+
+/// The length of the first complete event (through its blank line), if there is one.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => {}
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// Writes `event` to `out`, without it when it only carries usage, else without `"usage":null`.
+fn strip_event(event: &[u8], out: &mut Vec<u8>) {
+    let Some(data_at) = find(event, b"data:") else {
+        out.extend_from_slice(event);
+        return;
+    };
+    let json_start = data_at
+        + 5
+        + event[data_at + 5..]
+            .iter()
+            .take_while(|b| **b == b' ')
+            .count();
+    let line_end =
+        memchr::memchr2(b'\n', b'\r', &event[json_start..]).map_or(event.len(), |p| json_start + p);
+    let json = &event[json_start..line_end];
+    let Some(usage) = member(json, "usage") else {
+        out.extend_from_slice(event);
+        return;
+    };
+    let value = &json[usage.value.clone()];
+    if value != b"null" {
+        // The usage chunk: empty `choices` (chat, completions) and usage: nothing else for
+        // the client, so the whole event goes.
+        if member(json, "choices").is_some_and(|c| is_empty_array(&json[c.value])) {
+            return;
+        }
+    }
+    out.extend_from_slice(&event[..json_start]);
+    out.extend_from_slice(&json[..usage.remove.start]);
+    out.extend_from_slice(&json[usage.remove.end..]);
+    out.extend_from_slice(&event[line_end..]);
+}
+
+/// Where a top-level member sits in a JSON object's text.
+struct Span {
+    /// Its value.
+    value: std::ops::Range<usize>,
+    /// What to cut to remove the member: key, colon, value and one separating comma.
+    remove: std::ops::Range<usize>,
+}
+
+/// Finds top-level member `key` of the object `json` by scanning (no parse, no reformatting).
+fn member(json: &[u8], key: &str) -> Option<Span> {
+    let key = key.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Start of the current member at depth 1 (after `{` or `,`), and the comma before it.
+    let mut member_start = 0;
+    let mut comma_before: Option<usize> = None;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let end = string_end(json, i)?;
+                if depth == 1 && end == i + key.len() + 2 && &json[i + 1..end - 1] == key {
+                    let mut j = end;
+                    while json.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
+                        j += 1;
+                    }
+                    if json.get(j) == Some(&b':') {
+                        let mut v = j + 1;
+                        while json.get(v).is_some_and(|b| b.is_ascii_whitespace()) {
+                            v += 1;
+                        }
+                        let v_end = value_end(json, v)?;
+                        let mut after = v_end;
+                        while json.get(after).is_some_and(|b| b.is_ascii_whitespace()) {
+                            after += 1;
+                        }
+                        let remove = match (comma_before, json.get(after)) {
+                            (Some(c), _) => c..v_end,
+                            (None, Some(b',')) => {
+                                let mut next = after + 1;
+                                while json.get(next).is_some_and(|b| b.is_ascii_whitespace()) {
+                                    next += 1;
+                                }
+                                member_start..next
+                            }
+                            (None, _) => member_start..v_end,
+                        };
+                        return Some(Span {
+                            value: v..v_end,
+                            remove,
+                        });
+                    }
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    member_start = i + 1;
+                    while json
+                        .get(member_start)
+                        .is_some_and(|b| b.is_ascii_whitespace())
+                    {
+                        member_start += 1;
+                    }
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => {
+                comma_before = Some(i);
+                member_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index just past the string starting at `start` (a `"`).
+fn string_end(json: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < json.len() {
+        i += memchr::memchr2(b'\\', b'"', &json[i..])?;
+        match json[i] {
+            b'\\' => i += 2,
+            _ => return Some(i + 1),
+        }
+    }
+    None
+}
+
+/// The index just past the JSON value starting at `start`.
+fn value_end(json: &[u8], start: usize) -> Option<usize> {
+    match json.get(start)? {
+        b'"' => string_end(json, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < json.len() {
+                match json[i] {
+                    b'"' => {
+                        i = string_end(json, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => Some(
+            start
+                + json[start..]
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                    .unwrap_or(json.len() - start),
+        ),
+    }
+}
+
+fn is_empty_array(v: &[u8]) -> bool {
+    v.first() == Some(&b'[')
+        && v.last() == Some(&b']')
+        && v[1..v.len() - 1].iter().all(u8::is_ascii_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UsageStrip;
+
+    fn strip(pieces: &[&str]) -> String {
+        let mut s = UsageStrip::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(s.feed(p.as_bytes()));
+        }
+        out.extend(s.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn removes_what_include_usage_added_and_nothing_else() {
+        let with = [
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+            "data: {\"id\":\"c\",\"usage\":null,\"choices\":[{\"delta\":{}}]}\n\n",
+            "data: {\"usage\": null, \"id\": \"c\", \"choices\": []}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let without = [
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{}}]}\n\n",
+            "data: {\"id\": \"c\", \"choices\": []}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        assert_eq!(strip(&with), without.concat());
+        // Split anywhere, the same bytes come out.
+        let all = with.concat();
+        for cut in 1..all.len() {
+            assert_eq!(
+                strip(&[&all[..cut], &all[cut..]]),
+                without.concat(),
+                "cut {}",
+                cut
+            );
+        }
+    }
+
+    #[test]
+    fn usage_inside_a_content_chunk_is_removed_not_the_chunk() {
+        assert_eq!(
+            strip(&[
+                "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":1}}\r\n\r\n"
+            ]),
+            "data: {\"choices\":[{\"text\":\"a\"}]}\r\n\r\n"
+        );
+        // Strings that mention usage are not members.
+        let s = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":null\"}}]}\n\n";
+        assert_eq!(strip(&[s]), s);
+        assert_eq!(
+            strip(&[": comment\n\n", "data: {\"a\":1}"]),
+            ": comment\n\ndata: {\"a\":1}"
+        );
+    }
+}
