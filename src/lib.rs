@@ -40,6 +40,9 @@ mod route;
 mod server;
 pub mod start;
 mod tls;
+// Pure translators, not yet called by the proxy (issue 19's routing wires them in).
+#[allow(dead_code)]
+mod translate;
 mod upstream;
 mod usage;
 mod usage_strip;
