@@ -40,7 +40,7 @@ mod route;
 mod server;
 pub mod start;
 mod tls;
-// Pure translators, not yet called by the proxy (issue 19's routing wires them in).
+// Protocol translators; some parts (native usage, ping, modelmux-error mapping) are not wired yet.
 #[allow(dead_code)]
 mod translate;
 mod upstream;

@@ -22,7 +22,7 @@ mod summary;
 
 pub use backends::Backend;
 pub use discovery::Wildcard;
-pub use endpoint::{ClientKey, Endpoint};
+pub use endpoint::{ClientKey, Endpoint, MessagesApi};
 pub(crate) use json::{type_name, unknown_field};
 pub use policy::{PolicySettings, Secret};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};

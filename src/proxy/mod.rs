@@ -5,6 +5,7 @@
 mod answer;
 mod choose;
 mod inbound;
+mod messages;
 mod outbound;
 mod select;
 
@@ -129,7 +130,7 @@ pub fn handle(
     // than nothing.
     let json = inbound.json.as_ref();
     let max_tokens = match target.path.as_str() {
-        "/chat/completions" | "/completions" | "/responses" => {
+        "/chat/completions" | "/completions" | "/responses" | "/messages" => {
             let named = json.and_then(|j| j.max_tokens());
             let per_choice = named
                 .or(endpoint.default_max_tokens)
@@ -263,6 +264,25 @@ fn attempt(
         label,
         gone: &gone,
     };
+    // A Messages request is translated once, before any backend is asked, for the backends
+    // that get it as a chat completion.
+    let translation = if target.path == "/messages"
+        && order
+            .iter()
+            .any(|i| messages::translated(target, &config.endpoints[*i]))
+    {
+        match messages::prepare(inbound) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                admission.refuse();
+                let mut summary = messages::refuse(request, &e, ctx, summary);
+                summary.outcome = REFUSED;
+                return summary;
+            }
+        }
+    } else {
+        None
+    };
     let next_pick = |tried: &[Pick]| select.next(tried);
     let mut tried: Vec<Pick> = Vec::new();
     let (mut pick, mut permit) = match next_pick(&tried) {
@@ -291,7 +311,13 @@ fn attempt(
             return fail_released(admission, request, e, ctx, summary);
         };
         let in_flight = live.balancer.start(pick);
-        let outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
+        let translating = translation
+            .as_ref()
+            .filter(|_| messages::translated(target, endpoint));
+        let outgoing = match translating {
+            Some(t) => messages::outgoing(t, inbound, endpoint, backend, ctx.request_id),
+            None => outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id),
+        };
         let from = answer::Source {
             endpoint,
             pick,
@@ -314,6 +340,9 @@ fn attempt(
             }
             Ok(r) => {
                 live.balancer.success(pick);
+                if let Some(t) = translating {
+                    return messages::relay(request, r, &from, in_flight, t, ctx, summary, started);
+                }
                 return answer::relay(request, r, &from, in_flight, ctx, summary, started);
             }
             Err(f) => (f, None),
@@ -370,7 +399,10 @@ fn attempt(
             }
             // Nothing left to try: the last backend's own answer goes back as it is.
             (None, Some(r)) => {
-                return answer::relay(request, r, &from, in_flight, ctx, summary, started)
+                if let Some(t) = translating {
+                    return messages::relay(request, r, &from, in_flight, t, ctx, summary, started);
+                }
+                return answer::relay(request, r, &from, in_flight, ctx, summary, started);
             }
             (None, None) => {
                 return fail_released(

@@ -49,6 +49,7 @@ pub struct StreamTranslator {
     overflow: bool,
     started: bool,
     done: bool,
+    failed: bool,
     open: Option<(Kind, usize)>,
     next_block: usize,
     tools: Vec<Tool>,
@@ -68,6 +69,7 @@ impl StreamTranslator {
             overflow: false,
             started: false,
             done: false,
+            failed: false,
             open: None,
             next_block: 0,
             tools: Vec::new(),
@@ -81,6 +83,11 @@ impl StreamTranslator {
     /// True once `message_stop` or an `error` event went out: nothing more will.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// True once the stream ended with an `error` event.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// True once `message_start` went out.
@@ -154,6 +161,7 @@ impl StreamTranslator {
             return Vec::new();
         }
         self.done = true;
+        self.failed = true;
         e.sse_event()
     }
 

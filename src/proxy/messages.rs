@@ -1,0 +1,321 @@
+//! `POST /v1/messages` on an endpoint with `messagesApi: "translate"`: the Messages request
+//! goes to the backend as a chat completion, and its answer (JSON or stream) comes back as a
+//! Message. The translators themselves are pure (`translate::anthropic`); this is their I/O.
+
+use super::answer::Source;
+use super::inbound::Inbound;
+use super::{Ctx, Summary};
+use crate::balance::InFlight;
+use crate::config::{Backend, Endpoint, MessagesApi};
+use crate::relay::{self, ClientSide, Head, Outcome};
+use crate::route::Target;
+use crate::translate::anthropic::errors::AnthropicError;
+use crate::translate::anthropic::request::{self, Options};
+use crate::translate::anthropic::response::{self, Reply, Tokens};
+use crate::translate::anthropic::stream::StreamTranslator;
+use crate::upstream::{self, Outgoing};
+use crate::usage::Usage;
+use serde_json::Value;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tiny_http::Request;
+
+/// Largest non-stream backend answer translated.
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// True when this request is a Messages request this endpoint's backend gets translated.
+pub fn translated(target: &Target, endpoint: &Endpoint) -> bool {
+    target.path == "/messages" && endpoint.messages_api == MessagesApi::Translate
+}
+
+/// A Messages request, translated once for every backend tried.
+pub struct Translation {
+    chat: Value,
+    reply: Reply,
+    stream: bool,
+}
+
+/// Translates the client's body; a block no chat completions backend can take is refused.
+pub fn prepare(inbound: &Inbound) -> Result<Translation, AnthropicError> {
+    let req: Value = serde_json::from_slice(&inbound.body)
+        .map_err(|e| AnthropicError::invalid_request(format!("The body is not JSON: {}.", e)))?;
+    Ok(Translation {
+        chat: request::to_chat(&req, Options::default())?,
+        reply: Reply::for_request(&req, inbound.body.len()),
+        stream: inbound.streaming(),
+    })
+}
+
+/// The chat completion request for one backend.
+pub fn outgoing(
+    tr: &Translation,
+    inbound: &Inbound,
+    endpoint: &Endpoint,
+    backend: &Backend,
+    request_id: &str,
+) -> Outgoing<'static> {
+    let mut chat = tr.chat.clone();
+    if let Value::Object(m) = &mut chat {
+        m.insert(
+            "model".into(),
+            Value::String(backend.actual_model_name.clone()),
+        );
+        for f in &endpoint.drop_fields {
+            m.remove(f);
+        }
+    }
+    // Anthropic's version and beta headers mean nothing to (and could confuse) an OpenAI
+    // backend; the answer is parsed here, so it must come uncompressed.
+    let client: Vec<(String, String)> = inbound
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.to_ascii_lowercase();
+            !n.starts_with("anthropic-") && n != "accept-encoding"
+        })
+        .cloned()
+        .collect();
+    Outgoing {
+        method: "POST",
+        url: upstream::url(&backend.url, "/chat/completions", None),
+        headers: upstream::forward_headers(&client, tr.stream, endpoint, backend, request_id),
+        body: Some(chat.to_string().into_bytes()),
+    }
+}
+
+/// Sends modelmux's own refusal of a Messages request in Anthropic's shape.
+pub fn refuse(request: Request, e: &AnthropicError, ctx: &Ctx, mut summary: Summary) -> Summary {
+    summary.status = e.status;
+    summary.outcome = "error";
+    summary.refused = Some(e.kind);
+    summary.bytes = crate::reply::json(request, e.status, e.body(), &[], ctx.request_id);
+    summary
+}
+
+/// Sends the backend's answer, translated, to the client.
+#[allow(clippy::too_many_arguments)]
+pub fn relay(
+    request: Request,
+    response: ureq::Response,
+    from: &Source,
+    in_flight: InFlight,
+    tr: &Translation,
+    ctx: &Ctx,
+    mut summary: Summary,
+    started: Instant,
+) -> Summary {
+    let status = response.status();
+    let is_sse = response.header("content-type").is_some_and(|v| {
+        v.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    });
+    if status >= 300 {
+        // The backend's error, in Anthropic's shape; its retry hints go with it.
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        for name in ["retry-after", "x-should-retry"] {
+            if let Some(v) = response.header(name) {
+                headers.push((name, v.to_string()));
+            }
+        }
+        let body = read_bounded(response);
+        drop(in_flight);
+        let e = AnthropicError::from_backend(status, &body);
+        summary.status = e.status;
+        summary.outcome = "complete";
+        summary.bytes = crate::reply::json(request, e.status, e.body(), &headers, ctx.request_id);
+        return summary;
+    }
+    if !is_sse {
+        let body = read_bounded(response);
+        drop(in_flight);
+        let chat: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                let e = AnthropicError::new(502, "The backend's answer is not a chat completion.");
+                summary.status = 502;
+                summary.outcome = "upstream_failed";
+                summary.bytes = crate::reply::json(request, 502, e.body(), &[], ctx.request_id);
+                return summary;
+            }
+        };
+        let message = response::to_message(&chat, &tr.reply);
+        let reported = chat.get("usage").and_then(Tokens::from_openai);
+        summary.usage = reported.map(ledger_usage);
+        summary.content_chars = text_chars(&message);
+        summary.status = 200;
+        summary.outcome = "complete";
+        summary.ttfb = Some(started.elapsed());
+        let headers: Vec<(&str, String)> = from
+            .extra_headers
+            .iter()
+            .map(|(n, v)| (*n, v.clone()))
+            .collect();
+        summary.bytes = crate::reply::json(
+            request,
+            200,
+            message.to_string().into_bytes(),
+            &headers,
+            ctx.request_id,
+        );
+        return summary;
+    }
+    let translator = Arc::new(Mutex::new(StreamTranslator::new(tr.reply.clone())));
+    let body = Box::new(Translating {
+        inner: response.into_reader(),
+        translator: translator.clone(),
+        chunk: vec![0u8; 16 * 1024],
+        out: Vec::new(),
+        at: 0,
+        ended: false,
+    });
+    let mut headers = vec![
+        ("Content-Type".to_string(), "text/event-stream".to_string()),
+        ("X-Request-Id".to_string(), ctx.request_id.to_string()),
+    ];
+    for (n, v) in from.extra_headers {
+        headers.push((n.to_string(), v.clone()));
+    }
+    if crate::reply::wants_close(&request) {
+        headers.push(("Connection".to_string(), "close".to_string()));
+    }
+    let head = Head {
+        status: 200,
+        reason: "OK".to_string(),
+        headers,
+        content_length: None,
+    };
+    let client = ClientSide {
+        http10: *request.http_version() == (1, 0),
+        head_only: false,
+        sse_keepalive: from.endpoint.sse_keepalive,
+        strip_usage: false,
+    };
+    let connection = request.connection_handle();
+    let mut writer = request.into_writer();
+    let stats = relay::relay(started, &mut *writer, head, body, &client);
+    drop(writer);
+    if stats.close_connection {
+        if let Some(c) = connection {
+            c.close();
+        }
+    }
+    drop(in_flight);
+    summary.status = 200;
+    summary.bytes = stats.bytes;
+    summary.ttfb = stats.ttfb;
+    let t = lock(&translator);
+    let (tokens, estimated) = t.tokens();
+    summary.usage = (!estimated).then(|| ledger_usage(tokens));
+    summary.content_chars = tokens.output.saturating_mul(4);
+    summary.outcome = match stats.outcome {
+        Outcome::ClientGone => "client_gone",
+        Outcome::Complete if !t.failed() => "complete",
+        _ => {
+            ctx.metrics
+                .upstream_error(&from.endpoint.id, from.host, "mid_stream");
+            ctx.live.balancer.failure(from.pick);
+            "upstream_failed"
+        }
+    };
+    summary
+}
+
+/// Anthropic's counts as the ledger's: the prompt includes the cached tokens.
+fn ledger_usage(t: Tokens) -> Usage {
+    Usage {
+        prompt: t.input.saturating_add(t.cache_read),
+        completion: t.output,
+        cached: t.cache_read,
+        reasoning: 0,
+        estimated: false,
+    }
+}
+
+/// Characters of generated text in a Message, for an estimate when the backend counted none.
+fn text_chars(message: &Value) -> u64 {
+    let mut n = 0;
+    for b in message["content"].as_array().into_iter().flatten() {
+        for k in ["text", "thinking"] {
+            n += b
+                .get(k)
+                .and_then(Value::as_str)
+                .map_or(0, |s| s.chars().count() as u64);
+        }
+        if let Some(i) = b.get("input") {
+            n += i.to_string().chars().count() as u64;
+        }
+    }
+    n
+}
+
+fn read_bounded(response: ureq::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    // A body cut short or too long is judged by its parse.
+    let _ = response
+        .into_reader()
+        .take(MAX_ANSWER)
+        .read_to_end(&mut body);
+    body
+}
+
+fn lock(m: &Mutex<StreamTranslator>) -> MutexGuard<'_, StreamTranslator> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The backend's stream, read through the translator: what the relay reads are Anthropic
+/// events. A backend failure becomes an `error` event and the end of the stream.
+struct Translating {
+    inner: Box<dyn Read + Send + Sync + 'static>,
+    translator: Arc<Mutex<StreamTranslator>>,
+    chunk: Vec<u8>,
+    out: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl Read for Translating {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at >= self.out.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            let mut t = lock(&self.translator);
+            self.out = match self.inner.read(&mut self.chunk) {
+                Ok(0) => {
+                    self.ended = true;
+                    t.finish()
+                }
+                Ok(n) => t.feed(&self.chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.ended = true;
+                    let message = if upstream::is_timeout(&e) {
+                        AnthropicError::new(
+                            504,
+                            "The backend went silent longer than the idle timeout.",
+                        )
+                    } else {
+                        AnthropicError::new(
+                            502,
+                            format!(
+                                "The backend connection failed mid-response ({:?}).",
+                                e.kind()
+                            ),
+                        )
+                    };
+                    t.fail(&message)
+                }
+            };
+            self.at = 0;
+            if t.is_done() {
+                self.ended = true;
+            }
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
