@@ -357,3 +357,91 @@ fn messages_api_typo_is_a_config_error() {
         logs.join("\n")
     );
 }
+
+#[test]
+fn modelmux_own_errors_quota_and_count_tokens_in_anthropic_shape() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let p = Proxy::start(
+        &json!({
+            "endpoints": {"m": {"url": a.url(), "apiKey": KEY, "actualModelName": "real-m"}},
+            "usageLog": dir.0.join("usage.jsonl").display().to_string(),
+            "proxyKeys": [{"key": CLIENT_KEY, "name": "claude-code", "trustUserHeaders": true}],
+            "limits": [{"match": {"user": "*"}, "requestsPerMinute": 1}]
+        })
+        .to_string(),
+    );
+    // The two requests below fall in one minute window.
+    wait_until("room in this minute", Duration::from_secs(12), || {
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        s % 60 < 50
+    });
+    let ask = |user: &str| {
+        messages(
+            &p,
+            &json!({"model": "m", "max_tokens": 10, "metadata": {"user_id": user},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+    };
+    assert_eq!(ask("ada").status, 200);
+    let r = ask("ada");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=60).contains(&wait), "{}", wait);
+    // metadata.user_id named the user (a trusted key).
+    let lines = ledger(&dir.0.join("usage.jsonl"), 2);
+    assert!(lines.iter().all(|l| l["user"] == "ada"), "{:?}", lines);
+
+    let r = messages(
+        &p,
+        &json!({"model": "nope", "max_tokens": 1, "messages": []}),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.text(),
+        r#"{"type":"error","error":{"type":"not_found_error","message":"The model `nope` does not exist or you do not have access to it."}}"#
+    );
+    let r = request(
+        p.addr,
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", "wrong")],
+        b"{}",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json()["error"]["type"],
+        "authentication_error",
+        "{}",
+        r.text()
+    );
+
+    // count_tokens of a translated backend: 404, never a guess.
+    let r = request(
+        p.addr,
+        "POST",
+        "/v1/messages/count_tokens",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-api-key", CLIENT_KEY),
+        ],
+        br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+    assert_eq!(
+        a.requests().len(),
+        1,
+        "only the first request reached the backend"
+    );
+}

@@ -29,6 +29,35 @@ pub fn translated(target: &Target, endpoint: &Endpoint) -> bool {
     target.path == "/messages" && endpoint.messages_api == MessagesApi::Translate
 }
 
+/// `POST /v1/messages/count_tokens` for a translated backend: 404, never a guess (a wrong
+/// count breaks a client's automatic compaction).
+pub fn count_tokens_refusal(target: &Target, endpoint: &Endpoint) -> Option<AnthropicError> {
+    (target.path == "/messages/count_tokens" && endpoint.messages_api == MessagesApi::Translate)
+        .then(|| {
+            AnthropicError::new(
+                404,
+                format!(
+                    "Token counting is not available for model `{}`: its backend speaks only chat completions.",
+                    crate::api_error::clip(&endpoint.id, 200)
+                ),
+            )
+        })
+}
+
+/// The Messages API's body-level user, `metadata.user_id`.
+pub fn metadata_user(target: &Target, inbound: &Inbound) -> Option<String> {
+    if target.path != "/messages" {
+        return None;
+    }
+    let metadata: Value =
+        serde_json::from_str(inbound.json.as_ref()?.get("metadata")?.get()).ok()?;
+    metadata
+        .get("user_id")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+}
+
 /// A Messages request, translated once for every backend tried.
 pub struct Translation {
     chat: Value,

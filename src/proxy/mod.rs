@@ -96,7 +96,8 @@ pub fn handle(
         .json
         .as_ref()
         .and_then(|j| j.get_str("user"))
-        .filter(|u| !u.is_empty());
+        .filter(|u| !u.is_empty())
+        .or_else(|| messages::metadata_user(target, &inbound));
     let refusal = Refusal {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
         model: crate::api_error::clip(&inbound.model, 200),
@@ -264,6 +265,12 @@ fn attempt(
         label,
         gone: &gone,
     };
+    if let Some(e) = messages::count_tokens_refusal(target, &config.endpoints[resolved.index]) {
+        admission.refuse();
+        let mut summary = messages::refuse(request, &e, ctx, summary);
+        summary.outcome = REFUSED;
+        return summary;
+    }
     // A Messages request is translated once, before any backend is asked, for the backends
     // that get it as a chat completion.
     let translation = if target.path == "/messages"
