@@ -6,7 +6,8 @@
 //! size line, data and CRLF together), and a response head that is not a stream's goes out with
 //! the first piece of its body. An event stream's head is sent at once.
 
-use crate::usage::{Usage, UsageTap};
+use crate::translate::anthropic::native_usage::Tap;
+use crate::usage::Usage;
 use crate::usage_strip::UsageStrip;
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -73,6 +74,8 @@ pub struct ClientSide {
     pub sse_keepalive: Option<Duration>,
     /// modelmux asked for the stream's usage chunk; the client did not: hide it.
     pub strip_usage: bool,
+    /// The answer is an Anthropic Messages one: its counts are read the Messages API's way.
+    pub messages_usage: bool,
 }
 
 /// Writes the head, then streams `body` through; returns what happened.
@@ -166,8 +169,8 @@ pub fn relay(
         .filter(|v| v != "identity");
     let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
     // Usage is read from plain or gzip bodies; other codings (br, zstd) are not counted.
-    let mut tap =
-        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
+    let mut tap = ((is_sse || is_json) && (encoding.is_none() || gzip))
+        .then(|| Tap::new(client.messages_usage, is_sse, gzip));
     let mut strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
     if is_sse || framing == Framing::None {
         // A stream's client learns at once that its stream started.
@@ -209,7 +212,7 @@ pub fn relay(
             pump(&mut sink, body, first, &mut stats, &mut pass)
         }
     };
-    (stats.usage, stats.content_chars) = tap.map_or((None, 0), UsageTap::finish);
+    (stats.usage, stats.content_chars) = tap.map_or((None, 0), Tap::finish);
     stats.outcome = match result {
         Ok(()) => Outcome::Complete,
         Err(Failure::Client) => {
@@ -273,7 +276,7 @@ fn upstream_failure(e: &io::Error) -> Failure {
 
 /// What every piece of the body passes through on its way to the client.
 struct Pass<'a> {
-    tap: &'a mut Option<UsageTap>,
+    tap: &'a mut Option<Tap>,
     strip: &'a mut Option<UsageStrip>,
 }
 

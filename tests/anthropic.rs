@@ -7,6 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
+use support::fake_backend::{chunk, FakeBackend, Step};
 use support::mock_backend::{Behavior, MockBackend};
 use support::*;
 
@@ -443,5 +444,54 @@ fn modelmux_own_errors_quota_and_count_tokens_in_anthropic_shape() {
         a.requests().len(),
         1,
         "only the first request reached the backend"
+    );
+}
+
+/// A native stream whose input tokens are only in message_start, with prompt-cache reads and
+/// writes: the ledger's prompt is input + cache reads + cache writes (3 + 11 + 7), not 3.
+#[test]
+fn native_stream_usage_from_message_start_and_message_delta() {
+    let stream = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"real-m\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":11,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":20}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+    let b = FakeBackend::start(move |_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for piece in stream.as_bytes().chunks(50) {
+            bytes.extend(chunk(piece));
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        vec![Step::Send(bytes)]
+    });
+    let dir = TempDir::new();
+    let p = proxy(&b.url, &dir, r#","messagesApi":"native""#);
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 30, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), stream, "a native stream is relayed as it came");
+    assert!(b.requests()[0].line.starts_with("POST /v1/messages "));
+    let lines = ledger(&dir.0.join("usage.jsonl"), 1);
+    assert_eq!(
+        (
+            &lines[0]["prompt_tokens"],
+            &lines[0]["cached_tokens"],
+            &lines[0]["completion_tokens"],
+            &lines[0]["estimated"]
+        ),
+        (&json!(21), &json!(11), &json!(20), &json!(false)),
+        "{}",
+        lines[0]
     );
 }

@@ -19,6 +19,8 @@ pub struct Source<'a> {
     pub strip_usage: bool,
     /// Headers modelmux adds (OpenAI's `x-ratelimit-*` when a quota rule applies).
     pub extra_headers: &'a [(&'static str, String)],
+    /// A native Messages API answer (`POST /v1/messages`): usage is read its way.
+    pub messages_usage: bool,
 }
 
 /// Sends `response` to the client; the backend stays counted in flight until it is done.
@@ -87,6 +89,7 @@ pub fn relay(
         head_only: *request.method() == Method::Head,
         sse_keepalive: endpoint.sse_keepalive,
         strip_usage,
+        messages_usage: from.messages_usage,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();

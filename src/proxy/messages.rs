@@ -220,6 +220,7 @@ pub fn relay(
         head_only: false,
         sse_keepalive: from.endpoint.sse_keepalive,
         strip_usage: false,
+        messages_usage: false,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();

@@ -331,6 +331,7 @@ fn attempt(
             host: &host,
             strip_usage: outbound::injects_usage(inbound, target, endpoint),
             extra_headers: &admission.headers,
+            messages_usage: target.path == "/messages",
         };
         // A 429 or 5xx is a complete answer, kept to relay if no other backend is left.
         let (failure, kept) = match upstream::send(agent, outgoing, model) {

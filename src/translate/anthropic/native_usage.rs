@@ -4,7 +4,7 @@
 //! `message_delta`; each count is cumulative, so the last one seen wins. Anthropic's
 //! `input_tokens` leaves out cached tokens: the prompt is input + cache reads + cache writes.
 
-use crate::usage::Usage;
+use crate::usage::{Usage, UsageTap};
 use flate2::write::GzDecoder;
 use memchr::memmem;
 use serde_json::Value;
@@ -232,6 +232,42 @@ impl NativeUsageTap {
             }
         }
         (self.seen.result(), chars)
+    }
+}
+
+/// The usage reader of a relayed answer: OpenAI's `usage`, or the Messages API's counts.
+pub enum Tap {
+    OpenAi(UsageTap),
+    Messages(NativeUsageTap),
+}
+
+impl Tap {
+    /// A reader for a Messages answer (`messages`) or any other, stream or JSON, gzip or not.
+    pub fn new(messages: bool, sse: bool, gzip: bool) -> Tap {
+        if messages {
+            Tap::Messages(NativeUsageTap::new(sse, gzip))
+        } else {
+            Tap::OpenAi(UsageTap::new(sse, gzip))
+        }
+    }
+
+    /// The next piece of the body, as sent on the wire.
+    pub fn feed(&mut self, data: &[u8]) {
+        match self {
+            Tap::OpenAi(t) => t.feed(data),
+            Tap::Messages(t) => t.feed(data),
+        }
+    }
+
+    /// The counts in the ledger's terms, and the characters of generated text.
+    pub fn finish(self) -> (Option<Usage>, u64) {
+        match self {
+            Tap::OpenAi(t) => t.finish(),
+            Tap::Messages(t) => {
+                let (u, chars) = t.finish();
+                (u.map(AnthropicUsage::to_usage), chars)
+            }
+        }
     }
 }
 
