@@ -70,13 +70,18 @@ pub struct ClientSide {
     pub http10: bool,
     /// The request was HEAD: headers only.
     pub head_only: bool,
-    /// Send `: keep-alive` SSE comments when the backend is silent this long.
+    /// Send `keepalive` when the backend is silent this long.
     pub sse_keepalive: Option<Duration>,
     /// modelmux asked for the stream's usage chunk; the client did not: hide it.
     pub strip_usage: bool,
     /// The answer is an Anthropic Messages one: its counts are read the Messages API's way.
     pub messages_usage: bool,
+    /// What fills the silence: `KEEPALIVE_COMMENT`, or an event the client's protocol has.
+    pub keepalive: &'static [u8],
 }
+
+/// The SSE comment sent while a backend is silent.
+pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// Writes the head, then streams `body` through; returns what happened.
 pub fn relay(
@@ -201,7 +206,13 @@ pub fn relay(
         strip: &mut strip,
     };
     let result = match keepalive {
-        Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
+        Some(every) => pump_with_keepalive(
+            &mut sink,
+            body,
+            (every, client.keepalive),
+            &mut stats,
+            &mut pass,
+        ),
         None => {
             // A body of known length is read in one go when it fits.
             let first = match framing {
@@ -332,7 +343,7 @@ fn pump(
 fn pump_with_keepalive(
     sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
-    every: Duration,
+    (every, keepalive): (Duration, &[u8]),
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
@@ -373,7 +384,7 @@ fn pump_with_keepalive(
             Ok(Err(e)) => break Err(upstream_failure(&e)),
             // Only between events: inside one, the comment would become part of its data.
             Err(mpsc::RecvTimeoutError::Timeout) if boundary.at_boundary() => {
-                if let Err(f) = write_piece(sink, b": keep-alive\n\n", stats) {
+                if let Err(f) = write_piece(sink, keepalive, stats) {
                     break Err(f);
                 }
             }

@@ -495,3 +495,25 @@ fn native_stream_usage_from_message_start_and_message_delta() {
         lines[0]
     );
 }
+
+#[test]
+fn translated_stream_pings_while_the_backend_is_silent() {
+    let a = MockBackend::start(Behavior {
+        silent_before_stream: Duration::from_millis(1500),
+        ..Behavior::default()
+    });
+    let dir = TempDir::new();
+    let p = proxy(&a.url(), &dir, r#","sseKeepaliveSecs":1"#);
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 10, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let text = r.text();
+    assert!(
+        text.starts_with("event: ping\ndata: {\"type\":\"ping\"}\n\nevent: message_start\n"),
+        "{}",
+        text
+    );
+    assert!(!text.contains(": keep-alive"));
+    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+}

@@ -90,6 +90,7 @@ pub fn relay(
         sse_keepalive: endpoint.sse_keepalive,
         strip_usage,
         messages_usage: from.messages_usage,
+        keepalive: relay::KEEPALIVE_COMMENT,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();

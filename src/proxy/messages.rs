@@ -12,14 +12,17 @@ use crate::route::Target;
 use crate::translate::anthropic::errors::AnthropicError;
 use crate::translate::anthropic::request::{self, Options};
 use crate::translate::anthropic::response::{self, Reply, Tokens};
-use crate::translate::anthropic::stream::StreamTranslator;
+use crate::translate::anthropic::stream::{StreamTranslator, PING};
 use crate::upstream::{self, Outgoing};
 use crate::usage::Usage;
 use serde_json::Value;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tiny_http::Request;
+
+/// `event: ping` after this much backend silence when the endpoint sets no `sseKeepaliveSecs`.
+const DEFAULT_PING: Duration = Duration::from_secs(15);
 
 /// Largest non-stream backend answer translated.
 const MAX_ANSWER: u64 = 16 * 1024 * 1024;
@@ -218,9 +221,11 @@ pub fn relay(
     let client = ClientSide {
         http10: *request.http_version() == (1, 0),
         head_only: false,
-        sse_keepalive: from.endpoint.sse_keepalive,
+        // On by default here: Anthropic's clients expect pings during a long silence.
+        sse_keepalive: from.endpoint.sse_keepalive.or(Some(DEFAULT_PING)),
         strip_usage: false,
         messages_usage: false,
+        keepalive: PING,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();
@@ -311,14 +316,19 @@ impl Read for Translating {
             if self.ended {
                 return Ok(0);
             }
+            let read = self.inner.read(&mut self.chunk);
+            if matches!(&read, Err(e) if e.kind() == io::ErrorKind::Interrupted) {
+                continue;
+            }
+            // Locked only after the read: the relay looks at the translator once it is done,
+            // while a reader thread may still wait on the backend.
             let mut t = lock(&self.translator);
-            self.out = match self.inner.read(&mut self.chunk) {
+            self.out = match read {
                 Ok(0) => {
                     self.ended = true;
                     t.finish()
                 }
                 Ok(n) => t.feed(&self.chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.ended = true;
                     let message = if upstream::is_timeout(&e) {
