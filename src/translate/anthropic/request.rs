@@ -681,3 +681,90 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values shaped like (and often not quite like) Messages requests.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            prop::sample::select(vec![
+                "text",
+                "image",
+                "tool_use",
+                "tool_result",
+                "document",
+                "thinking",
+                "user",
+                "assistant",
+                "base64",
+                "url",
+                "auto",
+                "any",
+                "tool",
+                "none",
+                "enabled",
+                "x",
+            ])
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec![
+                            "type",
+                            "role",
+                            "content",
+                            "text",
+                            "source",
+                            "media_type",
+                            "data",
+                            "url",
+                            "id",
+                            "name",
+                            "input",
+                            "tool_use_id",
+                            "is_error",
+                            "messages",
+                            "system",
+                            "tools",
+                            "tool_choice",
+                            "input_schema",
+                            "stop_sequences",
+                            "metadata",
+                            "user_id",
+                            "thinking",
+                            "budget_tokens",
+                        ]),
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any body is translated or refused with a 400, never a panic.
+        #[test]
+        fn any_body_translates_or_is_refused(v in value(), extra in any::<bool>()) {
+            let opts = Options { extra_fields: extra, reasoning_effort: extra };
+            if let Err(e) = to_chat(&v, opts) {
+                prop_assert_eq!(e.status, 400);
+            }
+            let _ = super::super::response::to_message(&v, &super::super::response::Reply::default());
+        }
+    }
+}
