@@ -517,3 +517,52 @@ fn translated_stream_pings_while_the_backend_is_silent() {
     assert!(!text.contains(": keep-alive"));
     assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
 }
+
+#[test]
+fn backend_that_ignores_stream_still_gives_the_client_a_stream() {
+    let a = MockBackend::start(Behavior {
+        status: Some((
+            200,
+            json!({"id": "chatcmpl-j", "object": "chat.completion", "choices": [{"index": 0,
+                "finish_reason": "stop", "message": {"role": "assistant", "content": "whole answer"}}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 2}})
+            .to_string(),
+        )),
+        ..Behavior::default()
+    });
+    let dir = TempDir::new();
+    let p = proxy(&a.url(), &dir, "");
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 10, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let text = r.text();
+    let names: Vec<&str> = text
+        .split_terminator("\n\n")
+        .map(|e| e.lines().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "event: message_start",
+            "event: content_block_start",
+            "event: content_block_delta",
+            "event: content_block_stop",
+            "event: message_delta",
+            "event: message_stop"
+        ],
+        "{}",
+        text
+    );
+    assert!(
+        text.contains(r#""delta":{"type":"text_delta","text":"whole answer"}"#),
+        "{}",
+        text
+    );
+    let lines = ledger(&dir.0.join("usage.jsonl"), 1);
+    assert_eq!(
+        (&lines[0]["prompt_tokens"], &lines[0]["completion_tokens"]),
+        (&json!(4), &json!(2))
+    );
+}

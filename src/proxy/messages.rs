@@ -12,7 +12,7 @@ use crate::route::Target;
 use crate::translate::anthropic::errors::AnthropicError;
 use crate::translate::anthropic::request::{self, Options};
 use crate::translate::anthropic::response::{self, Reply, Tokens};
-use crate::translate::anthropic::stream::{StreamTranslator, PING};
+use crate::translate::anthropic::stream::{from_completion, StreamTranslator, PING};
 use crate::upstream::{self, Outgoing};
 use crate::usage::Usage;
 use serde_json::Value;
@@ -176,6 +176,25 @@ pub fn relay(
         let reported = chat.get("usage").and_then(Tokens::from_openai);
         summary.usage = reported.map(ledger_usage);
         summary.content_chars = text_chars(&message);
+        if tr.stream {
+            // The backend ignored `stream`: the client still gets the stream it asked for.
+            let events = from_completion(&chat, tr.reply.clone());
+            let stats = send_stream(
+                request,
+                Box::new(io::Cursor::new(events)),
+                from,
+                ctx,
+                started,
+            );
+            summary.status = 200;
+            summary.bytes = stats.bytes;
+            summary.ttfb = stats.ttfb;
+            summary.outcome = match stats.outcome {
+                Outcome::Complete => "complete",
+                _ => "client_gone",
+            };
+            return summary;
+        }
         summary.status = 200;
         summary.outcome = "complete";
         summary.ttfb = Some(started.elapsed());
@@ -202,6 +221,36 @@ pub fn relay(
         at: 0,
         ended: false,
     });
+    let stats = send_stream(request, body, from, ctx, started);
+    drop(in_flight);
+    summary.status = 200;
+    summary.bytes = stats.bytes;
+    summary.ttfb = stats.ttfb;
+    let t = lock(&translator);
+    let (tokens, estimated) = t.tokens();
+    summary.usage = (!estimated).then(|| ledger_usage(tokens));
+    summary.content_chars = tokens.output.saturating_mul(4);
+    summary.outcome = match stats.outcome {
+        Outcome::ClientGone => "client_gone",
+        Outcome::Complete if !t.failed() => "complete",
+        _ => {
+            ctx.metrics
+                .upstream_error(&from.endpoint.id, from.host, "mid_stream");
+            ctx.live.balancer.failure(from.pick);
+            "upstream_failed"
+        }
+    };
+    summary
+}
+
+/// Sends an Anthropic event stream to the client as it is read from `body`.
+fn send_stream(
+    request: Request,
+    body: Box<dyn Read + Send>,
+    from: &Source,
+    ctx: &Ctx,
+    started: Instant,
+) -> relay::Stats {
     let mut headers = vec![
         ("Content-Type".to_string(), "text/event-stream".to_string()),
         ("X-Request-Id".to_string(), ctx.request_id.to_string()),
@@ -236,25 +285,7 @@ pub fn relay(
             c.close();
         }
     }
-    drop(in_flight);
-    summary.status = 200;
-    summary.bytes = stats.bytes;
-    summary.ttfb = stats.ttfb;
-    let t = lock(&translator);
-    let (tokens, estimated) = t.tokens();
-    summary.usage = (!estimated).then(|| ledger_usage(tokens));
-    summary.content_chars = tokens.output.saturating_mul(4);
-    summary.outcome = match stats.outcome {
-        Outcome::ClientGone => "client_gone",
-        Outcome::Complete if !t.failed() => "complete",
-        _ => {
-            ctx.metrics
-                .upstream_error(&from.endpoint.id, from.host, "mid_stream");
-            ctx.live.balancer.failure(from.pick);
-            "upstream_failed"
-        }
-    };
-    summary
+    stats
 }
 
 /// Anthropic's counts as the ledger's: the prompt includes the cached tokens.

@@ -447,6 +447,41 @@ impl StreamTranslator {
     }
 }
 
+/// The whole event stream for a non-stream chat completion, for a client that asked for a
+/// stream from a backend that answered in one piece: the message as one chunk.
+pub fn from_completion(chat: &Value, ctx: Reply) -> Vec<u8> {
+    let choice = chat.get("choices").and_then(|c| c.get(0));
+    let mut delta = choice
+        .and_then(|c| c.get("message"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    // A message's tool calls carry no `index`; their position is it.
+    if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        for (i, c) in calls.iter_mut().enumerate() {
+            if let Some(c) = c.as_object_mut() {
+                c.entry("index").or_insert(json!(i));
+            }
+        }
+    }
+    let field = |k: &str| {
+        choice
+            .and_then(|c| c.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut one = json!({"choices": [{"index": 0, "delta": delta,
+        "finish_reason": field("finish_reason"), "stop_reason": field("stop_reason")}]});
+    for k in ["id", "usage"] {
+        if let Some(v) = chat.get(k) {
+            one[k] = v.clone();
+        }
+    }
+    let mut t = StreamTranslator::new(ctx);
+    let mut out = t.feed(format!("data: {}\n\ndata: [DONE]\n\n", one).as_bytes());
+    out.extend(t.finish());
+    out
+}
+
 fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
@@ -897,6 +932,18 @@ mod tests {
             "{}",
             out
         );
+    }
+
+    #[test]
+    fn a_completion_in_one_piece_becomes_the_same_events() {
+        let chat = json!({"id": "chatcmpl-1", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Sure.", "reasoning_content": "think",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+        let msg = accumulate(&events(&from_completion(&chat, ctx())));
+        let mut want = crate::translate::anthropic::response::to_message(&chat, &ctx());
+        want["id"] = msg["id"].clone();
+        assert_eq!(msg, want);
     }
 
     #[test]
