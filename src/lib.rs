@@ -40,8 +40,6 @@ mod route;
 mod server;
 pub mod start;
 mod tls;
-// Protocol translators; some parts (native usage, ping, modelmux-error mapping) are not wired yet.
-#[allow(dead_code)]
 mod translate;
 mod upstream;
 mod usage;

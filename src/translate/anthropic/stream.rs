@@ -90,11 +90,6 @@ impl StreamTranslator {
         self.failed
     }
 
-    /// True once `message_start` went out.
-    pub fn started(&self) -> bool {
-        self.started
-    }
-
     /// The counts `message_delta` carries (or would carry now): the backend's, or an estimate
     /// (`true`) when it reported none.
     pub fn tokens(&self) -> (Tokens, bool) {
