@@ -49,3 +49,4 @@ mod redact;
 pub mod start;
 mod stream;
 mod tls;
+mod translate;

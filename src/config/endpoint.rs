@@ -48,6 +48,19 @@ pub struct Endpoint {
     /// chat or completions request that names no max tokens field, set to what it reserved
     /// (the Responses API gets `max_output_tokens`); `None`: requests are forwarded as sent.
     pub cap_max_tokens: Option<&'static str>,
+    /// `messagesApi`: how `POST /v1/messages` reaches this backend.
+    pub messages_api: MessagesApi,
+}
+
+/// How an Anthropic Messages request reaches a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagesApi {
+    /// `"translate"` (default): as a chat completion, the answer turned back into a Message;
+    /// works with every OpenAI-compatible backend.
+    Translate,
+    /// `"native"`: forwarded as it is (model rewritten) to the backend's `/v1/messages`;
+    /// keeps every feature, needs a backend that speaks the Messages API.
+    Native,
 }
 
 impl Endpoint {
@@ -109,6 +122,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "maxQueueWaitSecs",
     "defaultMaxTokens",
     "capMaxTokens",
+    "messagesApi",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -183,9 +197,11 @@ pub(super) fn parse_endpoint(
             ))
         }
     };
+    let messages_api = parse_messages_api(obj.get("messagesApi"))?;
     Ok(Endpoint {
         id: id.to_string(),
         cap_max_tokens,
+        messages_api,
         max_queue_wait,
         default_max_tokens,
         forward_user_headers,
@@ -290,3 +306,16 @@ fn parse_tls(obj: &Map<String, Value>, ca_file: Option<&str>) -> Result<TlsPolic
 
 /// Default `maxQueueWaitSecs`.
 pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// `"messagesApi": "translate" | "native"` (default translate).
+fn parse_messages_api(v: Option<&Value>) -> Result<MessagesApi, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(MessagesApi::Translate),
+        Some(Value::String(s)) if s == "translate" => Ok(MessagesApi::Translate),
+        Some(Value::String(s)) if s == "native" => Ok(MessagesApi::Native),
+        Some(v) => Err(FieldError::new(
+            "messagesApi",
+            format!("expected \"native\" or \"translate\", got {}", v),
+        )),
+    }
+}

@@ -25,7 +25,7 @@ pub use backends::Backend;
 pub use discovery::Wildcard;
 #[cfg(test)]
 pub use endpoint::DEFAULT_MAX_QUEUE_WAIT;
-pub use endpoint::{ClientKey, Endpoint};
+pub use endpoint::{ClientKey, Endpoint, MessagesApi};
 pub(crate) use json::{type_name, unknown_field};
 pub use keys::{Priority, ProxyKey};
 pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};

@@ -91,6 +91,8 @@ pub fn from_client(
     end_to_end(headers)
         .into_iter()
         .filter(|(n, _)| !is_reserved(n))
+        // The client's key for modelmux, Anthropic style: never the backend's business.
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("x-api-key"))
         .filter(|(n, _)| !(streaming && n.eq_ignore_ascii_case("accept-encoding")))
         .filter(|(n, _)| forward_user || !is_user_identity(n))
         .collect()

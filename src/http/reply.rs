@@ -44,6 +44,17 @@ pub fn error(request: Request, e: &ApiError, request_id: &str) -> u64 {
     if e.close_connection && !wants_close(&request) {
         headers.push(("Connection", "close".to_string()));
     }
+    // Anthropic's SDKs and Claude Code read errors in Anthropic's shape on its routes.
+    let path = crate::http::route::parse_target(request.url()).path;
+    if path == "/messages" || path.starts_with("/messages/") {
+        // The Anthropic SDKs retry a 429 on their own unless told not to: modelmux's own 429
+        // (a quota, or every backend holding off) says when to come back in Retry-After.
+        if e.status == 429 {
+            headers.push(("x-should-retry", "false".to_string()));
+        }
+        let body = crate::http::anthropic_error::AnthropicError::from_api_error(e).body();
+        return json(request, e.status, body, &headers, request_id);
+    }
     json(request, e.status, e.body(), &headers, request_id)
 }
 

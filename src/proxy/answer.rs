@@ -20,6 +20,10 @@ pub struct Source<'a> {
     pub extra_headers: &'a [(&'static str, String)],
     /// The backend stays counted in flight until the answer is relayed.
     pub in_flight: InFlight<'a>,
+    /// A native Messages API answer (`POST /v1/messages`): usage is read its way.
+    pub messages_usage: bool,
+    /// A Messages request this backend got as a chat completion: its answer is translated back.
+    pub translation: Option<&'a super::translation::Translation>,
 }
 
 /// Sends `response` to the client; the backend stays counted in flight until it is done.
@@ -37,13 +41,10 @@ pub fn relay(
         strip_usage,
         extra_headers,
         in_flight,
+        messages_usage,
+        translation: _,
     } = from;
-    let mut all: Vec<(String, String)> = Vec::new();
-    for name in response.headers_names() {
-        for v in response.all(&name) {
-            all.push((name.clone(), v.to_string()));
-        }
-    }
+    let all = all_headers(&response);
     // Transfer-Encoding wins over Content-Length (RFC 9112 section 6.3): the HTTP client has
     // already de-chunked such a body, so its Content-Length describes nothing we send.
     let chunked = all
@@ -87,6 +88,8 @@ pub fn relay(
         head_only: *request.method() == Method::Head,
         sse_keepalive: endpoint.sse_keepalive,
         strip_usage,
+        messages_usage,
+        keepalive: relay::KEEPALIVE_COMMENT,
     };
     let connection = request.connection_handle();
     let mut writer = request.into_writer();
@@ -133,4 +136,15 @@ fn sanitize_reason(reason: &str) -> String {
     } else {
         clean
     }
+}
+
+/// Every header of the backend's answer, repeated ones each on their own.
+fn all_headers(response: &ureq::Response) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = Vec::new();
+    for name in response.headers_names() {
+        for v in response.all(&name) {
+            all.push((name.clone(), v.to_string()));
+        }
+    }
+    all
 }

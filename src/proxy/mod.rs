@@ -5,8 +5,10 @@
 mod answer;
 mod choose;
 mod inbound;
+mod messages;
 mod outbound;
 mod select;
+mod translation;
 
 use crate::backend::balance::Pick;
 use crate::backend::catalog::Resolved;
@@ -92,7 +94,8 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         .json
         .as_ref()
         .and_then(|j| j.get_str("user"))
-        .filter(|u| !u.is_empty());
+        .filter(|u| !u.is_empty())
+        .or_else(|| messages::metadata_user(target, &inbound));
     let refusal = Refusal {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
         model: crate::http::api_error::clip(&inbound.model, 200),
@@ -134,6 +137,15 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         Ok(a) => a,
         Err(e) => return refusal.answer(request, &identity, e, ctx, summary),
     };
+    let translation = match messages::translation(target, &inbound, &resolved, config) {
+        Ok(t) => t,
+        Err(e) => {
+            admission.refuse();
+            let mut summary = messages::refuse(request, &e, ctx, summary);
+            summary.outcome = REFUSED;
+            return complete(admission, &inbound, target, ctx, summary);
+        }
+    };
     let a = Attempt {
         inbound: &inbound,
         resolved: &resolved,
@@ -145,6 +157,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         } else {
             "unknown"
         },
+        translation: translation.as_ref(),
     };
     let summary = attempt(request, &a, summary);
     complete(admission, &inbound, target, ctx, summary)
@@ -156,7 +169,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
 fn reserved_tokens(target: &Target, endpoint: &Endpoint, inbound: &mut inbound::Inbound) -> u64 {
     let json = inbound.json.as_ref();
     match target.path.as_str() {
-        "/chat/completions" | "/completions" | "/responses" => {
+        "/chat/completions" | "/completions" | "/responses" | "/messages" => {
             let named = json.and_then(|j| j.max_tokens());
             let per_choice = named
                 .or(endpoint.default_max_tokens)
@@ -255,6 +268,8 @@ struct Attempt<'a> {
     /// The model's metric label: ids a wildcard serves but no list names yet are counted as
     /// `unknown`, so a client cannot mint label values.
     label: &'a str,
+    /// A Messages request, translated once for the backends that get it as a chat completion.
+    translation: Option<&'a translation::Translation>,
 }
 
 /// How the failover loop ends.
@@ -406,13 +421,19 @@ impl<'a> Attempt<'a> {
             return Ok(End::Released(e));
         };
         let in_flight = live.balancer.start(pick);
-        let outgoing = outbound::outgoing(
-            self.inbound,
-            self.target,
-            endpoint,
-            &backend,
-            self.ctx.request_id,
-        );
+        let translating = self
+            .translation
+            .filter(|_| messages::translated(self.target, endpoint));
+        let outgoing = match translating {
+            Some(t) => messages::outgoing(t, self.inbound, endpoint, &backend, self.ctx.request_id),
+            None => outbound::outgoing(
+                self.inbound,
+                self.target,
+                endpoint,
+                &backend,
+                self.ctx.request_id,
+            ),
+        };
         let from = answer::Source {
             endpoint,
             pick,
@@ -420,6 +441,8 @@ impl<'a> Attempt<'a> {
             strip_usage: outbound::injects_usage(self.inbound, self.target, endpoint),
             extra_headers: &self.admission.headers,
             in_flight,
+            messages_usage: self.target.path == "/messages",
+            translation: translating,
         };
         match upstream::send(agent, outgoing, &self.inbound.model) {
             Ok(r) if r.status() == 429 || r.status() >= 500 => {
@@ -499,7 +522,7 @@ impl<'a> Attempt<'a> {
     fn answer(&self, request: Request, ending: Ending, summary: Summary) -> Summary {
         let Ending { end, held, permit } = ending;
         let summary = match end {
-            End::Relay(r, from) => answer::relay(request, r, from, self.ctx, summary),
+            End::Relay(r, from) => messages::relay(request, r, from, self.ctx, summary),
             End::Released(e) => fail_released(self.admission, request, e, self.ctx, summary),
             End::Refused(e) => fail_refused(self.admission, request, e, self.ctx, summary),
             End::ClientGone => client_left(self.admission, request, summary),

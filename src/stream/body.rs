@@ -74,7 +74,7 @@ impl JsonObject {
         Ok(JsonObject { members })
     }
 
-    fn get(&self, key: &str) -> Option<&RawValue> {
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.members
             .iter()
             .rev()

@@ -1,8 +1,9 @@
 //! Bodies in and out: the request body's model lookup and byte-faithful rewrite (`body`), the
 //! answer streamed back (`relay`), the tokens it reports (`usage`) and the usage modelmux asked
-//! for hidden again (`usage_strip`).
+//! for hidden again (`usage_strip`), and the Messages API's own usage (`messages_usage`).
 
 pub mod body;
+pub mod messages_usage;
 pub mod relay;
 pub mod usage;
 pub mod usage_strip;

@@ -6,7 +6,8 @@
 //! size line, data and CRLF together), and a response head that is not a stream's goes out with
 //! the first piece of its body. An event stream's head is sent at once.
 
-use crate::stream::usage::{Usage, UsageTap};
+use crate::stream::messages_usage::Tap;
+use crate::stream::usage::Usage;
 use crate::stream::usage_strip::UsageStrip;
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -69,11 +70,18 @@ pub struct ClientSide {
     pub http10: bool,
     /// The request was HEAD: headers only.
     pub head_only: bool,
-    /// Send `: keep-alive` SSE comments when the backend is silent this long.
+    /// Send `keepalive` when the backend is silent this long.
     pub sse_keepalive: Option<Duration>,
     /// modelmux asked for the stream's usage chunk; the client did not: hide it.
     pub strip_usage: bool,
+    /// The answer is an Anthropic Messages one: its counts are read the Messages API's way.
+    pub messages_usage: bool,
+    /// What fills the silence: `KEEPALIVE_COMMENT`, or an event the client's protocol has.
+    pub keepalive: &'static [u8],
 }
+
+/// The SSE comment sent while a backend is silent.
+pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// Writes the head, then streams `body` through; returns what happened.
 pub fn relay(
@@ -139,7 +147,13 @@ pub fn relay(
         strip: &mut strip,
     };
     let result = match keepalive {
-        Some(every) => pump_with_keepalive(&mut sink, body, every, &mut stats, &mut pass),
+        Some(every) => pump_with_keepalive(
+            &mut sink,
+            body,
+            (every, client.keepalive),
+            &mut stats,
+            &mut pass,
+        ),
         None => {
             // A body of known length is read in one go when it fits.
             let first = match framing {
@@ -150,7 +164,7 @@ pub fn relay(
             pump(&mut sink, body, first, &mut stats, &mut pass)
         }
     };
-    (stats.usage, stats.content_chars) = tap.map_or((None, 0), UsageTap::finish);
+    (stats.usage, stats.content_chars) = tap.map_or((None, 0), Tap::finish);
     stats.outcome = outcome(
         result,
         &mut sink,
@@ -235,11 +249,11 @@ fn taps(
     client: &ClientSide,
     is_sse: bool,
     encoding: Option<&str>,
-) -> (Option<UsageTap>, Option<UsageStrip>) {
+) -> (Option<Tap>, Option<UsageStrip>) {
     let is_json = has_content_type(head, "application/json");
     let gzip = matches!(encoding, Some("gzip" | "x-gzip"));
-    let tap =
-        ((is_sse || is_json) && (encoding.is_none() || gzip)).then(|| UsageTap::new(is_sse, gzip));
+    let tap = ((is_sse || is_json) && (encoding.is_none() || gzip))
+        .then(|| Tap::new(client.messages_usage, is_sse, gzip));
     let strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
     (tap, strip)
 }
@@ -314,7 +328,7 @@ fn upstream_failure(e: &io::Error) -> Failure {
 
 /// What every piece of the body passes through on its way to the client.
 struct Pass<'a> {
-    tap: &'a mut Option<UsageTap>,
+    tap: &'a mut Option<Tap>,
     strip: &'a mut Option<UsageStrip>,
 }
 
@@ -370,7 +384,7 @@ fn pump(
 fn pump_with_keepalive(
     sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
-    every: Duration,
+    (every, keepalive): (Duration, &[u8]),
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
@@ -411,7 +425,7 @@ fn pump_with_keepalive(
             Ok(Err(e)) => break Err(upstream_failure(&e)),
             // Only between events: inside one, the comment would become part of its data.
             Err(mpsc::RecvTimeoutError::Timeout) if boundary.at_boundary() => {
-                if let Err(f) = write_piece(sink, b": keep-alive\n\n", stats) {
+                if let Err(f) = write_piece(sink, keepalive, stats) {
                     break Err(f);
                 }
             }

@@ -26,12 +26,23 @@ impl Caller<'_> {
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The client's key: the token of an `Authorization: Bearer` header or, when no Bearer token
+/// came, Anthropic's `x-api-key` header (what the Anthropic SDKs and Claude Code send).
 pub fn bearer(headers: &[tiny_http::Header]) -> Option<&str> {
-    let h = headers.iter().find(|h| h.field.equiv("Authorization"))?;
-    let v = h.value.as_str().trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let bearer = headers
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| {
+            let (scheme, token) = h.value.as_str().trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer.or_else(|| {
+        headers
+            .iter()
+            .find(|h| h.field.equiv("x-api-key"))
+            .map(|h| h.value.as_str().trim())
+            .filter(|t| !t.is_empty())
+    })
 }
 
 /// Checks the caller's token against the proxy keys (every key is compared, in constant time).
