@@ -982,10 +982,12 @@ mod tests {
     fn a_paused_store_costs_one_timeout_per_interval_and_lost_reservations_are_taken_back() {
         let server = RedisServer::start();
         let t = quick();
-        let store = RedisStore::open(&server.url(), None, t).unwrap();
         let asks = [ask("u=ann", [Some(100), None, None, None])];
         let names = ["u=ann".to_string()];
         in_one_minute(|| {
+            // A store of its own per try: a retry after a minute rollover must not start with
+            // the first try's failure counts, breaker, pooled connections and cancel thread.
+            let store = RedisStore::open(&server.url(), None, t).unwrap();
             server.command(&["FLUSHALL"]);
             let first = store.reserve(&asks, 7).unwrap();
             server.pause();
