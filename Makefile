@@ -29,7 +29,7 @@ image-test:
 
 # The deploy recipes parse, agree with each other, and state the numbers --help states.
 deploy-check:
-	python3 scripts/deploy_check.py
+	./scripts/deploy_check.sh
 
 bench:
 	./scripts/bench.sh
