@@ -19,9 +19,9 @@
 #      to start.
 #
 # Skips (exit 0, with a banner saying why) only when no container engine can build or run a
-# container here: neither podman nor docker installed, docker's daemon not answering, a trivial
-# FROM scratch build failing, or `run` failing in the engine itself (exit 125) rather than in
-# modelmux. IMAGE_TEST_REQUIRED=1 turns those skips into failures.
+# container here: neither podman nor docker installed, docker's daemon not answering, or a probe
+# image holding one text file (nothing of modelmux) failing to build or to get as far as exec.
+# IMAGE_TEST_REQUIRED=1 turns those skips into failures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/cargo_bins.sh
@@ -73,6 +73,16 @@ printf 'FROM scratch\nCOPY probe.txt /probe.txt\n' >"$tmp/probe/Dockerfile"
 if ! err="$(engine build -t "$tag-probe" "$tmp/probe" 2>&1)"; then
   skip "$ENGINE cannot build a FROM scratch image here: $(printf '%s' "$err" | tail -n 3 | tr '\n' ' ')"
 fi
+# Can it run one? Executing a file the image lacks gets exit 127 ("not found") from an engine
+# that got as far as exec; an engine that cannot set up a container (namespaces, cgroups,
+# rlimits) fails earlier with another code. Nothing of modelmux is involved yet.
+set +e
+err="$(engine run --rm --no-healthcheck --network host "$tag-probe" /nonexistent 2>&1)"
+rc=$?
+set -e
+if [ "$rc" != 127 ]; then
+  skip "$ENGINE cannot run a container here (exit $rc where a working engine exits 127): $(printf '%s' "$err" | tail -n 3 | tr '\n' ' ')"
+fi
 
 # ---------------------------------------------------------------------------------------------
 say "static binary (scripts/static.sh, STATIC_SKIP_TESTS=1)"
@@ -89,15 +99,10 @@ engine_build "$tag" "$tmp/ctx" --build-arg MODELMUX_BINARY=prebuilt >"$tmp/build
   fail "building the image failed"
 }
 
-# Can this engine run a container? Exit 125 is the engine's own failure (runtime, cgroups,
-# namespaces); anything else came from modelmux inside and is a real failure.
 set +e
 version="$(engine run --rm --no-healthcheck --network host "$tag" --version 2>"$tmp/run.err")"
 rc=$?
 set -e
-if [ "$rc" = 125 ]; then
-  skip "$ENGINE cannot run a container here (exit 125): $(tail -n 3 "$tmp/run.err" | tr '\n' ' ')"
-fi
 [ "$rc" = 0 ] || {
   cat "$tmp/run.err" >&2
   fail "modelmux --version in the image exited $rc"
