@@ -9,6 +9,8 @@ every default they, the docs and the README state is the one `modelmux --help` s
    the client key modelmux knows; the ledger is on a writable named volume at the image's data
    folder; Redis is the limits store; healthchecks use --healthcheck; every ${VAR} the compose
    file needs is in deploy/example.env.
+   Dockerfile: the runtime stage is FROM scratch, its USER and VOLUME are what the recipes
+   assume, and its Rust stage uses the cargo command scripts/static.sh uses.
 4. Kubernetes: 2+ replicas, readiness on /health, one ledger file per pod on the pod's own
    volume, every ${VAR} of the config and every Secret key wired, the grace period longer than
    the drain, a PodDisruptionBudget and the Redis Service the config names.
@@ -104,6 +106,15 @@ with tempfile.TemporaryDirectory() as tmp:
               f"{name}: modelmux --check-config failed: {(r.stderr or r.stdout).strip()[-300:]}")
     help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
 
+# The Dockerfile's Rust stage (not run here: it pulls rust:1-bookworm) builds what `make static`
+# builds, the binary the image test puts in the same runtime stage.
+cargo_cmd = "cargo build --release --locked --bin modelmux --target"
+check(cargo_cmd in open("Dockerfile").read() and cargo_cmd.replace("cargo build", "cargo_build_bin modelmux")
+      in open("scripts/static.sh").read(),
+      f"Dockerfile and scripts/static.sh should both build with `{cargo_cmd} <arch>-unknown-linux-musl`")
+check(re.search(r"^FROM \$\{MODELMUX_BINARY\} AS binary$", open("Dockerfile").read(), re.M)
+      and re.search(r"^FROM scratch$", open("Dockerfile").read(), re.M),
+      "Dockerfile: the runtime stage FROM scratch, its binary from the stage MODELMUX_BINARY names")
 image_user = re.search(r"^USER (\d+):(\d+)$", open("Dockerfile").read(), re.M)
 check(image_user, "Dockerfile: no numeric USER")
 image_uid = int(image_user.group(1)) if image_user else None
