@@ -199,7 +199,10 @@ pub fn usage(policy: &Policy, live: &Live, query: Option<&str>) -> Result<Vec<u8
         user.as_deref(),
     )
     .map_err(|m| ApiError::invalid_request(m).with_code("invalid_query"))?;
-    let mut report = policy.report(&q);
+    let mut report = policy.report(&q).map_err(|e| {
+        log::warn!("/usage: {}", e);
+        ApiError::internal("The usage ledger could not be read; see the proxy's log.")
+    })?;
     // One user's answer also says what is left of each quota rule that limits them.
     if let Some(u) = user.as_deref() {
         report["limits"] = policy.budgets(&live.config.policy, u);

@@ -22,8 +22,8 @@ mod config;
 mod discovery;
 mod glob;
 mod headers;
-// The libc calls (signals, descriptor limit, listen backlog, client socket peek, heap trim) live
-// here and nowhere else.
+// The libc calls (signals, descriptor limit, listen backlog, client socket peek, heap trim,
+// ledger lock) live here and nowhere else.
 #[cfg(test)]
 mod fuzz_tests;
 #[allow(unsafe_code)]

@@ -1,5 +1,6 @@
 //! Process lifecycle: signals (drain on SIGTERM/SIGINT, reload on SIGHUP), config file watching,
-//! the descriptor limit, and the other libc calls (listen backlog, a peek at a client socket).
+//! the descriptor limit, and the other libc calls (listen backlog, a peek at a client socket,
+//! heap trim, the usage ledger's writer lock).
 
 use crate::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,5 +215,23 @@ pub fn trim_heap() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting: `Ok(false)` when
+/// another open file holds it. The lock lasts until the file is closed, and ends with the
+/// process however it ends (even `kill -9`), so no stale lock is ever left behind.
+pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock() on a descriptor we own, kept open by the caller.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
     }
 }

@@ -50,7 +50,7 @@ pub fn serve(
     listener: TcpListener,
     settings: Settings,
     shared: Arc<ConfigStore>,
-    policy: Policy,
+    policy: Arc<Policy>,
     stopper: Arc<Stopper>,
     ready: &dyn Fn(),
 ) -> Result<(), String> {
@@ -64,7 +64,6 @@ pub fn serve(
              metrics.key and neither is set: /metrics leaves them out"
         );
     }
-    let policy = Arc::new(policy);
     let app = Arc::new(App {
         gate: Gate::new(settings.workers.max(1), settings.queue),
         settings,

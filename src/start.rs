@@ -107,8 +107,10 @@ fn run(o: Options) -> Result<(), String> {
         log::warn!("{}", w);
     }
     // Everything the server needs is opened before the listening line: a failure after it
-    // would tell scripts and operators that a server is up when it is not.
-    let policy = Policy::start(&live.config.policy)?;
+    // would tell scripts and operators that a server is up when it is not. A ledger another
+    // process writes stops the start here, and the limits are seeded from the ledger before the
+    // first request can be admitted.
+    let policy = Arc::new(Policy::start(&live.config.policy)?);
     let listener = TcpListener::bind((o.host.as_str(), o.port))
         .map_err(|e| format!("cannot listen on {}:{}: {}", o.host, o.port, e))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

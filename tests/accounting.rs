@@ -175,8 +175,9 @@ fn open_webui_tokens_are_verified_and_bad_ones_never_reach_a_backend() {
         1,
         "refused tokens never reach the backend"
     );
-    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 5);
-    assert_eq!(lines.len(), 5);
+    // One served, eight bad tokens (401) and one over-long id (400), each recorded.
+    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 10);
+    assert_eq!(lines.len(), 10);
     // Lines are written as requests finish: the served one may land after a refusal.
     let (served, refused): (Vec<&Value>, Vec<&Value>) =
         lines.iter().partition(|l| l["status"] == 200);
@@ -188,13 +189,19 @@ fn open_webui_tokens_are_verified_and_bad_ones_never_reach_a_backend() {
     assert_eq!(served[0]["outcome"], "complete");
     // Refused tokens are recorded as refusals, under the key (their user is unknown), with 0
     // tokens.
+    assert_eq!(
+        refused.iter().filter(|l| l["status"] == 400).count(),
+        1,
+        "the over-long id"
+    );
     for l in refused {
+        let status = if l["status"] == 400 { 400 } else { 401 };
         assert_eq!(
             (&l["user"], &l["key"], &l["status"], &l["outcome"]),
             (
                 &json!("anonymous"),
                 &json!("anonymous"),
-                &json!(401),
+                &json!(status),
                 &json!("refused")
             ),
             "{}",
@@ -725,7 +732,8 @@ fn configured_audience_and_issuer_are_required_and_long_ids_are_refused() {
         "128 is fine"
     );
     assert_eq!(a.requests().len(), 3, "refusals never reach the backend");
-    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 3);
-    assert_eq!(lines.len(), 3);
-    assert!(lines.iter().any(|l| l["user"] == "y".repeat(128)));
+    let lines = ledger_lines(&dir.0.join("usage.jsonl"), 9);
+    let served: Vec<&Value> = lines.iter().filter(|l| l["status"] == 200).collect();
+    assert_eq!(served.len(), 3, "{:?}", lines);
+    assert!(served.iter().any(|l| l["user"] == "y".repeat(128)));
 }

@@ -109,8 +109,13 @@ fn header_u64(r: &Resp, name: &str) -> u64 {
 }
 
 /// The value of one series in /metrics, e.g. `modelmux_x_total{limit="concurrent"}`.
+/// `metrics.key` in the configs that turn per-user series on: only it (or the admin key) sees them.
+const METRICS_KEY: &str = "metrics-reader-key";
+
 fn metric(p: &Proxy, series: &str) -> Option<f64> {
-    get(p.addr, "/metrics").text().lines().find_map(|l| {
+    let auth = format!("Bearer {}", METRICS_KEY);
+    let m = request(p.addr, "GET", "/metrics", &[("Authorization", &auth)], b"");
+    m.text().lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
@@ -222,10 +227,12 @@ fn the_largest_max_tokens_field_is_reserved_and_without_one_a_default() {
             b
         );
     }
-    // A request whose largest field cannot fit is refused before any backend sees it.
+    // A request whose largest field cannot fit is refused before any backend sees it (a
+    // ledger of its own: one process per ledger).
+    let small_dir = TempDir::new();
     let small = Proxy::start(&config(
         &a.url(),
-        &dir,
+        &small_dir,
         json!({"limits": [{"match": {"user": "*"}, "tokensPerMinute": 3000}]}),
         json!({}),
     ));
@@ -717,7 +724,7 @@ fn token_metrics_include_estimates_with_a_label() {
     let p = Proxy::start(&config(
         &a.url(),
         &dir,
-        json!({"metrics": {"perUser": true}}),
+        json!({"metrics": {"perUser": true, "key": METRICS_KEY}}),
         json!({"injectStreamUsage": false}),
     ));
     let mut exact: Value = serde_json::from_str(&chat_body("m", "one two", false)).unwrap();
@@ -801,6 +808,8 @@ fn cap_max_tokens_forwards_what_the_reservation_covers() {
         &json!({"model": "m", "input": "hi"}).to_string(),
     );
     assert_eq!(got["max_output_tokens"], 50, "{}", got);
+    // One process per ledger: the next proxy starts once this one is gone.
+    drop(p);
     let p = Proxy::start(&cfg(json!("max_completion_tokens")));
     let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
     assert_eq!(
@@ -809,10 +818,12 @@ fn cap_max_tokens_forwards_what_the_reservation_covers() {
         "{}",
         got
     );
+    drop(p);
     // Off (the default): forwarded as sent.
     let p = Proxy::start(&cfg(json!(false)));
     let got = sent(&p, "/v1/chat/completions", &body("m", "u", json!({})));
     assert!(got.get("max_tokens").is_none(), "{}", got);
+    drop(p);
     // A typo is an error, not a silent "off".
     let err = Proxy::try_start(&cfg(json!("max-tokens")), &[], &[])
         .err()

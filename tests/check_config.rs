@@ -131,7 +131,8 @@ fn the_listening_line_comes_only_after_the_ledger_is_open() {
     .expect("a server that cannot open its ledger must not say it listens")
     .join("\n");
     assert!(
-        logs.contains("cannot open usage ledger /nonexistent-modelmux-dir/usage.jsonl")
+        logs.contains("cannot open usage ledger")
+            && logs.contains("/nonexistent-modelmux-dir/usage.jsonl")
             && !logs.contains("listening"),
         "{}",
         logs

@@ -68,7 +68,7 @@ fn per_user_series_go_only_to_the_admin_or_metrics_key() {
     chat_as(&p, ANN);
     let ann_requests = format!("modelmux_user_requests_total{{user=\"{}\"}} 2\n", ANN);
     let ann_prompt = format!(
-        "modelmux_user_tokens_total{{user=\"{}\",direction=\"prompt\"}} 4\n",
+        "modelmux_user_tokens_total{{user=\"{}\",direction=\"prompt\",estimated=\"false\"}} 4\n",
         ANN
     );
     for token in [Some(READER), Some(ADMIN)] {
@@ -88,7 +88,9 @@ fn per_user_series_go_only_to_the_admin_or_metrics_key() {
             token,
             m
         );
-        assert!(m.contains("modelmux_tokens_total{model=\"m\",direction=\"prompt\"} 4\n"));
+        assert!(m.contains(
+            "modelmux_tokens_total{model=\"m\",direction=\"prompt\",estimated=\"false\"} 4\n"
+        ));
         prometheus_parse::Scrape::parse(m.lines().map(|l| Ok(l.to_string()))).unwrap();
     }
 }
@@ -113,7 +115,7 @@ fn without_any_key_per_user_series_are_served_to_no_one() {
             std::time::Duration::from_secs(5),
             || {
                 scrape(&p, token)
-                    .contains("modelmux_tokens_total{model=\"m\",direction=\"prompt\"} 2\n")
+                    .contains("modelmux_tokens_total{model=\"m\",direction=\"prompt\",estimated=\"false\"} 2\n")
             },
         );
         let m = scrape(&p, token);
@@ -148,13 +150,13 @@ fn per_user_series_stop_at_max_users_and_the_rest_are_summed() {
         [
             "modelmux_user_requests_total{user=\"u1\"} 2",
             "modelmux_user_requests_total{user=\"u2\"} 1",
-            "modelmux_user_tokens_total{user=\"u1\",direction=\"prompt\"} 4",
-            "modelmux_user_tokens_total{user=\"u1\",direction=\"completion\"} 4",
-            "modelmux_user_tokens_total{user=\"u2\",direction=\"prompt\"} 2",
-            "modelmux_user_tokens_total{user=\"u2\",direction=\"completion\"} 2",
+            "modelmux_user_tokens_total{user=\"u1\",direction=\"prompt\",estimated=\"false\"} 4",
+            "modelmux_user_tokens_total{user=\"u1\",direction=\"completion\",estimated=\"false\"} 4",
+            "modelmux_user_tokens_total{user=\"u2\",direction=\"prompt\",estimated=\"false\"} 2",
+            "modelmux_user_tokens_total{user=\"u2\",direction=\"completion\",estimated=\"false\"} 2",
             "modelmux_user_other_requests_total 3",
-            "modelmux_user_other_tokens_total{direction=\"prompt\"} 6",
-            "modelmux_user_other_tokens_total{direction=\"completion\"} 6",
+            "modelmux_user_other_tokens_total{direction=\"prompt\",estimated=\"false\"} 6",
+            "modelmux_user_other_tokens_total{direction=\"completion\",estimated=\"false\"} 6",
         ],
         "{}",
         m

@@ -312,7 +312,7 @@ mod tests {
             ),
             (
                 r#"{"openWebUI":{"jwtSecret":"s","jwtAud":"mm"}}"#,
-                "openWebUI.jwtAud: unknown field; did you mean \"jwtAudience\"?",
+                "openWebUI.jwtAud: unknown field; expected jwtSecret, jwtAudience or jwtIssuer",
             ),
             (
                 r#"{"openWebUI":{"jwtAudience":"mm"}}"#,

@@ -1,16 +1,19 @@
 //! The usage ledger: one JSON line per finished proxied request, appended with one write each
-//! (a `kill -9` loses nothing already written and tears no line), rotated by size, and read
-//! back at start so totals survive restarts. Never message content, never a secret.
+//! (a `kill -9` loses nothing already written and tears no line), rotated by size (never
+//! dropping a file that may hold a line of the current month), and read back as a stream at
+//! start (budgets survive restarts) and for `/usage`. One writer per ledger, enforced by a lock
+//! file. Never message content, never a secret.
 
 use super::clock;
 use crate::usage::Usage;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
-/// Rotated files kept beside the live one (`usage.jsonl.1` … `.3`).
+/// Rotated files always kept beside the live one (`usage.jsonl.1` … `.3`); older ones are kept
+/// while they may hold a line of the current month.
 const KEEP: usize = 3;
 
 /// One finished proxied request, as the ledger records it.
@@ -73,34 +76,75 @@ impl Entry {
     }
 
     /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
+    /// Read field by field, without building a JSON tree: start and `/usage` read every line.
     pub fn from_line(line: &str) -> Option<Entry> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-        Some(Entry {
-            ts: s("ts")?,
-            request_id: s("request_id").unwrap_or_default(),
-            user: s("user")?,
-            key: s("key").unwrap_or_default(),
-            end_user: s("end_user"),
-            model: s("model")?,
-            backend: s("backend"),
-            path: s("path").unwrap_or_default(),
-            status: u16::try_from(n("status")).unwrap_or(0),
-            usage: Usage {
-                prompt: n("prompt_tokens"),
-                completion: n("completion_tokens"),
-                cached: n("cached_tokens"),
-                reasoning: n("reasoning_tokens"),
-                estimated: v
-                    .get("estimated")
-                    .and_then(|x| x.as_bool())
-                    .unwrap_or(false),
-            },
-            duration_ms: n("duration_ms"),
-            ttfb_ms: v.get("ttfb_ms").and_then(|x| x.as_u64()),
-            outcome: s("outcome").unwrap_or_default(),
-        })
+        serde_json::from_str::<Parsed>(line).ok()?.0
+    }
+}
+
+/// A line read back: an entry, or `None` when a field it needs is missing.
+struct Parsed(Option<Entry>);
+
+impl<'de> serde::Deserialize<'de> for Parsed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Parsed, D::Error> {
+        d.deserialize_map(LineVisitor)
+    }
+}
+
+struct LineVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LineVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a usage ledger line")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        use serde_json::Value;
+        let (mut ts, mut user, mut model) = (None, None, None);
+        let mut e = Entry::default();
+        // As before: a field of the wrong type reads as absent (a string) or 0 (a number).
+        let text = |v: Value| match v {
+            Value::String(s) => Some(s),
+            _ => None,
+        };
+        let num = |v: Value| v.as_u64().unwrap_or(0);
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match k.as_ref() {
+                "ts" => ts = text(map.next_value()?),
+                "user" => user = text(map.next_value()?),
+                "model" => model = text(map.next_value()?),
+                "request_id" => e.request_id = text(map.next_value()?).unwrap_or_default(),
+                "key" => e.key = text(map.next_value()?).unwrap_or_default(),
+                "end_user" => e.end_user = text(map.next_value()?),
+                "backend" => e.backend = text(map.next_value()?),
+                "path" => e.path = text(map.next_value()?).unwrap_or_default(),
+                "outcome" => e.outcome = text(map.next_value()?).unwrap_or_default(),
+                "status" => e.status = u16::try_from(num(map.next_value()?)).unwrap_or(0),
+                "prompt_tokens" => e.usage.prompt = num(map.next_value()?),
+                "completion_tokens" => e.usage.completion = num(map.next_value()?),
+                "cached_tokens" => e.usage.cached = num(map.next_value()?),
+                "reasoning_tokens" => e.usage.reasoning = num(map.next_value()?),
+                "estimated" => {
+                    e.usage.estimated = map.next_value::<Value>()?.as_bool().unwrap_or(false)
+                }
+                "duration_ms" => e.duration_ms = num(map.next_value()?),
+                "ttfb_ms" => e.ttfb_ms = map.next_value::<Value>()?.as_u64(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Parsed(match (ts, user, model) {
+            (Some(ts), Some(user), Some(model)) => Some(Entry {
+                ts,
+                user,
+                model,
+                ..e
+            }),
+            _ => None,
+        }))
     }
 }
 
@@ -108,18 +152,31 @@ impl Entry {
 pub struct Ledger {
     path: PathBuf,
     max_bytes: u64,
-    file: Mutex<Option<(File, u64)>>,
+    file: Mutex<Option<Open>>,
+    /// `<usageLog>.lock`, held for the life of the process: one writer per ledger.
+    _lock: Option<File>,
     last_warning_ms: AtomicI64,
 }
 
+/// The file lines are appended to, its size, and which file it is (device, inode).
+struct Open {
+    file: File,
+    size: u64,
+    id: (u64, u64),
+}
+
 impl Ledger {
-    /// Opens (creating) the ledger for appending; an error names the path.
+    /// Takes the ledger's writer lock and opens (creating) it for appending; an error names the
+    /// path. A ledger another process writes is an error: two writers renaming one file under
+    /// each other lose lines.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Ledger, String> {
+        let lock = lock_writer(path)?;
         let file = open_append(path)?;
         Ok(Ledger {
             path: path.to_path_buf(),
             max_bytes,
             file: Mutex::new(Some(file)),
+            _lock: lock,
             last_warning_ms: AtomicI64::new(i64::MIN),
         })
     }
@@ -148,22 +205,34 @@ impl Ledger {
         false
     }
 
-    fn write_locked(&self, slot: &mut Option<(File, u64)>, line: &[u8]) -> Result<(), String> {
+    fn write_locked(&self, slot: &mut Option<Open>, line: &[u8]) -> Result<(), String> {
+        // Someone moved or deleted the file (a logrotate, an operator): lines written to the
+        // open descriptor would land in a file nobody reads, or in none. One `stat` per line.
+        if slot
+            .as_ref()
+            .is_some_and(|o| file_id(&self.path) != Some(o.id))
+        {
+            log::warn!(
+                "usage ledger {}: the path no longer names the open file (moved or deleted); reopening it",
+                self.path.display()
+            );
+            *slot = None;
+        }
         if slot.is_none() {
             *slot = Some(open_append(&self.path)?);
         }
         let needs_rotation = slot
             .as_ref()
-            .is_some_and(|(_, size)| *size > 0 && size + line.len() as u64 > self.max_bytes);
+            .is_some_and(|o| o.size > 0 && o.size + line.len() as u64 > self.max_bytes);
         if needs_rotation {
             *slot = None;
-            rotate(&self.path)?;
+            rotate(&self.path, clock::now_ms().div_euclid(1000))?;
             *slot = Some(open_append(&self.path)?);
         }
-        let (file, size) = slot.as_mut().ok_or("ledger not open")?;
-        match file.write_all(line) {
+        let o = slot.as_mut().ok_or("ledger not open")?;
+        match o.file.write_all(line) {
             Ok(()) => {
-                *size += line.len() as u64;
+                o.size += line.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -173,21 +242,83 @@ impl Ledger {
             }
         }
     }
+
+    /// The ledger's files opened for reading, consistent with each other: no rotation runs
+    /// while they are opened, and the live file is read up to its size now.
+    pub fn sources(&self) -> Result<Vec<Source>, String> {
+        let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        open_sources_once(&self.path)
+    }
 }
 
-fn open_append(path: &Path) -> Result<(File, u64), String> {
+/// Locks `<path>.lock` for this process, or says who holds it. A ledger that is not a regular
+/// file (`/dev/null`, `/dev/full`) is never rotated and gets no lock file beside it.
+fn lock_writer(path: &Path) -> Result<Option<File>, String> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Ok(None);
+    }
+    let lock_path = suffixed(path, ".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            format!(
+                "cannot open usage ledger lock {}: {}",
+                lock_path.display(),
+                e
+            )
+        })?;
+    match crate::lifecycle::try_lock_exclusive(&file) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Err(format!(
+            "usage ledger {} is already written by another process (it holds {}); give each modelmux process its own usageLog",
+            path.display(),
+            lock_path.display()
+        )),
+        Err(e) => Err(format!("cannot lock {}: {}", lock_path.display(), e)),
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn open_append(path: &Path) -> Result<Open, String> {
+    use std::os::unix::fs::MetadataExt;
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| format!("cannot open usage ledger {}: {}", path.display(), e))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok((file, size))
+    let (size, id) = file
+        .metadata()
+        .map(|m| (m.len(), (m.dev(), m.ino())))
+        .map_err(|e| format!("cannot open usage ledger {}: {}", path.display(), e))?;
+    Ok(Open { file, size, id })
 }
 
-/// `usage.jsonl` → `.1` → `.2` → `.3`; the oldest is dropped.
-fn rotate(path: &Path) -> Result<(), String> {
-    for i in (1..KEEP).rev() {
+/// `usage.jsonl` → `.1` → `.2` → …: the first `KEEP` rotated files are always kept, and an
+/// older one only while it may hold a line of the current UTC month (its last write is in it),
+/// so no budget window still open ever loses its history, whatever `usageLogMaxBytes` is.
+fn rotate(path: &Path, now_secs: i64) -> Result<(), String> {
+    let (y, m, _) = clock::civil_from_days(now_secs.div_euclid(86_400));
+    let month_start = clock::days_from_civil(y, m, 1) * 86_400;
+    let n = rotated_count(path);
+    // Files are numbered by age: the first one written before this month, and every older
+    // one, go.
+    let last = (KEEP..=n)
+        .find(|&i| last_write_before(&numbered(path, i), month_start))
+        .map_or(n, |i| i - 1);
+    for i in (last + 1..=n).rev() {
+        match std::fs::remove_file(numbered(path, i)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+            _ => {}
+        }
+    }
+    for i in (1..=last).rev() {
         let from = numbered(path, i);
         if from.exists() {
             std::fs::rename(&from, numbered(path, i + 1)).map_err(|e| e.to_string())?;
@@ -196,44 +327,176 @@ fn rotate(path: &Path) -> Result<(), String> {
     std::fs::rename(path, numbered(path, 1)).map_err(|e| e.to_string())
 }
 
+/// The highest number of a rotated file (numbers past `KEEP` are contiguous).
+fn rotated_count(path: &Path) -> usize {
+    let mut n = 0;
+    let mut i = 1;
+    loop {
+        if numbered(path, i).exists() {
+            n = i;
+        } else if i > KEEP {
+            return n;
+        }
+        i += 1;
+    }
+}
+
+/// True when the file was last written before `t` (every line in it is older, since a line's
+/// time is taken before it is written), or cannot be looked at.
+fn last_write_before(path: &Path, t: i64) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|m| {
+            m.duration_since(std::time::UNIX_EPOCH)
+                .map_or(true, |d| (d.as_secs() as i64) < t)
+        })
+        .unwrap_or(true)
+}
+
 fn numbered(path: &Path, i: usize) -> PathBuf {
+    suffixed(path, &format!(".{}", i))
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{}", i));
+    s.push(suffix);
     PathBuf::from(s)
 }
 
-/// Every entry of the ledger and its rotated files, oldest first, and how many lines were not
-/// entries. Missing files are empty.
-pub fn read_all(path: &Path) -> Result<(Vec<Entry>, usize), String> {
-    let mut entries = Vec::new();
-    let mut skipped = 0;
-    let files: Vec<PathBuf> = (1..=KEEP)
+/// One ledger file opened for reading, with the bytes to read of it and its last write.
+pub struct Source {
+    name: PathBuf,
+    file: File,
+    len: u64,
+    modified_secs: i64,
+}
+
+/// The ledger's files, oldest first (rotated ones by number, then the live one), opened now:
+/// renames while they are read change nothing. A rotation while they are being opened (by a
+/// running proxy) is seen by the live file changing, and the opening is done again.
+pub fn open_sources(path: &Path) -> Result<Vec<Source>, String> {
+    for _ in 0..5 {
+        let before = file_id(path);
+        let sources = open_sources_once(path)?;
+        if file_id(path) == before {
+            return Ok(sources);
+        }
+    }
+    open_sources_once(path)
+}
+
+fn open_sources_once(path: &Path) -> Result<Vec<Source>, String> {
+    let files: Vec<PathBuf> = (1..=rotated_count(path))
         .rev()
         .map(|i| numbered(path, i))
         .chain(std::iter::once(path.to_path_buf()))
         .collect();
-    for f in files {
-        let file = match File::open(&f) {
+    let mut out = Vec::new();
+    for name in files {
+        let file = match File::open(&name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read {}: {}", f.display(), e)),
+            Err(e) => return Err(format!("cannot read {}: {}", name.display(), e)),
         };
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {}", name.display(), e))?;
         // Only regular files hold lines (a device such as /dev/full or a FIFO never ends).
-        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        if !meta.is_file() {
             continue;
         }
-        for line in BufReader::new(file).split(b'\n') {
-            let line = line.map_err(|e| format!("cannot read {}: {}", f.display(), e))?;
-            if line.is_empty() {
-                continue;
-            }
-            match std::str::from_utf8(&line).ok().and_then(Entry::from_line) {
-                Some(e) => entries.push(e),
-                None => skipped += 1,
+        let modified_secs = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| d.as_secs() as i64);
+        out.push(Source {
+            name,
+            file,
+            len: meta.len(),
+            modified_secs,
+        });
+    }
+    Ok(out)
+}
+
+/// Longest line read back; a longer one is not a ledger line (skipped, not kept in memory).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Streams the entries of `sources` whose day is in `since..until` to `f`, oldest first, one
+/// line in memory at a time; returns how many lines were not entries. Files last written
+/// before `since` are not read, and lines outside the range are skipped by their leading
+/// `ts` without being parsed.
+pub fn scan(
+    sources: Vec<Source>,
+    since: Option<i64>,
+    until: Option<i64>,
+    mut f: impl FnMut(Entry),
+) -> Result<usize, String> {
+    let in_range = |day: i64| since.is_none_or(|s| day >= s) && until.is_none_or(|u| day < u);
+    let mut skipped = 0;
+    let mut line = Vec::new();
+    for s in sources {
+        if since.is_some_and(|d| s.modified_secs.div_euclid(86_400) < d) {
+            continue;
+        }
+        let mut r = BufReader::with_capacity(64 * 1024, s.file.take(s.len));
+        loop {
+            line.clear();
+            let whole = read_line(&mut r, &mut line)
+                .map_err(|e| format!("cannot read {}: {}", s.name.display(), e))?;
+            match whole {
+                None => break,
+                Some(false) => skipped += 1,
+                Some(true) if line.is_empty() => {}
+                Some(true) => {
+                    // The ledger writes `{"ts":"YYYY-MM-DD…` first.
+                    let day = line
+                        .strip_prefix(b"{\"ts\":\"")
+                        .and_then(|rest| rest.get(..10))
+                        .and_then(|d| std::str::from_utf8(d).ok())
+                        .and_then(clock::parse_day);
+                    if day.is_some_and(|d| !in_range(d)) {
+                        continue;
+                    }
+                    match std::str::from_utf8(&line).ok().and_then(Entry::from_line) {
+                        Some(e) if clock::parse_day(&e.ts).is_some_and(in_range) => f(e),
+                        Some(_) => {}
+                        None => skipped += 1,
+                    }
+                }
             }
         }
     }
-    Ok((entries, skipped))
+    Ok(skipped)
+}
+
+/// Reads one line (without its newline) into `buf`: `None` at the end, `Some(false)` for a
+/// line longer than `MAX_LINE` (consumed, not kept).
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(!too_long));
+        }
+        any = true;
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long && buf.len() + take <= MAX_LINE {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        r.consume(take + usize::from(done));
+        if done {
+            return Ok(Some(!too_long));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +532,9 @@ mod tests {
             ledger.append(&entry(i));
         }
         assert!(numbered(&path, 3).exists() && !numbered(&path, 4).exists());
+        // Nothing rotated so far was written before this month: all of it is kept.
+        let written_now = rotated_count(&path);
+        assert_eq!(written_now, 3);
         // A torn last line (disk full mid-write) is skipped, not fatal.
         std::fs::OpenOptions::new()
             .append(true)
@@ -276,12 +542,124 @@ mod tests {
             .unwrap()
             .write_all(b"{\"ts\":\"2026")
             .unwrap();
-        let (read, skipped) = read_all(&path).unwrap();
-        // Three rotated files of three lines and the live one of one: all ten, oldest first.
+        let mut read = Vec::new();
+        let skipped = scan(open_sources(&path).unwrap(), None, None, |e| read.push(e)).unwrap();
+        // Three rotated files of three lines and the live one of one: all ten, oldest first
+        // (the rotated files were written this month, so none is dropped).
         let ids: Vec<String> = read.iter().map(|e| e.request_id.clone()).collect();
         assert_eq!(ids, (0..10).map(|i| format!("r{}", i)).collect::<Vec<_>>());
         assert_eq!(skipped, 1);
         assert_eq!(read.last(), Some(&entry(9)));
+        // A second writer on the same ledger is refused while the first one lives.
+        let err = Ledger::open(&path, one * 3).err().unwrap();
+        assert!(
+            err.contains("already written by another process"),
+            "{}",
+            err
+        );
+        drop(ledger);
+        assert!(Ledger::open(&path, one * 3).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rotation_drops_only_files_written_before_this_month() {
+        let dir = std::env::temp_dir().join(format!("mm-ledger-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.jsonl");
+        let now = 1_800_000_000; // 2027-01-15
+        let month_start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_798_761_600);
+        let write = |p: &Path, text: &str, at: std::time::SystemTime| {
+            std::fs::write(p, text).unwrap();
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        // .1 … .5 written this month, .6 and .7 the month before.
+        for i in 1..=5 {
+            write(
+                &numbered(&path, i),
+                &format!("{}", i),
+                month_start + hour * (10 - i as u32),
+            );
+        }
+        for i in 6..=7 {
+            write(
+                &numbered(&path, i),
+                &format!("{}", i),
+                month_start - hour * i as u32,
+            );
+        }
+        write(&path, "live", month_start + hour * 10);
+        rotate(&path, now).unwrap();
+        let text = |i| std::fs::read_to_string(numbered(&path, i)).ok();
+        assert_eq!(text(1).as_deref(), Some("live"));
+        assert_eq!(text(6).as_deref(), Some("5"));
+        assert_eq!((text(7), text(8)), (None, None));
+        // Next month, only the first three rotated files stay.
+        write(&path, "next", month_start + hour * 24 * 40);
+        rotate(&path, now + 40 * 86_400).unwrap();
+        assert_eq!(text(1).as_deref(), Some("next"));
+        assert_eq!(text(3).as_deref(), Some("1"));
+        assert_eq!((text(4), text(5)), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped_without_being_kept() {
+        let mut data = b"short\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        data.extend_from_slice(b"\nlast");
+        let mut r = BufReader::with_capacity(100, &data[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
+        assert_eq!(buf, b"short");
+        buf.clear();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
+        buf.clear();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
+        assert_eq!(buf, b"last");
+        buf.clear();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn lines_read_back_field_by_field_as_the_tree_read_them() {
+        let full = Entry {
+            backend: Some("b:1".into()),
+            ttfb_ms: Some(7),
+            status: 200,
+            ..entry(5)
+        };
+        assert_eq!(Entry::from_line(&full.to_line()), Some(full));
+        // Wrong types read as absent or 0; unknown fields are ignored; escapes are decoded.
+        let odd = r#"{"ts":"2026-11-02T10:00:00.000Z","user":"a\u00e9\n","model":"m","extra":{"x":[1]},"status":-3,"prompt_tokens":1.5,"completion_tokens":"9","key":7,"ttfb_ms":null,"estimated":true}"#;
+        let e = Entry::from_line(odd).unwrap();
+        assert_eq!(
+            (
+                e.user.as_str(),
+                e.status,
+                e.usage.prompt,
+                e.usage.completion
+            ),
+            ("a\u{e9}\n", 0, 0, 0)
+        );
+        assert_eq!(
+            (e.key.as_str(), e.ttfb_ms, e.usage.estimated),
+            ("", None, true)
+        );
+        for bad in [
+            r#"{"user":"a","model":"m"}"#,
+            r#"{"ts":"2026-11-02T10:00:00.000Z","user":null,"model":"m"}"#,
+            r#"["ts"]"#,
+            r#"{"ts":"2026"#,
+        ] {
+            assert_eq!(Entry::from_line(bad), None, "{}", bad);
+        }
     }
 }

@@ -43,11 +43,10 @@ use std::time::Duration;
 use store::Store;
 use totals::Totals;
 
-/// Process-wide policy state: the ledger and the totals rebuilt from it, the quotas and the
-/// per-model backend gates.
+/// Process-wide policy state: the ledger, the quotas and the per-model backend gates. Usage
+/// totals are not kept in memory: `/usage` reads them from the ledger when asked.
 pub struct Policy {
     ledger: Option<Ledger>,
-    totals: Mutex<Totals>,
     quotas: Mutex<QuotaState>,
     gates: Mutex<HashMap<String, GateEntry>>,
 }
@@ -153,10 +152,9 @@ pub struct Done<'a> {
 }
 
 impl Policy {
-    /// Opens the ledger (if configured), rebuilds the totals from it, and sets up the quotas
-    /// (their local counters seeded from the ledger, so a restart keeps today's spending).
+    /// Opens the ledger (if configured) and sets up the quotas, their local counters seeded
+    /// from this month's ledger lines, so a restart keeps the spending of every open window.
     pub fn start(settings: &PolicySettings) -> Result<Policy, String> {
-        let mut totals = Totals::default();
         let store = match &settings.limits_store {
             None => Store::local(),
             // The store's own message starts with `limitsStore:`.
@@ -181,36 +179,29 @@ impl Policy {
         let ledger = match &settings.usage_log {
             None => None,
             Some(path) => {
-                let (entries, skipped) = ledger::read_all(path)?;
-                for e in &entries {
-                    totals.add(e);
-                    // A refusal never counted against a limit.
-                    if !quotas.is_empty() && e.outcome != REFUSED {
-                        if let Some(ts) = clock::parse_rfc3339_secs(&e.ts) {
-                            let s = subject(&e.user, &e.key, &e.model);
-                            let tokens = e.usage.total();
-                            quotas.record_past(&s, tokens, ts as u64, now);
-                        }
+                // The lock first: a second process on this ledger stops here, before reading.
+                let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
+                // Redis keeps its own counters; only local ones are rebuilt.
+                if !quotas.is_empty() && settings.limits_store.is_none() {
+                    let (read, skipped) = seed_quotas(&ledger, &quotas, now)?;
+                    if skipped > 0 {
+                        log::warn!(
+                            "usage ledger {}: {} unreadable lines skipped",
+                            path.display(),
+                            skipped
+                        );
                     }
-                }
-                if skipped > 0 {
-                    log::warn!(
-                        "usage ledger {}: {} unreadable lines skipped",
+                    log::info!(
+                        "usage ledger {}: {} requests of this month read for the limits",
                         path.display(),
-                        skipped
+                        read
                     );
                 }
-                log::info!(
-                    "usage ledger {}: {} requests read",
-                    path.display(),
-                    entries.len()
-                );
-                Some(Ledger::open(path, settings.usage_log_max_bytes)?)
+                Some(ledger)
             }
         };
         Ok(Policy {
             ledger,
-            totals: Mutex::new(totals),
             quotas: Mutex::new(QuotaState {
                 rules: settings.limits.clone(),
                 failure: settings.limits_store_failure,
@@ -523,25 +514,65 @@ impl Policy {
                 metrics.ledger_failure();
             }
         }
-        self.totals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(entry);
     }
 
-    /// `GET /usage`: the totals for `q` as an OpenAI-style list.
-    pub fn report(&self, q: &Query) -> serde_json::Value {
-        let rows = self
-            .totals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .query(q);
-        totals::to_json(&rows, &q.by)
+    /// `GET /usage`: the totals for `q` as an OpenAI-style list, streamed from the ledger files
+    /// (what is on disk is the record; nothing per user is kept in memory between queries).
+    pub fn report(&self, q: &Query) -> Result<serde_json::Value, String> {
+        let mut t = Totals::new(q);
+        if let Some(l) = &self.ledger {
+            ledger::scan(l.sources()?, q.since, q.until, |e| t.add(&e))?;
+        }
+        Ok(totals::to_json(&t.rows(), &q.by))
     }
 }
 
 /// The ledger's `outcome` of a request modelmux refused before asking any backend.
 pub const REFUSED: &str = "refused";
+
+/// Rebuilds the local quota counters from this month's ledger lines; returns the lines counted
+/// and skipped. Lines are summed first by subject and by which of now's windows (minute, day,
+/// month) they fall in, then recorded once per sum: memory by subjects, not lines, and one
+/// rule lookup per sum rather than per line.
+fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, usize), String> {
+    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
+    let month = clock::days_from_civil(y, m, 1);
+    let w = windows::Windows::at(now);
+    // (user, key, model, same minute, same day, same month) → (tokens, a line's time, lines)
+    type Cell = (String, String, String, [bool; 3]);
+    let mut sums: HashMap<Cell, (u64, u64, u64)> = HashMap::new();
+    let mut read = 0u64;
+    let skipped = ledger::scan(ledger.sources()?, Some(month), None, |e| {
+        read += 1;
+        // A refusal never counted against a limit.
+        if e.outcome == REFUSED {
+            return;
+        }
+        let Some(ts) = clock::parse_rfc3339_secs(&e.ts) else {
+            return;
+        };
+        let ts = ts as u64;
+        let at = windows::Windows::at(ts);
+        let same = [at.minute == w.minute, at.day == w.day, at.month == w.month];
+        let tokens = e.usage.prompt.saturating_add(e.usage.completion);
+        let sum = sums
+            .entry((e.user, e.key, e.model, same))
+            .or_insert((0, ts, 0));
+        sum.0 = sum.0.saturating_add(tokens);
+        sum.2 += 1;
+    })?;
+    for ((user, key, model, same), (tokens, ts, lines)) in sums {
+        let s = subject(&user, &key, &model);
+        quotas.record_past(&s, tokens, ts, now);
+        // Requests are counted per minute only: each line of this minute is one.
+        if same[0] {
+            for _ in 1..lines {
+                quotas.record_past(&s, 0, ts, now);
+            }
+        }
+    }
+    Ok((read, skipped))
+}
 
 /// The quota subject of a request.
 fn subject(user: &str, key: &str, model: &str) -> Subject {
@@ -587,16 +618,17 @@ pub fn query(
     })
 }
 
-/// `modelmux usage`: the same totals read straight from the ledger files, as a table or JSON.
+/// `modelmux usage`: the same totals read straight from the ledger files, as a table or JSON,
+/// with every control, bidi and zero-width character of a ledger string escaped.
 pub fn usage_command(log: &std::path::Path, q: &Query, json: bool) -> Result<String, String> {
-    let (entries, _) = ledger::read_all(log)?;
-    let mut t = Totals::default();
-    for e in &entries {
-        t.add(e);
-    }
-    let rows = t.query(q);
+    let mut t = Totals::new(q);
+    ledger::scan(ledger::open_sources(log)?, q.since, q.until, |e| t.add(&e))?;
+    let rows = t.rows();
     Ok(if json {
-        format!("{}\n", totals::to_json(&rows, &q.by))
+        format!(
+            "{}\n",
+            totals::json_for_terminal(&totals::to_json(&rows, &q.by).to_string())
+        )
     } else {
         totals::to_table(&rows, &q.by)
     })

@@ -33,7 +33,7 @@ pub const OUTCOMES: [&str; 5] = [
 
 impl Counters {
     fn add(&mut self, o: &Counters) {
-        // Saturating: a ledger line may hold any number a backend reported.
+        // A ledger line can carry any count (a backend's nonsense, a hand edit): never wrap.
         self.requests = self.requests.saturating_add(o.requests);
         self.prompt = self.prompt.saturating_add(o.prompt);
         self.completion = self.completion.saturating_add(o.completion);
@@ -120,57 +120,65 @@ pub struct Row {
     pub counters: Counters,
 }
 
-/// Totals per (day, user, key, model).
-#[derive(Debug, Default)]
+/// The answer to one query, built from ledger entries streamed through it: memory by the
+/// number of groups in the answer, not by the number of lines or of days.
+#[derive(Debug)]
 pub struct Totals {
-    cells: BTreeMap<(i64, String, String, String), Counters>,
+    q: Query,
+    groups: BTreeMap<Vec<String>, Counters>,
 }
 
 impl Totals {
-    /// Counts one ledger entry (entries whose time cannot be read are skipped).
+    /// Empty totals for `q`.
+    pub fn new(q: &Query) -> Totals {
+        Totals {
+            q: q.clone(),
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one ledger entry if the query covers it (entries whose time cannot be read are
+    /// skipped).
     pub fn add(&mut self, e: &Entry) {
         let Some(day) = clock::parse_day(&e.ts) else {
             return;
         };
-        let c = self
-            .cells
-            .entry((day, e.user.clone(), e.key.clone(), e.model.clone()))
-            .or_default();
+        let q = &self.q;
+        if q.since.is_some_and(|s| day < s) || q.until.is_some_and(|u| day >= u) {
+            return;
+        }
+        if q.user.as_ref().is_some_and(|u| *u != e.user) {
+            return;
+        }
+        let group: Vec<&str> =
+            q.by.iter()
+                .map(|d| match d {
+                    Dim::User => e.user.as_str(),
+                    Dim::Key => e.key.as_str(),
+                    Dim::Model => e.model.as_str(),
+                })
+                .collect();
         let mut outcomes = [0; 5];
         if let Some(i) = OUTCOMES.iter().position(|o| *o == e.outcome) {
             outcomes[i] = 1;
         }
-        c.add(&Counters {
+        let add = Counters {
             requests: 1,
             prompt: e.usage.prompt,
             completion: e.usage.completion,
             cached: e.usage.cached,
             reasoning: e.usage.reasoning,
             outcomes,
-        });
+        };
+        self.groups
+            .entry(group.iter().map(|s| s.to_string()).collect())
+            .or_default()
+            .add(&add);
     }
 
-    /// The answer to `q`, rows sorted by group.
-    pub fn query(&self, q: &Query) -> Vec<Row> {
-        let mut groups: BTreeMap<Vec<String>, Counters> = BTreeMap::new();
-        for ((day, user, key, model), c) in &self.cells {
-            if q.since.is_some_and(|s| *day < s) || q.until.is_some_and(|u| *day >= u) {
-                continue;
-            }
-            if q.user.as_ref().is_some_and(|u| u != user) {
-                continue;
-            }
-            let group =
-                q.by.iter()
-                    .map(|d| match d {
-                        Dim::User => user.clone(),
-                        Dim::Key => key.clone(),
-                        Dim::Model => model.clone(),
-                    })
-                    .collect();
-            groups.entry(group).or_default().add(c);
-        }
-        groups
+    /// The rows, sorted by group.
+    pub fn rows(self) -> Vec<Row> {
+        self.groups
             .into_iter()
             .map(|(group, counters)| Row { group, counters })
             .collect()
@@ -224,7 +232,7 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
         .collect()];
     for r in rows {
         let c = r.counters;
-        let mut line = r.group.clone();
+        let mut line: Vec<String> = r.group.iter().map(|v| escape(v)).collect();
         line.extend(
             [
                 c.requests,
@@ -268,6 +276,49 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
     out
 }
 
+/// Characters that must not reach a terminal as they are: controls (C0, DEL, C1: escape
+/// sequences, newlines that forge rows), bidi marks, embeddings, overrides and isolates (they
+/// reorder what is shown), zero-width characters and line separators.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A ledger string for a table cell: `\\`, `\n`, `\r`, `\t` and `\u{…}` for every unsafe
+/// character, so what is shown is what is stored, unambiguously.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(|c| c == '\\' || unsafe_char(c)) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON text with every unsafe character that serde_json leaves raw (DEL, C1 controls, bidi
+/// and zero-width marks) written as a `\uXXXX` escape: the same JSON value, safe to print.
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if unsafe_char(c) {
+            // Every such character is in the Basic Multilingual Plane: one escape.
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,19 +342,27 @@ mod tests {
 
     #[test]
     fn sums_by_range_and_group() {
-        let mut t = Totals::default();
-        t.add(&e("2026-10-31T23:59:59.999Z", "a", "m1", 100, 100));
-        t.add(&e("2026-11-01T00:00:00.000Z", "a", "m1", 1, 2));
-        t.add(&e("2026-11-15T10:00:00.000Z", "a", "m2", 3, 4));
-        t.add(&e("2026-11-30T23:00:00.000Z", "b", "m1", 5, 6));
-        t.add(&e("2026-12-01T00:00:00.000Z", "b", "m1", 1000, 1000));
+        let entries = [
+            e("2026-10-31T23:59:59.999Z", "a", "m1", 100, 100),
+            e("2026-11-01T00:00:00.000Z", "a", "m1", 1, 2),
+            e("2026-11-15T10:00:00.000Z", "a", "m2", 3, 4),
+            e("2026-11-30T23:00:00.000Z", "b", "m1", 5, 6),
+            e("2026-12-01T00:00:00.000Z", "b", "m1", 1000, 1000),
+        ];
         let q = |by: &str| Query {
             since: clock::parse_day("2026-11-01"),
             until: clock::parse_day("2026-12-01"),
             by: parse_by(by).unwrap(),
             user: None,
         };
-        let rows = t.query(&q("user"));
+        let run = |q: &Query| {
+            let mut t = Totals::new(q);
+            for x in &entries {
+                t.add(x);
+            }
+            t.rows()
+        };
+        let rows = run(&q("user"));
         assert_eq!(rows.len(), 2);
         assert_eq!(
             (
@@ -317,7 +376,7 @@ mod tests {
             (rows[1].group[0].as_str(), rows[1].counters.completion),
             ("b", 6)
         );
-        let rows = t.query(&q("user,model"));
+        let rows = run(&q("user,model"));
         assert_eq!(rows.len(), 3);
         let json = to_json(&rows, &parse_by("user,model").unwrap());
         assert_eq!(json["data"][1]["model"], "m2");
@@ -333,5 +392,20 @@ mod tests {
             table
         );
         assert!(parse_by("team").is_err());
+    }
+
+    #[test]
+    fn ledger_strings_reach_a_terminal_escaped() {
+        let nasty = "a\u{1b}[31mred\nforged  9  9\u{202e}cba\u{2066}\u{7f}\u{85}\\z";
+        assert_eq!(
+            escape(nasty),
+            "a\\u{001b}[31mred\\nforged  9  9\\u{202e}cba\\u{2066}\\u{007f}\\u{0085}\\\\z"
+        );
+        assert_eq!(escape("plain-ü-名"), "plain-ü-名");
+        let json = serde_json::json!({"user": nasty}).to_string();
+        let safe = json_for_terminal(&json);
+        assert!(safe.chars().all(|c| !unsafe_char(c)), "{}", safe);
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["user"], nasty);
     }
 }
