@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# modelmux as a fully static musl binary in a FROM scratch image (the binary is about 3.1 MB;
+# modelmux as a fully static musl binary in a FROM scratch image (the binary is about 3.2 MB;
 # the image holds nothing else but a default config and an empty data folder: no shell, no
 # libc, no CA bundle: rustls uses the bundled webpki roots).
 #
