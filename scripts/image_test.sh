@@ -58,6 +58,10 @@ cleanup() {
   for c in "${containers[@]}"; do engine rm -f -v "$c" >/dev/null 2>&1 || true; done
   [ -n "$volume" ] && { engine volume rm -f "$volume" >/dev/null 2>&1 || true; }
   engine rmi -f "$tag" "$tag-probe" >/dev/null 2>&1 || true
+  # podman keeps the prebuilt stage as an untagged image; its build log names it.
+  local stage
+  stage="$(sed -n 's/^.*STEP 1\/1: FROM \([0-9a-f]\{64\}\) AS binary$/\1/p' "$tmp/build.log" 2>/dev/null | head -n 1)"
+  [ -n "$stage" ] && { engine rmi "$stage" >/dev/null 2>&1 || true; }
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp" "${ENGINE_CONF_DIR:-}"
