@@ -1,5 +1,5 @@
 # modelmux: everyday commands. `make test` is what CI runs (.ci/run).
-.PHONY: build run test lint check static bench bench-peers conformance vendor-check clean
+.PHONY: build run test lint check static image image-test deploy-check bench bench-peers conformance vendor-check clean
 
 build:
 	cargo build --release --bin modelmux
@@ -20,6 +20,18 @@ check: lint test
 
 static:
 	./scripts/static.sh
+
+# The FROM scratch image from the static binary, with podman or docker (IMAGE=modelmux:local).
+image:
+	./scripts/image.sh
+
+# The image built and run as the deploy recipes run it (skips loudly when no engine can run here).
+image-test:
+	./scripts/image_test.sh
+
+# The deploy recipes parse, agree with each other, and state the numbers --help states.
+deploy-check:
+	./scripts/deploy_check.sh
 
 bench:
 	./scripts/bench.sh
