@@ -39,6 +39,7 @@ mod reply;
 mod route;
 mod server;
 pub mod start;
+mod telemetry;
 mod tls;
 mod upstream;
 mod usage;

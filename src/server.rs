@@ -334,6 +334,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             let mut text = metrics.render(app.gate.waiting(), personal);
             text.push_str(&admin::backend_metrics(&live));
             text.push_str(&app.policy.metrics_text());
+            text.push_str(&crate::telemetry::metrics_text());
             let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(
