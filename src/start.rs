@@ -85,6 +85,7 @@ fn run(o: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot start logging: {}", e))?;
     lifecycle::raise_fd_limit();
     crate::access_log::set_format(o.log_format);
+    crate::telemetry::init();
     // A request a handler dropped unanswered (a bug or a panic) still gets a body an OpenAI
     // client can read.
     tiny_http::limits::set_unanswered_body(
@@ -141,7 +142,7 @@ fn run(o: Options) -> Result<(), String> {
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
     lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
     crate::discovery::spawn(Arc::clone(&shared));
-    server::serve(
+    let served = server::serve(
         listener,
         Settings {
             workers: o.workers,
@@ -154,7 +155,10 @@ fn run(o: Options) -> Result<(), String> {
         policy,
         stopper,
         &announce,
-    )
+    );
+    // After the drain: the last requests' spans go out too.
+    crate::telemetry::shutdown();
+    served
 }
 
 /// `--check-config`: loads the config as the server would (clients built, CA files read), opens

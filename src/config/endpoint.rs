@@ -40,6 +40,8 @@ pub struct Endpoint {
     /// `injectStreamUsage` (default on): ask this backend for the usage chunk on streams and
     /// hide it from clients that did not ask for it.
     pub inject_stream_usage: bool,
+    /// `providerName` (default `openai`): `gen_ai.provider.name` on this endpoint's trace spans.
+    pub provider_name: String,
     /// `maxQueueWaitSecs` (default 30): how long a request waits for a backend below its cap.
     pub max_queue_wait: Duration,
     /// `defaultMaxTokens`: the completion tokens a request without `max_tokens` reserves.
@@ -109,6 +111,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "maxQueueWaitSecs",
     "defaultMaxTokens",
     "capMaxTokens",
+    "providerName",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -147,6 +150,16 @@ pub(super) fn parse_endpoint(
         parse_endpoint_probe(obj.get("health"))?.unwrap_or(defaults.probe_interval);
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
+    let provider_name = match opt_string(obj, "providerName")? {
+        None => "openai".to_string(),
+        Some(p) if !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_graphic()) => p,
+        Some(_) => {
+            return Err(FieldError::new(
+                "providerName",
+                "expected a short name without spaces, e.g. \"vllm\" or \"openai\"",
+            ))
+        }
+    };
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
         None | Some(Value::Null) => crate::policy::DEFAULT_MAX_QUEUE_WAIT,
         Some(v) => match v.as_f64() {
@@ -190,6 +203,7 @@ pub(super) fn parse_endpoint(
         default_max_tokens,
         forward_user_headers,
         inject_stream_usage,
+        provider_name,
         display_name,
         timeouts,
         headers,

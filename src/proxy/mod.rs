@@ -17,6 +17,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::policy::{Admission, Asked, Done, Identity, Policy, REFUSED};
 use crate::route::{Route, Target};
+use crate::telemetry;
 use crate::upstream::{self, Failure};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
@@ -265,7 +266,11 @@ fn attempt(
     };
     let next_pick = |tried: &[Pick]| select.next(tried);
     let mut tried: Vec<Pick> = Vec::new();
-    let (mut pick, mut permit) = match next_pick(&tried) {
+    telemetry::server_admitted(&admission.identity.user);
+    let asked_at = Instant::now();
+    let first = next_pick(&tried);
+    telemetry::server_queue_wait(asked_at.elapsed());
+    let (mut pick, mut permit) = match first {
         Ok(Some(p)) => p,
         // Refusals: no backend was asked, so the request uses up no budget.
         Ok(None) => {
@@ -291,7 +296,20 @@ fn attempt(
             return fail_released(admission, request, e, ctx, summary);
         };
         let in_flight = live.balancer.start(pick);
-        let outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
+        let mut outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
+        let json = inbound.json.as_ref();
+        let span = telemetry::client_begin(&telemetry::Attempt {
+            method: inbound.method,
+            path: &target.path,
+            model: &backend.actual_model_name,
+            provider: &endpoint.provider_name,
+            url: &backend.url,
+            stream: inbound.streaming(),
+            max_tokens: json.and_then(|j| j.max_tokens()),
+            temperature: json.and_then(|j| j.get_f64("temperature")),
+            top_p: json.and_then(|j| j.get_f64("top_p")),
+        });
+        span.inject(&mut outgoing.headers);
         let from = answer::Source {
             endpoint,
             pick,
@@ -310,13 +328,23 @@ fn attempt(
                 {
                     live.balancer.hold_off(pick, secs);
                 }
+                span.fail(&r.status().to_string(), Some(r.status()));
                 (Failure::Status(r.status()), Some(r))
             }
             Ok(r) => {
                 live.balancer.success(pick);
-                return answer::relay(request, r, &from, in_flight, ctx, summary, started);
+                let s = answer::relay(request, r, &from, in_flight, ctx, summary, started);
+                let usage = s
+                    .usage
+                    .filter(|u| !u.estimated)
+                    .map(|u| [u.prompt, u.completion, u.cached, u.reasoning]);
+                span.finish(s.status, s.outcome, usage, s.ttfb.map(|t| started + t));
+                return s;
             }
-            Err(f) => (f, None),
+            Err(f) => {
+                span.fail(f.cause(), None);
+                (f, None)
+            }
         };
         if !failure.is_backend_fault() {
             return fail_released(
