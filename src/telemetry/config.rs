@@ -99,26 +99,29 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> (Option<TraceConfig>, V
         .or(get("OTEL_EXPORTER_OTLP_HEADERS"))
         .map(|h| parse_headers(&h, &mut warnings))
         .unwrap_or_default();
-    let mut millis = |name: &str, default: u64| -> Duration {
+    // A whole number above 0 (`unit` names it in the warning).
+    let mut number = |name: &str, unit: &str, default: u64| -> u64 {
         match get(name).map(|v| v.parse::<u64>()) {
-            None => Duration::from_millis(default),
-            Some(Ok(n)) if n > 0 => Duration::from_millis(n),
+            None => default,
+            Some(Ok(n)) if n > 0 => n,
             Some(_) => {
                 warnings.push(format!(
-                    "traces: {} must be a whole number of milliseconds above 0; using {}",
-                    name, default
+                    "traces: {} must be a whole number of {} above 0; using {}",
+                    name, unit, default
                 ));
-                Duration::from_millis(default)
+                default
             }
         }
     };
-    let timeout = get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-        .map(|_| millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000))
-        .unwrap_or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000));
-    let delay = millis("OTEL_BSP_SCHEDULE_DELAY", 5_000);
-    let max_queue = millis("OTEL_BSP_MAX_QUEUE_SIZE", 2048).as_millis() as usize;
+    let timeout = Duration::from_millis(match get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+        Some(_) => number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "milliseconds", 10_000),
+        None => number("OTEL_EXPORTER_OTLP_TIMEOUT", "milliseconds", 10_000),
+    });
+    let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", "milliseconds", 5_000));
+    // Bounded so a typo cannot make the queue a memory hog.
+    let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE", "spans", 2048).min(1 << 16) as usize;
     let max_batch =
-        (millis("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).as_millis() as usize).min(max_queue);
+        (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "spans", 512) as usize).min(max_queue);
     let mut resource = Vec::new();
     let mut service_name = None;
     if let Some(attrs) = get("OTEL_RESOURCE_ATTRIBUTES") {
