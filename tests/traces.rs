@@ -234,6 +234,13 @@ fn spans_follow_a_request_from_the_caller_into_the_backend() {
         .unwrap();
     assert_eq!(attr(client, "server.port"), port);
     assert_eq!(attr(client, "http.response.status_code"), 200);
+    // Read from the relayed stream.
+    assert_eq!(attr(client, "gen_ai.response.id"), "chatcmpl-mock");
+    assert_eq!(attr(client, "gen_ai.response.model"), "llama-70b");
+    assert_eq!(
+        attr(client, "gen_ai.response.finish_reasons"),
+        &json!(["stop"])
+    );
     assert!(
         attr(client, "modelmux.time_to_first_chunk_seconds")
             .as_f64()
@@ -272,6 +279,11 @@ fn spans_follow_a_request_from_the_caller_into_the_backend() {
     let failed = pair.iter().find(|s| s["status"]["code"] == 2).unwrap();
     let ok = pair.iter().find(|s| s["status"]["code"] == 0).unwrap();
     assert_eq!(attr(failed, "error.type"), "connect");
+    assert!(attr(failed, "gen_ai.response.id").is_null());
+    // Read from the relayed JSON body.
+    assert_eq!(attr(ok, "gen_ai.response.id"), "chatcmpl-mock");
+    assert_eq!(attr(ok, "gen_ai.response.model"), "pair-real");
+    assert_eq!(attr(ok, "gen_ai.response.finish_reasons"), &json!(["stop"]));
     assert_eq!(ok["parentSpanId"], root["spanId"]);
     assert_eq!(ok["traceId"], root["traceId"]);
     assert!(n(failed, "end") <= n(ok, "start"));

@@ -9,6 +9,7 @@
 mod config;
 mod context;
 mod export;
+mod response;
 mod span;
 
 use context::{format_traceparent, parse_traceparent, random_id, valid_tracestate, SpanContext};
@@ -30,6 +31,21 @@ static TRACER: OnceLock<Tracer> = OnceLock::new();
 
 thread_local! {
     static CURRENT: RefCell<Option<Open>> = const { RefCell::new(None) };
+    /// The answer of this thread's recording CLIENT span, read as it is relayed.
+    static RESPONSE: RefCell<Option<response::ResponseTap>> = const { RefCell::new(None) };
+}
+
+/// Every piece of a relayed backend answer passes here; read only while a recording CLIENT
+/// span waits for it.
+pub fn response_bytes(data: &[u8]) {
+    if TRACER.get().is_none() {
+        return;
+    }
+    RESPONSE.with(|r| {
+        if let Some(t) = r.borrow_mut().as_mut() {
+            t.feed(data);
+        }
+    });
 }
 
 /// A span being recorded (or, sampled out, only carried for propagation).
@@ -291,6 +307,7 @@ pub fn client_begin(a: &Attempt) -> Client {
         if let Some(p) = port {
             s.set("server.port", u64::from(p));
         }
+        RESPONSE.with(|r| *r.borrow_mut() = Some(response::ResponseTap::default()));
     }
     Client(Some(open))
 }
@@ -332,6 +349,7 @@ impl Client {
         let (Some(tracer), Some(mut open)) = (TRACER.get(), self.0) else {
             return;
         };
+        RESPONSE.with(|r| r.borrow_mut().take());
         if let Some(st) = status {
             open.span.set("http.response.status_code", u64::from(st));
         }
@@ -354,6 +372,21 @@ impl Client {
         };
         let s = &mut open.span;
         s.set("http.response.status_code", u64::from(status));
+        if let Some(r) = RESPONSE.with(|r| r.borrow_mut().take()) {
+            let r = r.finish();
+            if let Some(id) = r.id {
+                s.set("gen_ai.response.id", id);
+            }
+            if let Some(m) = r.model {
+                s.set("gen_ai.response.model", m);
+            }
+            if !r.finish_reasons.is_empty() {
+                s.set(
+                    "gen_ai.response.finish_reasons",
+                    Value::Strs(r.finish_reasons),
+                );
+            }
+        }
         if let Some([input, output, cached, reasoning]) = usage {
             s.set("gen_ai.usage.input_tokens", input);
             s.set("gen_ai.usage.output_tokens", output);

@@ -10,6 +10,7 @@ pub enum Value {
     Int(i64),
     F64(f64),
     Bool(bool),
+    Strs(Vec<String>),
 }
 
 impl From<&str> for Value {
@@ -95,6 +96,9 @@ fn any_value(v: &Value) -> Json {
         Value::F64(f) if f.is_finite() => json!({ "doubleValue": f }),
         Value::F64(f) => json!({ "stringValue": f.to_string() }),
         Value::Bool(b) => json!({ "boolValue": b }),
+        Value::Strs(l) => json!({ "arrayValue": {
+            "values": l.iter().map(|s| json!({ "stringValue": s })).collect::<Vec<_>>()
+        } }),
     }
 }
 
