@@ -1140,7 +1140,9 @@ What the tables mean:
 - **Non-streaming**: wrk POSTs a three-word chat completion for a fixed time at 1, 16 and 64
   concurrent connections: straight at the mock (`direct`), through modelmux, through nginx,
   and (keep-alive, 1 and 16 connections) through modelmux with one optional feature on, to show
-  its cost: the access log (level `info`, to a file) and the usage ledger (`usageLog`).
+  its cost: the access log (level `info`, to a file), the usage ledger (`usageLog`), quota
+  limits (local and Redis), and traces (`OTEL_TRACES_SAMPLER=always_on`, every span exported
+  over OTLP/HTTP JSON to a sink on loopback; the CPU includes the exporter thread).
   *keep-alive* reuses each connection (what SDKs do); *new conn/request* sends
   `Connection: close`. `CPU us/req` is the process's utime + stime (`/proc/PID/stat`, every
   thread) over the middle of the run divided by the requests in that time (for `direct`, the
