@@ -4,17 +4,34 @@
 
 use super::config::TraceConfig;
 use super::span::{export_body, Span};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-enum Msg {
-    Span(Box<Span>),
-    /// Export everything queued, then answer.
-    Flush(SyncSender<()>),
+/// The spans waiting for export, and flushes waiting for them to go out.
+#[derive(Default)]
+struct Queue {
+    spans: Vec<Span>,
+    flushes: Vec<SyncSender<()>>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Woken when a batch is full or a flush is asked, not on every span: a wake-up per span
+    /// would cost the request path two context switches.
+    ready: Condvar,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub struct Exporter {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
     timeout: Duration,
 }
 
@@ -27,42 +44,41 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Exporter {
     pub fn start(config: TraceConfig) -> Result<Exporter, String> {
-        let (tx, rx) = sync_channel(config.max_queue);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            max_queue: config.max_queue,
+            max_batch: config.max_batch.max(1),
+        });
         let timeout = config.timeout;
+        let theirs = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || Worker::new(config).run(rx))
+            .spawn(move || Worker::new(config).run(&theirs))
             .map_err(|e| format!("cannot start the trace exporter: {}", e))?;
-        Ok(Exporter { tx, timeout })
+        Ok(Exporter { shared, timeout })
     }
 
     /// Queues a span; drops it (counted) when the queue is full.
     pub fn push(&self, span: Span) {
-        match self.tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                super::count_dropped(1)
-            }
+        let mut q = self.shared.lock();
+        if q.spans.len() >= self.shared.max_queue {
+            drop(q);
+            super::count_dropped(1);
+            return;
+        }
+        q.spans.push(span);
+        if q.spans.len() == self.shared.max_batch {
+            self.shared.ready.notify_one();
         }
     }
 
     /// Exports what is queued, waiting at most about two POST timeouts.
     pub fn flush(&self) {
         let (ack, done) = sync_channel(1);
-        let deadline = Instant::now() + self.timeout * 2 + Duration::from_secs(1);
-        // The queue may be full: keep offering until the deadline.
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.shared.lock().flushes.push(ack);
+        self.shared.ready.notify_one();
+        let _ = done.recv_timeout(self.timeout * 2 + Duration::from_secs(1));
     }
 }
 
@@ -85,39 +101,36 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Span> = Vec::new();
-        let mut due = Instant::now() + self.config.delay;
+    /// Forever: a batch when one is full, when the delay has passed, or on a flush.
+    fn run(mut self, shared: &Shared) {
         loop {
-            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(Msg::Span(s)) => {
-                    batch.push(*s);
-                    if batch.len() >= self.config.max_batch {
-                        self.export(&mut batch);
-                        due = Instant::now() + self.config.delay;
+            let (mut batch, flushes) = {
+                let mut q = shared.lock();
+                let due = Instant::now() + self.config.delay;
+                while q.spans.len() < shared.max_batch && q.flushes.is_empty() {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
+                    q = shared
+                        .ready
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
-                Ok(Msg::Flush(ack)) => {
-                    while let Ok(m) = rx.try_recv() {
-                        match m {
-                            Msg::Span(s) => batch.push(*s),
-                            Msg::Flush(other) => drop(other.try_send(())),
-                        }
-                        if batch.len() >= self.config.max_batch {
-                            self.export(&mut batch);
-                        }
-                    }
-                    self.export(&mut batch);
-                    let _ = ack.try_send(());
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.export(&mut batch);
-                    due = Instant::now() + self.config.delay;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.export(&mut batch);
-                    return;
-                }
+                let n = q.spans.len().min(shared.max_batch);
+                let batch: Vec<Span> = q.spans.drain(..n).collect();
+                // A flush is answered once everything queued before it has gone out.
+                let flushes = if q.spans.is_empty() {
+                    std::mem::take(&mut q.flushes)
+                } else {
+                    Vec::new()
+                };
+                (batch, flushes)
+            };
+            self.export(&mut batch);
+            for f in flushes {
+                let _ = f.try_send(());
             }
         }
     }
