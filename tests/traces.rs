@@ -471,9 +471,12 @@ fn small_queue(endpoint: &str, timeout_ms: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// One worker: spans end after the answer is sent, so a span push that waited for the
+/// exporter would show as the next request waiting for the worker.
 fn start_traced(backend: &MockBackend, env: &[(String, String)]) -> Proxy {
     let cfg = config_for(&[("m", &backend.url(), "", "real-m")]);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("CM_OPEN_WEBUI_PROXY_WORKERS", "1"));
     Proxy::start_with(&cfg, &env, &[])
 }
 
@@ -482,22 +485,27 @@ fn a_collector_answering_503_with_retry_after_is_retried_and_never_blocks_reques
     let rx = Receiver::start("503");
     let backend = MockBackend::start(Behavior::default());
     let p = start_traced(&backend, &small_queue(&rx.url, "2000"));
-    // The exporter sleeps a second per Retry-After while the requests go on.
+    // The exporter sleeps two seconds per Retry-After while the requests go on: a request
+    // that waited for it would take that long.
     let slowest = slowest_of(&p, 40);
-    assert!(slowest < Duration::from_millis(500), "{:?}", slowest);
+    assert!(slowest < Duration::from_secs(1), "{:?}", slowest);
     wait_until("spans dropped", Duration::from_secs(10), || {
         dropped(&p) > 0.0
     });
-    // Retried after the Retry-After second, then given up.
-    wait_until("retries", Duration::from_secs(10), || {
+    // Retried after the Retry-After seconds, then given up.
+    wait_until("retries", Duration::from_secs(15), || {
         rx.state()["posts"].as_u64().unwrap() >= 3
     });
     // Once the collector is back, spans arrive again.
     ureq::post(&format!("{}/mode", rx.url))
         .send_string("ok")
         .unwrap();
-    assert!(slowest_of(&p, 1) < Duration::from_millis(500));
-    rx.wait_spans(2);
+    assert!(slowest_of(&p, 1) < Duration::from_secs(1));
+    wait_until(
+        "spans after the collector is back",
+        Duration::from_secs(20),
+        || !rx.spans().is_empty(),
+    );
     // One warning for all those lost batches (at most once a minute).
     assert_eq!(p.count_logs("spans dropped"), 1, "{:#?}", p.logs());
 }
@@ -508,19 +516,20 @@ fn a_collector_down_or_too_slow_costs_requests_nothing_and_drops_are_counted() {
     // Down: nothing listens.
     let p = start_traced(&backend, &small_queue(&dead_url(), "500"));
     let slowest = slowest_of(&p, 30);
-    assert!(slowest < Duration::from_millis(500), "{:?}", slowest);
+    assert!(slowest < Duration::from_secs(1), "{:?}", slowest);
     wait_until("spans dropped", Duration::from_secs(10), || {
         dropped(&p) >= 60.0
     });
     assert!(p.count_logs("spans dropped") == 1, "{:#?}", p.logs());
     drop(p);
 
-    // Slow: the receiver takes 3 s, the POST timeout is 200 ms.
+    // Slow: the receiver takes 3 s, the POST timeout is 2 s; a request that waited for the
+    // exporter would take that long.
     let rx = Receiver::start("slow");
-    let p = start_traced(&backend, &small_queue(&rx.url, "200"));
+    let p = start_traced(&backend, &small_queue(&rx.url, "2000"));
     let slowest = slowest_of(&p, 30);
-    assert!(slowest < Duration::from_millis(500), "{:?}", slowest);
-    wait_until("spans dropped", Duration::from_secs(10), || {
+    assert!(slowest < Duration::from_secs(1), "{:?}", slowest);
+    wait_until("spans dropped", Duration::from_secs(20), || {
         dropped(&p) >= 60.0
     });
     assert!(rx.state()["posts"].as_u64().unwrap() >= 1);

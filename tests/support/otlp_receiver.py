@@ -8,7 +8,7 @@ protobuf mapping expects base64; like the OpenTelemetry Collector, the receiver 
 first, and refuses ids that are not hex of the right length.
 
 Prints its port on the first line of stdout. GET /spans answers what it received; POST /mode
-sets how it answers exports: `ok`, `503` (with Retry-After: 1) or `slow` (sleeps 3 s first).
+sets how it answers exports: `ok`, `503` (with Retry-After: 2) or `slow` (sleeps 3 s first).
 """
 import base64
 import json
@@ -104,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(3)
         if mode == "503":
-            return self.reply(503, b'{"code":14}', [("Retry-After", "1")])
+            return self.reply(503, b'{"code":14}', [("Retry-After", "2")])
         try:
             if self.path != "/v1/traces":
                 raise ValueError("export to %s, not /v1/traces" % self.path)
