@@ -297,17 +297,13 @@ fn attempt(
         };
         let in_flight = live.balancer.start(pick);
         let mut outgoing = outbound::outgoing(inbound, target, endpoint, backend, ctx.request_id);
-        let json = inbound.json.as_ref();
         let span = telemetry::client_begin(&telemetry::Attempt {
             method: inbound.method,
             path: &target.path,
             model: &backend.actual_model_name,
             provider: &endpoint.provider_name,
             url: &backend.url,
-            stream: inbound.streaming(),
-            max_tokens: json.and_then(|j| j.max_tokens()),
-            temperature: json.and_then(|j| j.get_f64("temperature")),
-            top_p: json.and_then(|j| j.get_f64("top_p")),
+            body: inbound.json.as_ref(),
         });
         span.inject(&mut outgoing.headers);
         let from = answer::Source {

@@ -249,10 +249,8 @@ pub struct Attempt<'a> {
     pub model: &'a str,
     pub provider: &'a str,
     pub url: &'a str,
-    pub stream: bool,
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
+    /// The client's JSON body: read only when the span is recorded.
+    pub body: Option<&'a crate::body::JsonObject>,
 }
 
 /// Opens a CLIENT span under the current SERVER span.
@@ -291,15 +289,17 @@ pub fn client_begin(a: &Attempt) -> Client {
         }
         s.set("gen_ai.provider.name", a.provider);
         s.set("gen_ai.request.model", a.model);
-        s.set("gen_ai.request.stream", a.stream);
-        if let Some(n) = a.max_tokens {
-            s.set("gen_ai.request.max_tokens", n);
-        }
-        if let Some(t) = a.temperature {
-            s.set("gen_ai.request.temperature", t);
-        }
-        if let Some(p) = a.top_p {
-            s.set("gen_ai.request.top_p", p);
+        if let Some(j) = a.body {
+            s.set("gen_ai.request.stream", j.stream());
+            if let Some(n) = j.max_tokens() {
+                s.set("gen_ai.request.max_tokens", n);
+            }
+            if let Some(t) = j.get_f64("temperature") {
+                s.set("gen_ai.request.temperature", t);
+            }
+            if let Some(p) = j.get_f64("top_p") {
+                s.set("gen_ai.request.top_p", p);
+            }
         }
         s.set("http.request.method", a.method);
         let (host, port) = address(a.url);
