@@ -48,5 +48,6 @@ mod proxy;
 mod redact;
 pub mod start;
 mod stream;
+mod telemetry;
 mod tls;
 mod translate;

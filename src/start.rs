@@ -86,6 +86,7 @@ fn run(o: Options) -> Result<(), String> {
     lifecycle::raise_fd_limit();
     lifecycle::pin_malloc_thresholds();
     crate::http::access_log::set_format(o.log_format);
+    crate::telemetry::init();
     set_client_limits(&o);
     let shared =
         ConfigStore::load(&o.config, defaults, o.workers.min(1024)).map_err(|e| e.to_string())?;
@@ -130,7 +131,7 @@ fn run(o: Options) -> Result<(), String> {
     lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
     lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
     crate::backend::discovery::spawn(Arc::clone(&shared));
-    server::serve(
+    let served = server::serve(
         listener,
         Settings {
             workers: o.workers,
@@ -145,7 +146,10 @@ fn run(o: Options) -> Result<(), String> {
             stopper,
         },
         &announce,
-    )
+    );
+    // After the drain: the last requests' spans go out too.
+    crate::telemetry::shutdown();
+    served
 }
 
 /// What tiny_http allows a client: header size and timeouts, and the body of an answer a

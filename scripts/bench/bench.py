@@ -238,11 +238,48 @@ def variants():
         ("modelmux, usage ledger", {"usageLog": os.path.join(TMP, "usage.jsonl")}, {}),
         ("modelmux, limits (local)", {"limits": rules}, {}),
     ]
+    # Traces: every request recorded (always_on) and exported to a sink that answers 200.
+    sink = start_otlp_sink()
+    rows.append(("modelmux, traces (always_on)", {},
+                 {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:%d" % sink,
+                  "OTEL_TRACES_SAMPLER": "always_on"}))
     redis = start_redis()
     if redis:
         rows.append(("modelmux, limits (Redis)",
                      {"limits": rules, "limitsStore": "redis://127.0.0.1:%d/0" % redis}, {}))
     return rows
+
+
+OTLP_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def start_otlp_sink():
+    """An OTLP/HTTP endpoint that reads each export and answers 200, for the traces row (stopped
+    with the other children)."""
+    port = free_port()
+    spawn([sys.executable, "-c", OTLP_SINK, str(port)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return port
+        except OSError:
+            time.sleep(0.05)
+    return port
 
 
 def start_redis():
@@ -1103,7 +1140,9 @@ What the tables mean:
 - **Non-streaming**: wrk POSTs a three-word chat completion for a fixed time at 1, 16 and 64
   concurrent connections: straight at the mock (`direct`), through modelmux, through nginx,
   and (keep-alive, 1 and 16 connections) through modelmux with one optional feature on, to show
-  its cost: the access log (level `info`, to a file) and the usage ledger (`usageLog`).
+  its cost: the access log (level `info`, to a file), the usage ledger (`usageLog`), quota
+  limits (local and Redis), and traces (`OTEL_TRACES_SAMPLER=always_on`, every span exported
+  over OTLP/HTTP JSON to a sink on loopback; the CPU includes the exporter thread).
   *keep-alive* reuses each connection (what SDKs do); *new conn/request* sends
   `Connection: close`. `CPU us/req` is the process's utime + stime (`/proc/PID/stat`, every
   thread) over the middle of the run divided by the requests in that time (for `direct`, the

@@ -40,6 +40,8 @@ pub struct Endpoint {
     /// `injectStreamUsage` (default on): ask this backend for the usage chunk on streams and
     /// hide it from clients that did not ask for it.
     pub inject_stream_usage: bool,
+    /// `providerName` (default `openai`): `gen_ai.provider.name` on this endpoint's trace spans.
+    pub provider_name: String,
     /// `maxQueueWaitSecs` (default 30): how long a request waits for a backend below its cap.
     pub max_queue_wait: Duration,
     /// `defaultMaxTokens`: the completion tokens a request without `max_tokens` reserves.
@@ -123,6 +125,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "defaultMaxTokens",
     "capMaxTokens",
     "messagesApi",
+    "providerName",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -161,6 +164,7 @@ pub(super) fn parse_endpoint(
         parse_endpoint_probe(obj.get("health"))?.unwrap_or(defaults.probe_interval);
     let forward_user_headers = opt_bool(obj, "forwardUserHeaders")?.unwrap_or(false);
     let inject_stream_usage = opt_bool(obj, "injectStreamUsage")?.unwrap_or(true);
+    let provider_name = parse_provider_name(opt_string(obj, "providerName")?)?;
     let max_queue_wait = match obj.get("maxQueueWaitSecs") {
         None | Some(Value::Null) => DEFAULT_MAX_QUEUE_WAIT,
         Some(v) => match v.as_f64() {
@@ -206,6 +210,7 @@ pub(super) fn parse_endpoint(
         default_max_tokens,
         forward_user_headers,
         inject_stream_usage,
+        provider_name,
         display_name,
         timeouts,
         headers,
@@ -306,6 +311,21 @@ fn parse_tls(obj: &Map<String, Value>, ca_file: Option<&str>) -> Result<TlsPolic
 
 /// Default `maxQueueWaitSecs`.
 pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// `"providerName"`: the `gen_ai.provider.name` of this endpoint's trace spans (default
+/// `openai`).
+fn parse_provider_name(v: Option<String>) -> Result<String, FieldError> {
+    match v {
+        None => Ok("openai".to_string()),
+        Some(p) if !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(p)
+        }
+        Some(_) => Err(FieldError::new(
+            "providerName",
+            "expected a short name without spaces, e.g. \"vllm\" or \"openai\"",
+        )),
+    }
+}
 
 /// `"messagesApi": "translate" | "native"` (default translate).
 fn parse_messages_api(v: Option<&Value>) -> Result<MessagesApi, FieldError> {

@@ -15,6 +15,7 @@ use crate::metrics::{Metrics, RequestRecord};
 use crate::policy::identity::auth::{self, Caller};
 use crate::policy::Policy;
 use crate::proxy::{self, Ctx, Summary};
+use crate::telemetry;
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,6 +206,15 @@ impl App {
             metrics,
             policy: &self.policy,
         };
+        let traced = matches!(route, Route::ChatCompletions | Route::Passthrough);
+        if traced {
+            telemetry::server_begin(
+                &meta.method,
+                &meta.path,
+                &meta.request_id,
+                request.headers(),
+            );
+        }
         // A panic is this request's alone: tiny_http answers the dropped request with a 500
         // and the connection thread goes on serving.
         let summary = catch_unwind(AssertUnwindSafe(|| {
@@ -218,6 +228,10 @@ impl App {
                 ..Summary::default()
             }
         });
+        if traced {
+            let model = summary.model.as_deref().filter(|_| summary.routed);
+            telemetry::server_end(summary.status, model, summary.outcome, summary.refused);
+        }
         finish(&meta, &summary, metrics);
     }
 }
@@ -347,6 +361,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             let mut text = metrics.render(app.gate.waiting(), personal);
             text.push_str(&admin::backend_metrics(&live));
             text.push_str(&app.policy.metrics_text());
+            text.push_str(&telemetry::metrics_text());
             let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(

@@ -10,17 +10,20 @@ mod outbound;
 mod select;
 mod translation;
 
+use translation::Translation;
+
 use crate::backend::balance::Pick;
 use crate::backend::catalog::Resolved;
 use crate::backend::live::Live;
 use crate::backend::upstream::{self, Failure};
-use crate::config::Endpoint;
+use crate::config::{Backend, Endpoint};
 use crate::http::api_error::ApiError;
 use crate::http::headers;
 use crate::http::route::{Route, Target};
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
 use crate::policy::{Admission, Asked, Done, Identity, Permit, Policy, REFUSED};
+use crate::telemetry;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -276,8 +279,9 @@ struct Attempt<'a> {
 // One per request, moved a few times: boxing the response would add an allocation per call.
 #[allow(clippy::large_enum_variant)]
 enum End<'a> {
-    /// A backend's answer to relay: a success, or the last backend's own 429 or 5xx.
-    Relay(ureq::Response, answer::Source<'a>),
+    /// A backend's answer to relay: a success, or the last backend's own 429 or 5xx; with
+    /// the attempt's trace span, ended once the answer is relayed.
+    Relay(ureq::Response, answer::Source<'a>, telemetry::Client),
     /// Failed after admission: the reservation goes back, the request stays counted.
     Released(ApiError),
     /// Refused before any backend was asked: nothing is charged.
@@ -337,7 +341,11 @@ fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
         gone: &gone,
     };
     let mut summary = summary;
-    let ending = match select.next(&[]) {
+    telemetry::server_admitted(&a.admission.identity.user);
+    let asked_at = Instant::now();
+    let first = select.next(&[]);
+    telemetry::server_queue_wait(asked_at.elapsed());
+    let ending = match first {
         Ok(Some(first)) => a.failover(&select, first, &mut summary),
         // Refusals: no backend was asked, so the request uses up no budget.
         // Every backend asked to be left alone (429/503 with Retry-After): say until when.
@@ -424,16 +432,7 @@ impl<'a> Attempt<'a> {
         let translating = self
             .translation
             .filter(|_| messages::translated(self.target, endpoint));
-        let outgoing = match translating {
-            Some(t) => messages::outgoing(t, self.inbound, endpoint, &backend, self.ctx.request_id),
-            None => outbound::outgoing(
-                self.inbound,
-                self.target,
-                endpoint,
-                &backend,
-                self.ctx.request_id,
-            ),
-        };
+        let (outgoing, span) = self.outgoing(endpoint, &backend, translating);
         let from = answer::Source {
             endpoint,
             pick,
@@ -447,6 +446,7 @@ impl<'a> Attempt<'a> {
         match upstream::send(agent, outgoing, &self.inbound.model) {
             Ok(r) if r.status() == 429 || r.status() >= 500 => {
                 self.hold_off(pick, &r);
+                span.fail(&r.status().to_string(), Some(r.status()));
                 let failure = Failure::Status(r.status());
                 Err(Failed {
                     failure,
@@ -456,14 +456,52 @@ impl<'a> Attempt<'a> {
             }
             Ok(r) => {
                 live.balancer.success(pick);
-                Ok(End::Relay(r, from))
+                Ok(End::Relay(r, from, span))
             }
-            Err(failure) => Err(Failed {
-                failure,
-                kept: None,
-                from,
-            }),
+            Err(failure) => {
+                span.fail(failure.cause(), None);
+                Err(Failed {
+                    failure,
+                    kept: None,
+                    from,
+                })
+            }
         }
+    }
+
+    /// The request for this backend (translated when it gets a Messages request as a chat
+    /// completion), and its trace span, whose context the backend is sent.
+    fn outgoing(
+        &self,
+        endpoint: &Endpoint,
+        backend: &Backend,
+        translating: Option<&Translation>,
+    ) -> (upstream::Outgoing<'static>, telemetry::Client) {
+        let request_id = self.ctx.request_id;
+        let mut outgoing = match translating {
+            Some(t) => messages::outgoing(t, self.inbound, endpoint, backend, request_id),
+            None => outbound::outgoing(self.inbound, self.target, endpoint, backend, request_id),
+        };
+        let params = self.inbound.json.as_ref().map(|j| {
+            move || telemetry::RequestParams {
+                stream: j.stream(),
+                max_tokens: j.max_tokens(),
+                temperature: j.get_f64("temperature"),
+                top_p: j.get_f64("top_p"),
+            }
+        });
+        let span = telemetry::client_begin(&telemetry::Attempt {
+            method: self.inbound.method,
+            path: &self.target.path,
+            model: &backend.actual_model_name,
+            provider: &endpoint.provider_name,
+            url: &backend.url,
+            body: params
+                .as_ref()
+                .map(|f| f as &dyn Fn() -> telemetry::RequestParams),
+        });
+        span.inject(&mut outgoing.headers);
+        (outgoing, span)
     }
 
     /// A backend that says when to come back (429 or 503 with Retry-After) is left alone
@@ -510,7 +548,7 @@ impl<'a> Attempt<'a> {
     /// No backend is left: the last one's own 429 or 5xx goes back as it is, else its failure.
     fn last(&self, failed: Failed<'a>, permit: Option<Permit>) -> Ending<'a> {
         match failed.kept {
-            Some(r) => End::Relay(r, failed.from).holding(None, permit),
+            Some(r) => End::Relay(r, failed.from, telemetry::Client::none()).holding(None, permit),
             None => {
                 let e = failed.failure.to_api_error(&self.inbound.model);
                 End::Released(e).holding(Some(failed.from), permit)
@@ -522,7 +560,16 @@ impl<'a> Attempt<'a> {
     fn answer(&self, request: Request, ending: Ending, summary: Summary) -> Summary {
         let Ending { end, held, permit } = ending;
         let summary = match end {
-            End::Relay(r, from) => messages::relay(request, r, from, self.ctx, summary),
+            End::Relay(r, from, span) => {
+                let s = messages::relay(request, r, from, self.ctx, summary);
+                let usage = s
+                    .usage
+                    .filter(|u| !u.estimated)
+                    .map(|u| [u.prompt, u.completion, u.cached, u.reasoning]);
+                let first_byte = s.ttfb.map(|t| self.ctx.started + t);
+                span.finish(s.status, s.outcome, usage, first_byte);
+                s
+            }
             End::Released(e) => fail_released(self.admission, request, e, self.ctx, summary),
             End::Refused(e) => fail_refused(self.admission, request, e, self.ctx, summary),
             End::ClientGone => client_left(self.admission, request, summary),

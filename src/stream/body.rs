@@ -101,6 +101,11 @@ impl JsonObject {
         whole(self.get(key)?.get())
     }
 
+    /// A top-level member's value when it is a JSON number.
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
+        serde_json::from_str::<f64>(self.get(key)?.get()).ok()
+    }
+
     /// A top-level member's value when it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<String> {
         serde_json::from_str::<String>(self.get(key)?.get()).ok()

@@ -338,6 +338,7 @@ impl Pass<'_> {
         if let Some(t) = self.tap.as_mut() {
             t.feed(data);
         }
+        crate::telemetry::response_bytes(data);
         match self.strip.as_mut() {
             Some(s) => Cow::Owned(s.feed(data)),
             None => Cow::Borrowed(data),
