@@ -8,6 +8,8 @@
 //! - `proxy/`: one proxied request: read (`inbound`), its models named (`choose`), a backend
 //!   picked (`select`), the backend's request built (`outbound`), the failover loop in phases
 //!   (`mod.rs`) and the answer relayed (`answer`).
+//! - `telemetry/`: OpenTelemetry traces (OTLP/HTTP JSON over the HTTP client already linked):
+//!   a SERVER span per request and a CLIENT span per backend attempt, exported by one batch thread.
 //! - `translate/`: protocol translators (Anthropic Messages first) live here, mapping a foreign
 //!   API onto the OpenAI one for `proxy` with the help of `stream` and `http`.
 //! - `policy/`: who asks and what they may use, called at admission and completion (`mod.rs`):
