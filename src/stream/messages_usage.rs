@@ -4,16 +4,9 @@
 //! `message_delta`; each count is cumulative, so the last one seen wins. Anthropic's
 //! `input_tokens` leaves out cached tokens: the prompt is input + cache reads + cache writes.
 
-use crate::stream::usage::{Usage, UsageTap};
-use flate2::write::GzDecoder;
+use crate::stream::usage::{BodyFramer, Usage, UsageTap};
 use memchr::memmem;
 use serde_json::Value;
-use std::io::Write;
-
-/// Largest non-stream answer kept for reading its usage.
-const MAX_JSON: usize = 4 * 1024 * 1024;
-/// Longest SSE line kept.
-const MAX_LINE: usize = 256 * 1024;
 
 /// One answer's counts in Anthropic's terms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,10 +74,13 @@ impl Seen {
 
 /// Watches a native Messages answer as it passes and keeps its counts.
 pub struct NativeUsageTap {
-    sse: bool,
-    gzip: Option<GzDecoder<Vec<u8>>>,
-    buf: Vec<u8>,
-    overflow: bool,
+    body: BodyFramer,
+    counts: Counts,
+}
+
+/// What a Messages answer said so far.
+#[derive(Debug, Default)]
+struct Counts {
     seen: Seen,
     /// Characters of generated text, for an estimate when the backend reports nothing.
     chars: u64,
@@ -94,76 +90,30 @@ impl NativeUsageTap {
     /// A tap for a stream (`true`) or a JSON body, gzip-compressed or not.
     pub fn new(sse: bool, gzip: bool) -> NativeUsageTap {
         NativeUsageTap {
-            sse,
-            gzip: gzip.then(|| GzDecoder::new(Vec::new())),
-            buf: Vec::new(),
-            overflow: false,
-            seen: Seen::default(),
-            chars: 0,
+            body: BodyFramer::new(sse, gzip),
+            counts: Counts::default(),
         }
     }
 
     /// The next piece of the body, as sent on the wire.
     pub fn feed(&mut self, data: &[u8]) {
-        match self.gzip.as_mut() {
-            None => self.feed_plain(data),
-            Some(d) => {
-                // A corrupt body stops the counting; the client still gets the bytes.
-                if d.write_all(data).is_err() {
-                    self.gzip = None;
-                    self.overflow = true;
-                    return;
-                }
-                let plain = std::mem::take(d.get_mut());
-                self.feed_plain(&plain);
-            }
-        }
+        let counts = &mut self.counts;
+        self.body.feed(data, &mut |l| counts.line(l));
     }
+}
 
-    fn feed_plain(&mut self, data: &[u8]) {
-        if !self.sse {
-            if self.buf.len() + data.len() > MAX_JSON {
-                self.overflow = true;
-                self.buf = Vec::new();
-            } else if !self.overflow {
-                self.buf.extend_from_slice(data);
-            }
-            return;
-        }
-        let mut rest = data;
-        loop {
-            let end = memchr::memchr(b'\n', rest);
-            let part = &rest[..end.unwrap_or(rest.len())];
-            let room = MAX_LINE - self.buf.len().min(MAX_LINE);
-            self.buf.extend_from_slice(&part[..part.len().min(room)]);
-            if part.len() > room {
-                self.overflow = true;
-            }
-            match end {
-                Some(at) => {
-                    self.line_done();
-                    rest = &rest[at + 1..];
-                }
-                None => break,
-            }
-        }
-    }
-
-    fn line_done(&mut self) {
-        let overflowed = std::mem::replace(&mut self.overflow, false);
-        if !overflowed {
-            if let Some(payload) = self.buf.strip_prefix(b"data:") {
-                // Only the events that carry counts or text are parsed.
-                let usage = memmem::find(payload, b"\"usage\"").is_some();
-                let delta = memmem::find(payload, b"content_block_delta").is_some();
-                if usage || delta {
-                    if let Ok(v) = serde_json::from_slice::<Value>(payload) {
-                        self.event(&v);
-                    }
+impl Counts {
+    /// One SSE line; only the events that carry counts or text are parsed.
+    fn line(&mut self, line: &[u8]) {
+        if let Some(payload) = line.strip_prefix(b"data:") {
+            let usage = memmem::find(payload, b"\"usage\"").is_some();
+            let delta = memmem::find(payload, b"content_block_delta").is_some();
+            if usage || delta {
+                if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+                    self.event(&v);
                 }
             }
         }
-        self.buf.clear();
     }
 
     fn event(&mut self, v: &Value) {
@@ -189,31 +139,23 @@ impl NativeUsageTap {
             _ => {}
         }
     }
+}
 
+impl NativeUsageTap {
     /// Once the body has ended: the counts the backend reported, and the characters of
     /// generated text (for an estimate when it reported none).
     pub fn finish(mut self) -> (Option<AnthropicUsage>, u64) {
-        if let Some(mut d) = self.gzip.take() {
-            if d.try_finish().is_ok() {
-                let rest = std::mem::take(d.get_mut());
-                self.feed_plain(&rest);
-            }
+        let sse = self.body.sse();
+        let counts = &mut self.counts;
+        let json = self.body.finish(&mut |l| counts.line(l));
+        if sse {
+            return (self.counts.seen.result(), self.counts.chars);
         }
-        if self.sse {
-            if !self.buf.is_empty() {
-                self.line_done();
-            }
-            return (self.seen.result(), self.chars);
-        }
-        if self.overflow {
+        let Some(v) = json.and_then(|j| serde_json::from_slice::<Value>(j).ok()) else {
             return (None, 0);
-        }
-        let v: Value = match serde_json::from_slice(&self.buf) {
-            Ok(v) => v,
-            Err(_) => return (None, 0),
         };
         if let Some(u) = v.get("usage") {
-            self.seen.take(u);
+            self.counts.seen.take(u);
         }
         let mut chars = 0;
         for b in v
@@ -231,7 +173,7 @@ impl NativeUsageTap {
                 chars += input.to_string().chars().count() as u64;
             }
         }
-        (self.seen.result(), chars)
+        (self.counts.seen.result(), chars)
     }
 }
 
@@ -275,6 +217,7 @@ impl Tap {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::io::Write;
 
     /// A native stream whose input tokens are only in message_start, with prompt-cache reads.
     const STREAM: &str = concat!(

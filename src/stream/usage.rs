@@ -46,34 +46,32 @@ impl Usage {
     }
 }
 
-/// Watches response bytes as they pass and keeps the last usage seen.
-pub struct UsageTap {
+/// A response body cut the way a usage reader reads it, gzip undone on the way: SSE lines one
+/// by one (a line longer than `MAX_LINE` is skipped whole), or a whole JSON body (none past
+/// `MAX_JSON`). Shared by the OpenAI reader here and the Messages API's (`messages_usage`).
+pub struct BodyFramer {
     sse: bool,
     gzip: Option<GzDecoder<Vec<u8>>>,
     buf: Vec<u8>,
     overflow: bool,
-    found: Option<Usage>,
-    /// Characters of generated text seen in SSE deltas, for an estimate.
-    content_chars: u64,
 }
 
-impl UsageTap {
-    /// A tap for an SSE (`true`) or JSON (`false`) body, compressed with gzip or not.
-    pub fn new(sse: bool, gzip: bool) -> UsageTap {
-        UsageTap {
+impl BodyFramer {
+    /// A framer for an SSE (`true`) or JSON (`false`) body, compressed with gzip or not.
+    pub fn new(sse: bool, gzip: bool) -> BodyFramer {
+        BodyFramer {
             sse,
             gzip: gzip.then(|| GzDecoder::new(Vec::new())),
             buf: Vec::new(),
             overflow: false,
-            found: None,
-            content_chars: 0,
         }
     }
 
-    /// Feeds the next piece of the body, as sent on the wire.
-    pub fn feed(&mut self, data: &[u8]) {
+    /// Feeds the next piece of the body, as sent on the wire; `line` gets each complete SSE
+    /// line that was kept whole.
+    pub fn feed(&mut self, data: &[u8], line: &mut dyn FnMut(&[u8])) {
         match self.gzip.as_mut() {
-            None => self.feed_plain(data),
+            None => self.feed_plain(data, line),
             Some(d) => {
                 // A corrupt stream just stops the counting; the client gets the bytes as sent.
                 if d.write_all(data).is_err() {
@@ -82,12 +80,12 @@ impl UsageTap {
                     return;
                 }
                 let plain = std::mem::take(d.get_mut());
-                self.feed_plain(&plain);
+                self.feed_plain(&plain, line);
             }
         }
     }
 
-    fn feed_plain(&mut self, data: &[u8]) {
+    fn feed_plain(&mut self, data: &[u8], line: &mut dyn FnMut(&[u8])) {
         if !self.sse {
             if self.buf.len() + data.len() > MAX_JSON {
                 self.overflow = true;
@@ -109,7 +107,7 @@ impl UsageTap {
             }
             match end {
                 Some(at) => {
-                    self.line_done();
+                    self.line_done(line);
                     rest = &rest[at + 1..];
                 }
                 None => break,
@@ -117,45 +115,92 @@ impl UsageTap {
         }
     }
 
-    fn line_done(&mut self) {
+    fn line_done(&mut self, line: &mut dyn FnMut(&[u8])) {
         let overflowed = std::mem::replace(&mut self.overflow, false);
         if !overflowed {
-            if let Some(payload) = self.buf.strip_prefix(b"data:") {
-                self.content_chars += delta_chars(payload);
-                if needles().usage.find(payload).is_some() {
-                    if let Some(u) = usage_of(payload) {
-                        self.found = Some(u);
-                    }
-                }
-            }
+            line(&self.buf);
         }
         // Cleared, not replaced: the line buffer is reused for the next line.
         self.buf.clear();
     }
 
-    /// Once the body has ended: the usage the backend reported, and the characters of
-    /// generated text the body carried (for an estimate when it reported none).
-    pub fn finish(mut self) -> (Option<Usage>, u64) {
+    /// True for an SSE body.
+    pub fn sse(&self) -> bool {
+        self.sse
+    }
+
+    /// Once the body has ended: an SSE body's last line goes to `line`; a JSON body is
+    /// returned whole (`None` for a stream, or a body too large or corrupt to read).
+    pub fn finish(&mut self, line: &mut dyn FnMut(&[u8])) -> Option<&[u8]> {
         if let Some(mut d) = self.gzip.take() {
             if d.try_finish().is_ok() {
                 let rest = std::mem::take(d.get_mut());
-                self.feed_plain(&rest);
+                self.feed_plain(&rest, line);
             }
         }
         if self.sse {
             if !self.buf.is_empty() {
-                self.line_done();
+                self.line_done(line);
             }
+            return None;
+        }
+        (!self.overflow).then_some(self.buf.as_slice())
+    }
+}
+
+/// Watches response bytes as they pass and keeps the last usage seen.
+pub struct UsageTap {
+    body: BodyFramer,
+    found: Option<Usage>,
+    /// Characters of generated text seen in SSE deltas, for an estimate.
+    content_chars: u64,
+}
+
+impl UsageTap {
+    /// A tap for an SSE (`true`) or JSON (`false`) body, compressed with gzip or not.
+    pub fn new(sse: bool, gzip: bool) -> UsageTap {
+        UsageTap {
+            body: BodyFramer::new(sse, gzip),
+            found: None,
+            content_chars: 0,
+        }
+    }
+
+    /// Feeds the next piece of the body, as sent on the wire.
+    pub fn feed(&mut self, data: &[u8]) {
+        let (found, chars) = (&mut self.found, &mut self.content_chars);
+        self.body.feed(data, &mut |l| sse_line(found, chars, l));
+    }
+
+    /// Once the body has ended: the usage the backend reported, and the characters of
+    /// generated text the body carried (for an estimate when it reported none).
+    pub fn finish(mut self) -> (Option<Usage>, u64) {
+        let sse = self.body.sse;
+        let (found, chars) = (&mut self.found, &mut self.content_chars);
+        let json = self.body.finish(&mut |l| sse_line(found, chars, l));
+        if sse {
             return (self.found, self.content_chars);
         }
-        if self.overflow {
+        let Some(json) = json else {
             return (None, 0);
-        }
-        match usage_of(&self.buf) {
+        };
+        match usage_of(json) {
             Some(u) if u.plausible() => (Some(u), 0),
             // A whole JSON answer without usage (or with counts not to be believed): its
             // generated text, for the estimate.
-            u => (u, delta_chars(&self.buf)),
+            u => (u, delta_chars(json)),
+        }
+    }
+}
+
+/// One SSE line of an OpenAI-shaped stream: its text counted, its usage kept.
+fn sse_line(found: &mut Option<Usage>, chars: &mut u64, line: &[u8]) {
+    if let Some(payload) = line.strip_prefix(b"data:") {
+        *chars += delta_chars(payload);
+        if needles().usage.find(payload).is_some() {
+            if let Some(u) = usage_of(payload) {
+                *found = Some(u);
+            }
         }
     }
 }
