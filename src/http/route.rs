@@ -91,6 +91,16 @@ pub fn route(path: &str) -> Route {
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as they came.
 pub fn percent_decode(s: &str) -> String {
+    String::from_utf8(percent_decode_bytes(s)).unwrap_or_else(|_| s.to_string())
+}
+
+/// Decodes `%XX` escapes; bytes that are not UTF-8 become U+FFFD (for header values such as
+/// Open WebUI's user names, and OTLP header and resource values, where a near value beats none).
+pub fn percent_decode_lossy(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -105,7 +115,7 @@ pub fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    out
 }
 
 /// Encodes a query value so it survives as one `key=value` pair.

@@ -223,9 +223,10 @@ fn parse_pairs(text: &str, what: &str, warnings: &mut Vec<String>) -> Vec<(Strin
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         match item.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                out.push((k.trim().to_string(), percent_decode(v.trim())))
-            }
+            Some((k, v)) if !k.trim().is_empty() => out.push((
+                k.trim().to_string(),
+                crate::http::route::percent_decode_lossy(v.trim()),
+            )),
             // The value may be a secret: name the variable, not the text.
             _ => warnings.push(format!(
                 "traces: {} has an entry without key=value; ignored",
@@ -251,25 +252,6 @@ fn parse_headers(text: &str, warnings: &mut Vec<String>) -> Vec<(String, String)
             ok
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

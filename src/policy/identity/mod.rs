@@ -69,9 +69,10 @@ pub fn identify(
         checked(claims.sub, "The X-OpenWebUI-User-Jwt token's sub", None)?
     } else if let Some((name, id)) = trusted(asking.caller)
         .then(|| {
+            // Open WebUI percent-encodes them (names and emails may hold non-ASCII).
             ["X-OpenWebUI-User-Id", "X-OpenWebUI-User-Email"]
                 .into_iter()
-                .find_map(|n| header(n).map(|v| (n, percent_decode(v))))
+                .find_map(|n| header(n).map(|v| (n, crate::http::route::percent_decode_lossy(v))))
         })
         .flatten()
     {
@@ -131,26 +132,6 @@ fn checked(s: String, what: &str, param: Option<&'static str>) -> Result<String,
         return Err(e);
     }
     Ok(clean)
-}
-
-/// Open WebUI percent-encodes its user headers (names and emails may hold non-ASCII).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
