@@ -108,17 +108,8 @@ pub fn spawn_signal_thread(shared: Arc<ConfigStore>, stopper: Arc<Stopper>) {
 }
 
 fn reload_and_log(shared: &ConfigStore) {
-    match shared.reload() {
-        Ok(live) => {
-            let n = live.config.endpoints.len();
-            log::info!(
-                "config reloaded from {}: {} {}",
-                shared.path,
-                n,
-                if n == 1 { "model" } else { "models" }
-            )
-        }
-        Err(e) => log::error!("reload failed, keeping the old config: {}", e),
+    if let Err(e) = shared.reload() {
+        log::error!("reload failed, keeping the old config: {}", e);
     }
 }
 

@@ -90,7 +90,7 @@ impl ConfigStore {
         }
     }
 
-    /// Re-reads the file; on error the old config stays.
+    /// Re-reads the file and logs what it now serves; on error the old config stays.
     pub fn reload(&self) -> Result<Arc<Live>, ConfigError> {
         let _serial = self.reload_lock.lock();
         let config = config::load_file(&self.path, &self.defaults)?;
@@ -111,6 +111,13 @@ impl ConfigStore {
         };
         *guard = Arc::clone(&live);
         drop(guard);
+        let n = live.config.endpoints.len();
+        log::info!(
+            "config reloaded from {}: {} {}",
+            self.path,
+            n,
+            if n == 1 { "model" } else { "models" }
+        );
         // Discovery refreshes at once: new backends are listed, removed ones forgotten.
         self.catalog.refresh_all();
         Ok(live)

@@ -312,22 +312,13 @@ pub fn reload(shared: &ConfigStore, query: Option<&str>) -> Result<Vec<u8>, ApiE
         .with_param("config"));
     }
     match shared.reload() {
-        Ok(live) => {
-            let n = live.config.endpoints.len();
-            log::info!(
-                "config reloaded from {}: {} {}",
-                shared.path,
-                n,
-                if n == 1 { "model" } else { "models" }
-            );
-            Ok(json!({
-                "status": "ok",
-                "message": "config reloaded",
-                "endpoints": live.config.endpoints.len(),
-            })
-            .to_string()
-            .into_bytes())
-        }
+        Ok(live) => Ok(json!({
+            "status": "ok",
+            "message": "config reloaded",
+            "endpoints": live.config.endpoints.len(),
+        })
+        .to_string()
+        .into_bytes()),
         Err(e) => {
             log::warn!("reload failed, keeping the old config: {}", e);
             Err(
