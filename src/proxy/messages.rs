@@ -164,7 +164,7 @@ pub fn relay(
     } else if !is_sse {
         whole(request, response, (&from, tr), ctx, summary)
     } else {
-        streamed(request, response, &from, ctx, summary)
+        streamed(request, response, (&from, tr), ctx, summary)
     }
 }
 
@@ -243,13 +243,10 @@ fn whole(
 fn streamed(
     request: Request,
     response: ureq::Response,
-    from: &Source,
+    (from, tr): (&Source, &Translation),
     ctx: &Ctx,
     mut summary: Summary,
 ) -> Summary {
-    let Some(tr) = from.translation else {
-        return summary;
-    };
     let translator = Arc::new(Mutex::new(StreamTranslator::new(tr.reply.clone())));
     let body = Box::new(Translating {
         inner: response.into_reader(),
