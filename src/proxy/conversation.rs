@@ -6,13 +6,23 @@ use crate::config::{Affinity, Config};
 use crate::policy::Identity;
 
 /// For each model of `order`: the request's conversation key under that endpoint's `affinity`,
-/// `None` where it is off or the request carries no key (then it is balanced as usual).
+/// `None` where it is off or the request carries no key (then it is balanced as usual). Empty
+/// when no model of `order` has `affinity`: nothing is allocated on the usual path.
 pub fn keys(
     config: &Config,
     order: &[usize],
     headers: &[(String, String)],
     identity: &Identity,
 ) -> Vec<Option<KeyHash>> {
+    let on = |m: &usize| {
+        config
+            .endpoints
+            .get(*m)
+            .is_some_and(|e| e.affinity.is_some())
+    };
+    if !order.iter().any(on) {
+        return Vec::new();
+    }
     order
         .iter()
         .map(|m| {

@@ -17,7 +17,7 @@ pub struct Select<'a> {
     /// The models to try, in order.
     pub order: &'a [usize],
     /// For each model of `order`, the request's conversation key where the model has
-    /// `affinity` and the request carries one.
+    /// `affinity` and the request carries one (empty when no model has `affinity`).
     pub keys: &'a [Option<KeyHash>],
     /// Backends never to try (a wildcard's backends whose list lacks the model).
     pub skip: &'a [Pick],
