@@ -2,18 +2,20 @@
 //! benchmark and the SDK conformance run. Never shipped: only `modelmux` goes into releases.
 //!
 //! Usage: `demo_backend [ADDR] [--chunk-delay-ms N] [--status CODE] [--include-usage]
-//! [--models ID,ID...]`.
+//! [--models ID,ID...] [--prefix-cache HIT_MS,MISS_MS]`.
 //! ADDR can also come from `MODELMUX_DEMO_ADDR` (default `127.0.0.1:3334`). Streams pause 50 ms
 //! between chunks by default so streaming is visible in a terminal; `--status` answers every
 //! request with that status and an OpenAI-style error body; `--models` sets what `GET /v1/models`
-//! lists (default `mock`), for a wildcard endpoint to discover.
+//! lists (default `mock`), for a wildcard endpoint to discover; `--prefix-cache` models an
+//! inference server's prefix cache (a turn whose earlier turns this backend served answers its
+//! first byte after HIT_MS, any other after MISS_MS; `make bench`'s affinity section).
 
 #[path = "../tests/support/mock_backend.rs"]
 mod mock_backend;
 
 use std::time::Duration;
 
-use mock_backend::{Behavior, MockBackend};
+use mock_backend::{Behavior, MockBackend, PrefixCache};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:3334";
 
@@ -59,6 +61,22 @@ fn main() {
                     .filter(|m| !m.is_empty())
                     .map(str::to_string)
                     .collect()
+            }
+            "--prefix-cache" => {
+                let ms: Vec<u64> = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|v| v.trim().parse().ok())
+                    .collect();
+                let [hit, miss] = ms[..] else {
+                    eprintln!("demo backend: --prefix-cache needs HIT_MS,MISS_MS");
+                    std::process::exit(2);
+                };
+                behavior.prefix_cache = Some(PrefixCache {
+                    hit: Duration::from_millis(hit),
+                    miss: Duration::from_millis(miss),
+                });
             }
             a if !a.starts_with('-') => addr = a.to_string(),
             other => {

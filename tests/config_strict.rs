@@ -43,6 +43,16 @@ fn typos() -> Vec<(String, &'static str, &'static str)> {
             "maxQueueWaitSecs",
         ),
         (
+            in_ep(r#""affinity":{"header":["X-Chat"]}"#),
+            "endpoints.m.affinity.header",
+            "headers",
+        ),
+        (
+            in_ep(r#""afinity":true"#),
+            "endpoints.m.afinity",
+            "affinity",
+        ),
+        (
             top(r#""proxyKeys":[{"key":"k","trustUserHeader":true}]"#),
             "proxyKeys[0].trustUserHeader",
             "trustUserHeaders",

@@ -28,6 +28,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import affinity as affinity_bench  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELMUX = os.path.join(ROOT, "target", "release", "modelmux")
@@ -1164,6 +1167,11 @@ What the tables mean:
   again 6 s after the clients hung up (modelmux's idle threads exit after 5 s), with the number
   of connections to the backend still open (which should drop to 0).
 - **Startup**: time from spawning the process to the first `200` from `GET /health`.
+- **Conversation affinity** (`scripts/bench/affinity.py`, `--only affinity`, a few seconds):
+  three demo backends model a prefix cache (`--prefix-cache 5,80`: a turn whose earlier turns
+  that backend served gets its first byte after 5 ms, any other after 80 ms); 50 conversations
+  of 6 turns run at once through modelmux with the endpoint's `affinity` off, then on. Cache hits
+  and time to the response's first byte are over the turns after the first.
 
 Caveats:
 
@@ -1202,7 +1210,7 @@ def main():
     ap.add_argument("--litellm", help="command that starts LiteLLM's proxy (peer rows)")
     ap.add_argument("--peer-note", action="append", default=[])
     ap.add_argument("--only", default="all",
-                    help="comma list: startup,nonstream,latency,chunks,ttfb,streams")
+                    help="comma list: startup,nonstream,latency,chunks,ttfb,streams,affinity")
     ap.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -1250,8 +1258,15 @@ def main():
         if want("streams"):
             log("%d concurrent open streams" % args.streams)
             streams = bench_streams(args, nginx)
+        affinity = None
+        if want("affinity"):
+            log("conversation affinity: prefix-cache hits, %d conversations"
+                % affinity_bench.CONVERSATIONS)
+            affinity = affinity_bench.run(sys.modules[__name__], args)
         size = os.path.getsize(MODELMUX)
         text = report(args, m, rows, rss_after, latency, ttfb, stream_rows, streams, startup, idle, size)
+        if affinity:
+            text += "\n" + affinity_bench.section(affinity)
         print()
         print(text)
         if args.output != "-":

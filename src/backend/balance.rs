@@ -1,8 +1,11 @@
 //! Choosing a backend: weighted round-robin that prefers the fewest requests in flight, passive
 //! health (a backend failing N times in a row is skipped for a cool-down) and active health (a
 //! backend whose `/models` probe failed is skipped until a probe succeeds) and `Retry-After`
-//! hold-offs (capped, lifted by a successful probe and by a reload).
+//! hold-offs (capped, lifted by a successful probe and by a reload). A request with a
+//! conversation key on an endpoint with `affinity` goes instead to the first backend of the
+//! key's rendezvous order that the same checks let through.
 
+use super::affinity::{self, KeyHash};
 use crate::config::{Config, HealthPolicy};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,8 @@ pub struct ProbeMark {
 #[derive(Debug)]
 pub struct ModelPool {
     weights: Vec<i64>,
+    /// Each backend's `affinity::backend_hash`, for the rendezvous order.
+    hashes: Vec<u64>,
     // ConfigStore with the previous config's pool for backends that a reload kept, so in-flight
     // counts and cool-downs survive reloads (a file watch may reload often).
     states: Vec<Arc<BackendState>>,
@@ -94,6 +99,11 @@ impl Balancer {
                     .collect();
                 ModelPool {
                     weights: e.backends.iter().map(|b| i64::from(b.weight)).collect(),
+                    hashes: e
+                        .backends
+                        .iter()
+                        .map(|b| affinity::backend_hash(&b.url, &b.actual_model_name))
+                        .collect(),
                     states,
                     keys,
                     current: Mutex::new(vec![0; e.backends.len()]),
@@ -106,16 +116,27 @@ impl Balancer {
         }
     }
 
-    /// Picks a backend of model `m` not in `tried`: healthy ones first; among them the lowest
-    /// in-flight per weight, ties broken by smooth weighted round-robin. When every untried
-    /// backend is cooling down, one of them is still returned: trying beats refusing.
+    /// `pick_in` among all backends, without a conversation key.
+    #[cfg(test)]
     pub fn pick(&self, m: usize, tried: &[Pick]) -> Option<Pick> {
-        self.pick_in(m, tried, None)
+        self.pick_in(m, tried, None, None)
     }
 
-    /// Like `pick`, among the backends `allowed` only (those below their concurrency cap). A
-    /// backend that asked to be left alone (`hold_off`) is never picked.
-    pub fn pick_in(&self, m: usize, tried: &[Pick], allowed: Option<&[usize]>) -> Option<Pick> {
+    /// Picks a backend of model `m` not in `tried`, among the backends `allowed` only (those
+    /// below their concurrency cap) when given: healthy ones first; among them the lowest
+    /// in-flight per weight, ties broken by smooth weighted round-robin. When every untried
+    /// backend is cooling down, one of them is still returned: trying beats refusing. A
+    /// backend that asked to be left alone (`hold_off`) is never picked. With a conversation
+    /// `key`, the first of the key's rendezvous order that is left and not cooling down (a
+    /// cooling one only when nothing else is left), so a conversation stays on its backend and
+    /// moves, while that one cannot serve, always to the same next one.
+    pub fn pick_in(
+        &self,
+        m: usize,
+        tried: &[Pick],
+        allowed: Option<&[usize]>,
+        key: Option<KeyHash>,
+    ) -> Option<Pick> {
         let pool = self.pools.get(m)?;
         let now = Instant::now();
         // One snapshot of the state: other threads change it while we decide.
@@ -130,6 +151,9 @@ impl Balancer {
                 cooling: pool.cooling(b, now),
             })
             .collect();
+        if let Some(key) = key {
+            return choose_ranked(&candidates, &pool.rank(key)).map(|b| (m, b));
+        }
         let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
         choose(&candidates, &mut current).map(|b| (m, b))
     }
@@ -297,12 +321,35 @@ fn choose(candidates: &[Candidate], current: &mut [i64]) -> Option<usize> {
     Some(best)
 }
 
+/// The first of `rank` among `candidates` that is not cooling down; when all are, the first
+/// of them: trying beats refusing, and the next request of the conversation tries the same one.
+fn choose_ranked(candidates: &[Candidate], rank: &[usize]) -> Option<usize> {
+    let first = |healthy: bool| {
+        rank.iter().copied().find(|b| {
+            candidates
+                .iter()
+                .any(|c| c.index == *b && (!healthy || !c.cooling))
+        })
+    };
+    first(true).or_else(|| first(false))
+}
+
 /// Identifies a backend of a model across reloads (with its backend model name).
 fn pool_key(id: &str, url: &str) -> String {
     format!("{}\n{}", id, url)
 }
 
 impl ModelPool {
+    fn rank(&self, key: KeyHash) -> Vec<usize> {
+        let backends: Vec<(u64, i64)> = self
+            .hashes
+            .iter()
+            .copied()
+            .zip(self.weights.iter().copied())
+            .collect();
+        affinity::rank(key, &backends)
+    }
+
     /// How long the backend still asked to be left alone for, if it did.
     fn held_for(&self, b: usize, now: Instant) -> Option<Duration> {
         let until = *self.states[b]
@@ -441,5 +488,77 @@ mod tests {
         assert_eq!(b.view((0, 0)).unwrap().probe, None);
         let picks: Vec<usize> = (0..4).map(|_| b.pick(0, &[]).unwrap().1).collect();
         assert!(picks.contains(&0), "{:?}", picks);
+    }
+
+    #[test]
+    fn a_conversation_follows_its_rendezvous_order_and_returns() {
+        let b = balancer(&[1, 1, 1]);
+        let key = affinity::key_hash("chat-7");
+        let order = b.pools[0].rank(key);
+        let pick = |tried: &[Pick], allowed: Option<&[usize]>| {
+            b.pick_in(0, tried, allowed, Some(key)).map(|p| p.1)
+        };
+        // Load does not move it: in flight on its backend, it stays.
+        let _busy = b.start((0, order[0]));
+        assert!((0..10).all(|_| pick(&[], None) == Some(order[0])));
+        // Tried (failover within a request), at its cap, held off, cooling: the next in order.
+        assert_eq!(pick(&[(0, order[0])], None), Some(order[1]));
+        assert_eq!(pick(&[(0, order[0]), (0, order[1])], None), Some(order[2]));
+        assert_eq!(pick(&[], Some(&[order[1], order[2]])), Some(order[1]));
+        assert_eq!(pick(&[], Some(&[order[2], order[0]])), Some(order[0]));
+        b.hold_off((0, order[0]), 30);
+        assert_eq!(pick(&[], None), Some(order[1]));
+        b.failure((0, order[1]));
+        b.failure((0, order[1]));
+        assert_eq!(
+            pick(&[], None),
+            Some(order[2]),
+            "held first, cooling second"
+        );
+        // Every one left cooling: the first of them, still in order.
+        b.failure((0, order[2]));
+        b.failure((0, order[2]));
+        assert_eq!(pick(&[], None), Some(order[1]));
+        // Recovery brings it back to the first.
+        b.probed(
+            "m",
+            &format!("http://h{}", order[0]),
+            &ProbeMark {
+                up: true,
+                at: 1,
+                error: None,
+            },
+        );
+        assert_eq!(pick(&[], None), Some(order[0]));
+        b.success((0, order[1]));
+        assert_eq!(pick(&[(0, order[0])], None), Some(order[1]));
+    }
+
+    #[test]
+    fn choose_ranked_table() {
+        let c = |index, cooling| Candidate {
+            index,
+            in_flight: 0,
+            weight: 1,
+            cooling,
+        };
+        let cases: Vec<(Vec<Candidate>, Vec<usize>, Option<usize>)> = vec![
+            (vec![], vec![2, 0, 1], None),
+            (
+                vec![c(0, false), c(1, false), c(2, false)],
+                vec![2, 0, 1],
+                Some(2),
+            ),
+            (vec![c(0, false), c(1, false)], vec![2, 0, 1], Some(0)),
+            (
+                vec![c(0, true), c(1, false), c(2, true)],
+                vec![2, 0, 1],
+                Some(1),
+            ),
+            (vec![c(0, true), c(2, true)], vec![1, 2, 0], Some(2)),
+        ];
+        for (i, (candidates, rank, want)) in cases.into_iter().enumerate() {
+            assert_eq!(choose_ranked(&candidates, &rank), want, "case {}", i);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! One public model: its own settings and the parse of its config object.
 
+use super::affinity::{parse_affinity, Affinity};
 use super::backends::{parse_backends, Backend, Inherited};
 use super::discovery::{parse_endpoint_probe, parse_wildcard, Wildcard};
 use super::json::{at, check_fields, opt_string, string_list, type_name, under, FieldError};
@@ -52,6 +53,9 @@ pub struct Endpoint {
     pub cap_max_tokens: Option<&'static str>,
     /// `messagesApi`: how `POST /v1/messages` reaches this backend.
     pub messages_api: MessagesApi,
+    /// `affinity`: requests of one conversation go to one backend (rendezvous hashing over
+    /// the backends' weights); `None`: off, every request is balanced on its own.
+    pub affinity: Option<Affinity>,
 }
 
 /// How an Anthropic Messages request reaches a backend.
@@ -126,6 +130,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "capMaxTokens",
     "messagesApi",
     "providerName",
+    "affinity",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -202,7 +207,9 @@ pub(super) fn parse_endpoint(
         }
     };
     let messages_api = parse_messages_api(obj.get("messagesApi"))?;
+    let affinity = parse_affinity(obj.get("affinity")).map_err(under("affinity"))?;
     Ok(Endpoint {
+        affinity,
         id: id.to_string(),
         cap_max_tokens,
         messages_api,

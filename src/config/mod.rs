@@ -9,6 +9,7 @@
 //! (`HTTPS_PROXY` and friends), `json` (typed reads of JSON values with located errors) and
 //! `summary` (the `--check-config` report).
 
+mod affinity;
 mod backends;
 mod discovery;
 mod endpoint;
@@ -21,6 +22,7 @@ mod rules;
 mod settings;
 mod summary;
 
+pub use affinity::Affinity;
 pub use backends::Backend;
 pub use discovery::Wildcard;
 #[cfg(test)]

@@ -225,6 +225,13 @@ fn endpoint_line(e: &Endpoint) -> String {
     if !e.inject_stream_usage {
         settings.push_str(", injectStreamUsage off");
     }
+    if let Some(a) = &e.affinity {
+        let mut from: Vec<&str> = a.headers.iter().map(String::as_str).collect();
+        if a.by_user {
+            from.push("the user");
+        }
+        settings.push_str(&format!(", affinity by {}", from.join(", then ")));
+    }
     format!(
         "  {} ({}): {}{}{}{}{}\n",
         e.id,
@@ -319,6 +326,22 @@ mod tests {
         assert!(summary("c.json", &wild).contains(
             "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s, maxQueueWaitSecs 30\n"
         ));
+    }
+
+    #[test]
+    fn affinity_is_shown_with_where_its_key_comes_from() {
+        let text = r#"{"endpoints":{"a":{"url":"http://a","affinity":true},
+            "b":{"url":"http://b","affinity":{"headers":["X-Chat"],"byUser":false}}}}"#;
+        let c = parse("c.json", text, &Defaults::default(), &|_| None).unwrap();
+        let text = summary("c.json", &c);
+        assert!(text.contains(
+            "  a (a): 1 backend, maxQueueWaitSecs 30, affinity by X-OpenWebUI-Chat-Id, then X-Claude-Code-Session-Id, then the user\n"
+        ), "{}", text);
+        assert!(
+            text.contains("  b (b): 1 backend, maxQueueWaitSecs 30, affinity by X-Chat\n"),
+            "{}",
+            text
+        );
     }
 
     /// Issue 17: what was read, beside the models, and never a secret.

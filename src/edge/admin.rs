@@ -249,6 +249,7 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                 "maxQueueWaitSecs": e.max_queue_wait.as_secs_f64(),
                 "forwardUserHeaders": e.forward_user_headers,
                 "injectStreamUsage": e.inject_stream_usage,
+                "affinity": e.affinity.as_ref().map(|a| json!({"headers": a.headers, "byUser": a.by_user})),
             }),
         );
     }

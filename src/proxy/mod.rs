@@ -4,6 +4,7 @@
 
 mod answer;
 mod choose;
+mod conversation;
 mod inbound;
 mod messages;
 mod outbound;
@@ -322,6 +323,12 @@ fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     let live = a.ctx.live;
     let order = choose::model_order(&live.config, a.resolved.index);
     let skip = a.resolved.skipped();
+    let keys = conversation::keys(
+        &live.config,
+        &order,
+        &a.inbound.headers,
+        &a.admission.identity,
+    );
     // Looked at only while the request waits for a capped backend.
     let connection = request.connection_handle();
     let gone = || {
@@ -332,6 +339,7 @@ fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     let select = select::Select {
         live,
         order: &order,
+        keys: &keys,
         skip: &skip,
         admission: a.admission,
         metrics: a.ctx.metrics,

@@ -2,6 +2,7 @@
 //! fallbacks) with an untried backend that did not ask to be left alone; where the model's
 //! backends have concurrency caps, a slot on one of them, waited for fairly.
 
+use crate::backend::affinity::KeyHash;
 use crate::backend::balance::Pick;
 use crate::backend::live::Live;
 use crate::http::api_error::{clip, ApiError};
@@ -15,6 +16,9 @@ pub struct Select<'a> {
     pub live: &'a Live,
     /// The models to try, in order.
     pub order: &'a [usize],
+    /// For each model of `order`, the request's conversation key where the model has
+    /// `affinity` and the request carries one (empty when no model has `affinity`).
+    pub keys: &'a [Option<KeyHash>],
     /// Backends never to try (a wildcard's backends whose list lacks the model).
     pub skip: &'a [Pick],
     /// Who asks, and how urgently.
@@ -46,7 +50,8 @@ impl Select<'_> {
     pub fn next(&self, tried: &[Pick]) -> Result<Option<(Pick, Option<Permit>)>, Stop> {
         let avoid = [tried, self.skip].concat();
         let balancer = &self.live.balancer;
-        for &m in self.order {
+        for (i, &m) in self.order.iter().enumerate() {
+            let key = self.keys.get(i).copied().flatten();
             let e = &self.live.config.endpoints[m];
             let eligible: Vec<usize> = (0..e.backends.len())
                 .filter(|b| !avoid.contains(&(m, *b)))
@@ -56,7 +61,7 @@ impl Select<'_> {
             }
             let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
             let Some(gate) = self.policy.gates().gate(&e.id, caps, e.max_queue_wait) else {
-                match balancer.pick(m, &avoid) {
+                match balancer.pick_in(m, &avoid, None, key) {
                     Some(p) => return Ok(Some((p, None))),
                     None => continue,
                 }
@@ -65,7 +70,7 @@ impl Select<'_> {
             // priority and in turn between users.
             let asked_at = Instant::now();
             let deadline = asked_at + gate.max_queue_wait();
-            let choose = |free: &[usize]| balancer.pick_in(m, &avoid, Some(free)).map(|p| p.1);
+            let choose = |free: &[usize]| balancer.pick_in(m, &avoid, Some(free), key).map(|p| p.1);
             let user = &self.admission.identity.user;
             let priority = self.admission.priority;
             return match gate

@@ -13,7 +13,9 @@
 //! compare exact bytes (see [`echo_stream_bytes`]).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,6 +98,19 @@ pub struct Behavior {
     /// If set, `GET /v1/models` answers this status with an error body (a failing health
     /// probe) while every other path keeps working.
     pub models_status: Option<u16>,
+    /// If set, a model of an inference server's prefix (KV) cache: a request whose
+    /// `messages`, without its last two (the previous answer and the new question), are a
+    /// prompt this backend served before waits `hit` before its first byte, any other request
+    /// `miss` (the whole history prefilled again). The answer says which in
+    /// `X-Mock-Prefix-Cache: hit | miss`; the wait is added to `first_byte_delay`.
+    pub prefix_cache: Option<PrefixCache>,
+}
+
+/// First-byte waits of the prefix cache model (see [`Behavior::prefix_cache`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PrefixCache {
+    pub hit: Duration,
+    pub miss: Duration,
 }
 
 impl Default for Behavior {
@@ -110,6 +125,7 @@ impl Default for Behavior {
             extra_headers: Vec::new(),
             models: vec!["mock".to_string()],
             models_status: None,
+            prefix_cache: None,
         }
     }
 }
@@ -123,6 +139,8 @@ struct Inner {
     next_conn_id: AtomicU64,
     /// Clones of the live connections, so that `stop` can shut them down.
     conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Hashes of the prompts (`messages`) served, for the prefix cache model.
+    prompts: Mutex<HashSet<u64>>,
 }
 
 impl Inner {
@@ -169,6 +187,7 @@ impl MockBackend {
             stopped: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
+            prompts: Mutex::new(HashSet::new()),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = thread::Builder::new()
@@ -448,7 +467,15 @@ fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
             body: req.body.clone(),
             received_at: Instant::now(),
         });
-        let behavior = lock(&inner.behavior).clone();
+        let mut behavior = lock(&inner.behavior).clone();
+        if let Some(cache) = behavior.prefix_cache {
+            let hit = prefix_cache_hit(inner, &req.body);
+            behavior.first_byte_delay += if hit { cache.hit } else { cache.miss };
+            let outcome = if hit { "hit" } else { "miss" };
+            behavior
+                .extra_headers
+                .push(("X-Mock-Prefix-Cache".to_string(), outcome.to_string()));
+        }
         match respond(&mut writer, inner, &behavior, &req)? {
             Next::KeepAlive if !req.wants_close() => continue,
             _ => {
@@ -458,6 +485,28 @@ fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Whether the prompt of this request's previous turn (its `messages` without the last two) was
+/// served here; remembers this prompt for the next turn.
+fn prefix_cache_hit(inner: &Inner, body: &[u8]) -> bool {
+    let messages = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("messages").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    let hash = |prompt: &[Value]| {
+        let mut h = DefaultHasher::new();
+        Value::Array(prompt.to_vec()).to_string().hash(&mut h);
+        h.finish()
+    };
+    let mut prompts = lock(&inner.prompts);
+    let hit = messages.len() >= 3 && prompts.contains(&hash(&messages[..messages.len() - 2]));
+    // A long-running demo backend forgets, as a full cache evicts.
+    if prompts.len() >= 100_000 {
+        prompts.clear();
+    }
+    prompts.insert(hash(&messages));
+    hit
 }
 
 fn reason_phrase(status: u16) -> &'static str {
