@@ -716,3 +716,44 @@ fn claude_code_background_requests_wait_behind_the_others() {
     last.sort();
     assert_eq!(last, ["aux", "compact"], "{:?}", order);
 }
+
+/// Health probes and discovery list a backend's models with its key in the header it takes;
+/// an x-api-key backend (Anthropic's API) also gets the `anthropic-version` it requires there.
+#[test]
+fn probes_send_the_key_in_the_backends_header() {
+    let x = MockBackend::start(Behavior::default());
+    let b = MockBackend::start(Behavior::default());
+    let _p = Proxy::start(
+        &json!({"endpoints": {
+            "x": {"url": x.url(), "apiKey": BACKEND_KEY, "apiKeyHeader": "x-api-key", "health": {"probeIntervalSecs": 1}},
+            "b": {"url": b.url(), "apiKey": BACKEND_KEY, "health": {"probeIntervalSecs": 1}}
+        }})
+        .to_string(),
+    );
+    wait_until("both probed", Duration::from_secs(5), || {
+        !x.requests().is_empty() && !b.requests().is_empty()
+    });
+    let seen = |m: &MockBackend| {
+        let r = &m.requests()[0];
+        (
+            r.path.clone(),
+            r.header("authorization").map(str::to_string),
+            r.header("x-api-key").map(str::to_string),
+            r.header("anthropic-version").map(str::to_string),
+        )
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        seen(&x),
+        ("/v1/models".into(), None, s(BACKEND_KEY), s("2023-06-01"))
+    );
+    assert_eq!(
+        seen(&b),
+        (
+            "/v1/models".into(),
+            s(&format!("Bearer {}", BACKEND_KEY)),
+            None,
+            None
+        )
+    );
+}
