@@ -74,6 +74,7 @@ mod tests {
             user: user.to_string(),
             key: key.to_string(),
             label: label.map(str::to_string),
+            session: None,
         };
         let default = Affinity {
             headers: vec![
