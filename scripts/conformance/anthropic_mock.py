@@ -347,6 +347,8 @@ def native_events(a, model):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mode = "openai"
+    # Head and body go out as separate writes; with Nagle on, each answer waits for a delayed ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):  # the request log below says more
         pass
