@@ -1,6 +1,6 @@
 //! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
 
-use crate::config::{Backend, ClientKey, Endpoint};
+use crate::config::{Backend, ClientKey, Endpoint, KeyHeader};
 use crate::http::api_error::ApiError;
 use crate::http::headers;
 use std::io;
@@ -90,7 +90,11 @@ pub fn forward_headers(
         set("X-Model-Id", &backend.actual_model_name);
     }
     if !backend.api_key.is_empty() {
-        set("Authorization", &format!("Bearer {}", backend.api_key));
+        // The client's own Authorization and x-api-key never got this far (`from_client`).
+        match backend.key_header {
+            KeyHeader::Bearer => set("Authorization", &format!("Bearer {}", backend.api_key)),
+            KeyHeader::XApiKey => set("x-api-key", &backend.api_key),
+        }
     }
     out
 }

@@ -19,6 +19,29 @@ pub struct Backend {
     pub via_proxy: Option<String>,
     /// `maxConcurrent`: requests this backend serves at once (per replica); more wait.
     pub max_concurrent: Option<usize>,
+    /// `apiKeyHeader`: the header the key goes in.
+    pub key_header: KeyHeader,
+}
+
+/// Which header carries a backend's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyHeader {
+    /// `"authorization"` (default): `Authorization: Bearer <key>`, as OpenAI-compatible servers
+    /// take it.
+    #[default]
+    Bearer,
+    /// `"x-api-key"`: `x-api-key: <key>` and no Authorization, as api.anthropic.com takes it.
+    XApiKey,
+}
+
+impl KeyHeader {
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyHeader::Bearer => "authorization",
+            KeyHeader::XApiKey => "x-api-key",
+        }
+    }
 }
 
 /// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
@@ -29,6 +52,7 @@ pub(super) struct Inherited {
     api_key: String,
     actual_model_name: String,
     max_concurrent: Option<usize>,
+    key_header: KeyHeader,
 }
 
 impl Inherited {
@@ -45,11 +69,13 @@ impl Inherited {
             .unwrap_or_else(|| id.to_string());
         let max_concurrent =
             parse_max_concurrent(obj.get("maxConcurrent")).map_err(at("maxConcurrent"))?;
+        let key_header = parse_key_header(obj.get("apiKeyHeader"))?.unwrap_or_default();
         Ok(Inherited {
             url,
             api_key,
             actual_model_name,
             max_concurrent,
+            key_header,
         })
     }
 }
@@ -61,6 +87,7 @@ const ENTRY_FIELDS: &[&str] = &[
     "actualModelName",
     "weight",
     "maxConcurrent",
+    "apiKeyHeader",
 ];
 
 /// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
@@ -85,6 +112,7 @@ pub(super) fn parse_backends(
                 actual_model_name: inherited.actual_model_name.clone(),
                 weight: 1,
                 max_concurrent: inherited.max_concurrent,
+                key_header: inherited.key_header,
             }])
         }
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -129,6 +157,7 @@ fn parse_entry(
         None => inherited.max_concurrent,
         v => parse_max_concurrent(v).map_err(at("maxConcurrent"))?,
     };
+    let key_header = parse_key_header(b.get("apiKeyHeader"))?.unwrap_or(inherited.key_header);
     Ok(Backend {
         via_proxy: proxy_for(&url, env),
         url,
@@ -136,7 +165,29 @@ fn parse_entry(
         actual_model_name,
         weight,
         max_concurrent,
+        key_header,
     })
+}
+
+/// `"apiKeyHeader": "authorization" | "x-api-key"`; a key sent in the wrong header fails every
+/// request, so anything else is an error.
+fn parse_key_header(v: Option<&Value>) -> Result<Option<KeyHeader>, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("authorization") => {
+            Ok(Some(KeyHeader::Bearer))
+        }
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("x-api-key") => {
+            Ok(Some(KeyHeader::XApiKey))
+        }
+        Some(v) => Err(FieldError::new(
+            "apiKeyHeader",
+            format!(
+                "expected \"authorization\" (Bearer, the default) or \"x-api-key\", got {}",
+                shown(v)
+            ),
+        )),
+    }
 }
 
 /// A backend's concurrency cap: none when absent.
