@@ -203,15 +203,20 @@ cat >"$logs/anthropic-config.json" <<EOF
 {
   "endpoints": {
     "native-m": {
+      "displayName": "Native mock",
       "url": "http://127.0.0.1:$native_port",
       "apiKey": "sk-native-backend",
+      "apiKeyHeader": "x-api-key",
       "actualModelName": "mock-native",
-      "messagesApi": "native"
+      "messagesApi": "native",
+      "aliases": ["claude-native-*"]
     },
     "chat-m": {
+      "displayName": "Chat mock",
       "url": "http://127.0.0.1:$chat_port",
       "apiKey": "sk-chat-backend",
-      "actualModelName": "mock-chat"
+      "actualModelName": "mock-chat",
+      "aliases": ["claude-*"]
     }
   },
   "proxyKeys": [

@@ -170,6 +170,30 @@ async function ledgerCheck(mode, stream) {
     prompt_tokens: 21, completion_tokens: 9, cached_tokens: 11, reasoning_tokens: 0, estimated: false, outcome: 'complete' }, 'ledger line');
 }
 
+async function aliasCheck(mode, stream) {
+  const alias = mode === 'native' ? 'claude-native-test-1' : 'claude-sonnet-4-5-20250929';
+  const params = { model: alias, max_tokens: 64, messages: user('[scenario:text] hi') };
+  let msg;
+  if (stream) msg = await client.messages.stream(params).finalMessage();
+  else msg = await client.messages.create(params);
+  assert.equal(msg.content[0].text, 'Hello from the mock.');
+  assert.equal(msg.model, mode === 'native' ? 'mock-native' : alias, 'model');
+  assert.equal((await lastSent(mode)).body.model, mode === 'native' ? 'mock-native' : 'mock-chat', "the backend's model");
+}
+
+async function modelsList() {
+  const page = await client.models.list();
+  assert.deepEqual(page.data.map((m) => [m.type, m.id, m.display_name]),
+    [['model', 'native-m', 'Native mock'], ['model', 'chat-m', 'Chat mock']]);
+  assert.deepEqual([page.has_more, page.first_id, page.last_id], [false, 'native-m', 'chat-m']);
+  for (const m of page.data) assert.ok(!Number.isNaN(Date.parse(m.created_at)), `created_at ${m.created_at}`);
+  const one = await client.models.retrieve('chat-m');
+  assert.deepEqual([one.type, one.id, one.display_name], ['model', 'chat-m', 'Chat mock']);
+  const hello = await fetch(`${args['base-url']}/api/hello`, { method: 'HEAD' });
+  assert.equal(hello.status, 200, 'HEAD /api/hello');
+  return page.data.map((m) => m.id).join(', ');
+}
+
 async function errorMidStream(mode) {
   const got = [];
   try {
@@ -230,9 +254,11 @@ async function auth(mode) {
   const { headers } = await lastSent(mode);
   assert.ok(!JSON.stringify(headers).includes(CLIENT_KEY), 'the client key reached the backend');
   if (mode === 'translate') assert.equal(headers.authorization, 'Bearer sk-chat-backend');
+  else assert.deepEqual([headers['x-api-key'], headers.authorization], ['sk-native-backend', undefined], 'apiKeyHeader x-api-key');
 }
 
 console.log(`@anthropic-ai/sdk ${version} -> ${args['base-url']}`);
+await check("models.list in Anthropic's shape, models.retrieve; HEAD /api/hello", modelsList);
 for (const mode of ['native', 'translate']) {
   for (const stream of [false, true]) {
     const at = `(${mode}, stream=${stream})`;
@@ -246,6 +272,7 @@ for (const mode of ['native', 'translate']) {
     await check(`stop_sequences ${at}`, () => stopSequences(mode, stream));
     await check(`thinking ${at}`, () => thinking(mode, stream));
     await check(`ledger lines exact ${at}`, () => ledgerCheck(mode, stream));
+    await check(`aliases: claude-… ids land on a local model ${at}`, () => aliasCheck(mode, stream));
   }
   await check(`an error mid-stream (${mode})`, () => errorMidStream(mode));
   await check(`count_tokens (${mode})`, () => countTokens(mode));

@@ -4,8 +4,10 @@
 Expects modelmux with client keys `sk-mm-client-1` (name "sdk") and `sk-mm-limited` (name
 "limited", one request a minute), a usage ledger at --usage-log, and two endpoints in front of
 scripts/conformance/anthropic_mock.py:
-  native-m -> the mock in --mode native (messagesApi "native", actual model "mock-native")
-  chat-m   -> the mock in --mode openai (translated, actual model "mock-chat")
+  native-m -> the mock in --mode native (messagesApi "native", actual model "mock-native",
+              display name "Native mock", apiKeyHeader "x-api-key", aliases ["claude-native-*"])
+  chat-m   -> the mock in --mode openai (translated, actual model "mock-chat", display name
+              "Chat mock", aliases ["claude-*"])
 Every check runs against both, non-streaming and streaming, and asserts exact text and fields,
 and what the mock received (its /__requests).
 
@@ -332,11 +334,50 @@ def auth(base_url, mode, mocks):
     if mode == "native":
         equal((headers.get("anthropic-version"), headers.get("anthropic-beta")), ("2023-06-01", "some-beta-2099-01-01"),
               "anthropic headers forwarded verbatim")
+        equal((headers.get("x-api-key"), headers.get("authorization")), ("sk-native-backend", None),
+              "the endpoint's key in the header it takes (apiKeyHeader x-api-key)")
     else:
         leaked = [h for h in headers if h.startswith("anthropic-") or h == "x-api-key"]
         equal(leaked, [], "anthropic headers or x-api-key at the chat backend")
         equal(headers.get("authorization"), "Bearer sk-chat-backend", "the endpoint's key")
     return None
+
+
+@check("aliases: claude-… ids land on a local model ({0}, stream={1})")
+def aliases(client, mode, stream, mocks, usage_log):
+    alias = {"native": "claude-native-test-1", "translate": "claude-sonnet-4-5-20250929"}[mode]
+    kw = {"model": alias, "max_tokens": 64, "messages": user("[scenario:text] hi")}
+    if stream:
+        with client.messages.stream(**kw) as s:
+            msg, headers = s.get_final_message(), s.response.headers
+    else:
+        raw = client.messages.with_raw_response.create(**kw)
+        msg, headers = raw.parse(), raw.headers
+    equal(msg.content[0].text, "Hello from the mock.", "text")
+    # A translated Message answers with the id the client sent; a native one as its backend said.
+    equal(msg.model, {"native": "mock-native", "translate": alias}[mode], "model")
+    equal(mocks.last(mode)["body"]["model"], BACKEND_MODEL[mode], "the backend's model")
+    rid = headers.get("x-request-id")
+    line = ledger_lines(usage_log, {rid}).get(rid)
+    expect(line is not None, f"no ledger line for {rid}")
+    equal(line["model"], MODELS[mode], "the ledger's model")
+    return None
+
+
+@check("models.list in Anthropic's shape, models.retrieve; HEAD /api/hello")
+def models_list(client, base_url):
+    page = client.models.list()
+    got = [(m.type, m.id, m.display_name) for m in page.data]
+    equal(got, [("model", "native-m", "Native mock"), ("model", "chat-m", "Chat mock")], "models")
+    equal((page.has_more, page.first_id, page.last_id), (False, "native-m", "chat-m"), "has_more, first_id, last_id")
+    for m in page.data:
+        expect(m.created_at is not None and m.created_at.tzinfo is not None, f"{m.id}: created_at {m.created_at!r}")
+    one = client.models.retrieve("chat-m")
+    equal((one.type, one.id, one.display_name), ("model", "chat-m", "Chat mock"), "models.retrieve")
+    req = urllib.request.Request(base_url + "/api/hello", method="HEAD")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        equal(r.status, 200, "HEAD /api/hello")
+    return f"{[m.id for m in page.data]}"
 
 
 def ledger_lines(path, request_ids):
@@ -382,6 +423,7 @@ def main():
     client = anthropic.Anthropic(base_url=args.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=15.0)
     mocks = Mocks(args.native_mock, args.chat_mock)
     print(f"anthropic {anthropic.__version__} -> {args.base_url}", flush=True)
+    models_list(client, args.base_url)
     for mode in ("native", "translate"):
         for stream in (False, True):
             text(client, mode, stream, mocks)
@@ -395,6 +437,7 @@ def main():
             stop_sequences(client, mode, stream, mocks)
             thinking(client, mode, stream, mocks)
             ledger(client, mode, stream, mocks, args.usage_log)
+            aliases(client, mode, stream, mocks, args.usage_log)
         error_mid_stream(client, mode, mocks)
         count_tokens(client, mode, mocks)
         auth(args.base_url, mode, mocks)

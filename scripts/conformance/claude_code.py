@@ -3,7 +3,8 @@
 (see scripts/conformance.sh).
 
 Expects the modelmux of anthropic_conformance.py, with the client key `sk-mm-claude-code` (name
-"claude-code") and the endpoint chat-m in front of anthropic_mock.py --mode openai. The mock
+"claude-code") and the endpoint chat-m (alias "claude-*") in front of anthropic_mock.py --mode
+openai. Claude Code runs once with ANTHROPIC_MODEL=chat-m and once with its own claude-… ids. The mock
 scripts the task: asked to "create the file PATH", it answers with a Bash tool call that writes
 the file; once the tool result is back, with the final text. Claude Code runs offline, with a
 fresh HOME, telemetry, auto-update and nonessential traffic off.
@@ -129,6 +130,7 @@ def main():
     runs = [
         ("claude -p creates a file with Bash through a translated backend (ANTHROPIC_MODEL=chat-m)",
          {"ANTHROPIC_MODEL": "chat-m", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "chat-m"}),
+        ("claude -p with its own claude-… model ids, landing on chat-m by its alias claude-*", {}),
     ]
     failed = 0
     for label, env_model in runs:
