@@ -55,7 +55,7 @@ def check(name):
             except Exception as e:  # noqa: BLE001 - an unexpected exception is a failure too
                 FAILURES.append(label)
                 print(f"FAIL {label}: unexpected {type(e).__name__}: {e}", flush=True)
-                traceback.print_exc(limit=4, file=sys.stderr)
+                traceback.print_exc(limit=2, file=sys.stderr)
                 return
             ms = (time.monotonic() - started) * 1000
             print(f"PASS {label}{f' ({detail})' if detail else ''} [{ms:.0f} ms]", flush=True)
