@@ -489,3 +489,271 @@ fn debug_shows_messages_api_aliases_and_key_header() {
     );
     assert!(!r.text().contains(BACKEND_KEY));
 }
+
+const SESSION: &str = "0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11";
+
+/// A ledger line with its time-dependent fields fixed, keys in the order written.
+fn steady(line: &Value) -> String {
+    let mut l = line.clone();
+    l["ts"] = json!("T");
+    l["request_id"] = json!("R");
+    l["duration_ms"] = json!(0);
+    l["ttfb_ms"] = json!(0);
+    l.to_string()
+}
+
+/// Native answers' cache writes get ledger fields of their own (all writes, and the 1-hour
+/// part, which issue 20 prices apart); a translated answer maps OpenAI's usage (cached tokens
+/// are cache reads, no writes); an answer without usage is estimated, never 0/0. Claude Code's
+/// session id is recorded as `session`, and one that is not a plain identifier is dropped.
+#[test]
+fn ledger_records_cache_writes_and_the_claude_code_session() {
+    let native_json = MockBackend::start(Behavior {
+        status: Some((
+            200,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "real",
+                   "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn", "stop_sequence": null,
+                   "usage": {"input_tokens": 4, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 50,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                             "output_tokens": 6}})
+            .to_string(),
+        )),
+        ..Behavior::default()
+    });
+    let stream = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"real\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":11,\"cache_creation\":{\"ephemeral_5m_input_tokens\":7,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":20}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+    let native_stream = support::fake_backend::FakeBackend::start(move |_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend(support::fake_backend::chunk(stream.as_bytes()));
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        vec![support::fake_backend::Step::Send(bytes)]
+    });
+    let chat = MockBackend::start(Behavior::default());
+    let silent = MockBackend::start(Behavior {
+        status: Some((
+            200,
+            json!({"id": "chatcmpl-j", "object": "chat.completion", "choices": [{"index": 0,
+                "finish_reason": "stop", "message": {"role": "assistant", "content": "whole answer"}}]})
+            .to_string(),
+        )),
+        ..Behavior::default()
+    });
+    let dir = TempDir::new();
+    let log = dir.0.join("usage.jsonl");
+    let p = Proxy::start(
+        &json!({
+            "endpoints": {
+                "nat": {"url": native_json.url(), "messagesApi": "native"},
+                "nat-s": {"url": native_stream.url, "messagesApi": "native"},
+                "tr": {"url": chat.url()},
+                "tr-none": {"url": silent.url()}
+            },
+            "proxyKeys": [{"key": CLIENT_KEY, "name": "claude-code"}],
+            "usageLog": log.display().to_string()
+        })
+        .to_string(),
+    );
+    let mut n = 0;
+    let mut ask = |model: &str, session: &str, stream: bool| -> (Value, usize) {
+        let body = json!({"model": model, "max_tokens": 20, "stream": stream,
+                          "messages": [{"role": "user", "content": "hello there friend"}]})
+        .to_string();
+        let r = request(
+            p.addr,
+            "POST",
+            "/v1/messages",
+            &[
+                ("Content-Type", "application/json"),
+                ("x-api-key", CLIENT_KEY),
+                ("anthropic-version", "2023-06-01"),
+                ("x-claude-code-session-id", session),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}: {}", model, r.text());
+        n += 1;
+        (lines(&log, n)[n - 1].clone(), body.len())
+    };
+    let host = |url: &str| url.trim_start_matches("http://").to_string();
+    let line = |session: Option<&str>, model: &str, backend: &str, usage: &str| {
+        let session = session.map_or(String::new(), |s| format!(r#""session":"{}","#, s));
+        format!(
+            r#"{{"ts":"T","request_id":"R","user":"claude-code","key":"claude-code",{}"model":"{}","backend":"{}","path":"/messages","status":200,{},"duration_ms":0,"ttfb_ms":0,"outcome":"complete"}}"#,
+            session, model, backend, usage
+        )
+    };
+    let (l, _) = ask("nat", SESSION, false);
+    assert_eq!(
+        steady(&l),
+        line(
+            Some(SESSION),
+            "nat",
+            &host(&native_json.url()),
+            r#""prompt_tokens":354,"completion_tokens":6,"cached_tokens":50,"cache_write_tokens":300,"cache_write_1h_tokens":200,"reasoning_tokens":0,"estimated":false"#
+        )
+    );
+    let (l, _) = ask("nat-s", SESSION, true);
+    assert_eq!(
+        steady(&l),
+        line(
+            Some(SESSION),
+            "nat-s",
+            &host(&native_stream.url),
+            r#""prompt_tokens":21,"completion_tokens":20,"cached_tokens":11,"cache_write_tokens":7,"reasoning_tokens":0,"estimated":false"#
+        )
+    );
+    // The mock counts words: 3 prompt, 3 completion, no cache fields in chat usage.
+    let (l, _) = ask("tr", SESSION, false);
+    assert_eq!(
+        steady(&l),
+        line(
+            Some(SESSION),
+            "tr",
+            &host(&chat.url()),
+            r#""prompt_tokens":3,"completion_tokens":3,"cached_tokens":0,"reasoning_tokens":0,"estimated":false"#
+        )
+    );
+    // No usage from the backend: an estimate (a quarter of the body's bytes; "whole answer"
+    // is 12 characters), marked; a session id with a space is no identifier.
+    let (l, body_len) = ask("tr-none", "not an id", false);
+    assert_eq!(
+        steady(&l),
+        line(
+            None,
+            "tr-none",
+            &host(&silent.url()),
+            &format!(
+                r#""prompt_tokens":{},"completion_tokens":3,"cached_tokens":0,"reasoning_tokens":0,"estimated":true"#,
+                body_len.div_ceil(4)
+            )
+        )
+    );
+}
+
+/// `x-claude-code-request-class: auxiliary` or `compaction` is a background request, served
+/// after the others when the backend is at its cap, exactly as Open WebUI's task header.
+#[test]
+fn claude_code_background_requests_wait_behind_the_others() {
+    let a = MockBackend::start(Behavior {
+        first_byte_delay: Duration::from_millis(400),
+        ..Behavior::default()
+    });
+    let p = Proxy::start(
+        &json!({"endpoints": {"m": {"url": a.url(), "maxConcurrent": 1}}}).to_string(),
+    );
+    let queue_depth = || {
+        get(p.addr, "/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("modelmux_backend_queue_depth{model=\"m\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let start = |who: &'static str, class: Option<&'static str>| {
+        let addr = p.addr;
+        std::thread::spawn(move || {
+            let mut h = vec![("Content-Type", "application/json")];
+            if let Some(c) = class {
+                h.push(("x-claude-code-request-class", c));
+            }
+            let body = json!({"model": "m", "max_tokens": 5, "metadata": {"user_id": who},
+                              "messages": [{"role": "user", "content": who}]});
+            request(
+                addr,
+                "POST",
+                "/v1/messages",
+                &h,
+                body.to_string().as_bytes(),
+            )
+        })
+    };
+    let mut threads = vec![start("blocker", None)];
+    wait_until("the blocker at the backend", Duration::from_secs(5), || {
+        !a.requests().is_empty()
+    });
+    for (n, (who, class)) in [
+        ("aux", Some("auxiliary")),
+        ("compact", Some("Compaction")),
+        ("main", Some("main")),
+        ("plain", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        threads.push(start(who, class));
+        wait_until("queued", Duration::from_secs(5), || {
+            queue_depth() >= (n + 1) as f64
+        });
+    }
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let order: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json().unwrap()["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(order[..3], ["blocker", "main", "plain"], "{:?}", order);
+    let mut last = order[3..].to_vec();
+    last.sort();
+    assert_eq!(last, ["aux", "compact"], "{:?}", order);
+}
+
+/// Health probes and discovery list a backend's models with its key in the header it takes;
+/// an x-api-key backend (Anthropic's API) also gets the `anthropic-version` it requires there.
+#[test]
+fn probes_send_the_key_in_the_backends_header() {
+    let x = MockBackend::start(Behavior::default());
+    let b = MockBackend::start(Behavior::default());
+    let _p = Proxy::start(
+        &json!({"endpoints": {
+            "x": {"url": x.url(), "apiKey": BACKEND_KEY, "apiKeyHeader": "x-api-key", "health": {"probeIntervalSecs": 1}},
+            "b": {"url": b.url(), "apiKey": BACKEND_KEY, "health": {"probeIntervalSecs": 1}}
+        }})
+        .to_string(),
+    );
+    wait_until("both probed", Duration::from_secs(5), || {
+        !x.requests().is_empty() && !b.requests().is_empty()
+    });
+    let seen = |m: &MockBackend| {
+        let r = &m.requests()[0];
+        (
+            r.path.clone(),
+            r.header("authorization").map(str::to_string),
+            r.header("x-api-key").map(str::to_string),
+            r.header("anthropic-version").map(str::to_string),
+        )
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        seen(&x),
+        ("/v1/models".into(), None, s(BACKEND_KEY), s("2023-06-01"))
+    );
+    assert_eq!(
+        seen(&b),
+        (
+            "/v1/models".into(),
+            s(&format!("Bearer {}", BACKEND_KEY)),
+            None,
+            None
+        )
+    );
+}

@@ -63,6 +63,11 @@ pub struct Outgoing<'a> {
     pub body: Option<Vec<u8>>,
 }
 
+/// Anthropic's API answers a request without `anthropic-version` with a 400: the version sent
+/// to a backend that takes `x-api-key` when the client named none (a client's own is forwarded
+/// as it is).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// The headers sent to a backend: the client's (not Authorization, hop-by-hop or Host), the
 /// endpoint's extra ones, this request's id and the backend's key.
 pub fn forward_headers(

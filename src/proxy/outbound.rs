@@ -19,10 +19,6 @@ pub fn injects_usage(inbound: &Inbound, target: &Target, endpoint: &Endpoint) ->
             .is_some_and(|j| !j.wants_stream_usage())
 }
 
-/// What Anthropic's API answers a Messages request without `anthropic-version` with a 400:
-/// the version sent for a client that named none (the client's own is forwarded as it is).
-const ANTHROPIC_VERSION: &str = "2023-06-01";
-
 /// A native Messages request to a backend that takes `x-api-key` (Anthropic's API, which
 /// requires the version header) gets `anthropic-version` when the client sent none. Servers
 /// that take Bearer keys (vLLM, Ollama, llama.cpp) need none and get only what the client sent.
@@ -40,7 +36,10 @@ fn default_anthropic_version(
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("anthropic-version"))
     {
-        headers.push(("anthropic-version".into(), ANTHROPIC_VERSION.into()));
+        headers.push((
+            "anthropic-version".into(),
+            upstream::ANTHROPIC_VERSION.into(),
+        ));
     }
 }
 
