@@ -277,8 +277,12 @@ def stop_fields(a):
 
 def native_usage(a):
     prompt, completion, reads, writes = a.usage
-    return {"input_tokens": prompt - reads - writes, "cache_creation_input_tokens": writes,
-            "cache_read_input_tokens": reads, "output_tokens": completion}
+    u = {"input_tokens": prompt - reads - writes, "cache_creation_input_tokens": writes,
+         "cache_read_input_tokens": reads, "output_tokens": completion}
+    if writes:  # Anthropic splits the writes by cache lifetime (the 1-hour ones cost more)
+        u["cache_creation"] = {"ephemeral_5m_input_tokens": writes - writes // 2,
+                               "ephemeral_1h_input_tokens": writes // 2}
+    return u
 
 
 def native_blocks(a):

@@ -108,9 +108,19 @@ def run(args, label, env_model):
             break
         time.sleep(0.05)
     summary = [(x["model"], x["path"], x["status"], x["prompt_tokens"], x["completion_tokens"], x["estimated"],
-                x["outcome"]) for x in lines]
+                x["outcome"], x.get("end_user"), x.get("session")) for x in lines]
     model = env_model.get("ANTHROPIC_MODEL", "chat-m")
-    want = [(model, "/messages", 200, 50, 20, False, "complete"), (model, "/messages", 200, 40, 7, False, "complete")]
+    # Claude Code's metadata.user_id (the chat backend gets it as `user`) names its device and
+    # session: the device is the ledger's end user, the session (x-claude-code-session-id) its session.
+    try:
+        who = json.loads(chats[0]["body"]["user"]) if chats else {}
+    except (KeyError, ValueError):
+        who = {}
+    device, session = who.get("device_id"), who.get("session_id")
+    if not device or not session:
+        failures.append(f"{label}: no device and session in the user the chat backend got: {who}")
+    want = [(model, "/messages", 200, 50, 20, False, "complete", device, session),
+            (model, "/messages", 200, 40, 7, False, "complete", device, session)]
     if summary != want:
         failures.append(f"{label}: ledger lines {summary}, expected {want}")
     return failures, took
