@@ -58,14 +58,20 @@ fn aliases_route_exact_then_most_specific_glob_on_every_path() {
     );
     let chat =
         |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    // Ledger lines are written once each answer is out: matched by request id, not order.
+    let mut ids: Vec<String> = Vec::new();
+    let mut send = |path: &str, body: &Value| {
+        let r = self::send(&p, path, body);
+        ids.push(r.header("x-request-id").expect("a request id").to_string());
+        r
+    };
     // An exact alias beats the glob `claude-*` of another model.
-    let r = send(&p, "/v1/chat/completions", &chat("claude-sonnet-4-5"));
+    let r = send("/v1/chat/completions", &chat("claude-sonnet-4-5"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(big.requests().len(), 1);
     assert_eq!(big.requests()[0].json().unwrap()["model"], "qwen3-235b");
     // A glob: Messages, translated; the answer names the model the client asked for.
     let r = send(
-        &p,
         "/v1/messages",
         &json!({"model": "claude-haiku-4-5-20251001", "max_tokens": 20,
                 "messages": [{"role": "user", "content": "hello"}]}),
@@ -79,7 +85,6 @@ fn aliases_route_exact_then_most_specific_glob_on_every_path() {
     );
     // `claude-opus-*` is more specific than `claude-*`.
     let r = send(
-        &p,
         "/v1/responses",
         &json!({"model": "claude-opus-4-1", "input": "hi"}),
     );
@@ -88,24 +93,27 @@ fn aliases_route_exact_then_most_specific_glob_on_every_path() {
     assert_eq!(big.requests()[1].json().unwrap()["model"], "qwen3-235b");
     // A passthrough path.
     let r = send(
-        &p,
         "/v1/embeddings",
         &json!({"model": "claude-anything", "input": "x"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(small.requests()[1].json().unwrap()["model"], "qwen3-8b");
     // A model id is matched before any alias, even one `claude-*` covers.
-    let r = send(&p, "/v1/chat/completions", &chat("claude-3-local"));
+    let r = send("/v1/chat/completions", &chat("claude-3-local"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(small.requests()[2].json().unwrap()["model"], "llama");
     // No model, no alias: 404, and nothing reaches a backend.
-    let r = send(&p, "/v1/chat/completions", &chat("gpt-4o"));
+    let r = send("/v1/chat/completions", &chat("gpt-4o"));
     assert_eq!(r.status, 404);
     assert_eq!(small.requests().len() + big.requests().len(), 5);
 
-    let models: Vec<String> = lines(&dir.0.join("usage.jsonl"), 6)
+    let written = lines(&dir.0.join("usage.jsonl"), 6);
+    let models: Vec<&str> = ids
         .iter()
-        .map(|l| l["model"].as_str().unwrap().to_string())
+        .map(|id| {
+            let l = written.iter().find(|l| l["request_id"] == **id).unwrap();
+            l["model"].as_str().unwrap()
+        })
         .collect();
     assert_eq!(
         models,
