@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# `make conformance`: drive modelmux with the official OpenAI Python SDK.
+# `make conformance`: drive modelmux with the official OpenAI Python SDK, the official Anthropic
+# Python and Node SDKs, and Claude Code.
 #
 # Builds modelmux and the demo backend, starts two demo backends (an echo model streaming with
 # a chunk delay and a usage chunk that lists two models, and one answering every request with
 # 401) plus modelmux on OS-picked loopback ports (the echo backend also behind a discovering
 # wildcard "demo/*"), then runs scripts/conformance/conformance.py against the proxy.
-# The SDK lives in a venv at target/conformance-venv (created and installed on first run, and
-# again whenever scripts/conformance/requirements.txt changes).
+# Then the Anthropic part: two scripted mocks (scripts/conformance/anthropic_mock.py, one speaking
+# the Messages API natively, one only chat completions) behind a second modelmux with client
+# keys, a quota and a usage ledger, driven by anthropic_conformance.py (Python SDK),
+# anthropic_conformance.mjs (Node SDK) and claude_code.py (`claude -p` doing a task with a tool).
+# The Python SDKs live in a venv at target/conformance-venv (created and installed on first run,
+# and again whenever scripts/conformance/requirements.txt changes); the Node SDK and Claude Code
+# in target/anthropic-node (installed with npm from scripts/conformance/package.json, again
+# whenever it changes).
 #
 # Env: CONFORMANCE_PYTHON (default python3), CONFORMANCE_PROFILE=debug|release (default debug:
 # the binaries `make test` already built), CONFORMANCE_LOG_DIR (default target/conformance-logs).
@@ -77,6 +84,26 @@ if ! cmp -s "$req" "$venv/.requirements.txt"; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$venv/.requirements.txt"
 fi
+
+# --- Node SDK and Claude Code ------------------------------------------------------------------
+node_dir=target/anthropic-node
+node_pkg=scripts/conformance/package.json
+command -v node >/dev/null && command -v npm >/dev/null ||
+  { say "node and npm are needed for the Anthropic Node SDK and Claude Code checks"; exit 1; }
+if ! cmp -s "$node_pkg" "$node_dir/package.json" || [ ! -d "$node_dir/node_modules/@anthropic-ai/sdk" ]; then
+  say "installing $(sed -n 's/^ *"\(@[^"]*\)": "\([^"]*\)".*/\1@\2/p' "$node_pkg" | tr '\n' ' ')into $node_dir"
+  rm -rf "$node_dir"
+  mkdir -p "$node_dir"
+  cp "$node_pkg" "$node_dir/package.json"
+  # Claude Code's native binary comes in a per-platform optional package; its postinstall
+  # (which only links that binary) is not needed: the checks run the binary itself.
+  npm install --prefix "$node_dir" --no-package-lock --no-audit --no-fund --loglevel=error >/dev/null
+fi
+claude_bin=""
+for f in "$node_dir"/node_modules/@anthropic-ai/claude-code-linux-*/claude; do
+  if [ -x "$f" ]; then claude_bin=$f; break; fi
+done
+[ -n "$claude_bin" ] || { say "no Claude Code binary for this platform under $node_dir"; exit 1; }
 
 # --- binaries ---------------------------------------------------------------------------------
 # Cargo says where the binaries are (CARGO_TARGET_DIR is honoured); both land in one folder.
@@ -158,3 +185,71 @@ ${limit[@]+"${limit[@]}"} "$venv/bin/python" scripts/conformance/conformance.py 
   --base-url "http://127.0.0.1:$proxy_port/v1" \
   --chunk-delay-ms "$chunk_delay_ms" \
   --max-body "$max_body"
+
+# --- Anthropic SDKs and Claude Code -------------------------------------------------------------
+"$venv/bin/python" scripts/conformance/anthropic_mock.py --mode native >"$logs/native-mock.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+native_port=$(wait_port "$pid" "$logs/native-mock.log")
+
+"$venv/bin/python" scripts/conformance/anthropic_mock.py --mode openai >"$logs/chat-mock.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+chat_port=$(wait_port "$pid" "$logs/chat-mock.log")
+
+# Absolute: the config file resolves relative paths against its own folder.
+usage_log="$(cd "$logs" && pwd)/anthropic-usage.jsonl"
+cat >"$logs/anthropic-config.json" <<EOF
+{
+  "endpoints": {
+    "native-m": {
+      "displayName": "Native mock",
+      "url": "http://127.0.0.1:$native_port",
+      "apiKey": "sk-native-backend",
+      "apiKeyHeader": "x-api-key",
+      "actualModelName": "mock-native",
+      "messagesApi": "native",
+      "aliases": ["claude-native-*"]
+    },
+    "chat-m": {
+      "displayName": "Chat mock",
+      "url": "http://127.0.0.1:$chat_port",
+      "apiKey": "sk-chat-backend",
+      "actualModelName": "mock-chat",
+      "aliases": ["claude-*"]
+    }
+  },
+  "proxyKeys": [
+    {"key": "sk-mm-client-1", "name": "sdk"},
+    {"key": "sk-mm-limited", "name": "limited"},
+    {"key": "sk-mm-claude-code", "name": "claude-code"}
+  ],
+  "limits": [{"match": {"key": "limited"}, "requestsPerMinute": 1}],
+  "usageLog": "$usage_log"
+}
+EOF
+
+CM_OPEN_WEBUI_PROXY_LOG_LEVEL=info \
+  "$bin/modelmux" --host 127.0.0.1 --port 0 --config "$logs/anthropic-config.json" >"$logs/modelmux-anthropic.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+anthropic_port=$(wait_port "$pid" "$logs/modelmux-anthropic.log")
+say "native mock :$native_port, chat mock :$chat_port, modelmux :$anthropic_port"
+
+# The SDKs and Claude Code take the base URL without /v1: they append /v1/messages themselves.
+# Each runner goes on after another failed, so one run shows every failure.
+mocks=(--native-mock "http://127.0.0.1:$native_port" --chat-mock "http://127.0.0.1:$chat_port")
+failed=()
+${limit[@]+"${limit[@]}"} "$venv/bin/python" scripts/conformance/anthropic_conformance.py \
+  --base-url "http://127.0.0.1:$anthropic_port" "${mocks[@]}" --usage-log "$usage_log" ||
+  failed+=("Anthropic Python SDK")
+${limit[@]+"${limit[@]}"} node scripts/conformance/anthropic_conformance.mjs --modules "$node_dir" \
+  --base-url "http://127.0.0.1:$anthropic_port" "${mocks[@]}" --usage-log "$usage_log" ||
+  failed+=("Anthropic Node SDK")
+${limit[@]+"${limit[@]}"} "$venv/bin/python" scripts/conformance/claude_code.py --claude "$claude_bin" \
+  --base-url "http://127.0.0.1:$anthropic_port" --chat-mock "http://127.0.0.1:$chat_port" \
+  --usage-log "$usage_log" || failed+=("Claude Code")
+if [ ${#failed[@]} -gt 0 ]; then
+  say "failed: ${failed[*]}"
+  exit 1
+fi

@@ -566,3 +566,69 @@ fn backend_that_ignores_stream_still_gives_the_client_a_stream() {
         (&json!(4), &json!(2))
     );
 }
+
+/// Claude Code's `metadata.user_id` is a JSON string of device, account and session, longer
+/// than a user id may be: it must not get the request refused (it did, with 400
+/// `user_too_long`, so Claude Code could not work at all), and the device is the user.
+#[test]
+fn claude_code_metadata_user_id_names_the_device() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let p = proxy(&a.url(), &dir, "");
+    let device = "b6614501403b1a5bf3d0b07b3af84124e5bcf1de57311bc53a71916bca223b60";
+    let user_id = format!(
+        r#"{{"device_id":"{}","account_uuid":"","session_id":"bfccb1a3-db91-4b17-b6ef-dd7d2fc1ae54"}}"#,
+        device
+    );
+    assert!(user_id.chars().count() > 128);
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 10, "metadata": {"user_id": user_id},
+                "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = ledger(&dir.0.join("usage.jsonl"), 1);
+    assert_eq!(lines[0]["end_user"], device, "{}", lines[0]);
+}
+
+/// Claude Code 2.1 sends its environment as a `role: "system"` message after the first user
+/// turn; a translated backend gets it as a system message in the same place (it was refused
+/// with 400 "messages.1.role: must be \"user\" or \"assistant\"", so Claude Code could not work).
+#[test]
+fn system_message_inside_the_conversation_stays_in_place() {
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let p = proxy(&a.url(), &dir, "");
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 10, "system": "Be brief.", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "reminder"}, {"type": "text", "text": "task"}]},
+            {"role": "system", "content": [{"type": "text", "text": "# Environment"}, {"type": "text", "text": "cwd: /tmp", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "plain"}
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent: Value = serde_json::from_slice(&a.requests()[0].body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "reminder"}, {"type": "text", "text": "task"}]},
+            {"role": "system", "content": "# Environment\ncwd: /tmp"},
+            {"role": "system", "content": "plain"}
+        ])
+    );
+    let r = messages(
+        &p,
+        &json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}
+        ]}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.text(),
+        r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages.1.content.0: a `image` block cannot be in a system message; only text blocks can."}}"#
+    );
+    assert_eq!(a.requests().len(), 1);
+}

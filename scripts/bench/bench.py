@@ -46,6 +46,15 @@ LONG_STREAM_BODY = json.dumps({
     "model": "echo", "stream": True,
     "messages": [{"role": "user", "content": " ".join("w%d" % i for i in range(CHUNKS_PER_STREAM - 2))}],
 }, separators=(",", ":"))
+# The same words as an Anthropic Messages stream: modelmux translates it to the same chat
+# completion, so the backend sends the same 200 events, which go out as Anthropic's events.
+LONG_MESSAGES_BODY = json.dumps({
+    "model": "echo", "stream": True, "max_tokens": 4096,
+    "messages": [{"role": "user", "content": " ".join("w%d" % i for i in range(CHUNKS_PER_STREAM - 2))}],
+}, separators=(",", ":"))
+CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+TRANSLATED = "modelmux, /v1/messages translated"
 
 # LiteLLM refuses to start without a master key; a fresh one per run, sent by wrk as a bearer token.
 PEER_KEY = "sk-bench-" + secrets.token_hex(16)
@@ -409,12 +418,14 @@ http {{
 
 
 class Target:
-    """Something that answers POST /v1/chat/completions on `port`; `pids` are measured."""
+    """Something that answers POST `path` (chat completions unless said) on `port`; `pids` are
+    measured."""
 
     def __init__(self, name, proc, port, pids=None, modes=("keep-alive", "new conn/request"),
-                 levels=None):
+                 levels=None, path=CHAT_PATH):
         self.name, self.proc, self.port, self.modes, self.levels = name, proc, port, modes, levels
         self._pids = pids
+        self.path = path
 
     def pids(self):
         return self._pids if self._pids is not None else [self.proc.pid]
@@ -456,17 +467,17 @@ def wait_health(port, path, timeout=15.0, proc=None):
     return False
 
 
-def stream_request(port, body):
+def stream_request(port, body, path=CHAT_PATH):
     return (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         "Accept: text/event-stream\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(body), body)
+        % (path, len(body), body)
     ).encode()
 
 
-def read_stream(port, body, timeout=30):
+def read_stream(port, body, timeout=30, path=CHAT_PATH):
     """(first response byte, first SSE event, whole reply) in seconds from before connect()."""
-    req = stream_request(port, body)
+    req = stream_request(port, body, path)
     t0 = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -515,14 +526,14 @@ def ttfb_once(port):
 # ----------------------------------------------------------------------------- wrk
 
 
-def wrk(port, conc, seconds, close=False, auth="", body=BODY, measure=None):
+def wrk(port, conc, seconds, close=False, auth="", body=BODY, measure=None, path=CHAT_PATH):
     """One wrk run; with `measure` (a Usage), CPU and context switches are sampled over the
     middle of the run (after a ramp-up, before the end) and divided by wrk's request rate."""
     env = dict(os.environ, BENCH_BODY=body, BENCH_CLOSE="1" if close else "0", BENCH_AUTH=auth)
     threads = 1 if conc == 1 else min(2, conc)
     cmd = [
         "wrk", "-t%d" % threads, "-c%d" % conc, "-d%ds" % seconds, "--timeout", "10s",
-        "-s", LUA, "http://127.0.0.1:%d/v1/chat/completions" % port,
+        "-s", LUA, "http://127.0.0.1:%d%s" % (port, path),
     ]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     used = None
@@ -634,6 +645,8 @@ def bench_stream_cpu(args, nginx):
         targets = [Target("direct", backend, backend_port)]
         mm, mm_port = start_modelmux(backend_port)
         targets.append(Target("modelmux", mm, mm_port))
+        # The same process and backend chunks, asked through the Messages API (translated).
+        targets.append(Target(TRANSLATED, mm, mm_port, path=MESSAGES_PATH))
         if args.baseline:
             p, port = start_modelmux(backend_port, binary=args.baseline)
             targets.append(Target("modelmux (baseline)", p, port))
@@ -641,13 +654,11 @@ def bench_stream_cpu(args, nginx):
             p, port, workers = start_nginx(nginx, backend_port)
             targets.append(Target("nginx", p, port, pids=workers))
         for t in targets:
-            _, _, reply = read_stream(t.port, LONG_STREAM_BODY)
-            events = dechunk(reply).count(b"data: ")
-            if events != CHUNKS_PER_STREAM:
-                raise RuntimeError("%s relayed %d events, expected %d" % (t.name, events, CHUNKS_PER_STREAM))
-            wrk(t.port, args.stream_concurrency, 1, body=LONG_STREAM_BODY)
-            r = wrk(t.port, args.stream_concurrency, args.stream_duration, body=LONG_STREAM_BODY,
-                    measure=Usage(t.pids()))
+            body = LONG_MESSAGES_BODY if t.path == MESSAGES_PATH else LONG_STREAM_BODY
+            check_stream(t, dechunk(read_stream(t.port, body, path=t.path)[2]))
+            wrk(t.port, args.stream_concurrency, 1, body=body, path=t.path)
+            r = wrk(t.port, args.stream_concurrency, args.stream_duration, body=body,
+                    measure=Usage(t.pids()), path=t.path)
             if r.get("cpu_us") is not None:
                 r["cpu_us_chunk"] = r["cpu_us"] / CHUNKS_PER_STREAM
                 r["ctx_chunk"] = r["ctx"] / CHUNKS_PER_STREAM
@@ -658,6 +669,21 @@ def bench_stream_cpu(args, nginx):
         for t in targets:
             stop(t.proc)
     return rows
+
+
+def check_stream(t, body):
+    """Every backend event made it through: 200 SSE events relayed, or, translated, one
+    text_delta per word between message_start and message_stop."""
+    if t.path == MESSAGES_PATH:
+        deltas = body.count(b'"type":"text_delta"')
+        if deltas != CHUNKS_PER_STREAM - 2 or not body.startswith(b"event: message_start") \
+                or not body.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n'):
+            raise RuntimeError("%s: %d text deltas, expected %d: %r"
+                               % (t.name, deltas, CHUNKS_PER_STREAM - 2, body[:300]))
+        return
+    events = body.count(b"data: ")
+    if events != CHUNKS_PER_STREAM:
+        raise RuntimeError("%s relayed %d events, expected %d" % (t.name, events, CHUNKS_PER_STREAM))
 
 
 def bench_latency(args, nginx):
@@ -1041,6 +1067,15 @@ def report(args, m, rows, rss_after_load, latency, ttfb, stream_rows, streams, s
                 delay_label(delay), t, r["rps"], r["rps"] * CHUNKS_PER_STREAM,
                 fmt(r.get("cpu_us_chunk"), "%.2f"), fmt(r.get("ctx_chunk"), "%.3f"), errs))
         L.append("")
+        by_delay = {}
+        for delay, t, r in stream_rows:
+            by_delay.setdefault(delay, {})[t] = r.get("cpu_us_chunk")
+        ratios = ["%.2fx (%s)" % (s[TRANSLATED] / s["modelmux"], delay_label(d))
+                  for d, s in sorted(by_delay.items()) if s.get(TRANSLATED) and s.get("modelmux")]
+        if ratios:
+            L.append("Translated `/v1/messages` streams against the plain relay of the same chunks, CPU per "
+                     "chunk: " + ", ".join(ratios) + ".")
+            L.append("")
     if ttfb:
         names = list(ttfb)
         L.append("### Stream time to first byte (%d sequential requests each, new connection each)"
@@ -1158,6 +1193,10 @@ What the tables mean:
   target, the events sent back to back by the mock and then 1 ms apart; the process's CPU over
   the middle of the run divided by the events relayed (each stream's request overhead is
   included, spread over its 200 events).
+  The row *modelmux, /v1/messages translated* is the same process and the same backend events
+  asked for through Anthropic's Messages API: each chat chunk is parsed and sent on as
+  Anthropic events (`content_block_delta` …), so its CPU per chunk against the plain `modelmux`
+  row is the translation's cost.
 - **Stream time to first byte**: sequential `"stream": true` requests, each on a new
   connection, interleaved across targets; time from `connect()` to the first response byte and
   to the first `data:` event.

@@ -55,11 +55,30 @@ pub fn metadata_user(target: &Target, inbound: &Inbound) -> Option<String> {
     }
     let metadata: Value =
         serde_json::from_str(inbound.json.as_ref()?.get("metadata")?.get()).ok()?;
-    metadata
+    let id = metadata
         .get("user_id")
         .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
+        .filter(|u| !u.is_empty())?;
+    Some(claude_code_user(id).unwrap_or_else(|| id.to_string()))
+}
+
+/// Claude Code puts the device, the account and the session in one `metadata.user_id`: a JSON
+/// object in 2.x (`{"device_id":…,"account_uuid":…,"session_id":…}`), `user_<device>_account_
+/// <account>_session_<session>` before. Whole, it is longer than a user id may be (so every
+/// request would be refused) and new with every session (so quotas would never add up): the
+/// account names the user, or the device when there is no account.
+fn claude_code_user(id: &str) -> Option<String> {
+    let (device, account) = if id.starts_with('{') {
+        let v: Value = serde_json::from_str(id).ok()?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        (field("device_id"), field("account_uuid"))
+    } else {
+        let rest = id.strip_prefix("user_")?;
+        let (ids, _session) = rest.split_once("_session_")?;
+        let (device, account) = ids.split_once("_account_")?;
+        (device.to_string(), account.to_string())
+    };
+    [account, device].into_iter().find(|s| !s.is_empty())
 }
 
 /// What a Messages request needs before any backend is asked: a `count_tokens` for a
@@ -420,5 +439,30 @@ impl Read for Translating {
         buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claude_code_user;
+
+    #[test]
+    fn claude_code_user_ids_name_the_account_else_the_device() {
+        let device = "b6614501403b1a5bf3d0b07b3af84124e5bcf1de57311bc53a71916bca223b60";
+        let session = "bfccb1a3-db91-4b17-b6ef-dd7d2fc1ae54";
+        let json = format!(
+            r#"{{"device_id":"{}","account_uuid":"","session_id":"{}"}}"#,
+            device, session
+        );
+        assert_eq!(claude_code_user(&json).as_deref(), Some(device));
+        let with_account = json.replace(r#""account_uuid":"""#, r#""account_uuid":"acct-1""#);
+        assert_eq!(claude_code_user(&with_account).as_deref(), Some("acct-1"));
+        let old = format!("user_{}_account__session_{}", device, session);
+        assert_eq!(claude_code_user(&old).as_deref(), Some(device));
+        let old = format!("user_{}_account_acct-2_session_{}", device, session);
+        assert_eq!(claude_code_user(&old).as_deref(), Some("acct-2"));
+        for other in ["ada", "user_ada", "{not json", r#"{"session_id":"s"}"#] {
+            assert_eq!(claude_code_user(other), None, "{}", other);
+        }
     }
 }

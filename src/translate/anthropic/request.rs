@@ -157,7 +157,7 @@ fn translate_turn(i: usize, turn: &Value, out: &mut Vec<Value>) -> Result<(), An
     let blocks = match content {
         Some(Value::String(s)) => {
             return match role {
-                Some(r @ ("user" | "assistant")) => {
+                Some(r @ ("user" | "assistant" | "system")) => {
                     out.push(json!({"role": r, "content": s}));
                     Ok(())
                 }
@@ -175,15 +175,38 @@ fn translate_turn(i: usize, turn: &Value, out: &mut Vec<Value>) -> Result<(), An
     match role {
         Some("user") => user_turn(i, blocks, out),
         Some("assistant") => assistant_turn(i, blocks, out),
+        Some("system") => system_turn(i, blocks, out),
         _ => Err(bad_role(i)),
     }
 }
 
 fn bad_role(i: usize) -> AnthropicError {
     AnthropicError::invalid_request(format!(
-        "messages.{}.role: must be \"user\" or \"assistant\".",
+        "messages.{}.role: must be \"user\", \"assistant\" or \"system\".",
         i
     ))
+}
+
+/// A system message inside the conversation (Claude Code 2.1 sends its environment so, after
+/// the first user turn) stays where it is, as a chat `system` message: chat completions take
+/// system messages at any position.
+fn system_turn(i: usize, blocks: &[Value], out: &mut Vec<Value>) -> Result<(), AnthropicError> {
+    let mut texts = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        match (block_type(b), b.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(t)) => texts.push(t),
+            (t, _) => {
+                return Err(AnthropicError::invalid_request(format!(
+                    "messages.{}.content.{}: a `{}` block cannot be in a system message; only text blocks can.",
+                    i,
+                    j,
+                    t.unwrap_or("untyped")
+                )))
+            }
+        }
+    }
+    out.push(json!({"role": "system", "content": texts.join("\n")}));
+    Ok(())
 }
 
 /// Tool results first (as `role: tool` messages, which must follow the assistant's tool calls),
@@ -642,7 +665,7 @@ mod tests {
                 "system.0: a `image` block",
             ),
             (
-                json!({"messages": [{"role": "system", "content": "x"}]}),
+                json!({"messages": [{"role": "developer", "content": "x"}]}),
                 "messages.0.role",
             ),
             (json!({"messages": "x"}), "messages: an array"),
