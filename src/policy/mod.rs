@@ -275,8 +275,12 @@ impl Policy {
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
                     let mut e = ApiError::rate_limited(d.code, d.message, d.retry_after_secs);
-                    // OpenAI sends its x-ratelimit-* headers on 429s too.
-                    let status = quotas.status(&s, now).unwrap_or_default();
+                    // OpenAI sends its x-ratelimit-* headers on 429s too: as the store judged
+                    // the request, read again only for a refusal the store was not asked about.
+                    let status = match d.status {
+                        Some(status) => status,
+                        None => quotas.status(&s, now).unwrap_or_default(),
+                    };
                     e.headers.extend(quota::ratelimit_headers(&status));
                     return Err(e);
                 }
