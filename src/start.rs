@@ -201,6 +201,15 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// `modelmux usage`: totals straight from the ledger files.
 fn usage(u: &cli::UsageArgs) -> Result<String, String> {
+    let q = crate::policy::query(
+        u.since.as_deref(),
+        u.until.as_deref(),
+        u.by.as_deref(),
+        u.user.as_deref(),
+    )?;
+    if let Some(url) = &u.store {
+        return crate::policy::usage_from_store(url, &q, u.json);
+    }
     let log = match &u.log {
         Some(l) => std::path::PathBuf::from(l),
         None => crate::config::read_usage_log(&u.config)
@@ -216,12 +225,6 @@ fn usage(u: &cli::UsageArgs) -> Result<String, String> {
     if !log.exists() {
         return Err(format!("no such ledger file: {}", log.display()));
     }
-    let q = crate::policy::query(
-        u.since.as_deref(),
-        u.until.as_deref(),
-        u.by.as_deref(),
-        u.user.as_deref(),
-    )?;
     crate::policy::usage_command(&log, &q, u.json)
 }
 

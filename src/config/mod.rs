@@ -177,6 +177,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "usageLogMaxBytes",
     "metrics",
     "limits",
+    "store",
     "limitsStore",
     "limitsStoreFailure",
     "limitsMaxTracked",

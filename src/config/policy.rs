@@ -46,7 +46,8 @@ pub struct PolicySettings {
     pub limits_max_tracked: usize,
     /// `limits`: quota rules, in file order.
     pub limits: Vec<Rule>,
-    /// `limitsStore`: a `redis://` or `rediss://` URL (may hold a password); local when absent.
+    /// `store` (or its older name `limitsStore`): a `redis://` or `rediss://` URL (may hold a
+    /// password) that keeps quota counters and usage totals for every replica; local when absent.
     pub limits_store: Option<Secret>,
     /// `limitsStoreFailure`: admit (`open`) or refuse (`closed`) while the store is down.
     pub limits_store_failure: FailureMode,
@@ -102,14 +103,25 @@ pub(super) fn parse_policy(
         None | Some(Value::Null) => Vec::new(),
         Some(v) => parse_rules(v).map_err(|e| FieldError::new(e.location, e.message))?,
     };
-    let limits_store = match root.get("limitsStore") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+    // `store` is the newer name (it holds usage totals too, not only limits); both mean one
+    // setting, so naming both is a mistake rather than a choice.
+    let given = |name: &'static str| root.get(name).filter(|v| !v.is_null()).map(|v| (name, v));
+    let limits_store = match (given("store"), given("limitsStore")) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                "store",
+                "store and limitsStore name the same setting (the shared store); keep one",
+            ))
+        }
+        (None, None) => None,
+        (Some((_, Value::String(u))), None) | (None, Some((_, Value::String(u))))
+            if u.starts_with("redis://") || u.starts_with("rediss://") =>
+        {
             Some(Secret(u.clone()))
         }
-        Some(_) => {
+        (Some((name, _)), None) | (None, Some((name, _))) => {
             return Err(FieldError::new(
-                "limitsStore",
+                name,
                 "expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
             ))
         }
@@ -330,6 +342,15 @@ mod tests {
         );
         assert_eq!(s.limits_store_timeout, Duration::from_millis(250));
         assert_eq!(s.limits_store_retry, Duration::from_secs(5));
+        for name in ["store", "limitsStore"] {
+            let s = parse(&format!(r#"{{"{}":"redis://r:6379/0"}}"#, name)).unwrap();
+            assert_eq!(
+                s.limits_store,
+                Some(Secret("redis://r:6379/0".into())),
+                "{}",
+                name
+            );
+        }
         let s = parse(r#"{"limitsStoreTimeoutMs":50,"limitsStoreRetrySecs":1}"#).unwrap();
         assert_eq!(
             (s.limits_store_timeout, s.limits_store_retry),
@@ -363,6 +384,18 @@ mod tests {
             (
                 r#"{"limitsStoreRetrySecs":0.5}"#,
                 "limitsStoreRetrySecs: expected a whole number from 1 to 3600",
+            ),
+            (
+                r#"{"store":"redis://a/0","limitsStore":"redis://b/0"}"#,
+                "store: store and limitsStore name the same setting (the shared store); keep one",
+            ),
+            (
+                r#"{"store":"http://a/0"}"#,
+                "store: expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
+            ),
+            (
+                r#"{"limitsStore":5}"#,
+                "limitsStore: expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err(), error, "{}", text);

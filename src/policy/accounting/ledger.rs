@@ -23,6 +23,9 @@ pub struct Entry {
     pub ts: String,
     /// The request id.
     pub request_id: String,
+    /// The replica that served it (`CM_OPEN_WEBUI_PROXY_REPLICA`, else the hostname); absent
+    /// on lines written before replicas were named.
+    pub replica: Option<String>,
     /// Who asked (see `identity`).
     pub user: String,
     /// The client key's name.
@@ -72,6 +75,9 @@ impl Entry {
         if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
             m.shift_insert(4, "end_user".into(), label.clone().into());
         }
+        if let (Some(replica), Some(m)) = (&self.replica, v.as_object_mut()) {
+            m.shift_insert(2, "replica".into(), replica.clone().into());
+        }
         v.to_string()
     }
 
@@ -118,6 +124,7 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 "request_id" => e.request_id = text(map.next_value()?).unwrap_or_default(),
                 "key" => e.key = text(map.next_value()?).unwrap_or_default(),
                 "end_user" => e.end_user = text(map.next_value()?),
+                "replica" => e.replica = text(map.next_value()?),
                 "backend" => e.backend = text(map.next_value()?),
                 "path" => e.path = text(map.next_value()?).unwrap_or_default(),
                 "outcome" => e.outcome = text(map.next_value()?).unwrap_or_default(),
@@ -634,9 +641,16 @@ mod tests {
             backend: Some("b:1".into()),
             ttfb_ms: Some(7),
             status: 200,
+            replica: Some("pod-a".into()),
             ..entry(5)
         };
-        assert_eq!(Entry::from_line(&full.to_line()), Some(full));
+        let line = full.to_line();
+        assert!(
+            line.contains(r#""request_id":"r5","replica":"pod-a","user""#),
+            "{}",
+            line
+        );
+        assert_eq!(Entry::from_line(&line), Some(full));
         // Wrong types read as absent or 0; unknown fields are ignored; escapes are decoded.
         let odd = r#"{"ts":"2026-11-02T10:00:00.000Z","user":"a\u00e9\n","model":"m","extra":{"x":[1]},"status":-3,"prompt_tokens":1.5,"completion_tokens":"9","key":7,"ttfb_ms":null,"estimated":true}"#;
         let e = Entry::from_line(odd).unwrap();

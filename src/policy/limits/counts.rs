@@ -61,6 +61,18 @@ pub struct UsageAdd {
     pub counters: Vec<(&'static str, u64)>,
 }
 
+/// The shared usage totals of one day and identity, as the store keeps them: counters by
+/// field name (including any a newer version added).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsageSum {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    /// `[user, key, model]` as the ledger names them.
+    pub who: [String; 3],
+    /// (field, total).
+    pub fields: Vec<(String, u64)>,
+}
+
 /// A settled reservation: what to take back or add to its token counters, in the windows it
 /// was made in, and whether its request is taken back too (a refusal).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ pub use crate::policy::limits::status::{
     format_reset, ratelimit_headers, Budget, Denied, Refusal, RuleStatus,
 };
 use crate::policy::limits::store::{
-    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, SPANS,
+    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, SPANS,
 };
 use crate::policy::limits::windows::reset_secs;
 use std::sync::atomic::AtomicU64;
@@ -367,6 +367,26 @@ impl Quotas {
             out.push(RuleStatus { rule: ri, budgets });
         }
         Ok(out)
+    }
+
+    /// Adds a finished request that holds no reservation to the shared usage totals (nothing
+    /// with the local store).
+    pub fn add_usage(&self, usage: &UsageAdd) {
+        if let Err(e) = self.shared.store.settle(None, Some(usage)) {
+            self.shared
+                .note_failure(&e, "a request is missing from the shared usage totals");
+        }
+    }
+
+    /// The shared usage totals of the days from `first` to before `end`; `None` without a
+    /// shared store.
+    pub fn usage(&self, first: i64, end: i64) -> Option<Result<Vec<UsageSum>, StoreError>> {
+        self.shared.store.usage(first, end)
+    }
+
+    /// True when counters (and usage totals) are shared with other replicas.
+    pub fn shared_store(&self) -> bool {
+        self.shared.store.tracked().is_none()
     }
 
     /// Seeds the counters with a request from the usage ledger (`ts`: when it finished) so a

@@ -15,10 +15,12 @@
 //! no-op. A request whose reservation failed is never charged for it.
 
 use crate::policy::limits::breaker::Breaker;
-use crate::policy::limits::counts::{Ask, Counts, Outcome, Settle, Snapshot, StoreError, UsageAdd};
+use crate::policy::limits::counts::{
+    Ask, Counts, Outcome, Settle, Snapshot, StoreError, UsageAdd, UsageSum,
+};
 use crate::policy::limits::windows::Windows;
 use redis::{Connection, ConnectionLike, RedisResult, Script};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -495,6 +497,46 @@ impl RedisStore {
         })
         .map(|_| ())
         .map_err(|f| f.error)
+    }
+
+    /// The shared usage totals of the days from `first` to before `end`, in one round trip
+    /// (a pipeline of one `HGETALL` per day). A field that is not `<counter> <identity>` (not
+    /// written by modelmux) is skipped.
+    pub fn usage(&self, first: i64, end: i64) -> Result<Vec<UsageSum>, StoreError> {
+        let days: Vec<i64> = (first..end).collect();
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let maps: Vec<HashMap<String, u64>> = self
+            .guarded(|| {
+                self.with_conn(|con| {
+                    let mut pipe = redis::pipe();
+                    for &d in &days {
+                        pipe.cmd("HGETALL").arg(usage_key(d));
+                    }
+                    pipe.query(con)
+                })
+            })
+            .map_err(|f| f.error)?;
+        type Fields = Vec<(String, u64)>;
+        let mut sums: BTreeMap<(i64, [String; 3]), Fields> = BTreeMap::new();
+        for (&day, map) in days.iter().zip(maps) {
+            for (field, n) in map {
+                let Some((counter, who)) = field.split_once(' ') else {
+                    continue;
+                };
+                let Ok(who) = serde_json::from_str::<[String; 3]>(who) else {
+                    continue;
+                };
+                sums.entry((day, who))
+                    .or_default()
+                    .push((counter.to_string(), n));
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(|((day, who), fields)| UsageSum { day, who, fields })
+            .collect())
     }
 
     /// The current counts of `buckets` by the server's clock.

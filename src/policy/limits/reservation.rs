@@ -68,7 +68,9 @@ impl Reservation {
     }
 
     /// Replaces the estimate with the tokens the backend reported, in the windows the
-    /// reservation was made in (a window that has ended since is left alone).
+    /// reservation was made in (a window that has ended since is left alone). The request
+    /// path uses `finish`, which also carries the shared usage totals.
+    #[cfg(test)]
     pub fn settle(self, actual_tokens: u64) {
         self.finish(Some(actual_tokens), None);
     }

@@ -6,7 +6,7 @@
 
 use crate::config::DEFAULT_MAX_TRACKED;
 pub use crate::policy::limits::counts::{
-    fits, increments, Ask, Counts, Outcome, Settle, Snapshot, StoreError, UsageAdd, SPANS,
+    fits, increments, Ask, Counts, Outcome, Settle, Snapshot, StoreError, UsageAdd, UsageSum, SPANS,
 };
 use crate::policy::limits::redis_store::RedisStore;
 pub use crate::policy::limits::redis_store::Timing;
@@ -112,6 +112,15 @@ impl Store {
                 Ok(())
             }
             Store::Redis(s) => s.settle(held, usage),
+        }
+    }
+
+    /// The shared usage totals of the days from `first` to before `end`; `None` for the local
+    /// store, which keeps none (the ledger is the record).
+    pub fn usage(&self, first: i64, end: i64) -> Option<Result<Vec<UsageSum>, StoreError>> {
+        match self {
+            Store::Local(_) => None,
+            Store::Redis(s) => Some(s.usage(first, end)),
         }
     }
 
