@@ -221,6 +221,12 @@ fn usage(u: &cli::UsageArgs) -> Result<String, String> {
                 )
             })?,
     };
+    if log == std::path::Path::new(crate::config::STDOUT_LEDGER) {
+        return Err(format!(
+            "{}'s usageLog is \"-\" (ledger lines go to stdout): save the shipped lines marked \"log\":\"usage\" to a file and name it with --log FILE, or read the shared totals with --store URL",
+            u.config
+        ));
+    }
     // An empty report for a mistyped path would look like "nobody used anything".
     if !log.exists() {
         return Err(format!("no such ledger file: {}", log.display()));

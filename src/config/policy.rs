@@ -10,6 +10,10 @@ use std::time::Duration;
 /// Default of `metrics.maxUsers`.
 pub const DEFAULT_METRICS_MAX_USERS: usize = 1000;
 
+/// The `usageLog` that writes ledger lines to stdout (each marked `"log":"usage"`) instead of
+/// a file.
+pub const STDOUT_LEDGER: &str = "-";
+
 /// Default size at which the usage ledger rotates.
 pub const DEFAULT_USAGE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -32,7 +36,7 @@ pub struct PolicySettings {
     pub jwt_audience: Option<String>,
     /// `openWebUI.jwtIssuer`: the token's `iss` must be this.
     pub jwt_issuer: Option<String>,
-    /// `usageLog`, resolved against the config file's folder.
+    /// `usageLog`, resolved against the config file's folder; `STDOUT_LEDGER` for stdout.
     pub usage_log: Option<PathBuf>,
     /// `usageLogMaxBytes`: the ledger rotates past this size.
     pub usage_log_max_bytes: u64,
@@ -273,6 +277,8 @@ pub(super) fn parse_usage_log(
 ) -> Result<Option<PathBuf>, FieldError> {
     Ok(match v {
         None | Some(Value::Null) => None,
+        // The ledger on stdout, for a log shipper; not a file, so not resolved.
+        Some(Value::String(s)) if s == STDOUT_LEDGER => Some(PathBuf::from(STDOUT_LEDGER)),
         Some(Value::String(s)) if !s.is_empty() => {
             let p = Path::new(s);
             Some(if p.is_absolute() {

@@ -168,8 +168,14 @@ impl Policy {
             Some(path) => {
                 // The lock first: a second process on this ledger stops here, before reading.
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
+                let stdout = path == std::path::Path::new(crate::config::STDOUT_LEDGER);
+                if stdout && !quotas.is_empty() && settings.limits_store.is_none() {
+                    log::warn!(
+                        "usageLog \"-\": the ledger goes to stdout and is not read back, so a restart forgets this month's spending on the limits; set store (Redis) for quotas that survive restarts"
+                    );
+                }
                 // Redis keeps its own counters; only local ones are rebuilt.
-                if !quotas.is_empty() && settings.limits_store.is_none() {
+                if !quotas.is_empty() && settings.limits_store.is_none() && !stdout {
                     let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now)?;
                     if skipped > 0 {
                         log::warn!(

@@ -81,7 +81,8 @@ impl Entry {
         v.to_string()
     }
 
-    /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
+    /// Reads a line back (a line shipped from stdout, with its `"log":"usage"`, too); `None` for
+    /// a line that is not one (torn by a full disk, or foreign).
     /// Read field by field, without building a JSON tree: start and `/usage` read every line.
     pub fn from_line(line: &str) -> Option<Entry> {
         serde_json::from_str::<Parsed>(line).ok()?.0
@@ -155,9 +156,11 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
     }
 }
 
-/// The open ledger file.
+/// The open ledger file, or stdout (`usageLog: "-"`).
 pub struct Ledger {
     path: PathBuf,
+    /// Lines go to stdout, marked `"log":"usage"`, and nothing is read back.
+    stdout: bool,
     max_bytes: u64,
     file: Mutex<Option<Open>>,
     /// `<usageLog>.lock`, held for the life of the process: one writer per ledger.
@@ -177,10 +180,21 @@ impl Ledger {
     /// path. A ledger another process writes is an error: two writers renaming one file under
     /// each other lose lines.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Ledger, String> {
+        if path == Path::new(crate::config::STDOUT_LEDGER) {
+            return Ok(Ledger {
+                path: path.to_path_buf(),
+                stdout: true,
+                max_bytes,
+                file: Mutex::new(None),
+                _lock: None,
+                last_warning_ms: AtomicI64::new(i64::MIN),
+            });
+        }
         let lock = lock_writer(path)?;
         let file = open_append(path)?;
         Ok(Ledger {
             path: path.to_path_buf(),
+            stdout: false,
             max_bytes,
             file: Mutex::new(Some(file)),
             _lock: lock,
@@ -193,8 +207,15 @@ impl Ledger {
     pub fn append(&self, entry: &Entry) -> bool {
         let mut line = entry.to_line();
         line.push('\n');
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Err(e) = self.write_locked(&mut guard, line.as_bytes()) else {
+        let written = if self.stdout {
+            // Marked first, so a log pipeline tells it from an access line without parsing.
+            let marked = format!("{{\"log\":\"usage\",{}", &line[1..]);
+            crate::stdout::write_lines(marked.as_bytes()).map_err(|e| e.to_string())
+        } else {
+            let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_locked(&mut guard, line.as_bytes())
+        };
+        let Err(e) = written else {
             return true;
         };
         {
@@ -253,6 +274,10 @@ impl Ledger {
     /// The ledger's files opened for reading, consistent with each other: no rotation runs
     /// while they are opened, and the live file is read up to its size now.
     pub fn sources(&self) -> Result<Vec<Source>, String> {
+        // Lines on stdout are the log pipeline's now.
+        if self.stdout {
+            return Ok(Vec::new());
+        }
         let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         open_sources_once(&self.path)
     }
