@@ -36,7 +36,8 @@ use store::Store;
 use totals::Totals;
 
 /// Process-wide policy state: the ledger, the quotas and the per-model backend gates. Usage
-/// totals are not kept in memory: `/usage` reads them from the ledger when asked.
+/// totals are not kept in memory: `/usage` reads them from the ledger when asked, or from the
+/// shared store, which every replica adds each ledger line to when it settles the request.
 pub struct Policy {
     ledger: Option<Ledger>,
     /// This replica's name in ledger lines.
