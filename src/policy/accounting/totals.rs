@@ -77,8 +77,10 @@ const OUTCOME_FIELDS: [&str; 5] = [
     "outcome:refused",
 ];
 
-/// What one ledger line adds to the shared store's totals, by field name. A cost field is
-/// added here once requests have one; zero counters are left out (an absent field reads 0).
+/// What one ledger line adds to the shared store's totals, by field name. A cost is one more
+/// field here once requests have one (a whole number, e.g. micro-units: the store adds with
+/// `HINCRBY`), and one more arm in `counters_of`; zero counters are left out (an absent field
+/// reads 0).
 pub fn store_fields(e: &Entry) -> Vec<(&'static str, u64)> {
     let c = entry_counters(e);
     let mut out: Vec<(&'static str, u64)> = FIELDS
