@@ -78,6 +78,8 @@ pub struct UsageArgs {
     pub log: Option<String>,
     /// The config file naming the ledger.
     pub config: String,
+    /// A shared store (`redis://…`) to read every replica's totals from, instead of a ledger.
+    pub store: Option<String>,
     /// JSON (as `/usage` answers) instead of a table.
     pub json: bool,
 }
@@ -100,6 +102,7 @@ fn parse_usage(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
             "--user" => u.user = Some(value()?),
             "--log" => u.log = Some(value()?),
             "--config" => u.config = value()?,
+            "--store" => u.store = Some(value()?),
             "--json" => u.json = true,
             other => {
                 return Err(format!(
@@ -117,7 +120,7 @@ pub const USAGE_COMMAND: &str =
     "modelmux usage: usage totals from the usage ledger, without a running server
 
 USAGE: modelmux usage [--since DATE] [--until DATE] [--by user,key,model] [--user U]
-                      [--log FILE | --config PATH] [--json]
+                      [--log FILE | --config PATH | --store URL] [--json]
 
   --since DATE     first day counted, YYYY-MM-DD (default: the ledger's start)
   --until DATE     first day not counted, YYYY-MM-DD (default: no end)
@@ -126,6 +129,8 @@ USAGE: modelmux usage [--since DATE] [--until DATE] [--by user,key,model] [--use
   --log FILE       the ledger file (its rotated copies FILE.1 to FILE.3 are read too)
   --config PATH    the config whose usageLog names the ledger, when --log is not given (env
                    CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json); only usageLog is read
+  --store URL      the shared store (redis://[:password@]host[:port][/db] or rediss://…) that
+                   replicas keep usage totals in: every replica's totals, by UTC day
   --json           print JSON exactly as GET /usage answers, instead of a table
   --help           print this help
 ";
@@ -135,7 +140,7 @@ pub const USAGE: &str = "modelmux: one OpenAI-compatible endpoint in front of ma
 
 USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --healthcheck]
        modelmux usage [--since DATE] [--until DATE] [--by user,key,model] [--user U]
-                      [--log FILE | --config PATH] [--json]
+                      [--log FILE | --config PATH | --store URL] [--json]
        modelmux --version | --help
 
   --config PATH    config file (env CM_OPEN_WEBUI_PROXY_CONFIG_FILE, default config.json)
@@ -148,8 +153,8 @@ USAGE: modelmux [--config PATH] [--port N] [--host ADDR] [--check-config | --hea
 
   usage            print usage totals from the usage ledger (no running server needed):
                    --since/--until YYYY-MM-DD (until excluded), --by any of user,key,model
-                   (default user), --log the ledger file (default: the config's usageLog);
-                   see modelmux usage --help
+                   (default user), --log the ledger file (default: the config's usageLog),
+                   --store redis://… every replica's totals; see modelmux usage --help
 
 Environment:
   CM_OPEN_WEBUI_PROXY_WORKERS              requests served at once (default 1024)
@@ -167,6 +172,7 @@ Environment:
   CM_OPEN_WEBUI_PROXY_CLIENT_WRITE_TIMEOUT_SECS  bound for a write to a client that stopped reading (default 60)
   CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES     request head limit, 431 beyond it (default 65536)
   CM_OPEN_WEBUI_PROXY_CA_FILE              extra CA bundle (PEM) trusted for every backend
+  CM_OPEN_WEBUI_PROXY_REPLICA              this replica's name in usage ledger lines (default: hostname)
   HTTPS_PROXY / HTTP_PROXY                 forward proxy for https / http backends
   ALL_PROXY                                forward proxy where the matching one above is unset
   NO_PROXY                                 backend hosts reached directly: exact, .domain suffix or *

@@ -27,7 +27,8 @@
 //! - `http/`: what every layer says in HTTP: routes, OpenAI-style errors, replies, which headers
 //!   cross the proxy, the access log line.
 //! - Helpers used across layers: `lifecycle` (signals, file watch, fd limit: the only libc calls),
-//!   `metrics`, `clock` (UTC calendar arithmetic), `tls`, `glob` and `redact`.
+//!   `metrics`, `clock` (UTC calendar arithmetic), `tls`, `glob`, `redact` and `stdout` (whole
+//!   lines of the JSON access log and a ledger on stdout under one lock).
 
 #![deny(unsafe_code)]
 
@@ -49,6 +50,7 @@ mod policy;
 mod proxy;
 mod redact;
 pub mod start;
+mod stdout;
 mod stream;
 mod telemetry;
 mod tls;

@@ -152,6 +152,16 @@ pub fn deepen_backlog(listener: &std::net::TcpListener) {
     }
 }
 
+/// The host's name (a Kubernetes pod's name), if it has one.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).trim().to_string();
+    (rc == 0 && !name.is_empty()).then_some(name)
+}
+
 /// Raises the soft descriptor limit to the hard limit: each stream holds two sockets.
 pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on a struct we own.

@@ -201,6 +201,15 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// `modelmux usage`: totals straight from the ledger files.
 fn usage(u: &cli::UsageArgs) -> Result<String, String> {
+    let q = crate::policy::query(
+        u.since.as_deref(),
+        u.until.as_deref(),
+        u.by.as_deref(),
+        u.user.as_deref(),
+    )?;
+    if let Some(url) = &u.store {
+        return crate::policy::usage_from_store(url, &q, u.json);
+    }
     let log = match &u.log {
         Some(l) => std::path::PathBuf::from(l),
         None => crate::config::read_usage_log(&u.config)
@@ -212,16 +221,16 @@ fn usage(u: &cli::UsageArgs) -> Result<String, String> {
                 )
             })?,
     };
+    if log == std::path::Path::new(crate::config::STDOUT_LEDGER) {
+        return Err(format!(
+            "{}'s usageLog is \"-\" (ledger lines go to stdout): save the shipped lines marked \"log\":\"usage\" to a file and name it with --log FILE, or read the shared totals with --store URL",
+            u.config
+        ));
+    }
     // An empty report for a mistyped path would look like "nobody used anything".
     if !log.exists() {
         return Err(format!("no such ledger file: {}", log.display()));
     }
-    let q = crate::policy::query(
-        u.since.as_deref(),
-        u.until.as_deref(),
-        u.by.as_deref(),
-        u.user.as_deref(),
-    )?;
     crate::policy::usage_command(&log, &q, u.json)
 }
 

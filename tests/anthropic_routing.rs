@@ -507,6 +507,9 @@ fn steady(line: &Value) -> String {
     l["request_id"] = json!("R");
     l["duration_ms"] = json!(0);
     l["ttfb_ms"] = json!(0);
+    // Every line names its replica (the hostname here); the rest is what this file checks.
+    let replica = l.as_object_mut().and_then(|m| m.shift_remove("replica"));
+    assert!(matches!(replica, Some(Value::String(_))), "{}", line);
     l.to_string()
 }
 

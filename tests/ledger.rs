@@ -390,3 +390,84 @@ fn modelmux_usage_prints_ledger_strings_escaped() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["data"][0]["user"], user, "the same value, escaped");
 }
+
+/// Issue 21, item 2: `"usageLog": "-"` writes each ledger line to stdout, marked
+/// `"log":"usage"`, beside the JSON access log on the same stdout: under concurrent requests
+/// every line stays whole, each request has one of each, and the shipped usage lines saved to
+/// a file are a ledger `modelmux usage` reads.
+#[test]
+fn a_ledger_on_stdout_is_marked_and_never_interleaves_with_the_json_access_log() {
+    let a = MockBackend::start(Behavior::default());
+    let cfg = json!({
+        "endpoints": {"m": {"url": a.url(), "apiKey": "sk-ledger-stdout-backend-1a2b"}},
+        "usageLog": "-",
+        // A per-user budget without a shared store: the start warns that it is not restart-safe.
+        "limits": [{"match": {"user": "*"}, "tokensPerDay": 1000000}],
+    });
+    let env = [
+        ("CM_OPEN_WEBUI_PROXY_LOG_FORMAT", "json"),
+        ("CM_OPEN_WEBUI_PROXY_REPLICA", "stdout-1"),
+    ];
+    let p = Proxy::start_with(&cfg.to_string(), &env, &[]);
+    assert!(
+        p.count_logs("the ledger goes to stdout and is not read back") == 1,
+        "{:#?}",
+        p.logs()
+    );
+    let (threads, each) = (8, 25);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let p = &p;
+            s.spawn(move || {
+                for i in 0..each {
+                    let words = vec!["w"; 1 + (t * each + i) % 7].join(" ");
+                    assert_eq!(chat(p, &words).status, 200);
+                }
+            });
+        }
+    });
+    let n = threads * each;
+    let json_lines = |p: &Proxy| -> Vec<Value> {
+        p.logs()
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn {:?}: {}", l, e)))
+            .collect()
+    };
+    wait_until("every line is out", Duration::from_secs(10), || {
+        json_lines(&p).len() >= 2 * n
+    });
+    let all = json_lines(&p);
+    assert_eq!(all.len(), 2 * n, "one access line and one usage line each");
+    let usage_lines: Vec<&Value> = all.iter().filter(|l| l["log"] == "usage").collect();
+    assert_eq!(usage_lines.len(), n);
+    for l in &usage_lines {
+        let fields: Vec<&String> = l.as_object().unwrap().keys().collect();
+        assert_eq!(fields[..3], ["log", "ts", "request_id"], "{}", l);
+        assert_eq!(
+            (&l["replica"], &l["outcome"]),
+            (&json!("stdout-1"), &json!("complete"))
+        );
+    }
+    assert!(all
+        .iter()
+        .filter(|l| l["log"] != "usage")
+        .all(|l| l["method"] == "POST"));
+    // The shipped lines, saved as they came, are a ledger for `modelmux usage`.
+    let dir = TempDir::new();
+    let saved = dir.0.join("shipped.jsonl");
+    let text: String = p
+        .logs()
+        .iter()
+        .filter(|l| l.starts_with("{\"log\":\"usage\","))
+        .map(|l| format!("{}\n", l))
+        .collect();
+    std::fs::write(&saved, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelmux"))
+        .args(["usage", "--json", "--log", &saved.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let totals: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(totals["data"][0]["requests"], n as u64, "{}", totals);
+}

@@ -256,7 +256,8 @@ fn a_paused_redis_costs_one_timeout_per_interval_and_charges_nothing_it_did_not_
     }
     for p in [&open, &closed] {
         assert_eq!(metric(p, "modelmux_limits_store_failures_total"), Some(1.0));
-        assert_eq!(metric(p, "modelmux_limits_store_skipped_total"), Some(3.0));
+        // Three reservations, and the usage totals of all four requests, not tried.
+        assert_eq!(metric(p, "modelmux_limits_store_skipped_total"), Some(7.0));
         assert_eq!(metric(p, "modelmux_limits_store_breaker_open"), Some(1.0));
         assert_eq!(
             metric(p, "modelmux_limits_store_pending_cancels"),
@@ -291,4 +292,155 @@ fn a_paused_redis_costs_one_timeout_per_interval_and_charges_nothing_it_did_not_
         metric(&open, "modelmux_limits_store_failures_total"),
         Some(1.0)
     );
+}
+
+/// Round trips to Redis per request, counted by MONITOR on the real server (commands a
+/// script runs are not round trips): one to admit a request (reserve, and the counts its
+/// `x-ratelimit-*` headers are made of, also for a 429) and one when it ends (its tokens
+/// settled, its usage added to the shared totals).
+#[test]
+fn one_redis_round_trip_at_admission_and_one_at_settle() {
+    let redis = RedisServer::start();
+    let a = MockBackend::start(Behavior::default());
+    let p = replica(&a.url(), &redis.url(), json!({}));
+    room_in_this_minute(15);
+    let quiet = || {
+        wait_until("Redis hears nothing more", Duration::from_secs(10), || {
+            redis
+                .monitor()
+                .stop_after(&redis, 1, Duration::ZERO)
+                .is_empty()
+        })
+    };
+    // Warm up: the connection is made and the scripts loaded.
+    assert_eq!(chat_as(&p, "tok", "hi").status, 200);
+    let r = chat_as(&p, "warm", "hi");
+    assert_eq!(r.status, 200);
+    quiet();
+    let round_trips = |user: &str, content: &str, n: usize| {
+        let m = redis.monitor();
+        let r = chat_as(&p, user, content);
+        let lines = m.stop_after(&redis, n, Duration::from_secs(10));
+        let evals = lines.iter().filter(|l| l.contains("\"EVALSHA\"")).count();
+        assert_eq!((lines.len(), evals), (n, n), "{}: {:#?}", r.status, lines);
+        // The last is the settle script, with the request's usage for the shared totals.
+        assert!(
+            lines[n - 1].contains("\"modelmux:usage:"),
+            "{}: {:#?}",
+            r.status,
+            lines
+        );
+        r
+    };
+    // Settled to other than the estimate: a reserve and a settle.
+    let r = round_trips("tok", TWENTY_WORDS, 2);
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-ratelimit-remaining-tokens").is_some());
+    assert_eq!(round_trips("tok", "hi", 2).status, 200);
+    // The fourth in the minute is refused: one round trip for the reserve, headers and all
+    // (not another to read the counts), and one to add its refused line to the shared totals.
+    let r = round_trips("tok", "hi", 2);
+    refused(&r, "rate_limit_exceeded", 0);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+}
+
+const ADMIN: &str = "admin-key-limits-redis-5f6e7d";
+
+/// `GET /usage?by=user` with the admin key.
+fn usage_of(p: &Proxy) -> Value {
+    let r = request(
+        p.addr,
+        "GET",
+        "/usage?by=user",
+        &[("Authorization", &format!("Bearer {}", ADMIN))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Issue 21: with a shared store, `/usage` on any replica and `modelmux usage --store` answer
+/// for every replica: the sum of their ledgers, each line of which names its replica.
+#[test]
+fn usage_totals_of_every_replica_from_the_shared_store() {
+    let redis = RedisServer::start();
+    let a = MockBackend::start(Behavior::default());
+    let dir = TempDir::new();
+    let logs = [dir.0.join("r1.jsonl"), dir.0.join("r2.jsonl")];
+    let start = |i: usize| {
+        let mut cfg = json!({
+            "endpoints": {"m": {"url": a.url(), "apiKey": KEY, "actualModelName": "real-m",
+                                "defaultMaxTokens": 1}},
+            // The newer name of limitsStore.
+            "store": redis.url(),
+            "limitsStoreTimeoutMs": 3000,
+            "limits": [{"match": {"user": "*"}, "requestsPerMinute": 3}],
+        });
+        cfg["usageLog"] = json!(logs[i].display().to_string());
+        let name = format!("r{}", i + 1);
+        let env = [
+            ("CM_OPEN_WEBUI_PROXY_ADMIN_KEY", ADMIN),
+            ("CM_OPEN_WEBUI_PROXY_REPLICA", name.as_str()),
+        ];
+        Proxy::start_with(&cfg.to_string(), &env, &[])
+    };
+    let (p1, p2) = (start(0), start(1));
+    room_in_this_minute(20);
+    let mut sent = 0;
+    for (user, n) in [("ann", 2), ("ben", 4), ("cy", 1)] {
+        for (i, r) in alternate(&[&p1, &p2], user, n).iter().enumerate() {
+            // ben's fourth is refused: a ledger line with 0 tokens, counted as refused.
+            assert_eq!(r.status, if i < 3 { 200 } else { 429 }, "{}", r.text());
+            sent += 1;
+        }
+    }
+    let lines = || [ledger(&logs[0]), ledger(&logs[1])];
+    wait_until(
+        "every request has its ledger line",
+        Duration::from_secs(10),
+        || lines().iter().map(Vec::len).sum::<usize>() == sent,
+    );
+    let [l1, l2] = lines();
+    assert!(l1.iter().all(|l| l["replica"] == "r1"), "{:?}", l1);
+    assert!(l2.iter().all(|l| l["replica"] == "r2"), "{:?}", l2);
+    let all: Vec<Value> = l1.into_iter().chain(l2).collect();
+    let want = usage_by_user(&all);
+    assert_eq!(want["data"][1]["requests_by_outcome"]["refused"], 1);
+    // The settle (and with it the totals) lands just after each answer.
+    wait_until(
+        "the shared totals are the ledgers' sum",
+        Duration::from_secs(10),
+        || usage_of(&p1) == want,
+    );
+    assert_eq!(usage_of(&p2), want, "every replica answers the same");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelmux"))
+        .args(["usage", "--by", "user", "--json", "--store", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli, want);
+    // A day's totals are kept for 400 days after it ends, and hold no message content.
+    let today = now_secs() / 86_400;
+    let ttl: u64 = redis
+        .command(&["TTL", &format!("modelmux:usage:{}", today)])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(
+        (400 * 86_400..=401 * 86_400 + 60).contains(&ttl),
+        "ttl {}",
+        ttl
+    );
+    // Down, /usage says so instead of answering one replica's share.
+    drop(redis);
+    let r = request(
+        p1.addr,
+        "GET",
+        "/usage?by=user",
+        &[("Authorization", &format!("Bearer {}", ADMIN))],
+        b"",
+    );
+    assert_eq!(r.error(503)["code"], "usage_store_unavailable");
 }

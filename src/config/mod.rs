@@ -31,7 +31,7 @@ pub use endpoint::DEFAULT_MAX_QUEUE_WAIT;
 pub use endpoint::{ClientKey, Endpoint, MessagesApi};
 pub(crate) use json::{type_name, unknown_field};
 pub use keys::{Priority, ProxyKey};
-pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
+pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED, STDOUT_LEDGER};
 #[cfg(test)]
 pub use rules::parse_rules;
 pub use rules::{Limit, Rule, Subject, WINDOWED};
@@ -185,6 +185,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "usageLogMaxBytes",
     "metrics",
     "limits",
+    "store",
     "limitsStore",
     "limitsStoreFailure",
     "limitsMaxTracked",

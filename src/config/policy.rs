@@ -10,6 +10,10 @@ use std::time::Duration;
 /// Default of `metrics.maxUsers`.
 pub const DEFAULT_METRICS_MAX_USERS: usize = 1000;
 
+/// The `usageLog` that writes ledger lines to stdout (each marked `"log":"usage"`) instead of
+/// a file.
+pub const STDOUT_LEDGER: &str = "-";
+
 /// Default size at which the usage ledger rotates.
 pub const DEFAULT_USAGE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -32,7 +36,7 @@ pub struct PolicySettings {
     pub jwt_audience: Option<String>,
     /// `openWebUI.jwtIssuer`: the token's `iss` must be this.
     pub jwt_issuer: Option<String>,
-    /// `usageLog`, resolved against the config file's folder.
+    /// `usageLog`, resolved against the config file's folder; `STDOUT_LEDGER` for stdout.
     pub usage_log: Option<PathBuf>,
     /// `usageLogMaxBytes`: the ledger rotates past this size.
     pub usage_log_max_bytes: u64,
@@ -46,7 +50,8 @@ pub struct PolicySettings {
     pub limits_max_tracked: usize,
     /// `limits`: quota rules, in file order.
     pub limits: Vec<Rule>,
-    /// `limitsStore`: a `redis://` or `rediss://` URL (may hold a password); local when absent.
+    /// `store` (or its older name `limitsStore`): a `redis://` or `rediss://` URL (may hold a
+    /// password) that keeps quota counters and usage totals for every replica; local when absent.
     pub limits_store: Option<Secret>,
     /// `limitsStoreFailure`: admit (`open`) or refuse (`closed`) while the store is down.
     pub limits_store_failure: FailureMode,
@@ -102,14 +107,25 @@ pub(super) fn parse_policy(
         None | Some(Value::Null) => Vec::new(),
         Some(v) => parse_rules(v).map_err(|e| FieldError::new(e.location, e.message))?,
     };
-    let limits_store = match root.get("limitsStore") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+    // `store` is the newer name (it holds usage totals too, not only limits); both mean one
+    // setting, so naming both is a mistake rather than a choice.
+    let given = |name: &'static str| root.get(name).filter(|v| !v.is_null()).map(|v| (name, v));
+    let limits_store = match (given("store"), given("limitsStore")) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                "store",
+                "store and limitsStore name the same setting (the shared store); keep one",
+            ))
+        }
+        (None, None) => None,
+        (Some((_, Value::String(u))), None) | (None, Some((_, Value::String(u))))
+            if u.starts_with("redis://") || u.starts_with("rediss://") =>
+        {
             Some(Secret(u.clone()))
         }
-        Some(_) => {
+        (Some((name, _)), None) | (None, Some((name, _))) => {
             return Err(FieldError::new(
-                "limitsStore",
+                name,
                 "expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
             ))
         }
@@ -261,6 +277,8 @@ pub(super) fn parse_usage_log(
 ) -> Result<Option<PathBuf>, FieldError> {
     Ok(match v {
         None | Some(Value::Null) => None,
+        // The ledger on stdout, for a log shipper; not a file, so not resolved.
+        Some(Value::String(s)) if s == STDOUT_LEDGER => Some(PathBuf::from(STDOUT_LEDGER)),
         Some(Value::String(s)) if !s.is_empty() => {
             let p = Path::new(s);
             Some(if p.is_absolute() {
@@ -330,6 +348,15 @@ mod tests {
         );
         assert_eq!(s.limits_store_timeout, Duration::from_millis(250));
         assert_eq!(s.limits_store_retry, Duration::from_secs(5));
+        for name in ["store", "limitsStore"] {
+            let s = parse(&format!(r#"{{"{}":"redis://r:6379/0"}}"#, name)).unwrap();
+            assert_eq!(
+                s.limits_store,
+                Some(Secret("redis://r:6379/0".into())),
+                "{}",
+                name
+            );
+        }
         let s = parse(r#"{"limitsStoreTimeoutMs":50,"limitsStoreRetrySecs":1}"#).unwrap();
         assert_eq!(
             (s.limits_store_timeout, s.limits_store_retry),
@@ -363,6 +390,18 @@ mod tests {
             (
                 r#"{"limitsStoreRetrySecs":0.5}"#,
                 "limitsStoreRetrySecs: expected a whole number from 1 to 3600",
+            ),
+            (
+                r#"{"store":"redis://a/0","limitsStore":"redis://b/0"}"#,
+                "store: store and limitsStore name the same setting (the shared store); keep one",
+            ),
+            (
+                r#"{"store":"http://a/0"}"#,
+                "store: expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
+            ),
+            (
+                r#"{"limitsStore":5}"#,
+                "limitsStore: expected a redis:// or rediss:// URL (e.g. \"redis://redis:6379/0\")",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err(), error, "{}", text);

@@ -6,7 +6,7 @@ use crate::backend::live::{ConfigStore, Live};
 use crate::config::{Endpoint, MessagesApi, Wildcard};
 use crate::http::api_error::ApiError;
 use crate::policy::identity::auth::Caller;
-use crate::policy::Policy;
+use crate::policy::{Policy, ReportError};
 use crate::redact;
 use serde_json::{json, Value};
 
@@ -228,9 +228,17 @@ pub fn usage(policy: &Policy, live: &Live, query: Option<&str>) -> Result<Vec<u8
         user.as_deref(),
     )
     .map_err(|m| ApiError::invalid_request(m).with_code("invalid_query"))?;
-    let mut report = policy.report(&q).map_err(|e| {
-        log::warn!("/usage: {}", e);
-        ApiError::internal("The usage ledger could not be read; see the proxy's log.")
+    let mut report = policy.report(&q).map_err(|e| match e {
+        ReportError::Ledger(e) => {
+            log::warn!("/usage: {}", e);
+            ApiError::internal("The usage ledger could not be read; see the proxy's log.")
+        }
+        ReportError::Store(e) => {
+            log::warn!("/usage: {}", e);
+            let mut e = ApiError::overloaded(5).with_code("usage_store_unavailable");
+            e.message = "The shared store that keeps every replica's usage totals is unreachable; retry shortly (this replica's own ledger has its lines).".into();
+            e
+        }
     })?;
     // One user's answer also says what is left of each quota rule that limits them.
     if let Some(u) = user.as_deref() {

@@ -148,10 +148,8 @@ impl Lines {
         // As `eprintln!`/`println!` did, a failed write (closed pipe) is not fatal here.
         let _ = match self.format {
             Format::Text => std::io::stderr().lock().write_all(&batch),
-            Format::Json => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&batch).and_then(|_| out.flush())
-            }
+            // The ledger may write to stdout too (`usageLog: "-"`): one lock for both.
+            Format::Json => crate::stdout::write_lines(&batch),
         };
     }
 }

@@ -36,9 +36,12 @@ use store::Store;
 use totals::Totals;
 
 /// Process-wide policy state: the ledger, the quotas and the per-model backend gates. Usage
-/// totals are not kept in memory: `/usage` reads them from the ledger when asked.
+/// totals are not kept in memory: `/usage` reads them from the ledger when asked, or from the
+/// shared store, which every replica adds each ledger line to when it settles the request.
 pub struct Policy {
     ledger: Option<Ledger>,
+    /// This replica's name in ledger lines.
+    replica: String,
     quotas: Mutex<QuotaState>,
     gates: admission::Gates,
 }
@@ -166,8 +169,14 @@ impl Policy {
             Some(path) => {
                 // The lock first: a second process on this ledger stops here, before reading.
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
+                let stdout = path == std::path::Path::new(crate::config::STDOUT_LEDGER);
+                if stdout && !quotas.is_empty() && settings.limits_store.is_none() {
+                    log::warn!(
+                        "usageLog \"-\": the ledger goes to stdout and is not read back, so a restart forgets this month's spending on the limits; set store (Redis) for quotas that survive restarts"
+                    );
+                }
                 // Redis keeps its own counters; only local ones are rebuilt.
-                if !quotas.is_empty() && settings.limits_store.is_none() {
+                if !quotas.is_empty() && settings.limits_store.is_none() && !stdout {
                     let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now)?;
                     if skipped > 0 {
                         log::warn!(
@@ -187,6 +196,7 @@ impl Policy {
         };
         Ok(Policy {
             ledger,
+            replica: accounting::replica_name(std::env::var("CM_OPEN_WEBUI_PROXY_REPLICA").ok()),
             quotas: Mutex::new(QuotaState {
                 rules: settings.limits.clone(),
                 failure: settings.limits_store_failure,
@@ -275,8 +285,12 @@ impl Policy {
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
                     let mut e = ApiError::rate_limited(d.code, d.message, d.retry_after_secs);
-                    // OpenAI sends its x-ratelimit-* headers on 429s too.
-                    let status = quotas.status(&s, now).unwrap_or_default();
+                    // OpenAI sends its x-ratelimit-* headers on 429s too: as the store judged
+                    // the request, read again only for a refusal the store was not asked about.
+                    let status = match d.status {
+                        Some(status) => status,
+                        None => quotas.status(&s, now).unwrap_or_default(),
+                    };
                     e.headers.extend(quota::ratelimit_headers(&status));
                     return Err(e);
                 }
@@ -321,8 +335,7 @@ impl Policy {
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
         self.gates.metrics_text(&mut out);
-        let quotas = Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas);
-        limits::metrics_text(&quotas, &mut out);
+        limits::metrics_text(&self.live_quotas(), &mut out);
         out
     }
 
@@ -391,11 +404,15 @@ impl Policy {
             .reservation
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = reservation {
-            match usage.total() {
-                // Nothing was used (a refusal, a failed backend): give the estimate back.
-                0 => r.release(),
-                n => r.settle(n),
+        let quotas = self.live_quotas();
+        let shared = shared_usage(&quotas, &entry);
+        match reservation {
+            // Nothing was used (a refusal, a failed backend): the estimate is given back.
+            Some(r) => r.finish(Some(usage.total()).filter(|&n| n > 0), shared.as_ref()),
+            None => {
+                if let Some(u) = &shared {
+                    quotas.add_usage(u);
+                }
             }
         }
         usage
@@ -407,12 +424,22 @@ impl Policy {
     pub fn refused(&self, identity: &Identity, done: &Done, metrics: &Metrics) {
         let entry = self.entry(identity, done, Usage::default());
         self.record(&entry, metrics);
+        let quotas = self.live_quotas();
+        if let Some(u) = shared_usage(&quotas, &entry) {
+            quotas.add_usage(&u);
+        }
+    }
+
+    /// The quotas as last built (no reload check: for the completion of a request).
+    fn live_quotas(&self) -> Arc<Quotas> {
+        Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas)
     }
 
     fn entry(&self, identity: &Identity, done: &Done, usage: Usage) -> Entry {
         Entry {
             ts: clock::rfc3339(clock::now_ms()),
             request_id: done.request_id.to_string(),
+            replica: Some(self.replica.clone()),
             user: identity.user.clone(),
             key: identity.key.clone(),
             end_user: identity.label.clone(),
@@ -436,15 +463,86 @@ impl Policy {
         }
     }
 
-    /// `GET /usage`: the totals for `q` as an OpenAI-style list, streamed from the ledger files
-    /// (what is on disk is the record; nothing per user is kept in memory between queries).
-    pub fn report(&self, q: &Query) -> Result<serde_json::Value, String> {
+    /// `GET /usage`: the totals for `q` as an OpenAI-style list. With a shared store, the
+    /// totals every replica added to it; else streamed from this process's ledger files (what
+    /// is on disk is the record; nothing per user is kept in memory between queries).
+    pub fn report(&self, q: &Query) -> Result<serde_json::Value, ReportError> {
         let mut t = Totals::new(q);
-        if let Some(l) = &self.ledger {
-            ledger::scan(l.sources()?, q.since, q.until, |e| t.add(&e))?;
+        let quotas = self.live_quotas();
+        if quotas.shared_store() {
+            add_store_totals(&mut t, q, |first, end| quotas.usage(first, end))
+                .map_err(ReportError::Store)?;
+        } else if let Some(l) = &self.ledger {
+            ledger::scan(
+                l.sources().map_err(ReportError::Ledger)?,
+                q.since,
+                q.until,
+                |e| t.add(&e),
+            )
+            .map_err(ReportError::Ledger)?;
         }
         Ok(totals::to_json(&t.rows(), &q.by))
     }
+}
+
+/// Why `/usage` has no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportError {
+    /// The ledger files could not be read.
+    Ledger(String),
+    /// The shared store could not be reached.
+    Store(String),
+}
+
+/// What a finished request adds to the shared usage totals; `None` without a shared store.
+fn shared_usage(quotas: &Quotas, entry: &Entry) -> Option<store::UsageAdd> {
+    if !quotas.shared_store() {
+        return None;
+    }
+    Some(store::UsageAdd {
+        day: clock::parse_day(&entry.ts)?,
+        user: entry.user.clone(),
+        key: entry.key.clone(),
+        model: entry.model.clone(),
+        counters: totals::store_fields(entry),
+    })
+}
+
+/// Adds the shared store's totals of the days `q` covers, within the days the store keeps
+/// (`redis_store::USAGE_KEEP_DAYS` after each day, and tomorrow for a clock ahead of ours).
+fn add_store_totals(
+    t: &mut Totals,
+    q: &Query,
+    read: impl Fn(i64, i64) -> Option<Result<Vec<store::UsageSum>, store::StoreError>>,
+) -> Result<(), String> {
+    let today = clock::now_ms().div_euclid(86_400_000);
+    let first = q
+        .since
+        .unwrap_or(i64::MIN)
+        .max(today - limits::redis_store::USAGE_KEEP_DAYS - 1);
+    let end = q.until.unwrap_or(i64::MAX).min(today + 2);
+    let sums = match read(first, end) {
+        None => return Ok(()),
+        Some(r) => r.map_err(|e| e.0)?,
+    };
+    for s in sums {
+        let who = [s.who[0].as_str(), s.who[1].as_str(), s.who[2].as_str()];
+        t.add_sum(s.day, who, &totals::counters_of(&s.fields));
+    }
+    Ok(())
+}
+
+/// `modelmux usage --store URL`: the totals every replica added to the shared store, as a
+/// table or as `/usage` answers.
+pub fn usage_from_store(url: &str, q: &Query, json: bool) -> Result<String, String> {
+    let timing = store::Timing {
+        timeout: Duration::from_secs(5),
+        retry: Duration::from_secs(5),
+    };
+    let s = Store::redis(url, None, timing).map_err(|e| e.0)?;
+    let mut t = Totals::new(q);
+    add_store_totals(&mut t, q, |first, end| s.usage(first, end))?;
+    Ok(accounting::render(t, q, json))
 }
 
 pub use accounting::REFUSED;

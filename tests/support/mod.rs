@@ -499,3 +499,50 @@ pub fn ledger(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {:?}: {}", l, e)))
         .collect()
 }
+
+/// What `GET /usage?by=user` answers for these ledger lines (of any number of ledgers): the
+/// totals per user, sorted by user, in its exact shape.
+pub fn usage_by_user(lines: &[serde_json::Value]) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    const OUTCOMES: [&str; 5] = [
+        "complete",
+        "client_gone",
+        "upstream_failed",
+        "error",
+        "refused",
+    ];
+    let mut users: BTreeMap<String, [u64; 10]> = BTreeMap::new();
+    for l in lines {
+        let user = l["user"].as_str().expect("a ledger line names its user");
+        let sums = users.entry(user.to_string()).or_default();
+        sums[0] += 1;
+        for (i, f) in [
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+        ]
+        .iter()
+        .enumerate()
+        {
+            sums[1 + i] += l[f].as_u64().unwrap_or(0);
+        }
+        if let Some(i) = OUTCOMES.iter().position(|o| l["outcome"] == *o) {
+            sums[5 + i] += 1;
+        }
+    }
+    let data: Vec<serde_json::Value> = users
+        .into_iter()
+        .map(|(user, s)| {
+            let by_outcome: serde_json::Map<String, serde_json::Value> = OUTCOMES
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (o.to_string(), s[5 + i].into()))
+                .collect();
+            serde_json::json!({"user": user, "requests": s[0], "prompt_tokens": s[1],
+                "completion_tokens": s[2], "cached_tokens": s[3], "reasoning_tokens": s[4],
+                "requests_by_outcome": by_outcome})
+        })
+        .collect();
+    serde_json::json!({"object": "list", "data": data})
+}

@@ -23,6 +23,9 @@ pub struct Entry {
     pub ts: String,
     /// The request id.
     pub request_id: String,
+    /// The replica that served it (`CM_OPEN_WEBUI_PROXY_REPLICA`, else the hostname); absent
+    /// on lines written before replicas were named.
+    pub replica: Option<String>,
     /// Who asked (see `identity`).
     pub user: String,
     /// The client key's name.
@@ -94,10 +97,14 @@ impl Entry {
                 m.shift_insert(at, k.into(), n.into());
             }
         }
+        if let (Some(replica), Some(m)) = (&self.replica, v.as_object_mut()) {
+            m.shift_insert(2, "replica".into(), replica.clone().into());
+        }
         v.to_string()
     }
 
-    /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
+    /// Reads a line back (a line shipped from stdout, with its `"log":"usage"`, too); `None` for
+    /// a line that is not one (torn by a full disk, or foreign).
     /// Read field by field, without building a JSON tree: start and `/usage` read every line.
     pub fn from_line(line: &str) -> Option<Entry> {
         serde_json::from_str::<Parsed>(line).ok()?.0
@@ -141,6 +148,7 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 "key" => e.key = text(map.next_value()?).unwrap_or_default(),
                 "end_user" => e.end_user = text(map.next_value()?),
                 "session" => e.session = text(map.next_value()?),
+                "replica" => e.replica = text(map.next_value()?),
                 "backend" => e.backend = text(map.next_value()?),
                 "path" => e.path = text(map.next_value()?).unwrap_or_default(),
                 "outcome" => e.outcome = text(map.next_value()?).unwrap_or_default(),
@@ -173,9 +181,11 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
     }
 }
 
-/// The open ledger file.
+/// The open ledger file, or stdout (`usageLog: "-"`).
 pub struct Ledger {
     path: PathBuf,
+    /// Lines go to stdout, marked `"log":"usage"`, and nothing is read back.
+    stdout: bool,
     max_bytes: u64,
     file: Mutex<Option<Open>>,
     /// `<usageLog>.lock`, held for the life of the process: one writer per ledger.
@@ -195,10 +205,21 @@ impl Ledger {
     /// path. A ledger another process writes is an error: two writers renaming one file under
     /// each other lose lines.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Ledger, String> {
+        if path == Path::new(crate::config::STDOUT_LEDGER) {
+            return Ok(Ledger {
+                path: path.to_path_buf(),
+                stdout: true,
+                max_bytes,
+                file: Mutex::new(None),
+                _lock: None,
+                last_warning_ms: AtomicI64::new(i64::MIN),
+            });
+        }
         let lock = lock_writer(path)?;
         let file = open_append(path)?;
         Ok(Ledger {
             path: path.to_path_buf(),
+            stdout: false,
             max_bytes,
             file: Mutex::new(Some(file)),
             _lock: lock,
@@ -211,8 +232,15 @@ impl Ledger {
     pub fn append(&self, entry: &Entry) -> bool {
         let mut line = entry.to_line();
         line.push('\n');
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Err(e) = self.write_locked(&mut guard, line.as_bytes()) else {
+        let written = if self.stdout {
+            // Marked first, so a log pipeline tells it from an access line without parsing.
+            let marked = format!("{{\"log\":\"usage\",{}", &line[1..]);
+            crate::stdout::write_lines(marked.as_bytes()).map_err(|e| e.to_string())
+        } else {
+            let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_locked(&mut guard, line.as_bytes())
+        };
+        let Err(e) = written else {
             return true;
         };
         {
@@ -271,6 +299,10 @@ impl Ledger {
     /// The ledger's files opened for reading, consistent with each other: no rotation runs
     /// while they are opened, and the live file is read up to its size now.
     pub fn sources(&self) -> Result<Vec<Source>, String> {
+        // Lines on stdout are the log pipeline's now.
+        if self.stdout {
+            return Ok(Vec::new());
+        }
         let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         open_sources_once(&self.path)
     }
@@ -659,9 +691,16 @@ mod tests {
             backend: Some("b:1".into()),
             ttfb_ms: Some(7),
             status: 200,
+            replica: Some("pod-a".into()),
             ..entry(5)
         };
-        assert_eq!(Entry::from_line(&full.to_line()), Some(full));
+        let line = full.to_line();
+        assert!(
+            line.contains(r#""request_id":"r5","replica":"pod-a","user""#),
+            "{}",
+            line
+        );
+        assert_eq!(Entry::from_line(&line), Some(full));
         let claude = Entry {
             end_user: Some("eu".into()),
             session: Some("0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11".into()),

@@ -37,18 +37,32 @@ pub fn query(
     })
 }
 
+/// The replica's name in its ledger lines: `CM_OPEN_WEBUI_PROXY_REPLICA` (`env`) when set,
+/// else the hostname (a Kubernetes pod's name), else `-`.
+pub fn replica_name(env: Option<String>) -> String {
+    if let Some(name) = env.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+        return name;
+    }
+    crate::lifecycle::hostname().unwrap_or_else(|| "-".to_string())
+}
+
 /// `modelmux usage`: the same totals read straight from the ledger files, as a table or JSON,
 /// with every control, bidi and zero-width character of a ledger string escaped.
 pub fn usage_command(log: &std::path::Path, q: &Query, json: bool) -> Result<String, String> {
     let mut t = Totals::new(q);
     ledger::scan(ledger::open_sources(log)?, q.since, q.until, |e| t.add(&e))?;
+    Ok(render(t, q, json))
+}
+
+/// Totals as `modelmux usage` prints them: a table, or JSON as `/usage` answers.
+pub fn render(t: Totals, q: &Query, json: bool) -> String {
     let rows = t.rows();
-    Ok(if json {
+    if json {
         format!(
             "{}\n",
             totals::json_for_terminal(&totals::to_json(&rows, &q.by).to_string())
         )
     } else {
         totals::to_table(&rows, &q.by)
-    })
+    }
 }

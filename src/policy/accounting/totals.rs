@@ -50,6 +50,71 @@ impl Counters {
     }
 }
 
+/// What one ledger line adds.
+fn entry_counters(e: &Entry) -> Counters {
+    let mut outcomes = [0; 5];
+    if let Some(i) = OUTCOMES.iter().position(|o| *o == e.outcome) {
+        outcomes[i] = 1;
+    }
+    Counters {
+        requests: 1,
+        prompt: e.usage.prompt,
+        completion: e.usage.completion,
+        cached: e.usage.cached,
+        reasoning: e.usage.reasoning,
+        outcomes,
+    }
+}
+
+/// Names of the counters the shared store keeps per day and identity (hash fields), besides
+/// one per outcome (`outcome:<name>`).
+const FIELDS: [&str; 5] = ["requests", "prompt", "completion", "cached", "reasoning"];
+const OUTCOME_FIELDS: [&str; 5] = [
+    "outcome:complete",
+    "outcome:client_gone",
+    "outcome:upstream_failed",
+    "outcome:error",
+    "outcome:refused",
+];
+
+/// What one ledger line adds to the shared store's totals, by field name. A cost is one more
+/// field here once requests have one (a whole number, e.g. micro-units: the store adds with
+/// `HINCRBY`), and one more arm in `counters_of`; zero counters are left out (an absent field
+/// reads 0).
+pub fn store_fields(e: &Entry) -> Vec<(&'static str, u64)> {
+    let c = entry_counters(e);
+    let mut out: Vec<(&'static str, u64)> = FIELDS
+        .iter()
+        .copied()
+        .zip([c.requests, c.prompt, c.completion, c.cached, c.reasoning])
+        .collect();
+    out.extend(OUTCOME_FIELDS.iter().copied().zip(c.outcomes));
+    out.retain(|f| f.1 > 0);
+    out
+}
+
+/// The counters of the shared store's fields; fields this version does not know (written by a
+/// newer one) are left out.
+pub fn counters_of(fields: &[(String, u64)]) -> Counters {
+    let mut c = Counters::default();
+    for (name, n) in fields {
+        let n = *n;
+        let slot = match name.as_str() {
+            "requests" => &mut c.requests,
+            "prompt" => &mut c.prompt,
+            "completion" => &mut c.completion,
+            "cached" => &mut c.cached,
+            "reasoning" => &mut c.reasoning,
+            other => match OUTCOME_FIELDS.iter().position(|o| *o == other) {
+                Some(i) => &mut c.outcomes[i],
+                None => continue,
+            },
+        };
+        *slot = slot.saturating_add(n);
+    }
+    c
+}
+
 /// A grouping dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dim {
@@ -143,37 +208,28 @@ impl Totals {
         let Some(day) = clock::parse_day(&e.ts) else {
             return;
         };
+        self.add_sum(day, [&e.user, &e.key, &e.model], &entry_counters(e));
+    }
+
+    /// Counts the sum of a day's requests of one identity (`[user, key, model]`) if the query
+    /// covers it: the shared store's totals are kept so.
+    pub fn add_sum(&mut self, day: i64, who: [&str; 3], add: &Counters) {
         let q = &self.q;
         if q.since.is_some_and(|s| day < s) || q.until.is_some_and(|u| day >= u) {
             return;
         }
-        if q.user.as_ref().is_some_and(|u| *u != e.user) {
+        if q.user.as_ref().is_some_and(|u| u != who[0]) {
             return;
         }
-        let group: Vec<&str> =
+        let group: Vec<String> =
             q.by.iter()
                 .map(|d| match d {
-                    Dim::User => e.user.as_str(),
-                    Dim::Key => e.key.as_str(),
-                    Dim::Model => e.model.as_str(),
+                    Dim::User => who[0].to_string(),
+                    Dim::Key => who[1].to_string(),
+                    Dim::Model => who[2].to_string(),
                 })
                 .collect();
-        let mut outcomes = [0; 5];
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == e.outcome) {
-            outcomes[i] = 1;
-        }
-        let add = Counters {
-            requests: 1,
-            prompt: e.usage.prompt,
-            completion: e.usage.completion,
-            cached: e.usage.cached,
-            reasoning: e.usage.reasoning,
-            outcomes,
-        };
-        self.groups
-            .entry(group.iter().map(|s| s.to_string()).collect())
-            .or_default()
-            .add(&add);
+        self.groups.entry(group).or_default().add(add);
     }
 
     /// The rows, sorted by group.

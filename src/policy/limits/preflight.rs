@@ -17,7 +17,9 @@ pub fn preflight(settings: &PolicySettings) -> Result<(), String> {
         Store::redis(&url.0, None, timing).map_err(|e| e.0)?;
     }
     if let Some(path) = &settings.usage_log {
-        probe_ledger(path)?;
+        if path != Path::new(crate::config::STDOUT_LEDGER) {
+            probe_ledger(path)?;
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ pub use crate::policy::limits::status::{
     format_reset, ratelimit_headers, Budget, Denied, Refusal, RuleStatus,
 };
 use crate::policy::limits::store::{
-    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, SPANS,
+    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, SPANS,
 };
 use crate::policy::limits::windows::reset_secs;
 use std::sync::atomic::AtomicU64;
@@ -185,7 +185,7 @@ impl Quotas {
         }
         match self.shared.store.reserve(&asks, estimated_tokens, now) {
             Ok(o) if o.admitted => {
-                r.status = self.status_after(&plan, &ask_of, &o, estimated_tokens);
+                r.status = self.status_after(&plan, &ask_of, &o, Some(estimated_tokens));
                 r.held = Some(Held {
                     buckets: asks.into_iter().map(|a| a.bucket).collect(),
                     windows: o.windows,
@@ -193,12 +193,11 @@ impl Quotas {
                 });
                 Ok(r)
             }
-            Ok(o) => Err(Refusal::Limited(self.explain(
-                &plan,
-                &ask_of,
-                &o,
-                estimated_tokens,
-            ))),
+            Ok(o) => {
+                let mut d = self.explain(&plan, &ask_of, &o, estimated_tokens);
+                d.status = Some(self.status_after(&plan, &ask_of, &o, None));
+                Err(Refusal::Limited(d))
+            }
             Err(ReserveError::Full {
                 max,
                 retry_after_secs,
@@ -223,16 +222,17 @@ impl Quotas {
         }
     }
 
-    /// The budgets of the windowed rules once this reservation is added, from the counts the
-    /// store judged it on: the same as reading them back, without another round trip.
+    /// The budgets of the windowed rules once this reservation is added (`added`: its tokens;
+    /// `None` when it was refused and added nothing), from the counts the store judged it on:
+    /// the same as reading them back, without another round trip.
     fn status_after(
         &self,
         plan: &Plan,
         ask_of: &[Option<usize>],
         o: &Outcome,
-        tokens: u64,
+        added: Option<u64>,
     ) -> Vec<RuleStatus> {
-        let add = increments(tokens);
+        let add = added.map_or([0; 4], increments);
         let mut out = Vec::new();
         for &(ri, bi) in &plan.rules {
             let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
@@ -330,6 +330,7 @@ impl Quotas {
             retry_after_secs: retry.max(1),
             code: kind.code(),
             message,
+            status: None,
         }
     }
 
@@ -366,6 +367,26 @@ impl Quotas {
             out.push(RuleStatus { rule: ri, budgets });
         }
         Ok(out)
+    }
+
+    /// Adds a finished request that holds no reservation to the shared usage totals (nothing
+    /// with the local store).
+    pub fn add_usage(&self, usage: &UsageAdd) {
+        if let Err(e) = self.shared.store.settle(None, Some(usage)) {
+            self.shared
+                .note_failure(&e, "a request is missing from the shared usage totals");
+        }
+    }
+
+    /// The shared usage totals of the days from `first` to before `end`; `None` without a
+    /// shared store.
+    pub fn usage(&self, first: i64, end: i64) -> Option<Result<Vec<UsageSum>, StoreError>> {
+        self.shared.store.usage(first, end)
+    }
+
+    /// True when counters (and usage totals) are shared with other replicas.
+    pub fn shared_store(&self) -> bool {
+        self.shared.store.tracked().is_none()
     }
 
     /// Seeds the counters with a request from the usage ledger (`ts`: when it finished) so a

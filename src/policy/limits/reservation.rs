@@ -2,7 +2,7 @@
 //! the store, the in-flight counts and the once-a-minute failure log.
 
 use crate::policy::limits::status::RuleStatus;
-use crate::policy::limits::store::{Store, StoreError};
+use crate::policy::limits::store::{Settle, Store, StoreError, UsageAdd};
 use crate::policy::limits::windows::Windows;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,21 +68,41 @@ impl Reservation {
     }
 
     /// Replaces the estimate with the tokens the backend reported, in the windows the
-    /// reservation was made in (a window that has ended since is left alone).
-    pub fn settle(mut self, actual_tokens: u64) {
-        if let Some(h) = self.held.take() {
-            let delta = i64::try_from(actual_tokens)
-                .unwrap_or(i64::MAX)
-                .saturating_sub(i64::try_from(h.estimate).unwrap_or(i64::MAX));
-            self.adjust(&h, delta);
-        }
+    /// reservation was made in (a window that has ended since is left alone). The request
+    /// path uses `finish`, which also carries the shared usage totals.
+    #[cfg(test)]
+    pub fn settle(self, actual_tokens: u64) {
+        self.finish(Some(actual_tokens), None);
     }
 
     /// Gives the reserved tokens back (the request failed before a backend did any work); the
     /// request itself stays counted.
-    pub fn release(mut self) {
-        if let Some(h) = self.held.take() {
-            self.adjust(&h, -i64::try_from(h.estimate).unwrap_or(i64::MAX));
+    pub fn release(self) {
+        self.finish(None, None);
+    }
+
+    /// Settles to `actual_tokens` (`None`: gives the estimate back, as `release`) and adds the
+    /// request's `usage` to the shared totals, in one store operation.
+    pub fn finish(mut self, actual_tokens: Option<u64>, usage: Option<&UsageAdd>) {
+        let held = self.held.take();
+        let settle = held.as_ref().map(|h| {
+            let estimate = i64::try_from(h.estimate).unwrap_or(i64::MAX);
+            let delta = match actual_tokens {
+                Some(n) => i64::try_from(n)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(estimate),
+                None => -estimate,
+            };
+            Settle {
+                buckets: &h.buckets,
+                windows: h.windows,
+                delta,
+                unrequest: false,
+            }
+        });
+        if let Err(e) = self.shared.store.settle(settle.as_ref(), usage) {
+            self.shared
+                .note_failure(&e, "a request's token count was not corrected");
         }
     }
 
@@ -90,21 +110,16 @@ impl Reservation {
     /// before asking any backend.
     pub fn refuse(mut self) {
         if let Some(h) = self.held.take() {
-            self.adjust(&h, -i64::try_from(h.estimate).unwrap_or(i64::MAX));
-            if let Err(e) = self.shared.store.unrequest(&h.buckets, h.windows) {
+            let settle = Settle {
+                buckets: &h.buckets,
+                windows: h.windows,
+                delta: -i64::try_from(h.estimate).unwrap_or(i64::MAX),
+                unrequest: true,
+            };
+            if let Err(e) = self.shared.store.settle(Some(&settle), None) {
                 self.shared
                     .note_failure(&e, "a refused request stays counted this minute");
             }
-        }
-    }
-
-    fn adjust(&self, h: &Held, delta: i64) {
-        if delta == 0 {
-            return;
-        }
-        if let Err(e) = self.shared.store.adjust(&h.buckets, h.windows, delta) {
-            self.shared
-                .note_failure(&e, "a request's token count was not corrected");
         }
     }
 }
