@@ -229,7 +229,7 @@ cat >"$logs/anthropic-config.json" <<EOF
 }
 EOF
 
-CM_OPEN_WEBUI_PROXY_LOG_LEVEL=info \
+CM_OPEN_WEBUI_PROXY_LOG_LEVEL=info CM_OPEN_WEBUI_PROXY_REPLICA=conformance \
   "$bin/modelmux" --host 127.0.0.1 --port 0 --config "$logs/anthropic-config.json" >"$logs/modelmux-anthropic.log" 2>&1 &
 pid=$!
 pids+=("$pid")

@@ -169,7 +169,7 @@ async function ledgerCheck(mode, stream) {
   const got = Object.fromEntries(Object.entries(line).filter(([k]) => !['ts', 'request_id', 'duration_ms', 'ttfb_ms', 'backend'].includes(k)));
   const writes = mode === 'native' ? { cache_write_tokens: 7, cache_write_1h_tokens: 3 } : {};
   // Key order too: deepEqual ignores it, the line's bytes do not.
-  assert.equal(JSON.stringify(got), JSON.stringify({ user: 'sdk', key: 'sdk', end_user: 'ledger-user', session: 'sess-conformance-1',
+  assert.equal(JSON.stringify(got), JSON.stringify({ replica: 'conformance', user: 'sdk', key: 'sdk', end_user: 'ledger-user', session: 'sess-conformance-1',
     model: MODELS[mode], path: '/messages', status: 200, prompt_tokens: 21, completion_tokens: 9, cached_tokens: 11, ...writes,
     reasoning_tokens: 0, estimated: false, outcome: 'complete' }), 'ledger line');
 }

@@ -406,13 +406,13 @@ def ledger(client, mode, stream, mocks, usage_log):
     expect(line is not None, f"no ledger line for {rid}")
     volatile = {"ts", "request_id", "duration_ms", "ttfb_ms", "backend"}
     got = {k: v for k, v in line.items() if k not in volatile}
-    want = {"user": "sdk", "key": "sdk", "end_user": "ledger-user", "session": "sess-conformance-1",
+    want = {"replica": "conformance", "user": "sdk", "key": "sdk", "end_user": "ledger-user", "session": "sess-conformance-1",
             "model": MODELS[mode], "path": "/messages", "status": 200, "prompt_tokens": 21, "completion_tokens": 9,
             "cached_tokens": 11, "reasoning_tokens": 0, "estimated": False, "outcome": "complete"}
     if mode == "native":  # prompt-cache writes (7, of which 3 for an hour) get their own fields
         want.update(cache_write_tokens=7, cache_write_1h_tokens=3)
     equal(got, want, "ledger line")
-    equal(list(got), [k for k in ["user", "key", "end_user", "session", "model", "path", "status", "prompt_tokens",
+    equal(list(got), [k for k in ["replica", "user", "key", "end_user", "session", "model", "path", "status", "prompt_tokens",
                                   "completion_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                                   "reasoning_tokens", "estimated", "outcome"] if k in want], "ledger field order")
     equal(line["backend"], mocks.urls[mode].split("//")[1], "ledger backend")
