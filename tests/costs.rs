@@ -203,6 +203,98 @@ fn openai_usage_with_cached_and_reasoning_tokens_is_priced_once_everywhere() {
         .is_some());
 }
 
+/// Native Messages API usage: `input·input + cache_read·cachedInput +
+/// cache_creation_5m·cacheWrite + cache_creation_1h·cacheWrite1h + output·output`, each cache
+/// write billed once, at its own rate; as a JSON answer and as a stream (input and cache counts in message_start, the
+/// output in message_delta).
+#[test]
+fn anthropic_native_usage_bills_5_minute_and_1_hour_cache_writes_apart() {
+    let usage = json!({"input_tokens": 100, "cache_read_input_tokens": 2000,
+        "cache_creation_input_tokens": 1500,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500},
+        "output_tokens": 300});
+    let native = MockBackend::start(Behavior {
+        status: Some((
+            200,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                   "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+                   "stop_sequence": null, "usage": usage})
+            .to_string(),
+        )),
+        ..Behavior::default()
+    });
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let stream = format!(
+        "event: message_start\ndata: {}\n\nevent: content_block_start\ndata: {}\n\nevent: content_block_delta\ndata: {}\n\nevent: content_block_stop\ndata: {}\n\nevent: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n",
+        json!({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant",
+            "content":[],"model":"claude-x","stop_reason":null,"stop_sequence":null,"usage":start_usage}}),
+        json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}),
+        json!({"type":"content_block_stop","index":0}),
+        json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
+            "usage":{"output_tokens":300}}),
+        json!({"type":"message_stop"}),
+    );
+    let native_stream = FakeBackend::start(move |_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend(support::fake_backend::chunk(stream.as_bytes()));
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        vec![Step::Send(bytes)]
+    });
+    let pricing = json!({"input": 3, "output": 15, "cachedInput": 0.30, "cacheWrite": 3.75,
+        "cacheWrite1h": 6});
+    let dir = TempDir::new();
+    let cfg = config(
+        json!({"claude": {"url": native.url(), "messagesApi": "native", "pricing": pricing},
+               "claude-s": {"url": native_stream.url, "messagesApi": "native", "pricing": pricing}}),
+        &dir,
+        json!({}),
+    );
+    let p = start(&cfg);
+    for (model, stream) in [("claude", false), ("claude-s", true)] {
+        let body = json!({"model": model, "max_tokens": 400, "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}]})
+        .to_string();
+        let r = request(
+            p.addr,
+            "POST",
+            "/v1/messages",
+            &[
+                ("Content-Type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // 100·3 + 2000·0.30 + 1000·3.75 + 500·6 + 300·15 = 300 + 600 + 3750 + 3000 + 4500 = 12150
+    // micro-units. (The writes at the input price would make it 0.009900; all at the 5-minute
+    // rate, 0.011400; counted in the prompt and again as writes, 0.016650.)
+    for l in ledger_lines(&dir, 2) {
+        assert_eq!(
+            (
+                &l["prompt_tokens"],
+                &l["cached_tokens"],
+                &l["cache_write_tokens"],
+                &l["cache_write_1h_tokens"],
+                &l["completion_tokens"],
+                &l["cost"]
+            ),
+            (
+                &json!(3600),
+                &json!(2000),
+                &json!(1500),
+                &json!(500),
+                &json!(300),
+                &json!("0.012150")
+            ),
+            "{}",
+            l
+        );
+    }
+}
+
 /// `aboveInputTokens` re-prices the whole request once its prompt is above the threshold.
 #[test]
 fn a_prompt_above_the_threshold_reprices_the_whole_request() {

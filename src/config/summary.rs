@@ -225,6 +225,12 @@ fn endpoint_line(e: &Endpoint) -> String {
     if !e.inject_stream_usage {
         settings.push_str(", injectStreamUsage off");
     }
+    if e.messages_api == super::MessagesApi::Native {
+        settings.push_str(", messagesApi native");
+    }
+    if !e.aliases.is_empty() {
+        settings.push_str(&format!(", aliases {}", e.aliases.join(", ")));
+    }
     format!(
         "  {} ({}): {}{}{}{}{}\n",
         e.id,
@@ -255,10 +261,10 @@ fn backend_line(e: &Endpoint, b: &Backend) -> String {
         redact::url(&b.url),
         model,
         b.weight,
-        if b.api_key.is_empty() {
-            "no key"
-        } else {
-            "key set"
+        match (b.api_key.is_empty(), b.key_header) {
+            (true, _) => "no key",
+            (false, super::KeyHeader::Bearer) => "key set",
+            (false, super::KeyHeader::XApiKey) => "key set (as x-api-key)",
         },
         cap,
         via
@@ -318,6 +324,18 @@ mod tests {
         .unwrap();
         assert!(summary("c.json", &wild).contains(
             "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s, maxQueueWaitSecs 30\n"
+        ));
+        let claude = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"http://h","apiKey":"sk-ant-0000","apiKeyHeader":"x-api-key",
+                "messagesApi":"native","aliases":["claude-*","claude-x"]}}}"#,
+            &Defaults::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert!(summary("c.json", &claude).contains(
+            "  m (m): 1 backend, maxQueueWaitSecs 30, messagesApi native, aliases claude-*, claude-x\n\
+             \x20   http://h as m, weight 1, key set (as x-api-key)\n"
         ));
     }
 
