@@ -184,12 +184,11 @@ fn openai_usage_with_cached_and_reasoning_tokens_is_priced_once_everywhere() {
         .collect();
     assert_eq!(rows[0][7..], ["cost", "currency"], "{}", table);
     assert_eq!(rows[1][7..], ["0.008000", "USD"], "{}", table);
+    // The metrics are counted just after the ledger line is written.
+    wait_until("the cost in /metrics", Duration::from_secs(5), || {
+        metrics(&p).contains("modelmux_cost_total{model=\"m\",currency=\"USD\"} 0.012000")
+    });
     let m = metrics(&p);
-    assert!(
-        m.contains("modelmux_cost_total{model=\"m\",currency=\"USD\"} 0.012000"),
-        "{}",
-        m
-    );
     assert!(
         m.contains("modelmux_user_cost_total{user=\"ann\",currency=\"USD\"} 0.008000"),
         "{}",
@@ -309,11 +308,18 @@ fn a_prompt_above_the_threshold_reprices_the_whole_request() {
     let p = start(&cfg);
     assert_eq!(chat_as(&p, "ann", "m", "edge", false).status, 200);
     assert_eq!(chat_as(&p, "ann", "m", "long", false).status, 200);
-    let lines = ledger_lines(&dir, 2);
+    // A line is written once its answer is sent: two lines may land in either order.
+    let cost_of = |prompt: u64| {
+        ledger_lines(&dir, 2)
+            .into_iter()
+            .find(|l| l["prompt_tokens"] == prompt)
+            .unwrap()["cost"]
+            .clone()
+    };
     // At the threshold: 200000·3 + 1000·15 = 600000 + 15000 = 615000 → 0.615000.
-    assert_eq!(lines[0]["cost"], "0.615000");
+    assert_eq!(cost_of(200_000), "0.615000");
     // Above it, every token at the tier: 300000·6 + 1000·22.5 = 1800000 + 22500 → 1.822500.
-    assert_eq!(lines[1]["cost"], "1.822500");
+    assert_eq!(cost_of(300_000), "1.822500");
 }
 
 /// A stream whose backend reports no usage is estimated, and so is its cost, marked as such.
@@ -456,12 +462,14 @@ fn the_litellm_file_prices_by_actual_model_and_inline_prices_win() {
         assert_eq!(chat_as(&p, "ann", model, "plain", false).status, 200);
     }
     let lines = ledger_lines(&dir, 3);
+    let line = |model: &str| lines.iter().find(|l| l["model"] == model).unwrap();
     // 1000 prompt (200 cached), 100 completion. fixture-claude per token: 3e-06 in, 3e-07
     // cache read, 1.5e-05 out: 800·3 + 200·0.30 + 100·15 = 2400 + 60 + 1500 → 0.003960.
-    assert_eq!(lines[0]["cost"], "0.003960");
+    assert_eq!(line("claude")["cost"], "0.003960");
     // Inline 1 and 1 (cachedInput defaults to input): 800 + 200 + 100 → 0.001100.
-    assert_eq!(lines[1]["cost"], "0.001100");
-    assert!(lines[2].get("cost").is_none() && lines[2].get("currency").is_none());
+    assert_eq!(line("chat")["cost"], "0.001100");
+    let free = line("free");
+    assert!(free.get("cost").is_none() && free.get("currency").is_none());
     let r = admin_get(&p, "/usage?by=model");
     let free = r.json()["data"]
         .as_array()
@@ -488,12 +496,21 @@ fn the_litellm_file_prices_by_actual_model_and_inline_prices_win() {
         .split_whitespace()
         .collect();
     assert_eq!(free_row[7], "unpriced", "{}", table);
+    wait_until("the cost in /metrics", Duration::from_secs(5), || {
+        let m = metrics(&p);
+        m.contains("modelmux_cost_total{model=\"chat\",currency=\"USD\"} 0.001100")
+            && m.contains("modelmux_tokens_total{model=\"free\"")
+    });
     let m = metrics(&p);
     assert!(!m.contains("modelmux_cost_total{model=\"free\""), "{}", m);
-    assert!(m.contains("modelmux_cost_total{model=\"claude\",currency=\"USD\"} 0.003960"));
+    assert!(
+        m.contains("modelmux_cost_total{model=\"claude\",currency=\"USD\"} 0.003960"),
+        "{}",
+        m
+    );
 }
 
-fn check_config(path: &Path) -> (Option<i32>, String) {
+fn check_config(path: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_modelmux"))
         .arg("--check-config")
         .arg("--config")
@@ -505,6 +522,7 @@ fn check_config(path: &Path) -> (Option<i32>, String) {
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
     )
 }
 
@@ -541,7 +559,7 @@ fn every_bad_price_fails_the_load_naming_the_file_and_the_field() {
     ];
     for (config, expected) in &cases {
         std::fs::write(&path, config).unwrap();
-        let (code, stderr) = check_config(&path);
+        let (code, stderr, _) = check_config(&path);
         assert_eq!(code, Some(1), "{}\n{}", config, stderr);
         assert_eq!(
             stderr,
@@ -550,11 +568,24 @@ fn every_bad_price_fails_the_load_naming_the_file_and_the_field() {
             config
         );
     }
-    // A real outlier goes through when said so.
+    // A real outlier goes through when said so; the report says what is priced.
     std::fs::write(
         &path,
-        ep(r#"{"input":1500,"output":6000,"allowHighPrices":true}"#),
+        format!(
+            r#"{{"pricesFile":"{}","endpoints":{{"m":{{"url":"http://127.0.0.1:9","pricing":{{"input":1500,"output":6000,"allowHighPrices":true}}}},
+                "c":{{"url":"http://127.0.0.1:9","actualModelName":"fixture-claude"}},"n":{{"url":"http://127.0.0.1:9"}}}}}}"#,
+            fixture()
+        ),
     )
     .unwrap();
-    assert_eq!(check_config(&path).0, Some(0));
+    let (code, _, stdout) = check_config(&path);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(&format!(
+            "\nprices: USD; priced: m, c; unpriced (some backend has no price): n; file {} (4 models)\n",
+            fixture()
+        )),
+        "{}",
+        stdout
+    );
 }
