@@ -589,3 +589,31 @@ fn every_bad_price_fails_the_load_naming_the_file_and_the_field() {
         stdout
     );
 }
+
+/// The JSON access log line carries the cost too; an unpriced request's line is unchanged.
+#[test]
+fn the_json_access_log_line_carries_the_cost() {
+    let f = usage_backend(openai_usage);
+    let dir = TempDir::new();
+    let cfg = config(
+        json!({"m": {"url": f.url, "pricing": {"input": 2.5, "output": 10, "cachedInput": 1.25}},
+               "free": {"url": f.url}}),
+        &dir,
+        json!({}),
+    );
+    let p = Proxy::start_with(&cfg, &[("CM_OPEN_WEBUI_PROXY_LOG_FORMAT", "json")], &[]);
+    assert_eq!(chat_as(&p, "ann", "m", "cached", false).status, 200);
+    assert_eq!(chat_as(&p, "ann", "free", "cached", false).status, 200);
+    assert!(p
+        .wait_log(
+            r#""tokens_in":1000,"tokens_out":200,"retries":0,"outcome":"complete","cost":"0.004000","currency":"USD"}"#,
+            Duration::from_secs(2)
+        )
+        .is_some());
+    assert!(p
+        .wait_log(
+            r#""tokens_in":1000,"tokens_out":200,"retries":0,"outcome":"complete"}"#,
+            Duration::from_secs(2)
+        )
+        .is_some());
+}
