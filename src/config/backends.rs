@@ -2,6 +2,7 @@
 
 use super::forward_proxy::proxy_for;
 use super::json::{at, check_fields, opt_string, shown, type_name, FieldError};
+use super::pricing::{parse_inline, Pricing};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -19,6 +20,8 @@ pub struct Backend {
     pub via_proxy: Option<String>,
     /// `maxConcurrent`: requests this backend serves at once (per replica); more wait.
     pub max_concurrent: Option<usize>,
+    /// `pricing` of the entry, else of the endpoint (see `Prices::lookup` for the rest).
+    pub pricing: Option<Pricing>,
     /// `apiKeyHeader`: the header the key goes in.
     pub key_header: KeyHeader,
 }
@@ -52,12 +55,18 @@ pub(super) struct Inherited {
     api_key: String,
     actual_model_name: String,
     max_concurrent: Option<usize>,
+    pricing: Option<Pricing>,
     key_header: KeyHeader,
 }
 
 impl Inherited {
-    /// Reads the three fields of an endpoint object; `id` is the default model name.
-    pub fn read(id: &str, obj: &Map<String, Value>) -> Result<Inherited, FieldError> {
+    /// Reads the fields of an endpoint object its backends inherit; `id` is the default model
+    /// name, `currency` the unit of its prices.
+    pub fn read(
+        id: &str,
+        obj: &Map<String, Value>,
+        currency: &str,
+    ) -> Result<Inherited, FieldError> {
         let url = match opt_string(obj, "url")? {
             Some(u) => Some(validate_url(&u).map_err(at("url"))?),
             None => None,
@@ -75,6 +84,7 @@ impl Inherited {
             api_key,
             actual_model_name,
             max_concurrent,
+            pricing: parse_inline(obj, currency)?,
             key_header,
         })
     }
@@ -87,6 +97,7 @@ const ENTRY_FIELDS: &[&str] = &[
     "actualModelName",
     "weight",
     "maxConcurrent",
+    "pricing",
     "apiKeyHeader",
 ];
 
@@ -96,6 +107,7 @@ pub(super) fn parse_backends(
     obj: &Map<String, Value>,
     inherited: &Inherited,
     env: &dyn Fn(&str) -> Option<String>,
+    currency: &str,
 ) -> Result<Vec<Backend>, FieldError> {
     match obj.get("backends") {
         None | Some(Value::Null) => {
@@ -112,6 +124,7 @@ pub(super) fn parse_backends(
                 actual_model_name: inherited.actual_model_name.clone(),
                 weight: 1,
                 max_concurrent: inherited.max_concurrent,
+                pricing: inherited.pricing,
                 key_header: inherited.key_header,
             }])
         }
@@ -119,7 +132,8 @@ pub(super) fn parse_backends(
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                parse_entry(item, inherited, env).map_err(|e| e.within(&format!("backends[{}]", i)))
+                parse_entry(item, inherited, env, currency)
+                    .map_err(|e| e.within(&format!("backends[{}]", i)))
             })
             .collect(),
         Some(_) => Err(FieldError::new(
@@ -134,6 +148,7 @@ fn parse_entry(
     item: &Value,
     inherited: &Inherited,
     env: &dyn Fn(&str) -> Option<String>,
+    currency: &str,
 ) -> Result<Backend, FieldError> {
     let b = item.as_object().ok_or_else(|| {
         FieldError::new("", format!("expected an object, got {}", type_name(item)))
@@ -165,6 +180,7 @@ fn parse_entry(
         actual_model_name,
         weight,
         max_concurrent,
+        pricing: parse_inline(b, currency)?.or(inherited.pricing),
         key_header,
     })
 }

@@ -15,6 +15,7 @@ use admission::backend_gate;
 use identity::jwt;
 use limits::{preflight, quota, store, subject};
 
+pub use accounting::cost::Charge;
 pub use accounting::{query, usage_command};
 pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
@@ -22,7 +23,7 @@ pub use preflight::preflight;
 pub use totals::Query;
 
 use crate::clock;
-use crate::config::{FailureMode, PolicySettings, Rule};
+use crate::config::{FailureMode, PolicySettings, Pricing, Rule};
 use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
@@ -137,6 +138,18 @@ pub struct Done<'a> {
     pub ttfb: Option<Duration>,
     /// How it ended.
     pub outcome: &'a str,
+    /// The prices of the backend asked last; `None`: unpriced, or no backend was asked.
+    pub price: Option<&'a Pricing>,
+    /// The configured currency.
+    pub currency: &'a str,
+}
+
+/// What `complete` recorded.
+pub struct Recorded {
+    /// The backend's usage, else an estimate (marked).
+    pub usage: Usage,
+    /// Its cost, when the backend has prices.
+    pub charge: Option<Charge>,
 }
 
 impl Policy {
@@ -360,14 +373,14 @@ impl Policy {
 
     /// Records a finished request: ledger line, totals, quotas settled, per-user metrics.
     /// `per_user`: `metrics.maxUsers` when `metrics.perUser` is on.
-    /// Returns the usage recorded (the backend's, else an estimate).
+    /// Returns the usage recorded (the backend's, else an estimate) and its cost.
     pub fn complete(
         &self,
         admission: Admission,
         done: &Done,
         per_user: Option<usize>,
         metrics: &Metrics,
-    ) -> Usage {
+    ) -> Recorded {
         let usage = match done.usage {
             Some(u) if u.plausible() => u,
             // Only answered token-bearing requests get an estimate: an error used nothing.
@@ -389,7 +402,12 @@ impl Policy {
             }
             _ => Usage::default(),
         };
-        let entry = self.entry(&admission.identity, done, usage);
+        let charge = done.price.map(|p| Charge::of(p, &usage, done.currency));
+        let mut entry = self.entry(&admission.identity, done, usage);
+        if let Some(c) = &charge {
+            entry.cost = Some(c.micros);
+            entry.currency = c.currency.clone();
+        }
         self.record(&entry, metrics);
         if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
             metrics.user(
@@ -399,6 +417,9 @@ impl Policy {
                 usage.completion,
                 usage.estimated,
             );
+            if let Some(c) = &charge {
+                metrics.user_cost(&entry.user, max_users, c.micros, &c.currency);
+            }
         }
         let reservation = admission
             .reservation
@@ -415,7 +436,7 @@ impl Policy {
                 }
             }
         }
-        usage
+        Recorded { usage, charge }
     }
 
     /// Records a request refused at or after identification and before admission (a 401
@@ -452,6 +473,8 @@ impl Policy {
             duration_ms: done.duration.as_millis() as u64,
             ttfb_ms: done.ttfb.map(|t| t.as_millis() as u64),
             outcome: done.outcome.to_string(),
+            cost: None,
+            currency: String::new(),
         }
     }
 

@@ -50,6 +50,11 @@ pub struct Entry {
     pub ttfb_ms: Option<u64>,
     /// `complete`, `client_gone`, `upstream_failed` or `error`.
     pub outcome: String,
+    /// What it cost, in micro-units of `currency` (see `cost`); `None`: unpriced (no price
+    /// for its backend, or nothing was asked of one), never to be read as free.
+    pub cost: Option<u64>,
+    /// The currency of `cost` (empty without one).
+    pub currency: String,
 }
 
 impl Entry {
@@ -99,6 +104,14 @@ impl Entry {
         }
         if let (Some(replica), Some(m)) = (&self.replica, v.as_object_mut()) {
             m.shift_insert(2, "replica".into(), replica.clone().into());
+        }
+        // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
+        if let (Some(micros), Some(m)) = (self.cost, v.as_object_mut()) {
+            m.insert("cost".into(), super::cost::format(micros).into());
+            m.insert("currency".into(), self.currency.clone().into());
+            if self.usage.estimated {
+                m.insert("cost_estimated".into(), true.into());
+            }
         }
         v.to_string()
     }
@@ -164,6 +177,8 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 }
                 "duration_ms" => e.duration_ms = num(map.next_value()?),
                 "ttfb_ms" => e.ttfb_ms = map.next_value::<Value>()?.as_u64(),
+                "cost" => e.cost = text(map.next_value()?).and_then(|s| super::cost::parse(&s)),
+                "currency" => e.currency = text(map.next_value()?).unwrap_or_default(),
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -701,6 +716,25 @@ mod tests {
             line
         );
         assert_eq!(Entry::from_line(&line), Some(full));
+        let priced = Entry {
+            cost: Some(12_150),
+            currency: "EUR".into(),
+            usage: Usage {
+                estimated: true,
+                ..entry(5).usage
+            },
+            ..entry(5)
+        };
+        let line = priced.to_line();
+        assert!(
+            line.ends_with(
+                r#""outcome":"complete","cost":"0.012150","currency":"EUR","cost_estimated":true}"#
+            ),
+            "{}",
+            line
+        );
+        assert_eq!(Entry::from_line(&line), Some(priced));
+        assert!(!entry(5).to_line().contains("cost"));
         let claude = Entry {
             end_user: Some("eu".into()),
             session: Some("0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11".into()),

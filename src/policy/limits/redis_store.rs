@@ -484,7 +484,7 @@ impl RedisStore {
                         call.key(usage_key(u.day));
                         call.arg(usage_expiry(u.day));
                         let who = usage_identity(u);
-                        for &(name, n) in u.counters.iter().filter(|c| c.1 > 0) {
+                        for (name, n) in u.counters.iter().filter(|c| c.1 > 0) {
                             call.arg(format!("{} {}", name, who)).arg(n);
                         }
                     }
