@@ -31,7 +31,7 @@ pub use keys::{Priority, ProxyKey};
 pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
 #[cfg(test)]
 pub use rules::parse_rules;
-pub use rules::{Limit, Rule, Subject, WINDOWED};
+pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, MICROS, WINDOWED};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::{policy_view, summary};
 

@@ -22,7 +22,7 @@ pub use preflight::preflight;
 pub use totals::Query;
 
 use crate::clock;
-use crate::config::{FailureMode, PolicySettings, Rule};
+use crate::config::{FailureMode, Limit, PolicySettings, Rule};
 use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
@@ -110,6 +110,9 @@ pub struct Asked<'a> {
     pub model: &'a str,
     /// The completion tokens it may use (the largest max tokens field, else the default).
     pub max_tokens: u64,
+    /// What it may cost at most, in micro-units, from the prompt estimate and `max_tokens` at
+    /// the prices of the dearest backend that may serve it; `None` when one has no price.
+    pub max_cost: Option<u64>,
 }
 
 /// How a request ended, for the ledger.
@@ -159,16 +162,18 @@ impl Policy {
             settings.limits.clone(),
             store,
             settings.limits_store_failure,
-        );
+        )
+        .with_currency("USD");
         let now = (clock::now_ms() / 1000) as u64;
         let ledger = match &settings.usage_log {
             None => None,
             Some(path) => {
                 // The lock first: a second process on this ledger stops here, before reading.
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
+                ledger.keep_all(quotas.has_total());
                 // Redis keeps its own counters; only local ones are rebuilt.
                 if !quotas.is_empty() && settings.limits_store.is_none() {
-                    let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now)?;
+                    let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now, settled_cost)?;
                     if skipped > 0 {
                         log::warn!(
                             "usage ledger {}: {} unreadable lines skipped",
@@ -177,7 +182,7 @@ impl Policy {
                         );
                     }
                     log::info!(
-                        "usage ledger {}: {} requests of this month read for the limits",
+                        "usage ledger {}: {} requests of the open windows read for the limits",
                         path.display(),
                         read
                     );
@@ -201,6 +206,14 @@ impl Policy {
     fn quotas(&self, settings: &PolicySettings) -> Arc<Quotas> {
         let mut st = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         if st.rules != settings.limits || st.failure != settings.limits_store_failure {
+            if let Some(l) = &self.ledger {
+                l.keep_all(
+                    settings
+                        .limits
+                        .iter()
+                        .any(|r| r.limit(Limit::CostTotal).is_some()),
+                );
+            }
             st.quotas = Arc::new(
                 st.quotas
                     .reloaded(settings.limits.clone(), settings.limits_store_failure),
@@ -267,6 +280,10 @@ impl Policy {
             let estimate = (asked.prompt_bytes as u64)
                 .div_ceil(4)
                 .saturating_add(asked.max_tokens);
+            let estimate = quota::Estimate {
+                tokens: estimate,
+                cost: asked.max_cost,
+            };
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
                     let headers = quota::ratelimit_headers(r.status());
@@ -275,6 +292,10 @@ impl Policy {
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
                     let mut e = ApiError::rate_limited(d.code, d.message, d.retry_after_secs);
+                    if d.retry_after_secs == 0 {
+                        // A prepaid budget never resets: no time would help.
+                        e.headers.retain(|(n, _)| *n != "Retry-After");
+                    }
                     // OpenAI sends its x-ratelimit-* headers on 429s too.
                     let status = quotas.status(&s, now).unwrap_or_default();
                     e.headers.extend(quota::ratelimit_headers(&status));
@@ -292,6 +313,12 @@ impl Policy {
                          (limitsMaxTracked) and cannot count a new one; retry after the time in Retry-After.",
                         max
                     );
+                    return Err(e);
+                }
+                Err(quota::Refusal::Unpriced { message }) => {
+                    metrics.limit_refusal("unpriced");
+                    let mut e = ApiError::invalid_request(message).with_code("model_unpriced");
+                    e.status = 403;
                     return Err(e);
                 }
                 Err(quota::Refusal::Unavailable { retry_after_secs }) => {
@@ -326,19 +353,29 @@ impl Policy {
         out
     }
 
-    /// The remaining budgets of the rules that match `user` (by user only), for `/usage`.
+    /// The remaining budgets of the rules that match `user` (by user only), for `/usage`: a
+    /// cost budget in the currency, with what was spent (settled and reserved) in its window.
     pub fn budgets(&self, settings: &PolicySettings, user: &str) -> serde_json::Value {
         let quotas = self.quotas(settings);
         let now = (clock::now_ms() / 1000) as u64;
         let status = quotas
             .status(&subject(user, "", ""), now)
             .unwrap_or_default();
+        let money = |m: u64| m as f64 / crate::config::MICROS as f64;
         let rows: Vec<serde_json::Value> = status
             .iter()
             .flat_map(|s| {
-                s.budgets.iter().map(move |b| {
-                    serde_json::json!({"rule": s.rule, "limit": b.kind.name(), "max": b.limit,
-                                       "remaining": b.remaining, "reset_secs": b.reset_secs})
+                s.budgets.iter().map(|b| {
+                    if b.kind.is_cost() {
+                        serde_json::json!({"rule": s.rule, "limit": b.kind.name(),
+                                           "currency": quotas.currency(), "max": money(b.limit),
+                                           "spent": money(b.spent),
+                                           "remaining": money(b.remaining),
+                                           "reset_secs": b.reset_secs})
+                    } else {
+                        serde_json::json!({"rule": s.rule, "limit": b.kind.name(), "max": b.limit,
+                                           "remaining": b.remaining, "reset_secs": b.reset_secs})
+                    }
                 })
             })
             .collect();
@@ -395,7 +432,14 @@ impl Policy {
             match usage.total() {
                 // Nothing was used (a refusal, a failed backend): give the estimate back.
                 0 => r.release(),
-                n => r.settle(n),
+                n => {
+                    let used = quota::Charge {
+                        tokens: n,
+                        cost: settled_cost(&entry),
+                    };
+                    let user = per_user.map(|max| (entry.user.as_str(), max));
+                    warn_budgets(&r.settle(used), user, metrics);
+                }
             }
         }
         usage
@@ -447,6 +491,29 @@ impl Policy {
 }
 
 pub use accounting::REFUSED;
+
+/// What a finished request cost, in micro-units, for its cost budgets.
+fn settled_cost(_entry: &Entry) -> u64 {
+    0
+}
+
+/// Logs and counts the cost budgets a request passed the `warnAt` of (each once per window and
+/// subject): the hook for an alert. `per_user`: the user and `metrics.maxUsers` under
+/// `metrics.perUser`.
+fn warn_budgets(warnings: &[quota::Warning], per_user: Option<(&str, usize)>, metrics: &Metrics) {
+    for w in warnings {
+        log::warn!(
+            "limits[{}]: {:?} has spent {} of its budget of {} {} ({}%, past warnAt)",
+            w.rule,
+            w.subject,
+            crate::config::format_money(w.spent),
+            crate::config::format_money(w.limit),
+            w.kind.describe(),
+            (u128::from(w.spent) * 100 / u128::from(w.limit.max(1)))
+        );
+        metrics.budget_warning(w.rule, w.kind.window(), per_user);
+    }
+}
 
 /// Paths whose answers carry tokens (others, such as audio or files, count requests only).
 fn bears_tokens(path: &str) -> bool {

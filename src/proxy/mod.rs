@@ -132,6 +132,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         prompt_bytes: inbound.body.len(),
         model: &inbound.model,
         max_tokens,
+        max_cost: None,
     };
     let admission = match ctx
         .policy

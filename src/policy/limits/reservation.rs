@@ -1,8 +1,9 @@
 //! An admitted request's hold on its quotas, and what it shares with the `Quotas` that made it:
 //! the store, the in-flight counts and the once-a-minute failure log.
 
+use crate::config::Limit;
 use crate::policy::limits::status::RuleStatus;
-use crate::policy::limits::store::{Store, StoreError};
+use crate::policy::limits::store::{Charge, Delta, Store, StoreError};
 use crate::policy::limits::windows::Windows;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,68 @@ pub struct Shared {
     pub inflight: Mutex<HashMap<String, u64>>,
     /// Unix minute of the last logged store failure.
     pub logged_minute: AtomicU64,
+    /// Cost budgets whose `warnAt` was passed (bucket, rule, counter) → the window it was in:
+    /// a subject is warned once per window.
+    pub warned: Mutex<HashMap<String, u64>>,
+}
+
+/// Most warned budgets remembered; past it, those of ended windows are forgotten (and, if
+/// none ended, all: a repeated warning is better than unbounded memory).
+const MAX_WARNED: usize = 100_000;
+
+impl Shared {
+    /// True the first time `w` is passed in its window.
+    fn first_warning(&self, w: &Watch) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.get(&w.key) == Some(&w.window) {
+            return false;
+        }
+        if warned.len() >= MAX_WARNED {
+            // Windows only grow: an entry older than this one's window is likely over.
+            warned.retain(|_, window| *window >= w.window);
+            if warned.len() >= MAX_WARNED {
+                warned.clear();
+            }
+        }
+        warned.insert(w.key.clone(), w.window);
+        true
+    }
+}
+
+/// A cost budget with a `warnAt` that a reservation may pass when it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    /// bucket#rule#counter.
+    pub key: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Index of the rule in `"limits"`.
+    pub rule: usize,
+    /// Which cost budget.
+    pub kind: Limit,
+    /// The window the reservation was counted in.
+    pub window: u64,
+    /// `warnAt` of the budget, in micro-units.
+    pub threshold: u64,
+    /// What was spent (settled and reserved) before this request.
+    pub before: u64,
+    /// The budget.
+    pub limit: u64,
+}
+
+/// A subject passed a cost budget's `warnAt` for the first time in its window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Who: the bucket, naming what the rule counts apart (`u=ann`, `k=web|m=gpt-4o`).
+    pub subject: String,
+    /// Index of the rule in `"limits"`.
+    pub rule: usize,
+    /// Which cost budget.
+    pub kind: Limit,
+    /// Spent, counting this request, in micro-units.
+    pub spent: u64,
+    /// The budget, in micro-units.
+    pub limit: u64,
 }
 
 impl Shared {
@@ -58,7 +121,9 @@ pub struct Reservation {
 pub struct Held {
     pub buckets: Vec<String>,
     pub windows: Windows,
-    pub estimate: u64,
+    pub estimate: Charge,
+    /// The cost budgets with a `warnAt` it counts in.
+    pub watch: Vec<Watch>,
 }
 
 impl Reservation {
@@ -67,22 +132,37 @@ impl Reservation {
         &self.status
     }
 
-    /// Replaces the estimate with the tokens the backend reported, in the windows the
-    /// reservation was made in (a window that has ended since is left alone).
-    pub fn settle(mut self, actual_tokens: u64) {
-        if let Some(h) = self.held.take() {
-            let delta = i64::try_from(actual_tokens)
-                .unwrap_or(i64::MAX)
-                .saturating_sub(i64::try_from(h.estimate).unwrap_or(i64::MAX));
-            self.adjust(&h, delta);
-        }
+    /// Replaces the estimate with the tokens and cost the backend reported, in the windows the
+    /// reservation was made in (a window that has ended since is left alone). Returns the cost
+    /// budgets whose `warnAt` this request passed, each once per window and subject.
+    pub fn settle(mut self, used: impl Into<Charge>) -> Vec<Warning> {
+        let used = used.into();
+        let Some(h) = self.held.take() else {
+            return Vec::new();
+        };
+        self.adjust(&h, Delta::between(h.estimate, used));
+        h.watch
+            .iter()
+            .filter_map(|w| {
+                let spent = w.before.saturating_add(used.cost);
+                (used.cost > 0 && spent >= w.threshold && self.shared.first_warning(w)).then_some(
+                    Warning {
+                        subject: w.bucket.clone(),
+                        rule: w.rule,
+                        kind: w.kind,
+                        spent,
+                        limit: w.limit,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Gives the reserved tokens back (the request failed before a backend did any work); the
     /// request itself stays counted.
     pub fn release(mut self) {
         if let Some(h) = self.held.take() {
-            self.adjust(&h, -i64::try_from(h.estimate).unwrap_or(i64::MAX));
+            self.adjust(&h, Delta::between(h.estimate, Charge::default()));
         }
     }
 
@@ -90,7 +170,7 @@ impl Reservation {
     /// before asking any backend.
     pub fn refuse(mut self) {
         if let Some(h) = self.held.take() {
-            self.adjust(&h, -i64::try_from(h.estimate).unwrap_or(i64::MAX));
+            self.adjust(&h, Delta::between(h.estimate, Charge::default()));
             if let Err(e) = self.shared.store.unrequest(&h.buckets, h.windows) {
                 self.shared
                     .note_failure(&e, "a refused request stays counted this minute");
@@ -98,8 +178,8 @@ impl Reservation {
         }
     }
 
-    fn adjust(&self, h: &Held, delta: i64) {
-        if delta == 0 {
+    fn adjust(&self, h: &Held, delta: Delta) {
+        if delta.is_zero() {
             return;
         }
         if let Err(e) = self.shared.store.adjust(&h.buckets, h.windows, delta) {
