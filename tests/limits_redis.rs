@@ -292,3 +292,46 @@ fn a_paused_redis_costs_one_timeout_per_interval_and_charges_nothing_it_did_not_
         Some(1.0)
     );
 }
+
+/// Round trips to Redis per request, counted by MONITOR on the real server (commands a
+/// script runs are not round trips): one to admit a request (reserve, and the counts its
+/// `x-ratelimit-*` headers are made of, also for a 429) and one when it ends (its tokens
+/// settled, its usage added to the shared totals).
+#[test]
+fn one_redis_round_trip_at_admission_and_one_at_settle() {
+    let redis = RedisServer::start();
+    let a = MockBackend::start(Behavior::default());
+    let p = replica(&a.url(), &redis.url(), json!({}));
+    room_in_this_minute(15);
+    let quiet = || {
+        wait_until("Redis hears nothing more", Duration::from_secs(10), || {
+            redis
+                .monitor()
+                .stop_after(&redis, 1, Duration::ZERO)
+                .is_empty()
+        })
+    };
+    // Warm up: the connection is made and the scripts loaded.
+    assert_eq!(chat_as(&p, "tok", "hi").status, 200);
+    let r = chat_as(&p, "warm", "hi");
+    assert_eq!(r.status, 200);
+    quiet();
+    let round_trips = |user: &str, content: &str, n: usize| {
+        let m = redis.monitor();
+        let r = chat_as(&p, user, content);
+        let lines = m.stop_after(&redis, n, Duration::from_secs(10));
+        let evals = lines.iter().filter(|l| l.contains("\"EVALSHA\"")).count();
+        assert_eq!((lines.len(), evals), (n, n), "{}: {:#?}", r.status, lines);
+        r
+    };
+    // Settled to other than the estimate: a reserve and a settle.
+    let r = round_trips("tok", TWENTY_WORDS, 2);
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-ratelimit-remaining-tokens").is_some());
+    assert_eq!(round_trips("tok", "hi", 2).status, 200);
+    // The fourth in the minute is refused: one round trip, headers and all.
+    let r = round_trips("tok", "hi", 1);
+    refused(&r, "rate_limit_exceeded", 0);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+}

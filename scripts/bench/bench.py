@@ -555,6 +555,9 @@ def bench_nonstream(args, peer_cmd, nginx):
     for name, extra, env in variants():
         p, port = start_modelmux(backend_port, extra=extra, env=env)
         targets.append(Target(name, p, port, modes=("keep-alive",), levels=(1, 16)))
+        if args.baseline and any(w and w in name for w in args.baseline_variants.split(",")):
+            p, port = start_modelmux(backend_port, extra=extra, env=env, binary=args.baseline)
+            targets.append(Target(name + " (baseline)", p, port, modes=("keep-alive",), levels=(1, 16)))
     if args.baseline:
         p, port = start_modelmux(backend_port, binary=args.baseline)
         targets.append(Target("modelmux (baseline)", p, port))
@@ -1127,7 +1130,7 @@ config and stopped by PID; `BENCH_NO_NGINX=1` leaves it out). `make bench-peers`
 non-streaming table in a separate pass. Extra arguments go to the driver, e.g.
 `./scripts/bench.sh --duration 3 --output -` prints a quick report and leaves this file alone,
 `--only latency,chunks` runs some sections, `--baseline OLD_BINARY` adds rows for another
-modelmux build side by side.
+modelmux build side by side (`--baseline-variants Redis` also for the feature rows named so).
 
 The peer is nginx 1.22 with one worker process: `proxy_pass` to an `upstream` block with a
 `keepalive` pool at the same mock, `proxy_http_version 1.1`, `proxy_buffering off` (so SSE
@@ -1199,6 +1202,9 @@ def main():
     ap.add_argument("--no-close-rows", action="store_true")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     ap.add_argument("--baseline", help="another modelmux binary to measure beside this one")
+    ap.add_argument("--baseline-variants", default="",
+                    help="with --baseline, feature rows (comma list of name parts, e.g. Redis) "
+                         "also measured with the baseline binary")
     ap.add_argument("--litellm", help="command that starts LiteLLM's proxy (peer rows)")
     ap.add_argument("--peer-note", action="append", default=[])
     ap.add_argument("--only", default="all",

@@ -296,8 +296,12 @@ impl Policy {
                         // A prepaid budget never resets: no time would help.
                         e.headers.retain(|(n, _)| *n != "Retry-After");
                     }
-                    // OpenAI sends its x-ratelimit-* headers on 429s too.
-                    let status = quotas.status(&s, now).unwrap_or_default();
+                    // OpenAI sends its x-ratelimit-* headers on 429s too: as the store judged
+                    // the request, read again only for a refusal the store was not asked about.
+                    let status = match d.status {
+                        Some(status) => status,
+                        None => quotas.status(&s, now).unwrap_or_default(),
+                    };
                     e.headers.extend(quota::ratelimit_headers(&status));
                     return Err(e);
                 }

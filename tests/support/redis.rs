@@ -147,6 +147,34 @@ impl RedisServer {
         String::from_utf8_lossy(&buf).trim_end().to_string()
     }
 
+    /// Starts watching every command clients send (`MONITOR`), until `Monitor::stop`.
+    pub fn monitor(&self) -> Monitor {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(b"MONITOR\r\n").expect("write to redis");
+        let mut r = std::io::BufReader::new(s);
+        let mut ok = String::new();
+        std::io::BufRead::read_line(&mut r, &mut ok).expect("MONITOR answers");
+        assert_eq!(ok.trim_end(), "+OK");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&lines);
+        let reader = std::thread::spawn(move || loop {
+            let mut line = String::new();
+            match std::io::BufRead::read_line(&mut r, &mut line) {
+                Ok(0) | Err(_) => panic!("MONITOR ended before its marker"),
+                Ok(_) => {}
+            }
+            if line.contains("\"modelmux-test-monitor-end\"") {
+                return;
+            }
+            // Commands a script runs are not round trips.
+            if !line.contains(" lua] ") {
+                seen.lock().unwrap().push(line.trim_end().to_string());
+            }
+        });
+        Monitor { reader, lines }
+    }
+
     /// Starts the process and waits until it answers PING; false if it exited first.
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
@@ -258,4 +286,26 @@ fn answers_as(port: u16, pid: u32) -> bool {
         }
     }
     false
+}
+
+/// Commands seen by `MONITOR`.
+pub struct Monitor {
+    reader: std::thread::JoinHandle<()>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    /// Waits up to `within` for `n` commands from clients (each one round trip), then a moment
+    /// for any more, and stops: the commands seen, as MONITOR prints them.
+    pub fn stop_after(self, server: &RedisServer, n: usize, within: Duration) -> Vec<String> {
+        let end = Instant::now() + within;
+        while self.lines.lock().unwrap().len() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        server.command(&["ECHO", "modelmux-test-monitor-end"]);
+        self.reader.join().expect("the MONITOR reader");
+        let lines = self.lines.lock().unwrap().clone();
+        lines
+    }
 }

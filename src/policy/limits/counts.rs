@@ -56,6 +56,38 @@ pub struct Snapshot {
     pub counts: Vec<Counts>,
 }
 
+/// What one finished request adds to the shared usage totals (Redis only: the local ledger is
+/// the record of a single replica): its UTC day by the ledger line's time, its identity as the
+/// ledger names it, and counters by name. A counter is a hash field added when present, so a
+/// new one (a cost) needs no change to the store; absent fields read as zero.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsageAdd {
+    /// Days since 1970-01-01 (UTC) of the ledger line's `ts`.
+    pub day: i64,
+    /// The ledger's `user`.
+    pub user: String,
+    /// The ledger's `key`.
+    pub key: String,
+    /// The ledger's `model`.
+    pub model: String,
+    /// (counter, amount); zero amounts are left out of the store.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// A settled reservation: what to take back or add to its token counters, in the windows it
+/// was made in, and whether its request is taken back too (a refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle<'a> {
+    /// The reservation's bucket names.
+    pub buckets: &'a [String],
+    /// The windows it was counted in.
+    pub windows: Windows,
+    /// Tokens and cost to add (negative: give back).
+    pub delta: Delta,
+    /// Take back its request from the minute counter.
+    pub unrequest: bool,
+}
+
 /// The store could not be reached or answered nonsense; the text names no secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);

@@ -239,7 +239,7 @@ impl Quotas {
         }
         match self.shared.store.reserve(&asks, charge, now) {
             Ok(o) if o.admitted => {
-                r.status = self.status_after(&plan, &ask_of, &o, charge);
+                r.status = self.status_after(&plan, &ask_of, &o, Some(charge));
                 r.held = Some(Held {
                     watch: self.watch(&plan, &ask_of, &o),
                     buckets: asks.into_iter().map(|a| a.bucket).collect(),
@@ -248,7 +248,11 @@ impl Quotas {
                 });
                 Ok(r)
             }
-            Ok(o) => Err(Refusal::Limited(self.explain(&plan, &ask_of, &o, charge))),
+            Ok(o) => {
+                let mut d = self.explain(&plan, &ask_of, &o, charge);
+                d.status = Some(self.status_after(&plan, &ask_of, &o, None));
+                Err(Refusal::Limited(d))
+            }
             Err(ReserveError::Full {
                 max,
                 retry_after_secs,
@@ -273,16 +277,17 @@ impl Quotas {
         }
     }
 
-    /// The budgets of the windowed rules once this reservation is added, from the counts the
-    /// store judged it on: the same as reading them back, without another round trip.
+    /// The budgets of the windowed rules once this reservation is added (`added`: its tokens;
+    /// `None` when it was refused and added nothing), from the counts the store judged it on:
+    /// the same as reading them back, without another round trip.
     fn status_after(
         &self,
         plan: &Plan,
         ask_of: &[Option<usize>],
         o: &Outcome,
-        charge: Charge,
+        added: Option<Charge>,
     ) -> Vec<RuleStatus> {
-        let add = increments(charge);
+        let add = added.map_or([0; N], increments);
         let mut out = Vec::new();
         for &(ri, bi) in &plan.rules {
             let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
@@ -431,6 +436,7 @@ impl Quotas {
             retry_after_secs: resets(span, now).unwrap_or(0),
             code: kind.code(),
             message,
+            status: None,
         }
     }
 
@@ -489,6 +495,7 @@ impl Quotas {
             retry_after_secs: retry.max(1),
             code: kind.code(),
             message,
+            status: None,
         }
     }
 

@@ -16,7 +16,9 @@
 //! no-op. A request whose reservation failed is never charged for it.
 
 use crate::policy::limits::breaker::Breaker;
-use crate::policy::limits::counts::{Ask, Charge, Counts, Delta, Outcome, Snapshot, StoreError, N};
+use crate::policy::limits::counts::{
+    Ask, Charge, Counts, Delta, Outcome, Settle, Snapshot, StoreError, UsageAdd, N,
+};
 use crate::policy::limits::windows::Windows;
 use redis::{Connection, ConnectionLike, RedisResult, Script};
 use std::collections::VecDeque;
@@ -35,17 +37,11 @@ const MARKER: &str = "modelmux:reservation:";
 const TOMBSTONE_SECS: u64 = 86_400;
 /// Cancels waiting for the store; past this the oldest are dropped (and stay charged).
 const MAX_PENDING_CANCELS: usize = 10_000;
-/// Counter key parts in `store::Counts` order; the window number follows.
-const NAMES: [&str; N] = [
-    "req:m:",
-    "tok:m:",
-    "tok:d:",
-    "tok:mo:",
-    "cost:d:",
-    "cost:w:",
-    "cost:mo:",
-    "cost:all:",
-];
+/// Usage totals: one hash per UTC day, `<USAGE><day>`, field `<counter> <identity>`.
+const USAGE: &str = "modelmux:usage:";
+/// Days a day's usage totals are kept after the day ends (a year and a month's margin, so a
+/// yearly report still finds every day).
+pub const USAGE_KEEP_DAYS: i64 = 400;
 
 /// The UTC windows of a unix time, the same arithmetic as `windows.rs` (tested against it).
 const WINDOWS_LUA: &str = r#"
@@ -147,17 +143,37 @@ end
 return 1
 "#;
 
-/// KEYS: counter keys of one reservation, in groups of ARGV[1] (one group per bucket);
-/// ARGV[2..]: the signed delta of each place in a group. A key that expired (its window ended)
-/// is not brought back; no counter goes below zero; a delta of 0 is not sent.
-const ADJUST_LUA: &str = r#"
-local n = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  local delta = ARGV[2 + (i - 1) % n]
-  if delta ~= '0' and redis.call('EXISTS', key) == 1 then
-    local v = redis.call('INCRBY', key, delta)
+/// Everything a finished request sends, in one round trip. KEYS: the reservation's bucket key
+/// prefixes (none when it reserved nothing), then the usage totals hash of its day when it has
+/// usage to add. ARGV: token delta, 1 to take its request back (a refusal), its minute, day and
+/// month, the number of bucket prefixes, the usage hash's expiry (unix time), cost delta, its
+/// week, then (field, amount) pairs for the usage hash. A counter key that expired (its window
+/// ended) is not brought back; no counter goes below zero; a prepaid total never expires, so
+/// it is always there to correct.
+const SETTLE_LUA: &str = r#"
+local NAMES = {'req:m:', 'tok:m:', 'tok:d:', 'tok:mo:', 'cost:d:', 'cost:w:', 'cost:mo:', 'cost:all:'}
+local delta, cost = tonumber(ARGV[1]), tonumber(ARGV[8])
+local ids = {ARGV[3], ARGV[3], ARGV[4], ARGV[5], ARGV[4], ARGV[9], ARGV[5], '0'}
+local nb = tonumber(ARGV[6])
+local function add(key, by)
+  if redis.call('EXISTS', key) == 1 then
+    local v = redis.call('INCRBY', key, by)
     if v < 0 then redis.call('INCRBY', key, -v) end
   end
+end
+for i = 1, nb do
+  if delta ~= 0 then
+    for k = 2, 4 do add(KEYS[i] .. ':' .. NAMES[k] .. ids[k], delta) end
+  end
+  if cost ~= 0 then
+    for k = 5, 8 do add(KEYS[i] .. ':' .. NAMES[k] .. ids[k], cost) end
+  end
+  if ARGV[2] == '1' then add(KEYS[i] .. ':' .. NAMES[1] .. ids[1], -1) end
+end
+if #KEYS > nb then
+  local key = KEYS[nb + 1]
+  for j = 10, #ARGV, 2 do redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+  redis.call('EXPIREAT', key, ARGV[7])
 end
 return 0
 "#;
@@ -207,7 +223,7 @@ pub struct RedisStore {
     timing: Timing,
     idle: Mutex<Vec<Connection>>,
     reserve: Script,
-    adjust: Script,
+    settle: Script,
     read: Script,
     breaker: Breaker,
     /// Operations that were tried and failed.
@@ -297,7 +313,7 @@ impl RedisStore {
             timing,
             idle: Mutex::new(Vec::new()),
             reserve: script(RESERVE_LUA),
-            adjust: Script::new(ADJUST_LUA),
+            settle: Script::new(SETTLE_LUA),
             read: script(READ_LUA),
             breaker: Breaker::new(timing.retry),
             failures: AtomicU64::new(0),
@@ -452,46 +468,54 @@ impl RedisStore {
         })
     }
 
-    /// Adds `delta` to the token and cost counters of `buckets` in `windows`.
-    pub fn adjust(
+    /// Settles a reservation (`held`) and adds a finished request's usage to the shared totals,
+    /// in one round trip; `None` of both sends nothing.
+    pub fn settle(
         &self,
-        buckets: &[String],
-        w: Windows,
-        delta: impl Into<Delta>,
+        held: Option<&Settle>,
+        usage: Option<&UsageAdd>,
     ) -> Result<(), StoreError> {
-        let delta = delta.into();
-        let ids = [
-            w.minute, w.minute, w.day, w.month, w.day, w.week, w.month, 0,
-        ];
+        let usage = usage.filter(|u| u.counters.iter().any(|c| c.1 > 0));
+        let held = held.filter(|h| !h.delta.is_zero() || h.unrequest);
+        if held.is_none() && usage.is_none() {
+            return Ok(());
+        }
         self.guarded(|| {
             self.with_conn(|con| {
-                let mut call = self.adjust.prepare_invoke();
-                for b in buckets {
-                    for k in 1..N {
-                        call.key(format!("{}{}:{}{}", PREFIX, b, NAMES[k], ids[k]));
+                let mut call = self.settle.prepare_invoke();
+                match held {
+                    Some(h) => {
+                        let w = h.windows;
+                        call.arg(h.delta.tokens).arg(u8::from(h.unrequest));
+                        call.arg(w.minute).arg(w.day).arg(w.month);
+                        call.arg(h.buckets.len());
+                        for b in h.buckets {
+                            call.key(format!("{}{}", PREFIX, b));
+                        }
+                    }
+                    None => {
+                        call.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0);
                     }
                 }
-                call.arg(N - 1);
-                for k in 1..N {
-                    call.arg(delta.of(k));
+                match usage {
+                    Some(u) => {
+                        call.key(usage_key(u.day));
+                        call.arg(usage_expiry(u.day));
+                    }
+                    None => {
+                        call.arg(0);
+                    }
                 }
-                call.invoke::<i64>(con)
-            })
-        })
-        .map(|_| ())
-        .map_err(|f| f.error)
-    }
-
-    /// Takes one request off the minute counters of `buckets` in `windows` (the adjust script:
-    /// an expired counter stays gone, none goes below zero).
-    pub fn unrequest(&self, buckets: &[String], w: Windows) -> Result<(), StoreError> {
-        self.guarded(|| {
-            self.with_conn(|con| {
-                let mut call = self.adjust.prepare_invoke();
-                for b in buckets {
-                    call.key(format!("{}{}:{}{}", PREFIX, b, NAMES[0], w.minute));
+                match held {
+                    Some(h) => call.arg(h.delta.cost).arg(h.windows.week),
+                    None => call.arg(0).arg(0),
+                };
+                if let Some(u) = usage {
+                    let who = usage_identity(u);
+                    for &(name, n) in u.counters.iter().filter(|c| c.1 > 0) {
+                        call.arg(format!("{} {}", name, who)).arg(n);
+                    }
                 }
-                call.arg(1).arg(-1);
                 call.invoke::<i64>(con)
             })
         })
@@ -518,6 +542,22 @@ impl RedisStore {
             counts,
         })
     }
+}
+
+/// The usage totals hash of `day`.
+fn usage_key(day: i64) -> String {
+    format!("{}{}", USAGE, day)
+}
+
+/// When the totals of `day` expire: `USAGE_KEEP_DAYS` after the day ends.
+fn usage_expiry(day: i64) -> i64 {
+    (day + 1 + USAGE_KEEP_DAYS) * 86_400
+}
+
+/// The identity part of a usage field: `["user","key","model"]` as JSON, so any string (a
+/// space, a quote) reads back as it was written.
+fn usage_identity(u: &UsageAdd) -> String {
+    serde_json::json!([u.user, u.key, u.model]).to_string()
 }
 
 fn unsigned(v: i64) -> u64 {
@@ -698,6 +738,41 @@ mod tests {
             user: user.into(),
             key: "k".into(),
             model: "m".into(),
+        }
+    }
+
+    /// The settle script with only a token delta or only a request taken back, as the
+    /// tests of the windows need them.
+    impl RedisStore {
+        fn adjust(
+            &self,
+            buckets: &[String],
+            windows: Windows,
+            delta: impl Into<Delta>,
+        ) -> Result<(), StoreError> {
+            let (delta, unrequest) = (delta.into(), false);
+            self.settle(
+                Some(&Settle {
+                    buckets,
+                    windows,
+                    delta,
+                    unrequest,
+                }),
+                None,
+            )
+        }
+
+        fn unrequest(&self, buckets: &[String], windows: Windows) -> Result<(), StoreError> {
+            let (delta, unrequest) = (Delta::default(), true);
+            self.settle(
+                Some(&Settle {
+                    buckets,
+                    windows,
+                    delta,
+                    unrequest,
+                }),
+                None,
+            )
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::config::Limit;
 use crate::policy::limits::status::RuleStatus;
-use crate::policy::limits::store::{Charge, Delta, Store, StoreError};
+use crate::policy::limits::store::{Charge, Delta, Settle, Store, StoreError, UsageAdd};
 use crate::policy::limits::windows::Windows;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,12 +135,34 @@ impl Reservation {
     /// Replaces the estimate with the tokens and cost the backend reported, in the windows the
     /// reservation was made in (a window that has ended since is left alone). Returns the cost
     /// budgets whose `warnAt` this request passed, each once per window and subject.
-    pub fn settle(mut self, used: impl Into<Charge>) -> Vec<Warning> {
-        let used = used.into();
-        let Some(h) = self.held.take() else {
+    pub fn settle(self, used: impl Into<Charge>) -> Vec<Warning> {
+        self.finish(Some(used.into()), None)
+    }
+
+    /// Gives the reserved tokens back (the request failed before a backend did any work); the
+    /// request itself stays counted.
+    pub fn release(self) {
+        self.finish(None, None);
+    }
+
+    /// Settles to `used` (`None`: gives the estimate back, as `release`) and adds the
+    /// request's `usage` to the shared totals, in one store operation. Returns the cost
+    /// budgets whose `warnAt` this request passed, each once per window and subject.
+    pub fn finish(mut self, used: Option<Charge>, usage: Option<&UsageAdd>) -> Vec<Warning> {
+        let held = self.held.take();
+        let settle = held.as_ref().map(|h| Settle {
+            buckets: &h.buckets,
+            windows: h.windows,
+            delta: Delta::between(h.estimate, used.unwrap_or_default()),
+            unrequest: false,
+        });
+        if let Err(e) = self.shared.store.settle(settle.as_ref(), usage) {
+            self.shared
+                .note_failure(&e, "a request's token count was not corrected");
+        }
+        let (Some(h), Some(used)) = (held, used) else {
             return Vec::new();
         };
-        self.adjust(&h, Delta::between(h.estimate, used));
         h.watch
             .iter()
             .filter_map(|w| {
@@ -158,33 +180,20 @@ impl Reservation {
             .collect()
     }
 
-    /// Gives the reserved tokens back (the request failed before a backend did any work); the
-    /// request itself stays counted.
-    pub fn release(mut self) {
-        if let Some(h) = self.held.take() {
-            self.adjust(&h, Delta::between(h.estimate, Charge::default()));
-        }
-    }
-
     /// Gives back the reserved tokens and the request itself: modelmux refused the request
     /// before asking any backend.
     pub fn refuse(mut self) {
         if let Some(h) = self.held.take() {
-            self.adjust(&h, Delta::between(h.estimate, Charge::default()));
-            if let Err(e) = self.shared.store.unrequest(&h.buckets, h.windows) {
+            let settle = Settle {
+                buckets: &h.buckets,
+                windows: h.windows,
+                delta: Delta::between(h.estimate, Charge::default()),
+                unrequest: true,
+            };
+            if let Err(e) = self.shared.store.settle(Some(&settle), None) {
                 self.shared
                     .note_failure(&e, "a refused request stays counted this minute");
             }
-        }
-    }
-
-    fn adjust(&self, h: &Held, delta: Delta) {
-        if delta.is_zero() {
-            return;
-        }
-        if let Err(e) = self.shared.store.adjust(&h.buckets, h.windows, delta) {
-            self.shared
-                .note_failure(&e, "a request's token count was not corrected");
         }
     }
 }

@@ -19,6 +19,10 @@ pub struct Denied {
     /// For the client: the rule and what it limits; never anyone's usage, except what is left
     /// of a cost budget (the budget's spend is what the client is told to plan with).
     pub message: String,
+    /// The windowed budgets as the store judged the request (nothing of it added), for the
+    /// 429's `x-ratelimit-*` headers without reading them again; `None` when the store was not
+    /// asked (a `concurrent` refusal).
+    pub status: Option<Vec<RuleStatus>>,
 }
 
 /// Why `reserve` did not admit a request.

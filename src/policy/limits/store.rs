@@ -6,7 +6,8 @@
 
 use crate::config::DEFAULT_MAX_TRACKED;
 pub use crate::policy::limits::counts::{
-    fits, increments, Ask, Charge, Counts, Delta, Outcome, Snapshot, StoreError, N, SPANS,
+    fits, increments, Ask, Charge, Counts, Delta, Outcome, Settle, Snapshot, StoreError, UsageAdd,
+    N, SPANS,
 };
 use crate::policy::limits::redis_store::RedisStore;
 pub use crate::policy::limits::redis_store::Timing;
@@ -92,32 +93,26 @@ impl Store {
         }
     }
 
-    /// Adds `delta` (negative: gives back) to the token and cost counters of `windows`; a
-    /// window that has already ended is left alone.
-    pub fn adjust(
+    /// Settles a reservation (`held`: its token delta, and its request taken back for a
+    /// refusal; a window that has ended is left alone) and adds a finished request's usage to
+    /// the shared totals: one round trip to Redis. The local store keeps no totals (the
+    /// ledger is the record of one process).
+    pub fn settle(
         &self,
-        buckets: &[String],
-        windows: Windows,
-        delta: Delta,
+        held: Option<&Settle>,
+        usage: Option<&UsageAdd>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => {
-                s.adjust(buckets, windows, delta);
+                if let Some(h) = held {
+                    s.adjust(h.buckets, h.windows, h.delta);
+                    if h.unrequest {
+                        s.unrequest(h.buckets, h.windows);
+                    }
+                }
                 Ok(())
             }
-            Store::Redis(s) => s.adjust(buckets, windows, delta),
-        }
-    }
-
-    /// Takes back the request a reservation counted in `windows`' minute (a refusal is not a
-    /// request); a minute that has ended is left alone.
-    pub fn unrequest(&self, buckets: &[String], windows: Windows) -> Result<(), StoreError> {
-        match self {
-            Store::Local(s) => {
-                s.unrequest(buckets, windows);
-                Ok(())
-            }
-            Store::Redis(s) => s.unrequest(buckets, windows),
+            Store::Redis(s) => s.settle(held, usage),
         }
     }
 
@@ -336,6 +331,9 @@ impl LocalStore {
     }
 
     fn adjust(&self, buckets: &[String], w: Windows, delta: Delta) {
+        if delta.is_zero() {
+            return;
+        }
         let mut d = self.lock();
         for b in buckets {
             if let Some(b) = d.buckets.get_mut(b) {
