@@ -17,7 +17,7 @@
 
 use crate::policy::limits::breaker::Breaker;
 use crate::policy::limits::counts::{
-    Ask, Charge, Counts, Delta, Outcome, Settle, Snapshot, StoreError, UsageAdd, N,
+    Ask, Charge, Counts, Outcome, Settle, Snapshot, StoreError, UsageAdd, N,
 };
 use crate::policy::limits::windows::Windows;
 use redis::{Connection, ConnectionLike, RedisResult, Script};
@@ -703,6 +703,7 @@ mod tests {
     use super::test_server::RedisServer;
     use super::*;
     use crate::config::{parse_rules, FailureMode, Subject};
+    use crate::policy::limits::counts::Delta;
     use crate::policy::limits::quota::{Quotas, Refusal};
     use crate::policy::limits::store::Store;
     use crate::policy::limits::windows::{days_from_civil, window_end, Span};
