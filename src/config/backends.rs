@@ -2,6 +2,7 @@
 
 use super::forward_proxy::proxy_for;
 use super::json::{at, check_fields, opt_string, shown, type_name, FieldError};
+use super::pricing::{parse_inline, Pricing};
 use serde_json::{Map, Value};
 
 /// One backend serving a model.
@@ -19,6 +20,8 @@ pub struct Backend {
     pub via_proxy: Option<String>,
     /// `maxConcurrent`: requests this backend serves at once (per replica); more wait.
     pub max_concurrent: Option<usize>,
+    /// `pricing` of the entry, else of the endpoint (see `Prices::lookup` for the rest).
+    pub pricing: Option<Pricing>,
 }
 
 /// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
@@ -29,11 +32,17 @@ pub(super) struct Inherited {
     api_key: String,
     actual_model_name: String,
     max_concurrent: Option<usize>,
+    pricing: Option<Pricing>,
 }
 
 impl Inherited {
-    /// Reads the three fields of an endpoint object; `id` is the default model name.
-    pub fn read(id: &str, obj: &Map<String, Value>) -> Result<Inherited, FieldError> {
+    /// Reads the fields of an endpoint object its backends inherit; `id` is the default model
+    /// name, `currency` the unit of its prices.
+    pub fn read(
+        id: &str,
+        obj: &Map<String, Value>,
+        currency: &str,
+    ) -> Result<Inherited, FieldError> {
         let url = match opt_string(obj, "url")? {
             Some(u) => Some(validate_url(&u).map_err(at("url"))?),
             None => None,
@@ -50,6 +59,7 @@ impl Inherited {
             api_key,
             actual_model_name,
             max_concurrent,
+            pricing: parse_inline(obj, currency)?,
         })
     }
 }
@@ -61,6 +71,7 @@ const ENTRY_FIELDS: &[&str] = &[
     "actualModelName",
     "weight",
     "maxConcurrent",
+    "pricing",
 ];
 
 /// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
@@ -69,6 +80,7 @@ pub(super) fn parse_backends(
     obj: &Map<String, Value>,
     inherited: &Inherited,
     env: &dyn Fn(&str) -> Option<String>,
+    currency: &str,
 ) -> Result<Vec<Backend>, FieldError> {
     match obj.get("backends") {
         None | Some(Value::Null) => {
@@ -85,13 +97,15 @@ pub(super) fn parse_backends(
                 actual_model_name: inherited.actual_model_name.clone(),
                 weight: 1,
                 max_concurrent: inherited.max_concurrent,
+                pricing: inherited.pricing,
             }])
         }
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                parse_entry(item, inherited, env).map_err(|e| e.within(&format!("backends[{}]", i)))
+                parse_entry(item, inherited, env, currency)
+                    .map_err(|e| e.within(&format!("backends[{}]", i)))
             })
             .collect(),
         Some(_) => Err(FieldError::new(
@@ -106,6 +120,7 @@ fn parse_entry(
     item: &Value,
     inherited: &Inherited,
     env: &dyn Fn(&str) -> Option<String>,
+    currency: &str,
 ) -> Result<Backend, FieldError> {
     let b = item.as_object().ok_or_else(|| {
         FieldError::new("", format!("expected an object, got {}", type_name(item)))
@@ -136,6 +151,7 @@ fn parse_entry(
         actual_model_name,
         weight,
         max_concurrent,
+        pricing: parse_inline(b, currency)?.or(inherited.pricing),
     })
 }
 

@@ -97,6 +97,8 @@ pub(super) struct EndpointDefaults<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Top-level `health.probeIntervalSecs`.
     pub probe_interval: Option<Duration>,
+    /// Top-level `currency`, the unit of `pricing`.
+    pub currency: &'a str,
 }
 
 /// Every field of an endpoint object; anything else is an error (see `json::check_fields`).
@@ -126,6 +128,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "capMaxTokens",
     "messagesApi",
     "providerName",
+    "pricing",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -138,7 +141,7 @@ pub(super) fn parse_endpoint(
 ) -> Result<Endpoint, FieldError> {
     check_fields(obj, KNOWN_FIELDS)?;
     let wildcard = parse_wildcard(id, obj)?;
-    let inherited = Inherited::read(id, obj)?;
+    let inherited = Inherited::read(id, obj, defaults.currency)?;
     let display_name = opt_string(obj, "displayName")?.unwrap_or_else(|| id.to_string());
     let timeouts = match obj.get("timeouts") {
         Some(v) => parse_timeouts(v, defaults.timeouts).map_err(under("timeouts"))?,
@@ -156,7 +159,7 @@ pub(super) fn parse_endpoint(
             "insecureSkipVerify is on: the backend's TLS certificate is NOT verified".to_string(),
         );
     }
-    let backends = parse_backends(obj, &inherited, defaults.env)?;
+    let backends = parse_backends(obj, &inherited, defaults.env, defaults.currency)?;
     let fallbacks = string_list(obj.get("fallbacks"), "model ids")
         .map_err(at("fallbacks"))?
         .unwrap_or_default();

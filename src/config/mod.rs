@@ -17,6 +17,8 @@ mod forward_proxy;
 mod json;
 mod keys;
 mod policy;
+#[allow(dead_code, unused_imports)]
+mod pricing;
 mod rules;
 mod settings;
 mod summary;
@@ -29,9 +31,11 @@ pub use endpoint::{ClientKey, Endpoint, MessagesApi};
 pub(crate) use json::{type_name, unknown_field};
 pub use keys::{Priority, ProxyKey};
 pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
+#[allow(unused_imports)]
+pub use pricing::{PriceFile, Prices, Pricing, Rates, Tier, HIGH_PRICE, MICROS};
 #[cfg(test)]
 pub use rules::parse_rules;
-pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, MICROS, WINDOWED};
+pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, WINDOWED};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::{policy_view, summary};
 
@@ -85,6 +89,9 @@ pub struct Config {
     pub health: HealthPolicy,
     /// Identity sources, the usage ledger and per-user metrics.
     pub policy: PolicySettings,
+    /// `currency`, top-level `pricing` by model glob and `pricesFile`; inline prices are on
+    /// each backend.
+    pub prices: Prices,
     /// Non-fatal findings (`insecureSkipVerify`), for the operator's log; unknown fields are
     /// errors.
     pub warnings: Vec<String>,
@@ -183,6 +190,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "limitsStoreTimeoutMs",
     "limitsStoreRetrySecs",
     "taskHeader",
+    "currency",
+    "pricing",
+    "pricesFile",
 ];
 
 /// The steps of `parse`, in the order their errors are reported; `warnings` get no file name.
@@ -196,6 +206,7 @@ fn read_config(
     let root = read_root(text, env)?;
     check_fields(&root, TOP_LEVEL_FIELDS)?;
     let health = parse_health(root.get("health")).map_err(under("health"))?;
+    let prices = read_prices(&root, file)?;
     let endpoint_defaults = EndpointDefaults {
         timeouts: match root.get("timeouts") {
             Some(v) => parse_timeouts(v, defaults.timeouts).map_err(under("timeouts"))?,
@@ -204,8 +215,10 @@ fn read_config(
         ca_file: defaults.ca_file.as_deref(),
         env,
         probe_interval: health.probe_interval,
+        currency: &prices.currency,
     };
     let endpoints = read_endpoints(root.get("endpoints"), &endpoint_defaults, warnings)?;
+    check_prices(&endpoints, &prices, warnings)?;
     let mut proxy_keys = defaults.proxy_keys.clone();
     if let Some(v) = root.get("proxyKeys") {
         proxy_keys.extend(parse_proxy_keys(v)?);
@@ -216,12 +229,61 @@ fn read_config(
     Ok(Config {
         retry: parse_retry(root.get("retry")).map_err(under("retry"))?,
         health,
-        policy: policy::parse_policy(&root, file)?,
+        policy: policy::PolicySettings {
+            currency: prices.currency.clone(),
+            ..policy::parse_policy(&root, file)?
+        },
+        prices,
         endpoints,
         proxy_keys,
         default_model,
         warnings: Vec::new(),
     })
+}
+
+/// `currency`, the top-level `pricing` and `pricesFile`.
+fn read_prices(root: &Map<String, Value>, file: &str) -> Result<Prices, FieldError> {
+    let currency = pricing::parse_currency(root.get("currency"))?;
+    Ok(Prices {
+        defaults: pricing::parse_defaults(root.get("pricing"), &currency)?,
+        file: pricing::parse_prices_file(root.get("pricesFile"), file)?.map(std::sync::Arc::new),
+        currency,
+    })
+}
+
+/// A configured model whose price comes from a bad `pricesFile` entry fails the load; one
+/// with no price at all, while other models have prices, gets a warning (it is unpriced, not
+/// free). Wildcards are priced per request.
+fn check_prices(
+    endpoints: &[Endpoint],
+    prices: &Prices,
+    warnings: &mut Vec<String>,
+) -> Result<(), FieldError> {
+    let any_inline = endpoints
+        .iter()
+        .any(|e| e.backends.iter().any(|b| b.pricing.is_some()));
+    for ep in endpoints.iter().filter(|e| e.wildcard.is_none()) {
+        for b in ep.backends.iter().filter(|b| b.pricing.is_none()) {
+            let model = b.actual_model_name.as_str();
+            if prices.lookup(None, model).is_some() {
+                continue;
+            }
+            if let Some(Err(e)) = prices.file.as_ref().and_then(|f| f.entry(model)) {
+                let path = prices.file.as_ref().map_or("", |f| f.path.as_str());
+                return Err(FieldError::new(
+                    "pricesFile",
+                    format!("{}: {} (the price of endpoints.{})", path, e, ep.id),
+                ));
+            }
+            if any_inline || !prices.is_empty() {
+                warnings.push(format!(
+                    "endpoints.{}: no price for backend model \"{}\": its requests are unpriced (no cost)",
+                    ep.id, model
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gives every unnamed key the name `key-N` (its 1-based place), skipping names in use, so
@@ -387,6 +449,7 @@ mod tests {
                 weight: 1,
                 via_proxy: None,
                 max_concurrent: None,
+                pricing: None,
             }]
         );
     }

@@ -1,14 +1,12 @@
 //! The `"limits"` rules of the config: whom each rule covers and what it allows.
 
 use crate::config::type_name;
+use crate::config::MICROS;
 use serde_json::{Map, Value};
 use std::fmt;
 
 /// Largest limit accepted; counters in Redis's Lua are doubles, exact up to 2^53.
 const MAX_LIMIT: u64 = 1_000_000_000_000_000;
-
-/// Micro-units (millionths of the currency) in one unit: money is counted in whole micro-units.
-pub const MICROS: u64 = 1_000_000;
 
 /// Largest cost budget accepted, in currency units (in micro-units still below 2^53).
 const MAX_MONEY: f64 = 1_000_000_000.0;

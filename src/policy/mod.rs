@@ -15,6 +15,7 @@ use admission::backend_gate;
 use identity::jwt;
 use limits::{preflight, quota, store, subject};
 
+pub use accounting::cost::worst_case;
 pub use accounting::{query, usage_command};
 pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
@@ -47,6 +48,7 @@ pub struct Policy {
 struct QuotaState {
     rules: Vec<Rule>,
     failure: FailureMode,
+    currency: String,
     max_tracked: usize,
     quotas: Arc<Quotas>,
 }
@@ -163,7 +165,7 @@ impl Policy {
             store,
             settings.limits_store_failure,
         )
-        .with_currency("USD");
+        .with_currency(&settings.currency);
         let now = (clock::now_ms() / 1000) as u64;
         let ledger = match &settings.usage_log {
             None => None,
@@ -195,6 +197,7 @@ impl Policy {
             quotas: Mutex::new(QuotaState {
                 rules: settings.limits.clone(),
                 failure: settings.limits_store_failure,
+                currency: settings.currency.clone(),
                 max_tracked: settings.limits_max_tracked,
                 quotas: Arc::new(quotas),
             }),
@@ -205,7 +208,10 @@ impl Policy {
     /// The quotas for these settings: the same counters, with rules a reload changed.
     fn quotas(&self, settings: &PolicySettings) -> Arc<Quotas> {
         let mut st = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-        if st.rules != settings.limits || st.failure != settings.limits_store_failure {
+        if st.rules != settings.limits
+            || st.failure != settings.limits_store_failure
+            || st.currency != settings.currency
+        {
             if let Some(l) = &self.ledger {
                 l.keep_all(
                     settings
@@ -216,8 +222,10 @@ impl Policy {
             }
             st.quotas = Arc::new(
                 st.quotas
-                    .reloaded(settings.limits.clone(), settings.limits_store_failure),
+                    .reloaded(settings.limits.clone(), settings.limits_store_failure)
+                    .with_currency(&settings.currency),
             );
+            st.currency = settings.currency.clone();
             st.rules = settings.limits.clone();
             st.failure = settings.limits_store_failure;
         }

@@ -9,6 +9,7 @@ mod messages;
 mod outbound;
 mod select;
 mod translation;
+mod worst_cost;
 
 use translation::Translation;
 
@@ -132,7 +133,12 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         prompt_bytes: inbound.body.len(),
         model: &inbound.model,
         max_tokens,
-        max_cost: None,
+        // Only cost budgets need it: without one, no price is looked up.
+        max_cost: if config.policy.limits.iter().any(|r| r.has_cost()) {
+            worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens)
+        } else {
+            None
+        },
     };
     let admission = match ctx
         .policy
