@@ -13,9 +13,9 @@
 //! - `translate/`: protocol translators (Anthropic Messages first) live here, mapping a foreign
 //!   API onto the OpenAI one for `proxy` with the help of `stream` and `http`.
 //! - `policy/`: who asks and what they may use, called at admission and completion (`mod.rs`):
-//!   `identity/` (client keys, JWT, user headers, body user), `accounting/` (the usage ledger and
-//!   the `/usage` totals), `limits/` (rules applied to counters over windows, in a local or Redis
-//!   store) and `admission/` (fair queues at capped backends).
+//!   `identity/` (client keys, JWT, user headers, body user), `accounting/` (the usage ledger, the
+//!   `/usage` totals and what a request cost), `limits/` (rules applied to counters over
+//!   windows, in a local or Redis store) and `admission/` (fair queues at capped backends).
 //! - `stream/`: bodies in and out: the request's model lookup and byte-faithful rewrite (`body`),
 //!   the answer streamed back (`relay`), its tokens (`usage`) and the usage modelmux asked for
 //!   hidden again (`usage_strip`).
@@ -27,7 +27,8 @@
 //! - `http/`: what every layer says in HTTP: routes, OpenAI-style errors, replies, which headers
 //!   cross the proxy, the access log line.
 //! - Helpers used across layers: `lifecycle` (signals, file watch, fd limit: the only libc calls),
-//!   `metrics`, `clock` (UTC calendar arithmetic), `tls`, `glob` and `redact`.
+//!   `metrics`, `clock` (UTC calendar arithmetic), `money` (integer micro-units and their text),
+//!   `tls`, `glob` and `redact`.
 
 #![deny(unsafe_code)]
 
@@ -45,6 +46,7 @@ mod fuzz_tests;
 #[allow(unsafe_code)]
 mod lifecycle;
 mod metrics;
+mod money;
 mod policy;
 mod proxy;
 mod redact;

@@ -55,6 +55,12 @@ struct Data {
     other_users: UserCounts,
     /// Whether `other_users` has counted anything (its series appear from then on).
     any_other: bool,
+    /// Micro-units by model and currency.
+    cost: BTreeMap<(String, String), u64>,
+    /// Micro-units by user (those in `users`) and currency.
+    user_cost: BTreeMap<(String, String), u64>,
+    /// Micro-units of the users beyond `users`, by currency.
+    other_cost: BTreeMap<String, u64>,
 }
 
 /// One user's (or the summed others') requests, and tokens by direction and by whether they
@@ -113,6 +119,8 @@ pub struct RequestRecord<'a> {
     /// Tokens recorded (prompt, completion, estimated): the backend's `usage`, else the
     /// estimate the ledger has.
     pub tokens: Option<(u64, u64, bool)>,
+    /// Its cost as the ledger has it (micro-units, currency); `None`: unpriced.
+    pub cost: Option<(u64, &'a str)>,
 }
 
 impl Metrics {
@@ -144,6 +152,13 @@ impl Metrics {
                 let v = d.tokens.entry((r.model.to_string(), dir, est)).or_default();
                 *v = v.saturating_add(n);
             }
+        }
+        if let Some((micros, currency)) = r.cost {
+            let v = d
+                .cost
+                .entry((r.model.to_string(), currency.to_string()))
+                .or_default();
+            *v = v.saturating_add(micros);
         }
     }
 
@@ -184,6 +199,20 @@ impl Metrics {
             d.other_users.add(prompt, completion, estimated);
             d.any_other = true;
         }
+    }
+
+    /// Records a user's cost (after `user` counted the request, so the user's place among
+    /// the first `max_users` is already settled).
+    pub fn user_cost(&self, user: &str, max_users: usize, micros: u64, currency: &str) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let v = if d.users.contains_key(user) || d.users.len() < max_users {
+            d.user_cost
+                .entry((user.to_string(), currency.to_string()))
+                .or_default()
+        } else {
+            d.other_cost.entry(currency.to_string()).or_default()
+        };
+        *v = v.saturating_add(micros);
     }
 
     /// Records a backend's usage report with counts too large to believe.
@@ -374,6 +403,23 @@ fn render_traffic(d: &Data, out: &mut String) {
             v
         );
     }
+    if !d.cost.is_empty() {
+        header(
+            out,
+            "modelmux_cost_total",
+            "counter",
+            "Cost of requests by model, in the configured currency, as the ledger records it (estimated usage included; unpriced backends are not counted).",
+        );
+        for ((m, cur), v) in &d.cost {
+            let _ = writeln!(
+                out,
+                "modelmux_cost_total{{model=\"{}\",currency=\"{}\"}} {}",
+                esc(m),
+                esc(cur),
+                crate::money::format(*v)
+            );
+        }
+    }
     header(
         out,
         "modelmux_refused_requests_total",
@@ -441,6 +487,39 @@ fn render_users(d: &Data, out: &mut String) {
                     v
                 );
             }
+        }
+    }
+    if !d.user_cost.is_empty() {
+        header(
+            out,
+            "modelmux_user_cost_total",
+            "counter",
+            "Cost per user in the configured currency (metrics.perUser; the first metrics.maxUsers users).",
+        );
+        for ((u, cur), v) in &d.user_cost {
+            let _ = writeln!(
+                out,
+                "modelmux_user_cost_total{{user=\"{}\",currency=\"{}\"}} {}",
+                esc(u),
+                esc(cur),
+                crate::money::format(*v)
+            );
+        }
+    }
+    if !d.other_cost.is_empty() {
+        header(
+            out,
+            "modelmux_user_other_cost_total",
+            "counter",
+            "Cost of users beyond metrics.maxUsers, summed, in the configured currency.",
+        );
+        for (cur, v) in &d.other_cost {
+            let _ = writeln!(
+                out,
+                "modelmux_user_other_cost_total{{currency=\"{}\"}} {}",
+                esc(cur),
+                crate::money::format(*v)
+            );
         }
     }
     if d.any_other {

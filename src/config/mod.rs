@@ -17,7 +17,6 @@ mod forward_proxy;
 mod json;
 mod keys;
 mod policy;
-#[allow(dead_code, unused_imports)]
 mod pricing;
 mod rules;
 mod settings;
@@ -31,8 +30,9 @@ pub use endpoint::{ClientKey, Endpoint, MessagesApi};
 pub(crate) use json::{type_name, unknown_field};
 pub use keys::{Priority, ProxyKey};
 pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
-#[allow(unused_imports)]
-pub use pricing::{PriceFile, Prices, Pricing, Rates, Tier, HIGH_PRICE, MICROS};
+#[cfg(test)]
+pub use pricing::Tier;
+pub use pricing::{Prices, Pricing, Rates};
 #[cfg(test)]
 pub use rules::parse_rules;
 pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, WINDOWED};

@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Micro-units in one unit of the currency.
-pub const MICROS: u64 = 1_000_000;
 /// The highest price per 1M tokens accepted without `"allowHighPrices": true`: above it is
 /// almost always a price per token entered where a price per 1M tokens belongs.
 pub const HIGH_PRICE: f64 = 1000.0;

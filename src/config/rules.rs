@@ -1,7 +1,7 @@
 //! The `"limits"` rules of the config: whom each rule covers and what it allows.
 
 use crate::config::type_name;
-use crate::config::MICROS;
+use crate::money::MICROS;
 use serde_json::{Map, Value};
 use std::fmt;
 

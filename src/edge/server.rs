@@ -490,6 +490,11 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
             .map(|u| (u.prompt, u.completion)),
         retries: s.retries,
         outcome: s.outcome,
+        cost: s.charge.as_ref().map(|c| access_log::Cost {
+            micros: c.micros,
+            currency: &c.currency,
+            estimated: c.estimated,
+        }),
     });
     if let Some(code) = s.refused {
         metrics.refused(s.status, code);
@@ -503,6 +508,7 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
             duration,
             ttfb: s.ttfb,
             tokens: s.usage.map(|u| (u.prompt, u.completion, u.estimated)),
+            cost: s.charge.as_ref().map(|c| (c.micros, c.currency.as_str())),
         });
     }
 }

@@ -48,6 +48,19 @@ pub struct Entry<'a> {
     pub retries: u32,
     /// How it ended.
     pub outcome: &'a str,
+    /// What the ledger recorded it cost; `None`: unpriced (the field is left out).
+    pub cost: Option<Cost<'a>>,
+}
+
+/// A request's cost as logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost<'a> {
+    /// Micro-units of `currency`.
+    pub micros: u64,
+    /// The configured currency.
+    pub currency: &'a str,
+    /// Computed from estimated usage.
+    pub estimated: bool,
 }
 
 /// Formats the line in the configured format and queues it (see `Lines`). Nothing is
@@ -185,7 +198,20 @@ fn text_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
         None => write!(s, "- tokens_out=-"),
     }
     .ok();
-    let _ = writeln!(s, " retries={} outcome={}", e.retries, Clip(e.outcome, 64));
+    let _ = write!(s, " retries={} outcome={}", e.retries, Clip(e.outcome, 64));
+    // Only priced requests, at the end: other lines keep their bytes.
+    if let Some(c) = e.cost {
+        let _ = write!(
+            s,
+            " cost={} currency={}",
+            crate::money::format(c.micros),
+            Clip(c.currency, 8)
+        );
+        if c.estimated {
+            s.push_str(" cost_estimated=true");
+        }
+    }
+    s.push('\n');
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -222,6 +248,13 @@ fn json_line(out: &mut Vec<u8>, e: &Entry, now: Duration) {
     put(out, false, "tokens_out", &e.tokens.map(|t| t.1));
     put(out, false, "retries", &e.retries);
     put(out, false, "outcome", e.outcome);
+    if let Some(c) = e.cost {
+        put(out, false, "cost", &crate::money::format(c.micros));
+        put(out, false, "currency", &c.currency);
+        if c.estimated {
+            put(out, false, "cost_estimated", &true);
+        }
+    }
     out.extend_from_slice(b"}\n");
 }
 

@@ -16,6 +16,7 @@ use identity::jwt;
 use limits::{preflight, quota, store, subject};
 
 pub use accounting::cost::worst_case;
+pub use accounting::cost::Charge;
 pub use accounting::{query, usage_command};
 pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
@@ -23,7 +24,7 @@ pub use preflight::preflight;
 pub use totals::Query;
 
 use crate::clock;
-use crate::config::{FailureMode, Limit, PolicySettings, Rule};
+use crate::config::{FailureMode, Limit, PolicySettings, Pricing, Rule};
 use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
@@ -139,6 +140,18 @@ pub struct Done<'a> {
     pub ttfb: Option<Duration>,
     /// How it ended.
     pub outcome: &'a str,
+    /// The prices of the backend asked last; `None`: unpriced, or no backend was asked.
+    pub price: Option<&'a Pricing>,
+    /// The configured currency.
+    pub currency: &'a str,
+}
+
+/// What `complete` recorded.
+pub struct Recorded {
+    /// The backend's usage, else an estimate (marked).
+    pub usage: Usage,
+    /// Its cost, when the backend has prices.
+    pub charge: Option<Charge>,
 }
 
 impl Policy {
@@ -366,14 +379,16 @@ impl Policy {
     }
 
     /// The remaining budgets of the rules that match `user` (by user only), for `/usage`: a
-    /// cost budget in the currency, with what was spent (settled and reserved) in its window.
+    /// cost budget in the currency (6-decimal strings, as costs are), with what was spent
+    /// (settled and reserved) in its window.
     pub fn budgets(&self, settings: &PolicySettings, user: &str) -> serde_json::Value {
         let quotas = self.quotas(settings);
         let now = (clock::now_ms() / 1000) as u64;
         let status = quotas
             .status(&subject(user, "", ""), now)
             .unwrap_or_default();
-        let money = |m: u64| m as f64 / crate::config::MICROS as f64;
+        // The one text form of money, as the ledger and the usage totals write it.
+        let money = crate::money::format;
         let rows: Vec<serde_json::Value> = status
             .iter()
             .flat_map(|s| {
@@ -396,14 +411,14 @@ impl Policy {
 
     /// Records a finished request: ledger line, totals, quotas settled, per-user metrics.
     /// `per_user`: `metrics.maxUsers` when `metrics.perUser` is on.
-    /// Returns the usage recorded (the backend's, else an estimate).
+    /// Returns the usage recorded (the backend's, else an estimate) and its cost.
     pub fn complete(
         &self,
         admission: Admission,
         done: &Done,
         per_user: Option<usize>,
         metrics: &Metrics,
-    ) -> Usage {
+    ) -> Recorded {
         let usage = match done.usage {
             Some(u) if u.plausible() => u,
             // Only answered token-bearing requests get an estimate: an error used nothing.
@@ -425,7 +440,12 @@ impl Policy {
             }
             _ => Usage::default(),
         };
-        let entry = self.entry(&admission.identity, done, usage);
+        let charge = done.price.map(|p| Charge::of(p, &usage, done.currency));
+        let mut entry = self.entry(&admission.identity, done, usage);
+        if let Some(c) = &charge {
+            entry.cost = Some(c.micros);
+            entry.currency = c.currency.clone();
+        }
         self.record(&entry, metrics);
         if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
             metrics.user(
@@ -435,6 +455,9 @@ impl Policy {
                 usage.completion,
                 usage.estimated,
             );
+            if let Some(c) = &charge {
+                metrics.user_cost(&entry.user, max_users, c.micros, &c.currency);
+            }
         }
         let reservation = admission
             .reservation
@@ -454,7 +477,7 @@ impl Policy {
                 }
             }
         }
-        usage
+        Recorded { usage, charge }
     }
 
     /// Records a request refused at or after identification and before admission (a 401
@@ -480,6 +503,8 @@ impl Policy {
             duration_ms: done.duration.as_millis() as u64,
             ttfb_ms: done.ttfb.map(|t| t.as_millis() as u64),
             outcome: done.outcome.to_string(),
+            cost: None,
+            currency: String::new(),
         }
     }
 
@@ -504,9 +529,10 @@ impl Policy {
 
 pub use accounting::REFUSED;
 
-/// What a finished request cost, in micro-units, for its cost budgets.
-fn settled_cost(_entry: &Entry) -> u64 {
-    0
+/// What a finished request cost, in micro-units, for its cost budgets (0 when unpriced: such
+/// a request was only admitted where no cost budget applies).
+fn settled_cost(entry: &Entry) -> u64 {
+    entry.cost.unwrap_or(0)
 }
 
 /// Logs and counts the cost budgets a request passed the `warnAt` of (each once per window and

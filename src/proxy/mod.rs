@@ -46,6 +46,10 @@ pub struct Summary {
     pub usage: Option<crate::stream::usage::Usage>,
     /// Characters of generated text a stream carried (for an estimate).
     pub content_chars: u64,
+    /// The prices of the backend asked last (`None`: unpriced or none asked).
+    pub price: Option<crate::config::Pricing>,
+    /// What the ledger recorded it cost.
+    pub charge: Option<crate::policy::Charge>,
     /// Retries on other backends or fallback models.
     pub retries: u32,
     /// `complete`, `client_gone`, `upstream_failed`, `error` or `refused`.
@@ -216,6 +220,8 @@ fn complete(
             duration: ctx.started.elapsed(),
             ttfb: summary.ttfb,
             outcome: summary.outcome,
+            price: summary.price.as_ref(),
+            currency: &config.prices.currency,
         },
         config
             .policy
@@ -223,9 +229,10 @@ fn complete(
             .then_some(config.policy.metrics_max_users),
         ctx.metrics,
     );
-    if summary.usage.is_some() || recorded.estimated {
-        summary.usage = Some(recorded);
+    if summary.usage.is_some() || recorded.usage.estimated {
+        summary.usage = Some(recorded.usage);
     }
+    summary.charge = recorded.charge;
     summary
 }
 
@@ -261,6 +268,8 @@ impl Refusal<'_> {
                 duration: ctx.started.elapsed(),
                 ttfb: None,
                 outcome: REFUSED,
+                price: None,
+                currency: "",
             },
             ctx.metrics,
         );
@@ -431,6 +440,11 @@ impl<'a> Attempt<'a> {
         };
         let host = crate::redact::host(&backend.url).to_string();
         summary.backend = Some(host.clone());
+        summary.price = live
+            .config
+            .prices
+            .lookup(backend.pricing.as_ref(), &backend.actual_model_name)
+            .copied();
         let Some(agent) = live.agent(endpoint, &backend) else {
             let e = ApiError::internal("no HTTP client for this backend");
             return Ok(End::Released(e));

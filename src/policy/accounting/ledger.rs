@@ -45,6 +45,11 @@ pub struct Entry {
     pub ttfb_ms: Option<u64>,
     /// `complete`, `client_gone`, `upstream_failed` or `error`.
     pub outcome: String,
+    /// What it cost, in micro-units of `currency` (see `cost`); `None`: unpriced (no price
+    /// for its backend, or nothing was asked of one), never to be read as free.
+    pub cost: Option<u64>,
+    /// The currency of `cost` (empty without one).
+    pub currency: String,
 }
 
 impl Entry {
@@ -71,6 +76,14 @@ impl Entry {
         // Only on the lines that have one, after `key`, so other lines keep their bytes.
         if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
             m.shift_insert(4, "end_user".into(), label.clone().into());
+        }
+        // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
+        if let (Some(micros), Some(m)) = (self.cost, v.as_object_mut()) {
+            m.insert("cost".into(), super::cost::format(micros).into());
+            m.insert("currency".into(), self.currency.clone().into());
+            if self.usage.estimated {
+                m.insert("cost_estimated".into(), true.into());
+            }
         }
         v.to_string()
     }
@@ -131,6 +144,8 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 }
                 "duration_ms" => e.duration_ms = num(map.next_value()?),
                 "ttfb_ms" => e.ttfb_ms = map.next_value::<Value>()?.as_u64(),
+                "cost" => e.cost = text(map.next_value()?).and_then(|s| super::cost::parse(&s)),
+                "currency" => e.currency = text(map.next_value()?).unwrap_or_default(),
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -691,6 +706,25 @@ mod tests {
             ..entry(5)
         };
         assert_eq!(Entry::from_line(&full.to_line()), Some(full));
+        let priced = Entry {
+            cost: Some(12_150),
+            currency: "EUR".into(),
+            usage: Usage {
+                estimated: true,
+                ..entry(5).usage
+            },
+            ..entry(5)
+        };
+        let line = priced.to_line();
+        assert!(
+            line.ends_with(
+                r#""outcome":"complete","cost":"0.012150","currency":"EUR","cost_estimated":true}"#
+            ),
+            "{}",
+            line
+        );
+        assert_eq!(Entry::from_line(&line), Some(priced));
+        assert!(!entry(5).to_line().contains("cost"));
         // Wrong types read as absent or 0; unknown fields are ignored; escapes are decoded.
         let odd = r#"{"ts":"2026-11-02T10:00:00.000Z","user":"a\u00e9\n","model":"m","extra":{"x":[1]},"status":-3,"prompt_tokens":1.5,"completion_tokens":"9","key":7,"ttfb_ms":null,"estimated":true}"#;
         let e = Entry::from_line(odd).unwrap();

@@ -1,8 +1,6 @@
 //! Accounting: the usage ledger (one JSON line per finished request) and the totals that
 //! `/usage` and `modelmux usage` read back from it.
 
-// Until the ledger and budgets read it (next commits).
-#[allow(dead_code)]
 pub mod cost;
 pub mod ledger;
 pub mod totals;

@@ -20,6 +20,62 @@ pub struct Counters {
     pub reasoning: u64,
     /// Requests by the ledger's `outcome`, in `OUTCOMES` order (other values are not counted).
     pub outcomes: [u64; 5],
+    /// Requests with a cost.
+    pub priced: u64,
+    /// Requests that used tokens and have no cost (no price for their backend): the cost is
+    /// incomplete by them, never to be read as free.
+    pub unpriced: u64,
+    /// The sum of the costs, micro-units of `currency`.
+    pub cost: u64,
+    /// The part of `cost` computed from estimated usage.
+    pub estimated_cost: u64,
+    /// The currency of the costs.
+    pub currency: Currency,
+}
+
+/// The currency of a group's costs: costs in two currencies are never summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Currency {
+    /// No cost yet.
+    #[default]
+    None,
+    /// Every cost is in this one (3 capital letters).
+    One([u8; 3]),
+    /// Costs in more than one currency (after a change of `currency`): no sum is shown.
+    Mixed,
+}
+
+impl Currency {
+    /// A ledger line's currency; anything but 3 capital letters mixes with everything.
+    fn of(s: &str) -> Currency {
+        match <[u8; 3]>::try_from(s.as_bytes()) {
+            Ok(c) if c.iter().all(u8::is_ascii_uppercase) => Currency::One(c),
+            _ => Currency::Mixed,
+        }
+    }
+
+    fn and(self, o: Currency) -> Currency {
+        match (self, o) {
+            (Currency::None, x) | (x, Currency::None) => x,
+            (a, b) if a == b => a,
+            _ => Currency::Mixed,
+        }
+    }
+
+    /// `USD`, `mixed`, or empty for none.
+    pub fn name(&self) -> &str {
+        match self {
+            Currency::None => "",
+            // Built from 3 ASCII capitals only.
+            Currency::One(c) => std::str::from_utf8(c).unwrap_or("?"),
+            Currency::Mixed => "mixed",
+        }
+    }
+
+    /// `format`'s text of `micros` in this currency; `None` for no cost or mixed currencies.
+    fn amount(&self, micros: u64) -> Option<String> {
+        matches!(self, Currency::One(_)).then(|| crate::money::format(micros))
+    }
 }
 
 /// The ledger's outcomes, as `/usage` counts them.
@@ -42,6 +98,11 @@ impl Counters {
         for (a, b) in self.outcomes.iter_mut().zip(o.outcomes) {
             *a = a.saturating_add(b);
         }
+        self.priced = self.priced.saturating_add(o.priced);
+        self.unpriced = self.unpriced.saturating_add(o.unpriced);
+        self.cost = self.cost.saturating_add(o.cost);
+        self.estimated_cost = self.estimated_cost.saturating_add(o.estimated_cost);
+        self.currency = self.currency.and(o.currency);
     }
 
     /// Refused requests (admission said no; nothing reached a backend).
@@ -169,6 +230,14 @@ impl Totals {
             cached: e.usage.cached,
             reasoning: e.usage.reasoning,
             outcomes,
+            priced: u64::from(e.cost.is_some()),
+            unpriced: u64::from(e.cost.is_none() && e.usage.total() > 0),
+            cost: e.cost.unwrap_or(0),
+            estimated_cost: e.cost.filter(|_| e.usage.estimated).unwrap_or(0),
+            currency: match e.cost {
+                Some(_) => Currency::of(&e.currency),
+                None => Currency::None,
+            },
         };
         self.groups
             .entry(group.iter().map(|s| s.to_string()).collect())
@@ -185,8 +254,17 @@ impl Totals {
     }
 }
 
-/// `{"object":"list","data":[{"user":..,"requests":..,"prompt_tokens":..,...}]}`.
+/// True when some request of the answer has a cost: then every row shows one (`null` for a
+/// group without), else the answer is as it was before prices existed.
+fn priced(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.counters.priced > 0)
+}
+
+/// `{"object":"list","data":[{"user":..,"requests":..,"prompt_tokens":..,...}]}`; with
+/// prices, each row also has `cost`, `estimated_cost` (decimal strings, `null` when unpriced
+/// or in mixed currencies), `currency` and `unpriced_requests`.
 pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
+    let priced = priced(rows);
     let data: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -206,14 +284,24 @@ pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
                 .map(|(o, n)| (o.to_string(), n.into()))
                 .collect();
             m.insert("requests_by_outcome".into(), by_outcome.into());
+            if priced {
+                let cur = c.currency;
+                m.insert("cost".into(), cur.amount(c.cost).into());
+                m.insert("estimated_cost".into(), cur.amount(c.estimated_cost).into());
+                let name = Some(cur.name()).filter(|n| !n.is_empty());
+                m.insert("currency".into(), name.into());
+                m.insert("unpriced_requests".into(), c.unpriced.into());
+            }
             serde_json::Value::Object(m)
         })
         .collect();
     serde_json::json!({"object": "list", "data": data})
 }
 
-/// The rows as an aligned text table with a header line.
+/// The rows as an aligned text table with a header line; with prices, `cost` (`unpriced`
+/// for a group without, `+` when some of its requests are unpriced), `currency`.
 pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
+    let priced = priced(rows);
     let mut lines: Vec<Vec<String>> = vec![by
         .iter()
         .map(|d| d.name().to_string())
@@ -228,6 +316,12 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
             ]
             .iter()
             .map(|s| s.to_string()),
+        )
+        .chain(
+            ["cost", "currency"]
+                .iter()
+                .filter(|_| priced)
+                .map(|s| s.to_string()),
         )
         .collect()];
     for r in rows {
@@ -245,6 +339,10 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
             .iter()
             .map(u64::to_string),
         );
+        if priced {
+            line.push(cost_cell(&c));
+            line.push(c.currency.name().to_string());
+        }
         lines.push(line);
     }
     let widths: Vec<usize> = (0..lines[0].len())
@@ -274,6 +372,17 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A group's cost for the table: `unpriced` when nothing of it has a cost, the sum with `+`
+/// when some of it has none (at least that much), `mixed` for costs in two currencies.
+fn cost_cell(c: &Counters) -> String {
+    match (c.priced, c.currency.amount(c.cost)) {
+        (0, _) => "unpriced".to_string(),
+        (_, None) => "mixed".to_string(),
+        (_, Some(a)) if c.unpriced > 0 => format!("{}+", a),
+        (_, Some(a)) => a,
+    }
 }
 
 /// Characters that must not reach a terminal as they are: controls (C0, DEL, C1: escape
@@ -392,6 +501,72 @@ mod tests {
             table
         );
         assert!(parse_by("team").is_err());
+    }
+
+    #[test]
+    fn costs_sum_per_currency_and_unpriced_requests_are_never_free() {
+        let priced = |cost: u64, cur: &str, estimated: bool| Entry {
+            cost: Some(cost),
+            currency: cur.into(),
+            usage: Usage {
+                estimated,
+                ..e("2026-11-02T00:00:00.000Z", "a", "m", 1, 1).usage
+            },
+            ..e("2026-11-02T00:00:00.000Z", "a", "m", 1, 1)
+        };
+        let q = Query {
+            by: parse_by("user").unwrap(),
+            ..Query::default()
+        };
+        let run = |entries: &[Entry]| {
+            let mut t = Totals::new(&q);
+            entries.iter().for_each(|x| t.add(x));
+            t.rows()
+        };
+        let by = parse_by("user").unwrap();
+        // Without any priced line the answer is as it was.
+        let plain = run(&[e("2026-11-02T00:00:00.000Z", "a", "m", 1, 1)]);
+        assert!(to_json(&plain, &by)["data"][0].get("cost").is_none());
+        let rows = run(&[
+            priced(1_500_000, "USD", false),
+            priced(250, "USD", true),
+            e("2026-11-02T00:00:00.000Z", "a", "m", 3, 3),
+            e("2026-11-02T00:00:00.000Z", "b", "m", 3, 3),
+        ]);
+        let json = to_json(&rows, &by);
+        assert_eq!(
+            json["data"][0],
+            serde_json::json!({"user":"a","requests":3,"prompt_tokens":5,"completion_tokens":5,
+                "cached_tokens":0,"reasoning_tokens":0,
+                "requests_by_outcome":{"complete":3,"client_gone":0,"upstream_failed":0,"error":0,"refused":0},
+                "cost":"1.500250","estimated_cost":"0.000250","currency":"USD","unpriced_requests":1})
+        );
+        assert_eq!(
+            (
+                &json["data"][1]["cost"],
+                &json["data"][1]["currency"],
+                &json["data"][1]["unpriced_requests"]
+            ),
+            (
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::json!(1)
+            )
+        );
+        let table = to_table(&rows, &by);
+        let cells: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(cells[1][7..], ["1.500250+", "USD"], "{}", table);
+        assert_eq!(cells[2][7..], ["unpriced"], "{}", table);
+        // Two currencies are never summed.
+        let mixed = run(&[priced(1, "USD", false), priced(2, "EUR", false)]);
+        let json = to_json(&mixed, &by);
+        assert_eq!(
+            (&json["data"][0]["cost"], &json["data"][0]["currency"]),
+            (&serde_json::Value::Null, &serde_json::json!("mixed"))
+        );
     }
 
     #[test]
