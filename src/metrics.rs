@@ -436,7 +436,8 @@ fn render_traffic(d: &Data, out: &mut String) {
 }
 
 /// Per-user series (they name people: only for the admin or metrics key).
-fn render_users(d: &Data, out: &mut String) {
+/// Per-user budget warnings (only for users with series of their own).
+fn render_user_warnings(d: &Data, out: &mut String) {
     if !d.user_budget_warnings.is_empty() {
         header(
             out,
@@ -455,6 +456,10 @@ fn render_users(d: &Data, out: &mut String) {
             );
         }
     }
+}
+
+fn render_users(d: &Data, out: &mut String) {
+    render_user_warnings(d, out);
     if !d.users.is_empty() {
         header(
             out,
