@@ -272,6 +272,7 @@ impl Metrics {
         let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(4096);
         render_traffic(&d, &mut out);
+        render_costs(&d, &mut out);
         if personal {
             render_users(&d, &mut out);
         }
@@ -403,6 +404,23 @@ fn render_traffic(d: &Data, out: &mut String) {
             v
         );
     }
+    header(
+        out,
+        "modelmux_refused_requests_total",
+        "counter",
+        "Requests modelmux answered with an error of its own (bad framing, headers or body, unknown model, keys, overload), by status and code.",
+    );
+    for ((status, code), v) in &d.refused {
+        let _ = writeln!(
+            out,
+            "modelmux_refused_requests_total{{status=\"{}\",code=\"{}\"}} {}",
+            status, code, v
+        );
+    }
+}
+
+/// What requests cost, by model (unpriced ones are not in it).
+fn render_costs(d: &Data, out: &mut String) {
     if !d.cost.is_empty() {
         header(
             out,
@@ -419,19 +437,6 @@ fn render_traffic(d: &Data, out: &mut String) {
                 crate::money::format(*v)
             );
         }
-    }
-    header(
-        out,
-        "modelmux_refused_requests_total",
-        "counter",
-        "Requests modelmux answered with an error of its own (bad framing, headers or body, unknown model, keys, overload), by status and code.",
-    );
-    for ((status, code), v) in &d.refused {
-        let _ = writeln!(
-            out,
-            "modelmux_refused_requests_total{{status=\"{}\",code=\"{}\"}} {}",
-            status, code, v
-        );
     }
 }
 

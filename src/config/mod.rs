@@ -33,6 +33,9 @@ pub use policy::{FailureMode, PolicySettings, Secret, DEFAULT_MAX_TRACKED};
 #[cfg(test)]
 pub use pricing::Tier;
 pub use pricing::{Prices, Pricing, Rates};
+// The unit of the cost budgets' limits (the money-budgets branch reads it here).
+#[allow(unused_imports)]
+pub use crate::money::MICROS;
 #[cfg(test)]
 pub use rules::parse_rules;
 pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, WINDOWED};
