@@ -473,7 +473,7 @@ impl Policy {
                         cost: settled_cost(&entry),
                     };
                     let user = per_user.map(|max| (entry.user.as_str(), max));
-                    warn_budgets(&r.settle(used), user, metrics);
+                    warn_budgets(&r.settle(used), &entry.currency, user, metrics);
                 }
             }
         }
@@ -538,14 +538,21 @@ fn settled_cost(entry: &Entry) -> u64 {
 /// Logs and counts the cost budgets a request passed the `warnAt` of (each once per window and
 /// subject): the hook for an alert. `per_user`: the user and `metrics.maxUsers` under
 /// `metrics.perUser`.
-fn warn_budgets(warnings: &[quota::Warning], per_user: Option<(&str, usize)>, metrics: &Metrics) {
+fn warn_budgets(
+    warnings: &[quota::Warning],
+    currency: &str,
+    per_user: Option<(&str, usize)>,
+    metrics: &Metrics,
+) {
     for w in warnings {
         log::warn!(
-            "limits[{}]: {:?} has spent {} of its budget of {} {} ({}%, past warnAt)",
+            "limits[{}]: {:?} has spent {} {} of its budget of {} {} {} ({}%, past warnAt)",
             w.rule,
             w.subject,
             crate::config::format_money(w.spent),
+            currency,
             crate::config::format_money(w.limit),
+            currency,
             w.kind.describe(),
             (u128::from(w.spent) * 100 / u128::from(w.limit.max(1)))
         );
