@@ -120,10 +120,13 @@ pub fn increments(c: Charge) -> Counts {
     [1, t, t, t, m, m, m, m]
 }
 
-/// Whether one more request with this charge fits within `limits` on top of `used`.
+/// Whether one more request with this charge fits within `limits` on top of `used`. A request
+/// that costs nothing (a model priced 0) passes the cost limits even of an overspent budget.
 pub fn fits(used: &Counts, limits: &[Option<u64>; N], c: Charge) -> bool {
     let add = increments(c);
-    (0..N).all(|i| limits[i].is_none_or(|l| used[i].saturating_add(add[i]) <= l))
+    (0..N).all(|i| {
+        limits[i].is_none_or(|l| used[i].saturating_add(add[i]) <= l || (i >= 4 && add[i] == 0))
+    })
 }
 
 /// A correction to a reservation's tokens and cost (negative: given back).

@@ -365,7 +365,7 @@ impl Quotas {
                 let Some(limit) = self.rules[ri].windowed[i] else {
                     continue;
                 };
-                if used[i].saturating_add(add[i]) <= limit {
+                if used[i].saturating_add(add[i]) <= limit || (i >= FIRST_COST && add[i] == 0) {
                     continue;
                 }
                 let end = window_end(SPANS[i], o.now);

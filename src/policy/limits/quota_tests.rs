@@ -517,3 +517,17 @@ fn record_past_restores_cost_windows() {
     let spent: Vec<u64> = st[0].budgets.iter().map(|b| b.spent).collect();
     assert_eq!(spent, vec![400_000, 1_300_000]);
 }
+
+#[test]
+fn a_free_request_passes_an_overspent_cost_budget() {
+    let q = quotas(json!([{"match": {"user": "*"}, "costPerDay": 1}]));
+    let ann = who("ann", "k", "m");
+    // A backend that wrote past max_tokens overspent the budget.
+    q.reserve(&ann, priced(10, 900_000), NOON)
+        .unwrap()
+        .settle(paid(10, 1_200_000));
+    denied(q.reserve(&ann, priced(1, 1), NOON + 1));
+    q.reserve(&ann, priced(1, 0), NOON + 2)
+        .unwrap()
+        .settle(paid(1, 0));
+}

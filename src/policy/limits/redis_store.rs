@@ -98,7 +98,7 @@ for i = 2, #KEYS do
     local used = tonumber(redis.call('GET', base .. ':' .. NAMES[k] .. ids[k]) or '0')
     out[#out + 1] = used
     local limit = tonumber(ARGV[3 + (i - 2) * 8 + k])
-    if limit >= 0 and used + adds[k] > limit then fits = false end
+    if limit >= 0 and used + adds[k] > limit and not (k > 4 and adds[k] == 0) then fits = false end
   end
 end
 if fits then
@@ -935,6 +935,19 @@ mod tests {
                 return None;
             }
             assert_eq!(snap.counts, vec![[1, 6, 6, 6, 500, 500, 500, 500]]);
+            // Overspent (a backend wrote past max_tokens): only a free request still passes.
+            store
+                .adjust(
+                    &names,
+                    o.windows,
+                    Delta {
+                        tokens: 0,
+                        cost: 2_000,
+                    },
+                )
+                .unwrap();
+            assert!(!store.reserve(&asks, c(1, 1)).unwrap().admitted);
+            assert!(store.reserve(&asks, c(1, 0)).unwrap().admitted);
             Some(())
         });
     }
