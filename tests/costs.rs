@@ -184,12 +184,11 @@ fn openai_usage_with_cached_and_reasoning_tokens_is_priced_once_everywhere() {
         .collect();
     assert_eq!(rows[0][7..], ["cost", "currency"], "{}", table);
     assert_eq!(rows[1][7..], ["0.008000", "USD"], "{}", table);
+    // The metrics are counted just after the ledger line is written.
+    wait_until("the cost in /metrics", Duration::from_secs(5), || {
+        metrics(&p).contains("modelmux_cost_total{model=\"m\",currency=\"USD\"} 0.012000")
+    });
     let m = metrics(&p);
-    assert!(
-        m.contains("modelmux_cost_total{model=\"m\",currency=\"USD\"} 0.012000"),
-        "{}",
-        m
-    );
     assert!(
         m.contains("modelmux_user_cost_total{user=\"ann\",currency=\"USD\"} 0.008000"),
         "{}",
@@ -201,6 +200,98 @@ fn openai_usage_with_cached_and_reasoning_tokens_is_priced_once_everywhere() {
             Duration::from_secs(2)
         )
         .is_some());
+}
+
+/// Native Messages API usage: `input·input + cache_read·cachedInput +
+/// cache_creation_5m·cacheWrite + cache_creation_1h·cacheWrite1h + output·output`, each cache
+/// write billed once, at its own rate; as a JSON answer and as a stream (input and cache counts in message_start, the
+/// output in message_delta).
+#[test]
+fn anthropic_native_usage_bills_5_minute_and_1_hour_cache_writes_apart() {
+    let usage = json!({"input_tokens": 100, "cache_read_input_tokens": 2000,
+        "cache_creation_input_tokens": 1500,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500},
+        "output_tokens": 300});
+    let native = MockBackend::start(Behavior {
+        status: Some((
+            200,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                   "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+                   "stop_sequence": null, "usage": usage})
+            .to_string(),
+        )),
+        ..Behavior::default()
+    });
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let stream = format!(
+        "event: message_start\ndata: {}\n\nevent: content_block_start\ndata: {}\n\nevent: content_block_delta\ndata: {}\n\nevent: content_block_stop\ndata: {}\n\nevent: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n",
+        json!({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant",
+            "content":[],"model":"claude-x","stop_reason":null,"stop_sequence":null,"usage":start_usage}}),
+        json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}),
+        json!({"type":"content_block_stop","index":0}),
+        json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
+            "usage":{"output_tokens":300}}),
+        json!({"type":"message_stop"}),
+    );
+    let native_stream = FakeBackend::start(move |_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend(support::fake_backend::chunk(stream.as_bytes()));
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        vec![Step::Send(bytes)]
+    });
+    let pricing = json!({"input": 3, "output": 15, "cachedInput": 0.30, "cacheWrite": 3.75,
+        "cacheWrite1h": 6});
+    let dir = TempDir::new();
+    let cfg = config(
+        json!({"claude": {"url": native.url(), "messagesApi": "native", "pricing": pricing},
+               "claude-s": {"url": native_stream.url, "messagesApi": "native", "pricing": pricing}}),
+        &dir,
+        json!({}),
+    );
+    let p = start(&cfg);
+    for (model, stream) in [("claude", false), ("claude-s", true)] {
+        let body = json!({"model": model, "max_tokens": 400, "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}]})
+        .to_string();
+        let r = request(
+            p.addr,
+            "POST",
+            "/v1/messages",
+            &[
+                ("Content-Type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // 100·3 + 2000·0.30 + 1000·3.75 + 500·6 + 300·15 = 300 + 600 + 3750 + 3000 + 4500 = 12150
+    // micro-units. (The writes at the input price would make it 0.009900; all at the 5-minute
+    // rate, 0.011400; counted in the prompt and again as writes, 0.016650.)
+    for l in ledger_lines(&dir, 2) {
+        assert_eq!(
+            (
+                &l["prompt_tokens"],
+                &l["cached_tokens"],
+                &l["cache_write_tokens"],
+                &l["cache_write_1h_tokens"],
+                &l["completion_tokens"],
+                &l["cost"]
+            ),
+            (
+                &json!(3600),
+                &json!(2000),
+                &json!(1500),
+                &json!(500),
+                &json!(300),
+                &json!("0.012150")
+            ),
+            "{}",
+            l
+        );
+    }
 }
 
 /// `aboveInputTokens` re-prices the whole request once its prompt is above the threshold.
@@ -217,11 +308,18 @@ fn a_prompt_above_the_threshold_reprices_the_whole_request() {
     let p = start(&cfg);
     assert_eq!(chat_as(&p, "ann", "m", "edge", false).status, 200);
     assert_eq!(chat_as(&p, "ann", "m", "long", false).status, 200);
-    let lines = ledger_lines(&dir, 2);
+    // A line is written once its answer is sent: two lines may land in either order.
+    let cost_of = |prompt: u64| {
+        ledger_lines(&dir, 2)
+            .into_iter()
+            .find(|l| l["prompt_tokens"] == prompt)
+            .unwrap()["cost"]
+            .clone()
+    };
     // At the threshold: 200000·3 + 1000·15 = 600000 + 15000 = 615000 → 0.615000.
-    assert_eq!(lines[0]["cost"], "0.615000");
+    assert_eq!(cost_of(200_000), "0.615000");
     // Above it, every token at the tier: 300000·6 + 1000·22.5 = 1800000 + 22500 → 1.822500.
-    assert_eq!(lines[1]["cost"], "1.822500");
+    assert_eq!(cost_of(300_000), "1.822500");
 }
 
 /// A stream whose backend reports no usage is estimated, and so is its cost, marked as such.
@@ -364,12 +462,14 @@ fn the_litellm_file_prices_by_actual_model_and_inline_prices_win() {
         assert_eq!(chat_as(&p, "ann", model, "plain", false).status, 200);
     }
     let lines = ledger_lines(&dir, 3);
+    let line = |model: &str| lines.iter().find(|l| l["model"] == model).unwrap();
     // 1000 prompt (200 cached), 100 completion. fixture-claude per token: 3e-06 in, 3e-07
     // cache read, 1.5e-05 out: 800·3 + 200·0.30 + 100·15 = 2400 + 60 + 1500 → 0.003960.
-    assert_eq!(lines[0]["cost"], "0.003960");
+    assert_eq!(line("claude")["cost"], "0.003960");
     // Inline 1 and 1 (cachedInput defaults to input): 800 + 200 + 100 → 0.001100.
-    assert_eq!(lines[1]["cost"], "0.001100");
-    assert!(lines[2].get("cost").is_none() && lines[2].get("currency").is_none());
+    assert_eq!(line("chat")["cost"], "0.001100");
+    let free = line("free");
+    assert!(free.get("cost").is_none() && free.get("currency").is_none());
     let r = admin_get(&p, "/usage?by=model");
     let free = r.json()["data"]
         .as_array()
@@ -396,12 +496,21 @@ fn the_litellm_file_prices_by_actual_model_and_inline_prices_win() {
         .split_whitespace()
         .collect();
     assert_eq!(free_row[7], "unpriced", "{}", table);
+    wait_until("the cost in /metrics", Duration::from_secs(5), || {
+        let m = metrics(&p);
+        m.contains("modelmux_cost_total{model=\"chat\",currency=\"USD\"} 0.001100")
+            && m.contains("modelmux_tokens_total{model=\"free\"")
+    });
     let m = metrics(&p);
     assert!(!m.contains("modelmux_cost_total{model=\"free\""), "{}", m);
-    assert!(m.contains("modelmux_cost_total{model=\"claude\",currency=\"USD\"} 0.003960"));
+    assert!(
+        m.contains("modelmux_cost_total{model=\"claude\",currency=\"USD\"} 0.003960"),
+        "{}",
+        m
+    );
 }
 
-fn check_config(path: &Path) -> (Option<i32>, String) {
+fn check_config(path: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_modelmux"))
         .arg("--check-config")
         .arg("--config")
@@ -413,6 +522,7 @@ fn check_config(path: &Path) -> (Option<i32>, String) {
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
     )
 }
 
@@ -449,7 +559,7 @@ fn every_bad_price_fails_the_load_naming_the_file_and_the_field() {
     ];
     for (config, expected) in &cases {
         std::fs::write(&path, config).unwrap();
-        let (code, stderr) = check_config(&path);
+        let (code, stderr, _) = check_config(&path);
         assert_eq!(code, Some(1), "{}\n{}", config, stderr);
         assert_eq!(
             stderr,
@@ -458,11 +568,52 @@ fn every_bad_price_fails_the_load_naming_the_file_and_the_field() {
             config
         );
     }
-    // A real outlier goes through when said so.
+    // A real outlier goes through when said so; the report says what is priced.
     std::fs::write(
         &path,
-        ep(r#"{"input":1500,"output":6000,"allowHighPrices":true}"#),
+        format!(
+            r#"{{"pricesFile":"{}","endpoints":{{"m":{{"url":"http://127.0.0.1:9","pricing":{{"input":1500,"output":6000,"allowHighPrices":true}}}},
+                "c":{{"url":"http://127.0.0.1:9","actualModelName":"fixture-claude"}},"n":{{"url":"http://127.0.0.1:9"}}}}}}"#,
+            fixture()
+        ),
     )
     .unwrap();
-    assert_eq!(check_config(&path).0, Some(0));
+    let (code, _, stdout) = check_config(&path);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(&format!(
+            "\nprices: USD; priced: m, c; unpriced (some backend has no price): n; file {} (4 models)\n",
+            fixture()
+        )),
+        "{}",
+        stdout
+    );
+}
+
+/// The JSON access log line carries the cost too; an unpriced request's line is unchanged.
+#[test]
+fn the_json_access_log_line_carries_the_cost() {
+    let f = usage_backend(openai_usage);
+    let dir = TempDir::new();
+    let cfg = config(
+        json!({"m": {"url": f.url, "pricing": {"input": 2.5, "output": 10, "cachedInput": 1.25}},
+               "free": {"url": f.url}}),
+        &dir,
+        json!({}),
+    );
+    let p = Proxy::start_with(&cfg, &[("CM_OPEN_WEBUI_PROXY_LOG_FORMAT", "json")], &[]);
+    assert_eq!(chat_as(&p, "ann", "m", "cached", false).status, 200);
+    assert_eq!(chat_as(&p, "ann", "free", "cached", false).status, 200);
+    assert!(p
+        .wait_log(
+            r#""tokens_in":1000,"tokens_out":200,"retries":0,"outcome":"complete","cost":"0.004000","currency":"USD"}"#,
+            Duration::from_secs(2)
+        )
+        .is_some());
+    assert!(p
+        .wait_log(
+            r#""tokens_in":1000,"tokens_out":200,"retries":0,"outcome":"complete"}"#,
+            Duration::from_secs(2)
+        )
+        .is_some());
 }

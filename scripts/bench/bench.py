@@ -241,6 +241,11 @@ def variants():
         ("modelmux, access log", {},
          {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "info"}),
         ("modelmux, usage ledger", {"usageLog": os.path.join(TMP, "usage.jsonl")}, {}),
+        # The same ledger with every request priced (a glob default): the cost computed and
+        # written to the ledger, /metrics and the access log entry; against the row above.
+        ("modelmux, usage ledger + prices",
+         {"usageLog": os.path.join(TMP, "usage-priced.jsonl"),
+          "pricing": {"*": {"input": 2.5, "output": 10, "cachedInput": 1.25}}}, {}),
         ("modelmux, limits (local)", {"limits": rules}, {}),
         ("modelmux, limits + pricing + cost budget (local)",
          {"limits": budget, "pricing": pricing}, {}),
@@ -1153,8 +1158,9 @@ What the tables mean:
 - **Non-streaming**: wrk POSTs a three-word chat completion for a fixed time at 1, 16 and 64
   concurrent connections: straight at the mock (`direct`), through modelmux, through nginx,
   and (keep-alive, 1 and 16 connections) through modelmux with one optional feature on, to show
-  its cost: the access log (level `info`, to a file), the usage ledger (`usageLog`), quota
-  limits (local and Redis), and traces (`OTEL_TRACES_SAMPLER=always_on`, every span exported
+  its cost: the access log (level `info`, to a file), the usage ledger (`usageLog`), the
+  same ledger with prices (a top-level `pricing` glob: every request's cost computed and
+  recorded; compare with the ledger row), quota limits (local and Redis), and traces (`OTEL_TRACES_SAMPLER=always_on`, every span exported
   over OTLP/HTTP JSON to a sink on loopback; the CPU includes the exporter thread).
   *keep-alive* reuses each connection (what SDKs do); *new conn/request* sends
   `Connection: close`. `CPU us/req` is the process's utime + stime (`/proc/PID/stat`, every

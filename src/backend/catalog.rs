@@ -139,6 +139,8 @@ pub struct Resolved {
     /// Backends of the endpoint not to try: those whose list lacks the model while another's
     /// has it.
     pub skip: Vec<usize>,
+    /// The id is one of the endpoint's `aliases`: the request counts as the endpoint's own id.
+    pub alias: bool,
 }
 
 impl Resolved {
@@ -223,8 +225,9 @@ fn display_name(e: &Endpoint, id: &str, backend_model: &str) -> String {
 }
 
 /// The endpoint that serves `id`: a configured model of that id; else a wildcard whose backends
-/// list it; else the wildcard with the longest prefix that accepts it (a model pulled a minute
-/// ago is served before the next refresh lists it). `None`: no such model.
+/// list it; else an endpoint's alias (exact, then the most specific glob); else the wildcard
+/// with the longest prefix that accepts it (a model pulled a minute ago is served before the
+/// next refresh lists it). `None`: no such model.
 pub fn resolve(config: &Config, targets: &Targets, id: &str) -> Option<Resolved> {
     if let Some(index) = config
         .endpoints
@@ -236,6 +239,7 @@ pub fn resolve(config: &Config, targets: &Targets, id: &str) -> Option<Resolved>
             backend_model: None,
             listed: true,
             skip: Vec::new(),
+            alias: false,
         });
     }
     let candidates: Vec<(usize, &Endpoint, &str)> = config
@@ -270,6 +274,16 @@ pub fn resolve(config: &Config, targets: &Targets, id: &str) -> Option<Resolved>
             backend_model: Some(m.to_string()),
             listed: true,
             skip,
+            alias: false,
+        });
+    }
+    if let Some(index) = config.alias(id) {
+        return Some(Resolved {
+            index,
+            backend_model: None,
+            listed: true,
+            skip: Vec::new(),
+            alias: true,
         });
     }
     // Longest prefix first; `max_by_key` keeps the last of equals, so reverse to keep the first.
@@ -282,6 +296,7 @@ pub fn resolve(config: &Config, targets: &Targets, id: &str) -> Option<Resolved>
         backend_model: Some(m.to_string()),
         listed: false,
         skip: Vec::new(),
+        alias: false,
     })
 }
 
@@ -358,6 +373,7 @@ mod tests {
                 backend_model: m.map(str::to_string),
                 listed,
                 skip: skip.to_vec(),
+                alias: false,
             })
         };
         let cases = [
@@ -397,5 +413,28 @@ mod tests {
         assert_eq!(resolve(&no_catchall, &t, "ollama/nomic-embed"), None);
         assert_eq!(resolve(&no_catchall, &t, "ollama/"), None);
         assert_eq!(resolve(&no_catchall, &t, "gpt-4o"), None);
+    }
+
+    #[test]
+    fn aliases_come_after_listed_ids_and_before_wildcard_prefixes() {
+        let c = config(
+            r#"{"endpoints":{
+            "local":{"url":"http://l","aliases":["claude-*","ollama/qwen2","ollama/n*"]},
+            "ollama/*":{"url":"http://o1"},
+            "*":{"url":"http://catchall","discover":false}}}"#,
+        );
+        let t = targets(&[("ollama/*", "http://o1", &["qwen2"])]);
+        let got = |id: &str| {
+            let r = resolve(&c, &t, id).unwrap();
+            (c.endpoints[r.index].id.as_str(), r.alias, r.listed)
+        };
+        assert_eq!(got("local"), ("local", false, true));
+        assert_eq!(got("claude-sonnet-4-5"), ("local", true, true));
+        // listed by discovery: a public id, which beats an exact alias
+        assert_eq!(got("ollama/qwen2"), ("ollama/*", false, true));
+        // not listed: the alias beats the wildcard's prefix, and the catch-all
+        assert_eq!(got("ollama/new"), ("local", true, true));
+        assert_eq!(got("ollama/other"), ("ollama/*", false, false));
+        assert_eq!(got("gpt-4o"), ("*", false, false));
     }
 }

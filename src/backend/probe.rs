@@ -32,13 +32,18 @@ impl Prober {
         backend: &Backend,
     ) -> Result<Vec<String>, String> {
         let agent = self.agent(endpoint.client_key(backend))?;
-        let headers = crate::backend::upstream::forward_headers(
+        let mut headers = crate::backend::upstream::forward_headers(
             &[],
             false,
             endpoint,
             backend,
             &crate::http::access_log::request_id(None),
         );
+        // Anthropic's API lists its models only for a request that names a version.
+        if backend.key_header == crate::config::KeyHeader::XApiKey {
+            let version = crate::backend::upstream::ANTHROPIC_VERSION;
+            headers.push(("anthropic-version".into(), version.into()));
+        }
         let mut req = agent
             .get(&crate::backend::upstream::url(
                 &backend.url,

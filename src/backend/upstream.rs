@@ -1,6 +1,6 @@
 //! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
 
-use crate::config::{Backend, ClientKey, Endpoint};
+use crate::config::{Backend, ClientKey, Endpoint, KeyHeader};
 use crate::http::api_error::ApiError;
 use crate::http::headers;
 use std::io;
@@ -63,6 +63,11 @@ pub struct Outgoing<'a> {
     pub body: Option<Vec<u8>>,
 }
 
+/// Anthropic's API answers a request without `anthropic-version` with a 400: the version sent
+/// to a backend that takes `x-api-key` when the client named none (a client's own is forwarded
+/// as it is).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// The headers sent to a backend: the client's (not Authorization, hop-by-hop or Host), the
 /// endpoint's extra ones, this request's id and the backend's key.
 pub fn forward_headers(
@@ -90,7 +95,11 @@ pub fn forward_headers(
         set("X-Model-Id", &backend.actual_model_name);
     }
     if !backend.api_key.is_empty() {
-        set("Authorization", &format!("Bearer {}", backend.api_key));
+        // The client's own Authorization and x-api-key never got this far (`from_client`).
+        match backend.key_header {
+            KeyHeader::Bearer => set("Authorization", &format!("Bearer {}", backend.api_key)),
+            KeyHeader::XApiKey => set("x-api-key", &backend.api_key),
+        }
     }
     out
 }

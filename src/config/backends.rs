@@ -22,6 +22,29 @@ pub struct Backend {
     pub max_concurrent: Option<usize>,
     /// `pricing` of the entry, else of the endpoint (see `Prices::lookup` for the rest).
     pub pricing: Option<Pricing>,
+    /// `apiKeyHeader`: the header the key goes in.
+    pub key_header: KeyHeader,
+}
+
+/// Which header carries a backend's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyHeader {
+    /// `"authorization"` (default): `Authorization: Bearer <key>`, as OpenAI-compatible servers
+    /// take it.
+    #[default]
+    Bearer,
+    /// `"x-api-key"`: `x-api-key: <key>` and no Authorization, as api.anthropic.com takes it.
+    XApiKey,
+}
+
+impl KeyHeader {
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyHeader::Bearer => "authorization",
+            KeyHeader::XApiKey => "x-api-key",
+        }
+    }
 }
 
 /// The endpoint-level `url`, `apiKey` and `actualModelName`: the only backend of a seed config,
@@ -33,6 +56,7 @@ pub(super) struct Inherited {
     actual_model_name: String,
     max_concurrent: Option<usize>,
     pricing: Option<Pricing>,
+    key_header: KeyHeader,
 }
 
 impl Inherited {
@@ -54,12 +78,14 @@ impl Inherited {
             .unwrap_or_else(|| id.to_string());
         let max_concurrent =
             parse_max_concurrent(obj.get("maxConcurrent")).map_err(at("maxConcurrent"))?;
+        let key_header = parse_key_header(obj.get("apiKeyHeader"))?.unwrap_or_default();
         Ok(Inherited {
             url,
             api_key,
             actual_model_name,
             max_concurrent,
             pricing: parse_inline(obj, currency)?,
+            key_header,
         })
     }
 }
@@ -72,6 +98,7 @@ const ENTRY_FIELDS: &[&str] = &[
     "weight",
     "maxConcurrent",
     "pricing",
+    "apiKeyHeader",
 ];
 
 /// The endpoint's backends, never empty: its `backends` entries, or its own `url` as a list of
@@ -98,6 +125,7 @@ pub(super) fn parse_backends(
                 weight: 1,
                 max_concurrent: inherited.max_concurrent,
                 pricing: inherited.pricing,
+                key_header: inherited.key_header,
             }])
         }
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -144,6 +172,7 @@ fn parse_entry(
         None => inherited.max_concurrent,
         v => parse_max_concurrent(v).map_err(at("maxConcurrent"))?,
     };
+    let key_header = parse_key_header(b.get("apiKeyHeader"))?.unwrap_or(inherited.key_header);
     Ok(Backend {
         via_proxy: proxy_for(&url, env),
         url,
@@ -152,7 +181,29 @@ fn parse_entry(
         weight,
         max_concurrent,
         pricing: parse_inline(b, currency)?.or(inherited.pricing),
+        key_header,
     })
+}
+
+/// `"apiKeyHeader": "authorization" | "x-api-key"`; a key sent in the wrong header fails every
+/// request, so anything else is an error.
+fn parse_key_header(v: Option<&Value>) -> Result<Option<KeyHeader>, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("authorization") => {
+            Ok(Some(KeyHeader::Bearer))
+        }
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("x-api-key") => {
+            Ok(Some(KeyHeader::XApiKey))
+        }
+        Some(v) => Err(FieldError::new(
+            "apiKeyHeader",
+            format!(
+                "expected \"authorization\" (Bearer, the default) or \"x-api-key\", got {}",
+                shown(v)
+            ),
+        )),
+    }
 }
 
 /// A backend's concurrency cap: none when absent.

@@ -52,6 +52,8 @@ pub struct Endpoint {
     pub cap_max_tokens: Option<&'static str>,
     /// `messagesApi`: how `POST /v1/messages` reaches this backend.
     pub messages_api: MessagesApi,
+    /// `aliases`: other ids (exact or globs) requests may name this model by; never listed.
+    pub aliases: Vec<String>,
 }
 
 /// How an Anthropic Messages request reaches a backend.
@@ -129,6 +131,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "messagesApi",
     "providerName",
     "pricing",
+    "aliases",
+    "apiKeyHeader",
 ];
 
 /// Reads one endpoint object. Errors are located from the object; `warnings` gets messages
@@ -205,7 +209,9 @@ pub(super) fn parse_endpoint(
         }
     };
     let messages_api = parse_messages_api(obj.get("messagesApi"))?;
+    let aliases = parse_aliases(obj.get("aliases"), wildcard.is_some())?;
     Ok(Endpoint {
+        aliases,
         id: id.to_string(),
         cap_max_tokens,
         messages_api,
@@ -341,4 +347,58 @@ fn parse_messages_api(v: Option<&Value>) -> Result<MessagesApi, FieldError> {
             format!("expected \"native\" or \"translate\", got {}", v),
         )),
     }
+}
+
+/// `"aliases": ["claude-sonnet-4-5", "claude-haiku-*"]`: a list of non-empty strings, once
+/// each. A wildcard endpoint serves many models, so an alias could not say which one.
+pub(super) fn parse_aliases(v: Option<&Value>, wildcard: bool) -> Result<Vec<String>, FieldError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            return Err(FieldError::new(
+                "aliases",
+                format!(
+                    "expected an array of model ids or globs (e.g. [\"claude-sonnet-*\"]), got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    if wildcard && !items.is_empty() {
+        return Err(FieldError::new(
+            "aliases",
+            "a wildcard endpoint serves many models; put aliases on a model with one id",
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = || format!("aliases[{}]", i);
+        let alias = match item {
+            Value::String(s) if !s.trim().is_empty() => s,
+            Value::String(_) => {
+                return Err(FieldError::new(
+                    at(),
+                    "expected a model id or glob, got an empty string",
+                ))
+            }
+            v => {
+                return Err(FieldError::new(
+                    at(),
+                    format!(
+                        "expected a model id or glob as a string, got {}",
+                        type_name(v)
+                    ),
+                ))
+            }
+        };
+        if out.contains(alias) {
+            return Err(FieldError::new(
+                at(),
+                format!("\"{}\" is listed twice", alias),
+            ));
+        }
+        out.push(alias.clone());
+    }
+    Ok(out)
 }

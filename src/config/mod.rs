@@ -9,6 +9,7 @@
 //! (`HTTPS_PROXY` and friends), `json` (typed reads of JSON values with located errors) and
 //! `summary` (the `--check-config` report).
 
+mod aliases;
 mod backends;
 mod discovery;
 mod endpoint;
@@ -22,7 +23,7 @@ mod rules;
 mod settings;
 mod summary;
 
-pub use backends::Backend;
+pub use backends::{Backend, KeyHeader};
 pub use discovery::Wildcard;
 #[cfg(test)]
 pub use endpoint::DEFAULT_MAX_QUEUE_WAIT;
@@ -104,6 +105,11 @@ impl Config {
     /// The endpoint configured under exactly this id (a wildcard's own id included).
     pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.id == id)
+    }
+
+    /// The endpoint that `id` names by one of its `aliases` (see `aliases` for the order).
+    pub fn alias(&self, id: &str) -> Option<usize> {
+        aliases::lookup(&self.endpoints, id)
     }
 
     /// True when `id` is a configured model id that is not a wildcard.
@@ -228,6 +234,7 @@ fn read_config(
     }
     name_unnamed_keys(&mut proxy_keys);
     check_fallbacks(&endpoints)?;
+    aliases::check_aliases(&endpoints)?;
     let default_model = read_default_model(root.get("defaultModel"), &endpoints)?;
     Ok(Config {
         retry: parse_retry(root.get("retry")).map_err(under("retry"))?,
@@ -453,6 +460,7 @@ mod tests {
                 via_proxy: None,
                 max_concurrent: None,
                 pricing: None,
+                key_header: KeyHeader::Bearer,
             }]
         );
     }

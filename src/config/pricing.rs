@@ -122,6 +122,11 @@ impl PriceFile {
     pub fn entry(&self, model: &str) -> Option<&Result<Pricing, String>> {
         self.entries.get(model)
     }
+
+    /// Entries with token prices (bad ones included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 /// Top-level `currency`: a code of 3 capital letters such as `USD` or `EUR`.

@@ -39,6 +39,9 @@ pub fn summary(path: &str, config: &Config) -> String {
     out.push_str(&format!("identity: {}\n", identity_words(config)));
     let p = &config.policy;
     out.push_str(&format!("usage ledger: {}\n", ledger_words(p)));
+    if let Some(line) = prices_words(config) {
+        out.push_str(&format!("prices: {}\n", line));
+    }
     if p.limits.is_empty() {
         out.push_str("limits: none\n");
     } else {
@@ -55,6 +58,52 @@ pub fn summary(path: &str, config: &Config) -> String {
         if p.metrics_per_user { "on" } else { "off" }
     ));
     out
+}
+
+/// `USD; priced: gpt-4o, claude; unpriced: local; file prices.json (2 models)`, when any
+/// price is configured (a wildcard is priced per request: listed as such).
+fn prices_words(config: &Config) -> Option<String> {
+    let prices = &config.prices;
+    let inline = config
+        .endpoints
+        .iter()
+        .any(|e| e.backends.iter().any(|b| b.pricing.is_some()));
+    if !inline && prices.is_empty() {
+        return None;
+    }
+    let (mut priced, mut unpriced, mut per_request) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &config.endpoints {
+        let id = e.id.as_str();
+        if e.wildcard.is_some() {
+            per_request.push(id);
+        } else if e.backends.iter().all(|b| {
+            prices
+                .lookup(b.pricing.as_ref(), &b.actual_model_name)
+                .is_some()
+        }) {
+            priced.push(id);
+        } else {
+            unpriced.push(id);
+        }
+    }
+    let mut parts = vec![prices.currency.clone()];
+    for (what, ids) in [
+        ("priced", &priced),
+        ("unpriced (some backend has no price)", &unpriced),
+        ("priced per request", &per_request),
+    ] {
+        if !ids.is_empty() {
+            parts.push(format!("{}: {}", what, ids.join(", ")));
+        }
+    }
+    if let Some(f) = &prices.file {
+        parts.push(format!(
+            "file {} ({})",
+            f.path,
+            count(f.len(), "model", "models")
+        ));
+    }
+    Some(parts.join("; "))
 }
 
 /// `web: models gpt-4o, ollama/*; trusts user headers; priority high`; never the key.
@@ -225,6 +274,12 @@ fn endpoint_line(e: &Endpoint) -> String {
     if !e.inject_stream_usage {
         settings.push_str(", injectStreamUsage off");
     }
+    if e.messages_api == super::MessagesApi::Native {
+        settings.push_str(", messagesApi native");
+    }
+    if !e.aliases.is_empty() {
+        settings.push_str(&format!(", aliases {}", e.aliases.join(", ")));
+    }
     format!(
         "  {} ({}): {}{}{}{}{}\n",
         e.id,
@@ -255,10 +310,10 @@ fn backend_line(e: &Endpoint, b: &Backend) -> String {
         redact::url(&b.url),
         model,
         b.weight,
-        if b.api_key.is_empty() {
-            "no key"
-        } else {
-            "key set"
+        match (b.api_key.is_empty(), b.key_header) {
+            (true, _) => "no key",
+            (false, super::KeyHeader::Bearer) => "key set",
+            (false, super::KeyHeader::XApiKey) => "key set (as x-api-key)",
         },
         cap,
         via
@@ -318,6 +373,18 @@ mod tests {
         .unwrap();
         assert!(summary("c.json", &wild).contains(
             "  ollama/* (ollama/*): 1 backend, discovers models every 60 s, health probe every 15 s, maxQueueWaitSecs 30\n"
+        ));
+        let claude = parse(
+            "c.json",
+            r#"{"endpoints":{"m":{"url":"http://h","apiKey":"sk-ant-0000","apiKeyHeader":"x-api-key",
+                "messagesApi":"native","aliases":["claude-*","claude-x"]}}}"#,
+            &Defaults::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert!(summary("c.json", &claude).contains(
+            "  m (m): 1 backend, maxQueueWaitSecs 30, messagesApi native, aliases claude-*, claude-x\n\
+             \x20   http://h as m, weight 1, key set (as x-api-key)\n"
         ));
     }
 

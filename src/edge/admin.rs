@@ -3,7 +3,7 @@
 use crate::backend::balance::BackendView;
 use crate::backend::catalog;
 use crate::backend::live::{ConfigStore, Live};
-use crate::config::{Endpoint, Wildcard};
+use crate::config::{Endpoint, MessagesApi, Wildcard};
 use crate::http::api_error::ApiError;
 use crate::policy::identity::auth::Caller;
 use crate::policy::Policy;
@@ -162,30 +162,59 @@ fn model_entry(live: &Live, id: &str, display_name: &str) -> Value {
     })
 }
 
-/// `GET /models`: the OpenAI list object, configured models and the last discovered lists
-/// (never waits on a backend).
-pub fn models(live: &Live, caller: &Caller) -> Vec<u8> {
-    let data: Vec<Value> = live
-        .models()
-        .iter()
-        .filter(|m| caller.may_use(&m.id))
-        .map(|m| model_entry(live, &m.id, &m.display_name))
-        .collect();
-    json!({"object": "list", "data": data})
-        .to_string()
-        .into_bytes()
+/// One model in Anthropic's shape (`created_at` is when the config was loaded).
+fn anthropic_entry(live: &Live, id: &str, display_name: &str) -> Value {
+    let t = crate::clock::rfc3339(live.loaded_at as i64 * 1000);
+    json!({
+        "type": "model",
+        "id": id,
+        "display_name": display_name,
+        "created_at": format!("{}Z", &t[..19]),
+    })
 }
 
-/// `GET /models/{id}`: one entry of `/models` or 404.
-pub fn model(live: &Live, id: &str, caller: &Caller) -> Result<Vec<u8>, ApiError> {
+/// `GET /models`: configured models and the last discovered lists (never waits on a backend),
+/// as OpenAI's list object or, for a client that sent `anthropic-version` (`anthropic`),
+/// Anthropic's, all on one page. Aliases are names a request may use, not models: not listed.
+pub fn models(live: &Live, caller: &Caller, anthropic: bool) -> Vec<u8> {
+    let listed: Vec<_> = live
+        .models()
+        .into_iter()
+        .filter(|m| caller.may_use(&m.id))
+        .collect();
+    let v = if anthropic {
+        let data: Vec<Value> = listed
+            .iter()
+            .map(|m| anthropic_entry(live, &m.id, &m.display_name))
+            .collect();
+        json!({
+            "data": data,
+            "has_more": false,
+            "first_id": listed.first().map(|m| &m.id),
+            "last_id": listed.last().map(|m| &m.id),
+        })
+    } else {
+        let data: Vec<Value> = listed
+            .iter()
+            .map(|m| model_entry(live, &m.id, &m.display_name))
+            .collect();
+        json!({"object": "list", "data": data})
+    };
+    v.to_string().into_bytes()
+}
+
+/// `GET /models/{id}`: one entry of `/models` (in Anthropic's shape for `anthropic`) or 404.
+pub fn model(live: &Live, id: &str, caller: &Caller, anthropic: bool) -> Result<Vec<u8>, ApiError> {
     let m = live
         .models()
         .into_iter()
         .find(|m| m.id == id && caller.may_use(&m.id))
         .ok_or_else(|| ApiError::model_not_found(id))?;
-    Ok(model_entry(live, &m.id, &m.display_name)
-        .to_string()
-        .into_bytes())
+    let v = match anthropic {
+        true => anthropic_entry(live, &m.id, &m.display_name),
+        false => model_entry(live, &m.id, &m.display_name),
+    };
+    Ok(v.to_string().into_bytes())
 }
 
 /// `GET /usage?since=2026-11-01&until=2026-12-01&by=user,model&user=u`: usage totals.
@@ -241,6 +270,7 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                     "actualModelName": b.actual_model_name,
                     "weight": b.weight,
                     "maxConcurrent": b.max_concurrent,
+                    "apiKeyHeader": b.key_header.name(),
                     "proxy": b.via_proxy.as_deref().map(redact::url),
                 })).collect::<Vec<_>>(),
                 "fallbacks": e.fallbacks,
@@ -249,6 +279,12 @@ pub fn debug(shared: &ConfigStore, live: &Live) -> Vec<u8> {
                 "maxQueueWaitSecs": e.max_queue_wait.as_secs_f64(),
                 "forwardUserHeaders": e.forward_user_headers,
                 "injectStreamUsage": e.inject_stream_usage,
+                "messagesApi": match e.messages_api {
+                    MessagesApi::Native => "native",
+                    MessagesApi::Translate => "translate",
+                },
+                "aliases": e.aliases,
+                "apiKeyHeader": first.map(|b| b.key_header.name()),
             }),
         );
     }

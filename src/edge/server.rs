@@ -189,7 +189,7 @@ impl App {
             finish(&meta, &summary, metrics);
             return;
         }
-        if matches!(route, Route::Health | Route::Metrics) {
+        if matches!(route, Route::Health | Route::Metrics | Route::Hello) {
             let summary = fast_lane(request, &target, &route, &meta, self);
             finish(&meta, &summary, metrics);
             return;
@@ -377,6 +377,8 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             let _ = request.respond(response);
             simple(200, len)
         }
+        // Nothing to say beyond "reachable": no key is asked, nothing is shown.
+        Route::Hello => ok(request, b"{}".to_vec(), &meta.request_id),
         _ => {
             let backends = target
                 .query
@@ -409,6 +411,12 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
     let token = auth::bearer(request.headers()).map(str::to_string);
+    // The Anthropic SDKs and Claude Code send `anthropic-version` on every request: they get
+    // the model list in Anthropic's shape.
+    let anthropic = request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("anthropic-version"));
     if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
         let keys = &live.config.proxy_keys;
         let personal = matches!(route, Route::Usage);
@@ -429,8 +437,8 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
         },
     };
     match route {
-        Route::Models if get => ok(request, admin::models(&live, &caller), id),
-        Route::Model(model) if get => match admin::model(&live, model, &caller) {
+        Route::Models if get => ok(request, admin::models(&live, &caller, anthropic), id),
+        Route::Model(model) if get => match admin::model(&live, model, &caller, anthropic) {
             Ok(body) => ok(request, body, id),
             Err(e) => local_error(request, e, id),
         },
@@ -455,7 +463,11 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
             ApiError::method_not_allowed(&meta.method, &target.path, "POST"),
             id,
         ),
-        Route::Health | Route::Metrics | Route::ChatCompletions | Route::Passthrough => {
+        Route::Health
+        | Route::Metrics
+        | Route::Hello
+        | Route::ChatCompletions
+        | Route::Passthrough => {
             let ctx = Ctx {
                 live: &live,
                 caller: &caller,

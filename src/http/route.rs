@@ -13,6 +13,8 @@ pub enum Route {
     Reload,
     /// `GET /usage`: usage totals from the ledger (admin key).
     Usage,
+    /// `HEAD /api/hello`: Claude Code's connectivity probe, answered like `/health`.
+    Hello,
     /// `GET /models`: the model list.
     Models,
     /// `GET /models/{id}`: one model.
@@ -80,6 +82,7 @@ pub fn route(path: &str) -> Route {
         "/debug" => Route::Debug,
         "/reload" => Route::Reload,
         "/usage" => Route::Usage,
+        "/api/hello" => Route::Hello,
         "/models" => Route::Models,
         "/chat/completions" => Route::ChatCompletions,
         _ => match path.strip_prefix("/models/") {

@@ -283,10 +283,10 @@ impl Policy {
         asked: &Asked,
         metrics: &Metrics,
     ) -> Result<Admission, ApiError> {
-        let task = asked
-            .headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(&settings.task_header) && !v.trim().is_empty());
+        let task = asked.headers.iter().any(|(n, v)| {
+            (n.eq_ignore_ascii_case(&settings.task_header) && !v.trim().is_empty())
+                || (n.eq_ignore_ascii_case("x-claude-code-request-class") && background_class(v))
+        });
         let priority = match asked.caller {
             _ if task => Priority::Low,
             Caller::Key(k) => k.priority,
@@ -495,6 +495,7 @@ impl Policy {
             user: identity.user.clone(),
             key: identity.key.clone(),
             end_user: identity.label.clone(),
+            session: identity.session.clone(),
             model: done.model.to_string(),
             backend: done.backend.map(str::to_string),
             path: done.path.to_string(),
@@ -560,10 +561,17 @@ fn warn_budgets(
     }
 }
 
+/// Claude Code's background requests (titles, summaries, compaction of a long conversation):
+/// served after everything else, as Open WebUI's tasks are.
+fn background_class(v: &str) -> bool {
+    let v = v.trim();
+    v.eq_ignore_ascii_case("auxiliary") || v.eq_ignore_ascii_case("compaction")
+}
+
 /// Paths whose answers carry tokens (others, such as audio or files, count requests only).
 fn bears_tokens(path: &str) -> bool {
     matches!(
         path,
-        "/chat/completions" | "/completions" | "/responses" | "/embeddings"
+        "/chat/completions" | "/completions" | "/responses" | "/embeddings" | "/messages"
     )
 }

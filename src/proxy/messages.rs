@@ -327,8 +327,7 @@ fn ledger_usage(t: Tokens) -> Usage {
         prompt: t.input.saturating_add(t.cache_read),
         completion: t.output,
         cached: t.cache_read,
-        reasoning: 0,
-        estimated: false,
+        ..Usage::default()
     }
 }
 

@@ -104,7 +104,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty())
         .or_else(|| messages::metadata_user(target, &inbound));
-    let refusal = Refusal {
+    let mut refusal = Refusal {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
         model: crate::http::api_error::clip(&inbound.model, 200),
         target,
@@ -120,15 +120,24 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
                 return refusal.answer(request, &who, e, ctx, summary);
             }
         };
-    // A model the caller's key may not use looks exactly like one that does not exist.
-    let Some(resolved) = ctx
-        .live
-        .resolve(&inbound.model)
-        .filter(|_| ctx.caller.may_use(&inbound.model))
-    else {
+    // A model the caller's key may not use looks exactly like one that does not exist. An
+    // alias is another name of its model: the key's list, quotas, the ledger and metrics see
+    // the model's id, so an alias opens nothing its model's id does not.
+    let Some(resolved) = ctx.live.resolve(&inbound.model).filter(|r| {
+        let public = match r.alias {
+            true => &config.endpoints[r.index].id,
+            false => &inbound.model,
+        };
+        ctx.caller.may_use(public)
+    }) else {
         let e = ApiError::model_not_found(&inbound.model);
         return refusal.answer(request, &identity, e, ctx, summary);
     };
+    if resolved.alias {
+        inbound.model = config.endpoints[resolved.index].id.clone();
+        summary.model = Some(inbound.model.clone());
+        refusal.model = inbound.model.clone();
+    }
     summary.routed = resolved.listed;
     let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], &mut inbound);
     let asked = Asked {

@@ -2,7 +2,7 @@
 
 use super::inbound::Inbound;
 use crate::backend::upstream::{self, Outgoing};
-use crate::config::{Backend, Endpoint};
+use crate::config::{Backend, Endpoint, KeyHeader, MessagesApi};
 use crate::http::route::Target;
 use crate::stream::body;
 
@@ -17,6 +17,30 @@ pub fn injects_usage(inbound: &Inbound, target: &Target, endpoint: &Endpoint) ->
             .json
             .as_ref()
             .is_some_and(|j| !j.wants_stream_usage())
+}
+
+/// A native Messages request to a backend that takes `x-api-key` (Anthropic's API, which
+/// requires the version header) gets `anthropic-version` when the client sent none. Servers
+/// that take Bearer keys (vLLM, Ollama, llama.cpp) need none and get only what the client sent.
+fn default_anthropic_version(
+    headers: &mut Vec<(String, String)>,
+    target: &Target,
+    endpoint: &Endpoint,
+    backend: &Backend,
+) {
+    let messages = target.path == "/messages" || target.path.starts_with("/messages/");
+    if messages
+        && endpoint.messages_api == MessagesApi::Native
+        && backend.key_header == KeyHeader::XApiKey
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("anthropic-version"))
+    {
+        headers.push((
+            "anthropic-version".into(),
+            upstream::ANTHROPIC_VERSION.into(),
+        ));
+    }
 }
 
 /// The request for one backend.
@@ -57,13 +81,14 @@ pub fn outgoing(
             q.to_string()
         }
     });
-    let headers = upstream::forward_headers(
+    let mut headers = upstream::forward_headers(
         &inbound.headers,
         inbound.streaming(),
         endpoint,
         backend,
         request_id,
     );
+    default_anthropic_version(&mut headers, target, endpoint, backend);
     let has_body = !body.is_empty() || matches!(inbound.method, "POST" | "PUT" | "PATCH");
     Outgoing {
         method: inbound.method,

@@ -16,11 +16,14 @@ pub struct AnthropicUsage {
     pub output: u64,
     pub cache_read: u64,
     pub cache_creation: u64,
+    /// The part of `cache_creation` written for an hour rather than five minutes.
+    pub cache_creation_1h: u64,
 }
 
 impl AnthropicUsage {
     /// The ledger's counts: every prompt token, the cache reads as cached. Cache writes are in
-    /// the prompt; `cache_creation` keeps them apart for a ledger field of their own.
+    /// the prompt and also in fields of their own (all of them, and the 1-hour part), since
+    /// they are billed apart.
     pub fn to_usage(self) -> Usage {
         Usage {
             prompt: self
@@ -29,8 +32,9 @@ impl AnthropicUsage {
                 .saturating_add(self.cache_creation),
             completion: self.output,
             cached: self.cache_read,
-            reasoning: 0,
-            estimated: false,
+            cache_write: self.cache_creation,
+            cache_write_1h: self.cache_creation_1h.min(self.cache_creation),
+            ..Usage::default()
         }
     }
 }
@@ -41,20 +45,34 @@ struct Seen {
     output: Option<u64>,
     cache_read: Option<u64>,
     cache_creation: Option<u64>,
+    cache_5m: Option<u64>,
+    cache_1h: Option<u64>,
 }
 
 impl Seen {
     /// Takes every count `usage` carries; counts it does not carry keep their last value.
     fn take(&mut self, usage: &Value) {
-        let n = |k: &str| usage.get(k).and_then(Value::as_u64);
-        for (slot, key) in [
-            (&mut self.input, "input_tokens"),
-            (&mut self.output, "output_tokens"),
-            (&mut self.cache_read, "cache_read_input_tokens"),
-            (&mut self.cache_creation, "cache_creation_input_tokens"),
+        let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+        let split = usage.get("cache_creation").filter(|c| c.is_object());
+        for (slot, v) in [
+            (&mut self.input, n(usage, "input_tokens")),
+            (&mut self.output, n(usage, "output_tokens")),
+            (&mut self.cache_read, n(usage, "cache_read_input_tokens")),
+            (
+                &mut self.cache_creation,
+                n(usage, "cache_creation_input_tokens"),
+            ),
+            (
+                &mut self.cache_5m,
+                split.and_then(|c| n(c, "ephemeral_5m_input_tokens")),
+            ),
+            (
+                &mut self.cache_1h,
+                split.and_then(|c| n(c, "ephemeral_1h_input_tokens")),
+            ),
         ] {
-            if let Some(v) = n(key) {
-                *slot = Some(v);
+            if v.is_some() {
+                *slot = v;
             }
         }
     }
@@ -63,11 +81,17 @@ impl Seen {
         if self.input.is_none() && self.output.is_none() {
             return None;
         }
+        let split = self
+            .cache_5m
+            .unwrap_or(0)
+            .saturating_add(self.cache_1h.unwrap_or(0));
         Some(AnthropicUsage {
             input: self.input.unwrap_or(0),
             output: self.output.unwrap_or(0),
             cache_read: self.cache_read.unwrap_or(0),
-            cache_creation: self.cache_creation.unwrap_or(0),
+            // A server that only splits its cache writes by duration still wrote them.
+            cache_creation: self.cache_creation.unwrap_or(split),
+            cache_creation_1h: self.cache_1h.unwrap_or(0),
         })
     }
 }
@@ -255,7 +279,8 @@ mod tests {
                 input: 3,
                 output: 20,
                 cache_read: 11,
-                cache_creation: 0
+                cache_creation: 0,
+                cache_creation_1h: 0
             }
         );
         assert_eq!(
@@ -264,8 +289,7 @@ mod tests {
                 prompt: 14,
                 completion: 20,
                 cached: 11,
-                reasoning: 0,
-                estimated: false
+                ..Usage::default()
             }
         );
         assert_eq!(chars, 11);
@@ -288,7 +312,8 @@ mod tests {
                 input: 5,
                 output: 22,
                 cache_read: 11,
-                cache_creation: 7
+                cache_creation: 7,
+                cache_creation_1h: 0
             }
         );
         assert_eq!(u.to_usage().prompt, 23);
@@ -302,6 +327,7 @@ mod tests {
             output: 4,
             cache_read: 0,
             cache_creation: 100,
+            cache_creation_1h: 0,
         };
         assert_eq!(
             read(false, false, &[&body[..30], &body[30..]]).0,
@@ -312,6 +338,27 @@ mod tests {
         let gz = gz.finish().unwrap();
         let (u, _) = read(true, true, &[&gz[..10], &gz[10..]]);
         assert_eq!(u.unwrap().to_usage().prompt, 14);
+    }
+
+    #[test]
+    fn one_hour_cache_writes_are_kept_apart() {
+        let body = br#"{"type":"message","content":[],"usage":{"input_tokens":4,"cache_creation_input_tokens":300,"cache_read_input_tokens":50,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200},"output_tokens":6}}"#;
+        let u = read(false, false, &[body]).0.unwrap();
+        assert_eq!(
+            u.to_usage(),
+            Usage {
+                prompt: 354,
+                completion: 6,
+                cached: 50,
+                cache_write: 300,
+                cache_write_1h: 200,
+                ..Usage::default()
+            }
+        );
+        // Only the split: the writes are its sum.
+        let body = br#"{"usage":{"input_tokens":1,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":5},"output_tokens":1}}"#;
+        let u = read(false, false, &[body]).0.unwrap().to_usage();
+        assert_eq!((u.prompt, u.cache_write, u.cache_write_1h), (16, 15, 5));
     }
 
     #[test]
@@ -341,7 +388,7 @@ mod tests {
             let (mut x, mut y) = (cut_a.min(b.len()), cut_b.min(b.len()));
             if x > y { std::mem::swap(&mut x, &mut y); }
             let (u, _) = read(true, false, &[&b[..x], &b[x..y], &b[y..]]);
-            prop_assert_eq!(u, Some(AnthropicUsage { input: 3, output: 20, cache_read: 11, cache_creation: 0 }));
+            prop_assert_eq!(u, Some(AnthropicUsage { input: 3, output: 20, cache_read: 11, cache_creation: 0, cache_creation_1h: 0 }));
         }
     }
 }

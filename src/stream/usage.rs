@@ -28,6 +28,12 @@ pub struct Usage {
     pub cached: u64,
     /// Completion tokens spent on reasoning.
     pub reasoning: u64,
+    /// Prompt tokens written to the backend's cache (Anthropic's `cache_creation_input_tokens`,
+    /// inside `prompt`), billed apart from plain input.
+    pub cache_write: u64,
+    /// The part of `cache_write` kept for an hour (`cache_creation.ephemeral_1h_input_tokens`),
+    /// billed higher than the 5-minute rest.
+    pub cache_write_1h: u64,
     /// Not reported by the backend: estimated from the text's length.
     pub estimated: bool,
 }
@@ -35,9 +41,16 @@ pub struct Usage {
 impl Usage {
     /// True when no count is above `MAX_PLAUSIBLE_TOKENS`.
     pub fn plausible(&self) -> bool {
-        [self.prompt, self.completion, self.cached, self.reasoning]
-            .iter()
-            .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+        [
+            self.prompt,
+            self.completion,
+            self.cached,
+            self.reasoning,
+            self.cache_write,
+            self.cache_write_1h,
+        ]
+        .iter()
+        .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
     }
 
     /// Prompt plus completion tokens, never wrapping.
@@ -241,7 +254,7 @@ fn usage_of(json: &[u8]) -> Option<Usage> {
         reasoning: n(&["completion_tokens_details", "reasoning_tokens"])
             .or_else(|| n(&["output_tokens_details", "reasoning_tokens"]))
             .unwrap_or(0),
-        estimated: false,
+        ..Usage::default()
     })
 }
 
@@ -370,7 +383,7 @@ mod tests {
                 completion: 5,
                 cached: 2,
                 reasoning: 1,
-                estimated: false
+                ..Usage::default()
             })
         );
         let u = tap(
@@ -393,7 +406,7 @@ mod tests {
             completion: 6,
             cached: 4,
             reasoning: 3,
-            estimated: false,
+            ..Usage::default()
         });
         assert_eq!(tap(false, &[body]), want);
         let mut sse =

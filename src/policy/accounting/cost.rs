@@ -25,6 +25,20 @@ pub struct Billable {
 }
 
 impl Billable {
+    /// The ledger's usage: OpenAI-shaped, or the Messages API's as the ledger keeps it (every
+    /// prompt token in `prompt`, the cache writes, and their 1-hour part, also apart).
+    pub fn of(u: &Usage) -> Billable {
+        if u.cache_write == 0 {
+            return Billable::openai(u);
+        }
+        let w1h = u.cache_write_1h.min(u.cache_write);
+        let input = u
+            .prompt
+            .saturating_sub(u.cached)
+            .saturating_sub(u.cache_write);
+        Billable::anthropic(input, u.cached, u.cache_write - w1h, w1h, u.completion)
+    }
+
     /// OpenAI-shaped usage: `prompt_tokens` includes the cached tokens and
     /// `completion_tokens` includes the reasoning tokens.
     pub fn openai(u: &Usage) -> Billable {
@@ -38,8 +52,6 @@ impl Billable {
 
     /// Anthropic-shaped usage (the native Messages API): `input_tokens` leaves out cache reads
     /// and writes, which are counted apart.
-    // The ledger's usage gets the 5-minute and 1-hour cache writes apart in another branch.
-    #[allow(dead_code)]
     pub fn anthropic(
         input: u64,
         cache_read: u64,
@@ -92,10 +104,10 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// What `usage` costs at `p`: OpenAI-shaped usage (the ledger's counts).
+    /// What the ledger's `usage` costs at `p`.
     pub fn of(p: &Pricing, usage: &Usage, currency: &str) -> Charge {
         Charge {
-            micros: cost(p, &Billable::openai(usage)),
+            micros: cost(p, &Billable::of(usage)),
             currency: currency.to_string(),
             estimated: usage.estimated,
         }
@@ -168,7 +180,7 @@ mod tests {
             completion: 200,
             cached: 400,
             reasoning: 150,
-            estimated: false,
+            ..Usage::default()
         };
         assert_eq!(cost(&p, &Billable::openai(&u)), 4000);
         assert_eq!(format(cost(&p, &Billable::openai(&u))), "0.004000");
@@ -184,6 +196,26 @@ mod tests {
         let b = Billable::anthropic(100, 2000, 1000, 500, 300);
         assert_eq!(b.prompt, 3600);
         assert_eq!(cost(&p, &b), 12150);
+    }
+
+    #[test]
+    fn the_ledger_usage_of_a_messages_answer_is_billed_as_anthropic_usage() {
+        // What the ledger keeps of input 100, cache read 2000, cache writes 1500 of which 500
+        // for an hour, output 300: the same 12150 as the native counts.
+        let p = flat(rates(3.0, 15.0, 0.30, 3.75, 6.0));
+        let u = Usage {
+            prompt: 3600,
+            completion: 300,
+            cached: 2000,
+            cache_write: 1500,
+            cache_write_1h: 500,
+            ..Usage::default()
+        };
+        assert_eq!(
+            Billable::of(&u),
+            Billable::anthropic(100, 2000, 1000, 500, 300)
+        );
+        assert_eq!(cost(&p, &Billable::of(&u)), 12150);
     }
 
     #[test]

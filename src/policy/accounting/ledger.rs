@@ -29,6 +29,8 @@ pub struct Entry {
     pub key: String,
     /// The body's `user` from a key not trusted to name users (`identity::Identity::label`).
     pub end_user: Option<String>,
+    /// The client's conversation (Claude Code's `x-claude-code-session-id`), an identifier.
+    pub session: Option<String>,
     /// The public model id.
     pub model: String,
     /// The backend host that answered last, if any.
@@ -76,6 +78,26 @@ impl Entry {
         // Only on the lines that have one, after `key`, so other lines keep their bytes.
         if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
             m.shift_insert(4, "end_user".into(), label.clone().into());
+        }
+        if let Some(m) = v.as_object_mut() {
+            let after = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
+                m.keys().position(|x| x == k).map(|i| i + 1)
+            };
+            if let Some(session) = &self.session {
+                let at = after(m, "end_user").or(after(m, "key")).unwrap_or(0);
+                m.shift_insert(at, "session".into(), session.clone().into());
+            }
+            // Cache writes are billed apart (the 1-hour ones higher); lines without any keep
+            // their bytes.
+            let writes = [
+                ("cache_write_tokens", self.usage.cache_write),
+                ("cache_write_1h_tokens", self.usage.cache_write_1h),
+            ];
+            let at = after(m, "cached_tokens").unwrap_or(m.len());
+            // Each goes in front of the one after it: in reverse, at one place.
+            for (k, n) in writes.into_iter().rev().filter(|(_, n)| *n > 0) {
+                m.shift_insert(at, k.into(), n.into());
+            }
         }
         // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
         if let (Some(micros), Some(m)) = (self.cost, v.as_object_mut()) {
@@ -131,6 +153,7 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 "request_id" => e.request_id = text(map.next_value()?).unwrap_or_default(),
                 "key" => e.key = text(map.next_value()?).unwrap_or_default(),
                 "end_user" => e.end_user = text(map.next_value()?),
+                "session" => e.session = text(map.next_value()?),
                 "backend" => e.backend = text(map.next_value()?),
                 "path" => e.path = text(map.next_value()?).unwrap_or_default(),
                 "outcome" => e.outcome = text(map.next_value()?).unwrap_or_default(),
@@ -139,6 +162,8 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
                 "completion_tokens" => e.usage.completion = num(map.next_value()?),
                 "cached_tokens" => e.usage.cached = num(map.next_value()?),
                 "reasoning_tokens" => e.usage.reasoning = num(map.next_value()?),
+                "cache_write_tokens" => e.usage.cache_write = num(map.next_value()?),
+                "cache_write_1h_tokens" => e.usage.cache_write_1h = num(map.next_value()?),
                 "estimated" => {
                     e.usage.estimated = map.next_value::<Value>()?.as_bool().unwrap_or(false)
                 }
@@ -725,6 +750,31 @@ mod tests {
         );
         assert_eq!(Entry::from_line(&line), Some(priced));
         assert!(!entry(5).to_line().contains("cost"));
+        let claude = Entry {
+            end_user: Some("eu".into()),
+            session: Some("0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11".into()),
+            usage: Usage {
+                prompt: 20,
+                completion: 3,
+                cached: 5,
+                cache_write: 12,
+                cache_write_1h: 8,
+                ..Usage::default()
+            },
+            ..entry(6)
+        };
+        let line = claude.to_line();
+        assert!(
+            line.contains(r#""key":"k","end_user":"eu","session":"0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11","model":"m""#)
+                && line.contains(r#""cached_tokens":5,"cache_write_tokens":12,"cache_write_1h_tokens":8,"reasoning_tokens":0"#),
+            "{}",
+            line
+        );
+        assert_eq!(Entry::from_line(&line), Some(claude));
+        // Lines without them, old ones included, carry neither field.
+        assert!(
+            !entry(1).to_line().contains("session") && !entry(1).to_line().contains("cache_write")
+        );
         // Wrong types read as absent or 0; unknown fields are ignored; escapes are decoded.
         let odd = r#"{"ts":"2026-11-02T10:00:00.000Z","user":"a\u00e9\n","model":"m","extra":{"x":[1]},"status":-3,"prompt_tokens":1.5,"completion_tokens":"9","key":7,"ttfb_ms":null,"estimated":true}"#;
         let e = Entry::from_line(odd).unwrap();

@@ -21,6 +21,8 @@ pub struct Identity {
     /// The body's `user` sent with a key not trusted to name users: the ledger records it as
     /// `end_user`, but quotas and the fair queue count the request under `user` (the key).
     pub label: Option<String>,
+    /// The client's conversation, Claude Code's `x-claude-code-session-id` (see `session`).
+    pub session: Option<String>,
 }
 
 /// What identification reads from a request.
@@ -88,7 +90,12 @@ pub fn identify(
     } else {
         key.clone()
     };
-    Ok(Identity { user, key, label })
+    Ok(Identity {
+        user,
+        key,
+        label,
+        session: session(asking.headers),
+    })
 }
 
 /// Who a request is for when its user could not be told (its signed token was refused): the
@@ -99,6 +106,7 @@ pub fn key_only(caller: &Caller) -> Identity {
         user: key.clone(),
         key,
         label: None,
+        session: None,
     }
 }
 
@@ -107,6 +115,21 @@ fn key_name(caller: &Caller) -> String {
         Caller::Open => "anonymous".to_string(),
         Caller::Key(k) => k.name.clone(),
     }
+}
+
+/// Longest session id kept, in bytes.
+const MAX_SESSION: usize = 128;
+
+/// Claude Code's `x-claude-code-session-id` (a UUID), recorded in the ledger as `session`. It is
+/// an identifier, never content: one of at most 128 letters, digits, `-`, `_`, `.` and `:` is
+/// kept, anything else dropped whole (a cleaned value would be another id).
+fn session(headers: &[(String, String)]) -> Option<String> {
+    let (_, v) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-claude-code-session-id"))?;
+    let v = v.trim();
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
+    (!v.is_empty() && v.len() <= MAX_SESSION && v.bytes().all(plain)).then(|| v.to_string())
 }
 
 /// Keys with `trustUserHeaders` may name the user (a header or the body's `user`).
@@ -256,6 +279,37 @@ mod tests {
                 i
             );
         }
+    }
+
+    #[test]
+    fn session_ids_are_kept_only_when_they_look_like_identifiers() {
+        let cases = [
+            (
+                "0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11",
+                Some("0b6c1f5e-7d1a-4c39-9a57-3f0b2a4d9e11"),
+            ),
+            (" sess_1.a:b ", Some("sess_1.a:b")),
+            ("", None),
+            ("has space", None),
+            ("quote\"", None),
+            ("caf\u{e9}", None),
+            ("line\nbreak", None),
+        ];
+        for (v, want) in cases {
+            let headers = h(&[("X-Claude-Code-Session-Id", v)]);
+            assert_eq!(super::session(&headers).as_deref(), want, "{:?}", v);
+        }
+        let long = "a".repeat(129);
+        assert_eq!(
+            super::session(&h(&[("x-claude-code-session-id", &long)])),
+            None
+        );
+        let max = "a".repeat(128);
+        assert_eq!(
+            super::session(&h(&[("x-claude-code-session-id", &max)])),
+            Some(max)
+        );
+        assert_eq!(super::session(&h(&[("x-other", "s")])), None);
     }
 
     #[test]
