@@ -146,12 +146,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         prompt_bytes: inbound.body.len(),
         model: &inbound.model,
         max_tokens,
-        // Only cost budgets need it: without one, no price is looked up.
-        max_cost: if config.policy.limits.iter().any(|r| r.has_cost()) {
-            worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens)
-        } else {
-            None
-        },
+        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens),
     };
     let admission = match ctx
         .policy

@@ -7,12 +7,16 @@ use crate::config::Config;
 
 /// The worst case in micro-units; `None` when one of those backends has no price (a cost
 /// budget then cannot count the request, and refuses it rather than let it spend unlimited).
+/// Only cost budgets need it: without a rule that sets one, no price is looked up (`None`).
 pub fn worst_cost(
     config: &Config,
     resolved: &Resolved,
     prompt_bytes: usize,
     max_tokens: u64,
 ) -> Option<u64> {
+    if !config.policy.limits.iter().any(|r| r.has_cost()) {
+        return None;
+    }
     let prompt = (prompt_bytes as u64).div_ceil(4);
     let mut worst = 0;
     for index in super::choose::model_order(config, resolved.index) {
