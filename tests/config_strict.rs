@@ -153,7 +153,7 @@ fn a_field_far_from_any_known_one_lists_what_is_known() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
-            "modelmux: config {}: endpoints.m.backends[0].colour: unknown field; expected url, apiKey, actualModelName, weight, maxConcurrent or pricing\n",
+            "modelmux: config {}: endpoints.m.backends[0].colour: unknown field; expected url, apiKey, actualModelName, weight, maxConcurrent, pricing or apiKeyHeader\n",
             path.display()
         )
     );

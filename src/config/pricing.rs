@@ -101,7 +101,8 @@ impl Prices {
             })
     }
 
-    /// True when nothing is priced anywhere: costs are then left out everywhere.
+    /// True without top-level prices and without a price file (inline prices are on the
+    /// backends).
     pub fn is_empty(&self) -> bool {
         self.defaults.is_empty() && self.file.is_none()
     }
