@@ -44,6 +44,10 @@ struct Data {
     tokens: BTreeMap<(String, &'static str, bool), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
     limit_refusals: BTreeMap<&'static str, u64>,
+    /// Cost budgets' `warnAt` passed, by rule index and window.
+    budget_warnings: BTreeMap<(usize, &'static str), u64>,
+    /// The same per user, for users who have series of their own (`metrics.perUser`).
+    user_budget_warnings: BTreeMap<(String, usize, &'static str), u64>,
     queue_wait: BTreeMap<String, Histogram>,
     /// The first `metrics.maxUsers` users seen since start, each with series of their own.
     users: BTreeMap<String, UserCounts>,
@@ -220,6 +224,24 @@ impl Metrics {
     pub fn limit_refusal(&self, limit: &'static str) {
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
         *d.limit_refusals.entry(limit).or_default() += 1;
+    }
+
+    /// Records a subject passing a cost budget's `warnAt` (once per window); `per_user`: the
+    /// user and `metrics.maxUsers` under `metrics.perUser`.
+    pub fn budget_warning(
+        &self,
+        rule: usize,
+        window: &'static str,
+        per_user: Option<(&str, usize)>,
+    ) {
+        let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        *d.budget_warnings.entry((rule, window)).or_default() += 1;
+        // Only users who already have series: the same first `maxUsers` as the token series.
+        if let Some((user, _)) = per_user.filter(|(u, _)| d.users.contains_key(*u)) {
+            *d.user_budget_warnings
+                .entry((user.to_string(), rule, window))
+                .or_default() += 1;
+        }
     }
 
     /// Records how long a request waited for a backend below its cap.
@@ -419,7 +441,30 @@ fn render_costs(d: &Data, out: &mut String) {
 }
 
 /// Per-user series (they name people: only for the admin or metrics key).
+/// Per-user budget warnings (only for users with series of their own).
+fn render_user_warnings(d: &Data, out: &mut String) {
+    if !d.user_budget_warnings.is_empty() {
+        header(
+            out,
+            "modelmux_user_budget_warnings_total",
+            "counter",
+            "Cost budgets whose warnAt a user passed, by user, rule and window (metrics.perUser; the first metrics.maxUsers users).",
+        );
+        for ((u, rule, window), v) in &d.user_budget_warnings {
+            let _ = writeln!(
+                out,
+                "modelmux_user_budget_warnings_total{{user=\"{}\",rule=\"{}\",window=\"{}\"}} {}",
+                esc(u),
+                rule,
+                window,
+                v
+            );
+        }
+    }
+}
+
 fn render_users(d: &Data, out: &mut String) {
+    render_user_warnings(d, out);
     if !d.users.is_empty() {
         header(
             out,
@@ -525,6 +570,19 @@ fn render_limits(d: &Data, out: &mut String) {
             out,
             "modelmux_limit_refusals_total{{limit=\"{}\"}} {}",
             limit, v
+        );
+    }
+    header(
+        out,
+        "modelmux_budget_warnings_total",
+        "counter",
+        "Subjects (users, keys, models a rule counts apart) that passed a cost budget's warnAt, once per window, by rule index and window (day, week, month, total).",
+    );
+    for ((rule, window), v) in &d.budget_warnings {
+        let _ = writeln!(
+            out,
+            "modelmux_budget_warnings_total{{rule=\"{}\",window=\"{}\"}} {}",
+            rule, window, v
         );
     }
     histogram(

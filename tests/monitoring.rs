@@ -49,7 +49,7 @@ fn run(tool: &str, args: &[&str]) -> String {
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let out = run("promtool", &["check", "rules", "modelmux-alerts.yml"]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{}", out);
+    assert!(out.contains("SUCCESS: 10 rules found"), "{}", out);
     let out = run("promtool", &["test", "rules", "modelmux-alerts.test.yml"]);
     assert!(out.contains("SUCCESS"), "{}", out);
     // Every alert has a unit test that expects it to fire and one that expects silence.
@@ -59,7 +59,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 9);
+    assert_eq!(alerts.len(), 10);
     for a in alerts {
         let cases: Vec<&str> = tests
             .split("- eval_time:")
@@ -287,7 +287,7 @@ fn dashboard_and_rules_queries_run_on_a_real_prometheus_scraping_modelmux() {
     let panel_queries = dashboard_queries(&dash);
     let alert_queries = rule_queries(&rules);
     assert!(panel_queries.len() >= 30, "{}", panel_queries.len());
-    assert_eq!(alert_queries.len(), 9, "{:?}", alert_queries);
+    assert_eq!(alert_queries.len(), 10, "{:?}", alert_queries);
 
     // The datasource, model and backend are variables, and every panel uses the datasource one.
     let vars: Vec<&str> = dash["templating"]["list"]
@@ -324,14 +324,20 @@ fn dashboard_and_rules_queries_run_on_a_real_prometheus_scraping_modelmux() {
         "metrics": {"perUser": true, "key": METRICS_KEY},
         "usageLog": dir.0.join("usage.jsonl"),
         "endpoints": {
-            "chat": {"url": usage.url(), "maxConcurrent": 4},
+            // Priced, with a cost budget that warns at its first cost (the budget panels).
+            "chat": {"url": usage.url(), "maxConcurrent": 4,
+                     "pricing": {"input": 1, "output": 2}},
+            // No price under a cost budget: refused (403 model_unpriced).
+            "capped": {"url": usage.url()},
             // No probe here: the dead backend stays selectable, so requests fail over.
             "pair": {"backends": [{"url": dead, "weight": 1000}, {"url": usage.url()}],
                      "health": {"probeIntervalSecs": 0}},
             "quiet": {"url": silent.url()},
             "broken": {"url": failing.url()}
         },
-        "limits": [{"match": {"model": "quiet"}, "requestsPerMinute": 2}]
+        "limits": [{"match": {"model": "quiet"}, "requestsPerMinute": 2},
+                   {"match": {"model": "chat"}, "costPerDay": 1, "warnAt": 0.000001},
+                   {"match": {"model": "capped"}, "costPerDay": 1}]
     });
     let p = Proxy::start(&cfg.to_string());
     let prom = Prometheus::start(&p.addr.to_string());
@@ -363,6 +369,7 @@ fn dashboard_and_rules_queries_run_on_a_real_prometheus_scraping_modelmux() {
         }
         assert_eq!(chat(&p, "quiet", true), 429);
         assert_eq!(chat(&p, "nope", false), 404);
+        assert_eq!(chat(&p, "capped", false), 403);
         std::thread::sleep(Duration::from_millis(1100));
     }
     wait_until("scrapes after the traffic", Duration::from_secs(20), || {
@@ -432,6 +439,6 @@ fn dashboard_and_rules_queries_run_on_a_real_prometheus_scraping_modelmux() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        rules.len() == 9 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 10 && rules.iter().all(|r| r["health"] == "ok")
     });
 }

@@ -244,6 +244,11 @@ def variants():
     # x-ratelimit headers), not refusals.
     rules = [{"match": {"user": "*"}, "requestsPerMinute": 10**15, "tokensPerMinute": 10**15},
              {"match": {"user": "*", "model": "*"}, "tokensPerDay": 10**15}]
+    # Prices for the echo model, and a cost budget (with warnAt) that never refuses: against
+    # "limits (local)", what pricing and a money budget add (the worst case priced at admission,
+    # the cost at the end, four more counters per identity).
+    pricing = {"echo": {"input": 2.5, "output": 10}}
+    budget = rules + [{"match": {"user": "*"}, "costPerDay": 10**9, "warnAt": 0.9}]
     rows = [
         ("modelmux, access log", {},
          {"CM_OPEN_WEBUI_PROXY_LOG_LEVEL": "info"}),
@@ -254,6 +259,8 @@ def variants():
          {"usageLog": os.path.join(TMP, "usage-priced.jsonl"),
           "pricing": {"*": {"input": 2.5, "output": 10, "cachedInput": 1.25}}}, {}),
         ("modelmux, limits (local)", {"limits": rules}, {}),
+        ("modelmux, limits + pricing + cost budget (local)",
+         {"limits": budget, "pricing": pricing}, {}),
     ]
     # Traces: every request recorded (always_on) and exported to a sink that answers 200.
     sink = start_otlp_sink()
@@ -264,6 +271,9 @@ def variants():
     if redis:
         rows.append(("modelmux, limits (Redis)",
                      {"limits": rules, "limitsStore": "redis://127.0.0.1:%d/0" % redis}, {}))
+        rows.append(("modelmux, limits + pricing + cost budget (Redis)",
+                     {"limits": budget, "pricing": pricing,
+                      "limitsStore": "redis://127.0.0.1:%d/0" % redis}, {}))
     return rows
 
 

@@ -41,7 +41,7 @@ pub use pricing::{Prices, Pricing, Rates};
 pub use crate::money::MICROS;
 #[cfg(test)]
 pub use rules::parse_rules;
-pub use rules::{Limit, Rule, Subject, WINDOWED};
+pub use rules::{format_money, Limit, Rule, Subject, FIRST_COST, WINDOWED};
 pub use settings::{HealthPolicy, RetryPolicy, Timeouts};
 pub use summary::{policy_view, summary};
 
@@ -242,7 +242,10 @@ fn read_config(
     Ok(Config {
         retry: parse_retry(root.get("retry")).map_err(under("retry"))?,
         health,
-        policy: policy::parse_policy(&root, file)?,
+        policy: policy::PolicySettings {
+            currency: prices.currency.clone(),
+            ..policy::parse_policy(&root, file)?
+        },
         prices,
         endpoints,
         proxy_keys,

@@ -61,6 +61,8 @@ pub struct PolicySettings {
     pub limits_store_retry: Duration,
     /// `taskHeader`: a request carrying it (non-empty) is a background task, served last.
     pub task_header: String,
+    /// Top-level `currency` (see `Prices`): the unit of the cost budgets of `limits`.
+    pub currency: String,
 }
 
 /// Every field of `openWebUI`; anything else is an error (see `json::check_fields`).
@@ -166,6 +168,7 @@ pub(super) fn parse_policy(
         limits_store_timeout,
         limits_store_retry,
         task_header,
+        currency: "USD".to_string(),
     })
 }
 

@@ -1,11 +1,15 @@
 //! The `"limits"` rules of the config: whom each rule covers and what it allows.
 
 use crate::config::type_name;
+use crate::money::MICROS;
 use serde_json::{Map, Value};
 use std::fmt;
 
 /// Largest limit accepted; counters in Redis's Lua are doubles, exact up to 2^53.
 const MAX_LIMIT: u64 = 1_000_000_000_000_000;
+
+/// Largest cost budget accepted, in currency units (in micro-units still below 2^53).
+const MAX_MONEY: f64 = 1_000_000_000.0;
 
 /// Who is asking: the caller's identity, the client key's name (never its secret) and the model.
 /// An empty string means "not known"; `"*"` puts all unknown callers into one shared budget.
@@ -43,15 +47,30 @@ pub enum Limit {
     TokensPerMonth,
     /// Requests in flight at once, per process.
     Concurrent,
+    /// Money (micro-units of the configured currency) per UTC day.
+    CostPerDay,
+    /// Money per UTC week (Monday to Sunday).
+    CostPerWeek,
+    /// Money per UTC calendar month.
+    CostPerMonth,
+    /// Money in total, never reset: a prepaid budget.
+    CostTotal,
 }
 
 /// The limits kept in windowed counters, in counter order (see `store::Counts`).
-pub const WINDOWED: [Limit; 4] = [
+pub const WINDOWED: [Limit; 8] = [
     Limit::RequestsPerMinute,
     Limit::TokensPerMinute,
     Limit::TokensPerDay,
     Limit::TokensPerMonth,
+    Limit::CostPerDay,
+    Limit::CostPerWeek,
+    Limit::CostPerMonth,
+    Limit::CostTotal,
 ];
+
+/// The first cost counter in `WINDOWED` order; the cost counters follow it.
+pub const FIRST_COST: usize = 4;
 
 impl Limit {
     /// The name in `Denied.limit`, logs and metrics, e.g. `tokens_per_day`.
@@ -62,6 +81,10 @@ impl Limit {
             Limit::TokensPerDay => "tokens_per_day",
             Limit::TokensPerMonth => "tokens_per_month",
             Limit::Concurrent => "concurrent",
+            Limit::CostPerDay => "cost_per_day",
+            Limit::CostPerWeek => "cost_per_week",
+            Limit::CostPerMonth => "cost_per_month",
+            Limit::CostTotal => "cost_total",
         }
     }
 
@@ -73,6 +96,10 @@ impl Limit {
             Limit::TokensPerDay => "tokensPerDay",
             Limit::TokensPerMonth => "tokensPerMonth",
             Limit::Concurrent => "concurrent",
+            Limit::CostPerDay => "costPerDay",
+            Limit::CostPerWeek => "costPerWeek",
+            Limit::CostPerMonth => "costPerMonth",
+            Limit::CostTotal => "costTotal",
         }
     }
 
@@ -84,24 +111,73 @@ impl Limit {
             Limit::TokensPerDay => "tokens per day",
             Limit::TokensPerMonth => "tokens per month",
             Limit::Concurrent => "concurrent requests",
+            Limit::CostPerDay => "per day",
+            Limit::CostPerWeek => "per week",
+            Limit::CostPerMonth => "per month",
+            Limit::CostTotal => "in total",
         }
+    }
+
+    /// The window's name in `modelmux_budget_warnings_total{window}`: `day`, `week`, `month`,
+    /// `total` (and `minute` for the per-minute limits).
+    pub fn window(self) -> &'static str {
+        match self {
+            Limit::RequestsPerMinute | Limit::TokensPerMinute | Limit::Concurrent => "minute",
+            Limit::TokensPerDay | Limit::CostPerDay => "day",
+            Limit::CostPerWeek => "week",
+            Limit::TokensPerMonth | Limit::CostPerMonth => "month",
+            Limit::CostTotal => "total",
+        }
+    }
+
+    /// True for the money budgets (counted in micro-units of the currency).
+    pub fn is_cost(self) -> bool {
+        matches!(
+            self,
+            Limit::CostPerDay | Limit::CostPerWeek | Limit::CostPerMonth | Limit::CostTotal
+        )
     }
 
     /// The OpenAI error code of a refusal: budgets that last a day or more are "quota".
     pub fn code(self) -> &'static str {
         match self {
             Limit::TokensPerDay | Limit::TokensPerMonth => "insufficient_quota",
+            k if k.is_cost() => "insufficient_quota",
             _ => "rate_limit_exceeded",
+        }
+    }
+
+    /// A limit's value in words: `200000 tokens per day`, `20.00 USD per month`.
+    pub fn amount(self, value: u64, currency: &str) -> String {
+        if self.is_cost() {
+            format!("{} {} {}", format_money(value), currency, self.describe())
+        } else {
+            format!("{} {}", value, self.describe())
         }
     }
 }
 
-const ALL_LIMITS: [Limit; 5] = [
+/// Micro-units as currency for people: two decimals at least, up to six when they matter
+/// (`20.00`, `0.31`, `0.0045`).
+pub fn format_money(micros: u64) -> String {
+    let (units, frac) = (micros / MICROS, micros % MICROS);
+    let mut digits = format!("{:06}", frac);
+    while digits.len() > 2 && digits.ends_with('0') {
+        digits.pop();
+    }
+    format!("{}.{}", units, digits)
+}
+
+const ALL_LIMITS: [Limit; 9] = [
     Limit::RequestsPerMinute,
     Limit::TokensPerMinute,
     Limit::TokensPerDay,
     Limit::TokensPerMonth,
     Limit::Concurrent,
+    Limit::CostPerDay,
+    Limit::CostPerWeek,
+    Limit::CostPerMonth,
+    Limit::CostTotal,
 ];
 
 /// One entry of `"limits"`.
@@ -113,10 +189,14 @@ pub struct Rule {
     pub key: Field,
     /// Which models.
     pub model: Field,
-    /// `requestsPerMinute`, `tokensPerMinute`, `tokensPerDay`, `tokensPerMonth` (counter order).
-    pub windowed: [Option<u64>; 4],
+    /// `requestsPerMinute`, `tokensPerMinute`, `tokensPerDay`, `tokensPerMonth`, then
+    /// `costPerDay`, `costPerWeek`, `costPerMonth`, `costTotal` in micro-units (counter order).
+    pub windowed: [Option<u64>; 8],
     /// `concurrent`.
     pub concurrent: Option<u64>,
+    /// `warnAt`: the share of each cost budget past which a subject is warned about, in
+    /// millionths (900000 for 0.9).
+    pub warn_at: Option<u64>,
 }
 
 impl Rule {
@@ -169,16 +249,25 @@ impl Rule {
             Limit::TokensPerMinute => self.windowed[1],
             Limit::TokensPerDay => self.windowed[2],
             Limit::TokensPerMonth => self.windowed[3],
+            Limit::CostPerDay => self.windowed[4],
+            Limit::CostPerWeek => self.windowed[5],
+            Limit::CostPerMonth => self.windowed[6],
+            Limit::CostTotal => self.windowed[7],
             Limit::Concurrent => self.concurrent,
         }
     }
 
+    /// True when the rule sets a cost budget.
+    pub fn has_cost(&self) -> bool {
+        self.windowed[FIRST_COST..].iter().any(Option::is_some)
+    }
+
     /// The rule in words as a 429 words it, every limit it sets:
     /// `limits[0] (each user) allows 20 requests per minute, 200000 tokens per day`.
-    pub fn in_words(&self, index: usize) -> String {
+    pub fn in_words(&self, index: usize, currency: &str) -> String {
         let limits: Vec<String> = ALL_LIMITS
             .iter()
-            .filter_map(|l| self.limit(*l).map(|n| format!("{} {}", n, l.describe())))
+            .filter_map(|l| self.limit(*l).map(|n| l.amount(n, currency)))
             .collect();
         format!(
             "limits[{}] ({}) allows {}",
@@ -258,7 +347,8 @@ fn parse_rule(v: &Value, at: &str) -> Result<Rule, RuleError> {
             ),
         )
     })?;
-    let fields: Vec<&str> = std::iter::once("match")
+    let fields: Vec<&str> = ["match", "warnAt"]
+        .into_iter()
         .chain(ALL_LIMITS.iter().map(|l| l.field()))
         .collect();
     unknown_field(obj, &fields, at)?;
@@ -266,19 +356,32 @@ fn parse_rule(v: &Value, at: &str) -> Result<Rule, RuleError> {
         None | Some(Value::Null) => (Field::Any, Field::Any, Field::Any),
         Some(m) => parse_match(m, &format!("{}.match", at))?,
     };
-    let limit = |kind: Limit| number(obj.get(kind.field()), &format!("{}.{}", at, kind.field()));
+    let limit = |kind: Limit| {
+        let here = format!("{}.{}", at, kind.field());
+        if kind.is_cost() {
+            money(obj.get(kind.field()), &here)
+        } else {
+            number(obj.get(kind.field()), &here)
+        }
+    };
+    let mut windowed = [None; 8];
+    for (slot, kind) in windowed.iter_mut().zip(WINDOWED) {
+        *slot = limit(kind)?;
+    }
     let rule = Rule {
         user,
         key,
         model,
-        windowed: [
-            limit(Limit::RequestsPerMinute)?,
-            limit(Limit::TokensPerMinute)?,
-            limit(Limit::TokensPerDay)?,
-            limit(Limit::TokensPerMonth)?,
-        ],
+        windowed,
         concurrent: limit(Limit::Concurrent)?,
+        warn_at: share(obj.get("warnAt"), &format!("{}.warnAt", at))?,
     };
+    if rule.warn_at.is_some() && !rule.has_cost() {
+        return Err(err(
+            format!("{}.warnAt", at),
+            "warns about cost budgets, and the rule sets none (costPerDay, costPerWeek, costPerMonth or costTotal)",
+        ));
+    }
     if ALL_LIMITS.iter().all(|l| rule.limit(*l).is_none()) {
         let names: Vec<&str> = ALL_LIMITS.iter().map(|l| l.field()).collect();
         return Err(err(
@@ -340,6 +443,47 @@ fn number(v: Option<&Value>, at: &str) -> Result<Option<u64>, RuleError> {
     }
 }
 
+/// A cost budget: a positive amount of the configured currency, kept in micro-units.
+fn money(v: Option<&Value>, at: &str) -> Result<Option<u64>, RuleError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let micros = v
+        .as_f64()
+        .filter(|x| x.is_finite() && *x > 0.0 && *x <= MAX_MONEY)
+        .map(|x| (x * MICROS as f64).round() as u64)
+        .filter(|m| *m >= 1);
+    micros.map(Some).ok_or_else(|| {
+        err(
+            at.to_string(),
+            format!(
+                "expected an amount of the currency from 0.000001 to {} (e.g. 20 or 0.5), got {}",
+                MAX_MONEY,
+                describe(v)
+            ),
+        )
+    })
+}
+
+/// `warnAt`: a share above 0, at most 1, in millionths.
+fn share(v: Option<&Value>, at: &str) -> Result<Option<u64>, RuleError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    v.as_f64()
+        .filter(|x| *x > 0.0 && *x <= 1.0)
+        .map(|x| Some(((x * MICROS as f64).round() as u64).max(1)))
+        .ok_or_else(|| {
+            err(
+                at.to_string(),
+                format!(
+                    "expected a share of the budget above 0 and at most 1 (e.g. 0.9), got {}",
+                    describe(v)
+                ),
+            )
+        })
+}
+
 /// The config's rule for unknown fields (`_` comments allowed), with its "did you mean".
 fn unknown_field(obj: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), RuleError> {
     match obj
@@ -391,8 +535,18 @@ mod tests {
                 user: Field::Each,
                 key: Field::Only("openwebui".into()),
                 model: Field::Only("gpt-4o".into()),
-                windowed: [Some(20), Some(40000), Some(200000), Some(3000000)],
+                windowed: [
+                    Some(20),
+                    Some(40000),
+                    Some(200000),
+                    Some(3000000),
+                    None,
+                    None,
+                    None,
+                    None
+                ],
                 concurrent: Some(4),
+                warn_at: None,
             }]
         );
         assert_eq!(
@@ -400,7 +554,7 @@ mod tests {
             "each user, key \"openwebui\", model \"gpt-4o\""
         );
         assert_eq!(
-            rules[0].in_words(3),
+            rules[0].in_words(3, "USD"),
             "limits[3] (each user, key \"openwebui\", model \"gpt-4o\") allows 20 requests per minute, \
              40000 tokens per minute, 200000 tokens per day, 3000000 tokens per month, 4 concurrent requests"
         );
@@ -528,6 +682,90 @@ mod tests {
         let sneaky = subject("ann|m=m1", "k", "x");
         assert_eq!(rules[3].bucket(&sneaky), "u=ann%7Cm=m1|m=x");
         assert_ne!(rules[0].bucket(&sneaky), rules[3].bucket(&ann));
+    }
+
+    #[test]
+    fn cost_budgets_are_micro_units_and_warn_at_a_share() {
+        let rules = parse_rules(&json!([{
+            "match": {"user": "*"}, "costPerDay": 1.5, "costPerWeek": 5, "costPerMonth": 20,
+            "costTotal": 0.000001, "warnAt": 0.9
+        }]))
+        .unwrap();
+        assert_eq!(
+            rules[0].windowed[FIRST_COST..],
+            [Some(1_500_000), Some(5_000_000), Some(20_000_000), Some(1)]
+        );
+        assert_eq!(rules[0].warn_at, Some(900_000));
+        assert_eq!(
+            rules[0].in_words(0, "EUR"),
+            "limits[0] (each user) allows 1.50 EUR per day, 5.00 EUR per week, \
+             20.00 EUR per month, 0.000001 EUR in total"
+        );
+        assert_eq!(format_money(310_000), "0.31");
+        assert_eq!(format_money(4_500), "0.0045");
+        assert_eq!(format_money(20_000_000), "20.00");
+        assert_eq!(Limit::CostTotal.code(), "insufficient_quota");
+    }
+
+    #[test]
+    fn cost_budget_mistakes_are_load_errors_naming_the_field() {
+        let cases = [
+            (
+                json!([{"costPerDay": -1}]),
+                "limits[0].costPerDay",
+                "got -1",
+            ),
+            (
+                json!([{"costPerMonth": "20"}]),
+                "limits[0].costPerMonth",
+                "got \"20\"",
+            ),
+            (
+                json!([{"costTotal": 0}]),
+                "limits[0].costTotal",
+                "from 0.000001",
+            ),
+            (
+                json!([{"costTotal": 0.0000001}]),
+                "limits[0].costTotal",
+                "got 1e-7",
+            ),
+            (
+                json!([{"costPerWeek": 2e9}]),
+                "limits[0].costPerWeek",
+                "got 2000000000",
+            ),
+            (
+                json!([{"costPerMonht": 20}]),
+                "limits[0].costPerMonht",
+                "did you mean \"costPerMonth\"?",
+            ),
+            (
+                json!([{"costPerDay": 1, "warnAt": 1.5}]),
+                "limits[0].warnAt",
+                "above 0 and at most 1 (e.g. 0.9), got 1.5",
+            ),
+            (
+                json!([{"costPerDay": 1, "warnAt": 0}]),
+                "limits[0].warnAt",
+                "got 0",
+            ),
+            (
+                json!([{"costPerDay": 1, "warnAt": "90%"}]),
+                "limits[0].warnAt",
+                "got \"90%\"",
+            ),
+            (
+                json!([{"tokensPerDay": 1, "warnAt": 0.9}]),
+                "limits[0].warnAt",
+                "the rule sets none",
+            ),
+        ];
+        for (v, location, message) in cases {
+            let e = parse_rules(&v).unwrap_err();
+            assert_eq!(e.location, location, "{}", e);
+            assert!(e.message.contains(message), "{}", e);
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn limits_words(p: &PolicySettings) -> Vec<String> {
     p.limits
         .iter()
         .enumerate()
-        .map(|(i, r)| r.in_words(i))
+        .map(|(i, r)| r.in_words(i, &p.currency))
         .collect()
 }
 

@@ -15,6 +15,7 @@ use admission::backend_gate;
 use identity::jwt;
 use limits::{preflight, quota, store, subject};
 
+pub use accounting::cost::worst_case;
 pub use accounting::cost::Charge;
 pub use accounting::{query, usage_command};
 pub use backend_gate::{Permit, Priority, Unserved};
@@ -23,7 +24,7 @@ pub use preflight::preflight;
 pub use totals::Query;
 
 use crate::clock;
-use crate::config::{FailureMode, PolicySettings, Pricing, Rule};
+use crate::config::{FailureMode, Limit, PolicySettings, Pricing, Rule};
 use crate::http::api_error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
@@ -51,6 +52,7 @@ pub struct Policy {
 struct QuotaState {
     rules: Vec<Rule>,
     failure: FailureMode,
+    currency: String,
     max_tracked: usize,
     quotas: Arc<Quotas>,
 }
@@ -114,6 +116,9 @@ pub struct Asked<'a> {
     pub model: &'a str,
     /// The completion tokens it may use (the largest max tokens field, else the default).
     pub max_tokens: u64,
+    /// What it may cost at most, in micro-units, from the prompt estimate and `max_tokens` at
+    /// the prices of the dearest backend that may serve it; `None` when one has no price.
+    pub max_cost: Option<u64>,
 }
 
 /// How a request ended, for the ledger.
@@ -175,13 +180,24 @@ impl Policy {
             settings.limits.clone(),
             store,
             settings.limits_store_failure,
-        );
+        )
+        .with_currency(&settings.currency);
         let now = (clock::now_ms() / 1000) as u64;
+        // A prepaid balance that a restart forgets would be spent again: fail closed.
+        let kept = settings.limits_store.is_some()
+            || settings
+                .usage_log
+                .as_ref()
+                .is_some_and(|p| p.as_path() != std::path::Path::new(crate::config::STDOUT_LEDGER));
+        if quotas.has_total() && !kept {
+            return Err("limits: costTotal (a prepaid budget that never resets) needs usageLog (a file, read back at start) or store (Redis); without either a restart would forget what was spent".into());
+        }
         let ledger = match &settings.usage_log {
             None => None,
             Some(path) => {
                 // The lock first: a second process on this ledger stops here, before reading.
                 let ledger = Ledger::open(path, settings.usage_log_max_bytes)?;
+                ledger.keep_all(quotas.has_total());
                 let stdout = path == std::path::Path::new(crate::config::STDOUT_LEDGER);
                 if stdout && !quotas.is_empty() && settings.limits_store.is_none() {
                     log::warn!(
@@ -190,7 +206,7 @@ impl Policy {
                 }
                 // Redis keeps its own counters; only local ones are rebuilt.
                 if !quotas.is_empty() && settings.limits_store.is_none() && !stdout {
-                    let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now)?;
+                    let (read, skipped) = limits::seed_quotas(&ledger, &quotas, now, settled_cost)?;
                     if skipped > 0 {
                         log::warn!(
                             "usage ledger {}: {} unreadable lines skipped",
@@ -199,7 +215,7 @@ impl Policy {
                         );
                     }
                     log::info!(
-                        "usage ledger {}: {} requests of this month read for the limits",
+                        "usage ledger {}: {} requests of the open windows read for the limits",
                         path.display(),
                         read
                     );
@@ -213,6 +229,7 @@ impl Policy {
             quotas: Mutex::new(QuotaState {
                 rules: settings.limits.clone(),
                 failure: settings.limits_store_failure,
+                currency: settings.currency.clone(),
                 max_tracked: settings.limits_max_tracked,
                 quotas: Arc::new(quotas),
             }),
@@ -223,11 +240,24 @@ impl Policy {
     /// The quotas for these settings: the same counters, with rules a reload changed.
     fn quotas(&self, settings: &PolicySettings) -> Arc<Quotas> {
         let mut st = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-        if st.rules != settings.limits || st.failure != settings.limits_store_failure {
+        if st.rules != settings.limits
+            || st.failure != settings.limits_store_failure
+            || st.currency != settings.currency
+        {
+            if let Some(l) = &self.ledger {
+                l.keep_all(
+                    settings
+                        .limits
+                        .iter()
+                        .any(|r| r.limit(Limit::CostTotal).is_some()),
+                );
+            }
             st.quotas = Arc::new(
                 st.quotas
-                    .reloaded(settings.limits.clone(), settings.limits_store_failure),
+                    .reloaded(settings.limits.clone(), settings.limits_store_failure)
+                    .with_currency(&settings.currency),
             );
+            st.currency = settings.currency.clone();
             st.rules = settings.limits.clone();
             st.failure = settings.limits_store_failure;
         }
@@ -290,6 +320,10 @@ impl Policy {
             let estimate = (asked.prompt_bytes as u64)
                 .div_ceil(4)
                 .saturating_add(asked.max_tokens);
+            let estimate = quota::Estimate {
+                tokens: estimate,
+                cost: asked.max_cost,
+            };
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
                     let headers = quota::ratelimit_headers(r.status());
@@ -298,6 +332,10 @@ impl Policy {
                 Err(quota::Refusal::Limited(d)) => {
                     metrics.limit_refusal(d.limit);
                     let mut e = ApiError::rate_limited(d.code, d.message, d.retry_after_secs);
+                    if d.retry_after_secs == 0 {
+                        // A prepaid budget never resets: no time would help.
+                        e.headers.retain(|(n, _)| *n != "Retry-After");
+                    }
                     // OpenAI sends its x-ratelimit-* headers on 429s too: as the store judged
                     // the request, read again only for a refusal the store was not asked about.
                     let status = match d.status {
@@ -319,6 +357,12 @@ impl Policy {
                          (limitsMaxTracked) and cannot count a new one; retry after the time in Retry-After.",
                         max
                     );
+                    return Err(e);
+                }
+                Err(quota::Refusal::Unpriced { message }) => {
+                    metrics.limit_refusal("unpriced");
+                    let mut e = ApiError::invalid_request(message).with_code("model_unpriced");
+                    e.status = 403;
                     return Err(e);
                 }
                 Err(quota::Refusal::Unavailable { retry_after_secs }) => {
@@ -352,19 +396,31 @@ impl Policy {
         out
     }
 
-    /// The remaining budgets of the rules that match `user` (by user only), for `/usage`.
+    /// The remaining budgets of the rules that match `user` (by user only), for `/usage`: a
+    /// cost budget in the currency (6-decimal strings, as costs are), with what was spent
+    /// (settled and reserved) in its window.
     pub fn budgets(&self, settings: &PolicySettings, user: &str) -> serde_json::Value {
         let quotas = self.quotas(settings);
         let now = (clock::now_ms() / 1000) as u64;
         let status = quotas
             .status(&subject(user, "", ""), now)
             .unwrap_or_default();
+        // The one text form of money, as the ledger and the usage totals write it.
+        let money = crate::money::format;
         let rows: Vec<serde_json::Value> = status
             .iter()
             .flat_map(|s| {
-                s.budgets.iter().map(move |b| {
-                    serde_json::json!({"rule": s.rule, "limit": b.kind.name(), "max": b.limit,
-                                       "remaining": b.remaining, "reset_secs": b.reset_secs})
+                s.budgets.iter().map(|b| {
+                    if b.kind.is_cost() {
+                        serde_json::json!({"rule": s.rule, "limit": b.kind.name(),
+                                           "currency": quotas.currency(), "max": money(b.limit),
+                                           "spent": money(b.spent),
+                                           "remaining": money(b.remaining),
+                                           "reset_secs": b.reset_secs})
+                    } else {
+                        serde_json::json!({"rule": s.rule, "limit": b.kind.name(), "max": b.limit,
+                                           "remaining": b.remaining, "reset_secs": b.reset_secs})
+                    }
                 })
             })
             .collect();
@@ -428,8 +484,18 @@ impl Policy {
         let quotas = self.live_quotas();
         let shared = shared_usage(&quotas, &entry);
         match reservation {
-            // Nothing was used (a refusal, a failed backend): the estimate is given back.
-            Some(r) => r.finish(Some(usage.total()).filter(|&n| n > 0), shared.as_ref()),
+            Some(r) => {
+                // Nothing was used (a refusal, a failed backend): the estimate is given back.
+                let used = Some(usage.total())
+                    .filter(|&n| n > 0)
+                    .map(|n| quota::Charge {
+                        tokens: n,
+                        cost: settled_cost(&entry),
+                    });
+                let user = per_user.map(|max| (entry.user.as_str(), max));
+                let warnings = r.finish(used, shared.as_ref());
+                warn_budgets(&warnings, &entry.currency, user, metrics);
+            }
             None => {
                 if let Some(u) = &shared {
                     quotas.add_usage(u);
@@ -569,6 +635,37 @@ pub fn usage_from_store(url: &str, q: &Query, json: bool) -> Result<String, Stri
 }
 
 pub use accounting::REFUSED;
+
+/// What a finished request cost, in micro-units, for its cost budgets (0 when unpriced: such
+/// a request was only admitted where no cost budget applies).
+fn settled_cost(entry: &Entry) -> u64 {
+    entry.cost.unwrap_or(0)
+}
+
+/// Logs and counts the cost budgets a request passed the `warnAt` of (each once per window and
+/// subject): the hook for an alert. `per_user`: the user and `metrics.maxUsers` under
+/// `metrics.perUser`.
+fn warn_budgets(
+    warnings: &[quota::Warning],
+    currency: &str,
+    per_user: Option<(&str, usize)>,
+    metrics: &Metrics,
+) {
+    for w in warnings {
+        log::warn!(
+            "limits[{}]: {:?} has spent {} {} of its budget of {} {} {} ({}%, past warnAt)",
+            w.rule,
+            w.subject,
+            crate::config::format_money(w.spent),
+            currency,
+            crate::config::format_money(w.limit),
+            currency,
+            w.kind.describe(),
+            (u128::from(w.spent) * 100 / u128::from(w.limit.max(1)))
+        );
+        metrics.budget_warning(w.rule, w.kind.window(), per_user);
+    }
+}
 
 /// Claude Code's background requests (titles, summaries, compaction of a long conversation):
 /// served after everything else, as Open WebUI's tasks are.

@@ -10,6 +10,7 @@ mod messages;
 mod outbound;
 mod select;
 mod translation;
+mod worst_cost;
 
 use translation::Translation;
 
@@ -146,6 +147,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         prompt_bytes: inbound.body.len(),
         model: &inbound.model,
         max_tokens,
+        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens),
     };
     let admission = match ctx
         .policy

@@ -206,6 +206,8 @@ pub struct Ledger {
     /// `<usageLog>.lock`, held for the life of the process: one writer per ledger.
     _lock: Option<File>,
     last_warning_ms: AtomicI64,
+    /// Never delete a rotated file: a `costTotal` budget is the sum of every line.
+    keep_all: std::sync::atomic::AtomicBool,
 }
 
 /// The file lines are appended to, its size, and which file it is (device, inode).
@@ -228,6 +230,7 @@ impl Ledger {
                 file: Mutex::new(None),
                 _lock: None,
                 last_warning_ms: AtomicI64::new(i64::MIN),
+                keep_all: std::sync::atomic::AtomicBool::new(false),
             });
         }
         let lock = lock_writer(path)?;
@@ -239,7 +242,14 @@ impl Ledger {
             file: Mutex::new(Some(file)),
             _lock: lock,
             last_warning_ms: AtomicI64::new(i64::MIN),
+            keep_all: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Keeps every rotated file from now on (`true`: a rule has a `costTotal`, whose spend is
+    /// read back from every line at start), or only those of open windows.
+    pub fn keep_all(&self, keep: bool) {
+        self.keep_all.store(keep, Ordering::Relaxed);
     }
 
     /// Appends one entry: one `write` of the whole line, rotating first when the file would
@@ -294,7 +304,12 @@ impl Ledger {
             .is_some_and(|o| o.size > 0 && o.size + line.len() as u64 > self.max_bytes);
         if needs_rotation {
             *slot = None;
-            rotate(&self.path, clock::now_ms().div_euclid(1000))?;
+            let now = match self.keep_all.load(Ordering::Relaxed) {
+                // Nothing was last written before the epoch: no file is old enough to go.
+                true => 0,
+                false => clock::now_ms().div_euclid(1000),
+            };
+            rotate(&self.path, now)?;
             *slot = Some(open_append(&self.path)?);
         }
         let o = slot.as_mut().ok_or("ledger not open")?;
@@ -373,11 +388,15 @@ fn open_append(path: &Path) -> Result<Open, String> {
 }
 
 /// `usage.jsonl` → `.1` → `.2` → …: the first `KEEP` rotated files are always kept, and an
-/// older one only while it may hold a line of the current UTC month (its last write is in it),
-/// so no budget window still open ever loses its history, whatever `usageLogMaxBytes` is.
+/// older one only while it may hold a line of the current UTC month or week (its last write is
+/// in it), so no budget window still open ever loses its history, whatever `usageLogMaxBytes`
+/// is. `now_secs` 0 keeps every file.
 fn rotate(path: &Path, now_secs: i64) -> Result<(), String> {
-    let (y, m, _) = clock::civil_from_days(now_secs.div_euclid(86_400));
-    let month_start = clock::days_from_civil(y, m, 1) * 86_400;
+    let today = now_secs.div_euclid(86_400);
+    let (y, m, _) = clock::civil_from_days(today);
+    // 1970-01-01 was a Thursday: weeks start three days before the day numbers' multiples of 7.
+    let monday = today - (today + 3).rem_euclid(7);
+    let month_start = clock::days_from_civil(y, m, 1).min(monday) * 86_400;
     let n = rotated_count(path);
     // Files are numbered by age: the first one written before this month, and every older
     // one, go.
@@ -679,6 +698,42 @@ mod tests {
         assert_eq!(text(1).as_deref(), Some("next"));
         assert_eq!(text(3).as_deref(), Some("1"));
         assert_eq!((text(4), text(5)), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rotation_keeps_a_week_begun_last_month_and_everything_when_told() {
+        let dir = std::env::temp_dir().join(format!("mm-ledger-week-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.jsonl");
+        // Saturday 2027-01-02; its week began on Monday 2026-12-28.
+        let jan1 = 1_798_761_600u64;
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let write = |i: usize, secs: u64| {
+            let p = numbered(&path, i);
+            std::fs::write(&p, format!("{}", i)).unwrap();
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(at(secs))
+                .unwrap();
+        };
+        for i in 1..=3 {
+            write(i, jan1 + 3600);
+        }
+        write(4, jan1 - 2 * 86_400); // Wednesday 2026-12-30: this week
+        write(5, jan1 - 5 * 86_400); // Sunday 2026-12-27: last week
+        std::fs::write(&path, "live").unwrap();
+        rotate(&path, (jan1 + 86_400 + 43_200) as i64).unwrap();
+        let text = |i| std::fs::read_to_string(numbered(&path, i)).ok();
+        assert_eq!(text(5).as_deref(), Some("4"));
+        assert_eq!(text(6), None);
+        // Keeping everything (now 0): nothing goes, whatever its age.
+        std::fs::write(&path, "again").unwrap();
+        rotate(&path, 0).unwrap();
+        assert_eq!(text(6).as_deref(), Some("4"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

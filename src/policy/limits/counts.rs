@@ -1,15 +1,28 @@
 //! What a limits store is asked and answers, shared by the local and the Redis store: a bucket's
-//! four counters (in the order of `rules::WINDOWED`: requests this minute, tokens this minute,
-//! tokens today, tokens this month), the asks, the outcomes and the error.
+//! eight counters (in the order of `rules::WINDOWED`: requests this minute, tokens this minute,
+//! tokens today, tokens this month, then cost today, this week, this month and in total, in
+//! micro-units), the asks, the outcomes and the error.
 
 use crate::policy::limits::windows::{Span, Windows};
 use std::fmt;
 
-/// The four counters of one bucket, in `rules::WINDOWED` order.
-pub type Counts = [u64; 4];
+/// Counters per bucket.
+pub const N: usize = 8;
+
+/// The counters of one bucket, in `rules::WINDOWED` order.
+pub type Counts = [u64; N];
 
 /// The window each counter is kept over.
-pub const SPANS: [Span; 4] = [Span::Minute, Span::Minute, Span::Day, Span::Month];
+pub const SPANS: [Span; N] = [
+    Span::Minute,
+    Span::Minute,
+    Span::Day,
+    Span::Month,
+    Span::Day,
+    Span::Week,
+    Span::Month,
+    Span::Total,
+];
 
 /// One bucket to check and, if every bucket fits, add to; `limits` are the smallest of the
 /// rules that share the bucket (`None`: unlimited).
@@ -18,7 +31,7 @@ pub struct Ask {
     /// The bucket name from `Rule::bucket`.
     pub bucket: String,
     /// Per counter, the limit the bucket must stay within.
-    pub limits: [Option<u64>; 4],
+    pub limits: [Option<u64>; N],
 }
 
 /// The answer to a reservation: whether it was recorded, and the counts it was judged on.
@@ -81,8 +94,8 @@ pub struct Settle<'a> {
     pub buckets: &'a [String],
     /// The windows it was counted in.
     pub windows: Windows,
-    /// Tokens to add (negative: give back).
-    pub delta: i64,
+    /// Tokens and cost to add (negative: give back).
+    pub delta: Delta,
     /// Take back its request from the minute counter.
     pub unrequest: bool,
 }
@@ -97,13 +110,74 @@ impl fmt::Display for StoreError {
     }
 }
 
-/// What one request adds to each counter.
-pub fn increments(tokens: u64) -> Counts {
-    [1, tokens, tokens, tokens]
+/// What one request, its tokens and its cost (micro-units) are, counted: what a store adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charge {
+    /// Prompt plus completion tokens.
+    pub tokens: u64,
+    /// Micro-units of the currency.
+    pub cost: u64,
 }
 
-/// Whether one more request with `tokens` fits within `limits` on top of `used`.
-pub fn fits(used: &Counts, limits: &[Option<u64>; 4], tokens: u64) -> bool {
-    let add = increments(tokens);
-    (0..4).all(|i| limits[i].is_none_or(|l| used[i].saturating_add(add[i]) <= l))
+/// Tokens only, at no cost.
+impl From<u64> for Charge {
+    fn from(tokens: u64) -> Charge {
+        Charge { tokens, cost: 0 }
+    }
+}
+
+/// What one request adds to each counter.
+pub fn increments(c: Charge) -> Counts {
+    let (t, m) = (c.tokens, c.cost);
+    [1, t, t, t, m, m, m, m]
+}
+
+/// Whether one more request with this charge fits within `limits` on top of `used`. A request
+/// that costs nothing (a model priced 0) passes the cost limits even of an overspent budget.
+pub fn fits(used: &Counts, limits: &[Option<u64>; N], c: Charge) -> bool {
+    let add = increments(c);
+    (0..N).all(|i| {
+        limits[i].is_none_or(|l| used[i].saturating_add(add[i]) <= l || (i >= 4 && add[i] == 0))
+    })
+}
+
+/// A correction to a reservation's tokens and cost (negative: given back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delta {
+    /// Tokens.
+    pub tokens: i64,
+    /// Micro-units.
+    pub cost: i64,
+}
+
+/// Tokens only.
+impl From<i64> for Delta {
+    fn from(tokens: i64) -> Delta {
+        Delta { tokens, cost: 0 }
+    }
+}
+
+impl Delta {
+    /// From what was reserved to what was used.
+    pub fn between(reserved: Charge, used: Charge) -> Delta {
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Delta {
+            tokens: signed(used.tokens).saturating_sub(signed(reserved.tokens)),
+            cost: signed(used.cost).saturating_sub(signed(reserved.cost)),
+        }
+    }
+
+    /// True when nothing changes.
+    pub fn is_zero(&self) -> bool {
+        self.tokens == 0 && self.cost == 0
+    }
+
+    /// The change of counter `i` (the request counter never changes).
+    pub fn of(&self, i: usize) -> i64 {
+        match i {
+            0 => 0,
+            1..=3 => self.tokens,
+            _ => self.cost,
+        }
+    }
 }

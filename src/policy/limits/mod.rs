@@ -14,47 +14,59 @@ pub mod windows;
 
 use crate::clock;
 use crate::config::Subject;
-use crate::policy::accounting::ledger::Ledger;
-use quota::Quotas;
+use crate::policy::accounting::ledger::{Entry, Ledger};
+use quota::{Charge, Quotas};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use windows::Windows;
 
-/// Rebuilds the local quota counters from this month's ledger lines; returns the lines counted
-/// and skipped. Lines are summed first by subject and by which of now's windows (minute, day,
-/// month) they fall in, then recorded once per sum: memory by subjects, not lines, and one
-/// rule lookup per sum rather than per line.
-pub fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, usize), String> {
-    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
-    let month = clock::days_from_civil(y, m, 1);
+/// Rebuilds the local quota counters from the ledger lines of every window still open (this
+/// month's and this week's, or every line when a rule has a `costTotal`, a budget that never
+/// resets); returns the lines counted and skipped. Lines are summed first by subject and by which
+/// of now's windows they fall in, then recorded once per sum: memory by subjects, not lines,
+/// and one rule lookup per sum rather than per line.
+pub fn seed_quotas(
+    ledger: &Ledger,
+    quotas: &Quotas,
+    now: u64,
+    cost_of: impl Fn(&Entry) -> u64,
+) -> Result<(u64, usize), String> {
+    let since = (!quotas.has_total()).then(|| oldest_open_day(now));
     let w = Windows::at(now);
-    // (user, key, model, same minute, same day, same month) → (tokens, a line's time, lines)
-    type Cell = (String, String, String, [bool; 3]);
-    let mut sums: HashMap<Cell, (u64, u64, u64)> = HashMap::new();
+    // (user, key, model, same minute, same day, same week, same month)
+    //   → (tokens, cost, a line's time, lines)
+    type Cell = (String, String, String, [bool; 4]);
+    let mut sums: HashMap<Cell, (u64, u64, u64, u64)> = HashMap::new();
     let mut read = 0u64;
-    let skipped =
-        crate::policy::accounting::ledger::scan(ledger.sources()?, Some(month), None, |e| {
-            read += 1;
-            // A refusal never counted against a limit.
-            if e.outcome == crate::policy::accounting::REFUSED {
-                return;
-            }
-            let Some(ts) = clock::parse_rfc3339_secs(&e.ts) else {
-                return;
-            };
-            let ts = ts as u64;
-            let at = Windows::at(ts);
-            let same = [at.minute == w.minute, at.day == w.day, at.month == w.month];
-            let tokens = e.usage.prompt.saturating_add(e.usage.completion);
-            let sum = sums
-                .entry((e.user, e.key, e.model, same))
-                .or_insert((0, ts, 0));
-            sum.0 = sum.0.saturating_add(tokens);
-            sum.2 += 1;
-        })?;
-    for ((user, key, model, same), (tokens, ts, lines)) in sums {
+    let skipped = crate::policy::accounting::ledger::scan(ledger.sources()?, since, None, |e| {
+        read += 1;
+        // A refusal never counted against a limit.
+        if e.outcome == crate::policy::accounting::REFUSED {
+            return;
+        }
+        let Some(ts) = clock::parse_rfc3339_secs(&e.ts) else {
+            return;
+        };
+        let ts = ts as u64;
+        let at = Windows::at(ts);
+        let same = [
+            at.minute == w.minute,
+            at.day == w.day,
+            at.week == w.week,
+            at.month == w.month,
+        ];
+        let tokens = e.usage.prompt.saturating_add(e.usage.completion);
+        let cost = cost_of(&e);
+        let sum = sums
+            .entry((e.user, e.key, e.model, same))
+            .or_insert((0, 0, ts, 0));
+        sum.0 = sum.0.saturating_add(tokens);
+        sum.1 = sum.1.saturating_add(cost);
+        sum.3 += 1;
+    })?;
+    for ((user, key, model, same), (tokens, cost, ts, lines)) in sums {
         let s = subject(&user, &key, &model);
-        quotas.record_past(&s, tokens, ts, now);
+        quotas.record_past(&s, Charge { tokens, cost }, ts, now);
         // Requests are counted per minute only: each line of this minute is one.
         if same[0] {
             for _ in 1..lines {
@@ -63,6 +75,15 @@ pub fn seed_quotas(ledger: &Ledger, quotas: &Quotas, now: u64) -> Result<(u64, u
         }
     }
     Ok((read, skipped))
+}
+
+/// The first day of the oldest window still open at `now` other than the total: the month's
+/// first, or the week's Monday when the week began last month.
+pub fn oldest_open_day(now: u64) -> i64 {
+    let (y, m, _) = clock::civil_from_days((now / 86_400) as i64);
+    let month = clock::days_from_civil(y, m, 1);
+    let monday = (windows::window_end(windows::Span::Week, now) / 86_400) as i64 - 7;
+    month.min(monday)
 }
 
 /// The quota subject of a request.

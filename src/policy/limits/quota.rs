@@ -15,25 +15,51 @@
 //! - While the store fails or its breaker keeps requests off it, `limitsStoreFailure` decides:
 //!   admitted open, a request reserves nothing and is never charged; a reservation whose answer
 //!   was lost is taken back by the store (`redis_store`), so the two never disagree.
+//! - A cost budget counts money in micro-units, reserved at the worst case (the prompt estimate
+//!   at the input price plus the max tokens at the output price, of the dearest backend that may
+//!   serve it) and settled to the actual cost. A request under a cost budget whose cost cannot
+//!   be computed (a backend without a price) is refused: an unpriced request would otherwise be
+//!   unlimited spend.
 
-use crate::config::{FailureMode, Limit, Rule, Subject, WINDOWED};
-pub use crate::policy::limits::reservation::Reservation;
-use crate::policy::limits::reservation::{Held, Shared};
+use crate::config::{format_money, FailureMode, Limit, Rule, Subject, FIRST_COST, WINDOWED};
+use crate::policy::limits::reservation::{Held, Shared, Watch};
+pub use crate::policy::limits::reservation::{Reservation, Warning};
 pub use crate::policy::limits::status::{
     format_reset, ratelimit_headers, Budget, Denied, Refusal, RuleStatus,
 };
+pub use crate::policy::limits::store::Charge;
 use crate::policy::limits::store::{
-    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, SPANS,
+    increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, N, SPANS,
 };
-use crate::policy::limits::windows::reset_secs;
+use crate::policy::limits::windows::{reset_secs, window_end, Span};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+
+/// What a request may use at most, reserved at admission: its tokens, and its cost at the
+/// prices of the backends that may serve it (`None`: some of them have no price, so a cost
+/// budget cannot count it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Prompt estimate plus max tokens.
+    pub tokens: u64,
+    /// Micro-units of the currency, the worst case; `None` when unpriced.
+    pub cost: Option<u64>,
+}
+
+/// Tokens only, and no price: enough for rules without a cost budget.
+impl From<u64> for Estimate {
+    fn from(tokens: u64) -> Estimate {
+        Estimate { tokens, cost: None }
+    }
+}
 
 /// The rules, the store and the in-flight counts of one process.
 #[derive(Debug)]
 pub struct Quotas {
     rules: Vec<Rule>,
     failure: FailureMode,
+    /// The currency cost budgets are in, for messages.
+    currency: String,
     shared: Arc<Shared>,
 }
 
@@ -47,7 +73,7 @@ struct Plan {
 struct PlanBucket {
     name: String,
     /// The smallest windowed limits of the rules sharing the bucket.
-    limits: [Option<u64>; 4],
+    limits: [Option<u64>; N],
     concurrent: bool,
 }
 
@@ -64,12 +90,20 @@ impl Quotas {
         Quotas {
             rules,
             failure,
+            currency: "USD".to_string(),
             shared: Arc::new(Shared {
                 store,
                 inflight: Mutex::default(),
                 logged_minute: AtomicU64::new(u64::MAX),
+                warned: Mutex::default(),
             }),
         }
+    }
+
+    /// The same, with cost budgets in `currency` (`"currency"` of the config; USD by default).
+    pub fn with_currency(mut self, currency: &str) -> Quotas {
+        self.currency = currency.to_string();
+        self
     }
 
     /// New rules after a config reload, keeping the counters, in-flight counts and failure
@@ -78,8 +112,16 @@ impl Quotas {
         Quotas {
             rules,
             failure,
+            currency: self.currency.clone(),
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// True when a rule sets `costTotal`: its spend is the whole ledger's, not this month's.
+    pub fn has_total(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.limit(Limit::CostTotal).is_some())
     }
 
     /// True when there are no rules (nothing to check or report).
@@ -117,14 +159,14 @@ impl Quotas {
                 None => {
                     plan.buckets.push(PlanBucket {
                         name,
-                        limits: [None; 4],
+                        limits: [None; N],
                         concurrent: false,
                     });
                     plan.buckets.len() - 1
                 }
             };
             let b = &mut plan.buckets[bi];
-            for i in 0..4 {
+            for i in 0..N {
                 b.limits[i] = min_limit(b.limits[i], rule.windowed[i]);
             }
             b.concurrent |= rule.concurrent.is_some();
@@ -133,15 +175,27 @@ impl Quotas {
         plan
     }
 
-    /// Admits a request that may use up to `estimated_tokens` (prompt plus max tokens): counts
-    /// it and reserves the tokens in every window of every matching rule, or in none.
+    /// Admits a request that may use up to `estimate` (prompt plus max tokens, and their worst
+    /// cost): counts it and reserves them in every window of every matching rule, or in none.
     pub fn reserve(
         &self,
         s: &Subject,
-        estimated_tokens: u64,
+        estimate: impl Into<Estimate>,
         now: u64,
     ) -> Result<Reservation, Refusal> {
+        let estimate = estimate.into();
         let plan = self.plan(s);
+        if estimate.cost.is_none() {
+            if let Some(&(ri, _)) = plan.rules.iter().find(|(ri, _)| self.rules[*ri].has_cost()) {
+                return Err(Refusal::Unpriced {
+                    message: self.unpriced(ri, &s.model),
+                });
+            }
+        }
+        let charge = Charge {
+            tokens: estimate.tokens,
+            cost: estimate.cost.unwrap_or(0),
+        };
         let mut r = Reservation {
             shared: Arc::clone(&self.shared),
             inflight: Vec::new(),
@@ -183,18 +237,19 @@ impl Quotas {
         if asks.is_empty() {
             return Ok(r);
         }
-        match self.shared.store.reserve(&asks, estimated_tokens, now) {
+        match self.shared.store.reserve(&asks, charge, now) {
             Ok(o) if o.admitted => {
-                r.status = self.status_after(&plan, &ask_of, &o, Some(estimated_tokens));
+                r.status = self.status_after(&plan, &ask_of, &o, Some(charge));
                 r.held = Some(Held {
+                    watch: self.watch(&plan, &ask_of, &o),
                     buckets: asks.into_iter().map(|a| a.bucket).collect(),
                     windows: o.windows,
-                    estimate: estimated_tokens,
+                    estimate: charge,
                 });
                 Ok(r)
             }
             Ok(o) => {
-                let mut d = self.explain(&plan, &ask_of, &o, estimated_tokens);
+                let mut d = self.explain(&plan, &ask_of, &o, charge);
                 d.status = Some(self.status_after(&plan, &ask_of, &o, None));
                 Err(Refusal::Limited(d))
             }
@@ -230,24 +285,19 @@ impl Quotas {
         plan: &Plan,
         ask_of: &[Option<usize>],
         o: &Outcome,
-        added: Option<u64>,
+        added: Option<Charge>,
     ) -> Vec<RuleStatus> {
-        let add = added.map_or([0; 4], increments);
+        let add = added.map_or([0; N], increments);
         let mut out = Vec::new();
         for &(ri, bi) in &plan.rules {
             let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
                 continue;
             };
-            let budgets: Vec<Budget> = (0..4)
-                .filter_map(|i| {
-                    self.rules[ri].windowed[i].map(|limit| Budget {
-                        kind: WINDOWED[i],
-                        limit,
-                        remaining: limit.saturating_sub(used[i].saturating_add(add[i])),
-                        reset_secs: reset_secs(SPANS[i], o.now),
-                    })
-                })
-                .collect();
+            let mut after = *used;
+            for i in 0..N {
+                after[i] = after[i].saturating_add(add[i]);
+            }
+            let budgets = self.budgets(ri, &after, o.now);
             if !budgets.is_empty() {
                 out.push(RuleStatus { rule: ri, budgets });
             }
@@ -255,30 +305,86 @@ impl Quotas {
         out
     }
 
+    /// Rule `ri`'s budgets with `used` counted.
+    fn budgets(&self, ri: usize, used: &[u64; N], now: u64) -> Vec<Budget> {
+        (0..N)
+            .filter_map(|i| {
+                self.rules[ri].windowed[i].map(|limit| Budget {
+                    kind: WINDOWED[i],
+                    limit,
+                    spent: used[i],
+                    remaining: limit.saturating_sub(used[i]),
+                    reset_secs: resets(SPANS[i], now),
+                })
+            })
+            .collect()
+    }
+
+    /// The cost budgets with a `warnAt` this reservation may pass: for each, the threshold and
+    /// what was spent (settled and reserved) before it.
+    fn watch(&self, plan: &Plan, ask_of: &[Option<usize>], o: &Outcome) -> Vec<Watch> {
+        let mut out = Vec::new();
+        for &(ri, bi) in &plan.rules {
+            let rule = &self.rules[ri];
+            let (Some(share), Some(used)) =
+                (rule.warn_at, ask_of[bi].and_then(|ai| o.before.get(ai)))
+            else {
+                continue;
+            };
+            for i in FIRST_COST..N {
+                let Some(limit) = rule.windowed[i] else {
+                    continue;
+                };
+                let threshold = u64::try_from(u128::from(limit) * u128::from(share) / 1_000_000)
+                    .unwrap_or(u64::MAX);
+                out.push(Watch {
+                    key: format!("{}#{}#{}", plan.buckets[bi].name, ri, i),
+                    bucket: plan.buckets[bi].name.clone(),
+                    rule: ri,
+                    kind: WINDOWED[i],
+                    window: o.windows.of(SPANS[i]),
+                    threshold,
+                    before: used[i],
+                    limit,
+                });
+            }
+        }
+        out
+    }
+
     /// Which rule refused: of all the limits that would be exceeded, the one that lasts
     /// longest, since the request cannot pass before that one resets.
-    fn explain(&self, plan: &Plan, ask_of: &[Option<usize>], o: &Outcome, tokens: u64) -> Denied {
-        let add = increments(tokens);
-        let mut worst: Option<(usize, Limit, u64)> = None;
+    fn explain(&self, plan: &Plan, ask_of: &[Option<usize>], o: &Outcome, c: Charge) -> Denied {
+        let add = increments(c);
+        let mut worst: Option<(usize, usize, u64)> = None;
         for &(ri, bi) in &plan.rules {
             let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
                 continue;
             };
-            for i in 0..4 {
+            for i in 0..N {
                 let Some(limit) = self.rules[ri].windowed[i] else {
                     continue;
                 };
-                if used[i].saturating_add(add[i]) <= limit {
+                if used[i].saturating_add(add[i]) <= limit || (i >= FIRST_COST && add[i] == 0) {
                     continue;
                 }
-                let retry = reset_secs(SPANS[i], o.now);
-                if worst.is_none_or(|(_, _, r)| retry > r) {
-                    worst = Some((ri, WINDOWED[i], retry));
+                let end = window_end(SPANS[i], o.now);
+                if worst.is_none_or(|(_, _, e)| end > e) {
+                    worst = Some((ri, i, end));
                 }
             }
         }
         match worst {
-            Some((ri, kind, retry)) => self.denied(ri, kind, retry, Some(tokens)),
+            Some((ri, i, _)) if WINDOWED[i].is_cost() => {
+                let used = ask_of[plan.rules.iter().find(|r| r.0 == ri).map_or(0, |r| r.1)]
+                    .and_then(|ai| o.before.get(ai))
+                    .map_or(0, |u| u[i]);
+                self.over_budget(ri, WINDOWED[i], used, c.cost, o.now)
+            }
+            Some((ri, i, end)) => {
+                let retry = end.saturating_sub(o.now).max(1);
+                self.denied(ri, WINDOWED[i], retry, Some(c.tokens))
+            }
             // The store refused on counts no rule objects to: only a store answering
             // inconsistently gets here. Name the first rule rather than admit.
             None => {
@@ -287,6 +393,65 @@ impl Quotas {
                 self.denied(ri, Limit::RequestsPerMinute, retry, None)
             }
         }
+    }
+
+    /// A cost budget's refusal: the budget, what is left and what this request may cost, in
+    /// the currency; `Retry-After` to the window's end, none for a budget that never resets.
+    fn over_budget(&self, ri: usize, kind: Limit, used: u64, cost: u64, now: u64) -> Denied {
+        let rule = self.rules.get(ri);
+        let limit = rule.and_then(|r| r.limit(kind)).unwrap_or(0);
+        let scope = rule.map(|r| r.scope()).unwrap_or_default();
+        let money = |m: u64| format!("{} {}", format_money(m), self.currency);
+        let span = SPANS[WINDOWED.iter().position(|k| *k == kind).unwrap_or(N - 1)];
+        let head = format!(
+            "Budget exceeded: limits[{}] ({}) has a budget of {} {}",
+            ri,
+            scope,
+            money(limit),
+            kind.describe()
+        );
+        let asks = format!(
+            "this request may cost up to {} (its prompt and max_tokens at the model's prices)",
+            money(cost)
+        );
+        let message = match resets(span, now) {
+            _ if cost > limit => format!("{}, and {}; lower max_tokens.", head, asks),
+            Some(secs) => format!(
+                "{}, {} left, and {}; it resets at {}.",
+                head,
+                money(limit.saturating_sub(used)),
+                asks,
+                crate::clock::rfc3339(now.saturating_add(secs) as i64 * 1000).replace(".000Z", "Z")
+            ),
+            None => format!(
+                "{}, {} left, and {}; it does not reset.",
+                head,
+                money(limit.saturating_sub(used)),
+                asks
+            ),
+        };
+        Denied {
+            rule: ri,
+            limit: kind.name(),
+            retry_after_secs: resets(span, now).unwrap_or(0),
+            code: kind.code(),
+            message,
+            status: None,
+        }
+    }
+
+    /// Why a request under a cost budget is refused when its model has no price.
+    fn unpriced(&self, ri: usize, model: &str) -> String {
+        let scope = self.rules.get(ri).map(|r| r.scope()).unwrap_or_default();
+        format!(
+            "limits[{}] ({}) is a budget in {}, and model \"{}\" has no price, so what it \
+             costs cannot be counted; the operator must give its backends a \"pricing\" \
+             (0 to make it free).",
+            ri,
+            scope,
+            self.currency,
+            crate::http::api_error::clip(model, 200)
+        )
     }
 
     fn denied(&self, ri: usize, kind: Limit, retry: u64, tokens: Option<u64>) -> Denied {
@@ -354,16 +519,7 @@ impl Quotas {
         let mut out = Vec::new();
         for &&(ri, bi) in &windowed {
             let used = snap.counts.get(bi).copied().unwrap_or_default();
-            let budgets = (0..4)
-                .filter_map(|i| {
-                    self.rules[ri].windowed[i].map(|limit| Budget {
-                        kind: WINDOWED[i],
-                        limit,
-                        remaining: limit.saturating_sub(used[i]),
-                        reset_secs: reset_secs(SPANS[i], snap.now),
-                    })
-                })
-                .collect();
+            let budgets = self.budgets(ri, &used, snap.now);
             out.push(RuleStatus { rule: ri, budgets });
         }
         Ok(out)
@@ -389,9 +545,15 @@ impl Quotas {
         self.shared.store.tracked().is_none()
     }
 
+    /// The currency of the cost budgets.
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
     /// Seeds the counters with a request from the usage ledger (`ts`: when it finished) so a
     /// restart keeps today's and this month's spending; windows already over are skipped.
-    pub fn record_past(&self, s: &Subject, tokens: u64, ts: u64, now: u64) {
+    pub fn record_past(&self, s: &Subject, used: impl Into<Charge>, ts: u64, now: u64) {
+        let used = used.into();
         let plan = self.plan(s);
         let asks: Vec<Ask> = plan
             .buckets
@@ -403,9 +565,14 @@ impl Quotas {
             })
             .collect();
         if !asks.is_empty() {
-            self.shared.store.record(&asks, tokens, ts, now);
+            self.shared.store.record(&asks, used, ts, now);
         }
     }
+}
+
+/// Seconds until the `span` window resets; `None` for a budget that never does.
+fn resets(span: Span, now: u64) -> Option<u64> {
+    (span != Span::Total).then(|| reset_secs(span, now))
 }
 
 #[cfg(test)]

@@ -287,14 +287,16 @@ fn status_and_headers() {
             Budget {
                 kind: Limit::RequestsPerMinute,
                 limit: 20,
+                spent: 1,
                 remaining: 19,
-                reset_secs: 50
+                reset_secs: Some(50)
             },
             Budget {
                 kind: Limit::TokensPerMinute,
                 limit: 40000,
+                spent: 600,
                 remaining: 39400,
-                reset_secs: 50
+                reset_secs: Some(50)
             }
         ]
     );
@@ -382,4 +384,150 @@ fn failure_mode_parses_and_store_failures_log_once_a_minute() {
     assert!(first_in_minute(&last, 100));
     assert!(!first_in_minute(&last, 100));
     assert!(first_in_minute(&last, 101));
+}
+
+fn priced(tokens: u64, cost: u64) -> Estimate {
+    Estimate {
+        tokens,
+        cost: Some(cost),
+    }
+}
+
+fn paid(tokens: u64, cost: u64) -> Charge {
+    Charge { tokens, cost }
+}
+
+#[test]
+fn a_cost_budget_reserves_the_worst_case_and_settles_to_the_cost() {
+    let q = quotas(json!([{"match": {"user": "*"}, "costPerDay": 1, "warnAt": 0.5}]))
+        .with_currency("EUR");
+    let ann = who("ann", "k", "m");
+    let r = q.reserve(&ann, priced(100, 700_000), NOON).unwrap();
+    // 0.7 reserved: 0.31 more does not fit until the reservation settles.
+    let d = denied(q.reserve(&ann, priced(1, 310_000), NOON + 1));
+    assert_eq!(
+        (d.rule, d.limit, d.code, d.retry_after_secs),
+        (0, "cost_per_day", "insufficient_quota", 12 * 3600 - 1)
+    );
+    assert_eq!(
+        d.message,
+        "Budget exceeded: limits[0] (each user) has a budget of 1.00 EUR per day, 0.30 EUR left, \
+         and this request may cost up to 0.31 EUR (its prompt and max_tokens at the model's \
+         prices); it resets at 2024-03-15T00:00:00Z."
+    );
+    assert_eq!(
+        r.settle(paid(50, 200_000)),
+        vec![],
+        "0.2 of 1.0: below warnAt"
+    );
+    let st = q.status(&ann, NOON + 2).unwrap();
+    assert_eq!(
+        (st[0].budgets[0].spent, st[0].budgets[0].remaining),
+        (200_000, 800_000)
+    );
+    let r = q.reserve(&ann, priced(1, 310_000), NOON + 3).unwrap();
+    let warned = r.settle(paid(1, 300_000));
+    assert_eq!(
+        warned,
+        vec![Warning {
+            subject: "u=ann".into(),
+            rule: 0,
+            kind: Limit::CostPerDay,
+            spent: 500_000,
+            limit: 1_000_000
+        }]
+    );
+    // Once per window: not again today, again tomorrow.
+    let again = q.reserve(&ann, priced(1, 1), NOON + 4).unwrap();
+    assert_eq!(again.settle(paid(1, 1)), vec![]);
+    let tomorrow = q.reserve(&ann, priced(1, 600_000), NOON + 86_400).unwrap();
+    assert_eq!(tomorrow.settle(paid(1, 600_000)).len(), 1);
+    // A released reservation costs nothing.
+    q.reserve(&ann, priced(1, 400_000), NOON + 86_401)
+        .unwrap()
+        .release();
+    let d = denied(q.reserve(&ann, priced(1, 2_000_000), NOON + 86_402));
+    assert!(
+        d.message.ends_with(
+            "this request may cost up to 2.00 EUR (its prompt and max_tokens at the model's \
+             prices); lower max_tokens."
+        ),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn a_total_budget_never_resets_and_says_so() {
+    let q = quotas(json!([{"match": {"key": "*"}, "costTotal": 5}]));
+    let s = who("ann", "family", "m");
+    q.reserve(&s, priced(1, 4_990_000), NOON)
+        .unwrap()
+        .settle(paid(1, 4_990_000));
+    let d = denied(q.reserve(&s, priced(1, 20_000), NOON + 40 * 86_400));
+    assert_eq!((d.limit, d.retry_after_secs), ("cost_total", 0));
+    assert_eq!(
+        d.message,
+        "Budget exceeded: limits[0] (each key) has a budget of 5.00 USD in total, 0.01 USD left, \
+         and this request may cost up to 0.02 USD (its prompt and max_tokens at the model's \
+         prices); it does not reset."
+    );
+    let st = q.status(&s, NOON + 40 * 86_400).unwrap();
+    assert_eq!(st[0].budgets[0].reset_secs, None);
+    assert!(
+        ratelimit_headers(&st).is_empty(),
+        "money has no OpenAI header"
+    );
+}
+
+#[test]
+fn an_unpriced_model_under_a_cost_budget_is_refused_and_others_are_not() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "tokensPerDay": 1000},
+        {"match": {"model": "gpt"}, "costPerMonth": 20}
+    ]));
+    match q.reserve(&who("ann", "k", "gpt"), 10, NOON) {
+        Err(Refusal::Unpriced { message }) => assert_eq!(
+            message,
+            "limits[1] (model \"gpt\") is a budget in USD, and model \"gpt\" has no price, so \
+             what it costs cannot be counted; the operator must give its backends a \"pricing\" \
+             (0 to make it free)."
+        ),
+        other => panic!("{:?}", other),
+    }
+    // Nothing was counted for the refusal; a model no cost rule covers needs no price.
+    q.reserve(&who("ann", "k", "llama"), 10, NOON)
+        .unwrap()
+        .settle(10);
+    let st = q.status(&who("ann", "k", "gpt"), NOON).unwrap();
+    assert_eq!(st[0].budgets[0].spent, 10);
+    q.reserve(&who("ann", "k", "gpt"), priced(10, 0), NOON)
+        .unwrap()
+        .settle(paid(10, 0));
+}
+
+#[test]
+fn record_past_restores_cost_windows() {
+    let q = quotas(json!([{"match": {"user": "*"}, "costPerWeek": 1, "costTotal": 2}]));
+    let s = who("ann", "k", "m");
+    // NOON is a Thursday: Monday's spend counts this week, last Sunday's only in total.
+    q.record_past(&s, paid(5, 400_000), NOON - 3 * 86_400, NOON);
+    q.record_past(&s, paid(5, 900_000), NOON - 4 * 86_400, NOON);
+    let st = q.status(&s, NOON).unwrap();
+    let spent: Vec<u64> = st[0].budgets.iter().map(|b| b.spent).collect();
+    assert_eq!(spent, vec![400_000, 1_300_000]);
+}
+
+#[test]
+fn a_free_request_passes_an_overspent_cost_budget() {
+    let q = quotas(json!([{"match": {"user": "*"}, "costPerDay": 1}]));
+    let ann = who("ann", "k", "m");
+    // A backend that wrote past max_tokens overspent the budget.
+    q.reserve(&ann, priced(10, 900_000), NOON)
+        .unwrap()
+        .settle(paid(10, 1_200_000));
+    denied(q.reserve(&ann, priced(1, 1), NOON + 1));
+    q.reserve(&ann, priced(1, 0), NOON + 2)
+        .unwrap()
+        .settle(paid(1, 0));
 }

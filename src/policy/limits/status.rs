@@ -8,14 +8,16 @@ use crate::config::Limit;
 pub struct Denied {
     /// Index of the rule in `"limits"`.
     pub rule: usize,
-    /// `requests_per_minute`, `tokens_per_minute`, `tokens_per_day`, `tokens_per_month` or
-    /// `concurrent`.
+    /// `requests_per_minute`, `tokens_per_minute`, `tokens_per_day`, `tokens_per_month`,
+    /// `concurrent`, `cost_per_day`, `cost_per_week`, `cost_per_month` or `cost_total`.
     pub limit: &'static str,
-    /// Seconds until the window resets (1 for `concurrent`); at least 1.
+    /// Seconds until the window resets (1 for `concurrent`); at least 1, except 0 for a
+    /// `costTotal` budget, which never resets (no `Retry-After`).
     pub retry_after_secs: u64,
     /// OpenAI error code: `rate_limit_exceeded` or `insufficient_quota`.
     pub code: &'static str,
-    /// For the client: the rule and what it limits, never anyone's usage.
+    /// For the client: the rule and what it limits; never anyone's usage, except what is left
+    /// of a cost budget (the budget's spend is what the client is told to plan with).
     pub message: String,
     /// The windowed budgets as the store judged the request (nothing of it added), for the
     /// 429's `x-ratelimit-*` headers without reading them again; `None` when the store was not
@@ -28,6 +30,12 @@ pub struct Denied {
 pub enum Refusal {
     /// A rule's limit would be exceeded: answer 429.
     Limited(Denied),
+    /// A rule with a cost budget matches and the request's cost cannot be computed (its model
+    /// has a backend without a price): answer 403, since it would be unlimited spend.
+    Unpriced {
+        /// For the client: the rule and the model.
+        message: String,
+    },
     /// The limits store is unreachable and `limitsStoreFailure` is `closed`: answer 503.
     Unavailable {
         /// Seconds before trying again is worthwhile.
@@ -49,15 +57,18 @@ pub enum Refusal {
 pub struct Budget {
     /// Which kind of limit.
     pub kind: Limit,
-    /// The configured limit.
+    /// The configured limit (micro-units for a cost budget).
     pub limit: u64,
+    /// What is used (settled and reserved) in the current window.
+    pub spent: u64,
     /// What is left in the current window.
     pub remaining: u64,
-    /// Seconds until the window resets.
-    pub reset_secs: u64,
+    /// Seconds until the window resets; `None` for `costTotal`, which never does.
+    pub reset_secs: Option<u64>,
 }
 
 /// The windowed budgets of one matching rule (`concurrent` is not a budget and is left out).
+/// A rule's budgets are in `RequestsPerMinute` .. `CostTotal` order, only those it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleStatus {
     /// Index of the rule in `"limits"`.
@@ -71,23 +82,30 @@ pub struct RuleStatus {
 /// with the least remaining (on a tie, the one that resets last). Token budgets of every window
 /// compete, since a day budget can bind before a minute one.
 pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)> {
+    // Money has no OpenAI header: cost budgets are in `/usage` and the 429's message.
     let pick = |tokens: bool| {
         statuses
             .iter()
             .flat_map(|s| s.budgets.iter())
-            .filter(|b| (b.kind != Limit::RequestsPerMinute) == tokens)
+            .filter(|b| !b.kind.is_cost() && (b.kind != Limit::RequestsPerMinute) == tokens)
             .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
     };
     let mut out = Vec::new();
     if let Some(b) = pick(false) {
         out.push(("x-ratelimit-limit-requests", b.limit.to_string()));
         out.push(("x-ratelimit-remaining-requests", b.remaining.to_string()));
-        out.push(("x-ratelimit-reset-requests", format_reset(b.reset_secs)));
+        out.push((
+            "x-ratelimit-reset-requests",
+            format_reset(b.reset_secs.unwrap_or(0)),
+        ));
     }
     if let Some(b) = pick(true) {
         out.push(("x-ratelimit-limit-tokens", b.limit.to_string()));
         out.push(("x-ratelimit-remaining-tokens", b.remaining.to_string()));
-        out.push(("x-ratelimit-reset-tokens", format_reset(b.reset_secs)));
+        out.push((
+            "x-ratelimit-reset-tokens",
+            format_reset(b.reset_secs.unwrap_or(0)),
+        ));
     }
     out
 }

@@ -1,4 +1,4 @@
-//! Fixed UTC windows (minute, day, month) computed from unix time, so every replica and every
+//! Fixed UTC windows (minute, day, week, month, and the endless one of a prepaid budget) computed from unix time, so every replica and every
 //! restart agrees on where a window starts; no date crate, just the civil-calendar arithmetic.
 
 const DAY: u64 = 86_400;
@@ -10,6 +10,8 @@ pub struct Windows {
     pub minute: u64,
     /// Days since 1970-01-01.
     pub day: u64,
+    /// Weeks (Monday to Sunday) since the one holding 1970-01-01, a Thursday.
+    pub week: u64,
     /// `year * 12 + month - 1` of the UTC date.
     pub month: u64,
 }
@@ -21,9 +23,16 @@ pub enum Span {
     Minute,
     /// One UTC day.
     Day,
+    /// One UTC week, Monday 00:00 to Sunday 24:00.
+    Week,
     /// One UTC calendar month.
     Month,
+    /// Forever: a prepaid budget's one window, number 0, that never ends.
+    Total,
 }
+
+/// 1970-01-01 was a Thursday: three days after the Monday its week started on.
+const WEEK_SHIFT: u64 = 3;
 
 impl Windows {
     /// The windows containing unix time `now`.
@@ -33,6 +42,7 @@ impl Windows {
         Windows {
             minute: now / 60,
             day,
+            week: (day + WEEK_SHIFT) / 7,
             month: month_number(y, m),
         }
     }
@@ -42,16 +52,20 @@ impl Windows {
         match span {
             Span::Minute => self.minute,
             Span::Day => self.day,
+            Span::Week => self.week,
             Span::Month => self.month,
+            Span::Total => 0,
         }
     }
 }
 
-/// Unix time at which the `span` window containing `now` ends.
+/// Unix time at which the `span` window containing `now` ends (`u64::MAX` for `Total`).
 pub fn window_end(span: Span, now: u64) -> u64 {
     match span {
         Span::Minute => (now / 60 + 1) * 60,
         Span::Day => (now / DAY + 1) * DAY,
+        Span::Week => ((now / DAY + WEEK_SHIFT) / 7 + 1) * 7 * DAY - WEEK_SHIFT * DAY,
+        Span::Total => u64::MAX,
         Span::Month => {
             let (y, m, _) = civil_from_days((now / DAY) as i64);
             let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
@@ -105,8 +119,10 @@ mod tests {
     fn span(l: Limit) -> Option<Span> {
         match l {
             Limit::RequestsPerMinute | Limit::TokensPerMinute => Some(Span::Minute),
-            Limit::TokensPerDay => Some(Span::Day),
-            Limit::TokensPerMonth => Some(Span::Month),
+            Limit::TokensPerDay | Limit::CostPerDay => Some(Span::Day),
+            Limit::CostPerWeek => Some(Span::Week),
+            Limit::TokensPerMonth | Limit::CostPerMonth => Some(Span::Month),
+            Limit::CostTotal => Some(Span::Total),
             Limit::Concurrent => None,
         }
     }
@@ -192,6 +208,27 @@ mod tests {
         assert_eq!(feb29.month, 2024 * 12 + 1);
         assert_eq!(mar1.month, feb29.month + 1);
         assert_eq!(mar1.day, feb29.day + 1);
+    }
+
+    #[test]
+    fn weeks_run_monday_to_sunday() {
+        // 2024-12-29 is a Sunday, 2024-12-30 a Monday.
+        let sunday = Windows::at(t(2024, 12, 29, 23, 59, 59));
+        let monday = Windows::at(t(2024, 12, 30, 0, 0, 0));
+        assert_eq!(monday.week, sunday.week + 1);
+        assert_eq!(Windows::at(t(2025, 1, 5, 23, 59, 59)).week, monday.week);
+        assert_eq!(Windows::at(t(2025, 1, 6, 0, 0, 0)).week, monday.week + 1);
+        assert_eq!(
+            window_end(Span::Week, t(2025, 1, 1, 12, 0, 0)),
+            t(2025, 1, 6, 0, 0, 0)
+        );
+        assert_eq!(
+            window_end(Span::Week, t(2024, 12, 30, 0, 0, 0)),
+            t(2025, 1, 6, 0, 0, 0)
+        );
+        assert_eq!(window_end(Span::Week, 0), t(1970, 1, 5, 0, 0, 0));
+        assert_eq!(Windows::at(t(2025, 1, 1, 0, 0, 0)).of(Span::Total), 0);
+        assert_eq!(window_end(Span::Total, 5), u64::MAX);
     }
 
     #[test]
