@@ -132,7 +132,8 @@ fn spans_follow_a_request_from_the_caller_into_the_backend() {
     });
     let cfg = json!({"endpoints": {
         "llama": {"url": backend.url(), "apiKey": "sk-backend-secret-1",
-                  "actualModelName": "llama-70b", "providerName": "vllm"},
+                  "actualModelName": "llama-70b", "providerName": "vllm",
+                  "pricing": {"input": 1, "output": 2}},
         "pair": {"backends": [{"url": dead_url(), "weight": 1000}, {"url": backend.url()}],
                  "actualModelName": "pair-real"}
     }});
@@ -213,6 +214,21 @@ fn spans_follow_a_request_from_the_caller_into_the_backend() {
     assert_eq!(client["kind"], CLIENT);
     assert_eq!(client["traceId"], server["traceId"]);
     assert_eq!(client["name"], "chat llama-70b");
+    // The cost the ledger records (1 and 2 per 1M tokens: 1 and 2 micro-units a token), in
+    // the ledger's text; unpriced requests carry none.
+    let tokens = |k: &str| attr(client, k).as_u64().expect(k);
+    let micros = tokens("gen_ai.usage.input_tokens") + 2 * tokens("gen_ai.usage.output_tokens");
+    assert_eq!(
+        attr(server, "modelmux.cost"),
+        format!("0.{:06}", micros).as_str()
+    );
+    assert_eq!(attr(server, "modelmux.cost.currency"), "USD");
+    let unpriced = spans
+        .iter()
+        .filter(|s| s["kind"] == SERVER && attr(s, "modelmux.model") == "pair");
+    for s in unpriced {
+        assert!(attr(s, "modelmux.cost").is_null(), "{}", s);
+    }
     assert_eq!(attr(client, "gen_ai.operation.name"), "chat");
     assert_eq!(attr(client, "gen_ai.provider.name"), "vllm");
     assert_eq!(attr(client, "gen_ai.request.model"), "llama-70b");

@@ -230,6 +230,9 @@ impl App {
         });
         if traced {
             let model = summary.model.as_deref().filter(|_| summary.routed);
+            if let Some(c) = &summary.charge {
+                telemetry::server_cost(c.micros, &c.currency);
+            }
             telemetry::server_end(summary.status, model, summary.outcome, summary.refused);
         }
         finish(&meta, &summary, metrics);

@@ -212,6 +212,15 @@ pub fn server_queue_wait(waited: std::time::Duration) {
     }
 }
 
+/// What the request cost (micro-units of `currency`), when its backend has prices: the same
+/// text as the ledger's `cost`, so a trace and a ledger line can be compared exactly.
+pub fn server_cost(micros: u64, currency: &str) {
+    if TRACER.get().is_some() {
+        server_set("modelmux.cost", crate::money::format(micros));
+        server_set("modelmux.cost.currency", currency.to_string());
+    }
+}
+
 /// Closes the SERVER span of this thread's request.
 pub fn server_end(status: u16, model: Option<&str>, outcome: &str, refused: Option<&str>) {
     let Some(tracer) = TRACER.get() else {
