@@ -376,11 +376,10 @@ impl Policy {
             }
             _ => Usage::default(),
         };
-        let entry = self.entry(&admission.identity, done, usage);
-        self.record(&entry, metrics);
+        self.record(&admission.identity, done, usage, metrics);
         if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
             metrics.user(
-                &entry.user,
+                &admission.identity.user,
                 max_users,
                 usage.prompt,
                 usage.completion,
@@ -405,8 +404,7 @@ impl Policy {
     /// token, an unknown model, a quota 429): a ledger line and totals with 0 tokens and
     /// outcome `refused`. Nothing was reserved, so no budget is touched.
     pub fn refused(&self, identity: &Identity, done: &Done, metrics: &Metrics) {
-        let entry = self.entry(identity, done, Usage::default());
-        self.record(&entry, metrics);
+        self.record(identity, done, Usage::default(), metrics);
     }
 
     fn entry(&self, identity: &Identity, done: &Done, usage: Usage) -> Entry {
@@ -427,9 +425,10 @@ impl Policy {
         }
     }
 
-    fn record(&self, entry: &Entry, metrics: &Metrics) {
+    /// The ledger line, built (its time and strings) only when there is a ledger.
+    fn record(&self, identity: &Identity, done: &Done, usage: Usage, metrics: &Metrics) {
         if let Some(l) = &self.ledger {
-            if !l.append(entry) {
+            if !l.append(&self.entry(identity, done, usage)) {
                 metrics.ledger_failure();
             }
         }

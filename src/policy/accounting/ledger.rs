@@ -5,6 +5,7 @@
 //! file. Never message content, never a secret.
 
 use crate::clock;
+use crate::lifecycle::FileWatch;
 use crate::stream::usage::Usage;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,30 +50,62 @@ pub struct Entry {
 
 impl Entry {
     /// The JSON line, without its newline.
+    #[cfg(test)]
     pub fn to_line(&self) -> String {
-        let mut v = serde_json::json!({
-            "ts": self.ts,
-            "request_id": self.request_id,
-            "user": self.user,
-            "key": self.key,
-            "model": self.model,
-            "backend": self.backend,
-            "path": self.path,
-            "status": self.status,
-            "prompt_tokens": self.usage.prompt,
-            "completion_tokens": self.usage.completion,
-            "cached_tokens": self.usage.cached,
-            "reasoning_tokens": self.usage.reasoning,
-            "estimated": self.usage.estimated,
-            "duration_ms": self.duration_ms,
-            "ttfb_ms": self.ttfb_ms,
-            "outcome": self.outcome,
-        });
-        // Only on the lines that have one, after `key`, so other lines keep their bytes.
-        if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
-            m.shift_insert(4, "end_user".into(), label.clone().into());
+        let mut out = Vec::with_capacity(320);
+        self.write_line(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the JSON line (no newline) to `out`, member by member in a fixed order (`end_user`
+    /// only on the lines that have one, after `key`): the bytes `serde_json` writes for the
+    /// same object, without building one (a map, its keys and values) per request.
+    fn write_line(&self, out: &mut Vec<u8>) {
+        let text = |out: &mut Vec<u8>, name: &str, v: Option<&str>| {
+            out.push(if out.is_empty() { b'{' } else { b',' });
+            json_str(out, name);
+            out.push(b':');
+            match v {
+                Some(v) => json_str(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        let num = |out: &mut Vec<u8>, name: &str, v: Option<u64>| {
+            out.push(b',');
+            json_str(out, name);
+            out.push(b':');
+            match v {
+                Some(v) => {
+                    use std::io::Write;
+                    let _ = write!(out, "{}", v);
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        text(out, "ts", Some(&self.ts));
+        text(out, "request_id", Some(&self.request_id));
+        text(out, "user", Some(&self.user));
+        text(out, "key", Some(&self.key));
+        if let Some(label) = &self.end_user {
+            text(out, "end_user", Some(label));
         }
-        v.to_string()
+        text(out, "model", Some(&self.model));
+        text(out, "backend", self.backend.as_deref());
+        text(out, "path", Some(&self.path));
+        num(out, "status", Some(u64::from(self.status)));
+        num(out, "prompt_tokens", Some(self.usage.prompt));
+        num(out, "completion_tokens", Some(self.usage.completion));
+        num(out, "cached_tokens", Some(self.usage.cached));
+        num(out, "reasoning_tokens", Some(self.usage.reasoning));
+        out.extend_from_slice(if self.usage.estimated {
+            b",\"estimated\":true"
+        } else {
+            b",\"estimated\":false"
+        });
+        num(out, "duration_ms", Some(self.duration_ms));
+        num(out, "ttfb_ms", self.ttfb_ms);
+        text(out, "outcome", Some(&self.outcome));
+        out.push(b'}');
     }
 
     /// Reads a line back; `None` for a line that is not one (torn by a full disk, or foreign).
@@ -148,6 +181,12 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
     }
 }
 
+/// A JSON string, escaped as `serde_json` escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a str always serializes.
+    let _ = serde_json::to_writer(out, s);
+}
+
 /// The open ledger file.
 pub struct Ledger {
     path: PathBuf,
@@ -158,11 +197,13 @@ pub struct Ledger {
     last_warning_ms: AtomicI64,
 }
 
-/// The file lines are appended to, its size, and which file it is (device, inode).
+/// The file lines are appended to, its size, which file it is (device, inode), and the watch
+/// that tells when the path may name another file.
 struct Open {
     file: File,
     size: u64,
     id: (u64, u64),
+    watch: Option<FileWatch>,
 }
 
 impl Ledger {
@@ -184,10 +225,11 @@ impl Ledger {
     /// Appends one entry: one `write` of the whole line, rotating first when the file would
     /// pass its size. A failure is logged (at most once a minute), never fatal; false then.
     pub fn append(&self, entry: &Entry) -> bool {
-        let mut line = entry.to_line();
-        line.push('\n');
+        let mut line = Vec::with_capacity(320);
+        entry.write_line(&mut line);
+        line.push(b'\n');
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Err(e) = self.write_locked(&mut guard, line.as_bytes()) else {
+        let Err(e) = self.write_locked(&mut guard, &line) else {
             return true;
         };
         {
@@ -207,11 +249,11 @@ impl Ledger {
 
     fn write_locked(&self, slot: &mut Option<Open>, line: &[u8]) -> Result<(), String> {
         // Someone moved or deleted the file (a logrotate, an operator): lines written to the
-        // open descriptor would land in a file nobody reads, or in none. One `stat` per line.
-        if slot
-            .as_ref()
-            .is_some_and(|o| file_id(&self.path) != Some(o.id))
-        {
+        // open descriptor would land in a file nobody reads, or in none. The path is looked at
+        // when the file's watch fired (every line when there is no watch).
+        if slot.as_ref().is_some_and(|o| {
+            o.watch.as_ref().is_none_or(FileWatch::fired) && file_id(&self.path) != Some(o.id)
+        }) {
             log::warn!(
                 "usage ledger {}: the path no longer names the open file (moved or deleted); reopening it",
                 self.path.display()
@@ -297,7 +339,15 @@ fn open_append(path: &Path) -> Result<Open, String> {
         .metadata()
         .map(|m| (m.len(), (m.dev(), m.ino())))
         .map_err(|e| format!("cannot open usage ledger {}: {}", path.display(), e))?;
-    Ok(Open { file, size, id })
+    // Watched only when the path still names the file just opened: a move in between would
+    // otherwise go unnoticed.
+    let watch = FileWatch::new(path).filter(|_| file_id(path) == Some(id));
+    Ok(Open {
+        file,
+        size,
+        id,
+        watch,
+    })
 }
 
 /// `usage.jsonl` → `.1` → `.2` → …: the first `KEEP` rotated files are always kept, and an
@@ -660,6 +710,58 @@ mod tests {
             r#"{"ts":"2026"#,
         ] {
             assert_eq!(Entry::from_line(bad), None, "{}", bad);
+        }
+    }
+
+    /// The line as the ledger wrote it when it built a `serde_json` object for each: the
+    /// bytes must stay the same (other tools read these files).
+    fn line_from_a_tree(e: &Entry) -> String {
+        let mut v = serde_json::json!({
+            "ts": e.ts,
+            "request_id": e.request_id,
+            "user": e.user,
+            "key": e.key,
+            "model": e.model,
+            "backend": e.backend,
+            "path": e.path,
+            "status": e.status,
+            "prompt_tokens": e.usage.prompt,
+            "completion_tokens": e.usage.completion,
+            "cached_tokens": e.usage.cached,
+            "reasoning_tokens": e.usage.reasoning,
+            "estimated": e.usage.estimated,
+            "duration_ms": e.duration_ms,
+            "ttfb_ms": e.ttfb_ms,
+            "outcome": e.outcome,
+        });
+        if let (Some(label), Some(m)) = (&e.end_user, v.as_object_mut()) {
+            m.shift_insert(4, "end_user".into(), label.clone().into());
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn lines_are_the_bytes_a_json_tree_would_write() {
+        let plain = entry(3);
+        let full = Entry {
+            user: "\"quoted\" \\ \u{7}\n\u{e9}\u{2028}".into(),
+            end_user: Some("end\tuser".into()),
+            backend: Some("b:1".into()),
+            path: "/chat/completions".into(),
+            status: 429,
+            usage: Usage {
+                prompt: u64::MAX,
+                completion: 0,
+                cached: 5,
+                reasoning: 6,
+                estimated: true,
+            },
+            duration_ms: 12,
+            ttfb_ms: Some(7),
+            ..entry(9)
+        };
+        for e in [plain, full] {
+            assert_eq!(e.to_line(), line_from_a_tree(&e));
         }
     }
 }
