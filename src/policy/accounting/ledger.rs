@@ -570,6 +570,36 @@ mod tests {
         }
     }
 
+    /// The watch on the open file notices each way the path can stop naming it, so the
+    /// next line goes to the file the path names now.
+    #[test]
+    fn the_next_line_goes_to_the_file_the_path_names_after_a_move_a_delete_or_a_rename_over_it() {
+        let dir = std::env::temp_dir().join(format!("mm-ledger-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.jsonl");
+        let other = dir.join("other");
+        let ledger = Ledger::open(&path, 1 << 20).unwrap();
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        assert!(ledger.append(&entry(1)));
+        std::fs::rename(&path, &other).unwrap();
+        assert!(ledger.append(&entry(2)));
+        assert_eq!((lines(&path), lines(&other)), (1, 1), "after a move");
+        std::fs::remove_file(&path).unwrap();
+        assert!(ledger.append(&entry(3)));
+        assert_eq!(lines(&path), 1, "after a delete");
+        std::fs::write(&other, "x\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(ledger.append(&entry(4)));
+        assert_eq!(lines(&path), 2, "after a rename over it");
+        // A change of mode fires the watch too, and the path still names the file.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert!(ledger.append(&entry(5)));
+        assert_eq!(lines(&path), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn appends_rotates_and_reads_back_in_order() {
         let dir = std::env::temp_dir().join(format!("mm-ledger-{}", std::process::id()));
