@@ -55,9 +55,11 @@ perf record -q -F 499 --call-graph dwarf,16384 -p "$mm" -o "$out/perf.data" -- s
 wait "$wrk_pid" || true
 grep -E "Requests/sec" "$tmp/wrk.txt" || cat "$tmp/wrk.txt"
 echo
-echo "== user vs kernel samples"
-perf report -i "$out/perf.data" --no-children --sort cpumode --stdio 2>/dev/null | grep -E '^ +[0-9]' || true
+perf report -i "$out/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null \
+  | grep -E '^ +[0-9]' >"$tmp/syms.txt" || true
+echo "== user vs kernel samples (self time; [k] kernel, [.] user)"
+awk '{ p = $1; sub("%", "", p); if ($2 == "[k]") k += p; else u += p }
+     END { printf "kernel %.1f%%, user %.1f%%\n", k, u }' "$tmp/syms.txt"
 echo
 echo "== top functions (self)"
-perf report -i "$out/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null \
-  | grep -E '^ +[0-9]' | head -"${PROFILE_TOP:-40}"
+head -"${PROFILE_TOP:-40}" "$tmp/syms.txt"
