@@ -4,7 +4,7 @@
 # non-streaming rows. Arguments are passed to scripts/bench/bench.py (see its --help), e.g.
 # `./scripts/bench.sh --duration 3 --output -` for a quick look that leaves BENCHMARKS.md alone.
 #
-# Knobs (environment): BENCH_DURATION (seconds per wrk run, default 6), BENCH_CONCURRENCY
+# Knobs (environment): BENCH_DURATION (seconds per wrk run, default 5), BENCH_CONCURRENCY
 # (default 1,16,64), BENCH_STREAMS (default 1000), BENCH_NO_NGINX=1, BENCH_PEERS=1,
 # BENCH_PEERS_INSTALL_TIMEOUT (seconds for the LiteLLM install, default 900).
 set -euo pipefail
@@ -14,6 +14,10 @@ say() { echo "bench: $*" >&2; }
 
 say "building release binary and demo backend"
 cargo build --release --bin modelmux --bin demo_backend
+# The same binary with a counting allocator, for the allocations per request (its own target
+# directory, so the release binary above stays the shipped one).
+say "building the count-allocs binary (target/count-allocs)"
+cargo build --release --features count-allocs --bin modelmux --target-dir target/count-allocs
 
 # wrk drives the load; nginx (Debian's nginx-light) is the peer every row is compared with.
 # The package's own service is not used: bench.py starts nginx with its own config on a free

@@ -33,6 +33,10 @@
 
 #![deny(unsafe_code)]
 
+// The counting allocator of bench builds (`--features count-allocs`); never in a release.
+#[cfg(feature = "count-allocs")]
+#[allow(unsafe_code)]
+mod alloc_count;
 mod backend;
 mod cli;
 mod clock;

@@ -259,3 +259,63 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
         Err(e)
     }
 }
+
+/// Tells, without a system call that walks the path, whether a file opened at a path may no
+/// longer be the one the path names: an inotify watch on the file for a move, a change of its
+/// link count (deleted, or replaced by a rename over it) or its removal. The kernel queues the
+/// event before `rename`/`unlink` returns, so a check after those calls sees it. A `stat` per
+/// check would cost a path walk and, on file systems with fine-grained timestamps, make the
+/// next append update the inode (a journal entry) every time.
+pub struct FileWatch(std::os::fd::OwnedFd);
+
+impl FileWatch {
+    /// Watches the file `path` names now; `None` when inotify is not available (the caller
+    /// then looks at the path itself).
+    #[cfg(target_os = "linux")]
+    pub fn new(path: &std::path::Path) -> Option<FileWatch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: inotify_init1 returns a new descriptor (or -1), owned by the OwnedFd below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is a descriptor we just opened and own from here on.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mask = libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
+        // SAFETY: a NUL-terminated path and a descriptor we own.
+        let wd = unsafe { libc::inotify_add_watch(fd, c_path.as_ptr(), mask) };
+        (wd >= 0).then_some(FileWatch(owned))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn new(_path: &std::path::Path) -> Option<FileWatch> {
+        None
+    }
+
+    /// True when an event came since the last call (or the watch cannot be read): the caller
+    /// looks at the path then. Reads every queued event, without waiting.
+    pub fn fired(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 512];
+        let mut fired = false;
+        loop {
+            // SAFETY: read() into a buffer we own, on a descriptor we own.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                fired = true;
+                continue;
+            }
+            if n == 0 {
+                return true;
+            }
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => fired,
+                std::io::ErrorKind::Interrupted => continue,
+                _ => true,
+            };
+        }
+    }
+}

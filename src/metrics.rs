@@ -35,13 +35,15 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 struct Data {
-    requests: BTreeMap<(String, String, String), u64>,
+    /// By model, backend and status class (nested: a request looks its series up by `&str`
+    /// and allocates a label only the first time it is seen).
+    requests: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
     duration: BTreeMap<String, Histogram>,
     ttfb: BTreeMap<String, Histogram>,
     upstream_errors: BTreeMap<(String, String, String), u64>,
     retries: BTreeMap<(String, String), u64>,
     /// By model, direction and whether the count is an estimate.
-    tokens: BTreeMap<(String, &'static str, bool), u64>,
+    tokens: BTreeMap<String, BTreeMap<(&'static str, bool), u64>>,
     refused: BTreeMap<(u16, &'static str), u64>,
     limit_refusals: BTreeMap<&'static str, u64>,
     /// Cost budgets' `warnAt` passed, by rule index and window.
@@ -95,6 +97,23 @@ impl UserCounts {
     }
 }
 
+/// The value under `key`, inserted (and the key copied) only the first time `key` is seen.
+fn series<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    // Present: inserted just above if it was not (no input reaches this `expect`).
+    map.get_mut(key).expect("the series was just inserted")
+}
+
+/// `2xx` and the like, written into `buf` (no allocation per request).
+fn status_class(status: u16, buf: &mut [u8; 8]) -> &str {
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = std::io::Write::write_fmt(&mut w, format_args!("{}xx", status / 100));
+    let n = w.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("?xx")
+}
+
 /// Process-wide metrics; they survive config reloads.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -132,24 +151,19 @@ impl Metrics {
 
     /// Records a finished request.
     pub fn request(&self, r: &RequestRecord) {
+        let mut class_buf = [0u8; 8];
+        let class = status_class(r.status, &mut class_buf);
         let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        let class = format!("{}xx", r.status / 100);
-        *d.requests
-            .entry((r.model.to_string(), r.backend.to_string(), class))
-            .or_default() += 1;
-        d.duration
-            .entry(r.model.to_string())
-            .or_default()
-            .observe(r.duration.as_secs_f64());
+        let by_backend = series(&mut d.requests, r.model);
+        *series(series(by_backend, r.backend), class) += 1;
+        series(&mut d.duration, r.model).observe(r.duration.as_secs_f64());
         if let Some(t) = r.ttfb {
-            d.ttfb
-                .entry(r.model.to_string())
-                .or_default()
-                .observe(t.as_secs_f64());
+            series(&mut d.ttfb, r.model).observe(t.as_secs_f64());
         }
         if let Some((p, c, est)) = r.tokens {
+            let by_dir = series(&mut d.tokens, r.model);
             for (dir, n) in [("prompt", p), ("completion", c)] {
-                let v = d.tokens.entry((r.model.to_string(), dir, est)).or_default();
+                let v = by_dir.entry((dir, est)).or_default();
                 *v = v.saturating_add(n);
             }
         }
@@ -335,7 +349,12 @@ fn render_traffic(d: &Data, out: &mut String) {
         "counter",
         "Requests answered, by model, backend and status class.",
     );
-    for ((m, b, c), v) in &d.requests {
+    let requests = d.requests.iter().flat_map(|(m, by_backend)| {
+        by_backend
+            .iter()
+            .flat_map(move |(b, by_class)| by_class.iter().map(move |(c, v)| (m, b, c, v)))
+    });
+    for (m, b, c, v) in requests {
         let _ = writeln!(
             out,
             "modelmux_requests_total{{model=\"{}\",backend=\"{}\",status_class=\"{}\"}} {}",
@@ -394,7 +413,11 @@ fn render_traffic(d: &Data, out: &mut String) {
         "counter",
         "Tokens by model and direction, as the ledger records them: reported by backends (estimated=\"false\") or estimated when a backend reported none (estimated=\"true\").",
     );
-    for ((m, dir, est), v) in &d.tokens {
+    let tokens = d
+        .tokens
+        .iter()
+        .flat_map(|(m, by_dir)| by_dir.iter().map(move |((dir, est), v)| (m, dir, est, v)));
+    for (m, dir, est, v) in tokens {
         let _ = writeln!(
             out,
             "modelmux_tokens_total{{model=\"{}\",direction=\"{}\",estimated=\"{}\"}} {}",

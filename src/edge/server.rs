@@ -365,6 +365,8 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             text.push_str(&admin::backend_metrics(&live));
             text.push_str(&app.policy.metrics_text());
             text.push_str(&telemetry::metrics_text());
+            #[cfg(feature = "count-allocs")]
+            text.push_str(&crate::alloc_count::metrics_text());
             let text = text.into_bytes();
             let len = text.len() as u64;
             let response = tiny_http::Response::from_data(text).with_header(

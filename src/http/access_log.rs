@@ -360,10 +360,16 @@ pub fn request_id(client: Option<&str>) -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     // Unique per process and time; not a secret, so no random source is needed.
-    format!(
-        "mm-{:012x}{:04x}{:06x}",
-        t >> 8,
-        pid & 0xffff,
-        n & 0xff_ffff
-    )
+    // Written into a string of its final size (`format!` would grow it twice on the way).
+    let mut id = String::with_capacity(32);
+    let _ = std::fmt::Write::write_fmt(
+        &mut id,
+        format_args!(
+            "mm-{:012x}{:04x}{:06x}",
+            t >> 8,
+            pid & 0xffff,
+            n & 0xff_ffff
+        ),
+    );
+    id
 }

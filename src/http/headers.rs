@@ -4,20 +4,23 @@
 /// Headers never forwarded in either direction (RFC 9110 section 7.6.1 hop-by-hop, plus the
 /// framing and `Host` that modelmux sets itself).
 pub fn is_hop_by_hop(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "trailers"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "http2-settings"
-    ) || n.starts_with("proxy-")
+    // Compared without lowercasing a copy: this runs for every header of every message.
+    const NAMES: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "trailers",
+        "upgrade",
+        "host",
+        "content-length",
+        "http2-settings",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Headers modelmux sets for the backend itself: a configured or forwarded one could
@@ -56,10 +59,20 @@ fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
 
 /// Drops hop-by-hop headers and the ones the message's `Connection` header names.
 pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
+    end_to_end_where(headers, |_| true)
+}
+
+/// The end-to-end headers `keep` accepts, each copied once (only those are).
+fn end_to_end_where(
+    headers: &[(String, String)],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
     let listed = connection_listed(headers);
     headers
         .iter()
-        .filter(|(n, _)| !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)))
+        .filter(|(n, _)| {
+            !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
+        })
         .cloned()
         .collect()
 }
@@ -88,14 +101,15 @@ pub fn from_client(
     streaming: bool,
     forward_user: bool,
 ) -> Vec<(String, String)> {
-    end_to_end(headers)
-        .into_iter()
-        .filter(|(n, _)| !is_reserved(n))
-        // The client's key for modelmux, Anthropic style: never the backend's business.
-        .filter(|(n, _)| !n.eq_ignore_ascii_case("x-api-key"))
-        .filter(|(n, _)| !(streaming && n.eq_ignore_ascii_case("accept-encoding")))
-        .filter(|(n, _)| forward_user || !is_user_identity(n))
-        .collect()
+    // Dropped: reserved names, the client's key for modelmux Anthropic style (never the
+    // backend's business), and the two that depend on the request and endpoint.
+    let dropped = |n: &str| {
+        is_reserved(n)
+            || n.eq_ignore_ascii_case("x-api-key")
+            || (streaming && n.eq_ignore_ascii_case("accept-encoding"))
+            || (!forward_user && is_user_identity(n))
+    };
+    end_to_end_where(headers, |n| !dropped(n))
 }
 
 #[cfg(test)]

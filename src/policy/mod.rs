@@ -459,30 +459,36 @@ impl Policy {
             _ => Usage::default(),
         };
         let charge = done.price.map(|p| Charge::of(p, &usage, done.currency));
-        let mut entry = self.entry(&admission.identity, done, usage);
-        if let Some(c) = &charge {
-            entry.cost = Some(c.micros);
-            entry.currency = c.currency.clone();
+        let quotas = self.live_quotas();
+        // Built (its time and strings) only when a ledger or the shared store takes it.
+        let entry = (self.ledger.is_some() || quotas.shared_store()).then(|| {
+            let mut entry = self.entry(&admission.identity, done, usage);
+            if let Some(c) = &charge {
+                entry.cost = Some(c.micros);
+                entry.currency = c.currency.clone();
+            }
+            entry
+        });
+        if let Some(entry) = &entry {
+            self.record(entry, metrics);
         }
-        self.record(&entry, metrics);
         if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
             metrics.user(
-                &entry.user,
+                &admission.identity.user,
                 max_users,
                 usage.prompt,
                 usage.completion,
                 usage.estimated,
             );
             if let Some(c) = &charge {
-                metrics.user_cost(&entry.user, max_users, c.micros, &c.currency);
+                metrics.user_cost(&admission.identity.user, max_users, c.micros, &c.currency);
             }
         }
         let reservation = admission
             .reservation
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
-        let quotas = self.live_quotas();
-        let shared = shared_usage(&quotas, &entry);
+        let shared = entry.as_ref().and_then(|e| shared_usage(&quotas, e));
         match reservation {
             Some(r) => {
                 // Nothing was used (a refusal, a failed backend): the estimate is given back.
@@ -490,11 +496,12 @@ impl Policy {
                     .filter(|&n| n > 0)
                     .map(|n| quota::Charge {
                         tokens: n,
-                        cost: settled_cost(&entry),
+                        cost: charge.as_ref().map_or(0, |c| c.micros),
                     });
-                let user = per_user.map(|max| (entry.user.as_str(), max));
+                let user = per_user.map(|max| (admission.identity.user.as_str(), max));
                 let warnings = r.finish(used, shared.as_ref());
-                warn_budgets(&warnings, &entry.currency, user, metrics);
+                let currency = charge.as_ref().map_or("", |c| c.currency.as_str());
+                warn_budgets(&warnings, currency, user, metrics);
             }
             None => {
                 if let Some(u) = &shared {
@@ -509,9 +516,13 @@ impl Policy {
     /// token, an unknown model, a quota 429): a ledger line and totals with 0 tokens and
     /// outcome `refused`. Nothing was reserved, so no budget is touched.
     pub fn refused(&self, identity: &Identity, done: &Done, metrics: &Metrics) {
+        let quotas = self.live_quotas();
+        // Built (its time and strings) only when a ledger or the shared store takes it.
+        if self.ledger.is_none() && !quotas.shared_store() {
+            return;
+        }
         let entry = self.entry(identity, done, Usage::default());
         self.record(&entry, metrics);
-        let quotas = self.live_quotas();
         if let Some(u) = shared_usage(&quotas, &entry) {
             quotas.add_usage(&u);
         }

@@ -140,10 +140,20 @@ fn sanitize_reason(reason: &str) -> String {
 
 /// Every header of the backend's answer, repeated ones each on their own.
 fn all_headers(response: &ureq::Response) -> Vec<(String, String)> {
-    let mut all: Vec<(String, String)> = Vec::new();
-    for name in response.headers_names() {
-        for v in response.all(&name) {
-            all.push((name.clone(), v.to_string()));
+    let names = response.headers_names();
+    // Sized once, and each name moved in where it has one value (the usual case), not copied.
+    let mut all: Vec<(String, String)> = Vec::with_capacity(names.len() + 2);
+    for name in names {
+        match response.all(&name)[..] {
+            [one] => {
+                let one = one.to_string();
+                all.push((name, one));
+            }
+            ref several => {
+                for v in several {
+                    all.push((name.clone(), v.to_string()));
+                }
+            }
         }
     }
     all

@@ -53,8 +53,7 @@ pub fn metadata_user(target: &Target, inbound: &Inbound) -> Option<String> {
     if target.path != "/messages" {
         return None;
     }
-    let metadata: Value =
-        serde_json::from_str(inbound.json.as_ref()?.get("metadata")?.get()).ok()?;
+    let metadata: Value = serde_json::from_str(inbound.json.as_ref()?.get("metadata")?).ok()?;
     let id = metadata
         .get("user_id")
         .and_then(Value::as_str)

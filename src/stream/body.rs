@@ -9,25 +9,75 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 
-/// A JSON object body as its top-level members, values untouched.
+/// A JSON object body as its top-level members, values untouched: the body's text and where
+/// each member's name and value are in it (no copy of either per member).
 #[derive(Debug)]
 pub struct JsonObject {
-    members: Vec<(String, Box<RawValue>)>,
+    text: Box<str>,
+    members: Vec<Member>,
 }
 
-struct MembersVisitor;
+#[derive(Debug)]
+struct Member {
+    /// The name, as written between its quotes when it has no escapes, else unescaped.
+    name: Name,
+    /// The value's raw JSON text.
+    value: std::ops::Range<usize>,
+}
 
-impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Vec<(String, Box<RawValue>)>;
+#[derive(Debug)]
+enum Name {
+    At(std::ops::Range<usize>),
+    Unescaped(Box<str>),
+}
+
+/// Where a piece borrowed from `text` sits in it.
+fn span(text: &str, piece: &str) -> std::ops::Range<usize> {
+    let start = piece.as_ptr() as usize - text.as_ptr() as usize;
+    start..start + piece.len()
+}
+
+struct MembersVisitor<'t>(&'t str);
+
+/// A member name as the parser saw it: borrowed from the text, or unescaped into a copy.
+struct NameSeed<'t>(&'t str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for NameSeed<'de> {
+    type Value = Name;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        struct NameVisitor<'t>(&'t str);
+        impl<'de> Visitor<'de> for NameVisitor<'de> {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name, E> {
+                Ok(Name::At(span(self.0, v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name, E> {
+                Ok(Name::Unescaped(v.into()))
+            }
+        }
+        d.deserialize_str(NameVisitor(self.0))
+    }
+}
+
+impl<'de> Visitor<'de> for MembersVisitor<'de> {
+    type Value = Vec<Member>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-            members.push((k, v));
+        let mut members = Vec::with_capacity(8);
+        while let Some(name) = map.next_key_seed(NameSeed(self.0))? {
+            let value: &'de RawValue = map.next_value()?;
+            members.push(Member {
+                name,
+                value: span(self.0, value.get()),
+            });
         }
         Ok(members)
     }
@@ -36,11 +86,11 @@ impl<'de> Visitor<'de> for MembersVisitor {
 impl JsonObject {
     /// Parses a body that must be a JSON object; the error is the client-facing 400.
     pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
-        if std::str::from_utf8(body).is_err() {
+        let Ok(text) = std::str::from_utf8(body) else {
             return Err(ApiError::invalid_request(
                 "Request body is not valid UTF-8.",
             ));
-        }
+        };
         let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
         match trimmed.map(|i| body[i]) {
             None => {
@@ -66,27 +116,36 @@ impl JsonObject {
             ))
             .with_code("invalid_json"));
         }
-        let mut de = serde_json::Deserializer::from_slice(body);
+        let text: Box<str> = text.into();
+        let mut de = serde_json::Deserializer::from_str(&text);
         let members = de
-            .deserialize_map(MembersVisitor)
+            .deserialize_map(MembersVisitor(&text))
             .and_then(|m| de.end().map(|_| m))
             .map_err(|e| invalid_json(&e))?;
-        Ok(JsonObject { members })
+        Ok(JsonObject { text, members })
     }
 
-    pub fn get(&self, key: &str) -> Option<&RawValue> {
+    fn name<'a>(&'a self, m: &'a Member) -> &'a str {
+        match &m.name {
+            Name::At(r) => &self.text[r.clone()],
+            Name::Unescaped(s) => s,
+        }
+    }
+
+    /// A top-level member's raw JSON value (the last of that name, as JSON parsers read it).
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.members
             .iter()
             .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| &**v)
+            .find(|m| self.name(m) == key)
+            .map(|m| &self.text[m.value.clone()])
     }
 
     /// The `model` member: `Ok(None)` when absent, 400 when it is not a string.
     pub fn model(&self) -> Result<Option<String>, ApiError> {
         match self.get("model") {
             None => Ok(None),
-            Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Some(raw) => match serde_json::from_str::<String>(raw) {
                 Ok(s) => Ok(Some(s)),
                 Err(_) => Err(ApiError::invalid_request("`model` must be a string.")
                     .with_param("model")
@@ -98,17 +157,17 @@ impl JsonObject {
     /// A top-level member's value when it is a whole, non-negative number (`100`, and also
     /// `1e2` or `100.0`, which lax validators such as pydantic's take as 100).
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        whole(self.get(key)?.get())
+        whole(self.get(key)?)
     }
 
     /// A top-level member's value when it is a JSON number.
     pub fn get_f64(&self, key: &str) -> Option<f64> {
-        serde_json::from_str::<f64>(self.get(key)?.get()).ok()
+        serde_json::from_str::<f64>(self.get(key)?).ok()
     }
 
     /// A top-level member's value when it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<String> {
-        serde_json::from_str::<String>(self.get(key)?.get()).ok()
+        serde_json::from_str::<String>(self.get(key)?).ok()
     }
 
     /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens` present:
@@ -137,22 +196,20 @@ impl JsonObject {
     /// field (or `n`, `best_of`) not a whole number, `messages` (chat) not an array. `null`
     /// is accepted where OpenAI accepts it.
     pub fn check_types(&self, chat: bool) -> Result<(), ApiError> {
-        let mut checks: Vec<(&'static str, Kind)> =
-            vec![("stream", Kind::Boolean), ("stream_options", Kind::Object)];
-        checks.extend(
-            MAX_TOKENS_FIELDS
-                .iter()
-                .chain(&["n", "best_of"])
-                .map(|k| (*k, Kind::Integer)),
-        );
-        if chat {
-            checks.push(("messages", Kind::Array));
-        }
+        let checks = [("stream", Kind::Boolean), ("stream_options", Kind::Object)]
+            .into_iter()
+            .chain(
+                MAX_TOKENS_FIELDS
+                    .iter()
+                    .chain(&["n", "best_of"])
+                    .map(|k| (*k, Kind::Integer)),
+            )
+            .chain(chat.then_some(("messages", Kind::Array)));
         for (name, want) in checks {
             let Some(raw) = self.get(name) else {
                 continue;
             };
-            let got = kind_of(raw.get());
+            let got = kind_of(raw);
             if got == Kind::Null || got == want {
                 continue;
             }
@@ -170,15 +227,13 @@ impl JsonObject {
 
     /// True when the body asks for a streamed reply (`"stream": true`).
     pub fn stream(&self) -> bool {
-        self.get("stream")
-            .map(|v| v.get() == "true")
-            .unwrap_or(false)
+        self.get("stream").is_some_and(|v| v == "true")
     }
 
     /// True when the client asked for the stream's usage chunk itself.
     pub fn wants_stream_usage(&self) -> bool {
         self.get("stream_options")
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
             .and_then(|v| v.get("include_usage")?.as_bool())
             .unwrap_or(false)
     }
@@ -187,7 +242,7 @@ impl JsonObject {
     pub fn stream_options_with_usage(&self) -> String {
         let mut opts = self
             .get("stream_options")
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
             .filter(serde_json::Value::is_object)
             .unwrap_or_else(|| serde_json::json!({}));
         opts["include_usage"] = true.into();
@@ -197,45 +252,39 @@ impl JsonObject {
     /// Serializes with `model` replaced (when present), `drop` fields removed and each `set`
     /// member's raw JSON replacing the member of that name (or appended when absent).
     pub fn rewrite(&self, actual_model: &str, drop: &[String], set: &[(&str, String)]) -> Vec<u8> {
-        let model_json = serde_json::Value::String(actual_model.to_string()).to_string();
-        let mut out = Vec::with_capacity(
-            self.members
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>()
-                + 2,
-        );
+        let dropped = |m: &Member| drop.iter().any(|d| d == self.name(m));
+        if set.is_empty() && !self.members.iter().any(dropped) {
+            return self.splice_model(actual_model);
+        }
+        let mut out = Vec::with_capacity(self.text.len() + actual_model.len() + 64);
         out.push(b'{');
         let mut first = true;
-        for (k, v) in &self.members {
-            if drop.iter().any(|d| d == k) {
+        for m in &self.members {
+            if dropped(m) {
                 continue;
             }
             if !first {
                 out.push(b',');
             }
             first = false;
-            out.extend_from_slice(serde_json::Value::String(k.clone()).to_string().as_bytes());
+            let k = self.name(m);
+            json_string(&mut out, k);
             out.push(b':');
             if k == "model" {
-                out.extend_from_slice(model_json.as_bytes());
-            } else if let Some((_, raw)) = set.iter().find(|(name, _)| name == k) {
+                json_string(&mut out, actual_model);
+            } else if let Some((_, raw)) = set.iter().find(|(name, _)| *name == k) {
                 out.extend_from_slice(raw.as_bytes());
             } else {
-                out.extend_from_slice(v.get().as_bytes());
+                out.extend_from_slice(self.text[m.value.clone()].as_bytes());
             }
         }
         for (name, raw) in set {
-            if !self.members.iter().any(|(k, _)| k == name) {
+            if !self.members.iter().any(|m| self.name(m) == *name) {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                out.extend_from_slice(
-                    serde_json::Value::String(name.to_string())
-                        .to_string()
-                        .as_bytes(),
-                );
+                json_string(&mut out, name);
                 out.push(b':');
                 out.extend_from_slice(raw.as_bytes());
             }
@@ -243,6 +292,26 @@ impl JsonObject {
         out.push(b'}');
         out
     }
+
+    /// The body as sent with each `model` value replaced in place: every other byte (spacing
+    /// included) stays as the client wrote it, and nothing is re-serialized.
+    fn splice_model(&self, actual_model: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.text.len() + actual_model.len() + 8);
+        let mut at = 0;
+        for m in self.members.iter().filter(|m| self.name(m) == "model") {
+            out.extend_from_slice(self.text[at..m.value.start].as_bytes());
+            json_string(&mut out, actual_model);
+            at = m.value.end;
+        }
+        out.extend_from_slice(self.text[at..].as_bytes());
+        out
+    }
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a str always serializes.
+    let _ = serde_json::to_writer(out, s);
 }
 
 /// The members that bound a request's completion tokens (the Responses API's last).

@@ -7,3 +7,5 @@ pub mod messages_usage;
 pub mod relay;
 pub mod usage;
 pub mod usage_strip;
+// `usage` read from a JSON answer without building its tree.
+mod usage_json;

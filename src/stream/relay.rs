@@ -178,7 +178,9 @@ pub fn relay(
 fn has_content_type(head: &Head, mime: &str) -> bool {
     head.headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type")
-            && v.trim_start().to_ascii_lowercase().starts_with(mime)
+            && v.trim_start()
+                .get(..mime.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(mime))
     })
 }
 
@@ -201,7 +203,18 @@ fn framing_of(head: &Head, client: &ClientSide, is_sse: bool) -> Framing {
 
 /// The status line and headers, with the framing header, up to the blank line.
 fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
-    let mut text = format!(
+    use std::fmt::Write as _;
+    // Sized once for the whole head: growing it line by line would reallocate several times.
+    let size: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum::<usize>()
+        + head.reason.len()
+        + 64;
+    let mut text = String::with_capacity(size);
+    let _ = write!(
+        text,
         "HTTP/1.{} {} {}\r\n",
         if client.http10 { 0 } else { 1 },
         head.status,
@@ -214,15 +227,18 @@ fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
         text.push_str("\r\n");
     }
     match framing {
-        Framing::Length => text.push_str(&format!(
-            "Content-Length: {}\r\n",
-            head.content_length.unwrap_or(0)
-        )),
+        Framing::Length => {
+            let _ = write!(
+                text,
+                "Content-Length: {}\r\n",
+                head.content_length.unwrap_or(0)
+            );
+        }
         Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
         Framing::UntilClose => text.push_str("Connection: close\r\n"),
         Framing::None if client.head_only => {
             if let Some(len) = head.content_length {
-                text.push_str(&format!("Content-Length: {}\r\n", len));
+                let _ = write!(text, "Content-Length: {}\r\n", len);
             }
         }
         // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).

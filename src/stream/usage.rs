@@ -230,30 +230,12 @@ pub fn estimate(prompt_bytes: usize, completion_chars: u64) -> Usage {
 
 /// `usage` (chat, completions, embeddings) or `response.usage` (Responses API), either naming.
 fn usage_of(json: &[u8]) -> Option<Usage> {
-    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let u = v
-        .get("usage")
-        .filter(|u| u.is_object())
-        .or_else(|| v.get("response")?.get("usage"))
-        .filter(|u| u.is_object())?;
-    let n = |path: &[&str]| {
-        path.iter()
-            .try_fold(u, |v, k| v.get(k))
-            .and_then(serde_json::Value::as_u64)
-    };
-    let prompt = n(&["prompt_tokens"]).or_else(|| n(&["input_tokens"]))?;
-    let completion = n(&["completion_tokens"])
-        .or_else(|| n(&["output_tokens"]))
-        .unwrap_or(0);
+    let c = super::usage_json::counts(json)?;
     Some(Usage {
-        prompt,
-        completion,
-        cached: n(&["prompt_tokens_details", "cached_tokens"])
-            .or_else(|| n(&["input_tokens_details", "cached_tokens"]))
-            .unwrap_or(0),
-        reasoning: n(&["completion_tokens_details", "reasoning_tokens"])
-            .or_else(|| n(&["output_tokens_details", "reasoning_tokens"]))
-            .unwrap_or(0),
+        prompt: c.prompt,
+        completion: c.completion,
+        cached: c.cached,
+        reasoning: c.reasoning,
         ..Usage::default()
     })
 }

@@ -5,6 +5,7 @@
 //! file. Never message content, never a secret.
 
 use crate::clock;
+use crate::lifecycle::FileWatch;
 use crate::stream::usage::Usage;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -59,61 +60,90 @@ pub struct Entry {
 
 impl Entry {
     /// The JSON line, without its newline.
+    #[cfg(test)]
     pub fn to_line(&self) -> String {
-        let mut v = serde_json::json!({
-            "ts": self.ts,
-            "request_id": self.request_id,
-            "user": self.user,
-            "key": self.key,
-            "model": self.model,
-            "backend": self.backend,
-            "path": self.path,
-            "status": self.status,
-            "prompt_tokens": self.usage.prompt,
-            "completion_tokens": self.usage.completion,
-            "cached_tokens": self.usage.cached,
-            "reasoning_tokens": self.usage.reasoning,
-            "estimated": self.usage.estimated,
-            "duration_ms": self.duration_ms,
-            "ttfb_ms": self.ttfb_ms,
-            "outcome": self.outcome,
+        let mut out = Vec::with_capacity(320);
+        self.write_line(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the JSON line (no newline) to `out`, member by member in a fixed order (the
+    /// optional members only on the lines that have one, each at its place): the bytes
+    /// `serde_json` writes for the same object, without building one (a map, its keys and
+    /// values) per request. A non-empty `out` is an object already opened: the line's members
+    /// continue it.
+    fn write_line(&self, out: &mut Vec<u8>) {
+        let text = |out: &mut Vec<u8>, name: &str, v: Option<&str>| {
+            out.push(if out.is_empty() { b'{' } else { b',' });
+            json_str(out, name);
+            out.push(b':');
+            match v {
+                Some(v) => json_str(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        let num = |out: &mut Vec<u8>, name: &str, v: Option<u64>| {
+            out.push(b',');
+            json_str(out, name);
+            out.push(b':');
+            match v {
+                Some(v) => {
+                    use std::io::Write;
+                    let _ = write!(out, "{}", v);
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        text(out, "ts", Some(&self.ts));
+        text(out, "request_id", Some(&self.request_id));
+        if let Some(replica) = &self.replica {
+            text(out, "replica", Some(replica));
+        }
+        text(out, "user", Some(&self.user));
+        text(out, "key", Some(&self.key));
+        if let Some(label) = &self.end_user {
+            text(out, "end_user", Some(label));
+        }
+        if let Some(session) = &self.session {
+            text(out, "session", Some(session));
+        }
+        text(out, "model", Some(&self.model));
+        text(out, "backend", self.backend.as_deref());
+        text(out, "path", Some(&self.path));
+        num(out, "status", Some(u64::from(self.status)));
+        num(out, "prompt_tokens", Some(self.usage.prompt));
+        num(out, "completion_tokens", Some(self.usage.completion));
+        num(out, "cached_tokens", Some(self.usage.cached));
+        // Cache writes are billed apart (the 1-hour ones higher); lines without any keep
+        // their bytes.
+        if self.usage.cache_write > 0 {
+            num(out, "cache_write_tokens", Some(self.usage.cache_write));
+        }
+        if self.usage.cache_write_1h > 0 {
+            num(
+                out,
+                "cache_write_1h_tokens",
+                Some(self.usage.cache_write_1h),
+            );
+        }
+        num(out, "reasoning_tokens", Some(self.usage.reasoning));
+        out.extend_from_slice(if self.usage.estimated {
+            b",\"estimated\":true"
+        } else {
+            b",\"estimated\":false"
         });
-        // Only on the lines that have one, after `key`, so other lines keep their bytes.
-        if let (Some(label), Some(m)) = (&self.end_user, v.as_object_mut()) {
-            m.shift_insert(4, "end_user".into(), label.clone().into());
-        }
-        if let Some(m) = v.as_object_mut() {
-            let after = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
-                m.keys().position(|x| x == k).map(|i| i + 1)
-            };
-            if let Some(session) = &self.session {
-                let at = after(m, "end_user").or(after(m, "key")).unwrap_or(0);
-                m.shift_insert(at, "session".into(), session.clone().into());
-            }
-            // Cache writes are billed apart (the 1-hour ones higher); lines without any keep
-            // their bytes.
-            let writes = [
-                ("cache_write_tokens", self.usage.cache_write),
-                ("cache_write_1h_tokens", self.usage.cache_write_1h),
-            ];
-            let at = after(m, "cached_tokens").unwrap_or(m.len());
-            // Each goes in front of the one after it: in reverse, at one place.
-            for (k, n) in writes.into_iter().rev().filter(|(_, n)| *n > 0) {
-                m.shift_insert(at, k.into(), n.into());
-            }
-        }
-        if let (Some(replica), Some(m)) = (&self.replica, v.as_object_mut()) {
-            m.shift_insert(2, "replica".into(), replica.clone().into());
-        }
+        num(out, "duration_ms", Some(self.duration_ms));
+        num(out, "ttfb_ms", self.ttfb_ms);
+        text(out, "outcome", Some(&self.outcome));
         // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
-        if let (Some(micros), Some(m)) = (self.cost, v.as_object_mut()) {
-            m.insert("cost".into(), super::cost::format(micros).into());
-            m.insert("currency".into(), self.currency.clone().into());
+        if let Some(micros) = self.cost {
+            text(out, "cost", Some(&super::cost::format(micros)));
+            text(out, "currency", Some(&self.currency));
             if self.usage.estimated {
-                m.insert("cost_estimated".into(), true.into());
+                out.extend_from_slice(b",\"cost_estimated\":true");
             }
         }
-        v.to_string()
+        out.push(b'}');
     }
 
     /// Reads a line back (a line shipped from stdout, with its `"log":"usage"`, too); `None` for
@@ -196,6 +226,12 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
     }
 }
 
+/// A JSON string, escaped as `serde_json` escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a str always serializes.
+    let _ = serde_json::to_writer(out, s);
+}
+
 /// The open ledger file, or stdout (`usageLog: "-"`).
 pub struct Ledger {
     path: PathBuf,
@@ -210,11 +246,13 @@ pub struct Ledger {
     keep_all: std::sync::atomic::AtomicBool,
 }
 
-/// The file lines are appended to, its size, and which file it is (device, inode).
+/// The file lines are appended to, its size, which file it is (device, inode), and the watch
+/// that tells when the path may name another file.
 struct Open {
     file: File,
     size: u64,
     id: (u64, u64),
+    watch: Option<FileWatch>,
 }
 
 impl Ledger {
@@ -255,15 +293,18 @@ impl Ledger {
     /// Appends one entry: one `write` of the whole line, rotating first when the file would
     /// pass its size. A failure is logged (at most once a minute), never fatal; false then.
     pub fn append(&self, entry: &Entry) -> bool {
-        let mut line = entry.to_line();
-        line.push('\n');
-        let written = if self.stdout {
+        let mut line = Vec::with_capacity(320);
+        if self.stdout {
             // Marked first, so a log pipeline tells it from an access line without parsing.
-            let marked = format!("{{\"log\":\"usage\",{}", &line[1..]);
-            crate::stdout::write_lines(marked.as_bytes()).map_err(|e| e.to_string())
+            line.extend_from_slice(b"{\"log\":\"usage\"");
+        }
+        entry.write_line(&mut line);
+        line.push(b'\n');
+        let written = if self.stdout {
+            crate::stdout::write_lines(&line).map_err(|e| e.to_string())
         } else {
             let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_locked(&mut guard, line.as_bytes())
+            self.write_locked(&mut guard, &line)
         };
         let Err(e) = written else {
             return true;
@@ -285,11 +326,11 @@ impl Ledger {
 
     fn write_locked(&self, slot: &mut Option<Open>, line: &[u8]) -> Result<(), String> {
         // Someone moved or deleted the file (a logrotate, an operator): lines written to the
-        // open descriptor would land in a file nobody reads, or in none. One `stat` per line.
-        if slot
-            .as_ref()
-            .is_some_and(|o| file_id(&self.path) != Some(o.id))
-        {
+        // open descriptor would land in a file nobody reads, or in none. The path is looked at
+        // when the file's watch fired (every line when there is no watch).
+        if slot.as_ref().is_some_and(|o| {
+            o.watch.as_ref().is_none_or(FileWatch::fired) && file_id(&self.path) != Some(o.id)
+        }) {
             log::warn!(
                 "usage ledger {}: the path no longer names the open file (moved or deleted); reopening it",
                 self.path.display()
@@ -384,7 +425,15 @@ fn open_append(path: &Path) -> Result<Open, String> {
         .metadata()
         .map(|m| (m.len(), (m.dev(), m.ino())))
         .map_err(|e| format!("cannot open usage ledger {}: {}", path.display(), e))?;
-    Ok(Open { file, size, id })
+    // Watched only when the path still names the file just opened: a move in between would
+    // otherwise go unnoticed.
+    let watch = FileWatch::new(path).filter(|_| file_id(path) == Some(id));
+    Ok(Open {
+        file,
+        size,
+        id,
+        watch,
+    })
 }
 
 /// `usage.jsonl` → `.1` → `.2` → …: the first `KEEP` rotated files are always kept, and an
@@ -609,6 +658,36 @@ mod tests {
             outcome: "complete".into(),
             ..Entry::default()
         }
+    }
+
+    /// The watch on the open file notices each way the path can stop naming it, so the
+    /// next line goes to the file the path names now.
+    #[test]
+    fn the_next_line_goes_to_the_file_the_path_names_after_a_move_a_delete_or_a_rename_over_it() {
+        let dir = std::env::temp_dir().join(format!("mm-ledger-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.jsonl");
+        let other = dir.join("other");
+        let ledger = Ledger::open(&path, 1 << 20).unwrap();
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        assert!(ledger.append(&entry(1)));
+        std::fs::rename(&path, &other).unwrap();
+        assert!(ledger.append(&entry(2)));
+        assert_eq!((lines(&path), lines(&other)), (1, 1), "after a move");
+        std::fs::remove_file(&path).unwrap();
+        assert!(ledger.append(&entry(3)));
+        assert_eq!(lines(&path), 1, "after a delete");
+        std::fs::write(&other, "x\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(ledger.append(&entry(4)));
+        assert_eq!(lines(&path), 2, "after a rename over it");
+        // A change of mode fires the watch too, and the path still names the file.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert!(ledger.append(&entry(5)));
+        assert_eq!(lines(&path), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -839,5 +918,107 @@ mod tests {
         ] {
             assert_eq!(Entry::from_line(bad), None, "{}", bad);
         }
+    }
+
+    /// The line as the ledger wrote it when it built a `serde_json` object for each: the
+    /// bytes must stay the same (other tools read these files).
+    fn line_from_a_tree(e: &Entry) -> String {
+        let mut v = serde_json::json!({
+            "ts": e.ts,
+            "request_id": e.request_id,
+            "user": e.user,
+            "key": e.key,
+            "model": e.model,
+            "backend": e.backend,
+            "path": e.path,
+            "status": e.status,
+            "prompt_tokens": e.usage.prompt,
+            "completion_tokens": e.usage.completion,
+            "cached_tokens": e.usage.cached,
+            "reasoning_tokens": e.usage.reasoning,
+            "estimated": e.usage.estimated,
+            "duration_ms": e.duration_ms,
+            "ttfb_ms": e.ttfb_ms,
+            "outcome": e.outcome,
+        });
+        if let (Some(label), Some(m)) = (&e.end_user, v.as_object_mut()) {
+            m.shift_insert(4, "end_user".into(), label.clone().into());
+        }
+        if let Some(m) = v.as_object_mut() {
+            let after = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
+                m.keys().position(|x| x == k).map(|i| i + 1)
+            };
+            if let Some(session) = &e.session {
+                let at = after(m, "end_user").or(after(m, "key")).unwrap_or(0);
+                m.shift_insert(at, "session".into(), session.clone().into());
+            }
+            let writes = [
+                ("cache_write_tokens", e.usage.cache_write),
+                ("cache_write_1h_tokens", e.usage.cache_write_1h),
+            ];
+            let at = after(m, "cached_tokens").unwrap_or(m.len());
+            for (k, n) in writes.into_iter().rev().filter(|(_, n)| *n > 0) {
+                m.shift_insert(at, k.into(), n.into());
+            }
+        }
+        if let (Some(replica), Some(m)) = (&e.replica, v.as_object_mut()) {
+            m.shift_insert(2, "replica".into(), replica.clone().into());
+        }
+        if let (Some(micros), Some(m)) = (e.cost, v.as_object_mut()) {
+            m.insert("cost".into(), super::super::cost::format(micros).into());
+            m.insert("currency".into(), e.currency.clone().into());
+            if e.usage.estimated {
+                m.insert("cost_estimated".into(), true.into());
+            }
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn lines_are_the_bytes_a_json_tree_would_write() {
+        let full = Entry {
+            user: "\"quoted\" \\ \u{7}\n\u{e9}\u{2028}".into(),
+            end_user: Some("end\tuser".into()),
+            backend: Some("b:1".into()),
+            path: "/chat/completions".into(),
+            status: 429,
+            usage: Usage {
+                prompt: u64::MAX,
+                completion: 0,
+                cached: 5,
+                reasoning: 6,
+                estimated: true,
+                ..Usage::default()
+            },
+            duration_ms: 12,
+            ttfb_ms: Some(7),
+            ..entry(9)
+        };
+        // Every combination of the optional members (each present or not), on a plain line
+        // and on a full one.
+        let mut checked = 0;
+        for base in [entry(3), full] {
+            for bits in 0u32..1 << 8 {
+                let on = |i: u32| bits & (1 << i) != 0;
+                let mut e = base.clone();
+                e.replica = on(0).then(|| "replica-\"1\"".into());
+                e.end_user = on(1).then(|| "end\tuser".into());
+                e.session = on(2).then(|| "sess\u{1}ion".into());
+                e.usage.cache_write = if on(3) { 11 } else { 0 };
+                e.usage.cache_write_1h = if on(4) { u64::MAX } else { 0 };
+                e.cost = on(5).then_some(1_234_567);
+                e.currency = if on(5) { "E\"UR".into() } else { String::new() };
+                e.usage.estimated = on(6);
+                e.backend = on(7).then(|| "b:2".into());
+                assert_eq!(
+                    e.to_line(),
+                    line_from_a_tree(&e),
+                    "combination {:08b}",
+                    bits
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 512);
     }
 }

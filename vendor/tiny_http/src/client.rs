@@ -132,8 +132,14 @@ impl ClientConnection {
     /// The bytes are scanned in the connection's read buffer (upstream read them one by one
     /// through four layers of `Read`), and the clock is read once per buffer fill, i.e.
     /// after every receive from the socket, instead of once per byte.
-    fn read_next_line(&mut self, limits: &mut HeadLimits) -> Result<Vec<u8>, LineError> {
-        let mut buf = Vec::new();
+    /// modelmux: the line goes into `buf` (cleared first), one buffer for every line of a
+    /// head: upstream grew a new `Vec` byte by byte for each line (several allocations a line).
+    fn read_next_line(
+        &mut self,
+        limits: &mut HeadLimits,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), LineError> {
+        buf.clear();
         let mut prev_byte_was_cr = false;
 
         loop {
@@ -188,7 +194,7 @@ impl ClientConnection {
             }
             self.next_header_source.consume(used);
             match outcome {
-                Some(Ok(())) => return Ok(buf),
+                Some(Ok(())) => return Ok(()),
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
@@ -210,9 +216,10 @@ impl ClientConnection {
             // reading the request line
             // modelmux: RFC 9112 section 2.2 lets a server skip empty lines before the request
             // line (clients sometimes send a stray CRLF after a body); a few, not forever.
-            let mut line = Vec::new();
+            // modelmux: one line buffer for the whole head (see `read_next_line`)
+            let mut line = Vec::with_capacity(256);
             for _ in 0..4 {
-                line = self.read_next_line(&mut limits).map_err(|e| match e {
+                self.read_next_line(&mut limits, &mut line).map_err(|e| match e {
                     LineError::Io(e) => ReadError::ReadIoError(e),
                     LineError::LineTooLong => ReadError::RequestLineTooLong,
                     LineError::HeadTooLarge => ReadError::HeadersTooLarge(HTTPVersion(1, 1)),
@@ -227,14 +234,15 @@ impl ClientConnection {
                 .map_err(|r| ReadError::Refused(r, None))?;
 
             // getting all headers
-            let mut headers = Vec::new();
+            // modelmux: room for a typical head's headers at once (upstream grew it by pushes)
+            let mut headers = Vec::with_capacity(16);
             // modelmux: the raw value of each Transfer-Encoding line, for `body_framing`
             let mut raw_te = Vec::new();
             // modelmux: the first refusal is kept but the head is still read to its end, so
             // the refused request's response is not sent while the client is mid-head
             let mut refused = None;
             loop {
-                let line = self.read_next_line(&mut limits).map_err(|e| match e {
+                self.read_next_line(&mut limits, &mut line).map_err(|e| match e {
                     LineError::Io(e) => ReadError::ReadIoError(e),
                     LineError::LineTooLong | LineError::HeadTooLarge => {
                         ReadError::HeadersTooLarge(version.clone())
