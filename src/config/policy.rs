@@ -1,7 +1,7 @@
 //! Who-used-what settings: where identities come from, the usage ledger and per-user metrics.
 
 use super::json::{check_fields, type_name, under, FieldError};
-use super::rules::{parse_rules, Rule};
+use super::rules::{parse_rules, Limit, Rule};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -132,6 +132,7 @@ pub(super) fn parse_policy(
             ))
         }
     };
+    check_prepaid_kept(&limits, usage_log.as_deref(), limits_store.is_some())?;
     let limits_store_failure = FailureMode::parse(root.get("limitsStoreFailure"))
         .map_err(|m| FieldError::new("limitsStoreFailure", m))?;
     let whole = |name: &str, default: u64, max: u64| match root.get(name) {
@@ -142,16 +143,7 @@ pub(super) fn parse_policy(
     };
     let limits_store_timeout = Duration::from_millis(whole("limitsStoreTimeoutMs", 250, 60_000)?);
     let limits_store_retry = Duration::from_secs(whole("limitsStoreRetrySecs", 5, 3_600)?);
-    let task_header = match root.get("taskHeader") {
-        None | Some(Value::Null) => "X-OpenWebUI-Task".to_string(),
-        Some(Value::String(h)) if crate::http::headers::is_valid_name(h) => h.clone(),
-        Some(_) => {
-            return Err(FieldError::new(
-                "taskHeader",
-                "expected a header name such as \"X-OpenWebUI-Task\"",
-            ))
-        }
-    };
+    let task_header = parse_task_header(root.get("taskHeader"))?;
     Ok(PolicySettings {
         jwt_secret,
         jwt_audience,
@@ -170,6 +162,35 @@ pub(super) fn parse_policy(
         task_header,
         currency: "USD".to_string(),
     })
+}
+
+/// `taskHeader`: the header that marks Open WebUI's background tasks (low priority).
+fn parse_task_header(v: Option<&Value>) -> Result<String, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok("X-OpenWebUI-Task".to_string()),
+        Some(Value::String(h)) if crate::http::headers::is_valid_name(h) => Ok(h.clone()),
+        Some(_) => Err(FieldError::new(
+            "taskHeader",
+            "expected a header name such as \"X-OpenWebUI-Task\"",
+        )),
+    }
+}
+
+/// A prepaid balance (`costTotal`) that a restart forgets would be spent again: it needs a
+/// ledger file (read back at start) or the shared store. Fails closed.
+fn check_prepaid_kept(
+    limits: &[Rule],
+    usage_log: Option<&Path>,
+    shared_store: bool,
+) -> Result<(), FieldError> {
+    let remembered = shared_store || usage_log.is_some_and(|p| p != Path::new(STDOUT_LEDGER));
+    if remembered || !limits.iter().any(|r| r.limit(Limit::CostTotal).is_some()) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "limits",
+        "costTotal (a prepaid budget that never resets) needs usageLog (a file, read back at start) or store (Redis); without either a restart would forget what was spent",
+    ))
 }
 
 /// The JWT secret, audience and issuer of `openWebUI`.
@@ -282,17 +303,7 @@ pub(super) fn parse_usage_log(
         None | Some(Value::Null) => None,
         // The ledger on stdout, for a log shipper; not a file, so not resolved.
         Some(Value::String(s)) if s == STDOUT_LEDGER => Some(PathBuf::from(STDOUT_LEDGER)),
-        Some(Value::String(s)) if !s.is_empty() => {
-            let p = Path::new(s);
-            Some(if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                Path::new(config_file)
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(p)
-            })
-        }
+        Some(Value::String(s)) if !s.is_empty() => Some(super::beside(config_file, s)),
         Some(v) => {
             return Err(FieldError::new(
                 "usageLog",

@@ -183,15 +183,6 @@ impl Policy {
         )
         .with_currency(&settings.currency);
         let now = (clock::now_ms() / 1000) as u64;
-        // A prepaid balance that a restart forgets would be spent again: fail closed.
-        let kept = settings.limits_store.is_some()
-            || settings
-                .usage_log
-                .as_ref()
-                .is_some_and(|p| p.as_path() != std::path::Path::new(crate::config::STDOUT_LEDGER));
-        if quotas.has_total() && !kept {
-            return Err("limits: costTotal (a prepaid budget that never resets) needs usageLog (a file, read back at start) or store (Redis); without either a restart would forget what was spent".into());
-        }
         let ledger = match &settings.usage_log {
             None => None,
             Some(path) => {
