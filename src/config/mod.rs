@@ -143,6 +143,20 @@ pub fn load_file(path: &str, defaults: &Defaults) -> Result<Config, ConfigError>
     parse(path, &text, defaults, &|name| std::env::var(name).ok())
 }
 
+/// A path named in the config file: as written when absolute, else in the config file's folder
+/// (so the proxy finds it whatever its working directory).
+fn beside(config_file: &str, path: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::path::Path::new(config_file)
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new(""))
+            .join(p)
+    }
+}
+
 /// Only the `usageLog` of a config file, for `modelmux usage`: nothing else is read, so a
 /// variable the local shell lacks (an `apiKey`'s `${VAR}`) does not stop a local report.
 pub fn read_usage_log(path: &str) -> Result<Option<std::path::PathBuf>, ConfigError> {

@@ -6,7 +6,6 @@
 use super::json::{check_fields, shown, type_name, FieldError};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// The highest price per 1M tokens accepted without `"allowHighPrices": true`: above it is
@@ -346,17 +345,7 @@ pub(super) fn parse_prices_file(
 ) -> Result<Option<PriceFile>, FieldError> {
     let path = match v {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => {
-            let p = Path::new(s);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                Path::new(config_file)
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(p)
-            }
-        }
+        Some(Value::String(s)) if !s.is_empty() => super::beside(config_file, s),
         Some(v) => {
             return Err(FieldError::new(
                 "pricesFile",
