@@ -84,32 +84,9 @@ fn month_number(year: i64, month: u32) -> u64 {
     (year.max(0) as u64) * 12 + u64::from(month) - 1
 }
 
-/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01, proleptic Gregorian.
-/// Howard Hinnant's `civil_from_days`: shift the year to start in March so the leap day is last.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Days from 1970-01-01 to a civil date; the inverse of [`civil_from_days`].
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+// One civil-calendar arithmetic for the whole program (the ledger's timestamps, `/usage`
+// dates and these windows must agree on every date).
+pub use crate::clock::{civil_from_days, days_from_civil};
 
 #[cfg(test)]
 mod tests {
