@@ -3,6 +3,7 @@
 
 use super::ledger::Entry;
 use crate::clock;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// What a group of requests used.
@@ -150,13 +151,13 @@ const OUTCOME_FIELDS: [&str; 5] = [
 /// store adds with `HINCRBY`); zero counters are left out (an absent field reads 0). A cost is
 /// kept in micro-units under a name that carries its currency (`cost:USD`), so that costs in
 /// two currencies are never summed there either.
-pub fn store_fields(e: &Entry) -> Vec<(String, u64)> {
+pub fn store_fields(e: &Entry) -> Vec<(Cow<'static, str>, u64)> {
     let c = entry_counters(e);
-    let mut out: Vec<(String, u64)> = FIELDS
+    let mut out: Vec<(Cow<'static, str>, u64)> = FIELDS
         .iter()
         .chain(OUTCOME_FIELDS.iter())
         .chain(["priced", "unpriced"].iter())
-        .map(|f| f.to_string())
+        .map(|f| Cow::Borrowed(*f))
         .zip(
             [c.requests, c.prompt, c.completion, c.cached, c.reasoning]
                 .into_iter()
@@ -166,8 +167,11 @@ pub fn store_fields(e: &Entry) -> Vec<(String, u64)> {
         .collect();
     if e.cost.is_some() {
         let currency = c.currency.name();
-        out.push((format!("cost:{}", currency), c.cost));
-        out.push((format!("estimated_cost:{}", currency), c.estimated_cost));
+        out.push((format!("cost:{}", currency).into(), c.cost));
+        out.push((
+            format!("estimated_cost:{}", currency).into(),
+            c.estimated_cost,
+        ));
     }
     out.retain(|f| f.1 > 0);
     out
@@ -521,7 +525,13 @@ mod tests {
             currency: "EUR".into(),
             ..e("2026-12-04T10:00:00.000Z", "a", "m", 10, 5)
         };
-        let fields: Vec<(String, u64)> = store_fields(&priced);
+        let owned = |e: &Entry| -> Vec<(String, u64)> {
+            store_fields(e)
+                .into_iter()
+                .map(|(k, n)| (k.into_owned(), n))
+                .collect()
+        };
+        let fields = owned(&priced);
         assert!(
             fields.contains(&("cost:EUR".to_string(), 12_150)),
             "{:?}",
@@ -530,7 +540,7 @@ mod tests {
         assert!(fields.contains(&("priced".to_string(), 1)), "{:?}", fields);
         assert!(!fields.iter().any(|f| f.0.starts_with("estimated_cost")));
         let mut all = fields.clone();
-        all.extend(store_fields(&e("2026-12-04T10:00:00.000Z", "a", "m", 3, 1)));
+        all.extend(owned(&e("2026-12-04T10:00:00.000Z", "a", "m", 3, 1)));
         let c = counters_of(&all);
         assert_eq!(
             (c.requests, c.priced, c.unpriced, c.cost, c.currency.name()),
@@ -541,7 +551,7 @@ mod tests {
             currency: "USD".into(),
             ..e("2026-12-04T10:00:00.000Z", "a", "m", 1, 1)
         };
-        all.extend(store_fields(&dollars));
+        all.extend(owned(&dollars));
         assert_eq!(counters_of(&all).currency.name(), "mixed");
     }
 

@@ -71,7 +71,7 @@ pub struct UsageAdd {
     /// The ledger's `model`.
     pub model: String,
     /// (counter, amount); zero amounts are left out of the store.
-    pub counters: Vec<(String, u64)>,
+    pub counters: Vec<(std::borrow::Cow<'static, str>, u64)>,
 }
 
 /// The shared usage totals of one day and identity, as the store keeps them: counters by
