@@ -9,7 +9,6 @@
 use crate::stream::messages_usage::Tap;
 use crate::stream::usage::Usage;
 use crate::stream::usage_strip::UsageStrip;
-use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,9 @@ use std::time::{Duration, Instant};
 /// reads fill it.
 const READ_BUF_MIN: usize = 2 * 1024;
 const READ_BUF_MAX: usize = 32 * 1024;
+
+/// Pieces the keep-alive reader thread may read ahead of the client.
+const PIECES_IN_FLIGHT: usize = 4;
 
 /// How often, at most, a chunk's size line is sent on its own to learn whether the client
 /// has hung up (see `Sink::piece`).
@@ -145,6 +147,7 @@ pub fn relay(
     let mut pass = Pass {
         tap: &mut tap,
         strip: &mut strip,
+        stripped: Vec::new(),
     };
     let result = match keepalive {
         Some(every) => pump_with_keepalive(
@@ -346,18 +349,24 @@ fn upstream_failure(e: &io::Error) -> Failure {
 struct Pass<'a> {
     tap: &'a mut Option<Tap>,
     strip: &'a mut Option<UsageStrip>,
+    /// The stripped bytes of the last piece (reused: no allocation per piece).
+    stripped: Vec<u8>,
 }
 
 impl Pass<'_> {
     /// Feeds the tap with the backend's bytes; returns the bytes for the client.
-    fn through<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
+    fn through<'d>(&'d mut self, data: &'d [u8]) -> &'d [u8] {
         if let Some(t) = self.tap.as_mut() {
             t.feed(data);
         }
         crate::telemetry::response_bytes(data);
         match self.strip.as_mut() {
-            Some(s) => Cow::Owned(s.feed(data)),
-            None => Cow::Borrowed(data),
+            Some(s) => {
+                self.stripped.clear();
+                s.feed(data, &mut self.stripped);
+                &self.stripped
+            }
+            None => data,
         }
     }
 
@@ -388,8 +397,11 @@ fn pump(
             Err(e) => return Err(upstream_failure(&e)),
         };
         let piece = pass.through(&buf[..n]);
-        write_piece(sink, &piece, stats)?;
-        if n == buf.len() && buf.len() < READ_BUF_MAX {
+        write_piece(sink, piece, stats)?;
+        // More than half full: more was waiting. (The chunked decoder fills a buffer with the
+        // whole chunks that fit, so a stream's reads rarely fill it exactly: growing only then
+        // kept a backlog of small events at one write per 2 KiB.)
+        if n * 2 > buf.len() && buf.len() < READ_BUF_MAX {
             buf.resize(buf.len() * 2, 0);
         }
     }
@@ -406,14 +418,22 @@ fn pump_with_keepalive(
     pass: &mut Pass,
 ) -> Result<(), Failure> {
     // Bounded so a slow client pushes back on the backend instead of growing memory.
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIECES_IN_FLIGHT);
+    // Written pieces go back to the reader to be filled again: no allocation per piece. Room
+    // for every piece there can be (queued, being written, being read).
+    let (used_tx, used_rx) = mpsc::sync_channel::<Vec<u8>>(PIECES_IN_FLIGHT + 2);
     let reader = std::thread::Builder::new()
         .name("sse-reader".into())
         .spawn(move || {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let msg = match body.read(&mut buf) {
-                    Ok(n) => Ok(buf[..n].to_vec()),
+                    Ok(n) => {
+                        let mut piece = used_rx.try_recv().unwrap_or_default();
+                        piece.clear();
+                        piece.extend_from_slice(&buf[..n]);
+                        Ok(piece)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => Err(e),
                 };
@@ -434,10 +454,12 @@ fn pump_with_keepalive(
             }
             Ok(Ok(data)) => {
                 let piece = pass.through(&data);
-                boundary.feed(&piece);
-                if let Err(f) = write_piece(sink, &piece, stats) {
+                boundary.feed(piece);
+                if let Err(f) = write_piece(sink, piece, stats) {
                     break Err(f);
                 }
+                // Full only if the reader is gone: then the buffer is just dropped.
+                let _ = used_tx.try_send(data);
             }
             Ok(Err(e)) => break Err(upstream_failure(&e)),
             // Only between events: inside one, the comment would become part of its data.
@@ -526,7 +548,8 @@ impl Sink<'_> {
         self.buf.clear();
         self.buf.append(&mut self.head);
         if self.framing == Framing::Chunked {
-            let _ = write!(self.buf, "{:x}\r\n", data.len());
+            push_hex(&mut self.buf, data.len());
+            self.buf.extend_from_slice(b"\r\n");
             if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
                 self.last_probe = Some(Instant::now());
                 self.out.write_all(&self.buf)?;
@@ -564,9 +587,34 @@ impl Sink<'_> {
     }
 }
 
+/// `n` in lowercase hex, as a chunk size line has it (what `{:x}` writes, without the
+/// formatting machinery on every piece).
+fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::EventBoundary;
+    use super::{push_hex, EventBoundary};
+
+    #[test]
+    fn hex_sizes() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 0xabcdef, usize::MAX] {
+            let mut buf = Vec::new();
+            push_hex(&mut buf, n);
+            assert_eq!(buf, format!("{:x}", n).into_bytes());
+        }
+    }
 
     #[test]
     fn event_boundaries() {

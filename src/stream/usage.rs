@@ -310,12 +310,6 @@ fn string_value_start(rest: &[u8]) -> Option<usize> {
     (rest[quote] == b'"').then_some(quote + 1)
 }
 
-/// Where `needle` first occurs in `hay` (memchr's SIMD search: a comparison at every position
-/// was a third of a stream's relay time).
-pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
-}
-
 /// The searchers for the members every SSE line is scanned for, built once.
 struct Needles {
     usage: Finder<'static>,
