@@ -409,7 +409,13 @@ impl Read for Translating {
                     self.ended = true;
                     t.finish()
                 }
-                Ok(n) => t.feed(&self.chunk[..n]),
+                Ok(n) => {
+                    // The same buffer for every piece: no allocation per read.
+                    let mut out = std::mem::take(&mut self.out);
+                    out.clear();
+                    t.feed_into(&self.chunk[..n], &mut out);
+                    out
+                }
                 Err(e) => {
                     self.ended = true;
                     let message = if upstream::is_timeout(&e) {

@@ -4,6 +4,7 @@
 //! shapes (`http::anthropic_error`); the token counts of backends that speak the Messages API
 //! natively are read with the other usage (`stream::messages_usage`).
 
+mod chunk;
 pub mod request;
 pub mod response;
 pub mod stream;

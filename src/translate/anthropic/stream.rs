@@ -7,6 +7,7 @@
 //! `message_delta` and `message_stop`, and nothing after. Every tool argument fragment is an
 //! `input_json_delta` (a tool's input is never only in `content_block_start`).
 
+use super::chunk;
 use super::response::{message_id, reasoning_of, stop_reason, Reply, Tokens};
 use crate::http::anthropic_error::AnthropicError;
 use serde_json::{json, Value};
@@ -109,6 +110,12 @@ impl StreamTranslator {
     /// The next piece of the backend's body; returns the Anthropic SSE bytes to send now.
     pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
+        self.feed_into(data, &mut out);
+        out
+    }
+
+    /// `feed`, the bytes to send appended to `out` (a buffer the caller reuses).
+    pub fn feed_into(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut rest = data;
         while !rest.is_empty() && !self.done {
             let end = memchr::memchr(b'\n', rest);
@@ -120,13 +127,12 @@ impl StreamTranslator {
             }
             match end {
                 Some(at) => {
-                    self.line_done(&mut out);
+                    self.line_done(out);
                     rest = &rest[at + 1..];
                 }
                 None => break,
             }
         }
-        out
     }
 
     /// The backend's body ended. A stream that said why it finished (or sent `[DONE]`) ends
@@ -161,7 +167,7 @@ impl StreamTranslator {
     }
 
     fn line_done(&mut self, out: &mut Vec<u8>) {
-        let line = std::mem::take(&mut self.line);
+        let mut buf = std::mem::take(&mut self.line);
         if std::mem::replace(&mut self.overflow, false) {
             out.extend(self.fail(&AnthropicError::new(
                 502,
@@ -169,7 +175,7 @@ impl StreamTranslator {
             )));
             return;
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
         // OpenAI-compatible servers put each chunk on one `data:` line; other fields (event,
         // id, comments) carry nothing for the translation.
         if let Some(payload) = line.strip_prefix(b"data:") {
@@ -177,13 +183,18 @@ impl StreamTranslator {
             self.chunk(payload, out);
         }
         // The buffer's allocation is reused for the next line.
-        self.line = line.to_vec();
-        self.line.clear();
+        buf.clear();
+        self.line = buf;
     }
 
     fn chunk(&mut self, payload: &[u8], out: &mut Vec<u8>) {
         if payload == b"[DONE]" {
             self.end_message(out);
+            return;
+        }
+        // Most chunks carry a piece of text and nothing else: read without a JSON tree.
+        if let Some(c) = chunk::simple(payload) {
+            self.simple(c, out);
             return;
         }
         let v: Value = match serde_json::from_slice(payload) {
@@ -217,22 +228,11 @@ impl StreamTranslator {
             None => return,
         };
         if let Some(delta) = choice.get("delta") {
-            if let Some(r) = reasoning_of(delta) {
-                self.chars += r.chars().count() as u64;
-                self.delta(
-                    Kind::Thinking,
-                    json!({"type": "thinking_delta", "thinking": r}),
-                    out,
-                );
-            }
-            if let Some(t) = delta
-                .get("content")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
-                self.chars += t.chars().count() as u64;
-                self.delta(Kind::Text, json!({"type": "text_delta", "text": t}), out);
-            }
+            self.text_deltas(
+                reasoning_of(delta),
+                delta.get("content").and_then(Value::as_str),
+                out,
+            );
             // An empty `tool_calls: []` beside content is no tool call.
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for (pos, call) in calls.iter().enumerate() {
@@ -244,6 +244,26 @@ impl StreamTranslator {
             self.finish = Some(f.to_string());
             self.backend_stop = choice.get("stop_reason").cloned();
             self.close_all(out);
+        }
+    }
+
+    /// A chunk `chunk::simple` read: what `chunk` does with it, in the same order.
+    fn simple(&mut self, c: chunk::Simple, out: &mut Vec<u8>) {
+        self.start(c.id.as_deref(), out);
+        if let Some(d) = &c.delta {
+            self.text_deltas(d.reasoning(), d.content.as_deref(), out);
+        }
+    }
+
+    /// A delta's reasoning, then its text (an empty text is none).
+    fn text_deltas(&mut self, reasoning: Option<&str>, content: Option<&str>, out: &mut Vec<u8>) {
+        if let Some(r) = reasoning {
+            self.chars += r.chars().count() as u64;
+            self.delta(Kind::Thinking, r, out);
+        }
+        if let Some(t) = content.filter(|t| !t.is_empty()) {
+            self.chars += t.chars().count() as u64;
+            self.delta(Kind::Text, t, out);
         }
     }
 
@@ -274,7 +294,7 @@ impl StreamTranslator {
     }
 
     /// A text or thinking delta, in a block of its kind (opened when another kind is open).
-    fn delta(&mut self, kind: Kind, delta: Value, out: &mut Vec<u8>) {
+    fn delta(&mut self, kind: Kind, text: &str, out: &mut Vec<u8>) {
         let index = match self.open {
             Some((k, i)) if k == kind => i,
             _ => {
@@ -286,7 +306,7 @@ impl StreamTranslator {
                 self.open_block(kind, block, out)
             }
         };
-        delta_event(out, index, delta);
+        text_delta_event(out, index, kind, text);
     }
 
     fn tool_delta(&mut self, pos: usize, call: &Value, out: &mut Vec<u8>) {
@@ -484,6 +504,40 @@ fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
     // Writing a Value to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, data);
     out.extend_from_slice(b"\n\n");
+}
+
+/// The event `delta_event` writes for `json!({"type": "text_delta", "text": text})` (or
+/// `thinking_delta` and `thinking`), written directly: one for nearly every backend chunk.
+fn text_delta_event(out: &mut Vec<u8>, index: usize, kind: Kind, text: &str) {
+    let (delta, field) = match kind {
+        Kind::Thinking => ("thinking_delta", "thinking"),
+        _ => ("text_delta", "text"),
+    };
+    out.extend_from_slice(
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+    );
+    out.extend_from_slice(itoa(index, &mut [0u8; 20]));
+    out.extend_from_slice(b",\"delta\":{\"type\":\"");
+    out.extend_from_slice(delta.as_bytes());
+    out.extend_from_slice(b"\",\"");
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(b"\":");
+    // serde_json's own string escaping, as the Value form had it.
+    let _ = serde_json::to_writer(&mut *out, text);
+    out.extend_from_slice(b"}}\n\n");
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 fn delta_event(out: &mut Vec<u8>, index: usize, delta: Value) {
@@ -966,6 +1020,41 @@ mod tests {
             out.extend(t.feed(&input[from..]));
             out.extend(t.finish());
             prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(whole).unwrap());
+        }
+
+        /// A text or reasoning chunk gives the same bytes read without a JSON tree
+        /// (`chunk::simple`) as read as a `Value` (forced here by an empty `tool_calls`, which
+        /// says nothing).
+        #[test]
+        fn simple_chunks_read_as_values_read(steps in proptest::collection::vec((0u8..4, "(\\PC|[\"\\\\\n\u{1}\u{7f}]){0,8}", any::<bool>()), 1..12)) {
+            let mut fast = String::new();
+            let mut general = String::new();
+            for (kind, text, extra) in &steps {
+                let mut delta = match kind {
+                    0 => json!({"content": text}),
+                    1 => json!({"reasoning_content": text}),
+                    2 => json!({"role": "assistant", "reasoning": text, "content": null}),
+                    _ => json!({"content": text, "reasoning_content": ""}),
+                };
+                let mut c = json!({"id": "chatcmpl-7", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta.clone(), "finish_reason": null}]});
+                if *extra {
+                    c["usage"] = Value::Null;
+                    c["choices"] = json!([{"index": 1, "delta": {"content": "other"}}, c["choices"][0].clone()]);
+                }
+                prop_assert!(chunk::simple(c.to_string().as_bytes()).is_some());
+                fast.push_str(&format!("data: {}\n\n", c));
+                delta["tool_calls"] = json!([]);
+                let last = c["choices"].as_array().unwrap().len() - 1;
+                c["choices"][last]["delta"] = delta;
+                prop_assert!(chunk::simple(c.to_string().as_bytes()).is_none());
+                general.push_str(&format!("data: {}\n\n", c));
+            }
+            let end = format!("data: {}\n\ndata: [DONE]\n\n", chunk(json!({}), json!("stop")));
+            fast.push_str(&end);
+            general.push_str(&end);
+            let fast = translate_whole(fast.as_bytes());
+            prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(translate_whole(general.as_bytes())).unwrap());
         }
 
         /// Random chunk sequences never break the grammar.
