@@ -72,6 +72,37 @@ fn whole_chunk_len(buffered: &[u8]) -> Option<(usize, usize)> {
     (buffered.len() >= total).then_some((size, total))
 }
 
+/// modelmux: the bytes of a chunk's size line up to `\r` or `;`: in an array, and only past
+/// its length (padding) in a Vec.
+#[derive(Default)]
+struct SizeLine {
+    short: [u8; 24],
+    len: usize,
+    long: Vec<u8>,
+}
+
+impl SizeLine {
+    fn push(&mut self, byte: u8) {
+        if self.long.is_empty() && self.len < self.short.len() {
+            self.short[self.len] = byte;
+            self.len += 1;
+            return;
+        }
+        if self.long.is_empty() {
+            self.long.extend_from_slice(&self.short);
+        }
+        self.long.push(byte);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.long.is_empty() {
+            &self.short[..self.len]
+        } else {
+            &self.long
+        }
+    }
+}
+
 impl<R> Decoder<R>
 where
     R: Read,
@@ -90,7 +121,8 @@ where
     }
 
     fn read_chunk_size(&mut self) -> IoResult<usize> {
-        let mut chunk_size_bytes = Vec::new();
+        // modelmux: the size line in an array on the stack, not a new Vec per chunk
+        let mut chunk_size_bytes = SizeLine::default();
         let mut has_ext = false;
 
         loop {
@@ -126,7 +158,8 @@ where
 
         self.read_line_feed()?;
 
-        let chunk_size = String::from_utf8(chunk_size_bytes)
+        // modelmux: `str::from_utf8` of the array, where upstream had `String::from_utf8`
+        let chunk_size = std::str::from_utf8(chunk_size_bytes.bytes())
             .ok()
             .and_then(|c| usize::from_str_radix(c.trim(), 16).ok())
             .ok_or_else(|| IoError::new(ErrorKind::InvalidInput, DecoderError))?;
@@ -330,6 +363,10 @@ mod test {
         read("3   ; extension=123\r\n", 3);
         read("3   ;\r\n", 3);
         read("3   ;   \r\n", 3);
+        // modelmux: a size line longer than `SizeLine`'s array
+        read("00000000000000000000000000000000000003   \r\n", 3);
+        read("1                                   \r\n", 1);
+        read_err("1                                   x\r\n");
         // Invalid extensions cause an error
         read_err("1 invalid extension\r\n");
         read_err("1 A\r\n");
