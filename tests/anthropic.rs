@@ -632,3 +632,58 @@ fn system_message_inside_the_conversation_stays_in_place() {
     );
     assert_eq!(a.requests().len(), 1);
 }
+
+/// A translated stream ends at the backend's `[DONE]`; the rest of the backend's body (here
+/// its last chunk, sent a moment later) is still read, so the connection goes back to the pool
+/// and the next request reuses it rather than opening a new one.
+#[test]
+fn translated_streams_reuse_the_backend_connection() {
+    use std::io::{BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                while support::fake_backend::read_request(&mut r).is_some() {
+                    let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                    for data in [
+                        json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}),
+                        json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                    ] {
+                        out.extend(chunk(format!("data: {}\n\n", data).as_bytes()));
+                    }
+                    out.extend(chunk(b"data: [DONE]\n\n"));
+                    if w.write_all(&out).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    if w.write_all(b"0\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new();
+    let p = proxy(&url, &dir, "");
+    for _ in 0..2 {
+        let r = messages(
+            &p,
+            &json!({"model": "m", "max_tokens": 10, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+        );
+        let text = r.text();
+        assert!(
+            text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{}",
+            text
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

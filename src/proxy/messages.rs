@@ -273,6 +273,7 @@ fn streamed(
         out: Vec::new(),
         at: 0,
         ended: false,
+        rest_unread: false,
     });
     let stats = send_stream(request, body, from, ctx);
     summary.status = 200;
@@ -389,12 +390,24 @@ struct Translating {
     out: Vec<u8>,
     at: usize,
     ended: bool,
+    /// The translation ended before the backend's body did (its `[DONE]` came before the
+    /// chunked body's end): the rest is read before the end, so the connection goes back to
+    /// the pool instead of being closed.
+    rest_unread: bool,
 }
+
+/// At most this much of a backend's body after its `[DONE]` is read to keep its connection.
+const MAX_REST: u64 = 64 * 1024;
 
 impl Read for Translating {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at >= self.out.len() {
             if self.ended {
+                if std::mem::take(&mut self.rest_unread) {
+                    // The client already has every event; only the end of the body waits
+                    // for the backend's end (as a plain relay's does). A failure just closes.
+                    let _ = io::copy(&mut (&mut self.inner).take(MAX_REST), &mut io::sink());
+                }
                 return Ok(0);
             }
             let read = self.inner.read(&mut self.chunk);
@@ -436,8 +449,9 @@ impl Read for Translating {
                 }
             };
             self.at = 0;
-            if t.is_done() {
+            if t.is_done() && !self.ended {
                 self.ended = true;
+                self.rest_unread = true;
             }
         }
         let n = buf.len().min(self.out.len() - self.at);
