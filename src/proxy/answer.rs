@@ -89,6 +89,7 @@ pub fn relay(
         sse_keepalive: endpoint.sse_keepalive,
         strip_usage,
         messages_usage,
+        read_usage: true,
         keepalive: relay::KEEPALIVE_COMMENT,
     };
     let connection = request.connection_handle();

@@ -326,6 +326,8 @@ fn send_stream(
         sse_keepalive: from.endpoint.sse_keepalive.or(Some(DEFAULT_PING)),
         strip_usage: false,
         messages_usage: false,
+        // The translator has the counts (`streamed`, `whole`): the events it wrote need no reading.
+        read_usage: false,
         keepalive: PING,
     };
     let connection = request.connection_handle();

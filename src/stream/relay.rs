@@ -78,6 +78,9 @@ pub struct ClientSide {
     pub strip_usage: bool,
     /// The answer is an Anthropic Messages one: its counts are read the Messages API's way.
     pub messages_usage: bool,
+    /// The usage is read from the body as it passes; off when the caller counts it itself
+    /// (a translated stream, whose translator has the backend's counts).
+    pub read_usage: bool,
     /// What fills the silence: `KEEPALIVE_COMMENT`, or an event the client's protocol has.
     pub keepalive: &'static [u8],
 }
@@ -271,7 +274,7 @@ fn taps(
 ) -> (Option<Tap>, Option<UsageStrip>) {
     let is_json = has_content_type(head, "application/json");
     let gzip = matches!(encoding, Some("gzip" | "x-gzip"));
-    let tap = ((is_sse || is_json) && (encoding.is_none() || gzip))
+    let tap = (client.read_usage && (is_sse || is_json) && (encoding.is_none() || gzip))
         .then(|| Tap::new(client.messages_usage, is_sse, gzip));
     let strip = (is_sse && encoding.is_none() && client.strip_usage).then(UsageStrip::default);
     (tap, strip)
