@@ -129,9 +129,10 @@ fn next_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::
         // SAFETY: waits on a valid set; writes the signal number into `sig`.
         None => unsafe { libc::sigwait(set, &mut sig) },
         Some(t) => {
+            // Whole seconds capped where every time_t (32-bit on some targets) holds them.
             let ts = libc::timespec {
-                tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-                tv_nsec: t.subsec_nanos() as libc::c_long,
+                tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: t.subsec_nanos() as _,
             };
             // SAFETY: waits on a valid set with a valid timeout; no siginfo is asked for.
             let n = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };

@@ -1038,6 +1038,8 @@ def bench_idle_and_startup(args, nginx):
     idle = {"modelmux": idle_rss(args, backend_port, MODELMUX)}
     if os.path.exists(STATIC):
         idle["static"] = idle_rss(args, backend_port, STATIC)
+    if args.baseline:
+        idle["baseline"] = idle_rss(args, backend_port, args.baseline)
     if nginx:
         p, _, workers = start_nginx(nginx, backend_port)
         time.sleep(1.0)
@@ -1296,6 +1298,11 @@ def report(args, m, rows, rss_after_load, latency, ttfb, stream_rows, streams, s
         L.append("| RSS idle, threads (median of %d starts; min / max) | %s, %d threads (%s / %s) | %s |" % (
             i["runs"], mib(i["rss_kib"]), i["threads"], mib(i["min_kib"]), mib(i["max_kib"]),
             ("%s, %d threads" % (mib(ng_idle["rss_kib"]), ng_idle["threads"])) if ng_idle else "—"))
+    if idle and "baseline" in idle:
+        i = idle["baseline"]
+        L.append("| RSS idle of the baseline binary, threads (median of %d starts; min / max) "
+                 "| %s, %d threads (%s / %s) | — |" % (
+                     i["runs"], mib(i["rss_kib"]), i["threads"], mib(i["min_kib"]), mib(i["max_kib"])))
     if idle and "static" in idle:
         i = idle["static"]
         L.append("| RSS idle of the static binary (`make static`, what ships), threads (median of %d starts; "
