@@ -5,7 +5,7 @@
 use crate::backend::live::ConfigStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Tells the server to stop accepting and drain.
 #[derive(Default)]
@@ -13,6 +13,16 @@ pub struct Stopper {
     stopping: AtomicBool,
     server: Mutex<Option<Arc<tiny_http::Server>>>,
     stopped: Condvar,
+    /// What the thread in `wait` does meanwhile: take the signals and watch the config file.
+    duty: Mutex<Option<Duty>>,
+}
+
+/// The signals and the config file, looked after by the thread that waits for the stop (the
+/// main thread) instead of two threads of their own: an idle process has two threads fewer.
+struct Duty {
+    shared: Arc<ConfigStore>,
+    /// How often the config file is looked at; zero: never.
+    watch: Duration,
 }
 
 impl Stopper {
@@ -20,6 +30,16 @@ impl Stopper {
     pub fn attach(&self, server: Arc<tiny_http::Server>) {
         if let Ok(mut g) = self.server.lock() {
             *g = Some(server);
+        }
+    }
+
+    /// Makes `wait` take SIGTERM/SIGINT (a drain) and SIGHUP (a reload), and reload the config
+    /// when its file's modification time or size changes, looked at every `watch` (zero:
+    /// never), so a Kubernetes ConfigMap update takes effect without a restart. Signals must
+    /// be blocked in every thread (`block_signals` before any is spawned).
+    pub fn handle_signals(&self, shared: Arc<ConfigStore>, watch: Duration) {
+        if let Ok(mut g) = self.duty.lock() {
+            *g = Some(Duty { shared, watch });
         }
     }
 
@@ -35,8 +55,12 @@ impl Stopper {
         }
     }
 
-    /// Blocks until `stop` has been called.
+    /// Blocks until `stop` has been called (with `handle_signals`: until a stop signal).
     pub fn wait(&self) {
+        let duty = self.duty.lock().ok().and_then(|mut g| g.take());
+        if let Some(duty) = duty {
+            self.serve_signals(&duty);
+        }
         let Ok(mut g) = self.server.lock() else {
             return;
         };
@@ -48,10 +72,79 @@ impl Stopper {
         }
     }
 
+    /// Reloads on SIGHUP and on a changed config file until SIGTERM or SIGINT stops the server.
+    fn serve_signals(&self, duty: &Duty) {
+        let set = signal_set();
+        let watching = !duty.watch.is_zero();
+        let mut last = stamp(&duty.shared.path);
+        let mut next_look = Instant::now() + duty.watch;
+        while !self.stopping() {
+            let wait = watching.then(|| next_look.saturating_duration_since(Instant::now()));
+            match next_signal(&set, wait) {
+                Some(libc::SIGHUP) => {
+                    log::info!("SIGHUP: reloading {}", duty.shared.path);
+                    reload_and_log(&duty.shared);
+                }
+                Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                    log::info!(
+                        "signal {}: no longer accepting; draining in-flight requests",
+                        sig
+                    );
+                    self.stop();
+                }
+                _ => {}
+            }
+            if watching && Instant::now() >= next_look {
+                next_look = Instant::now() + duty.watch;
+                let now = stamp(&duty.shared.path);
+                if now.is_some() && now != last {
+                    log::info!(
+                        "config file {} changed on disk: reloading",
+                        duty.shared.path
+                    );
+                    reload_and_log(&duty.shared);
+                    last = now;
+                }
+            }
+        }
+    }
+
     /// True once a stop was requested.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+}
+
+/// The config file's modification time and size, if it can be read.
+fn stamp(path: &str) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The next blocked signal of `set` taken, waiting at most `timeout` (`None`: for ever);
+/// `None` when the time ran out or the wait was interrupted.
+fn next_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
+    let mut sig: libc::c_int = 0;
+    let rc = match timeout {
+        // SAFETY: waits on a valid set; writes the signal number into `sig`.
+        None => unsafe { libc::sigwait(set, &mut sig) },
+        Some(t) => {
+            // Whole seconds capped where every time_t (32-bit on some targets) holds them.
+            let ts = libc::timespec {
+                tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: t.subsec_nanos() as _,
+            };
+            // SAFETY: waits on a valid set with a valid timeout; no siginfo is asked for.
+            let n = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+            sig = n;
+            if n < 0 {
+                -1
+            } else {
+                0
+            }
+        }
+    };
+    (rc == 0).then_some(sig)
 }
 
 fn signal_set() -> libc::sigset_t {
@@ -67,7 +160,8 @@ fn signal_set() -> libc::sigset_t {
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it spawns later, so that
-/// one dedicated thread can take them with `sigwait` (no async-signal-safety pitfalls).
+/// one thread (the one in `Stopper::wait`) can take them with `sigwait` (no
+/// async-signal-safety pitfalls).
 /// Call before spawning any thread.
 pub fn block_signals() {
     let set = signal_set();
@@ -77,68 +171,9 @@ pub fn block_signals() {
     }
 }
 
-/// Spawns the thread that turns signals into a drain or a reload.
-pub fn spawn_signal_thread(shared: Arc<ConfigStore>, stopper: Arc<Stopper>) {
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let set = signal_set();
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: waits on a valid set; writes the signal number into `sig`.
-                let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc != 0 {
-                    continue;
-                }
-                if sig == libc::SIGHUP {
-                    log::info!("SIGHUP: reloading {}", shared.path);
-                    reload_and_log(&shared);
-                } else {
-                    log::info!(
-                        "signal {}: no longer accepting; draining in-flight requests",
-                        sig
-                    );
-                    stopper.stop();
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the signal thread: {}", e);
-    }
-}
-
 fn reload_and_log(shared: &ConfigStore) {
     if let Err(e) = shared.reload() {
         log::error!("reload failed, keeping the old config: {}", e);
-    }
-}
-
-/// Polls the config file's modification time and size and reloads when they change, so a
-/// Kubernetes ConfigMap update takes effect without a restart.
-pub fn spawn_config_watcher(shared: Arc<ConfigStore>, every: Duration) {
-    if every.is_zero() {
-        return;
-    }
-    let stamp = |path: &str| -> Option<(SystemTime, u64)> {
-        let m = std::fs::metadata(path).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    };
-    let spawned = std::thread::Builder::new()
-        .name("config-watch".into())
-        .spawn(move || {
-            let mut last = stamp(&shared.path);
-            loop {
-                std::thread::sleep(every);
-                let now = stamp(&shared.path);
-                if now.is_some() && now != last {
-                    log::info!("config file {} changed on disk: reloading", shared.path);
-                    reload_and_log(&shared);
-                    last = now;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the config watcher: {}", e);
     }
 }
 

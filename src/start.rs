@@ -128,8 +128,9 @@ fn run(o: Options) -> Result<(), String> {
     };
     let shared = Arc::new(shared);
     let stopper = Arc::new(lifecycle::Stopper::default());
-    lifecycle::spawn_signal_thread(Arc::clone(&shared), Arc::clone(&stopper));
-    lifecycle::spawn_config_watcher(Arc::clone(&shared), o.watch);
+    // The main thread takes the signals and watches the config file while it waits for the
+    // stop (`server::serve` waits in `stopper.wait()`).
+    stopper.handle_signals(Arc::clone(&shared), o.watch);
     crate::backend::discovery::spawn(Arc::clone(&shared));
     let served = server::serve(
         listener,

@@ -415,3 +415,34 @@ fn reloads_keep_one_discovery_thread_and_apply_new_filters() {
         threads_named(p.pid(), "probe") <= 1
     });
 }
+
+#[test]
+fn the_discovery_thread_starts_with_the_first_config_that_probes() {
+    let a = MockBackend::start(lists(&["llama3"]));
+    // Nothing probed or discovered: an idle process has no scheduler waiting for nothing, and
+    // the signals and the file watch are the main thread's (no threads of their own).
+    let plain = config(json!({"echo": {"url": a.url(), "actualModelName": "llama3"}}));
+    let p = Proxy::start_with(&plain, &[("CM_OPEN_WEBUI_PROXY_WATCH_SECS", "1")], &[]);
+    for name in ["discovery", "signals", "config-watch", "limits-sweep"] {
+        assert_eq!(threads_named(p.pid(), name), 0, "a {} thread at idle", name);
+    }
+    // The reload that first asks for discovery starts it, and it discovers at once.
+    p.write_config(&config(json!({
+        "echo": {"url": a.url(), "actualModelName": "llama3"},
+        "a/*": {"url": a.url(), "discoverIntervalSecs": 1},
+    })));
+    let r = request(p.addr, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_ids(&p, "the listing after the reload", |ids| {
+        has(ids, "a/llama3")
+    });
+    wait_until("one discovery thread", WAIT, || {
+        threads_named(p.pid(), "discovery") == 1
+    });
+    // Reloading back and forth never starts a second one.
+    for text in [&plain, &plain] {
+        p.write_config(text);
+        assert_eq!(request(p.addr, "POST", "/reload", &[], b"").status, 200);
+    }
+    assert_eq!(threads_named(p.pid(), "discovery"), 1);
+}

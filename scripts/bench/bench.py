@@ -35,6 +35,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELMUX = os.path.join(ROOT, "target", "release", "modelmux")
 BACKEND = os.path.join(ROOT, "target", "release", "demo_backend")
+# What `make static` builds (the shipped binary); its idle RSS is an extra row when it exists.
+STATIC = os.path.join(ROOT, "target", "static", "modelmux")
 LUA = os.path.join(HERE, "post.lua")
 BODY = '{"model":"echo","messages":[{"role":"user","content":"hello there world"}]}'
 STREAM_BODY = (
@@ -999,6 +1001,23 @@ def bench_streams(args, nginx):
     return out
 
 
+def idle_rss(args, backend_port, binary):
+    """VmRSS and threads 1 s after start, the median of `--idle-runs` starts: which of the
+    binary's code pages a start maps depends on where ASLR put it (the kernel maps 64 KiB
+    around each page fault), so one start varies by about 0.1 MiB."""
+    runs = []
+    for _ in range(args.idle_runs):
+        mm, _ = start_modelmux(backend_port, binary=binary)
+        time.sleep(1.0)
+        runs.append(proc_status([mm.pid]))
+        stop(mm)
+    runs.sort(key=lambda r: r["rss_kib"])
+    mid = dict(runs[len(runs) // 2])
+    mid["runs"] = len(runs)
+    mid["min_kib"], mid["max_kib"] = runs[0]["rss_kib"], runs[-1]["rss_kib"]
+    return mid
+
+
 def bench_idle_and_startup(args, nginx):
     backend, backend_port = start_backend(0)
     cfg = write_config(backend_port)
@@ -1016,10 +1035,11 @@ def bench_idle_and_startup(args, nginx):
                 raise RuntimeError("modelmux did not answer /health within 10 s")
             time.sleep(0.0005)
         stop(p)
-    mm, _ = start_modelmux(backend_port)
-    time.sleep(1.0)
-    idle = {"modelmux": proc_status([mm.pid])}
-    stop(mm)
+    idle = {"modelmux": idle_rss(args, backend_port, MODELMUX)}
+    if os.path.exists(STATIC):
+        idle["static"] = idle_rss(args, backend_port, STATIC)
+    if args.baseline:
+        idle["baseline"] = idle_rss(args, backend_port, args.baseline)
     if nginx:
         p, _, workers = start_nginx(nginx, backend_port)
         time.sleep(1.0)
@@ -1274,9 +1294,20 @@ def report(args, m, rows, rss_after_load, latency, ttfb, stream_rows, streams, s
     L.append("|---|---:|---:|")
     ng_idle = idle.get("nginx") if idle else None
     if idle and "modelmux" in idle:
-        L.append("| RSS idle, threads | %s, %d threads | %s |" % (
-            mib(idle["modelmux"]["rss_kib"]), idle["modelmux"]["threads"],
+        i = idle["modelmux"]
+        L.append("| RSS idle, threads (median of %d starts; min / max) | %s, %d threads (%s / %s) | %s |" % (
+            i["runs"], mib(i["rss_kib"]), i["threads"], mib(i["min_kib"]), mib(i["max_kib"]),
             ("%s, %d threads" % (mib(ng_idle["rss_kib"]), ng_idle["threads"])) if ng_idle else "—"))
+    if idle and "baseline" in idle:
+        i = idle["baseline"]
+        L.append("| RSS idle of the baseline binary, threads (median of %d starts; min / max) "
+                 "| %s, %d threads (%s / %s) | — |" % (
+                     i["runs"], mib(i["rss_kib"]), i["threads"], mib(i["min_kib"]), mib(i["max_kib"])))
+    if idle and "static" in idle:
+        i = idle["static"]
+        L.append("| RSS idle of the static binary (`make static`, what ships), threads (median of %d starts; "
+                 "min / max) | %s, %d threads (%s / %s) | — |" % (
+                     i["runs"], mib(i["rss_kib"]), i["threads"], mib(i["min_kib"]), mib(i["max_kib"])))
     if rss_after_load:
         L.append("| RSS after the keep-alive load runs, threads | %s, %d threads | — |"
                  % (mib(rss_after_load["rss_kib"]), rss_after_load["threads"]))
@@ -1389,7 +1420,9 @@ What the tables mean:
 - **Stream time to first byte**: sequential `"stream": true` requests, each on a new
   connection, interleaved across targets; time from `connect()` to the first response byte and
   to the first `data:` event.
-- **Memory**: `VmRSS` and `Threads` from `/proc/PID/status`: idle right after start, after the
+- **Memory**: `VmRSS` and `Threads` from `/proc/PID/status`: idle 1 s after start (the median
+  of 5 starts, with the bench's config; the static binary of `make static` too when it has been
+  built, at `target/static/modelmux`), after the
   keep-alive load, and with 1,000 concurrent streams held open (default settings; backend
   sending one word per second), read once every stream has received its first chunk, then
   again 6 s after the clients hung up (modelmux's idle threads exit after 5 s), with the number
@@ -1437,6 +1470,7 @@ def main():
                     help="a modelmux built with --features count-allocs, for the allocation counts")
     ap.add_argument("--streams", type=int, default=int(os.environ.get("BENCH_STREAMS", "1000")))
     ap.add_argument("--startup-runs", type=int, default=10)
+    ap.add_argument("--idle-runs", type=int, default=5)
     ap.add_argument("--no-close-rows", action="store_true")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     ap.add_argument("--baseline", help="another modelmux binary to measure beside this one")

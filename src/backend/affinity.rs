@@ -35,7 +35,44 @@ pub fn score(key: KeyHash, backend: u64, weight: i64) -> f64 {
     // 53 bits (what an f64 holds exactly), shifted half a step off 0 so ln(u) is finite and
     // negative.
     let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -(weight.max(0) as f64) / u.ln()
+    -(weight.max(0) as f64) / ln(u)
+}
+
+/// The natural logarithm of `x` in (0, 1), within one ulp of libm's. Not `f64::ln`: that is
+/// the binary's only libm symbol, and loading libm costs every process about 0.3 MiB of
+/// resident pages at start (the idle-memory goal). fdlibm's `__ieee754_log` (Sun Microsystems,
+/// "freely granted, provided that this notice is preserved"): x = 2^k * (1 + f) with
+/// 1 + f in [sqrt(2)/2, sqrt(2)), then log(1 + f) = f - f^2/2 + s*(f^2/2 + R(s*s)), s = f/(2 + f).
+fn ln(x: f64) -> f64 {
+    // The constants by their bits, as fdlibm lists them.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    const LG: [f64; 7] = [
+        f64::from_bits(0x3fe5_5555_5555_5593),
+        f64::from_bits(0x3fd9_9999_9997_fa04),
+        f64::from_bits(0x3fd2_4924_9422_9359),
+        f64::from_bits(0x3fcc_71c5_1d8e_78af),
+        f64::from_bits(0x3fc7_4664_96cb_03de),
+        f64::from_bits(0x3fc3_9a09_d078_c69f),
+        f64::from_bits(0x3fc2_f112_df3e_5244),
+    ];
+    // Only normal, positive, finite inputs reach here (u is at least 2^-54).
+    let bits = x.to_bits();
+    let mut hx = (bits >> 32) as u32;
+    hx += 0x3ff0_0000 - 0x3fe6_a09e;
+    let k = (hx >> 20) as i32 - 0x3ff;
+    hx = (hx & 0x000f_ffff) + 0x3fe6_a09e;
+    let m = f64::from_bits((u64::from(hx) << 32) | (bits & 0xffff_ffff));
+    let f = m - 1.0;
+    let hfsq = 0.5 * f * f;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let w = z * z;
+    let t1 = w * (LG[1] + w * (LG[3] + w * LG[5]));
+    let t2 = z * (LG[0] + w * (LG[2] + w * (LG[4] + w * LG[6])));
+    let r = t2 + t1;
+    let dk = f64::from(k);
+    s * (hfsq + r) + dk * LN2_LO - hfsq + f + dk * LN2_HI
 }
 
 /// Backend indices in rendezvous order for `key`: best first. `backends` holds each one's
@@ -158,6 +195,32 @@ mod tests {
         );
         // The new backend takes about a quarter.
         assert!((400..=600).contains(&moved), "{} of {} moved", moved, n);
+    }
+
+    #[test]
+    fn ln_is_within_one_ulp_of_libm() {
+        let ulps = |a: f64, b: f64| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for i in 0..200_000u64 {
+            x = mix(x.wrapping_add(i));
+            let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            assert!(
+                ulps(ln(u), u.ln()) <= 1,
+                "ln({:e}) = {:e}, libm {:e}",
+                u,
+                ln(u),
+                u.ln()
+            );
+        }
+        for u in [
+            0.5 / (1u64 << 53) as f64,
+            0.5,
+            0.25,
+            1.0 - f64::EPSILON / 2.0,
+            std::f64::consts::FRAC_1_SQRT_2,
+        ] {
+            assert!(ulps(ln(u), u.ln()) <= 1, "ln({:e})", u);
+        }
     }
 
     #[test]

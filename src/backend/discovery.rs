@@ -72,9 +72,25 @@ pub fn due_at(state: &TargetState, interval: Duration, now: Instant) -> Instant 
     last + backoff.min(interval)
 }
 
-/// Starts the scheduler thread; it lives as long as the process.
+/// Starts the scheduler thread, now if the config probes or discovers anything, else on the
+/// first reload that makes it (an idle process without probes has no thread waiting for
+/// nothing); once started, it lives as long as the process.
 pub fn spawn(store: Arc<ConfigStore>) {
+    let weak = Arc::downgrade(&store);
+    store.on_reload(Box::new(move || {
+        if let Some(store) = weak.upgrade() {
+            start_when_needed(&store);
+        }
+    }));
+    start_when_needed(&store);
+}
+
+fn start_when_needed(store: &Arc<ConfigStore>) {
+    if plan(&store.snapshot().config).is_empty() || !store.claim_scheduler() {
+        return;
+    }
     let prober = Arc::new(Prober::default());
+    let store = Arc::clone(store);
     let spawned = std::thread::Builder::new()
         .name("discovery".into())
         .spawn(move || loop {

@@ -3,7 +3,8 @@
 use crate::backend::balance::Balancer;
 use crate::backend::catalog::{self, Catalog, Listed, Resolved};
 use crate::config::{self, Backend, ClientKey, Config, ConfigError, Defaults, Endpoint};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One loaded config plus its HTTP clients; requests hold an `Arc` of it for their whole life,
@@ -50,6 +51,10 @@ pub struct ConfigStore {
     current: RwLock<Arc<Live>>,
     reload_lock: Mutex<()>,
     agents: AgentCache,
+    /// Runs after each successful reload (discovery starts its thread when first needed).
+    reloaded: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Whether discovery's scheduler thread was started.
+    scheduler: AtomicBool,
 }
 
 /// The HTTP clients by client key. Agents outlive reloads so connection pools stay warm.
@@ -79,6 +84,8 @@ impl ConfigStore {
             current: RwLock::new(Arc::new(live)),
             reload_lock: Mutex::new(()),
             agents,
+            reloaded: OnceLock::new(),
+            scheduler: AtomicBool::new(false),
         })
     }
 
@@ -120,7 +127,20 @@ impl ConfigStore {
         );
         // Discovery refreshes at once: new backends are listed, removed ones forgotten.
         self.catalog.refresh_all();
+        if let Some(hook) = self.reloaded.get() {
+            hook();
+        }
         Ok(live)
+    }
+
+    /// Sets what runs after each successful reload (once; later calls are ignored).
+    pub fn on_reload(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.reloaded.set(hook);
+    }
+
+    /// True for the one caller that gets to start discovery's scheduler thread.
+    pub fn claim_scheduler(&self) -> bool {
+        !self.scheduler.swap(true, Ordering::SeqCst)
     }
 }
 

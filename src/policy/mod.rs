@@ -175,7 +175,6 @@ impl Policy {
             .map_err(|e| e.0)?,
         };
         store.set_max_tracked(settings.limits_max_tracked);
-        store::spawn_sweeper(&store);
         let quotas = Quotas::new(
             settings.limits.clone(),
             store,

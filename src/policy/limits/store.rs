@@ -14,7 +14,7 @@ pub use crate::policy::limits::redis_store::Timing;
 use crate::policy::limits::windows::{window_end, Span, Windows};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 /// Store failures since start and the breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +73,10 @@ impl Store {
     /// Checks every bucket and, only if all fit, adds one request, its tokens and cost to each.
     pub fn reserve(&self, asks: &[Ask], charge: Charge, now: u64) -> Result<Outcome, ReserveError> {
         match self {
-            Store::Local(s) => s.reserve(asks, charge, now),
+            Store::Local(s) => {
+                s.sweeper.call_once(|| spawn_sweeper(self));
+                s.reserve(asks, charge, now)
+            }
             Store::Redis(s) => s.reserve(asks, charge).map_err(ReserveError::Store),
         }
     }
@@ -138,7 +141,10 @@ impl Store {
     /// replica replaying the ledger into it would count each request again, so it skips this.
     pub fn record(&self, asks: &[Ask], charge: Charge, ts: u64, now: u64) {
         match self {
-            Store::Local(s) => s.record(asks, charge, ts, now),
+            Store::Local(s) => {
+                s.sweeper.call_once(|| spawn_sweeper(self));
+                s.record(asks, charge, ts, now)
+            }
             Store::Redis(_) => {}
         }
     }
@@ -199,6 +205,8 @@ pub struct LocalStore {
     max: AtomicUsize,
     /// Buckets freed since the allocator last gave memory back.
     freed: AtomicUsize,
+    /// The sweeper thread starts with the first bucket: a process without limits has none.
+    sweeper: Once,
 }
 
 impl Default for LocalStore {
@@ -207,6 +215,7 @@ impl Default for LocalStore {
             data: Mutex::default(),
             max: AtomicUsize::new(DEFAULT_MAX_TRACKED),
             freed: AtomicUsize::new(0),
+            sweeper: Once::new(),
         }
     }
 }
