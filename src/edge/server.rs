@@ -169,11 +169,7 @@ impl App {
         }
         let target = route::parse_target(request.url());
         let route = route::route(&target.path);
-        let client_id = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str());
+        let client_id = request.header_list().get("X-Request-Id");
         let meta = Meta {
             method: request.method().to_string(),
             path: target.path.clone(),
@@ -212,7 +208,7 @@ impl App {
                 &meta.method,
                 &meta.path,
                 &meta.request_id,
-                request.headers(),
+                request.header_list(),
             );
         }
         // A panic is this request's alone: tiny_http answers the dropped request with a 500
@@ -352,7 +348,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             // Per-user series name people: only for the admin key or `metrics.key`. Anyone
             // else (a scraper with no key or another one) gets every other series.
             let policy = &live.config.policy;
-            let token = auth::bearer(request.headers());
+            let token = auth::bearer(request.header_list());
             let personal = policy.metrics_per_user
                 && auth::is_one_of(
                     &[
@@ -415,13 +411,10 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
     let id = meta.request_id.as_str();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
-    let token = auth::bearer(request.headers()).map(str::to_string);
+    let token = auth::bearer(request.header_list()).map(str::to_string);
     // The Anthropic SDKs and Claude Code send `anthropic-version` on every request: they get
     // the model list in Anthropic's shape.
-    let anthropic = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("anthropic-version"));
+    let anthropic = request.header_list().get("anthropic-version").is_some();
     if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
         let keys = &live.config.proxy_keys;
         let personal = matches!(route, Route::Usage);

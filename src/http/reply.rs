@@ -62,10 +62,9 @@ pub fn error(request: Request, e: &ApiError, request_id: &str) -> u64 {
 /// keep-alive), so the reply must say `Connection: close`.
 pub fn wants_close(request: &Request) -> bool {
     let connection = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Connection"))
-        .map(|h| h.value.as_str().to_ascii_lowercase());
+        .header_list()
+        .get("Connection")
+        .map(str::to_ascii_lowercase);
     match connection {
         Some(v) if v.contains("close") => true,
         Some(v) if v.contains("keep-alive") => false,
