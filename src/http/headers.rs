@@ -47,9 +47,8 @@ pub fn is_valid_value(value: &str) -> bool {
 }
 
 /// The names a `Connection` header lists: hop-by-hop for this message only (RFC 9110 7.6.1).
-fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
+fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
     headers
-        .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
@@ -59,21 +58,22 @@ fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
 
 /// Drops hop-by-hop headers and the ones the message's `Connection` header names.
 pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
-    end_to_end_where(headers, |_| true)
+    let pairs = || headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    end_to_end_where(pairs(), pairs(), |_| true)
 }
 
 /// The end-to-end headers `keep` accepts, each copied once (only those are).
-fn end_to_end_where(
-    headers: &[(String, String)],
+fn end_to_end_where<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    again: impl Iterator<Item = (&'a str, &'a str)>,
     keep: impl Fn(&str) -> bool,
 ) -> Vec<(String, String)> {
     let listed = connection_listed(headers);
-    headers
-        .iter()
+    again
         .filter(|(n, _)| {
             !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
         })
-        .cloned()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect()
 }
 
@@ -97,7 +97,7 @@ pub fn is_user_identity(name: &str) -> bool {
 /// On a streaming request `Accept-Encoding` is dropped too: a compressed event stream is
 /// buffered by the compressor (tokens arrive late) and cannot carry keep-alive comments.
 pub fn from_client(
-    headers: &[(String, String)],
+    headers: &tiny_http::HeaderList,
     streaming: bool,
     forward_user: bool,
 ) -> Vec<(String, String)> {
@@ -109,7 +109,7 @@ pub fn from_client(
             || (streaming && n.eq_ignore_ascii_case("accept-encoding"))
             || (!forward_user && is_user_identity(n))
     };
-    end_to_end_where(headers, |n| !dropped(n))
+    end_to_end_where(headers.iter(), headers.iter(), |n| !dropped(n))
 }
 
 #[cfg(test)]
@@ -123,9 +123,13 @@ mod tests {
             .collect()
     }
 
+    fn list(pairs: &[(&str, &str)]) -> tiny_http::HeaderList {
+        tiny_http::HeaderList::from_pairs(pairs.iter().copied())
+    }
+
     #[test]
     fn connection_listed_headers_are_dropped() {
-        let input = h(&[
+        let input = list(&[
             ("Connection", "Upgrade, HTTP2-Settings, X-Hop"),
             ("Upgrade", "h2c"),
             ("HTTP2-Settings", "AAMA"),
@@ -139,16 +143,17 @@ mod tests {
             h(&[("X-Keep", "2"), ("Accept-Encoding", "gzip")])
         );
         assert_eq!(from_client(&input, true, false), h(&[("X-Keep", "2")]));
-        let user = h(&[
+        let pairs = [
             ("X-OpenWebUI-User-Id", "u"),
             ("x-openwebui-user-jwt", "t"),
             ("X-OpenWebUI-Chat-Id", "c"),
-        ]);
+        ];
+        let user = list(&pairs);
         assert_eq!(
             from_client(&user, false, false),
             h(&[("X-OpenWebUI-Chat-Id", "c")])
         );
-        assert_eq!(from_client(&user, false, true), user);
+        assert_eq!(from_client(&user, false, true), h(&pairs));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use tiny_http::{Method, Request};
 pub struct Inbound {
     /// The method to send upstream.
     pub method: &'static str,
-    /// The client's headers as sent.
-    pub headers: Vec<(String, String)>,
+    /// The client's headers as sent (shared with the request: no copy).
+    pub headers: tiny_http::HeaderList,
     /// The body as sent.
     pub body: Vec<u8>,
     /// The body parsed as a JSON object, when it is one (it is then always rewritten).
@@ -33,13 +33,6 @@ impl Inbound {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// Reads the request up to the model it names; errors become the client's reply.
 pub fn read(
     request: &mut Request,
@@ -49,18 +42,9 @@ pub fn read(
     default_model: Option<&str>,
 ) -> Result<Inbound, ApiError> {
     let method = upstream_method(request.method(), route, &target.path)?;
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_string(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
+    let headers = request.header_list().clone();
     let body = read_body(request, max_body)?;
-    let content_type = header(&headers, "content-type").unwrap_or("").to_string();
+    let content_type = headers.get("content-type").unwrap_or("").to_string();
     let boundary = body::multipart_boundary(&content_type);
     let chat = *route == Route::ChatCompletions;
     // Any JSON-ish type (`application/json`, `application/vnd.x+json`) or an object body: such
@@ -79,7 +63,7 @@ pub fn read(
     }
     let named = Named {
         chat,
-        header: header(&headers, "x-model-id").map(str::to_string),
+        header: headers.get("x-model-id").map(str::to_string),
         query: target
             .query
             .as_deref()

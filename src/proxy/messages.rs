@@ -134,15 +134,10 @@ pub fn outgoing(
     }
     // Anthropic's version and beta headers mean nothing to (and could confuse) an OpenAI
     // backend; the answer is parsed here, so it must come uncompressed.
-    let client: Vec<(String, String)> = inbound
-        .headers
-        .iter()
-        .filter(|(n, _)| {
-            let n = n.to_ascii_lowercase();
-            !n.starts_with("anthropic-") && n != "accept-encoding"
-        })
-        .cloned()
-        .collect();
+    let client = tiny_http::HeaderList::from_pairs(inbound.headers.iter().filter(|(n, _)| {
+        let n = n.to_ascii_lowercase();
+        !n.starts_with("anthropic-") && n != "accept-encoding"
+    }));
     Outgoing {
         method: "POST",
         url: upstream::url(&backend.url, "/chat/completions", None),
