@@ -39,9 +39,11 @@ pub struct Settings {
 }
 
 /// What the access log needs about a request, kept apart from the request itself.
-struct Meta {
-    method: String,
-    path: String,
+struct Meta<'a> {
+    /// A clone of the request's (no allocation for the standard methods).
+    method: Method,
+    /// The normalized path, borrowed from the request's `Target`.
+    path: &'a str,
     request_id: String,
     started: Instant,
 }
@@ -153,13 +155,14 @@ impl App {
             // Refused by the HTTP layer while its head was read: answered at once, logged and
             // counted like any other, then the connection closes.
             let e = ApiError::refused(refusal);
+            let path = if request.url().is_empty() {
+                "-".to_string()
+            } else {
+                route::parse_target(request.url()).path
+            };
             let meta = Meta {
-                method: request.method().to_string(),
-                path: if request.url().is_empty() {
-                    "-".to_string()
-                } else {
-                    route::parse_target(request.url()).path
-                },
+                method: request.method().clone(),
+                path: &path,
                 request_id: access_log::request_id(None),
                 started: Instant::now(),
             };
@@ -171,8 +174,8 @@ impl App {
         let route = route::route(&target.path);
         let client_id = request.header_list().get("X-Request-Id");
         let meta = Meta {
-            method: request.method().to_string(),
-            path: target.path.clone(),
+            method: request.method().clone(),
+            path: &target.path,
             request_id: access_log::request_id(client_id),
             started: Instant::now(),
         };
@@ -205,8 +208,8 @@ impl App {
         let traced = matches!(route, Route::ChatCompletions | Route::Passthrough);
         if traced {
             telemetry::server_begin(
-                &meta.method,
-                &meta.path,
+                meta.method.as_str(),
+                meta.path,
                 &meta.request_id,
                 request.header_list(),
             );
@@ -338,7 +341,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
     if !matches!(*request.method(), Method::Get | Method::Head) {
         return local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "GET"),
             &meta.request_id,
         );
     }
@@ -453,12 +456,12 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
         }
         Route::Models | Route::Model(_) | Route::Debug | Route::Usage => local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "GET"),
             id,
         ),
         Route::Reload => local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "POST"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "POST"),
             id,
         ),
         Route::Health
@@ -485,8 +488,8 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
     let duration = meta.started.elapsed();
     access_log::write(&Entry {
         request_id: &meta.request_id,
-        method: &meta.method,
-        path: &meta.path,
+        method: meta.method.as_str(),
+        path: meta.path,
         model: s.model.as_deref(),
         backend: s.backend.as_deref(),
         status: s.status,

@@ -105,11 +105,11 @@ pub fn translation(
 
 /// Translates the client's body; a block no chat completions backend can take is refused.
 fn prepare(inbound: &Inbound) -> Result<Translation, AnthropicError> {
-    let req: Value = serde_json::from_slice(&inbound.body)
+    let req: Value = serde_json::from_slice(inbound.body())
         .map_err(|e| AnthropicError::invalid_request(format!("The body is not JSON: {}.", e)))?;
     Ok(Translation {
         chat: request::to_chat(&req, Options::default())?,
-        reply: Reply::for_request(&req, inbound.body.len()),
+        reply: Reply::for_request(&req, inbound.body().len()),
         stream: inbound.streaming(),
     })
 }

@@ -105,11 +105,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty())
         .or_else(|| messages::metadata_user(target, &inbound));
-    let mut refusal = Refusal {
-        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
-        model: crate::http::api_error::clip(&inbound.model, 200),
-        target,
-    };
+    let refusal = Refusal { target };
     let identity =
         match ctx
             .policy
@@ -137,17 +133,16 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
     if resolved.alias {
         inbound.model = config.endpoints[resolved.index].id.clone();
         summary.model = Some(inbound.model.clone());
-        refusal.model = inbound.model.clone();
     }
     summary.routed = resolved.listed;
     let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], &mut inbound);
     let asked = Asked {
         headers: &inbound.headers,
         caller: ctx.caller,
-        prompt_bytes: inbound.body.len(),
+        prompt_bytes: inbound.body().len(),
         model: &inbound.model,
         max_tokens,
-        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens),
+        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body().len(), max_tokens),
     };
     let admission = match ctx
         .policy
@@ -241,9 +236,8 @@ fn complete(
     summary
 }
 
-/// What recording a refusal needs to know about the request.
+/// What recording a refusal needs to know about the request (its model is the summary's).
 struct Refusal<'a> {
-    model: String,
     target: &'a Target,
 }
 
@@ -258,13 +252,16 @@ impl Refusal<'_> {
         ctx: &Ctx,
         summary: Summary,
     ) -> Summary {
+        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
+        // Clipped only here, on the refused path.
+        let model = crate::http::api_error::clip(summary.model.as_deref().unwrap_or(""), 200);
         let mut summary = fail(request, e, ctx, summary);
         summary.outcome = REFUSED;
         ctx.policy.refused(
             who,
             &Done {
                 request_id: ctx.request_id,
-                model: &self.model,
+                model: &model,
                 backend: None,
                 path: &self.target.path,
                 status: summary.status,
@@ -341,11 +338,18 @@ struct Failed<'a> {
 /// until one answers; relays that answer, or the last failure.
 fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     let live = a.ctx.live;
-    let order = choose::model_order(&live.config, a.resolved.index);
+    // A model without fallbacks (the usual case) is tried alone: no list to build.
+    let with_fallbacks;
+    let order: &[usize] = if live.config.endpoints[a.resolved.index].fallbacks.is_empty() {
+        std::slice::from_ref(&a.resolved.index)
+    } else {
+        with_fallbacks = choose::model_order(&live.config, a.resolved.index);
+        &with_fallbacks
+    };
     let skip = a.resolved.skipped();
     let keys = conversation::keys(
         &live.config,
-        &order,
+        order,
         &a.inbound.headers,
         &a.admission.identity,
     );
@@ -358,7 +362,7 @@ fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     };
     let select = select::Select {
         live,
-        order: &order,
+        order,
         keys: &keys,
         skip: &skip,
         admission: a.admission,
