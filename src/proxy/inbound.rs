@@ -145,6 +145,13 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
             return Err(ApiError::body_too_large(limit));
         }
     }
+    // A small body tiny_http read with the head is taken as it is (no second buffer).
+    if let Some(buf) = request.take_read_body() {
+        if buf.len() > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        return Ok(buf);
+    }
     let mut buf = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
     request
         .as_reader()

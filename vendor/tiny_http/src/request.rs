@@ -95,13 +95,21 @@ pub struct Request {
 /// socket, so that dropping a request whose body was read to its end (or was small enough to be
 /// read with the head) needs no drain, and no read-timeout change around one.
 struct BodyReader {
-    inner: Box<dyn Read + Send + 'static>,
+    inner: Body,
     /// all of it is in memory (or it is empty), or it was read to its end
     done: bool,
 }
 
+/// modelmux: an empty body and one read with the head are not boxed (upstream boxed every body
+/// reader: one allocation per request, two with the in-memory body's `Cursor`).
+enum Body {
+    Empty,
+    Memory(Cursor<Vec<u8>>),
+    Stream(Box<dyn Read + Send + 'static>),
+}
+
 impl BodyReader {
-    fn new(inner: Box<dyn Read + Send + 'static>, on_socket: bool) -> BodyReader {
+    fn new(inner: Body, on_socket: bool) -> BodyReader {
         BodyReader {
             inner,
             done: !on_socket,
@@ -111,7 +119,11 @@ impl BodyReader {
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match &mut self.inner {
+            Body::Empty => 0,
+            Body::Memory(c) => c.read(buf)?,
+            Body::Stream(r) => r.read(buf)?,
+        };
         if n == 0 && !buf.is_empty() {
             self.done = true;
         }
@@ -188,7 +200,7 @@ where
         BodyFraming::Chunked => true,
     };
     let reader = match framing {
-        BodyFraming::None => Box::new(io::empty()) as Box<dyn Read + Send + 'static>,
+        BodyFraming::None => Body::Empty,
         BodyFraming::Length(content_length) if content_length <= 1024 && !expects_continue => {
             // if the content-length is small enough, we just read everything into a buffer
 
@@ -207,13 +219,13 @@ where
                 offset += read;
             }
 
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+            Body::Memory(Cursor::new(buffer))
         }
         BodyFraming::Length(content_length) => {
             // modelmux: give the reader the connection's close signal (bounded drain on drop)
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             let data_reader = data_reader.with_close_signal(close_signal.clone());
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            Body::Stream(Box::new(FusedReader::new(data_reader)))
         }
         BodyFraming::Chunked => {
             // modelmux: a chunked body dropped before its end leaves chunk data on the wire
@@ -221,7 +233,7 @@ where
             // instead. The decoder is strict (see `crate::framing::ChunkedDecoder`).
             let decoder =
                 CloseUnlessEof::new(ChunkedDecoder::new(source_data), close_signal.clone());
-            Box::new(FusedReader::new(decoder)) as Box<dyn Read + Send + 'static>
+            Body::Stream(Box::new(FusedReader::new(decoder)))
         }
     };
 
@@ -258,7 +270,7 @@ where
     W: Write + Send + 'static,
 {
     Request {
-        data_reader: Some(BodyReader::new(Box::new(io::empty()), false)),
+        data_reader: Some(BodyReader::new(Body::Empty, false)),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -426,6 +438,21 @@ impl Request {
         }
 
         self.data_reader.as_mut().unwrap()
+    }
+
+    /// modelmux: the whole body, when it was read with the head (small enough, see
+    /// `new_request`) and none of it has been read since: handed over without a copy. `None`
+    /// otherwise (read it with `as_reader`).
+    pub fn take_read_body(&mut self) -> Option<Vec<u8>> {
+        let reader = self.data_reader.as_mut()?;
+        match &mut reader.inner {
+            Body::Memory(c) if c.position() == 0 => {
+                let body = std::mem::take(c.get_mut());
+                reader.inner = Body::Empty;
+                Some(body)
+            }
+            _ => None,
+        }
     }
 
     /// Turns the `Request` into a writer.
