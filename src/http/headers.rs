@@ -47,29 +47,32 @@ pub fn is_valid_value(value: &str) -> bool {
 }
 
 /// The names a `Connection` header lists: hop-by-hop for this message only (RFC 9110 7.6.1).
-fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+/// Borrowed, and without the names dropped anyway (`keep-alive`): a message with the usual
+/// `Connection: keep-alive` lists nothing, and nothing is allocated.
+fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<&'a str> {
     headers
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_hop_by_hop(t))
         .collect()
 }
 
 /// Drops hop-by-hop headers and the ones the message's `Connection` header names.
 pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
-    let pairs = || headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    end_to_end_where(pairs(), pairs(), |_| true)
+    end_to_end_where(
+        || headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        |_| true,
+    )
 }
 
 /// The end-to-end headers `keep` accepts, each copied once (only those are).
-fn end_to_end_where<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
-    again: impl Iterator<Item = (&'a str, &'a str)>,
+fn end_to_end_where<'a, I: Iterator<Item = (&'a str, &'a str)>>(
+    pairs: impl Fn() -> I,
     keep: impl Fn(&str) -> bool,
 ) -> Vec<(String, String)> {
-    let listed = connection_listed(headers);
-    again
+    let listed = connection_listed(pairs());
+    pairs()
         .filter(|(n, _)| {
             !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
         })
@@ -109,7 +112,7 @@ pub fn from_client(
             || (streaming && n.eq_ignore_ascii_case("accept-encoding"))
             || (!forward_user && is_user_identity(n))
     };
-    end_to_end_where(headers.iter(), headers.iter(), |n| !dropped(n))
+    end_to_end_where(|| headers.iter(), |n| !dropped(n))
 }
 
 #[cfg(test)]

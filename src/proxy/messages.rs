@@ -92,9 +92,9 @@ pub fn translation(
     if let Some(e) = count_tokens_refusal(target, &config.endpoints[resolved.index]) {
         return Err(e);
     }
-    let order = super::choose::model_order(config, resolved.index);
+    // The model order is looked at (and built) only for a Messages request.
     if target.path == "/messages"
-        && order
+        && super::choose::model_order(config, resolved.index)
             .iter()
             .any(|i| translated(target, &config.endpoints[*i]))
     {

@@ -401,11 +401,12 @@ impl<'a> Attempt<'a> {
         let (mut pick, mut permit) = first;
         let mut tried: Vec<Pick> = Vec::new();
         loop {
-            tried.push(pick);
             let failed = match self.call(pick, summary) {
                 Ok(end) => return end.holding(None, permit),
                 Err(f) => f,
             };
+            // Listed once it failed: a request served by its first backend builds no list.
+            tried.push(pick);
             if !failed.failure.is_backend_fault() {
                 let e = failed.failure.to_api_error(&self.inbound.model);
                 return End::Released(e).holding(Some(failed.from), permit);
