@@ -232,8 +232,8 @@ impl ClientConnection {
             let path = self.head.target().to_string();
             ReadError::Refused(r, Some((method.clone(), path, version.clone())))
         };
-        let framing = crate::framing::body_framing(&version, self.head.pairs(), &raw_te)
-            .map_err(refuse)?;
+        let framing =
+            crate::framing::body_framing(&version, self.head.pairs(), &raw_te).map_err(refuse)?;
         let expects_continue =
             crate::framing::expects_continue(self.head.get("Expect")).map_err(refuse)?;
         let headers = self.head.finish();

@@ -415,10 +415,7 @@ mod tests {
     #[test]
     fn request_lines() {
         let (m, t, v) = parse_request_line(b"GET /hello HTTP/1.1").unwrap();
-        assert_eq!(
-            (m, t, v),
-            (Method::Get, "/hello", HTTPVersion(1, 1))
-        );
+        assert_eq!((m, t, v), (Method::Get, "/hello", HTTPVersion(1, 1)));
         for bad in [
             &b"GET /hello"[..],
             b"GET  /hello HTTP/1.1",

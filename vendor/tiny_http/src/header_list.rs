@@ -3,16 +3,17 @@
 //!
 //! Upstream kept every header as two owned strings (`Header { field, value }`) plus the target
 //! as a `String`: with the line buffers, some ten heap allocations for a three-header request.
-//! Here the connection collects the head into buffers it reuses, and a request gets two
-//! allocations however many headers it has (the text and the ranges), both reference-counted so
-//! that the application can keep the headers past the `Request` (cloning is two counter bumps).
+//! Here the connection collects the head into buffers it reuses, and a request gets one
+//! allocation for its text (the ranges of up to 16 headers are kept inline, more in a second
+//! one), reference-counted so that the application can keep the headers past the `Request`
+//! (a clone bumps a counter and copies the inline ranges).
 
 use std::sync::Arc;
 
 use crate::common::{Header, HeaderField};
 
 /// Where one header's name and value are in the text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
@@ -28,9 +29,28 @@ fn at(text: &str, (start, end): (u32, u32)) -> &str {
 #[derive(Debug, Clone)]
 pub struct HeaderList {
     text: Arc<str>,
-    fields: Arc<[Field]>,
+    fields: Fields,
     /// The text starts with the request target, this long (0 when built from pairs).
     target_len: u32,
+}
+
+/// Up to `INLINE_FIELDS` headers' ranges are kept in the list itself (one allocation per
+/// request, the text's, for a typical head); more are shared on the heap.
+const INLINE_FIELDS: usize = 16;
+
+#[derive(Debug, Clone)]
+enum Fields {
+    Inline([Field; INLINE_FIELDS], u8),
+    Shared(Arc<[Field]>),
+}
+
+impl Fields {
+    fn as_slice(&self) -> &[Field] {
+        match self {
+            Fields::Inline(f, n) => &f[..usize::from(*n)],
+            Fields::Shared(f) => f,
+        }
+    }
 }
 
 impl Default for HeaderList {
@@ -46,8 +66,11 @@ impl HeaderList {
     }
 
     /// Each header as `(name, value)`, in the order received.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + ExactSizeIterator + Clone {
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&str, &str)> + ExactSizeIterator + Clone {
         self.fields
+            .as_slice()
             .iter()
             .map(move |f| (at(&self.text, f.name), at(&self.text, f.value)))
     }
@@ -61,12 +84,12 @@ impl HeaderList {
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.fields.as_slice().len()
     }
 
     /// True when there is none.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.len() == 0
     }
 
     /// Upstream's representation, for `Request::headers` (two allocations per header).
@@ -154,12 +177,55 @@ impl HeadBuilder {
             .map(move |f| (at(&self.text, f.name), at(&self.text, f.value)))
     }
 
-    /// The head as a request keeps it: two allocations, whatever the number of headers.
+    /// The head as a request keeps it: one allocation (two beyond `INLINE_FIELDS` headers).
     pub(crate) fn finish(&self) -> HeaderList {
+        let fields = if self.fields.len() <= INLINE_FIELDS {
+            let mut inline = [Field::default(); INLINE_FIELDS];
+            inline[..self.fields.len()].copy_from_slice(&self.fields);
+            Fields::Inline(inline, self.fields.len() as u8)
+        } else {
+            Fields::Shared(Arc::from(self.fields.as_slice()))
+        };
         HeaderList {
             text: Arc::from(self.text.as_str()),
-            fields: Arc::from(self.fields.as_slice()),
+            fields,
             target_len: self.target_len,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_in_order_inline_and_shared() {
+        for count in [0, 3, INLINE_FIELDS, INLINE_FIELDS + 5] {
+            let names: Vec<String> = (0..count).map(|i| format!("X-H{}", i)).collect();
+            let values: Vec<String> = (0..count).map(|i| format!("v {}", i)).collect();
+            let list = HeadBuilder::build(
+                "/v1/x?y=1",
+                names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(values.iter().map(String::as_str)),
+            );
+            assert_eq!(list.target(), "/v1/x?y=1");
+            assert_eq!(list.len(), count);
+            let got: Vec<(String, String)> = list
+                .clone()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            let want: Vec<(String, String)> = names.into_iter().zip(values).collect();
+            assert_eq!(got, want);
+            if count > 2 {
+                assert_eq!(list.get("x-h2"), Some("v 2"));
+            }
+            assert_eq!(list.get("x-none"), None);
+            assert_eq!(list.to_headers().len(), count);
+        }
+        let dup = HeaderList::from_pairs([("A", "1"), ("a", "2")]);
+        assert_eq!(dup.get("A"), Some("1"));
     }
 }

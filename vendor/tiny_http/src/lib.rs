@@ -124,7 +124,7 @@ mod connection;
 // modelmux: strict request-head parsing and body framing (see MODELMUX_PATCHES.md).
 mod framing;
 mod header_list; // modelmux
-// modelmux: process-global header limits and socket timeouts (see MODELMUX_PATCHES.md).
+                 // modelmux: process-global header limits and socket timeouts (see MODELMUX_PATCHES.md).
 pub mod limits;
 mod request;
 mod response;
