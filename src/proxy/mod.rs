@@ -83,7 +83,7 @@ pub struct Ctx<'a> {
 
 /// Handles a chat completion or passthrough request end to end.
 pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -> Summary {
-    let mut summary = Summary {
+    let summary = Summary {
         outcome: "error",
         ..Summary::default()
     };
@@ -98,14 +98,27 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         Ok(i) => i,
         Err(e) => return fail(request, e, ctx, summary),
     };
-    summary.model = Some(inbound.model.clone());
+    let mut summary = understood(request, &mut inbound, target, ctx, summary);
+    // The model (an alias resolved to its model's id) is the summary's from here: moved.
+    summary.model = Some(std::mem::take(&mut inbound.model));
+    summary
+}
+
+/// Handles a request whose model is known: identity, admission, the backends, the answer.
+fn understood(
+    request: Request,
+    inbound: &mut inbound::Inbound,
+    target: &Target,
+    ctx: &Ctx,
+    mut summary: Summary,
+) -> Summary {
+    let config = &ctx.live.config;
     let body_user = inbound
         .json
         .as_ref()
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty())
-        .or_else(|| messages::metadata_user(target, &inbound));
-    let refusal = Refusal { target };
+        .or_else(|| messages::metadata_user(target, inbound));
     let identity =
         match ctx
             .policy
@@ -114,7 +127,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
             Ok(i) => i,
             Err(e) => {
                 let who = crate::policy::key_only(ctx.caller);
-                return refusal.answer(request, &who, e, ctx, summary);
+                return Refusal::of(inbound, target).answer(request, &who, e, ctx, summary);
             }
         };
     // A model the caller's key may not use looks exactly like one that does not exist. An
@@ -128,14 +141,13 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         ctx.caller.may_use(public)
     }) else {
         let e = ApiError::model_not_found(&inbound.model);
-        return refusal.answer(request, &identity, e, ctx, summary);
+        return Refusal::of(inbound, target).answer(request, &identity, e, ctx, summary);
     };
     if resolved.alias {
         inbound.model = config.endpoints[resolved.index].id.clone();
-        summary.model = Some(inbound.model.clone());
     }
     summary.routed = resolved.listed;
-    let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], &mut inbound);
+    let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], inbound);
     let asked = Asked {
         headers: &inbound.headers,
         caller: ctx.caller,
@@ -149,19 +161,19 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         .admit(&config.policy, &identity, &asked, ctx.metrics)
     {
         Ok(a) => a,
-        Err(e) => return refusal.answer(request, &identity, e, ctx, summary),
+        Err(e) => return Refusal::of(inbound, target).answer(request, &identity, e, ctx, summary),
     };
-    let translation = match messages::translation(target, &inbound, &resolved, config) {
+    let translation = match messages::translation(target, inbound, &resolved, config) {
         Ok(t) => t,
         Err(e) => {
             admission.refuse();
             let mut summary = messages::refuse(request, &e, ctx, summary);
             summary.outcome = REFUSED;
-            return complete(admission, &inbound, target, ctx, summary);
+            return complete(admission, inbound, target, ctx, summary);
         }
     };
     let a = Attempt {
-        inbound: &inbound,
+        inbound,
         resolved: &resolved,
         admission: &admission,
         target,
@@ -174,7 +186,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         translation: translation.as_ref(),
     };
     let summary = attempt(request, &a, summary);
-    complete(admission, &inbound, target, ctx, summary)
+    complete(admission, inbound, target, ctx, summary)
 }
 
 /// The completion tokens a request reserves. A backend may honour any of the max tokens
@@ -236,12 +248,20 @@ fn complete(
     summary
 }
 
-/// What recording a refusal needs to know about the request (its model is the summary's).
+/// What recording a refusal needs to know about the request.
 struct Refusal<'a> {
+    model: &'a str,
     target: &'a Target,
 }
 
-impl Refusal<'_> {
+impl<'a> Refusal<'a> {
+    fn of(inbound: &'a inbound::Inbound, target: &'a Target) -> Refusal<'a> {
+        Refusal {
+            model: &inbound.model,
+            target,
+        }
+    }
+
     /// Answers a request refused once its identity was known and before it was admitted (a
     /// 401 token, an unknown model, a quota 429), and records it in the ledger as `refused`.
     fn answer(
@@ -254,7 +274,7 @@ impl Refusal<'_> {
     ) -> Summary {
         // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
         // Clipped only here, on the refused path.
-        let model = crate::http::api_error::clip(summary.model.as_deref().unwrap_or(""), 200);
+        let model = crate::http::api_error::clip(self.model, 200);
         let mut summary = fail(request, e, ctx, summary);
         summary.outcome = REFUSED;
         ctx.policy.refused(
