@@ -60,24 +60,35 @@ fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> V
 
 /// Drops hop-by-hop headers and the ones the message's `Connection` header names.
 pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
+    owned(end_to_end_pairs(headers))
+}
+
+/// `end_to_end`, borrowed: for a caller that writes the headers out without keeping copies.
+pub fn end_to_end_pairs(
+    headers: &[(String, String)],
+) -> impl Iterator<Item = (&str, &str)> + Clone {
     end_to_end_where(
-        || headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        move || headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         |_| true,
     )
 }
 
-/// The end-to-end headers `keep` accepts, each copied once (only those are).
-fn end_to_end_where<'a, I: Iterator<Item = (&'a str, &'a str)>>(
+fn owned<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
+    pairs.map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+/// The end-to-end headers `keep` accepts, borrowed.
+fn end_to_end_where<'a, I>(
     pairs: impl Fn() -> I,
-    keep: impl Fn(&str) -> bool,
-) -> Vec<(String, String)> {
+    keep: impl Fn(&str) -> bool + Clone + 'a,
+) -> impl Iterator<Item = (&'a str, &'a str)> + Clone
+where
+    I: Iterator<Item = (&'a str, &'a str)> + Clone,
+{
     let listed = connection_listed(pairs());
-    pairs()
-        .filter(|(n, _)| {
-            !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
-        })
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect()
+    pairs().filter(move |(n, _)| {
+        !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
+    })
 }
 
 /// Seconds a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 10.2.3).
@@ -104,15 +115,25 @@ pub fn from_client(
     streaming: bool,
     forward_user: bool,
 ) -> Vec<(String, String)> {
+    owned(from_client_pairs(headers, streaming, forward_user))
+}
+
+/// `from_client`, borrowed from the request's headers: for a caller that writes them out
+/// without keeping copies.
+pub fn from_client_pairs(
+    headers: &tiny_http::HeaderList,
+    streaming: bool,
+    forward_user: bool,
+) -> impl Iterator<Item = (&str, &str)> + Clone {
     // Dropped: reserved names, the client's key for modelmux Anthropic style (never the
     // backend's business), and the two that depend on the request and endpoint.
-    let dropped = |n: &str| {
+    let dropped = move |n: &str| {
         is_reserved(n)
             || n.eq_ignore_ascii_case("x-api-key")
             || (streaming && n.eq_ignore_ascii_case("accept-encoding"))
             || (!forward_user && is_user_identity(n))
     };
-    end_to_end_where(|| headers.iter(), |n| !dropped(n))
+    end_to_end_where(|| headers.iter(), move |n| !dropped(n))
 }
 
 #[cfg(test)]
