@@ -44,7 +44,7 @@ struct Meta<'a> {
     method: Method,
     /// The normalized path, borrowed from the request's `Target`.
     path: &'a str,
-    request_id: String,
+    request_id: access_log::RequestId,
     started: Instant,
 }
 
