@@ -478,15 +478,15 @@ impl Iterator for ClientConnection {
         // modelmux: looked up in the request's `HeaderList` (its `headers()` would copy them all)
         let connection_header = rq.header_list().get("Connection");
 
-        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+        // modelmux: compared ignoring case without a lowercase copy (an allocation for every
+        // request of a client that sends `Connection: keep-alive`)
+        let mentions = |token: &str| connection_header.is_some_and(|v| contains_ignore_case(v, token));
 
         // modelmux: an `Upgrade` offer is ignored (RFC 9110 section 7.8): the connection stays
         // an HTTP/1.1 one. Upstream ended it and read the body to the end of the stream.
-        match lowercase {
-            Some(ref val) if val.contains("close") => self.no_more_requests = true,
-            Some(ref val)
-                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-            {
+        match connection_header {
+            Some(_) if mentions("close") => self.no_more_requests = true,
+            Some(_) if !mentions("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) => {
                 self.no_more_requests = true
             }
             None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
@@ -496,4 +496,13 @@ impl Iterator for ClientConnection {
         // returning the request
         Some(rq)
     }
+}
+
+/// modelmux: `haystack.to_ascii_lowercase().contains(needle)` for a lowercase `needle`, without
+/// the copy.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
