@@ -376,6 +376,43 @@ fn a_well_formed_content_length_request_is_served_and_the_connection_kept() {
     assert_healthy(&p);
 }
 
+/// Pipelining: three requests written at once (one with a body), each answered in order on the
+/// same connection, and each backend request carries its own headers (the request heads share
+/// buffers the connection reuses).
+#[test]
+fn pipelined_requests_are_answered_in_order_with_their_own_headers() {
+    let (a, p) = setup();
+    let mut s = connect(p.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut wire = Vec::new();
+    for (i, content) in ["first in line", "second in line"].iter().enumerate() {
+        let body = chat_body("m", content, false);
+        wire.extend_from_slice(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pipelined: n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                i,
+                body.len(),
+                body
+            )
+            .as_bytes(),
+        );
+    }
+    wire.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(&wire).unwrap();
+    assert_echo(&read_response(&mut r, false).unwrap(), "first in line");
+    assert_echo(&read_response(&mut r, false).unwrap(), "second in line");
+    let h = read_response(&mut r, false).unwrap();
+    assert_eq!(h.status, 200, "{}", h.text());
+    let seen: Vec<Option<String>> = a
+        .requests()
+        .iter()
+        .map(|q| q.header("x-pipelined").map(str::to_string))
+        .collect();
+    assert_eq!(seen, [Some("n0".to_string()), Some("n1".to_string())]);
+    assert_healthy(&p);
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 attempts
 // ---------------------------------------------------------------------------------------------

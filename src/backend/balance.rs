@@ -139,8 +139,9 @@ impl Balancer {
     ) -> Option<Pick> {
         let pool = self.pools.get(m)?;
         let now = Instant::now();
-        // One snapshot of the state: other threads change it while we decide.
-        let candidates: Vec<Candidate> = (0..pool.states.len())
+        // One snapshot of the state: other threads change it while we decide. On the stack for
+        // the usual few backends (no allocation per request), on the heap beyond.
+        let snapshot = (0..pool.states.len())
             .filter(|b| !tried.contains(&(m, *b)))
             .filter(|b| allowed.is_none_or(|a| a.contains(b)))
             .filter(|b| pool.held_for(*b, now).is_none())
@@ -149,13 +150,25 @@ impl Balancer {
                 in_flight: pool.states[b].in_flight.load(Ordering::Relaxed) as i64,
                 weight: pool.weights[b],
                 cooling: pool.cooling(b, now),
-            })
-            .collect();
+            });
+        let mut inline = [Candidate::default(); INLINE_CANDIDATES];
+        let heap: Vec<Candidate>;
+        let candidates: &[Candidate] = if pool.states.len() <= INLINE_CANDIDATES {
+            let mut n = 0;
+            for c in snapshot {
+                inline[n] = c;
+                n += 1;
+            }
+            &inline[..n]
+        } else {
+            heap = snapshot.collect();
+            &heap
+        };
         if let Some(key) = key {
-            return choose_ranked(&candidates, &pool.rank(key)).map(|b| (m, b));
+            return choose_ranked(candidates, &pool.rank(key)).map(|b| (m, b));
         }
         let mut current = pool.current.lock().unwrap_or_else(|p| p.into_inner());
-        choose(&candidates, &mut current).map(|b| (m, b))
+        choose(candidates, &mut current).map(|b| (m, b))
     }
 
     /// Leaves a backend alone for `secs` (it answered 429 or 503 with `Retry-After`), at most
@@ -282,8 +295,11 @@ impl Balancer {
     }
 }
 
+/// Backends of a model whose candidates `pick_in` keeps on the stack.
+const INLINE_CANDIDATES: usize = 16;
+
 /// One untried backend as `choose` sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Candidate {
     index: usize,
     in_flight: i64,
@@ -295,23 +311,24 @@ struct Candidate {
 /// else is left: trying beats refusing); among them the lowest in-flight per weight, ties broken
 /// by smooth weighted round-robin over `current` (as nginx does it: even spread, no bursts).
 fn choose(candidates: &[Candidate], current: &mut [i64]) -> Option<usize> {
-    let healthy: Vec<Candidate> = candidates.iter().copied().filter(|c| !c.cooling).collect();
-    let pool = if healthy.is_empty() {
+    // Filters instead of lists: this runs for every request.
+    let any_healthy = candidates.iter().any(|c| !c.cooling);
+    let pool = || {
         candidates
-    } else {
-        &healthy
+            .iter()
+            .filter(move |c| !any_healthy || !c.cooling)
     };
     // Lowest in_flight/weight, compared without division.
-    let least = pool
-        .iter()
-        .min_by(|a, b| (a.in_flight * b.weight).cmp(&(b.in_flight * a.weight)))?;
-    let tied: Vec<&Candidate> = pool
-        .iter()
-        .filter(|c| c.in_flight * least.weight == least.in_flight * c.weight)
-        .collect();
-    let total: i64 = tied.iter().map(|c| c.weight).sum();
-    let mut best = tied[0].index;
-    for c in &tied {
+    let least = pool().min_by(|a, b| (a.in_flight * b.weight).cmp(&(b.in_flight * a.weight)))?;
+    let tied = || pool().filter(|c| c.in_flight * least.weight == least.in_flight * c.weight);
+    let total: i64 = tied().map(|c| c.weight).sum();
+    let mut best = least.index;
+    let mut first = true;
+    for c in tied() {
+        if first {
+            best = c.index;
+            first = false;
+        }
         current[c.index] += c.weight;
         if current[c.index] > current[best] {
             best = c.index;

@@ -33,7 +33,7 @@ impl Prober {
     ) -> Result<Vec<String>, String> {
         let agent = self.agent(endpoint.client_key(backend))?;
         let mut headers = crate::backend::upstream::forward_headers(
-            &[],
+            &tiny_http::HeaderList::default(),
             false,
             endpoint,
             backend,

@@ -71,7 +71,7 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The headers sent to a backend: the client's (not Authorization, hop-by-hop or Host), the
 /// endpoint's extra ones, this request's id and the backend's key.
 pub fn forward_headers(
-    client: &[(String, String)],
+    client: &tiny_http::HeaderList,
     streaming: bool,
     endpoint: &Endpoint,
     backend: &Backend,

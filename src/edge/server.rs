@@ -39,10 +39,12 @@ pub struct Settings {
 }
 
 /// What the access log needs about a request, kept apart from the request itself.
-struct Meta {
-    method: String,
-    path: String,
-    request_id: String,
+struct Meta<'a> {
+    /// A clone of the request's (no allocation for the standard methods).
+    method: Method,
+    /// The normalized path, borrowed from the request's `Target`.
+    path: &'a str,
+    request_id: access_log::RequestId,
     started: Instant,
 }
 
@@ -153,13 +155,14 @@ impl App {
             // Refused by the HTTP layer while its head was read: answered at once, logged and
             // counted like any other, then the connection closes.
             let e = ApiError::refused(refusal);
+            let path = if request.url().is_empty() {
+                "-".to_string()
+            } else {
+                route::parse_target(request.url()).path
+            };
             let meta = Meta {
-                method: request.method().to_string(),
-                path: if request.url().is_empty() {
-                    "-".to_string()
-                } else {
-                    route::parse_target(request.url()).path
-                },
+                method: request.method().clone(),
+                path: &path,
                 request_id: access_log::request_id(None),
                 started: Instant::now(),
             };
@@ -169,14 +172,10 @@ impl App {
         }
         let target = route::parse_target(request.url());
         let route = route::route(&target.path);
-        let client_id = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str());
+        let client_id = request.header_list().get("X-Request-Id");
         let meta = Meta {
-            method: request.method().to_string(),
-            path: target.path.clone(),
+            method: request.method().clone(),
+            path: &target.path,
             request_id: access_log::request_id(client_id),
             started: Instant::now(),
         };
@@ -209,10 +208,10 @@ impl App {
         let traced = matches!(route, Route::ChatCompletions | Route::Passthrough);
         if traced {
             telemetry::server_begin(
-                &meta.method,
-                &meta.path,
+                meta.method.as_str(),
+                meta.path,
                 &meta.request_id,
-                request.headers(),
+                request.header_list(),
             );
         }
         // A panic is this request's alone: tiny_http answers the dropped request with a 500
@@ -342,7 +341,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
     if !matches!(*request.method(), Method::Get | Method::Head) {
         return local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "GET"),
             &meta.request_id,
         );
     }
@@ -352,7 +351,7 @@ fn fast_lane(request: Request, target: &Target, route: &Route, meta: &Meta, app:
             // Per-user series name people: only for the admin key or `metrics.key`. Anyone
             // else (a scraper with no key or another one) gets every other series.
             let policy = &live.config.policy;
-            let token = auth::bearer(request.headers());
+            let token = auth::bearer(request.header_list());
             let personal = policy.metrics_per_user
                 && auth::is_one_of(
                     &[
@@ -415,13 +414,10 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
     let id = meta.request_id.as_str();
     let method = request.method().clone();
     let get = matches!(method, Method::Get | Method::Head);
-    let token = auth::bearer(request.headers()).map(str::to_string);
+    let token = auth::bearer(request.header_list()).map(str::to_string);
     // The Anthropic SDKs and Claude Code send `anthropic-version` on every request: they get
     // the model list in Anthropic's shape.
-    let anthropic = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("anthropic-version"));
+    let anthropic = request.header_list().get("anthropic-version").is_some();
     if matches!(route, Route::Debug | Route::Reload | Route::Usage) {
         let keys = &live.config.proxy_keys;
         let personal = matches!(route, Route::Usage);
@@ -460,12 +456,12 @@ fn handle(request: Request, target: &Target, route: &Route, meta: &Meta, s: &Ser
         }
         Route::Models | Route::Model(_) | Route::Debug | Route::Usage => local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "GET"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "GET"),
             id,
         ),
         Route::Reload => local_error(
             request,
-            ApiError::method_not_allowed(&meta.method, &target.path, "POST"),
+            ApiError::method_not_allowed(meta.method.as_str(), &target.path, "POST"),
             id,
         ),
         Route::Health
@@ -492,8 +488,8 @@ fn finish(meta: &Meta, s: &Summary, metrics: &Metrics) {
     let duration = meta.started.elapsed();
     access_log::write(&Entry {
         request_id: &meta.request_id,
-        method: &meta.method,
-        path: &meta.path,
+        method: meta.method.as_str(),
+        path: meta.path,
         model: s.model.as_deref(),
         backend: s.backend.as_deref(),
         status: s.status,

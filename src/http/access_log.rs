@@ -334,11 +334,54 @@ fn timestamp(s: &mut String, since_epoch: Duration) {
     );
 }
 
+/// A request id, on the stack: made for every request, it costs no allocation.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    buf: [u8; MAX_REQUEST_ID],
+    len: u8,
+}
+
+/// Longest client `X-Request-Id` kept.
+const MAX_REQUEST_ID: usize = 128;
+
+impl RequestId {
+    fn from_ascii(s: &str) -> RequestId {
+        let mut id = RequestId {
+            buf: [0; MAX_REQUEST_ID],
+            len: 0,
+        };
+        let n = s.len().min(MAX_REQUEST_ID);
+        id.buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+        id.len = n as u8;
+        id
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        // Only ever filled with ASCII (checked, or written by `request_id`).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("-")
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The client's `X-Request-Id` when it is sane, else a new one.
-pub fn request_id(client: Option<&str>) -> String {
+pub fn request_id(client: Option<&str>) -> RequestId {
     if let Some(id) = client.map(str::trim) {
-        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-            return id.to_string();
+        if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return RequestId::from_ascii(id);
         }
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -351,16 +394,37 @@ pub fn request_id(client: Option<&str>) -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     // Unique per process and time; not a secret, so no random source is needed.
-    // Written into a string of its final size (`format!` would grow it twice on the way).
-    let mut id = String::with_capacity(32);
-    let _ = std::fmt::Write::write_fmt(
-        &mut id,
-        format_args!(
-            "mm-{:012x}{:04x}{:06x}",
-            t >> 8,
-            pid & 0xffff,
-            n & 0xff_ffff
-        ),
+    let mut id = RequestId {
+        buf: [0; MAX_REQUEST_ID],
+        len: 0,
+    };
+    let mut out = &mut id.buf[..];
+    let _ = write!(
+        out,
+        "mm-{:012x}{:04x}{:06x}",
+        t >> 8,
+        pid & 0xffff,
+        n & 0xff_ffff
     );
+    let left = out.len();
+    id.len = (MAX_REQUEST_ID - left) as u8;
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    #[test]
+    fn request_ids_kept_or_made() {
+        let a = request_id(None);
+        let b = request_id(None);
+        assert!(a.starts_with("mm-") && a.len() >= 25, "{}", a.as_str());
+        assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(request_id(Some(" req-1 ")).as_str(), "req-1");
+        let max = "a".repeat(128);
+        assert_eq!(request_id(Some(&max)).as_str(), max);
+        assert!(request_id(Some(&"a".repeat(129))).starts_with("mm-"));
+        assert!(request_id(Some("has space")).starts_with("mm-"));
+    }
 }

@@ -47,34 +47,48 @@ pub fn is_valid_value(value: &str) -> bool {
 }
 
 /// The names a `Connection` header lists: hop-by-hop for this message only (RFC 9110 7.6.1).
-fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
+/// Borrowed, and without the names dropped anyway (`keep-alive`): a message with the usual
+/// `Connection: keep-alive` lists nothing, and nothing is allocated.
+fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<&'a str> {
     headers
-        .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_hop_by_hop(t))
         .collect()
 }
 
 /// Drops hop-by-hop headers and the ones the message's `Connection` header names.
 pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
-    end_to_end_where(headers, |_| true)
+    owned(end_to_end_pairs(headers))
 }
 
-/// The end-to-end headers `keep` accepts, each copied once (only those are).
-fn end_to_end_where(
+/// `end_to_end`, borrowed: for a caller that writes the headers out without keeping copies.
+pub fn end_to_end_pairs(
     headers: &[(String, String)],
-    keep: impl Fn(&str) -> bool,
-) -> Vec<(String, String)> {
-    let listed = connection_listed(headers);
-    headers
-        .iter()
-        .filter(|(n, _)| {
-            !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
-        })
-        .cloned()
-        .collect()
+) -> impl Iterator<Item = (&str, &str)> + Clone {
+    end_to_end_where(
+        move || headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        |_| true,
+    )
+}
+
+fn owned<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
+    pairs.map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+/// The end-to-end headers `keep` accepts, borrowed.
+fn end_to_end_where<'a, I>(
+    pairs: impl Fn() -> I,
+    keep: impl Fn(&str) -> bool + Clone + 'a,
+) -> impl Iterator<Item = (&'a str, &'a str)> + Clone
+where
+    I: Iterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let listed = connection_listed(pairs());
+    pairs().filter(move |(n, _)| {
+        !is_hop_by_hop(n) && !listed.iter().any(|l| l.eq_ignore_ascii_case(n)) && keep(n)
+    })
 }
 
 /// Seconds a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 10.2.3).
@@ -97,19 +111,29 @@ pub fn is_user_identity(name: &str) -> bool {
 /// On a streaming request `Accept-Encoding` is dropped too: a compressed event stream is
 /// buffered by the compressor (tokens arrive late) and cannot carry keep-alive comments.
 pub fn from_client(
-    headers: &[(String, String)],
+    headers: &tiny_http::HeaderList,
     streaming: bool,
     forward_user: bool,
 ) -> Vec<(String, String)> {
+    owned(from_client_pairs(headers, streaming, forward_user))
+}
+
+/// `from_client`, borrowed from the request's headers: for a caller that writes them out
+/// without keeping copies.
+pub fn from_client_pairs(
+    headers: &tiny_http::HeaderList,
+    streaming: bool,
+    forward_user: bool,
+) -> impl Iterator<Item = (&str, &str)> + Clone {
     // Dropped: reserved names, the client's key for modelmux Anthropic style (never the
     // backend's business), and the two that depend on the request and endpoint.
-    let dropped = |n: &str| {
+    let dropped = move |n: &str| {
         is_reserved(n)
             || n.eq_ignore_ascii_case("x-api-key")
             || (streaming && n.eq_ignore_ascii_case("accept-encoding"))
             || (!forward_user && is_user_identity(n))
     };
-    end_to_end_where(headers, |n| !dropped(n))
+    end_to_end_where(|| headers.iter(), move |n| !dropped(n))
 }
 
 #[cfg(test)]
@@ -123,9 +147,13 @@ mod tests {
             .collect()
     }
 
+    fn list(pairs: &[(&str, &str)]) -> tiny_http::HeaderList {
+        tiny_http::HeaderList::from_pairs(pairs.iter().copied())
+    }
+
     #[test]
     fn connection_listed_headers_are_dropped() {
-        let input = h(&[
+        let input = list(&[
             ("Connection", "Upgrade, HTTP2-Settings, X-Hop"),
             ("Upgrade", "h2c"),
             ("HTTP2-Settings", "AAMA"),
@@ -139,16 +167,17 @@ mod tests {
             h(&[("X-Keep", "2"), ("Accept-Encoding", "gzip")])
         );
         assert_eq!(from_client(&input, true, false), h(&[("X-Keep", "2")]));
-        let user = h(&[
+        let pairs = [
             ("X-OpenWebUI-User-Id", "u"),
             ("x-openwebui-user-jwt", "t"),
             ("X-OpenWebUI-Chat-Id", "c"),
-        ]);
+        ];
+        let user = list(&pairs);
         assert_eq!(
             from_client(&user, false, false),
             h(&[("X-OpenWebUI-Chat-Id", "c")])
         );
-        assert_eq!(from_client(&user, false, true), user);
+        assert_eq!(from_client(&user, false, true), h(&pairs));
     }
 
     #[test]

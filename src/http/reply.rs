@@ -61,14 +61,15 @@ pub fn error(request: Request, e: &ApiError, request_id: &str) -> u64 {
 /// True when this is the connection's last request (`Connection: close`, or HTTP/1.0 without
 /// keep-alive), so the reply must say `Connection: close`.
 pub fn wants_close(request: &Request) -> bool {
-    let connection = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Connection"))
-        .map(|h| h.value.as_str().to_ascii_lowercase());
-    match connection {
-        Some(v) if v.contains("close") => true,
-        Some(v) if v.contains("keep-alive") => false,
+    // Compared ignoring case without a lowercase copy of the value.
+    let mentions = |v: &str, token: &str| {
+        v.as_bytes()
+            .windows(token.len())
+            .any(|w| w.eq_ignore_ascii_case(token.as_bytes()))
+    };
+    match request.header_list().get("Connection") {
+        Some(v) if mentions(v, "close") => true,
+        Some(v) if mentions(v, "keep-alive") => false,
         _ => *request.http_version() == (1, 0),
     }
 }

@@ -46,18 +46,17 @@ pub fn parse_target(raw: &str) -> Target {
         collapsed.push('/');
         collapsed.push_str(segment);
     }
-    let without_v1 = match collapsed.strip_prefix("/v1") {
-        Some("") => "/",
-        Some(rest) if rest.starts_with('/') => rest,
-        _ => collapsed.as_str(),
-    };
-    let path = if without_v1.is_empty() {
-        "/"
-    } else {
-        without_v1
-    };
+    // `/v1` is dropped in place: the path is built with one allocation.
+    if collapsed == "/v1" {
+        collapsed.truncate(1);
+    } else if collapsed.starts_with("/v1/") {
+        collapsed.replace_range(..3, "");
+    }
+    if collapsed.is_empty() {
+        collapsed.push('/');
+    }
     Target {
-        path: path.to_string(),
+        path: collapsed,
         query,
     }
 }
@@ -65,6 +64,11 @@ pub fn parse_target(raw: &str) -> Target {
 /// False when the path could climb out of a backend's base URL once a backend decodes it:
 /// a `.` or `..` segment, literal or percent-encoded, or a backslash.
 pub fn is_safe_path(path: &str) -> bool {
+    let plain = |p: &str| !p.contains('\\') && p.split('/').all(|seg| seg != "." && seg != "..");
+    // Without an escape the decoded path is the path: nothing to decode (or allocate).
+    if !path.contains('%') {
+        return plain(path);
+    }
     let decoded = percent_decode(path);
     !decoded.contains('\\')
         && !path.contains('\\')

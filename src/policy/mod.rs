@@ -107,7 +107,7 @@ impl Admission {
 /// What admission needs to know about a request.
 pub struct Asked<'a> {
     /// The client's headers.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a tiny_http::HeaderList,
     /// The authenticated caller.
     pub caller: &'a Caller<'a>,
     /// The request body's size.
@@ -263,7 +263,7 @@ impl Policy {
     pub fn identify(
         &self,
         settings: &PolicySettings,
-        headers: &[(String, String)],
+        headers: &tiny_http::HeaderList,
         caller: &Caller,
         body_user: Option<String>,
     ) -> Result<Identity, ApiError> {

@@ -4,6 +4,7 @@
 use crate::backend::affinity::{key_hash, KeyHash};
 use crate::config::{Affinity, Config};
 use crate::policy::Identity;
+use tiny_http::HeaderList;
 
 /// For each model of `order`: the request's conversation key under that endpoint's `affinity`,
 /// `None` where it is off or the request carries no key (then it is balanced as usual). Empty
@@ -11,7 +12,7 @@ use crate::policy::Identity;
 pub fn keys(
     config: &Config,
     order: &[usize],
-    headers: &[(String, String)],
+    headers: &HeaderList,
     identity: &Identity,
 ) -> Vec<Option<KeyHash>> {
     let on = |m: &usize| {
@@ -35,7 +36,7 @@ pub fn keys(
 /// The key itself, first found.
 fn key<'a>(
     affinity: &Affinity,
-    headers: &'a [(String, String)],
+    headers: &'a HeaderList,
     identity: &'a Identity,
 ) -> Option<&'a str> {
     let from_header = affinity.headers.iter().find_map(|name| {
@@ -64,12 +65,7 @@ mod tests {
 
     #[test]
     fn key_table() {
-        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect()
-        };
+        let h = |pairs: &[(&str, &str)]| HeaderList::from_pairs(pairs.iter().copied());
         let who = |user: &str, key: &str, label: Option<&str>| Identity {
             user: user.to_string(),
             key: key.to_string(),

@@ -11,10 +11,10 @@ use tiny_http::{Method, Request};
 pub struct Inbound {
     /// The method to send upstream.
     pub method: &'static str,
-    /// The client's headers as sent.
-    pub headers: Vec<(String, String)>,
-    /// The body as sent.
-    pub body: Vec<u8>,
+    /// The client's headers as sent (shared with the request: no copy).
+    pub headers: tiny_http::HeaderList,
+    /// The body as sent, unless it is parsed into `json` (which then holds it): see `body()`.
+    raw: Vec<u8>,
     /// The body parsed as a JSON object, when it is one (it is then always rewritten).
     pub json: Option<JsonObject>,
     /// The multipart boundary, for a multipart body.
@@ -27,17 +27,18 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// The body as sent (kept once: a JSON body's bytes are its parsed object's text).
+    pub fn body(&self) -> &[u8] {
+        match &self.json {
+            Some(j) => j.text().as_bytes(),
+            None => &self.raw,
+        }
+    }
+
     /// The client asked for a streamed answer (`"stream": true`).
     pub fn streaming(&self) -> bool {
         self.json.as_ref().is_some_and(JsonObject::stream)
     }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 /// Reads the request up to the model it names; errors become the client's reply.
@@ -49,37 +50,29 @@ pub fn read(
     default_model: Option<&str>,
 ) -> Result<Inbound, ApiError> {
     let method = upstream_method(request.method(), route, &target.path)?;
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_string(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    let body = read_body(request, max_body)?;
-    let content_type = header(&headers, "content-type").unwrap_or("").to_string();
-    let boundary = body::multipart_boundary(&content_type);
+    let headers = request.header_list().clone();
+    let mut raw = read_body(request, max_body)?;
+    let content_type = headers.get("content-type").unwrap_or("");
+    let boundary = body::multipart_boundary(content_type);
     let chat = *route == Route::ChatCompletions;
     // Any JSON-ish type (`application/json`, `application/vnd.x+json`) or an object body: such
     // a body is always parsed, so its `model` is always rewritten to the backend the request
     // was routed to, whatever named the model. A body we cannot read is refused even when a
     // header named the model: its own `model` would reach the backend unchecked.
-    let json = if chat || (looks_json(&content_type, &body, boundary.is_some()) && !body.is_empty())
-    {
-        Some(JsonObject::parse(&body)?)
+    let json = if chat || (looks_json(content_type, &raw, boundary.is_some()) && !raw.is_empty()) {
+        // The object keeps the body: no copy of it.
+        Some(JsonObject::parse_owned(std::mem::take(&mut raw))?)
     } else {
         None
     };
+    let body = json.as_ref().map_or(&raw[..], |j| j.text().as_bytes());
     // Fields that decide routing and accounting are checked before anything relies on them.
     if let Some(j) = json.as_ref().filter(|_| bears_tokens(&target.path)) {
         j.check_types(chat)?;
     }
     let named = Named {
         chat,
-        header: header(&headers, "x-model-id").map(str::to_string),
+        header: headers.get("x-model-id").map(str::to_string),
         query: target
             .query
             .as_deref()
@@ -87,14 +80,14 @@ pub fn read(
         json: json.as_ref().map(JsonObject::model),
         multipart: boundary
             .as_deref()
-            .and_then(|b| body::multipart_field(&body, b, "model")),
+            .and_then(|b| body::multipart_field(body, b, "model")),
         default: default_model.map(str::to_string),
     };
     let model = choose::model_name(named, &target.path)?;
     Ok(Inbound {
         method,
         headers,
-        body,
+        raw,
         json,
         boundary,
         model,
@@ -151,6 +144,13 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
         if len > limit {
             return Err(ApiError::body_too_large(limit));
         }
+    }
+    // A small body tiny_http read with the head is taken as it is (no second buffer).
+    if let Some(buf) = request.take_read_body() {
+        if buf.len() > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        return Ok(buf);
     }
     let mut buf = Vec::with_capacity(request.body_length().unwrap_or(0).min(limit));
     request

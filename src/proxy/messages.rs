@@ -92,9 +92,9 @@ pub fn translation(
     if let Some(e) = count_tokens_refusal(target, &config.endpoints[resolved.index]) {
         return Err(e);
     }
-    let order = super::choose::model_order(config, resolved.index);
+    // The model order is looked at (and built) only for a Messages request.
     if target.path == "/messages"
-        && order
+        && super::choose::model_order(config, resolved.index)
             .iter()
             .any(|i| translated(target, &config.endpoints[*i]))
     {
@@ -105,11 +105,11 @@ pub fn translation(
 
 /// Translates the client's body; a block no chat completions backend can take is refused.
 fn prepare(inbound: &Inbound) -> Result<Translation, AnthropicError> {
-    let req: Value = serde_json::from_slice(&inbound.body)
+    let req: Value = serde_json::from_slice(inbound.body())
         .map_err(|e| AnthropicError::invalid_request(format!("The body is not JSON: {}.", e)))?;
     Ok(Translation {
         chat: request::to_chat(&req, Options::default())?,
-        reply: Reply::for_request(&req, inbound.body.len()),
+        reply: Reply::for_request(&req, inbound.body().len()),
         stream: inbound.streaming(),
     })
 }
@@ -134,15 +134,10 @@ pub fn outgoing(
     }
     // Anthropic's version and beta headers mean nothing to (and could confuse) an OpenAI
     // backend; the answer is parsed here, so it must come uncompressed.
-    let client: Vec<(String, String)> = inbound
-        .headers
-        .iter()
-        .filter(|(n, _)| {
-            let n = n.to_ascii_lowercase();
-            !n.starts_with("anthropic-") && n != "accept-encoding"
-        })
-        .cloned()
-        .collect();
+    let client = tiny_http::HeaderList::from_pairs(inbound.headers.iter().filter(|(n, _)| {
+        let n = n.to_ascii_lowercase();
+        !n.starts_with("anthropic-") && n != "accept-encoding"
+    }));
     Outgoing {
         method: "POST",
         url: upstream::url(&backend.url, "/chat/completions", None),

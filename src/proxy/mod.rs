@@ -83,7 +83,7 @@ pub struct Ctx<'a> {
 
 /// Handles a chat completion or passthrough request end to end.
 pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -> Summary {
-    let mut summary = Summary {
+    let summary = Summary {
         outcome: "error",
         ..Summary::default()
     };
@@ -98,18 +98,27 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         Ok(i) => i,
         Err(e) => return fail(request, e, ctx, summary),
     };
-    summary.model = Some(inbound.model.clone());
+    let mut summary = understood(request, &mut inbound, target, ctx, summary);
+    // The model (an alias resolved to its model's id) is the summary's from here: moved.
+    summary.model = Some(std::mem::take(&mut inbound.model));
+    summary
+}
+
+/// Handles a request whose model is known: identity, admission, the backends, the answer.
+fn understood(
+    request: Request,
+    inbound: &mut inbound::Inbound,
+    target: &Target,
+    ctx: &Ctx,
+    mut summary: Summary,
+) -> Summary {
+    let config = &ctx.live.config;
     let body_user = inbound
         .json
         .as_ref()
         .and_then(|j| j.get_str("user"))
         .filter(|u| !u.is_empty())
-        .or_else(|| messages::metadata_user(target, &inbound));
-    let mut refusal = Refusal {
-        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
-        model: crate::http::api_error::clip(&inbound.model, 200),
-        target,
-    };
+        .or_else(|| messages::metadata_user(target, inbound));
     let identity =
         match ctx
             .policy
@@ -118,7 +127,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
             Ok(i) => i,
             Err(e) => {
                 let who = crate::policy::key_only(ctx.caller);
-                return refusal.answer(request, &who, e, ctx, summary);
+                return Refusal::of(inbound, target).answer(request, &who, e, ctx, summary);
             }
         };
     // A model the caller's key may not use looks exactly like one that does not exist. An
@@ -132,41 +141,39 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         ctx.caller.may_use(public)
     }) else {
         let e = ApiError::model_not_found(&inbound.model);
-        return refusal.answer(request, &identity, e, ctx, summary);
+        return Refusal::of(inbound, target).answer(request, &identity, e, ctx, summary);
     };
     if resolved.alias {
         inbound.model = config.endpoints[resolved.index].id.clone();
-        summary.model = Some(inbound.model.clone());
-        refusal.model = inbound.model.clone();
     }
     summary.routed = resolved.listed;
-    let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], &mut inbound);
+    let max_tokens = reserved_tokens(target, &config.endpoints[resolved.index], inbound);
     let asked = Asked {
         headers: &inbound.headers,
         caller: ctx.caller,
-        prompt_bytes: inbound.body.len(),
+        prompt_bytes: inbound.body().len(),
         model: &inbound.model,
         max_tokens,
-        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body.len(), max_tokens),
+        max_cost: worst_cost::worst_cost(config, &resolved, inbound.body().len(), max_tokens),
     };
     let admission = match ctx
         .policy
         .admit(&config.policy, &identity, &asked, ctx.metrics)
     {
         Ok(a) => a,
-        Err(e) => return refusal.answer(request, &identity, e, ctx, summary),
+        Err(e) => return Refusal::of(inbound, target).answer(request, &identity, e, ctx, summary),
     };
-    let translation = match messages::translation(target, &inbound, &resolved, config) {
+    let translation = match messages::translation(target, inbound, &resolved, config) {
         Ok(t) => t,
         Err(e) => {
             admission.refuse();
             let mut summary = messages::refuse(request, &e, ctx, summary);
             summary.outcome = REFUSED;
-            return complete(admission, &inbound, target, ctx, summary);
+            return complete(admission, inbound, target, ctx, summary);
         }
     };
     let a = Attempt {
-        inbound: &inbound,
+        inbound,
         resolved: &resolved,
         admission: &admission,
         target,
@@ -179,7 +186,7 @@ pub fn handle(mut request: Request, target: &Target, route: &Route, ctx: &Ctx) -
         translation: translation.as_ref(),
     };
     let summary = attempt(request, &a, summary);
-    complete(admission, &inbound, target, ctx, summary)
+    complete(admission, inbound, target, ctx, summary)
 }
 
 /// The completion tokens a request reserves. A backend may honour any of the max tokens
@@ -243,11 +250,18 @@ fn complete(
 
 /// What recording a refusal needs to know about the request.
 struct Refusal<'a> {
-    model: String,
+    model: &'a str,
     target: &'a Target,
 }
 
-impl Refusal<'_> {
+impl<'a> Refusal<'a> {
+    fn of(inbound: &'a inbound::Inbound, target: &'a Target) -> Refusal<'a> {
+        Refusal {
+            model: &inbound.model,
+            target,
+        }
+    }
+
     /// Answers a request refused once its identity was known and before it was admitted (a
     /// 401 token, an unknown model, a quota 429), and records it in the ledger as `refused`.
     fn answer(
@@ -258,13 +272,16 @@ impl Refusal<'_> {
         ctx: &Ctx,
         summary: Summary,
     ) -> Summary {
+        // An unknown model id is the client's text: the ledger keeps a bounded piece of it.
+        // Clipped only here, on the refused path.
+        let model = crate::http::api_error::clip(self.model, 200);
         let mut summary = fail(request, e, ctx, summary);
         summary.outcome = REFUSED;
         ctx.policy.refused(
             who,
             &Done {
                 request_id: ctx.request_id,
-                model: &self.model,
+                model: &model,
                 backend: None,
                 path: &self.target.path,
                 status: summary.status,
@@ -341,11 +358,18 @@ struct Failed<'a> {
 /// until one answers; relays that answer, or the last failure.
 fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     let live = a.ctx.live;
-    let order = choose::model_order(&live.config, a.resolved.index);
+    // A model without fallbacks (the usual case) is tried alone: no list to build.
+    let with_fallbacks;
+    let order: &[usize] = if live.config.endpoints[a.resolved.index].fallbacks.is_empty() {
+        std::slice::from_ref(&a.resolved.index)
+    } else {
+        with_fallbacks = choose::model_order(&live.config, a.resolved.index);
+        &with_fallbacks
+    };
     let skip = a.resolved.skipped();
     let keys = conversation::keys(
         &live.config,
-        &order,
+        order,
         &a.inbound.headers,
         &a.admission.identity,
     );
@@ -358,7 +382,7 @@ fn attempt(request: Request, a: &Attempt, summary: Summary) -> Summary {
     };
     let select = select::Select {
         live,
-        order: &order,
+        order,
         keys: &keys,
         skip: &skip,
         admission: a.admission,
@@ -397,11 +421,12 @@ impl<'a> Attempt<'a> {
         let (mut pick, mut permit) = first;
         let mut tried: Vec<Pick> = Vec::new();
         loop {
-            tried.push(pick);
             let failed = match self.call(pick, summary) {
                 Ok(end) => return end.holding(None, permit),
                 Err(f) => f,
             };
+            // Listed once it failed: a request served by its first backend builds no list.
+            tried.push(pick);
             if !failed.failure.is_backend_fault() {
                 let e = failed.failure.to_api_error(&self.inbound.model);
                 return End::Released(e).holding(Some(failed.from), permit);

@@ -69,10 +69,10 @@ pub fn outgoing(
         }
         obj.rewrite(actual, &endpoint.drop_fields, &set)
     } else if let Some(b) = &inbound.boundary {
-        body::replace_multipart_field(&inbound.body, b, "model", actual)
-            .unwrap_or_else(|| inbound.body.clone())
+        body::replace_multipart_field(inbound.body(), b, "model", actual)
+            .unwrap_or_else(|| inbound.body().to_vec())
     } else {
-        inbound.body.clone()
+        inbound.body().to_vec()
     };
     let query = target.query.as_deref().map(|q| {
         if body::query_param(q, "model").is_some() {

@@ -53,19 +53,28 @@ impl Select<'_> {
         for (i, &m) in self.order.iter().enumerate() {
             let key = self.keys.get(i).copied().flatten();
             let e = &self.live.config.endpoints[m];
-            let eligible: Vec<usize> = (0..e.backends.len())
-                .filter(|b| !avoid.contains(&(m, *b)))
-                .collect();
-            if eligible.is_empty() || balancer.all_held(&[m], &avoid).is_some() {
+            let untried = |b: &usize| !avoid.contains(&(m, *b));
+            if !(0..e.backends.len()).any(|b| untried(&b))
+                || balancer.all_held(&[m], &avoid).is_some()
+            {
                 continue;
             }
-            let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
-            let Some(gate) = self.policy.gates().gate(&e.id, caps, e.max_queue_wait) else {
+            // Lists are built only for a model with concurrency caps (a gate): without one
+            // (`gate` would say `None`) this is one pick and no allocation.
+            let capped = e.backends.iter().any(|b| b.max_concurrent.is_some());
+            let gate = capped
+                .then(|| {
+                    let caps = e.backends.iter().map(|b| b.max_concurrent).collect();
+                    self.policy.gates().gate(&e.id, caps, e.max_queue_wait)
+                })
+                .flatten();
+            let Some(gate) = gate else {
                 match balancer.pick_in(m, &avoid, None, key) {
                     Some(p) => return Ok(Some((p, None))),
                     None => continue,
                 }
             };
+            let eligible: Vec<usize> = (0..e.backends.len()).filter(untried).collect();
             // Every backend at its cap: wait, holding no backend connection, served by
             // priority and in turn between users.
             let asked_at = Instant::now();

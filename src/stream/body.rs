@@ -13,7 +13,8 @@ use std::fmt;
 /// each member's name and value are in it (no copy of either per member).
 #[derive(Debug)]
 pub struct JsonObject {
-    text: Box<str>,
+    /// The body itself (taken over by `parse_owned`, not copied).
+    text: String,
     members: Vec<Member>,
 }
 
@@ -85,12 +86,20 @@ impl<'de> Visitor<'de> for MembersVisitor<'de> {
 
 impl JsonObject {
     /// Parses a body that must be a JSON object; the error is the client-facing 400.
+    #[cfg(test)]
     pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
-        let Ok(text) = std::str::from_utf8(body) else {
+        JsonObject::parse_owned(body.to_vec())
+    }
+
+    /// Parses a body that must be a JSON object, kept as the object's text (not copied); the
+    /// error is the client-facing 400.
+    pub fn parse_owned(body: Vec<u8>) -> Result<JsonObject, ApiError> {
+        let Ok(text) = String::from_utf8(body) else {
             return Err(ApiError::invalid_request(
                 "Request body is not valid UTF-8.",
             ));
         };
+        let body = text.as_bytes();
         let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
         match trimmed.map(|i| body[i]) {
             None => {
@@ -116,13 +125,17 @@ impl JsonObject {
             ))
             .with_code("invalid_json"));
         }
-        let text: Box<str> = text.into();
         let mut de = serde_json::Deserializer::from_str(&text);
         let members = de
             .deserialize_map(MembersVisitor(&text))
             .and_then(|m| de.end().map(|_| m))
             .map_err(|e| invalid_json(&e))?;
         Ok(JsonObject { text, members })
+    }
+
+    /// The body as received.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     fn name<'a>(&'a self, m: &'a Member) -> &'a str {
@@ -275,7 +288,7 @@ impl JsonObject {
             } else if let Some((_, raw)) = set.iter().find(|(name, _)| *name == k) {
                 out.extend_from_slice(raw.as_bytes());
             } else {
-                out.extend_from_slice(self.text[m.value.clone()].as_bytes());
+                out.extend_from_slice(&self.text.as_bytes()[m.value.clone()]);
             }
         }
         for (name, raw) in set {
@@ -299,11 +312,11 @@ impl JsonObject {
         let mut out = Vec::with_capacity(self.text.len() + actual_model.len() + 8);
         let mut at = 0;
         for m in self.members.iter().filter(|m| self.name(m) == "model") {
-            out.extend_from_slice(self.text[at..m.value.start].as_bytes());
+            out.extend_from_slice(&self.text.as_bytes()[at..m.value.start]);
             json_string(&mut out, actual_model);
             at = m.value.end;
         }
-        out.extend_from_slice(self.text[at..].as_bytes());
+        out.extend_from_slice(&self.text.as_bytes()[at..]);
         out
     }
 }

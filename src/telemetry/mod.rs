@@ -134,16 +134,13 @@ pub fn metrics_text() -> String {
     )
 }
 
-fn header<'a>(headers: &'a [tiny_http::Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+fn header<'a>(headers: &'a tiny_http::HeaderList, name: &str) -> Option<&'a str> {
+    headers.get(name)
 }
 
 /// Opens the SERVER span of a proxied request: continues the caller's trace when its
 /// `traceparent` is valid, else starts one.
-pub fn server_begin(method: &str, path: &str, request_id: &str, headers: &[tiny_http::Header]) {
+pub fn server_begin(method: &str, path: &str, request_id: &str, headers: &tiny_http::HeaderList) {
     let Some(tracer) = TRACER.get() else {
         return;
     };

@@ -28,19 +28,15 @@ impl Caller<'_> {
 
 /// The client's key: the token of an `Authorization: Bearer` header or, when no Bearer token
 /// came, Anthropic's `x-api-key` header (what the Anthropic SDKs and Claude Code send).
-pub fn bearer(headers: &[tiny_http::Header]) -> Option<&str> {
-    let bearer = headers
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| {
-            let (scheme, token) = h.value.as_str().trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+pub fn bearer(headers: &tiny_http::HeaderList) -> Option<&str> {
+    let bearer = headers.get("Authorization").and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
     bearer.or_else(|| {
         headers
-            .iter()
-            .find(|h| h.field.equiv("x-api-key"))
-            .map(|h| h.value.as_str().trim())
+            .get("x-api-key")
+            .map(str::trim)
             .filter(|t| !t.is_empty())
     })
 }

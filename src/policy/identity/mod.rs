@@ -28,7 +28,7 @@ pub struct Identity {
 /// What identification reads from a request.
 pub struct Asking<'a> {
     /// The client's headers.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a tiny_http::HeaderList,
     /// The authenticated caller.
     pub caller: &'a Caller<'a>,
     /// The JSON body's `user`, if it is a string.
@@ -47,14 +47,7 @@ pub fn identify(
     now_secs: i64,
 ) -> Result<Identity, ApiError> {
     let key = key_name(asking.caller);
-    let header = |name: &str| {
-        asking
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.trim().is_empty())
-    };
+    let header = |name: &str| asking.headers.get(name).filter(|v| !v.trim().is_empty());
     let body_user = asking.body_user.as_deref().filter(|u| !u.is_empty());
     let mut label = None;
     let user = if let (Some(token), Some((secret, expect))) = (header("x-openwebui-user-jwt"), jwt)
@@ -123,10 +116,8 @@ const MAX_SESSION: usize = 128;
 /// Claude Code's `x-claude-code-session-id` (a UUID), recorded in the ledger as `session`. It is
 /// an identifier, never content: one of at most 128 letters, digits, `-`, `_`, `.` and `:` is
 /// kept, anything else dropped whole (a cleaned value would be another id).
-fn session(headers: &[(String, String)]) -> Option<String> {
-    let (_, v) = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-claude-code-session-id"))?;
+fn session(headers: &tiny_http::HeaderList) -> Option<String> {
+    let v = headers.get("x-claude-code-session-id")?;
     let v = v.trim();
     let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
     (!v.is_empty() && v.len() <= MAX_SESSION && v.bytes().all(plain)).then(|| v.to_string())
@@ -177,6 +168,10 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn list(pairs: &[(String, String)]) -> tiny_http::HeaderList {
+        tiny_http::HeaderList::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
 
     #[test]
@@ -264,7 +259,7 @@ mod tests {
         ];
         for (i, (headers, caller, body_user, secret, user, key)) in cases.into_iter().enumerate() {
             let asking = Asking {
-                headers,
+                headers: &list(headers),
                 caller: &caller,
                 body_user: body_user.map(str::to_string),
             };
@@ -297,26 +292,26 @@ mod tests {
         ];
         for (v, want) in cases {
             let headers = h(&[("X-Claude-Code-Session-Id", v)]);
-            assert_eq!(super::session(&headers).as_deref(), want, "{:?}", v);
+            assert_eq!(super::session(&list(&headers)).as_deref(), want, "{:?}", v);
         }
         let long = "a".repeat(129);
         assert_eq!(
-            super::session(&h(&[("x-claude-code-session-id", &long)])),
+            super::session(&list(&h(&[("x-claude-code-session-id", &long)]))),
             None
         );
         let max = "a".repeat(128);
         assert_eq!(
-            super::session(&h(&[("x-claude-code-session-id", &max)])),
+            super::session(&list(&h(&[("x-claude-code-session-id", &max)]))),
             Some(max)
         );
-        assert_eq!(super::session(&h(&[("x-other", "s")])), None);
+        assert_eq!(super::session(&list(&h(&[("x-other", "s")]))), None);
     }
 
     #[test]
     fn a_bad_token_is_a_401() {
         let headers = h(&[("X-OpenWebUI-User-Jwt", "a.b.c")]);
         let asking = Asking {
-            headers: &headers,
+            headers: &list(&headers),
             caller: &Caller::Open,
             body_user: None,
         };
@@ -333,7 +328,7 @@ mod tests {
         let max = "é".repeat(128);
         let run = |headers: &[(String, String)], caller: &Caller, body: Option<&str>| {
             let asking = Asking {
-                headers,
+                headers: &list(headers),
                 caller,
                 body_user: body.map(str::to_string),
             };

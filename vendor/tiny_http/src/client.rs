@@ -51,6 +51,11 @@ pub struct ClientConnection {
     // modelmux: a duplicate of the socket, handed to each request (see `ConnectionHandle`)
     handle: Option<std::sync::Arc<crate::ConnectionHandle>>,
 
+    // modelmux: the buffer each line of a request head is read into, and the head collected
+    // from those lines; both reused for every request of the connection (see `HeaderList`)
+    line: Vec<u8>,
+    head: crate::header_list::HeadBuilder,
+
     // modelmux: when the first byte of the request head being read arrived (`None` while
     // waiting for a request), for the total header-read timeout and to tell a timed-out
     // partial request (408) from an idle keep-alive connection (closed silently)
@@ -114,6 +119,8 @@ impl ClientConnection {
             linger: false,
             head_started: None,
             handle,
+            line: Vec::with_capacity(256),
+            head: Default::default(),
         }
     }
 
@@ -212,75 +219,24 @@ impl ClientConnection {
             timeout: crate::limits::header_read_timeout(),
         };
 
-        let (method, path, version, headers, raw_te) = {
-            // reading the request line
-            // modelmux: RFC 9112 section 2.2 lets a server skip empty lines before the request
-            // line (clients sometimes send a stray CRLF after a body); a few, not forever.
-            // modelmux: one line buffer for the whole head (see `read_next_line`)
-            let mut line = Vec::with_capacity(256);
-            for _ in 0..4 {
-                self.read_next_line(&mut limits, &mut line).map_err(|e| match e {
-                    LineError::Io(e) => ReadError::ReadIoError(e),
-                    LineError::LineTooLong => ReadError::RequestLineTooLong,
-                    LineError::HeadTooLarge => ReadError::HeadersTooLarge(HTTPVersion(1, 1)),
-                })?;
-                if !line.is_empty() {
-                    break;
-                }
-            }
-            // modelmux: strict parsing (see `framing`); upstream trimmed the line and split it
-            // on any number of spaces
-            let (method, path, version) = crate::framing::parse_request_line(&line)
-                .map_err(|r| ReadError::Refused(r, None))?;
-
-            // getting all headers
-            // modelmux: room for a typical head's headers at once (upstream grew it by pushes)
-            let mut headers = Vec::with_capacity(16);
-            // modelmux: the raw value of each Transfer-Encoding line, for `body_framing`
-            let mut raw_te = Vec::new();
-            // modelmux: the first refusal is kept but the head is still read to its end, so
-            // the refused request's response is not sent while the client is mid-head
-            let mut refused = None;
-            loop {
-                self.read_next_line(&mut limits, &mut line).map_err(|e| match e {
-                    LineError::Io(e) => ReadError::ReadIoError(e),
-                    LineError::LineTooLong | LineError::HeadTooLarge => {
-                        ReadError::HeadersTooLarge(version.clone())
-                    }
-                })?;
-
-                if line.is_empty() {
-                    break;
-                };
-                if refused.is_some() {
-                    continue;
-                }
-                match crate::framing::parse_header_line(&line) {
-                    Ok(h) => {
-                        if h.field.equiv("Transfer-Encoding") {
-                            raw_te.push(
-                                line[line.iter().position(|b| *b == b':').unwrap_or(0) + 1..]
-                                    .to_vec(),
-                            );
-                        }
-                        headers.push(h)
-                    }
-                    Err(r) => refused = Some(r),
-                }
-            }
-            if let Some(r) = refused {
-                return Err(ReadError::Refused(r, Some((method, path, version))));
-            }
-
-            (method, path, version, headers, raw_te)
-        };
+        // modelmux: one line buffer for the whole head (see `read_next_line`), kept by the
+        // connection; taken out while lines are read into it
+        let mut line = std::mem::take(&mut self.line);
+        let result = self.read_head(&mut limits, &mut line);
+        self.line = line;
+        let (method, version, raw_te) = result?;
 
         // modelmux: how the body is delimited, refusing any ambiguous framing, before any
         // byte of the body is read
-        let refuse =
-            |r| ReadError::Refused(r, Some((method.clone(), path.clone(), version.clone())));
-        let framing = crate::framing::body_framing(&version, &headers, &raw_te).map_err(refuse)?;
-        let expects_continue = crate::framing::expects_continue(&headers).map_err(refuse)?;
+        let refuse = |r| {
+            let path = self.head.target().to_string();
+            ReadError::Refused(r, Some((method.clone(), path, version.clone())))
+        };
+        let framing =
+            crate::framing::body_framing(&version, self.head.pairs(), &raw_te).map_err(refuse)?;
+        let expects_continue =
+            crate::framing::expects_continue(self.head.get("Expect")).map_err(refuse)?;
+        let headers = self.head.finish();
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -293,7 +249,6 @@ impl ClientConnection {
         let mut request = crate::request::new_request(
             self.secure,
             method,
-            path,
             version,
             headers,
             framing,
@@ -310,6 +265,69 @@ impl ClientConnection {
 
         // return the request
         Ok(request)
+    }
+
+    /// modelmux: reads the request line and the headers into `self.head`: the method, the
+    /// version and the raw value of each `Transfer-Encoding` line (for `body_framing`).
+    fn read_head(
+        &mut self,
+        limits: &mut HeadLimits,
+        line: &mut Vec<u8>,
+    ) -> Result<(Method, HTTPVersion, Vec<Vec<u8>>), ReadError> {
+        // reading the request line
+        // modelmux: RFC 9112 section 2.2 lets a server skip empty lines before the request
+        // line (clients sometimes send a stray CRLF after a body); a few, not forever.
+        for _ in 0..4 {
+            self.read_next_line(limits, line).map_err(|e| match e {
+                LineError::Io(e) => ReadError::ReadIoError(e),
+                LineError::LineTooLong => ReadError::RequestLineTooLong,
+                LineError::HeadTooLarge => ReadError::HeadersTooLarge(HTTPVersion(1, 1)),
+            })?;
+            if !line.is_empty() {
+                break;
+            }
+        }
+        // modelmux: strict parsing (see `framing`); upstream trimmed the line and split it
+        // on any number of spaces
+        let (method, path, version) =
+            crate::framing::parse_request_line(line).map_err(|r| ReadError::Refused(r, None))?;
+        self.head.start(path);
+
+        // getting all headers
+        // modelmux: the raw value of each Transfer-Encoding line, for `body_framing`
+        let mut raw_te = Vec::new();
+        // modelmux: the first refusal is kept but the head is still read to its end, so
+        // the refused request's response is not sent while the client is mid-head
+        let mut refused = None;
+        loop {
+            self.read_next_line(limits, line).map_err(|e| match e {
+                LineError::Io(e) => ReadError::ReadIoError(e),
+                LineError::LineTooLong | LineError::HeadTooLarge => {
+                    ReadError::HeadersTooLarge(version.clone())
+                }
+            })?;
+
+            if line.is_empty() {
+                break;
+            };
+            if refused.is_some() {
+                continue;
+            }
+            match crate::framing::parse_header_line(line) {
+                Ok((name, value)) => {
+                    if name.eq_ignore_ascii_case(b"Transfer-Encoding") {
+                        raw_te.push(line[name.len() + 1..].to_vec());
+                    }
+                    self.head.push(name, value);
+                }
+                Err(r) => refused = Some(r),
+            }
+        }
+        if let Some(r) = refused {
+            let path = self.head.target().to_string();
+            return Err(ReadError::Refused(r, Some((method, path, version))));
+        }
+        Ok((method, version, raw_te))
     }
 
     /// modelmux: a request refused while its head was read, handed to the application like any
@@ -457,21 +475,18 @@ impl Iterator for ClientConnection {
         };
 
         // updating the status of the connection
-        let connection_header = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str());
+        // modelmux: looked up in the request's `HeaderList` (its `headers()` would copy them all)
+        let connection_header = rq.header_list().get("Connection");
 
-        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+        // modelmux: compared ignoring case without a lowercase copy (an allocation for every
+        // request of a client that sends `Connection: keep-alive`)
+        let mentions = |token: &str| connection_header.is_some_and(|v| contains_ignore_case(v, token));
 
         // modelmux: an `Upgrade` offer is ignored (RFC 9110 section 7.8): the connection stays
         // an HTTP/1.1 one. Upstream ended it and read the body to the end of the stream.
-        match lowercase {
-            Some(ref val) if val.contains("close") => self.no_more_requests = true,
-            Some(ref val)
-                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-            {
+        match connection_header {
+            Some(_) if mentions("close") => self.no_more_requests = true,
+            Some(_) if !mentions("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) => {
                 self.no_more_requests = true
             }
             None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
@@ -481,4 +496,13 @@ impl Iterator for ClientConnection {
         // returning the request
         Some(rq)
     }
+}
+
+/// modelmux: `haystack.to_ascii_lowercase().contains(needle)` for a lowercase `needle`, without
+/// the copy.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }

@@ -8,8 +8,7 @@
 //! head that two parsers could read differently is refused; the caller answers it and closes
 //! the connection.
 
-use crate::common::{HTTPVersion, Header, HeaderField, Method};
-use ascii::AsciiString;
+use crate::common::{HTTPVersion, Method};
 use std::convert::TryFrom;
 use std::io::{self, Read};
 
@@ -61,7 +60,7 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 /// Parses `method SP request-target SP HTTP-version` with exactly one space between parts.
 ///
 /// `Err` carries the refusal; a version other than 1.0 or 1.1 is a 505.
-pub(crate) fn parse_request_line(line: &[u8]) -> Result<(Method, String, HTTPVersion), Refusal> {
+pub(crate) fn parse_request_line(line: &[u8]) -> Result<(Method, &str, HTTPVersion), Refusal> {
     let bad = |what: &str| Refusal::new(400, "invalid_request_line", what.to_string());
     let mut parts = line.split(|b| *b == b' ');
     let (method, target, version) =
@@ -98,12 +97,14 @@ pub(crate) fn parse_request_line(line: &[u8]) -> Result<(Method, String, HTTPVer
         .ok()
         .and_then(|m| m.parse::<Method>().ok())
         .ok_or_else(|| bad("The request method is not a valid token."))?;
-    let target = String::from_utf8(target.to_vec()).map_err(|_| bad("bad request target"))?;
+    // modelmux: borrowed from the line (the connection copies it into the request's one head
+    // text, see `HeaderList`)
+    let target = std::str::from_utf8(target).map_err(|_| bad("bad request target"))?;
     Ok((method, target, version))
 }
 
 /// Parses one `name: value` header line (without its CRLF).
-pub(crate) fn parse_header_line(line: &[u8]) -> Result<Header, Refusal> {
+pub(crate) fn parse_header_line(line: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     if matches!(line.first(), Some(b' ' | b'\t')) {
         return Err(Refusal::framing(
             "A header line starts with whitespace (obs-fold line folding), which is not accepted.",
@@ -119,13 +120,15 @@ pub(crate) fn parse_header_line(line: &[u8]) -> Result<Header, Refusal> {
             "A header name holds a byte that is not allowed in a field name (no spaces, no control bytes, no space before the colon).",
         ));
     }
-    // Both are ASCII tchars: checked above.
-    let name_str = String::from_utf8_lossy(name).into_owned();
+    // modelmux: the name is copied into a `String` only for a refusal's message (it was copied
+    // for every header); the name and value are returned as slices of the line, which the
+    // connection appends to the request's one header text (see `HeaderList`).
+    let name_str = || String::from_utf8_lossy(name).into_owned();
     let value = trim_ows(value);
     if value.iter().any(|b| *b >= 0x80) {
         return Err(Refusal::header(format!(
             "Header `{}` holds non-ASCII bytes; percent-encode its value.",
-            clip(&name_str, 64)
+            clip(&name_str(), 64)
         )));
     }
     if value
@@ -134,31 +137,33 @@ pub(crate) fn parse_header_line(line: &[u8]) -> Result<Header, Refusal> {
     {
         return Err(Refusal::header(format!(
             "Header `{}` holds control characters.",
-            clip(&name_str, 64)
+            clip(&name_str(), 64)
         )));
     }
-    let field = HeaderField::from_bytes(name.to_vec())
-        .map_err(|_| Refusal::header("A header name is not ASCII."))?;
-    let value = AsciiString::from_ascii(value.to_vec())
-        .map_err(|_| Refusal::header("A header value is not ASCII."))?;
-    Ok(Header { field, value })
+    Ok((name, value))
 }
 
 /// Decides how the body is delimited, refusing every ambiguous combination (RFC 9112 6.1-6.3).
 ///
 /// `raw_te` holds the raw bytes after the colon of each `Transfer-Encoding` line (before OWS
 /// was trimmed), because whitespace games around the coding are a known smuggling vector.
-pub(crate) fn body_framing(
+pub(crate) fn body_framing<'a>(
     version: &HTTPVersion,
-    headers: &[Header],
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
     raw_te: &[Vec<u8>],
 ) -> Result<BodyFraming, Refusal> {
-    let lengths: Vec<&Header> = headers
-        .iter()
-        .filter(|h| h.field.equiv("Content-Length"))
-        .collect();
-    let has_te = headers.iter().any(|h| h.field.equiv("Transfer-Encoding"));
-    let hosts = headers.iter().filter(|h| h.field.equiv("Host")).count();
+    // modelmux: one pass and no list of the Content-Length headers (a `Vec` per request)
+    let (mut lengths, mut length, mut has_te, mut hosts) = (0, None, false, 0);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("Content-Length") {
+            lengths += 1;
+            length.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
+            has_te = true;
+        } else if name.eq_ignore_ascii_case("Host") {
+            hosts += 1;
+        }
+    }
     if hosts > 1 {
         return Err(Refusal::framing(
             "The request has more than one Host header.",
@@ -170,7 +175,7 @@ pub(crate) fn body_framing(
                 "Transfer-Encoding is not allowed on an HTTP/1.0 request.",
             ));
         }
-        if !lengths.is_empty() {
+        if lengths > 0 {
             return Err(Refusal::framing(
                 "The request has both Transfer-Encoding and Content-Length.",
             ));
@@ -186,18 +191,16 @@ pub(crate) fn body_framing(
         }
         return Ok(BodyFraming::Chunked);
     }
-    match lengths.as_slice() {
-        [] => Ok(BodyFraming::None),
-        [one] => {
-            let v = one.value.as_bytes();
+    match (lengths, length) {
+        (0, _) | (_, None) => Ok(BodyFraming::None),
+        (1, Some(one)) => {
+            let v = one.as_bytes();
             if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
                 return Err(Refusal::framing(
                     "Content-Length must be a plain decimal number.",
                 ));
             }
-            one.value
-                .as_str()
-                .parse::<u64>()
+            one.parse::<u64>()
                 .ok()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(|n| {
@@ -216,12 +219,8 @@ pub(crate) fn body_framing(
 }
 
 /// Whether the client waits for `100 Continue`; any other expectation is a 417 (RFC 9110 10.1.1).
-pub(crate) fn expects_continue(headers: &[Header]) -> Result<bool, Refusal> {
-    match headers
-        .iter()
-        .find(|h| h.field.equiv("Expect"))
-        .map(|h| h.value.as_str())
-    {
+pub(crate) fn expects_continue(expect: Option<&str>) -> Result<bool, Refusal> {
+    match expect {
         None => Ok(false),
         Some(v) if v.eq_ignore_ascii_case("100-continue") => Ok(true),
         Some(_) => Err(Refusal::new(
@@ -395,27 +394,28 @@ fn clip(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    fn h(line: &str) -> Header {
-        parse_header_line(line.as_bytes()).unwrap()
+    fn h(line: &str) -> (&str, &str) {
+        let (n, v) = parse_header_line(line.as_bytes()).unwrap();
+        (
+            std::str::from_utf8(n).unwrap(),
+            std::str::from_utf8(v).unwrap(),
+        )
     }
 
     fn framing(version: HTTPVersion, lines: &[&str]) -> Result<BodyFraming, Refusal> {
-        let headers: Vec<Header> = lines.iter().map(|l| h(l)).collect();
+        let headers: Vec<(&str, &str)> = lines.iter().map(|l| h(l)).collect();
         let raw_te: Vec<Vec<u8>> = lines
             .iter()
             .filter(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:"))
             .map(|l| l.as_bytes()["transfer-encoding:".len()..].to_vec())
             .collect();
-        body_framing(&version, &headers, &raw_te)
+        body_framing(&version, headers.iter().copied(), &raw_te)
     }
 
     #[test]
     fn request_lines() {
         let (m, t, v) = parse_request_line(b"GET /hello HTTP/1.1").unwrap();
-        assert_eq!(
-            (m, t.as_str(), v),
-            (Method::Get, "/hello", HTTPVersion(1, 1))
-        );
+        assert_eq!((m, t, v), (Method::Get, "/hello", HTTPVersion(1, 1)));
         for bad in [
             &b"GET /hello"[..],
             b"GET  /hello HTTP/1.1",
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn header_lines() {
         let x = h("X-A:  v  w \t");
-        assert_eq!(x.value.as_str(), "v  w");
+        assert_eq!(x.1, "v  w");
         for bad in [
             &b" Transfer-Encoding: chunked"[..],
             b"\tX: y",

@@ -113,6 +113,7 @@ use util::MessagesQueue;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ConnectionHandle, ListenAddr, Listener};
 pub use framing::Refusal;
+pub use header_list::HeaderList; // modelmux
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -122,7 +123,8 @@ mod common;
 mod connection;
 // modelmux: strict request-head parsing and body framing (see MODELMUX_PATCHES.md).
 mod framing;
-// modelmux: process-global header limits and socket timeouts (see MODELMUX_PATCHES.md).
+mod header_list; // modelmux
+                 // modelmux: process-global header limits and socket timeouts (see MODELMUX_PATCHES.md).
 pub mod limits;
 mod request;
 mod response;

@@ -5,6 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use std::sync::mpsc::Sender;
+use std::sync::OnceLock;
+
+use crate::header_list::{HeadBuilder, HeaderList};
 
 use crate::framing::{BodyFraming, ChunkedDecoder, Refusal};
 use crate::util::{CloseSignal, CloseUnlessEof, EqualReader, FusedReader};
@@ -61,11 +64,13 @@ pub struct Request {
 
     method: Method,
 
-    path: String,
-
     http_version: HTTPVersion,
 
-    headers: Vec<Header>,
+    // modelmux: the target and headers in one shared text (two allocations per request instead
+    // of two per header and one for the target); upstream's `Vec<Header>` is built only if
+    // `headers()` is called
+    head: HeaderList,
+    headers: OnceLock<Vec<Header>>,
 
     body_length: Option<usize>,
 
@@ -90,13 +95,21 @@ pub struct Request {
 /// socket, so that dropping a request whose body was read to its end (or was small enough to be
 /// read with the head) needs no drain, and no read-timeout change around one.
 struct BodyReader {
-    inner: Box<dyn Read + Send + 'static>,
+    inner: Body,
     /// all of it is in memory (or it is empty), or it was read to its end
     done: bool,
 }
 
+/// modelmux: an empty body and one read with the head are not boxed (upstream boxed every body
+/// reader: one allocation per request, two with the in-memory body's `Cursor`).
+enum Body {
+    Empty,
+    Memory(Cursor<Vec<u8>>),
+    Stream(Box<dyn Read + Send + 'static>),
+}
+
 impl BodyReader {
-    fn new(inner: Box<dyn Read + Send + 'static>, on_socket: bool) -> BodyReader {
+    fn new(inner: Body, on_socket: bool) -> BodyReader {
         BodyReader {
             inner,
             done: !on_socket,
@@ -106,7 +119,11 @@ impl BodyReader {
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match &mut self.inner {
+            Body::Empty => 0,
+            Body::Memory(c) => c.read(buf)?,
+            Body::Stream(r) => r.read(buf)?,
+        };
         if n == 0 && !buf.is_empty() {
             self.done = true;
         }
@@ -155,9 +172,8 @@ impl<R> Drop for NotifyOnDrop<R> {
 pub(crate) fn new_request<R, W>(
     secure: bool,
     method: Method,
-    path: String,
     version: HTTPVersion,
-    headers: Vec<Header>,
+    headers: HeaderList,
     framing: BodyFraming,
     expects_continue: bool,
     remote_addr: Option<SocketAddr>,
@@ -184,7 +200,7 @@ where
         BodyFraming::Chunked => true,
     };
     let reader = match framing {
-        BodyFraming::None => Box::new(io::empty()) as Box<dyn Read + Send + 'static>,
+        BodyFraming::None => Body::Empty,
         BodyFraming::Length(content_length) if content_length <= 1024 && !expects_continue => {
             // if the content-length is small enough, we just read everything into a buffer
 
@@ -203,13 +219,13 @@ where
                 offset += read;
             }
 
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+            Body::Memory(Cursor::new(buffer))
         }
         BodyFraming::Length(content_length) => {
             // modelmux: give the reader the connection's close signal (bounded drain on drop)
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             let data_reader = data_reader.with_close_signal(close_signal.clone());
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            Body::Stream(Box::new(FusedReader::new(data_reader)))
         }
         BodyFraming::Chunked => {
             // modelmux: a chunked body dropped before its end leaves chunk data on the wire
@@ -217,7 +233,7 @@ where
             // instead. The decoder is strict (see `crate::framing::ChunkedDecoder`).
             let decoder =
                 CloseUnlessEof::new(ChunkedDecoder::new(source_data), close_signal.clone());
-            Box::new(FusedReader::new(decoder)) as Box<dyn Read + Send + 'static>
+            Body::Stream(Box::new(FusedReader::new(decoder)))
         }
     };
 
@@ -227,9 +243,9 @@ where
         remote_addr,
         secure,
         method,
-        path,
         http_version: version,
-        headers,
+        head: headers,
+        headers: OnceLock::new(),
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
@@ -254,14 +270,14 @@ where
     W: Write + Send + 'static,
 {
     Request {
-        data_reader: Some(BodyReader::new(Box::new(io::empty()), false)),
+        data_reader: Some(BodyReader::new(Body::Empty, false)),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
         method,
-        path,
         http_version: version,
-        headers: Vec::new(),
+        head: HeadBuilder::build(&path, std::iter::empty()),
+        headers: OnceLock::new(),
         body_length: Some(0),
         must_send_continue: false,
         notify_when_responded: None,
@@ -296,13 +312,22 @@ impl Request {
     /// Returns the resource requested by the client.
     #[inline]
     pub fn url(&self) -> &str {
-        &self.path
+        self.head.target()
     }
 
     /// Returns a list of all headers sent by the client.
+    ///
+    /// modelmux: built on the first call (two allocations per header): prefer `header_list`.
     #[inline]
     pub fn headers(&self) -> &[Header] {
-        &self.headers
+        self.headers.get_or_init(|| self.head.to_headers())
+    }
+
+    /// modelmux: the headers sent by the client, without a copy; clone it to keep them past
+    /// the request (a clone shares them).
+    #[inline]
+    pub fn header_list(&self) -> &HeaderList {
+        &self.head
     }
 
     /// Returns the HTTP version of the request.
@@ -349,10 +374,10 @@ impl Request {
         use crate::util::CustomStream;
 
         response
-            .raw_print(
+            .raw_print_te(
                 self.response_writer.as_mut().unwrap().by_ref(),
                 self.http_version.clone(),
-                &self.headers,
+                self.head.get("TE"),
                 false,
                 Some(protocol),
             )
@@ -400,10 +425,10 @@ impl Request {
     pub fn as_reader(&mut self) -> &mut dyn Read {
         if self.must_send_continue {
             let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
+            msg.raw_print_te(
                 self.response_writer.as_mut().unwrap().by_ref(),
                 self.http_version.clone(),
-                &self.headers,
+                self.head.get("TE"),
                 true,
                 None,
             )
@@ -413,6 +438,21 @@ impl Request {
         }
 
         self.data_reader.as_mut().unwrap()
+    }
+
+    /// modelmux: the whole body, when it was read with the head (small enough, see
+    /// `new_request`) and none of it has been read since: handed over without a copy. `None`
+    /// otherwise (read it with `as_reader`).
+    pub fn take_read_body(&mut self) -> Option<Vec<u8>> {
+        let reader = self.data_reader.as_mut()?;
+        match &mut reader.inner {
+            Body::Memory(c) if c.position() == 0 => {
+                let body = std::mem::take(c.get_mut());
+                reader.inner = Body::Empty;
+                Some(body)
+            }
+            _ => None,
+        }
     }
 
     /// Turns the `Request` into a writer.
@@ -487,10 +527,11 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        // modelmux: only the request's `TE` header matters to the response
+        Self::ignore_client_closing_errors(response.raw_print_te(
             writer.by_ref(),
             self.http_version.clone(),
-            &self.headers,
+            self.head.get("TE"),
             do_not_send_body,
             None,
         ))?;
@@ -519,7 +560,9 @@ impl fmt::Debug for Request {
         write!(
             formatter,
             "Request({} {} from {:?})",
-            self.method, self.path, self.remote_addr
+            self.method,
+            self.url(),
+            self.remote_addr
         )
     }
 }
@@ -622,9 +665,8 @@ mod tests {
         let rq = super::new_request(
             false,
             Method::Get,
-            "/".into(),
             HTTPVersion(1, 1),
-            Vec::new(),
+            crate::header_list::HeadBuilder::build("/", std::iter::empty()),
             BodyFraming::None,
             false,
             None,

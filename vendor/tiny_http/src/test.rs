@@ -71,15 +71,22 @@ impl From<TestRequest> for Request {
             .filter(|h| h.field.equiv("Transfer-Encoding"))
             .map(|h| h.value.as_bytes().to_vec())
             .collect();
-        let framing = crate::framing::body_framing(&mock.http_version, &mock.headers, &raw_te)
+        // modelmux: the request keeps its target and headers as a `HeaderList`
+        let head = crate::header_list::HeadBuilder::build(
+            &mock.path,
+            mock.headers
+                .iter()
+                .map(|h| (h.field.as_str().as_str(), h.value.as_str())),
+        );
+        let framing = crate::framing::body_framing(&mock.http_version, head.iter(), &raw_te)
             .unwrap_or(crate::framing::BodyFraming::None);
-        let expects_continue = crate::framing::expects_continue(&mock.headers).unwrap_or(false);
+        let expects_continue =
+            crate::framing::expects_continue(head.get("Expect")).unwrap_or(false);
         new_request(
             mock.secure,
             mock.method,
-            mock.path,
             mock.http_version,
-            mock.headers,
+            head,
             framing,
             expects_continue,
             Some(mock.remote_addr),

@@ -1,42 +1,84 @@
 use std::io::Result as IoResult;
 use std::io::{BufRead, Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use std::mem;
+// modelmux: the readers and writers of one connection take turns through one `Turns` per
+// connection (a counter under a mutex) instead of a new channel per request and side: upstream's
+// `channel()`s cost about four heap allocations per request (each channel, and the block its
+// first message allocates). The order is the same: the reader of request k gets the
+// connection's read side once reader k-1 is dropped, and writer k writes once the writers before
+// it are dropped.
+
+/// Whose turn it is, and the value passed from turn to turn (the read side; nothing for writers).
+struct Turns<T> {
+    state: Mutex<TurnState<T>>,
+    changed: Condvar,
+}
+
+struct TurnState<T> {
+    value: Option<T>,
+    turn: u64,
+    /// Threads waiting for their turn: the condvar is signalled only when some wait (no
+    /// wake-up system call per request otherwise).
+    waiting: usize,
+}
+
+impl<T> Turns<T> {
+    fn new(value: Option<T>) -> Turns<T> {
+        Turns {
+            state: Mutex::new(TurnState {
+                value,
+                turn: 0,
+                waiting: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TurnState<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for turn `k`, then takes the value.
+    fn wait(&self, k: u64) -> MutexGuard<'_, TurnState<T>> {
+        let mut s = self.lock();
+        while s.turn != k {
+            s.waiting += 1;
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.waiting -= 1;
+        }
+        s
+    }
+
+    /// Ends the current turn, handing `value` (if any) to the next.
+    fn pass(&self, mut s: MutexGuard<'_, TurnState<T>>, value: Option<T>) {
+        if value.is_some() {
+            s.value = value;
+        }
+        s.turn += 1;
+        if s.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+}
 
 pub struct SequentialReaderBuilder<R>
 where
     R: Read + Send,
 {
-    inner: SequentialReaderBuilderInner<R>,
-}
-
-enum SequentialReaderBuilderInner<R>
-where
-    R: Read + Send,
-{
-    First(R),
-    NotFirst(Receiver<R>),
+    turns: Arc<Turns<R>>,
+    next_turn: u64,
 }
 
 pub struct SequentialReader<R>
 where
     R: Read + Send,
 {
-    inner: SequentialReaderInner<R>,
-    next: Sender<R>,
-}
-
-enum SequentialReaderInner<R>
-where
-    R: Read + Send,
-{
-    MyTurn(R),
-    Waiting(Receiver<R>),
-    Empty,
+    turns: Arc<Turns<R>>,
+    turn: u64,
+    /// The read side, once it is this reader's turn and it read.
+    reader: Option<R>,
 }
 
 pub struct SequentialWriterBuilder<W>
@@ -44,22 +86,26 @@ where
     W: Write + Send,
 {
     writer: Arc<Mutex<W>>,
-    next_trigger: Option<Receiver<()>>,
+    turns: Arc<Turns<()>>,
+    next_turn: u64,
 }
 
 pub struct SequentialWriter<W>
 where
     W: Write + Send,
 {
-    trigger: Option<Receiver<()>>,
     writer: Arc<Mutex<W>>,
-    on_finish: Sender<()>,
+    turns: Arc<Turns<()>>,
+    turn: u64,
+    /// The writers before this one are done.
+    my_turn: bool,
 }
 
 impl<R: Read + Send> SequentialReaderBuilder<R> {
     pub fn new(reader: R) -> SequentialReaderBuilder<R> {
         SequentialReaderBuilder {
-            inner: SequentialReaderBuilderInner::First(reader),
+            turns: Arc::new(Turns::new(Some(reader))),
+            next_turn: 0,
         }
     }
 }
@@ -68,7 +114,8 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
     pub fn new(writer: W) -> SequentialWriterBuilder<W> {
         SequentialWriterBuilder {
             writer: Arc::new(Mutex::new(writer)),
-            next_trigger: None,
+            turns: Arc::new(Turns::new(None)),
+            next_turn: 0,
         }
     }
 }
@@ -77,87 +124,71 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
     fn next(&mut self) -> Option<SequentialReader<R>> {
-        let (tx, rx) = channel();
-
-        let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(rx));
-
-        match inner {
-            SequentialReaderBuilderInner::First(reader) => Some(SequentialReader {
-                inner: SequentialReaderInner::MyTurn(reader),
-                next: tx,
-            }),
-
-            SequentialReaderBuilderInner::NotFirst(previous) => Some(SequentialReader {
-                inner: SequentialReaderInner::Waiting(previous),
-                next: tx,
-            }),
-        }
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        Some(SequentialReader {
+            turns: Arc::clone(&self.turns),
+            turn,
+            reader: None,
+        })
     }
 }
 
 impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     type Item = SequentialWriter<W>;
     fn next(&mut self) -> Option<SequentialWriter<W>> {
-        let (tx, rx) = channel();
-        let mut next_next_trigger = Some(rx);
-        ::std::mem::swap(&mut next_next_trigger, &mut self.next_trigger);
-
+        let turn = self.next_turn;
+        self.next_turn += 1;
         Some(SequentialWriter {
-            trigger: next_next_trigger,
-            writer: self.writer.clone(),
-            on_finish: tx,
+            writer: Arc::clone(&self.writer),
+            turns: Arc::clone(&self.turns),
+            turn,
+            my_turn: false,
         })
+    }
+}
+
+impl<R: Read + Send> SequentialReader<R> {
+    /// The read side, waiting for the readers before this one to be dropped.
+    fn my_turn(&mut self) -> &mut R {
+        if self.reader.is_none() {
+            let mut s = self.turns.wait(self.turn);
+            self.reader = s.value.take();
+        }
+        self.reader
+            .as_mut()
+            .expect("the read side is handed from turn to turn")
+    }
+}
+
+impl<W: Write + Send> SequentialWriter<W> {
+    fn wait_turn(&mut self) {
+        if !self.my_turn {
+            drop(self.turns.wait(self.turn));
+            self.my_turn = true;
+        }
     }
 }
 
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        let mut reader = match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
-            SequentialReaderInner::Empty => unreachable!(),
-        };
-
-        let result = reader.read(buf);
-        self.inner = SequentialReaderInner::MyTurn(reader);
-        result
+        self.my_turn().read(buf)
     }
 }
 
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
+        self.wait_turn();
         self.writer.lock().unwrap().write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
+        self.wait_turn();
         self.writer.lock().unwrap().flush()
     }
 }
 
 // modelmux: buffered access for reading request heads (see `ClientConnection::read_next_line`).
-impl<R: BufRead + Send> SequentialReader<R> {
-    fn my_turn(&mut self) -> &mut R {
-        if let SequentialReaderInner::Waiting(ref recv) = self.inner {
-            let reader = recv.recv().unwrap();
-            self.inner = SequentialReaderInner::MyTurn(reader);
-        }
-        match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => reader,
-            _ => unreachable!(),
-        }
-    }
-}
-
 impl<R: BufRead + Send> BufRead for SequentialReader<R> {
     fn fill_buf(&mut self) -> IoResult<&[u8]> {
         self.my_turn().fill_buf()
@@ -173,18 +204,11 @@ where
     R: Read + Send,
 {
     fn drop(&mut self) {
-        let inner = mem::replace(&mut self.inner, SequentialReaderInner::Empty);
-
-        match inner {
-            SequentialReaderInner::MyTurn(reader) => {
-                self.next.send(reader).ok();
-            }
-            SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
-            }
-            SequentialReaderInner::Empty => (),
-        }
+        // modelmux: a reader that never read still waits for its turn, then hands the read
+        // side on (as upstream's did through its channels)
+        let s = self.turns.wait(self.turn);
+        let reader = self.reader.take();
+        self.turns.pass(s, reader);
     }
 }
 
@@ -193,6 +217,10 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
-        self.on_finish.send(()).ok();
+        // modelmux: the next writer's turn comes once this one and every one before it are
+        // done (upstream's waited only for the one before it, even one dropped unused while an
+        // earlier answer was still being written)
+        let s = self.turns.wait(self.turn);
+        self.turns.pass(s, None);
     }
 }

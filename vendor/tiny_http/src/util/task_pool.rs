@@ -179,7 +179,11 @@ mod tests {
             }
             for _ in 0..TASKS {
                 let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-                assert_eq!(seen, TASKS, "round {}: a task waited for another to end", round);
+                assert_eq!(
+                    seen, TASKS,
+                    "round {}: a task waited for another to end",
+                    round
+                );
             }
         }
     }
