@@ -57,11 +57,6 @@ fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-/// Drops hop-by-hop headers and the ones the message's `Connection` header names.
-pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
-    end_to_end_where(headers, |_| true)
-}
-
 /// The end-to-end headers `keep` accepts, each copied once (only those are).
 fn end_to_end_where(
     headers: &[(String, String)],

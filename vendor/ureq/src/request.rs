@@ -138,16 +138,17 @@ impl Request {
         let request_fn = |req: Request| {
             let reader = payload.into_read();
             let url = req.parse_url()?;
-            let unit = Unit::new(
+            // modelmux: the unit takes the URL; `connect` names it in an error
+            let unit = Unit::new_owned(
                 &req.agent,
                 &req.method,
-                &url,
+                url,
                 req.headers,
                 &reader,
                 deadline,
             );
 
-            unit::connect(unit, true, reader).map_err(|e| e.url(url))
+            unit::connect(unit, true, reader)
         };
 
         let response = if !self.agent.state.middleware.is_empty() {

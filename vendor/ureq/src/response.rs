@@ -185,6 +185,15 @@ impl Response {
             .collect()
     }
 
+    /// modelmux: every header as received (name as the server spelled it, value trimmed),
+    /// in order, repeated ones each on their own, without copying; a header whose value
+    /// [`Response::header()`] would not return is left out.
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.headers
+            .iter()
+            .filter_map(|h| h.value().map(|v| (h.name(), v)))
+    }
+
     /// Tells if the response has the named header.
     pub fn has(&self, name: &str) -> bool {
         self.header(name).is_some()
@@ -564,7 +573,9 @@ impl Response {
     /// let resp = ureq::Response::do_from_read(read);
     ///
     /// assert_eq!(resp.status(), 401);
-    pub(crate) fn do_from_stream(stream: Stream, unit: Unit) -> Result<Response, Error> {
+    // modelmux: the unit is borrowed (upstream took a clone of it per request: its method,
+    // URL and every request header copied)
+    pub(crate) fn do_from_stream(stream: Stream, unit: &Unit) -> Result<Response, Error> {
         let remote_addr = stream.remote_addr;
 
         // modelmux: asked from the socket once per connection (`Stream::local_addr`)
@@ -585,7 +596,8 @@ impl Response {
             let status_line = read_next_line(&mut stream, "the status line")?.into_string_lossy();
             let (index, status) = parse_status_line(status_line.as_str())?;
 
-            let mut headers: Vec<Header> = Vec::new();
+            // modelmux: sized for a usual answer's head at once (was grown from empty)
+            let mut headers: Vec<Header> = Vec::with_capacity(16);
             while headers.len() <= MAX_HEADER_COUNT {
                 let line = read_next_line(&mut stream, "a header")?;
                 if line.is_empty() {
@@ -629,7 +641,7 @@ impl Response {
         }
 
         let reader =
-            Self::stream_to_reader(stream, &unit, body_type, compression, connection_option);
+            Self::stream_to_reader(stream, unit, body_type, compression, connection_option);
 
         let url = unit.url.clone();
 
@@ -786,7 +798,7 @@ impl FromStr for Response {
             &request_reader,
             None,
         );
-        Self::do_from_stream(stream, unit)
+        Self::do_from_stream(stream, &unit)
     }
 }
 
@@ -1170,7 +1182,7 @@ mod tests {
             &request_reader,
             None,
         );
-        let resp = Response::do_from_stream(s.into(), unit).unwrap();
+        let resp = Response::do_from_stream(s.into(), &unit).unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.header("x-geo-header"), None);
     }
@@ -1226,7 +1238,7 @@ mod tests {
         );
         Response::do_from_stream(
             stream,
-            Unit::new(
+            &Unit::new(
                 &agent,
                 "GET",
                 &"https://example.com/".parse().unwrap(),
@@ -1258,7 +1270,7 @@ mod tests {
         );
         let resp = Response::do_from_stream(
             stream,
-            Unit::new(
+            &Unit::new(
                 &agent,
                 "GET",
                 &"https://example.com/".parse().unwrap(),
