@@ -185,8 +185,9 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
         )));
     }
     let mut req = agent.request(out.method, &out.url);
-    for (n, v) in &out.headers {
-        req = req.set(n, v);
+    // Handed over: ureq builds each header line in the name's buffer.
+    for (n, v) in out.headers {
+        req = req.set_owned(n, v);
     }
     let result = match out.body {
         Some(body) => req.send_bytes(&body),

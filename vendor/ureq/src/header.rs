@@ -88,6 +88,19 @@ impl Header {
         Header { line, index }
     }
 
+    // modelmux: the line `Header::new` formats, built in `name`'s buffer
+    pub fn from_owned(name: String, value: &str) -> Self {
+        let index = name.len();
+        let mut line = name.into_bytes();
+        line.reserve_exact(2 + value.len());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value.as_bytes());
+        Header {
+            line: HeaderLine(line),
+            index,
+        }
+    }
+
     /// The header name.
     pub fn name(&self) -> &str {
         let bytes = &self.line.as_bytes()[0..self.index];

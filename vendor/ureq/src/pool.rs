@@ -302,14 +302,15 @@ pub(crate) struct PoolReturner {
     // We store a weak reference to an agent state here to avoid creating
     // a reference loop, since AgentState contains a ConnectionPool, which
     // contains Streams, which contain PoolReturners.
-    inner: Option<(std::sync::Weak<AgentState>, PoolKey)>,
+    // modelmux: the key is shared: `Stream::return_to_pool` clones the returner per request
+    inner: Option<(std::sync::Weak<AgentState>, Arc<PoolKey>)>,
 }
 
 impl PoolReturner {
     /// A PoolReturner that returns to the given Agent's Pool.
     pub(crate) fn new(agent: &Agent, pool_key: PoolKey) -> Self {
         Self {
-            inner: Some((agent.weak_state(), pool_key)),
+            inner: Some((agent.weak_state(), Arc::new(pool_key))),
         }
     }
 

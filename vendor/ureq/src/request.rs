@@ -313,6 +313,13 @@ impl Request {
         self
     }
 
+    /// modelmux: [`Request::set`] with a name and value the caller owns: the header line is
+    /// built in the name's buffer (no new allocation when it has room).
+    pub fn set_owned(mut self, header: String, value: String) -> Self {
+        header::add_header(&mut self.headers, Header::from_owned(header, &value));
+        self
+    }
+
     /// Returns the value for a set header.
     ///
     /// ```
