@@ -2,6 +2,7 @@ use std::io::{self, Cursor, Read};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
+use std::sync::Arc; // modelmux: a response head's shared header buffer
 use std::{fmt, io::BufRead};
 
 use log::debug;
@@ -596,17 +597,7 @@ impl Response {
             let status_line = read_next_line(&mut stream, "the status line")?.into_string_lossy();
             let (index, status) = parse_status_line(status_line.as_str())?;
 
-            // modelmux: sized for a usual answer's head at once (was grown from empty)
-            let mut headers: Vec<Header> = Vec::with_capacity(16);
-            while headers.len() <= MAX_HEADER_COUNT {
-                let line = read_next_line(&mut stream, "a header")?;
-                if line.is_empty() {
-                    break;
-                }
-                if let Ok(header) = line.into_header() {
-                    headers.push(header);
-                }
-            }
+            let headers = read_header_lines(&mut stream)?;
 
             if headers.len() > MAX_HEADER_COUNT {
                 return Err(ErrorKind::BadHeader.msg(
@@ -802,11 +793,59 @@ impl FromStr for Response {
     }
 }
 
+/// modelmux: a response head's header lines, read into one buffer that they share (upstream
+/// read each into its own); as upstream, a line whose name is not a token is skipped, and
+/// reading stops once more than `MAX_HEADER_COUNT` headers were read (the caller refuses that).
+fn read_header_lines(reader: &mut impl BufRead) -> io::Result<Vec<Header>> {
+    let mut head = Vec::with_capacity(512);
+    let mut count = 0;
+    while count <= MAX_HEADER_COUNT {
+        let start = head.len();
+        read_line_into(reader, "a header", &mut head)?;
+        if head.len() == start {
+            break;
+        }
+        if header_name_is_token(&head[start..]) {
+            count += 1;
+        }
+        // the lines' separator in `head` (a line read never holds one)
+        head.push(b'\n');
+    }
+    let head = Arc::new(head);
+    let mut headers = Vec::with_capacity(count);
+    let mut pos = 0;
+    while pos < head.len() {
+        let end = head[pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(head.len(), |i| pos + i);
+        if let Ok(header) = HeaderLine::Shared(Arc::clone(&head), pos..end).into_header() {
+            headers.push(header);
+        }
+        pos = end + 1;
+    }
+    Ok(headers)
+}
+
+/// modelmux: what `HeaderLine::into_header` accepts: token characters up to the first `:`.
+fn header_name_is_token(line: &[u8]) -> bool {
+    line.iter()
+        .take_while(|c| **c != b':')
+        .all(crate::header::is_tchar)
+}
+
 fn read_next_line(reader: &mut impl BufRead, context: &str) -> io::Result<HeaderLine> {
     let mut buf = Vec::new();
+    read_line_into(reader, context, &mut buf)?;
+    Ok(buf.into())
+}
+
+// modelmux: `read_next_line` appending to `buf` (the line without its CR LF)
+fn read_line_into(reader: &mut impl BufRead, context: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    let start = buf.len();
     let result = reader
         .take((MAX_HEADER_SIZE + 1) as u64)
-        .read_until(b'\n', &mut buf);
+        .read_until(b'\n', buf);
 
     match result {
         Ok(0) => Err(io::Error::new(
@@ -832,19 +871,19 @@ fn read_next_line(reader: &mut impl BufRead, context: &str) -> io::Result<Header
         }
     }?;
 
-    if !buf.ends_with(b"\n") {
+    if !buf[start..].ends_with(b"\n") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("Header field didn't end with \\n: {:?}", buf),
+            format!("Header field didn't end with \\n: {:?}", &buf[start..]),
         ));
     }
 
     buf.pop();
-    if buf.ends_with(b"\r") {
+    if buf[start..].ends_with(b"\r") {
         buf.pop();
     }
 
-    Ok(buf.into())
+    Ok(())
 }
 
 /// Limits a `Read` to a content size (as set by a "Content-Length" header).
