@@ -129,17 +129,30 @@ fn sanitize_reason(reason: &str) -> String {
 /// received, repeated ones each on their own: hop-by-hop ones and those its `Connection` header
 /// names are left out. Read from the response in place, not through an owned copy of them all.
 fn end_to_end_headers(response: &ureq::Response) -> Vec<(String, String)> {
-    let listed = |name: &str| {
+    let connection = || {
         response
             .header_pairs()
             .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .flat_map(|(_, v)| v.split(','))
+            .map(|(_, v)| v)
+    };
+    // Usually one `Connection` header at most: its value is kept, not looked up per header.
+    let mut found = connection();
+    let (first, more) = (found.next(), found.next().is_some());
+    let names = |value: &str, name: &str| {
+        value
+            .split(',')
             .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
+    let listed = |name: &str| match first {
+        None => false,
+        Some(v) if !more => names(v, name),
+        Some(_) => connection().any(|v| names(v, name)),
     };
     let kept = response
         .header_pairs()
         .filter(|(n, _)| !crate::http::headers::is_hop_by_hop(n) && !listed(n));
-    let mut out = Vec::with_capacity(kept.clone().count() + 3);
+    // Room for the few headers `relay` adds after these.
+    let mut out = Vec::with_capacity(16);
     for (name, value) in kept {
         // Our id names this request; the backend's own id is kept under another name.
         let name = if name.eq_ignore_ascii_case("x-request-id") {
