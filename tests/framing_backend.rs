@@ -221,6 +221,37 @@ fn a_response_with_both_chunked_and_content_length_is_relayed_by_its_chunks() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The backend's own headers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_backends_repeated_headers_reach_the_client_once_each_in_order() {
+    let b = FakeBackend::start(|_| {
+        vec![Step::Send(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Trace: t\r\nSet-Cookie: b=2\r\nConnection: x-trace\r\nX-Request-Id: up-1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+        )]
+    });
+    let p = proxy_one(&b.url);
+    let r = Client::new(&p)
+        .call(&chat_request("m", "x", false, ""))
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "{:?}", r.headers);
+    // Named by the backend's Connection header: hop-by-hop for that message only.
+    assert_eq!(r.header("x-trace"), None, "{:?}", r.headers);
+    assert_eq!(r.header("x-upstream-request-id"), Some("up-1"));
+    assert_eq!(r.text(), "{}");
+    assert_healthy(&p);
+}
+
+// ---------------------------------------------------------------------------------------------
 // More response headers than ureq accepts
 // ---------------------------------------------------------------------------------------------
 

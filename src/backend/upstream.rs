@@ -82,23 +82,23 @@ pub fn forward_headers(
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("x-model-id"));
     // Later settings replace earlier ones: the endpoint's headers, then the proxy's own.
-    let mut set = |name: &str, value: &str| {
+    let mut set = |name: &str, value: String| {
         out.retain(|(o, _)| !o.eq_ignore_ascii_case(name));
-        out.push((name.to_string(), value.to_string()));
+        out.push((name.to_string(), value));
     };
     for (n, v) in &endpoint.headers {
-        set(n, v);
+        set(n, v.clone());
     }
-    set("X-Request-Id", request_id);
+    set("X-Request-Id", request_id.to_string());
     // The README's promise: the model is named by its backend name wherever the client named it.
     if named_model {
-        set("X-Model-Id", &backend.actual_model_name);
+        set("X-Model-Id", backend.actual_model_name.clone());
     }
     if !backend.api_key.is_empty() {
         // The client's own Authorization and x-api-key never got this far (`from_client`).
         match backend.key_header {
-            KeyHeader::Bearer => set("Authorization", &format!("Bearer {}", backend.api_key)),
-            KeyHeader::XApiKey => set("x-api-key", &backend.api_key),
+            KeyHeader::Bearer => set("Authorization", format!("Bearer {}", backend.api_key)),
+            KeyHeader::XApiKey => set("x-api-key", backend.api_key.clone()),
         }
     }
     out
@@ -185,8 +185,9 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
         )));
     }
     let mut req = agent.request(out.method, &out.url);
-    for (n, v) in &out.headers {
-        req = req.set(n, v);
+    // Handed over: ureq builds each header line in the name's buffer.
+    for (n, v) in out.headers {
+        req = req.set_owned(n, v);
     }
     let result = match out.body {
         Some(body) => req.send_bytes(&body),

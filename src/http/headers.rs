@@ -58,21 +58,6 @@ fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> V
         .collect()
 }
 
-/// Drops hop-by-hop headers and the ones the message's `Connection` header names.
-pub fn end_to_end(headers: &[(String, String)]) -> Vec<(String, String)> {
-    owned(end_to_end_pairs(headers))
-}
-
-/// `end_to_end`, borrowed: for a caller that writes the headers out without keeping copies.
-pub fn end_to_end_pairs(
-    headers: &[(String, String)],
-) -> impl Iterator<Item = (&str, &str)> + Clone {
-    end_to_end_where(
-        move || headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        |_| true,
-    )
-}
-
 fn owned<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
     pairs.map(|(n, v)| (n.to_string(), v.to_string())).collect()
 }

@@ -44,12 +44,9 @@ pub fn relay(
         messages_usage,
         translation: _,
     } = from;
-    let all = all_headers(&response);
     // Transfer-Encoding wins over Content-Length (RFC 9112 section 6.3): the HTTP client has
     // already de-chunked such a body, so its Content-Length describes nothing we send.
-    let chunked = all
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let chunked = response.header("transfer-encoding").is_some();
     let content_length = if chunked {
         None
     } else {
@@ -57,17 +54,7 @@ pub fn relay(
             .header("content-length")
             .and_then(|v| v.trim().parse().ok())
     };
-    let mut headers: Vec<(String, String)> = crate::http::headers::end_to_end(&all)
-        .into_iter()
-        // Our id names this request; the backend's own id is kept under another name.
-        .map(|(n, v)| {
-            if n.eq_ignore_ascii_case("x-request-id") {
-                ("X-Upstream-Request-Id".to_string(), v)
-            } else {
-                (n, v)
-            }
-        })
-        .collect();
+    let mut headers = end_to_end_headers(&response);
     for (n, v) in extra_headers {
         headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
         headers.push((n.to_string(), v.clone()));
@@ -139,23 +126,42 @@ fn sanitize_reason(reason: &str) -> String {
     }
 }
 
-/// Every header of the backend's answer, repeated ones each on their own.
-fn all_headers(response: &ureq::Response) -> Vec<(String, String)> {
-    let names = response.headers_names();
-    // Sized once, and each name moved in where it has one value (the usual case), not copied.
-    let mut all: Vec<(String, String)> = Vec::with_capacity(names.len() + 2);
-    for name in names {
-        match response.all(&name)[..] {
-            [one] => {
-                let one = one.to_string();
-                all.push((name, one));
-            }
-            ref several => {
-                for v in several {
-                    all.push((name.clone(), v.to_string()));
-                }
-            }
-        }
+/// The backend's end-to-end headers, each copied once (name lowercased, value) in the order
+/// received, repeated ones each on their own: hop-by-hop ones and those its `Connection` header
+/// names are left out. Read from the response in place, not through an owned copy of them all.
+fn end_to_end_headers(response: &ureq::Response) -> Vec<(String, String)> {
+    let connection = || {
+        response
+            .header_pairs()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v)
+    };
+    // Usually one `Connection` header at most: its value is kept, not looked up per header.
+    let mut found = connection();
+    let (first, more) = (found.next(), found.next().is_some());
+    let names = |value: &str, name: &str| {
+        value
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
+    let listed = |name: &str| match first {
+        None => false,
+        Some(v) if !more => names(v, name),
+        Some(_) => connection().any(|v| names(v, name)),
+    };
+    let kept = response
+        .header_pairs()
+        .filter(|(n, _)| !crate::http::headers::is_hop_by_hop(n) && !listed(n));
+    // Room for the few headers `relay` adds after these.
+    let mut out = Vec::with_capacity(16);
+    for (name, value) in kept {
+        // Our id names this request; the backend's own id is kept under another name.
+        let name = if name.eq_ignore_ascii_case("x-request-id") {
+            "X-Upstream-Request-Id".to_string()
+        } else {
+            name.to_ascii_lowercase()
+        };
+        out.push((name, value.to_string()));
     }
-    all
+    out
 }

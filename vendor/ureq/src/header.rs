@@ -1,37 +1,60 @@
 use crate::error::{Error, ErrorKind};
 use std::fmt;
+use std::ops::Range;
 use std::str::{from_utf8, FromStr};
+use std::sync::Arc;
 
 /// Since a status line or header can contain non-utf8 characters the
 /// backing store is a `Vec<u8>`
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HeaderLine(Vec<u8>);
+// modelmux: a line is its own buffer, or a range of a response head's buffer that all its
+// header lines share (one allocation for the head instead of one per line)
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderLine {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl PartialEq for HeaderLine {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for HeaderLine {}
 
 impl From<String> for HeaderLine {
     fn from(s: String) -> Self {
-        HeaderLine(s.into_bytes())
+        HeaderLine::Owned(s.into_bytes())
     }
 }
 
 impl From<Vec<u8>> for HeaderLine {
     fn from(b: Vec<u8>) -> Self {
-        HeaderLine(b)
+        HeaderLine::Owned(b)
     }
 }
 
 impl HeaderLine {
     pub fn into_string_lossy(self) -> String {
         // Try to avoid an extra allcation.
-        String::from_utf8(self.0)
+        let bytes = match self {
+            HeaderLine::Owned(b) => b,
+            HeaderLine::Shared(..) => self.as_bytes().to_vec(),
+        };
+        String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(&e.into_bytes()).to_string())
     }
 
+    #[allow(dead_code)] // modelmux: `read_header_lines` tells an empty line by its length
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match self {
+            HeaderLine::Owned(b) => b,
+            HeaderLine::Shared(buf, range) => &buf[range.clone()],
+        }
     }
 
     pub fn into_header(self) -> Result<Header, Error> {
@@ -58,7 +81,7 @@ impl HeaderLine {
 
 impl fmt::Display for HeaderLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", String::from_utf8_lossy(&self.0))
+        write!(f, "{}", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
@@ -86,6 +109,19 @@ impl Header {
         let line = format!("{}: {}", name, value).into();
         let index = name.len();
         Header { line, index }
+    }
+
+    // modelmux: the line `Header::new` formats, built in `name`'s buffer
+    pub fn from_owned(name: String, value: &str) -> Self {
+        let index = name.len();
+        let mut line = name.into_bytes();
+        line.reserve_exact(2 + value.len());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value.as_bytes());
+        Header {
+            line: HeaderLine::Owned(line),
+            index,
+        }
     }
 
     /// The header name.

@@ -1,7 +1,9 @@
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::agent::AgentState;
 use crate::stream::Stream;
@@ -28,7 +30,8 @@ use url::Url;
 /// These invariants hold at the start and end of each method:
 ///  - The length `lru` is equal to the sum of lengths of `recycle`'s [`VecDeque`]s.
 ///  - Each PoolKey exists the same number of times in `lru` as it has entries in `recycle`.
-///  - If there is an entry in `recycle`, it has at least one element.
+///  - modelmux: an entry in `recycle` may be empty (kept with its key and its queue's capacity,
+///    so that handing a connection out and taking it back allocates nothing).
 ///  - The length of `lru` is less than or equal to [`Self::max_idle_connections`].
 ///  - The length of `recycle[K]` is less than or equal to [`Self::max_idle_connections_per_host`].
 ///
@@ -39,14 +42,17 @@ pub(crate) struct ConnectionPool {
     max_idle_connections_per_host: usize,
 }
 
+// modelmux: keys are shared (`Arc`): the map's key is cloned into `lru` for each pooled
+// stream, and a lookup borrows the request's URL (`KeyView`) instead of building a key; upstream
+// cloned a key (two `String`s) four times per request.
 struct Inner {
     // the actual pooled connection. however only one per hostname:port.
-    recycle: HashMap<PoolKey, VecDeque<Stream>>,
+    recycle: HashMap<Arc<PoolKey>, VecDeque<Stream>>,
     // This is used to keep track of which streams to expire when the
     // pool reaches MAX_IDLE_CONNECTIONS. The corresponding PoolKeys for
     // recently used Streams are added to the back of the queue;
     // old streams are removed from the front.
-    lru: VecDeque<PoolKey>,
+    lru: VecDeque<Arc<PoolKey>>,
 }
 
 impl fmt::Debug for ConnectionPool {
@@ -58,15 +64,16 @@ impl fmt::Debug for ConnectionPool {
             .finish()
     }
 }
-fn remove_first_match(list: &mut VecDeque<PoolKey>, key: &PoolKey) -> Option<PoolKey> {
-    match list.iter().position(|x| x == key) {
+fn remove_first_match(list: &mut VecDeque<Arc<PoolKey>>, key: &dyn KeyView) -> Option<Arc<PoolKey>> {
+    // modelmux: compared through `KeyView` (the list holds shared keys)
+    match list.iter().position(|x| same_key(&**x, key)) {
         Some(i) => list.remove(i),
         None => None,
     }
 }
 
-fn remove_last_match(list: &mut VecDeque<PoolKey>, key: &PoolKey) -> Option<PoolKey> {
-    match list.iter().rposition(|x| x == key) {
+fn remove_last_match(list: &mut VecDeque<Arc<PoolKey>>, key: &dyn KeyView) -> Option<Arc<PoolKey>> {
+    match list.iter().rposition(|x| same_key(&**x, key)) {
         Some(i) => list.remove(i),
         None => None,
     }
@@ -93,34 +100,23 @@ impl ConnectionPool {
     }
 
     /// How the unit::connect tries to get a pooled connection.
-    pub fn try_get_connection(&self, url: &Url, proxy: Option<Proxy>) -> Option<Stream> {
-        let key = PoolKey::new(url, proxy);
-        self.remove(&key)
+    // modelmux: the key is a view of the URL and the proxy, no copy of either
+    pub fn try_get_connection(&self, url: &Url, proxy: Option<&Proxy>) -> Option<Stream> {
+        self.remove(&UrlKey { url, proxy })
     }
 
-    fn remove(&self, key: &PoolKey) -> Option<Stream> {
+    fn remove(&self, key: &dyn KeyView) -> Option<Stream> {
         let mut inner = self.inner.lock().unwrap();
-        match inner.recycle.entry(key.clone()) {
-            Entry::Occupied(mut occupied_entry) => {
-                let streams = occupied_entry.get_mut();
-                // Take the newest stream.
-                let stream = streams.pop_back();
-                let stream = stream.expect("invariant failed: empty VecDeque in `recycle`");
+        let Inner { recycle, lru } = &mut *inner;
+        // modelmux: an emptied entry stays (see `Inner`), so an entry may have no stream
+        let stream = recycle.get_mut(key)?.pop_back()?;
 
-                if streams.is_empty() {
-                    occupied_entry.remove();
-                }
+        // Remove the newest matching PoolKey from self.lru. That
+        // corresponds to the stream we just removed from `recycle`.
+        remove_last_match(lru, key).expect("invariant failed: key in recycle but not in lru");
 
-                // Remove the newest matching PoolKey from self.lru. That
-                // corresponds to the stream we just removed from `recycle`.
-                remove_last_match(&mut inner.lru, key)
-                    .expect("invariant failed: key in recycle but not in lru");
-
-                debug!("pulling stream from pool: {:?} -> {:?}", key, stream);
-                Some(stream)
-            }
-            Entry::Vacant(_) => None,
-        }
+        debug!("pulling stream from pool: {:?}", stream);
+        Some(stream)
     }
 
     pub(crate) fn add(&self, key: &PoolKey, stream: Stream) {
@@ -130,7 +126,13 @@ impl ConnectionPool {
         debug!("adding stream to pool: {:?} -> {:?}", key, stream);
 
         let mut inner = self.inner.lock().unwrap();
-        match inner.recycle.entry(key.clone()) {
+        let Inner { recycle, lru } = &mut *inner;
+        // modelmux: the key already in the map is shared; a new one is allocated once per host
+        let shared = match recycle.get_key_value(key as &dyn KeyView) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::new(key.clone()),
+        };
+        match recycle.entry(Arc::clone(&shared)) {
             Entry::Occupied(mut occupied_entry) => {
                 let streams = occupied_entry.get_mut();
                 streams.push_back(stream);
@@ -143,7 +145,7 @@ impl ConnectionPool {
                         streams.len(),
                         stream
                     );
-                    remove_first_match(&mut inner.lru, key)
+                    remove_first_match(lru, key)
                         .expect("invariant failed: key in recycle but not in lru");
                 }
             }
@@ -151,7 +153,7 @@ impl ConnectionPool {
                 vacant_entry.insert(vec![stream].into());
             }
         }
-        inner.lru.push_back(key.clone());
+        lru.push_back(shared);
         if inner.lru.len() > self.max_idle_connections {
             drop(inner);
             self.remove_oldest()
@@ -172,9 +174,7 @@ impl ConnectionPool {
                     .pop_front()
                     .expect("invariant failed: key existed in recycle but no streams available");
                 debug!("dropping oldest stream in pool: {:?}", stream);
-                if streams.is_empty() {
-                    occupied_entry.remove();
-                }
+                // modelmux: an emptied entry stays (see `Inner`)
             }
             Entry::Vacant(_) => panic!("invariant failed: key existed in lru but not in recycle"),
         }
@@ -186,7 +186,8 @@ impl ConnectionPool {
     }
 }
 
-#[derive(PartialEq, Clone, Eq, Hash)]
+// modelmux: `Hash` and `Eq` go through `KeyView`, so that a `UrlKey` finds it in the map
+#[derive(Clone)]
 pub(crate) struct PoolKey {
     scheme: String,
     hostname: String,
@@ -208,6 +209,8 @@ impl fmt::Debug for PoolKey {
 }
 
 impl PoolKey {
+    // modelmux: only the tests build a key from a URL now (a lookup borrows it: `UrlKey`)
+    #[cfg(test)]
     fn new(url: &Url, proxy: Option<Proxy>) -> Self {
         let port = url.port_or_known_default();
         PoolKey {
@@ -228,19 +231,86 @@ impl PoolKey {
     }
 }
 
+// modelmux: what a pool key is made of, for a lookup with a borrowed key (`UrlKey`)
+pub(crate) trait KeyView {
+    fn parts(&self) -> (&str, &str, Option<u16>, Option<&Proxy>);
+}
+
+impl KeyView for PoolKey {
+    fn parts(&self) -> (&str, &str, Option<u16>, Option<&Proxy>) {
+        (&self.scheme, &self.hostname, self.port, self.proxy.as_ref())
+    }
+}
+
+/// modelmux: the pool key of a request, borrowed from its URL and the agent's proxy.
+struct UrlKey<'a> {
+    url: &'a Url,
+    proxy: Option<&'a Proxy>,
+}
+
+impl KeyView for UrlKey<'_> {
+    fn parts(&self) -> (&str, &str, Option<u16>, Option<&Proxy>) {
+        (
+            self.url.scheme(),
+            self.url.host_str().unwrap_or(""),
+            self.url.port_or_known_default(),
+            self.proxy,
+        )
+    }
+}
+
+fn same_key(a: &dyn KeyView, b: &dyn KeyView) -> bool {
+    a.parts() == b.parts()
+}
+
+impl Hash for dyn KeyView + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        same_key(self, other)
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl Hash for PoolKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyView).hash(state)
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        same_key(self, other)
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl<'a> Borrow<dyn KeyView + 'a> for Arc<PoolKey> {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        &**self
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct PoolReturner {
     // We store a weak reference to an agent state here to avoid creating
     // a reference loop, since AgentState contains a ConnectionPool, which
     // contains Streams, which contain PoolReturners.
-    inner: Option<(std::sync::Weak<AgentState>, PoolKey)>,
+    // modelmux: the key is shared: `Stream::return_to_pool` clones the returner per request
+    inner: Option<(std::sync::Weak<AgentState>, Arc<PoolKey>)>,
 }
 
 impl PoolReturner {
     /// A PoolReturner that returns to the given Agent's Pool.
     pub(crate) fn new(agent: &Agent, pool_key: PoolKey) -> Self {
         Self {
-            inner: Some((agent.weak_state(), pool_key)),
+            inner: Some((agent.weak_state(), Arc::new(pool_key))),
         }
     }
 

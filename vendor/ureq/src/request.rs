@@ -138,16 +138,17 @@ impl Request {
         let request_fn = |req: Request| {
             let reader = payload.into_read();
             let url = req.parse_url()?;
-            let unit = Unit::new(
+            // modelmux: the unit takes the URL; `connect` names it in an error
+            let unit = Unit::new_owned(
                 &req.agent,
                 &req.method,
-                &url,
+                url,
                 req.headers,
                 &reader,
                 deadline,
             );
 
-            unit::connect(unit, true, reader).map_err(|e| e.url(url))
+            unit::connect(unit, true, reader)
         };
 
         let response = if !self.agent.state.middleware.is_empty() {
@@ -309,6 +310,13 @@ impl Request {
     /// ```
     pub fn set(mut self, header: &str, value: &str) -> Self {
         header::add_header(&mut self.headers, Header::new(header, value));
+        self
+    }
+
+    /// modelmux: [`Request::set`] with a name and value the caller owns: the header line is
+    /// built in the name's buffer (no new allocation when it has room).
+    pub fn set_owned(mut self, header: String, value: String) -> Self {
+        header::add_header(&mut self.headers, Header::from_owned(header, &value));
         self
     }
 

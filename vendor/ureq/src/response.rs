@@ -2,6 +2,7 @@ use std::io::{self, Cursor, Read};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
+use std::sync::Arc; // modelmux: a response head's shared header buffer
 use std::{fmt, io::BufRead};
 
 use log::debug;
@@ -183,6 +184,15 @@ impl Response {
             .iter()
             .map(|h| h.name().to_lowercase())
             .collect()
+    }
+
+    /// modelmux: every header as received (name as the server spelled it, value trimmed),
+    /// in order, repeated ones each on their own, without copying; a header whose value
+    /// [`Response::header()`] would not return is left out.
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .filter_map(|h| h.value().map(|v| (h.name(), v)))
     }
 
     /// Tells if the response has the named header.
@@ -564,7 +574,9 @@ impl Response {
     /// let resp = ureq::Response::do_from_read(read);
     ///
     /// assert_eq!(resp.status(), 401);
-    pub(crate) fn do_from_stream(stream: Stream, unit: Unit) -> Result<Response, Error> {
+    // modelmux: the unit is borrowed (upstream took a clone of it per request: its method,
+    // URL and every request header copied)
+    pub(crate) fn do_from_stream(stream: Stream, unit: &Unit) -> Result<Response, Error> {
         let remote_addr = stream.remote_addr;
 
         // modelmux: asked from the socket once per connection (`Stream::local_addr`)
@@ -585,16 +597,7 @@ impl Response {
             let status_line = read_next_line(&mut stream, "the status line")?.into_string_lossy();
             let (index, status) = parse_status_line(status_line.as_str())?;
 
-            let mut headers: Vec<Header> = Vec::new();
-            while headers.len() <= MAX_HEADER_COUNT {
-                let line = read_next_line(&mut stream, "a header")?;
-                if line.is_empty() {
-                    break;
-                }
-                if let Ok(header) = line.into_header() {
-                    headers.push(header);
-                }
-            }
+            let headers = read_header_lines(&mut stream)?;
 
             if headers.len() > MAX_HEADER_COUNT {
                 return Err(ErrorKind::BadHeader.msg(
@@ -629,7 +632,7 @@ impl Response {
         }
 
         let reader =
-            Self::stream_to_reader(stream, &unit, body_type, compression, connection_option);
+            Self::stream_to_reader(stream, unit, body_type, compression, connection_option);
 
         let url = unit.url.clone();
 
@@ -786,15 +789,63 @@ impl FromStr for Response {
             &request_reader,
             None,
         );
-        Self::do_from_stream(stream, unit)
+        Self::do_from_stream(stream, &unit)
     }
+}
+
+/// modelmux: a response head's header lines, read into one buffer that they share (upstream
+/// read each into its own); as upstream, a line whose name is not a token is skipped, and
+/// reading stops once more than `MAX_HEADER_COUNT` headers were read (the caller refuses that).
+fn read_header_lines(reader: &mut impl BufRead) -> io::Result<Vec<Header>> {
+    let mut head = Vec::with_capacity(512);
+    let mut count = 0;
+    while count <= MAX_HEADER_COUNT {
+        let start = head.len();
+        read_line_into(reader, "a header", &mut head)?;
+        if head.len() == start {
+            break;
+        }
+        if header_name_is_token(&head[start..]) {
+            count += 1;
+        }
+        // the lines' separator in `head` (a line read never holds one)
+        head.push(b'\n');
+    }
+    let head = Arc::new(head);
+    let mut headers = Vec::with_capacity(count);
+    let mut pos = 0;
+    while pos < head.len() {
+        let end = head[pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(head.len(), |i| pos + i);
+        if let Ok(header) = HeaderLine::Shared(Arc::clone(&head), pos..end).into_header() {
+            headers.push(header);
+        }
+        pos = end + 1;
+    }
+    Ok(headers)
+}
+
+/// modelmux: what `HeaderLine::into_header` accepts: token characters up to the first `:`.
+fn header_name_is_token(line: &[u8]) -> bool {
+    line.iter()
+        .take_while(|c| **c != b':')
+        .all(crate::header::is_tchar)
 }
 
 fn read_next_line(reader: &mut impl BufRead, context: &str) -> io::Result<HeaderLine> {
     let mut buf = Vec::new();
+    read_line_into(reader, context, &mut buf)?;
+    Ok(buf.into())
+}
+
+// modelmux: `read_next_line` appending to `buf` (the line without its CR LF)
+fn read_line_into(reader: &mut impl BufRead, context: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    let start = buf.len();
     let result = reader
         .take((MAX_HEADER_SIZE + 1) as u64)
-        .read_until(b'\n', &mut buf);
+        .read_until(b'\n', buf);
 
     match result {
         Ok(0) => Err(io::Error::new(
@@ -820,19 +871,19 @@ fn read_next_line(reader: &mut impl BufRead, context: &str) -> io::Result<Header
         }
     }?;
 
-    if !buf.ends_with(b"\n") {
+    if !buf[start..].ends_with(b"\n") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("Header field didn't end with \\n: {:?}", buf),
+            format!("Header field didn't end with \\n: {:?}", &buf[start..]),
         ));
     }
 
     buf.pop();
-    if buf.ends_with(b"\r") {
+    if buf[start..].ends_with(b"\r") {
         buf.pop();
     }
 
-    Ok(buf.into())
+    Ok(())
 }
 
 /// Limits a `Read` to a content size (as set by a "Content-Length" header).
@@ -1170,7 +1221,7 @@ mod tests {
             &request_reader,
             None,
         );
-        let resp = Response::do_from_stream(s.into(), unit).unwrap();
+        let resp = Response::do_from_stream(s.into(), &unit).unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.header("x-geo-header"), None);
     }
@@ -1226,7 +1277,7 @@ mod tests {
         );
         Response::do_from_stream(
             stream,
-            Unit::new(
+            &Unit::new(
                 &agent,
                 "GET",
                 &"https://example.com/".parse().unwrap(),
@@ -1258,7 +1309,7 @@ mod tests {
         );
         let resp = Response::do_from_stream(
             stream,
-            Unit::new(
+            &Unit::new(
                 &agent,
                 "GET",
                 &"https://example.com/".parse().unwrap(),

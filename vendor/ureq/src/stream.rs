@@ -547,7 +547,7 @@ pub(crate) fn connect_host(
             let pool_key = PoolKey::from_parts(unit.url.scheme(), hostname, port);
             let pool_returner = PoolReturner::new(&unit.agent, pool_key);
             let s = Stream::new(s, remote_addr, pool_returner);
-            let response = Response::do_from_stream(s, unit.clone())?;
+            let response = Response::do_from_stream(s, unit)?; // modelmux: borrowed
             Proxy::verify_response(&response)?;
         }
     }

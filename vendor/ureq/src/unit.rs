@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt::{self, Display};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -32,6 +33,10 @@ pub(crate) struct Unit {
     is_chunked: bool,
     headers: Vec<Header>,
     pub deadline: Option<time::Instant>,
+    // modelmux: the `Content-Length` the head carries after `headers[..extra_at]` (upstream
+    // kept it as one more formatted header, two allocations per request)
+    content_length: Option<u64>,
+    extra_at: usize,
 }
 
 impl Unit {
@@ -41,6 +46,18 @@ impl Unit {
         agent: &Agent,
         method: &str,
         url: &Url,
+        headers: Vec<Header>,
+        body: &SizedReader,
+        deadline: Option<time::Instant>,
+    ) -> Self {
+        Unit::new_owned(agent, method, url.clone(), headers, body, deadline)
+    }
+
+    // modelmux: takes the URL its caller has just parsed (upstream cloned it)
+    pub(crate) fn new_owned(
+        agent: &Agent,
+        method: &str,
+        url: Url,
         mut headers: Vec<Header>,
         body: &SizedReader,
         deadline: Option<time::Instant>,
@@ -60,6 +77,7 @@ impl Unit {
             // otherwise, no chunking.
             .unwrap_or((false, false));
 
+        let mut content_length = None;
         let mut extra_headers = {
             let mut extra = vec![];
 
@@ -71,9 +89,8 @@ impl Unit {
                 // otherwise, use the chunked Transfer-Encoding (only if no other Transfer-Encoding
                 // has been set
                 match body.size {
-                    BodySize::Known(size) => {
-                        extra.push(Header::new("Content-Length", &format!("{}", size)))
-                    }
+                    // modelmux: written by `build_prelude` where this header stood
+                    BodySize::Known(size) => content_length = Some(size),
                     BodySize::Unknown => {
                         if !is_transfer_encoding_set {
                             extra.push(Header::new("Transfer-Encoding", "chunked"));
@@ -94,20 +111,23 @@ impl Unit {
             }
 
             #[cfg(feature = "cookies")]
-            extra.extend(extract_cookies(agent, url).into_iter());
+            extra.extend(extract_cookies(agent, &url).into_iter());
 
             extra
         };
 
+        let extra_at = headers.len();
         headers.append(&mut extra_headers);
 
         Unit {
             agent: agent.clone(),
             method: method.to_string(),
-            url: url.clone(),
+            url,
             is_chunked,
             headers,
             deadline,
+            content_length,
+            extra_at,
         }
     }
 
@@ -116,8 +136,12 @@ impl Unit {
     }
 
     #[cfg(test)]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header::get_header(&self.headers, name)
+    pub fn header(&self, name: &str) -> Option<String> {
+        // modelmux: the Content-Length ureq sets is no longer among `headers`
+        match self.content_length {
+            Some(n) if name.eq_ignore_ascii_case("content-length") => Some(n.to_string()),
+            _ => header::get_header(&self.headers, name).map(String::from),
+        }
     }
     #[cfg(test)]
     pub fn has(&self, name: &str) -> bool {
@@ -158,18 +182,28 @@ pub(crate) fn connect(
     mut body: SizedReader,
 ) -> Result<Response, Error> {
     let mut history = vec![];
+    // modelmux: an error names the request's first URL (`Request::do_call` kept a copy of it
+    // for that before the unit took the URL by value)
+    fn first_url(history: &[Url], unit: &Unit) -> Url {
+        history.first().unwrap_or(&unit.url).clone()
+    }
     let mut resp = loop {
-        let resp = connect_inner(&unit, use_pooled, body, &history)?;
+        let resp = match connect_inner(&unit, use_pooled, body, &history) {
+            Ok(resp) => resp,
+            Err(e) => return Err(e.url(first_url(&history, &unit))),
+        };
 
         // handle redirects
         if !(300..399).contains(&resp.status()) || unit.agent.config.redirects == 0 {
             break resp;
         }
         if history.len() + 1 >= unit.agent.config.redirects as usize {
-            return Err(ErrorKind::TooManyRedirects.msg(format!(
-                "reached max redirects ({})",
-                unit.agent.config.redirects
-            )));
+            return Err(ErrorKind::TooManyRedirects
+                .msg(format!(
+                    "reached max redirects ({})",
+                    unit.agent.config.redirects
+                ))
+                .url(first_url(&history, &unit)));
         }
         // the location header
         let location = match resp.header("location") {
@@ -184,6 +218,7 @@ pub(crate) fn connect(
             ErrorKind::InvalidUrl
                 .msg(format!("Bad redirection: {}", location))
                 .src(e)
+                .url(first_url(&history, &unit))
         })?;
 
         // perform the redirect differently depending on 3xx code.
@@ -271,7 +306,7 @@ fn connect_inner(
         BodySize::Known(n) if !unit.is_chunked && n <= INLINE_BODY_MAX => Some(n),
         _ => None,
     };
-    let send_result = match build_prelude(unit) {
+    let send_result = match build_prelude(unit, inline_len.unwrap_or(0) as usize) {
         Err(e) => Err(e),
         Ok(prelude) => {
             let mut wire = prelude.into_bytes();
@@ -311,7 +346,8 @@ fn connect_inner(
     // TODO: this unit.clone() bothers me. At this stage, we're not
     // going to use the unit (much) anymore, and it should be possible
     // to have ownership of it and pass it into the Response.
-    let result = Response::do_from_stream(stream, unit.clone());
+    // modelmux: borrowed, no longer cloned
+    let result = Response::do_from_stream(stream, unit);
 
     // https://tools.ietf.org/html/rfc7230#section-6.3.1
     // When an inbound connection is closed prematurely, a client MAY
@@ -385,7 +421,8 @@ fn connect_socket(unit: &Unit, hostname: &str, use_pooled: bool) -> Result<(Stre
         // The connection may have been closed by the server
         // due to idle timeout while it was sitting in the pool.
         // Loop until we find one that is still good or run out of connections.
-        while let Some(mut stream) = pool.try_get_connection(&unit.url, proxy.clone()) {
+        // modelmux: the proxy is borrowed for the lookup (was cloned)
+        while let Some(mut stream) = pool.try_get_connection(&unit.url, proxy.as_ref()) {
             let server_closed = stream.server_closed()?;
             if !server_closed {
                 // modelmux: this request's timeouts (a pooled stream keeps the last ones)
@@ -436,33 +473,35 @@ fn can_propagate_authorization_on_redirect(
 const INLINE_BODY_MAX: u64 = 64 * 1024;
 
 // modelmux: builds the prelude; `connect_inner` writes it (with a small body)
-fn build_prelude(unit: &Unit) -> io::Result<PreludeBuilder> {
+// (with room for `body_room` bytes of body after it)
+fn build_prelude(unit: &Unit, body_room: usize) -> io::Result<PreludeBuilder> {
     // build into a buffer and send in one go.
-    let mut prelude = PreludeBuilder::new();
+    let mut prelude = PreludeBuilder::new(body_room);
 
     let path = if let Some(proxy) = &unit.agent.config.proxy {
         // HTTP proxies require the path to be in absolute URI form
         // https://www.rfc-editor.org/rfc/rfc7230#section-5.3.2
         match proxy.proto {
             Proto::HTTP => match unit.url.port() {
-                Some(port) => format!(
+                Some(port) => Cow::Owned(format!(
                     "{}://{}:{}{}",
                     unit.url.scheme(),
                     unit.url.host().unwrap(),
                     port,
                     unit.url.path()
-                ),
-                None => format!(
+                )),
+                None => Cow::Owned(format!(
                     "{}://{}{}",
                     unit.url.scheme(),
                     unit.url.host().unwrap(),
                     unit.url.path()
-                ),
+                )),
             },
-            _ => unit.url.path().into(),
+            _ => Cow::Borrowed(unit.url.path()),
         }
     } else {
-        unit.url.path().into()
+        // modelmux: borrowed (was copied into a `String` per request)
+        Cow::Borrowed(unit.url.path())
     };
 
     // request line
@@ -497,7 +536,10 @@ fn build_prelude(unit: &Unit) -> io::Result<PreludeBuilder> {
     }
 
     // other headers
-    for header in &unit.headers {
+    for (i, header) in unit.headers.iter().enumerate() {
+        if i == unit.extra_at {
+            prelude.write_content_length(unit.content_length)?;
+        }
         if let Some(v) = header.value() {
             if is_header_sensitive(header) {
                 prelude.write_sensitive_header(header.name(), v)?;
@@ -505,6 +547,10 @@ fn build_prelude(unit: &Unit) -> io::Result<PreludeBuilder> {
                 prelude.write_header(header.name(), v)?;
             }
         }
+    }
+
+    if unit.extra_at == unit.headers.len() {
+        prelude.write_content_length(unit.content_length)?;
     }
 
     // finish
@@ -530,10 +576,19 @@ impl PreludeBuilder {
         self.prelude
     }
 
-    fn new() -> Self {
+    // modelmux: room for the body sent in the same write
+    fn new(body_room: usize) -> Self {
         PreludeBuilder {
-            prelude: Vec::with_capacity(256),
+            prelude: Vec::with_capacity(256 + body_room),
             sensitive_spans: Vec::new(),
+        }
+    }
+
+    // modelmux: formatted straight into the head
+    fn write_content_length(&mut self, len: Option<u64>) -> io::Result<()> {
+        match len {
+            Some(n) => write!(self.prelude, "Content-Length: {}\r\n", n),
+            None => Ok(()),
         }
     }
 
