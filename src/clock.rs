@@ -37,10 +37,35 @@ pub fn now_ms() -> i64 {
 
 /// `2026-11-27T05:15:02.123Z` for milliseconds since the epoch.
 pub fn rfc3339(ms: i64) -> String {
+    stamp(ms).as_str().to_string()
+}
+
+/// An RFC 3339 time held on the stack: the ledger writes one per line, and a `String` each was
+/// an allocation per request.
+pub struct Stamp {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Stamp {
+    /// The text, as `rfc3339` writes it.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// `rfc3339(ms)` without an allocation.
+pub fn stamp(ms: i64) -> Stamp {
+    use std::io::Write as _;
     let secs = ms.div_euclid(1000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!(
+    let mut buf = [0u8; 40];
+    let mut cur = &mut buf[..];
+    // 40 bytes hold any i64 year: the write cannot run out of room.
+    let _ = write!(
+        cur,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         y,
         m,
@@ -49,7 +74,9 @@ pub fn rfc3339(ms: i64) -> String {
         rem % 3600 / 60,
         rem % 60,
         ms.rem_euclid(1000)
-    )
+    );
+    let len = 40 - cur.len();
+    Stamp { buf, len }
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time as the ledger writes it

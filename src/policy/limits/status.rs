@@ -90,7 +90,7 @@ pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)>
             .filter(|b| !b.kind.is_cost() && (b.kind != Limit::RequestsPerMinute) == tokens)
             .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(6);
     if let Some(b) = pick(false) {
         out.push(("x-ratelimit-limit-requests", b.limit.to_string()));
         out.push(("x-ratelimit-remaining-requests", b.remaining.to_string()));

@@ -253,7 +253,13 @@ impl LocalData {
     }
 
     fn slots(&mut self, bucket: &str, limits: &[Option<u64>; N], w: &Windows) -> &mut Slots {
-        let b = self.buckets.entry(bucket.to_string()).or_default();
+        // Looked up by the borrowed name first: the name is copied only for a new bucket.
+        if !self.buckets.contains_key(bucket) {
+            self.buckets.insert(bucket.to_string(), Bucket::default());
+        }
+        let Some(b) = self.buckets.get_mut(bucket) else {
+            unreachable!("inserted above")
+        };
         b.limited |= limited_mask(limits);
         for (i, slot) in b.slots.iter_mut().enumerate() {
             let current = w.of(SPANS[i]);
@@ -292,7 +298,7 @@ impl LocalStore {
         self.freed.fetch_add(freed, Ordering::Relaxed);
         let before: Vec<Counts> = asks
             .iter()
-            .map(|a| counts(d.buckets.get(&a.bucket), &w))
+            .map(|a| counts(d.buckets.get(a.bucket), &w))
             .collect();
         let admitted = asks
             .iter()
@@ -301,7 +307,7 @@ impl LocalStore {
         if admitted {
             let new = asks
                 .iter()
-                .filter(|a| !d.buckets.contains_key(&a.bucket))
+                .filter(|a| !d.buckets.contains_key(a.bucket))
                 .count();
             let max = self.max.load(Ordering::Relaxed);
             if new > 0 && d.buckets.len() + new > max {
@@ -325,7 +331,7 @@ impl LocalStore {
             }
             let add = increments(charge);
             for a in asks {
-                let slots = d.slots(&a.bucket, &a.limits, &w);
+                let slots = d.slots(a.bucket, &a.limits, &w);
                 for i in 0..N {
                     slots[i].1 = slots[i].1.saturating_add(add[i]);
                 }
@@ -388,7 +394,7 @@ impl LocalStore {
         let freed = d.sweep(&w, now);
         self.freed.fetch_add(freed, Ordering::Relaxed);
         for a in asks {
-            let slots = d.slots(&a.bucket, &a.limits, &w);
+            let slots = d.slots(a.bucket, &a.limits, &w);
             for i in 0..N {
                 if past.of(SPANS[i]) == w.of(SPANS[i]) {
                     slots[i].1 = slots[i].1.saturating_add(add[i]);
@@ -444,11 +450,11 @@ mod tests {
     use super::*;
 
     /// A bucket limited in the token counters only.
-    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask {
+    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask<'_> {
         let mut all = [None; N];
         all[..4].copy_from_slice(&limits);
         Ask {
-            bucket: bucket.into(),
+            bucket,
             limits: all,
         }
     }
@@ -574,7 +580,7 @@ mod tests {
         limits[5] = Some(1_000); // per week
         limits[7] = Some(3_000); // in total
         let asks = [Ask {
-            bucket: "u=ann".into(),
+            bucket: "u=ann",
             limits,
         }];
         let names = ["u=ann".to_string()];
