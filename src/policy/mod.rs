@@ -73,6 +73,9 @@ pub struct Admission {
     /// The request body's size, for an estimate when the backend reports no usage.
     prompt_bytes: usize,
     reservation: Mutex<Option<Reservation>>,
+    /// The quotas it was admitted under, for its completion: no second trip through the
+    /// policy's lock (a reload keeps the store, so these settle as the live ones would).
+    quotas: Arc<Quotas>,
 }
 
 impl Admission {
@@ -371,6 +374,7 @@ impl Policy {
             headers,
             prompt_bytes: asked.prompt_bytes,
             reservation: Mutex::new(reservation),
+            quotas,
         })
     }
 
@@ -450,7 +454,7 @@ impl Policy {
             _ => Usage::default(),
         };
         let charge = done.price.map(|p| Charge::of(p, &usage, done.currency));
-        let quotas = self.live_quotas();
+        let quotas = Arc::clone(&admission.quotas);
         // The time and strings only when a ledger or the shared store takes them; owned only
         // for the shared store, the ledger's line borrows them.
         let entry = if quotas.shared_store() {

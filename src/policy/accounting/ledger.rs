@@ -144,10 +144,15 @@ impl Line<'_> {
     /// values) per request. A non-empty `out` is an object already opened: the line's members
     /// continue it.
     fn write(&self, out: &mut Vec<u8>) {
+        // Member names are plain ASCII, written as they are: no escaping to look for.
+        let name_of = |out: &mut Vec<u8>, name: &str| {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
         let text = |out: &mut Vec<u8>, name: &str, v: Option<&str>| {
             out.push(if out.is_empty() { b'{' } else { b',' });
-            json_str(out, name);
-            out.push(b':');
+            name_of(out, name);
             match v {
                 Some(v) => json_str(out, v),
                 None => out.extend_from_slice(b"null"),
@@ -155,13 +160,9 @@ impl Line<'_> {
         };
         let num = |out: &mut Vec<u8>, name: &str, v: Option<u64>| {
             out.push(b',');
-            json_str(out, name);
-            out.push(b':');
+            name_of(out, name);
             match v {
-                Some(v) => {
-                    use std::io::Write;
-                    let _ = write!(out, "{}", v);
-                }
+                Some(v) => decimal(out, v),
                 None => out.extend_from_slice(b"null"),
             }
         };
@@ -297,6 +298,21 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
             _ => None,
         }))
     }
+}
+
+/// `v` in decimal digits, as `{}` writes it, without the formatting machinery.
+fn decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.
@@ -922,6 +938,15 @@ mod tests {
         assert_eq!(buf, b"last");
         buf.clear();
         assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for v in [0, 7, 10, 99, 1_000, 123_456_789, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
     }
 
     #[test]
