@@ -317,6 +317,14 @@ fn decimal(out: &mut Vec<u8>, mut v: u64) {
 
 /// A JSON string, escaped as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Most values (ids, names, paths) need no escape: copied as they are, which is what
+    // serde_json writes for them, without its byte-by-byte escape table.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail, and a str always serializes.
     let _ = serde_json::to_writer(out, s);
 }
@@ -938,6 +946,24 @@ mod tests {
         assert_eq!(buf, b"last");
         buf.clear();
         assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for v in [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "new\nline",
+            "\u{1}\u{1f}",
+            "é ünï",
+            "\u{7f}</",
+        ] {
+            let mut out = Vec::new();
+            json_str(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{:?}", v);
+        }
     }
 
     #[test]
