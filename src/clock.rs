@@ -37,19 +37,63 @@ pub fn now_ms() -> i64 {
 
 /// `2026-11-27T05:15:02.123Z` for milliseconds since the epoch.
 pub fn rfc3339(ms: i64) -> String {
+    stamp(ms).as_str().to_string()
+}
+
+/// An RFC 3339 time held on the stack: the ledger writes one per line, and a `String` each was
+/// an allocation per request.
+pub struct Stamp {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Stamp {
+    /// The text, as `rfc3339` writes it.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// `rfc3339(ms)` without an allocation, its digits written by hand (the ledger writes one per
+/// line; the formatting machinery cost more than the rest of the line).
+pub fn stamp(ms: i64) -> Stamp {
     let secs = ms.div_euclid(1000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        y,
-        m,
-        d,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    let mut buf = [0u8; 40];
+    let mut len = 0;
+    if (0..10_000).contains(&y) {
+        len = digits(&mut buf, len, y as u64, 4);
+    } else {
+        // Years `{:04}` writes otherwise (a sign, or more digits): rare enough for `write!`.
+        use std::io::Write as _;
+        let mut cur = &mut buf[..];
+        let _ = write!(cur, "{:04}", y);
+        len = 40 - cur.len();
+    }
+    for (sep, v, width) in [
+        (b'-', u64::from(m), 2),
+        (b'-', u64::from(d), 2),
+        (b'T', (rem / 3600) as u64, 2),
+        (b':', (rem % 3600 / 60) as u64, 2),
+        (b':', (rem % 60) as u64, 2),
+        (b'.', ms.rem_euclid(1000) as u64, 3),
+    ] {
+        buf[len] = sep;
+        len = digits(&mut buf, len + 1, v, width);
+    }
+    buf[len] = b'Z';
+    Stamp { buf, len: len + 1 }
+}
+
+/// Writes `v` (below 10^width) zero-padded to `width` digits at `at`; returns the end.
+fn digits(buf: &mut [u8; 40], at: usize, mut v: u64, width: usize) -> usize {
+    for i in (at..at + width).rev() {
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    at + width
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time as the ledger writes it
@@ -113,6 +157,41 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written digits are what `format!` wrote, years outside 0..=9999 included.
+    #[test]
+    fn stamps_are_written_as_format_wrote_them() {
+        let reference = |ms: i64| {
+            let secs = ms.div_euclid(1000);
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            let rem = secs.rem_euclid(86_400);
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                y,
+                m,
+                d,
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+                ms.rem_euclid(1000)
+            )
+        };
+        for ms in [
+            0,
+            1,
+            -1,
+            999,
+            1_795_324_502_123,
+            86_399_999,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            -62_167_219_200_001,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(stamp(ms).as_str(), reference(ms), "{}", ms);
+        }
+    }
 
     #[test]
     fn calendar() {

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::policy::identity::auth::Caller;
 use crate::stream::usage::{self, Usage};
 use identity::Asking;
-use ledger::{Entry, Ledger};
+use ledger::{Entry, Ledger, Line};
 use quota::{Quotas, Reservation};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +73,9 @@ pub struct Admission {
     /// The request body's size, for an estimate when the backend reports no usage.
     prompt_bytes: usize,
     reservation: Mutex<Option<Reservation>>,
+    /// The quotas it was admitted under, for its completion: no second trip through the
+    /// policy's lock (a reload keeps the store, so these settle as the live ones would).
+    quotas: Arc<Quotas>,
 }
 
 impl Admission {
@@ -370,6 +373,7 @@ impl Policy {
             headers,
             prompt_bytes: asked.prompt_bytes,
             reservation: Mutex::new(reservation),
+            quotas,
         })
     }
 
@@ -449,19 +453,36 @@ impl Policy {
             _ => Usage::default(),
         };
         let charge = done.price.map(|p| Charge::of(p, &usage, done.currency));
-        let quotas = self.live_quotas();
-        // Built (its time and strings) only when a ledger or the shared store takes it.
-        let entry = (self.ledger.is_some() || quotas.shared_store()).then(|| {
-            let mut entry = self.entry(&admission.identity, done, usage);
-            if let Some(c) = &charge {
-                entry.cost = Some(c.micros);
-                entry.currency = c.currency.clone();
+        let quotas = Arc::clone(&admission.quotas);
+        // The time and strings only when a ledger or the shared store takes them; owned only
+        // for the shared store, the ledger's line borrows them.
+        let entry = if quotas.shared_store() {
+            let ts = clock::stamp(clock::now_ms());
+            let entry = self
+                .line(
+                    &admission.identity,
+                    done,
+                    usage,
+                    ts.as_str(),
+                    charge.as_ref(),
+                )
+                .to_entry();
+            self.record(&entry.line(), metrics);
+            Some(entry)
+        } else {
+            if self.ledger.is_some() {
+                let ts = clock::stamp(clock::now_ms());
+                let line = self.line(
+                    &admission.identity,
+                    done,
+                    usage,
+                    ts.as_str(),
+                    charge.as_ref(),
+                );
+                self.record(&line, metrics);
             }
-            entry
-        });
-        if let Some(entry) = &entry {
-            self.record(entry, metrics);
-        }
+            None
+        };
         if let (Some(max_users), false) = (per_user, done.outcome == REFUSED) {
             metrics.user(
                 &admission.identity.user,
@@ -507,14 +528,17 @@ impl Policy {
     /// outcome `refused`. Nothing was reserved, so no budget is touched.
     pub fn refused(&self, identity: &Identity, done: &Done, metrics: &Metrics) {
         let quotas = self.live_quotas();
-        // Built (its time and strings) only when a ledger or the shared store takes it.
+        // The time and strings only when a ledger or the shared store takes them.
         if self.ledger.is_none() && !quotas.shared_store() {
             return;
         }
-        let entry = self.entry(identity, done, Usage::default());
-        self.record(&entry, metrics);
-        if let Some(u) = shared_usage(&quotas, &entry) {
-            quotas.add_usage(&u);
+        let ts = clock::stamp(clock::now_ms());
+        let line = self.line(identity, done, Usage::default(), ts.as_str(), None);
+        self.record(&line, metrics);
+        if quotas.shared_store() {
+            if let Some(u) = shared_usage(&quotas, &line.to_entry()) {
+                quotas.add_usage(&u);
+            }
         }
     }
 
@@ -523,31 +547,39 @@ impl Policy {
         Arc::clone(&self.quotas.lock().unwrap_or_else(|p| p.into_inner()).quotas)
     }
 
-    fn entry(&self, identity: &Identity, done: &Done, usage: Usage) -> Entry {
-        Entry {
-            ts: clock::rfc3339(clock::now_ms()),
-            request_id: done.request_id.to_string(),
-            replica: Some(self.replica.clone()),
-            user: identity.user.clone(),
-            key: identity.key.clone(),
-            end_user: identity.label.clone(),
-            session: identity.session.clone(),
-            model: done.model.to_string(),
-            backend: done.backend.map(str::to_string),
-            path: done.path.to_string(),
+    /// The ledger line of a finished request, borrowed from it; `ts`: when it finished.
+    fn line<'a>(
+        &'a self,
+        identity: &'a Identity,
+        done: &'a Done,
+        usage: Usage,
+        ts: &'a str,
+        charge: Option<&'a Charge>,
+    ) -> Line<'a> {
+        Line {
+            ts,
+            request_id: done.request_id,
+            replica: Some(&self.replica),
+            user: &identity.user,
+            key: &identity.key,
+            end_user: identity.label.as_deref(),
+            session: identity.session.as_deref(),
+            model: done.model,
+            backend: done.backend,
+            path: done.path,
             status: done.status,
             usage,
             duration_ms: done.duration.as_millis() as u64,
             ttfb_ms: done.ttfb.map(|t| t.as_millis() as u64),
-            outcome: done.outcome.to_string(),
-            cost: None,
-            currency: String::new(),
+            outcome: done.outcome,
+            cost: charge.map(|c| c.micros),
+            currency: charge.map_or("", |c| c.currency.as_str()),
         }
     }
 
-    fn record(&self, entry: &Entry, metrics: &Metrics) {
+    fn record(&self, line: &Line, metrics: &Metrics) {
         if let Some(l) = &self.ledger {
-            if !l.append(entry) {
+            if !l.append(line) {
                 metrics.ledger_failure();
             }
         }

@@ -58,13 +58,84 @@ pub struct Entry {
     pub currency: String,
 }
 
+/// One ledger line's fields, borrowed: from the finished request (the line is written without
+/// an owned copy of each of its strings) or from an `Entry`.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub ts: &'a str,
+    pub request_id: &'a str,
+    pub replica: Option<&'a str>,
+    pub user: &'a str,
+    pub key: &'a str,
+    pub end_user: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub model: &'a str,
+    pub backend: Option<&'a str>,
+    pub path: &'a str,
+    pub status: u16,
+    pub usage: Usage,
+    pub duration_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    pub outcome: &'a str,
+    pub cost: Option<u64>,
+    pub currency: &'a str,
+}
+
 impl Entry {
     /// The JSON line, without its newline.
     #[cfg(test)]
     pub fn to_line(&self) -> String {
         let mut out = Vec::with_capacity(320);
-        self.write_line(&mut out);
+        self.line().write(&mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Its line's fields.
+    pub fn line(&self) -> Line<'_> {
+        Line {
+            ts: &self.ts,
+            request_id: &self.request_id,
+            replica: self.replica.as_deref(),
+            user: &self.user,
+            key: &self.key,
+            end_user: self.end_user.as_deref(),
+            session: self.session.as_deref(),
+            model: &self.model,
+            backend: self.backend.as_deref(),
+            path: &self.path,
+            status: self.status,
+            usage: self.usage,
+            duration_ms: self.duration_ms,
+            ttfb_ms: self.ttfb_ms,
+            outcome: &self.outcome,
+            cost: self.cost,
+            currency: &self.currency,
+        }
+    }
+}
+
+impl Line<'_> {
+    /// The entry holding this line's fields.
+    pub fn to_entry(self) -> Entry {
+        Entry {
+            ts: self.ts.to_string(),
+            request_id: self.request_id.to_string(),
+            replica: self.replica.map(str::to_string),
+            user: self.user.to_string(),
+            key: self.key.to_string(),
+            end_user: self.end_user.map(str::to_string),
+            session: self.session.map(str::to_string),
+            model: self.model.to_string(),
+            backend: self.backend.map(str::to_string),
+            path: self.path.to_string(),
+            status: self.status,
+            usage: self.usage,
+            duration_ms: self.duration_ms,
+            ttfb_ms: self.ttfb_ms,
+            outcome: self.outcome.to_string(),
+            cost: self.cost,
+            currency: self.currency.to_string(),
+        }
     }
 
     /// Appends the JSON line (no newline) to `out`, member by member in a fixed order (the
@@ -72,11 +143,16 @@ impl Entry {
     /// `serde_json` writes for the same object, without building one (a map, its keys and
     /// values) per request. A non-empty `out` is an object already opened: the line's members
     /// continue it.
-    fn write_line(&self, out: &mut Vec<u8>) {
+    fn write(&self, out: &mut Vec<u8>) {
+        // Member names are plain ASCII, written as they are: no escaping to look for.
+        let name_of = |out: &mut Vec<u8>, name: &str| {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
         let text = |out: &mut Vec<u8>, name: &str, v: Option<&str>| {
             out.push(if out.is_empty() { b'{' } else { b',' });
-            json_str(out, name);
-            out.push(b':');
+            name_of(out, name);
             match v {
                 Some(v) => json_str(out, v),
                 None => out.extend_from_slice(b"null"),
@@ -84,32 +160,28 @@ impl Entry {
         };
         let num = |out: &mut Vec<u8>, name: &str, v: Option<u64>| {
             out.push(b',');
-            json_str(out, name);
-            out.push(b':');
+            name_of(out, name);
             match v {
-                Some(v) => {
-                    use std::io::Write;
-                    let _ = write!(out, "{}", v);
-                }
+                Some(v) => decimal(out, v),
                 None => out.extend_from_slice(b"null"),
             }
         };
-        text(out, "ts", Some(&self.ts));
-        text(out, "request_id", Some(&self.request_id));
-        if let Some(replica) = &self.replica {
+        text(out, "ts", Some(self.ts));
+        text(out, "request_id", Some(self.request_id));
+        if let Some(replica) = self.replica {
             text(out, "replica", Some(replica));
         }
-        text(out, "user", Some(&self.user));
-        text(out, "key", Some(&self.key));
-        if let Some(label) = &self.end_user {
+        text(out, "user", Some(self.user));
+        text(out, "key", Some(self.key));
+        if let Some(label) = self.end_user {
             text(out, "end_user", Some(label));
         }
-        if let Some(session) = &self.session {
+        if let Some(session) = self.session {
             text(out, "session", Some(session));
         }
-        text(out, "model", Some(&self.model));
-        text(out, "backend", self.backend.as_deref());
-        text(out, "path", Some(&self.path));
+        text(out, "model", Some(self.model));
+        text(out, "backend", self.backend);
+        text(out, "path", Some(self.path));
         num(out, "status", Some(u64::from(self.status)));
         num(out, "prompt_tokens", Some(self.usage.prompt));
         num(out, "completion_tokens", Some(self.usage.completion));
@@ -134,18 +206,20 @@ impl Entry {
         });
         num(out, "duration_ms", Some(self.duration_ms));
         num(out, "ttfb_ms", self.ttfb_ms);
-        text(out, "outcome", Some(&self.outcome));
+        text(out, "outcome", Some(self.outcome));
         // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
         if let Some(micros) = self.cost {
             text(out, "cost", Some(&super::cost::format(micros)));
-            text(out, "currency", Some(&self.currency));
+            text(out, "currency", Some(self.currency));
             if self.usage.estimated {
                 out.extend_from_slice(b",\"cost_estimated\":true");
             }
         }
         out.push(b'}');
     }
+}
 
+impl Entry {
     /// Reads a line back (a line shipped from stdout, with its `"log":"usage"`, too); `None` for
     /// a line that is not one (torn by a full disk, or foreign).
     /// Read field by field, without building a JSON tree: start and `/usage` read every line.
@@ -226,8 +300,31 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
     }
 }
 
+/// `v` in decimal digits, as `{}` writes it, without the formatting machinery.
+fn decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// A JSON string, escaped as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Most values (ids, names, paths) need no escape: copied as they are, which is what
+    // serde_json writes for them, without its byte-by-byte escape table.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail, and a str always serializes.
     let _ = serde_json::to_writer(out, s);
 }
@@ -290,22 +387,18 @@ impl Ledger {
         self.keep_all.store(keep, Ordering::Relaxed);
     }
 
-    /// Appends one entry: one `write` of the whole line, rotating first when the file would
+    /// Appends one line: one `write` of the whole line, rotating first when the file would
     /// pass its size. A failure is logged (at most once a minute), never fatal; false then.
-    pub fn append(&self, entry: &Entry) -> bool {
-        let mut line = Vec::with_capacity(320);
-        if self.stdout {
-            // Marked first, so a log pipeline tells it from an access line without parsing.
-            line.extend_from_slice(b"{\"log\":\"usage\"");
+    pub fn append(&self, entry: &Line) -> bool {
+        // The line is built in this thread's buffer, kept between requests (and outside the
+        // file's lock): no allocation per line.
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        entry.write_line(&mut line);
-        line.push(b'\n');
-        let written = if self.stdout {
-            crate::stdout::write_lines(&line).map_err(|e| e.to_string())
-        } else {
-            let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_locked(&mut guard, &line)
-        };
+        let written = LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => self.append_in(entry, &mut line),
+            Err(_) => self.append_in(entry, &mut Vec::new()),
+        });
         let Err(e) = written else {
             return true;
         };
@@ -322,6 +415,27 @@ impl Ledger {
             }
         }
         false
+    }
+
+    /// Writes `entry`'s line, built in `line` (cleared first; a large one is not kept).
+    fn append_in(&self, entry: &Line, line: &mut Vec<u8>) -> Result<(), String> {
+        line.clear();
+        if line.capacity() > 64 * 1024 {
+            *line = Vec::new();
+        }
+        line.reserve(320);
+        if self.stdout {
+            // Marked first, so a log pipeline tells it from an access line without parsing.
+            line.extend_from_slice(b"{\"log\":\"usage\"");
+        }
+        entry.write(line);
+        line.push(b'\n');
+        if self.stdout {
+            crate::stdout::write_lines(line).map_err(|e| e.to_string())
+        } else {
+            let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_locked(&mut guard, line)
+        }
     }
 
     fn write_locked(&self, slot: &mut Option<Open>, line: &[u8]) -> Result<(), String> {
@@ -671,21 +785,21 @@ mod tests {
         let other = dir.join("other");
         let ledger = Ledger::open(&path, 1 << 20).unwrap();
         let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
-        assert!(ledger.append(&entry(1)));
+        assert!(ledger.append(&entry(1).line()));
         std::fs::rename(&path, &other).unwrap();
-        assert!(ledger.append(&entry(2)));
+        assert!(ledger.append(&entry(2).line()));
         assert_eq!((lines(&path), lines(&other)), (1, 1), "after a move");
         std::fs::remove_file(&path).unwrap();
-        assert!(ledger.append(&entry(3)));
+        assert!(ledger.append(&entry(3).line()));
         assert_eq!(lines(&path), 1, "after a delete");
         std::fs::write(&other, "x\n").unwrap();
         std::fs::rename(&other, &path).unwrap();
-        assert!(ledger.append(&entry(4)));
+        assert!(ledger.append(&entry(4).line()));
         assert_eq!(lines(&path), 2, "after a rename over it");
         // A change of mode fires the watch too, and the path still names the file.
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        assert!(ledger.append(&entry(5)));
+        assert!(ledger.append(&entry(5).line()));
         assert_eq!(lines(&path), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -699,7 +813,7 @@ mod tests {
         let one = entry(0).to_line().len() as u64 + 1;
         let ledger = Ledger::open(&path, one * 3).unwrap();
         for i in 0..10 {
-            ledger.append(&entry(i));
+            ledger.append(&entry(i).line());
         }
         assert!(numbered(&path, 3).exists() && !numbered(&path, 4).exists());
         // Nothing rotated so far was written before this month: all of it is kept.
@@ -832,6 +946,33 @@ mod tests {
         assert_eq!(buf, b"last");
         buf.clear();
         assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for v in [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "new\nline",
+            "\u{1}\u{1f}",
+            "é ünï",
+            "\u{7f}</",
+        ] {
+            let mut out = Vec::new();
+            json_str(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{:?}", v);
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for v in [0, 7, 10, 99, 1_000, 123_456_789, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
     }
 
     #[test]

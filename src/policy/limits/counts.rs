@@ -27,9 +27,9 @@ pub const SPANS: [Span; N] = [
 /// One bucket to check and, if every bucket fits, add to; `limits` are the smallest of the
 /// rules that share the bucket (`None`: unlimited).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ask {
-    /// The bucket name from `Rule::bucket`.
-    pub bucket: String,
+pub struct Ask<'a> {
+    /// The bucket name from `Rule::bucket` (borrowed: the reservation keeps the names).
+    pub bucket: &'a str,
     /// Per counter, the limit the bucket must stay within.
     pub limits: [Option<u64>; N],
 }

@@ -87,12 +87,8 @@ pub fn oldest_open_day(now: u64) -> i64 {
 }
 
 /// The quota subject of a request.
-pub fn subject(user: &str, key: &str, model: &str) -> Subject {
-    Subject {
-        user: user.to_string(),
-        key: key.to_string(),
-        model: model.to_string(),
-    }
+pub fn subject<'a>(user: &'a str, key: &'a str, model: &'a str) -> Subject<'a> {
+    Subject { user, key, model }
 }
 
 /// Lines for /metrics: the local store's tracked identities and the store's failures.

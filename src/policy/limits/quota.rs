@@ -67,11 +67,12 @@ pub struct Quotas {
 struct Plan {
     /// (rule index, bucket index) for each matching rule.
     rules: Vec<(usize, usize)>,
+    /// The buckets' names, by bucket index: apart, so a reservation keeps them as they are.
+    names: Vec<String>,
     buckets: Vec<PlanBucket>,
 }
 
 struct PlanBucket {
-    name: String,
     /// The smallest windowed limits of the rules sharing the bucket.
     limits: [Option<u64>; N],
     concurrent: bool,
@@ -147,6 +148,7 @@ impl Quotas {
     fn plan(&self, s: &Subject) -> Plan {
         let mut plan = Plan {
             rules: Vec::new(),
+            names: Vec::new(),
             buckets: Vec::new(),
         };
         for (ri, rule) in self.rules.iter().enumerate() {
@@ -154,11 +156,11 @@ impl Quotas {
                 continue;
             }
             let name = rule.bucket(s);
-            let bi = match plan.buckets.iter().position(|b| b.name == name) {
+            let bi = match plan.names.iter().position(|b| *b == name) {
                 Some(bi) => bi,
                 None => {
+                    plan.names.push(name);
                     plan.buckets.push(PlanBucket {
-                        name,
                         limits: [None; N],
                         concurrent: false,
                     });
@@ -188,7 +190,7 @@ impl Quotas {
         if estimate.cost.is_none() {
             if let Some(&(ri, _)) = plan.rules.iter().find(|(ri, _)| self.rules[*ri].has_cost()) {
                 return Err(Refusal::Unpriced {
-                    message: self.unpriced(ri, &s.model),
+                    message: self.unpriced(ri, s.model),
                 });
             }
         }
@@ -202,34 +204,15 @@ impl Quotas {
             held: None,
             status: Vec::new(),
         };
-        {
-            let mut inflight = self.shared.inflight();
-            for &(ri, bi) in &plan.rules {
-                let Some(limit) = self.rules[ri].concurrent else {
-                    continue;
-                };
-                if inflight.get(&plan.buckets[bi].name).copied().unwrap_or(0) >= limit {
-                    return Err(Refusal::Limited(self.denied(
-                        ri,
-                        Limit::Concurrent,
-                        1,
-                        None,
-                    )));
-                }
-            }
-            for b in plan.buckets.iter().filter(|b| b.concurrent) {
-                *inflight.entry(b.name.clone()).or_insert(0) += 1;
-                r.inflight.push(b.name.clone());
-            }
-        }
+        self.hold_inflight(&plan, &mut r)?;
         // From here on, returning early drops `r`, which frees the slots just taken.
         let mut ask_of = vec![None; plan.buckets.len()];
         let mut asks = Vec::new();
-        for (bi, b) in plan.buckets.iter().enumerate() {
+        for (bi, (b, name)) in plan.buckets.iter().zip(&plan.names).enumerate() {
             if b.limits.iter().any(Option::is_some) {
                 ask_of[bi] = Some(asks.len());
                 asks.push(Ask {
-                    bucket: b.name.clone(),
+                    bucket: name,
                     limits: b.limits,
                 });
             }
@@ -237,12 +220,25 @@ impl Quotas {
         if asks.is_empty() {
             return Ok(r);
         }
-        match self.shared.store.reserve(&asks, charge, now) {
+        let reserved = self.shared.store.reserve(&asks, charge, now);
+        let all_asked = asks.len() == plan.names.len();
+        drop(asks);
+        match reserved {
             Ok(o) if o.admitted => {
                 r.status = self.status_after(&plan, &ask_of, &o, Some(charge));
+                let watch = self.watch(&plan, &ask_of, &o);
+                // The asked buckets' names, moved from the plan (usually all of them).
+                let mut buckets = plan.names;
+                if !all_asked {
+                    let mut bi = 0;
+                    buckets.retain(|_| {
+                        bi += 1;
+                        ask_of[bi - 1].is_some()
+                    });
+                }
                 r.held = Some(Held {
-                    watch: self.watch(&plan, &ask_of, &o),
-                    buckets: asks.into_iter().map(|a| a.bucket).collect(),
+                    watch,
+                    buckets,
                     windows: o.windows,
                     estimate: charge,
                 });
@@ -275,6 +271,35 @@ impl Quotas {
                 }
             },
         }
+    }
+
+    /// Takes an in-flight slot in each bucket a `concurrent` rule counts, or refuses when one
+    /// is full; the in-flight counts' lock only when a rule counts them.
+    fn hold_inflight(&self, plan: &Plan, r: &mut Reservation) -> Result<(), Refusal> {
+        if !plan.buckets.iter().any(|b| b.concurrent) {
+            return Ok(());
+        }
+        let mut inflight = self.shared.inflight();
+        for &(ri, bi) in &plan.rules {
+            let Some(limit) = self.rules[ri].concurrent else {
+                continue;
+            };
+            if inflight.get(&plan.names[bi]).copied().unwrap_or(0) >= limit {
+                return Err(Refusal::Limited(self.denied(
+                    ri,
+                    Limit::Concurrent,
+                    1,
+                    None,
+                )));
+            }
+        }
+        for (b, name) in plan.buckets.iter().zip(&plan.names) {
+            if b.concurrent {
+                *inflight.entry(name.clone()).or_insert(0) += 1;
+                r.inflight.push(name.clone());
+            }
+        }
+        Ok(())
     }
 
     /// The budgets of the windowed rules once this reservation is added (`added`: its tokens;
@@ -338,8 +363,8 @@ impl Quotas {
                 let threshold = u64::try_from(u128::from(limit) * u128::from(share) / 1_000_000)
                     .unwrap_or(u64::MAX);
                 out.push(Watch {
-                    key: format!("{}#{}#{}", plan.buckets[bi].name, ri, i),
-                    bucket: plan.buckets[bi].name.clone(),
+                    key: format!("{}#{}#{}", plan.names[bi], ri, i),
+                    bucket: plan.names[bi].clone(),
                     rule: ri,
                     kind: WINDOWED[i],
                     window: o.windows.of(SPANS[i]),
@@ -503,7 +528,6 @@ impl Quotas {
     /// headers and `/usage`.
     pub fn status(&self, s: &Subject, now: u64) -> Result<Vec<RuleStatus>, StoreError> {
         let plan = self.plan(s);
-        let names: Vec<String> = plan.buckets.iter().map(|b| b.name.clone()).collect();
         let windowed: Vec<&(usize, usize)> = plan
             .rules
             .iter()
@@ -512,7 +536,7 @@ impl Quotas {
         if windowed.is_empty() {
             return Ok(Vec::new());
         }
-        let snap = self.shared.store.read(&names, now).inspect_err(|e| {
+        let snap = self.shared.store.read(&plan.names, now).inspect_err(|e| {
             self.shared
                 .note_failure(e, "quota headers and /usage budgets are left out");
         })?;
@@ -542,7 +566,8 @@ impl Quotas {
 
     /// True when counters (and usage totals) are shared with other replicas.
     pub fn shared_store(&self) -> bool {
-        self.shared.store.tracked().is_none()
+        // Asked at every completion: by the store's kind, not `tracked` (the local store's lock).
+        matches!(self.shared.store, Store::Redis(_))
     }
 
     /// The currency of the cost budgets.
@@ -557,10 +582,11 @@ impl Quotas {
         let plan = self.plan(s);
         let asks: Vec<Ask> = plan
             .buckets
-            .into_iter()
-            .filter(|b| b.limits.iter().any(Option::is_some))
-            .map(|b| Ask {
-                bucket: b.name,
+            .iter()
+            .zip(&plan.names)
+            .filter(|(b, _)| b.limits.iter().any(Option::is_some))
+            .map(|(b, name)| Ask {
+                bucket: name,
                 limits: b.limits,
             })
             .collect();

@@ -18,12 +18,8 @@ fn quotas(rules: Value) -> Quotas {
     )
 }
 
-fn who(user: &str, key: &str, model: &str) -> Subject {
-    Subject {
-        user: user.into(),
-        key: key.into(),
-        model: model.into(),
-    }
+fn who<'a>(user: &'a str, key: &'a str, model: &'a str) -> Subject<'a> {
+    Subject { user, key, model }
 }
 
 fn denied(r: Result<Reservation, Refusal>) -> Denied {

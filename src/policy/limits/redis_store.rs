@@ -753,11 +753,11 @@ mod tests {
     use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
     /// A bucket limited in the token counters only.
-    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask {
+    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask<'_> {
         let mut all = [None; N];
         all[..4].copy_from_slice(&limits);
         Ask {
-            bucket: bucket.into(),
+            bucket,
             limits: all,
         }
     }
@@ -774,11 +774,11 @@ mod tests {
             .as_secs()
     }
 
-    fn who(user: &str) -> Subject {
+    fn who(user: &str) -> Subject<'_> {
         Subject {
-            user: user.into(),
-            key: "k".into(),
-            model: "m".into(),
+            user,
+            key: "k",
+            model: "m",
         }
     }
 
@@ -924,7 +924,7 @@ mod tests {
         limits[5] = Some(1_000); // per week
         limits[7] = Some(1_500); // in total
         let asks = [Ask {
-            bucket: "u=ann".into(),
+            bucket: "u=ann",
             limits,
         }];
         let names = ["u=ann".to_string()];

@@ -90,18 +90,18 @@ pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)>
             .filter(|b| !b.kind.is_cost() && (b.kind != Limit::RequestsPerMinute) == tokens)
             .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(6);
     if let Some(b) = pick(false) {
-        out.push(("x-ratelimit-limit-requests", b.limit.to_string()));
-        out.push(("x-ratelimit-remaining-requests", b.remaining.to_string()));
+        out.push(("x-ratelimit-limit-requests", number(b.limit)));
+        out.push(("x-ratelimit-remaining-requests", number(b.remaining)));
         out.push((
             "x-ratelimit-reset-requests",
             format_reset(b.reset_secs.unwrap_or(0)),
         ));
     }
     if let Some(b) = pick(true) {
-        out.push(("x-ratelimit-limit-tokens", b.limit.to_string()));
-        out.push(("x-ratelimit-remaining-tokens", b.remaining.to_string()));
+        out.push(("x-ratelimit-limit-tokens", number(b.limit)));
+        out.push(("x-ratelimit-remaining-tokens", number(b.remaining)));
         out.push((
             "x-ratelimit-reset-tokens",
             format_reset(b.reset_secs.unwrap_or(0)),
@@ -111,13 +111,78 @@ pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)>
 }
 
 /// A duration the way OpenAI's reset headers write it: `1s`, `6m0s`, `23h59m59s`.
+/// Written by hand: two of these go with every answer under a quota rule.
 pub fn format_reset(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::with_capacity(24);
     if h > 0 {
-        format!("{}h{}m{}s", h, m, s)
-    } else if m > 0 {
-        format!("{}m{}s", m, s)
-    } else {
-        format!("{}s", s)
+        push_decimal(&mut out, h);
+        out.push('h');
+    }
+    if h > 0 || m > 0 {
+        push_decimal(&mut out, m);
+        out.push('m');
+    }
+    push_decimal(&mut out, s);
+    out.push('s');
+    out
+}
+
+/// `v` as `to_string` writes it, without the formatting machinery.
+fn number(v: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_decimal(&mut out, v);
+    out
+}
+
+fn push_decimal(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_and_numbers_read_as_format_wrote_them() {
+        let reference = |secs: u64| {
+            let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+            if h > 0 {
+                format!("{}h{}m{}s", h, m, s)
+            } else if m > 0 {
+                format!("{}m{}s", m, s)
+            } else {
+                format!("{}s", s)
+            }
+        };
+        for secs in [
+            0,
+            1,
+            59,
+            60,
+            61,
+            3599,
+            3600,
+            3601,
+            86_399,
+            2_678_400,
+            u64::MAX,
+        ] {
+            assert_eq!(format_reset(secs), reference(secs));
+        }
+        for v in [0, 9, 10, 1_000_000_000_000_000, u64::MAX] {
+            assert_eq!(number(v), v.to_string());
+        }
     }
 }

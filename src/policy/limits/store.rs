@@ -261,18 +261,30 @@ impl LocalData {
         before - self.buckets.len()
     }
 
-    fn slots(&mut self, bucket: &str, limits: &[Option<u64>; N], w: &Windows) -> &mut Slots {
-        let b = self.buckets.entry(bucket.to_string()).or_default();
-        b.limited |= limited_mask(limits);
-        for (i, slot) in b.slots.iter_mut().enumerate() {
-            let current = w.of(SPANS[i]);
-            // A newer window starts from zero; an older clock than the slot's (time set back)
-            // keeps counting into the slot rather than forgetting what was spent.
-            if slot.0 < current {
-                *slot = (current, 0);
+    /// Adds to `bucket`'s counters of the windows at `w` (`add` per counter, 0 to leave one).
+    /// Looked up once by the borrowed name: the name is copied only for a new bucket.
+    fn add(&mut self, bucket: &str, limits: &[Option<u64>; N], w: &Windows, add: &Counts) {
+        match self.buckets.get_mut(bucket) {
+            Some(b) => add_to(b, limits, w, add),
+            None => {
+                let mut b = Bucket::default();
+                add_to(&mut b, limits, w, add);
+                self.buckets.insert(bucket.to_string(), b);
             }
         }
-        &mut b.slots
+    }
+}
+
+fn add_to(b: &mut Bucket, limits: &[Option<u64>; N], w: &Windows, add: &Counts) {
+    b.limited |= limited_mask(limits);
+    for ((slot, span), add) in b.slots.iter_mut().zip(SPANS).zip(add) {
+        let current = w.of(span);
+        // A newer window starts from zero; an older clock than the slot's (time set back)
+        // keeps counting into the slot rather than forgetting what was spent.
+        if slot.0 < current {
+            *slot = (current, 0);
+        }
+        slot.1 = slot.1.saturating_add(*add);
     }
 }
 
@@ -299,19 +311,22 @@ impl LocalStore {
         let mut d = self.lock();
         let freed = d.sweep(&w, now);
         self.freed.fetch_add(freed, Ordering::Relaxed);
+        // One lookup per bucket here and one to add: names are hashed with SipHash (they hold
+        // client-chosen values), and each lookup hashes the name again.
+        let mut new = 0;
         let before: Vec<Counts> = asks
             .iter()
-            .map(|a| counts(d.buckets.get(&a.bucket), &w))
+            .map(|a| {
+                let b = d.buckets.get(a.bucket);
+                new += usize::from(b.is_none());
+                counts(b, &w)
+            })
             .collect();
         let admitted = asks
             .iter()
             .zip(&before)
             .all(|(a, used)| fits(used, &a.limits, charge));
         if admitted {
-            let new = asks
-                .iter()
-                .filter(|a| !d.buckets.contains_key(&a.bucket))
-                .count();
             let max = self.max.load(Ordering::Relaxed);
             if new > 0 && d.buckets.len() + new > max {
                 if d.forced != now {
@@ -334,10 +349,7 @@ impl LocalStore {
             }
             let add = increments(charge);
             for a in asks {
-                let slots = d.slots(&a.bucket, &a.limits, &w);
-                for i in 0..N {
-                    slots[i].1 = slots[i].1.saturating_add(add[i]);
-                }
+                d.add(a.bucket, &a.limits, &w, &add);
             }
         }
         Ok(Outcome {
@@ -392,17 +404,17 @@ impl LocalStore {
     /// would re-grant it; new identities are refused instead until windows end.
     fn record(&self, asks: &[Ask], charge: Charge, ts: u64, now: u64) {
         let (w, past) = (Windows::at(now), Windows::at(ts));
-        let add = increments(charge);
         let mut d = self.lock();
         let freed = d.sweep(&w, now);
         self.freed.fetch_add(freed, Ordering::Relaxed);
-        for a in asks {
-            let slots = d.slots(&a.bucket, &a.limits, &w);
-            for i in 0..N {
-                if past.of(SPANS[i]) == w.of(SPANS[i]) {
-                    slots[i].1 = slots[i].1.saturating_add(add[i]);
-                }
+        let mut add = increments(charge);
+        for (i, a) in add.iter_mut().enumerate() {
+            if past.of(SPANS[i]) != w.of(SPANS[i]) {
+                *a = 0;
             }
+        }
+        for a in asks {
+            d.add(a.bucket, &a.limits, &w, &add);
         }
     }
 
@@ -453,11 +465,11 @@ mod tests {
     use super::*;
 
     /// A bucket limited in the token counters only.
-    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask {
+    fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask<'_> {
         let mut all = [None; N];
         all[..4].copy_from_slice(&limits);
         Ask {
-            bucket: bucket.into(),
+            bucket,
             limits: all,
         }
     }
@@ -583,7 +595,7 @@ mod tests {
         limits[5] = Some(1_000); // per week
         limits[7] = Some(3_000); // in total
         let asks = [Ask {
-            bucket: "u=ann".into(),
+            bucket: "u=ann",
             limits,
         }];
         let names = ["u=ann".to_string()];
