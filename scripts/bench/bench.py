@@ -1155,7 +1155,7 @@ def goals(goal_runs, latency, allocs, streams, idle):
     for what, n, _, _ in allocs or []:
         if what == "chat completion":
             out.append(("allocations per chat completion <= 50 (count-allocs build)",
-                        "%.1f" % n, n <= 50))
+                        "%.2f" % n, n <= 50))
     if idle and "modelmux" in idle:
         kib = idle["modelmux"]["rss_kib"]
         out.append(("idle RSS < 4 MiB", mib(kib), kib < 4 * 1024))

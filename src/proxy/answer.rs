@@ -13,7 +13,7 @@ pub struct Source<'a> {
     /// That backend.
     pub pick: Pick,
     /// Its host, for logs and metrics.
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     /// modelmux asked it for the stream's usage chunk: hide that from the client.
     pub strip_usage: bool,
     /// Headers modelmux adds (OpenAI's `x-ratelimit-*` when a quota rule applies).

@@ -34,8 +34,8 @@ use tiny_http::Request;
 pub struct Summary {
     /// The public model id, when one was found.
     pub model: Option<String>,
-    /// Backend host:port of the last attempt.
-    pub backend: Option<String>,
+    /// Backend host:port of the last attempt (shared with the attempt's `Source`: one copy).
+    pub backend: Option<std::sync::Arc<str>>,
     /// Status sent to the client.
     pub status: u16,
     /// Body bytes sent to the client.
@@ -475,7 +475,7 @@ impl<'a> Attempt<'a> {
         let Some(backend) = self.resolved.backend(endpoint, pick) else {
             return Ok(End::Released(ApiError::internal("no such backend")));
         };
-        let host = crate::redact::host(&backend.url).to_string();
+        let host: std::sync::Arc<str> = crate::redact::host(&backend.url).into();
         summary.backend = Some(host.clone());
         summary.price = live
             .config
