@@ -41,6 +41,7 @@ mod backend;
 mod cli;
 mod clock;
 mod config;
+mod decimal;
 mod edge;
 mod glob;
 mod http;

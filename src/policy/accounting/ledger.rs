@@ -301,18 +301,8 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
 }
 
 /// `v` in decimal digits, as `{}` writes it, without the formatting machinery.
-fn decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn decimal(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(crate::decimal::digits(v, &mut [0u8; 20]).as_bytes());
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.

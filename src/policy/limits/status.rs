@@ -135,19 +135,8 @@ fn number(v: u64) -> String {
     out
 }
 
-fn push_decimal(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // ASCII digits only.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+fn push_decimal(out: &mut String, v: u64) {
+    out.push_str(crate::decimal::digits(v, &mut [0u8; 20]));
 }
 
 #[cfg(test)]

@@ -516,7 +516,7 @@ fn text_delta_event(out: &mut Vec<u8>, index: usize, kind: Kind, text: &str) {
     out.extend_from_slice(
         b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
     );
-    out.extend_from_slice(itoa(index, &mut [0u8; 20]));
+    out.extend_from_slice(crate::decimal::digits(index as u64, &mut [0u8; 20]).as_bytes());
     out.extend_from_slice(b",\"delta\":{\"type\":\"");
     out.extend_from_slice(delta.as_bytes());
     out.extend_from_slice(b"\",\"");
@@ -525,19 +525,6 @@ fn text_delta_event(out: &mut Vec<u8>, index: usize, kind: Kind, text: &str) {
     // serde_json's own string escaping, as the Value form had it.
     let _ = serde_json::to_writer(&mut *out, text);
     out.extend_from_slice(b"}}\n\n");
-}
-
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 fn delta_event(out: &mut Vec<u8>, index: usize, delta: Value) {
