@@ -7,5 +7,6 @@ pub mod messages_usage;
 pub mod relay;
 pub mod usage;
 pub mod usage_strip;
-// `usage` read from a JSON answer without building its tree.
-mod usage_json;
+// `usage` read from a JSON answer without building its tree (its borrowed `Text` also serves
+// the translated stream's chunk reader).
+pub mod usage_json;

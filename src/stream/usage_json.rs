@@ -88,26 +88,27 @@ impl<'de, T: Members> Deserialize<'de> for ObjectOr<T> {
 
 struct ObjectVisitor<T>(std::marker::PhantomData<T>);
 
-/// A member name, borrowed from the input or its unescaped copy, never allocated.
-struct Key<'a>(std::borrow::Cow<'a, str>);
+/// A JSON string (a member name or a value), borrowed from the input, or its unescaped copy
+/// when it holds escapes. Also the translated stream's chunk reader's strings.
+pub struct Text<'a>(pub std::borrow::Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a member name")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                // Only a name with escapes comes here (serde_json unescapes it into scratch).
-                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                // Only a string with escapes comes here (serde_json unescapes it into scratch).
+                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
             }
         }
-        d.deserialize_str(KeyVisitor)
+        d.deserialize_str(TextVisitor)
     }
 }
 
@@ -120,7 +121,7 @@ impl<'de, T: Members> Visitor<'de> for ObjectVisitor<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = T::default();
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key::<Text>()? {
             out.fill(&key.0, &mut map)?;
         }
         Ok(ObjectOr(Some(out)))

@@ -6,6 +6,7 @@
 //! has to agree with that way on the chunks it accepts (the last of duplicate members wins, as
 //! in a `Value`).
 
+use crate::stream::usage_json::Text;
 use serde::de::{Deserialize, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -44,28 +45,6 @@ pub fn simple(payload: &[u8]) -> Option<Simple<'_>> {
 /// Fails the read: the chunk is not a simple one.
 fn general<E: Error>() -> E {
     E::custom("not a simple chunk")
-}
-
-/// A string, borrowed when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
 }
 
 /// A string or null.
