@@ -292,6 +292,25 @@ fn anthropic_native_usage_bills_5_minute_and_1_hour_cache_writes_apart() {
             l
         );
     }
+    // `/usage` sums the cache writes too (both requests, by model); a model without any keeps
+    // the answer's shape as before.
+    let r = admin_get(&p, "/usage?by=model");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{}", r.text());
+    for row in &rows {
+        assert_eq!(
+            (
+                &row["cached_tokens"],
+                &row["cache_write_tokens"],
+                &row["cache_write_1h_tokens"],
+                &row["cost"]
+            ),
+            (&json!(2000), &json!(1500), &json!(500), &json!("0.012150")),
+            "{}",
+            row
+        );
+    }
 }
 
 /// `aboveInputTokens` re-prices the whole request once its prompt is above the threshold.

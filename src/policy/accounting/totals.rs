@@ -17,6 +17,10 @@ pub struct Counters {
     pub completion: u64,
     /// Cached prompt tokens.
     pub cached: u64,
+    /// Prompt tokens written to a prompt cache (billed apart), the 1-hour ones included.
+    pub cache_write: u64,
+    /// The part of `cache_write` kept for an hour (billed higher).
+    pub cache_write_1h: u64,
     /// Reasoning tokens.
     pub reasoning: u64,
     /// Requests by the ledger's `outcome`, in `OUTCOMES` order (other values are not counted).
@@ -95,6 +99,8 @@ impl Counters {
         self.prompt = self.prompt.saturating_add(o.prompt);
         self.completion = self.completion.saturating_add(o.completion);
         self.cached = self.cached.saturating_add(o.cached);
+        self.cache_write = self.cache_write.saturating_add(o.cache_write);
+        self.cache_write_1h = self.cache_write_1h.saturating_add(o.cache_write_1h);
         self.reasoning = self.reasoning.saturating_add(o.reasoning);
         for (a, b) in self.outcomes.iter_mut().zip(o.outcomes) {
             *a = a.saturating_add(b);
@@ -123,6 +129,8 @@ fn entry_counters(e: &Entry) -> Counters {
         prompt: e.usage.prompt,
         completion: e.usage.completion,
         cached: e.usage.cached,
+        cache_write: e.usage.cache_write,
+        cache_write_1h: e.usage.cache_write_1h,
         reasoning: e.usage.reasoning,
         outcomes,
         priced: u64::from(e.cost.is_some()),
@@ -138,7 +146,15 @@ fn entry_counters(e: &Entry) -> Counters {
 
 /// Names of the counters the shared store keeps per day and identity (hash fields), besides
 /// one per outcome (`outcome:<name>`).
-const FIELDS: [&str; 5] = ["requests", "prompt", "completion", "cached", "reasoning"];
+const FIELDS: [&str; 7] = [
+    "requests",
+    "prompt",
+    "completion",
+    "cached",
+    "reasoning",
+    "cache_write",
+    "cache_write_1h",
+];
 const OUTCOME_FIELDS: [&str; 5] = [
     "outcome:complete",
     "outcome:client_gone",
@@ -159,10 +175,18 @@ pub fn store_fields(e: &Entry) -> Vec<(Cow<'static, str>, u64)> {
         .chain(["priced", "unpriced"].iter())
         .map(|f| Cow::Borrowed(*f))
         .zip(
-            [c.requests, c.prompt, c.completion, c.cached, c.reasoning]
-                .into_iter()
-                .chain(c.outcomes)
-                .chain([c.priced, c.unpriced]),
+            [
+                c.requests,
+                c.prompt,
+                c.completion,
+                c.cached,
+                c.reasoning,
+                c.cache_write,
+                c.cache_write_1h,
+            ]
+            .into_iter()
+            .chain(c.outcomes)
+            .chain([c.priced, c.unpriced]),
         )
         .collect();
     if e.cost.is_some() {
@@ -189,6 +213,8 @@ pub fn counters_of(fields: &[(String, u64)]) -> Counters {
             "completion" => &mut c.completion,
             "cached" => &mut c.cached,
             "reasoning" => &mut c.reasoning,
+            "cache_write" => &mut c.cache_write,
+            "cache_write_1h" => &mut c.cache_write_1h,
             "priced" => &mut c.priced,
             "unpriced" => &mut c.unpriced,
             other if other.starts_with("cost:") || other.starts_with("estimated_cost:") => {
@@ -343,11 +369,19 @@ fn priced(rows: &[Row]) -> bool {
     rows.iter().any(|r| r.counters.priced > 0)
 }
 
+/// True when some request of the answer wrote to a prompt cache: then every row shows the
+/// cache-write counts, else the answer is as it was before they were summed.
+fn cache_writes(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.counters.cache_write > 0)
+}
+
 /// `{"object":"list","data":[{"user":..,"requests":..,"prompt_tokens":..,...}]}`; with
 /// prices, each row also has `cost`, `estimated_cost` (decimal strings, `null` when unpriced
-/// or in mixed currencies), `currency` and `unpriced_requests`.
+/// or in mixed currencies), `currency` and `unpriced_requests`; with prompt-cache writes,
+/// `cache_write_tokens` and its part `cache_write_1h_tokens`.
 pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
     let priced = priced(rows);
+    let cache_writes = cache_writes(rows);
     let data: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -361,6 +395,10 @@ pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
             m.insert("completion_tokens".into(), c.completion.into());
             m.insert("cached_tokens".into(), c.cached.into());
             m.insert("reasoning_tokens".into(), c.reasoning.into());
+            if cache_writes {
+                m.insert("cache_write_tokens".into(), c.cache_write.into());
+                m.insert("cache_write_1h_tokens".into(), c.cache_write_1h.into());
+            }
             let by_outcome: serde_json::Map<String, serde_json::Value> = OUTCOMES
                 .iter()
                 .zip(c.outcomes)
@@ -382,9 +420,11 @@ pub fn to_json(rows: &[Row], by: &[Dim]) -> serde_json::Value {
 }
 
 /// The rows as an aligned text table with a header line; with prices, `cost` (`unpriced`
-/// for a group without, `+` when some of its requests are unpriced), `currency`.
+/// for a group without, `+` when some of its requests are unpriced), `currency`; with
+/// prompt-cache writes, `cache_write_tokens` (the 1-hour ones included).
 pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
     let priced = priced(rows);
+    let cache_writes = cache_writes(rows);
     let mut lines: Vec<Vec<String>> = vec![by
         .iter()
         .map(|d| d.name().to_string())
@@ -399,6 +439,12 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
             ]
             .iter()
             .map(|s| s.to_string()),
+        )
+        .chain(
+            ["cache_write_tokens"]
+                .iter()
+                .filter(|_| cache_writes)
+                .map(|s| s.to_string()),
         )
         .chain(
             ["cost", "currency"]
@@ -422,6 +468,9 @@ pub fn to_table(rows: &[Row], by: &[Dim]) -> String {
             .iter()
             .map(u64::to_string),
         );
+        if cache_writes {
+            line.push(c.cache_write.to_string());
+        }
         if priced {
             line.push(cost_cell(&c));
             line.push(c.currency.name().to_string());
@@ -553,6 +602,68 @@ mod tests {
         };
         all.extend(owned(&dollars));
         assert_eq!(counters_of(&all).currency.name(), "mixed");
+    }
+
+    /// Prompt-cache writes reach the shared store and come back summed; answers show them
+    /// only when some request wrote to a cache, so answers without any keep their bytes.
+    #[test]
+    fn cache_writes_are_summed_and_shown_only_when_there_are_some() {
+        let mut cached = e("2026-12-04T10:00:00.000Z", "a", "m", 10, 5);
+        cached.usage.cache_write = 1500;
+        cached.usage.cache_write_1h = 500;
+        let fields: Vec<(String, u64)> = store_fields(&cached)
+            .into_iter()
+            .chain(store_fields(&cached))
+            .map(|(k, n)| (k.into_owned(), n))
+            .collect();
+        let c = counters_of(&fields);
+        assert_eq!((c.cache_write, c.cache_write_1h), (3000, 1000));
+
+        let q = Query {
+            since: None,
+            until: None,
+            by: vec![Dim::User],
+            user: None,
+        };
+        let mut t = Totals::new(&q);
+        t.add(&e("2026-12-04T10:00:00.000Z", "b", "m", 1, 1));
+        let plain = to_json(&t.rows(), &q.by);
+        assert!(
+            plain["data"][0].get("cache_write_tokens").is_none(),
+            "{}",
+            plain
+        );
+        assert!(!to_table(&Totals::new(&q).rows(), &q.by).contains("cache_write"));
+        let mut t = Totals::new(&q);
+        t.add(&cached);
+        t.add(&e("2026-12-04T10:00:00.000Z", "b", "m", 1, 1));
+        let rows = t.rows();
+        let json = to_json(&rows, &q.by);
+        assert_eq!(
+            (
+                &json["data"][0]["cache_write_tokens"],
+                &json["data"][0]["cache_write_1h_tokens"],
+                &json["data"][1]["cache_write_tokens"]
+            ),
+            (
+                &serde_json::json!(1500),
+                &serde_json::json!(500),
+                &serde_json::json!(0)
+            ),
+            "{}",
+            json
+        );
+        let table = to_table(&rows, &q.by);
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap_or("")
+                .contains("cache_write_tokens"),
+            "{}",
+            table
+        );
+        assert!(table.contains("1500"), "{}", table);
     }
 
     fn e(ts: &str, user: &str, model: &str, p: u64, c: u64) -> Entry {
