@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::fake_backend::{chunk, FakeBackend, Step};
 use support::mock_backend::{echo_completion_bytes, Behavior, MockBackend};
+use support::redis::RedisServer;
 use support::*;
 
 const KEY: &str = "sk-interrupted-key-4c3b2a1f";
@@ -88,21 +89,31 @@ fn an_idle_keep_alive_connection_serves_its_next_request_after_a_stop() {
     let p = proxy_with_ledger(&a.url(), &dir);
     let mut s = connect(p.addr);
     let mut r = BufReader::new(s.try_clone().unwrap());
-    s.write_all(&chat_request("before the stop", false)).unwrap();
+    s.write_all(&chat_request("before the stop", false))
+        .unwrap();
     let first = read_response(&mut r, false).unwrap();
     assert_eq!(first.status, 200, "{}", first.text());
-    assert_eq!(first.body, echo_completion_bytes("real-m", "before the stop"));
+    assert_eq!(
+        first.body,
+        echo_completion_bytes("real-m", "before the stop")
+    );
     // The connection's thread is back in its blocking read of the next request head.
     std::thread::sleep(Duration::from_millis(100));
     stop_and_continue(&p);
     s.write_all(&chat_request("after the stop", false)).unwrap();
     let second = read_response(&mut r, false).expect("the same connection answers again");
     assert_eq!(second.status, 200, "{}", second.text());
-    assert_eq!(second.body, echo_completion_bytes("real-m", "after the stop"));
+    assert_eq!(
+        second.body,
+        echo_completion_bytes("real-m", "after the stop")
+    );
     // New connections are still accepted as well.
     let fresh = post_json_with_key(&p, "a new connection");
     assert_eq!(fresh.status, 200, "{}", fresh.text());
-    assert_eq!(fresh.body, echo_completion_bytes("real-m", "a new connection"));
+    assert_eq!(
+        fresh.body,
+        echo_completion_bytes("real-m", "a new connection")
+    );
     let lines = ledger_lines(&dir.0.join("usage.jsonl"), 3);
     let outcomes: Vec<&Value> = lines.iter().map(|l| &l["outcome"]).collect();
     assert_eq!(outcomes, [&json!("complete"); 3]);
@@ -132,9 +143,11 @@ fn sse_events(words: usize) -> Vec<String> {
         .map(|i| chunk(json!({"content": format!("w{} ", i)}), Value::Null))
         .collect();
     events.push(chunk(json!({}), json!("stop")));
-    events.push(json!({"id": "chatcmpl-i", "object": "chat.completion.chunk", "created": 1,
+    events.push(
+        json!({"id": "chatcmpl-i", "object": "chat.completion.chunk", "created": 1,
         "model": "real-m", "choices": [],
-        "usage": {"prompt_tokens": 7, "completion_tokens": words, "total_tokens": 7 + words}}));
+        "usage": {"prompt_tokens": 7, "completion_tokens": words, "total_tokens": 7 + words}}),
+    );
     let mut out: Vec<String> = events.iter().map(|e| format!("data: {}\n\n", e)).collect();
     out.push("data: [DONE]\n\n".to_string());
     out
@@ -216,7 +229,12 @@ fn a_stream_in_flight_delivers_every_event_once_across_a_stop() {
     assert_eq!(lines.len(), 1);
     let l = &lines[0];
     assert_eq!(
-        (&l["outcome"], &l["prompt_tokens"], &l["completion_tokens"], &l["estimated"]),
+        (
+            &l["outcome"],
+            &l["prompt_tokens"],
+            &l["completion_tokens"],
+            &l["estimated"]
+        ),
         (&json!("complete"), &json!(7), &json!(8), &json!(false)),
         "{}",
         l
@@ -238,7 +256,10 @@ fn a_request_body_sent_in_two_parts_around_a_stop_is_answered() {
     s.write_all(&request[half..]).unwrap();
     let r = read_response(&mut BufReader::new(s), false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.body, echo_completion_bytes("real-m", "split across a stop"));
+    assert_eq!(
+        r.body,
+        echo_completion_bytes("real-m", "split across a stop")
+    );
 }
 
 #[test]
@@ -319,4 +340,75 @@ fn a_translated_messages_stream_is_whole_across_a_stop() {
             l
         );
     }
+}
+
+fn metric(p: &Proxy, series: &str) -> Option<f64> {
+    get(p.addr, "/metrics").text().lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+#[test]
+fn a_limits_check_waiting_on_redis_across_a_stop_is_not_a_store_failure() {
+    let redis = RedisServer::start();
+    let a = MockBackend::start(Behavior::default());
+    let p = Proxy::start(
+        &json!({
+            "endpoints": {"m": {"url": a.url(), "apiKey": KEY, "actualModelName": "real-m",
+                                "defaultMaxTokens": 1}},
+            "limitsStore": redis.url(),
+            "limitsStoreTimeoutMs": 3000,
+            "limitsStoreFailure": "closed",
+            "limitsStoreRetrySecs": 30,
+            "limits": [{"match": {"user": "*"}, "requestsPerMinute": 3}],
+        })
+        .to_string(),
+    );
+    let addr = p.addr;
+    let chat = move || {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "user": "ada"});
+        request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    room_in_this_minute(20);
+    let first = chat();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-ratelimit-remaining-requests"), Some("2"));
+    wait_until("the first request settled", Duration::from_secs(5), || {
+        metric(&p, "modelmux_in_flight_requests") == Some(0.0)
+    });
+    // Redis holds its reply while the proxy is stopped and continued: the proxy is blocked
+    // receiving it at that moment.
+    redis.pause();
+    let second = std::thread::spawn(chat);
+    std::thread::sleep(Duration::from_millis(300));
+    stop_and_continue(&p);
+    redis.resume();
+    let second = second.join().unwrap();
+    for l in p
+        .logs()
+        .iter()
+        .filter(|l| l.contains("redis") || l.contains("limits"))
+    {
+        eprintln!("LOG {}", l);
+    }
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.header("x-ratelimit-remaining-requests"),
+        Some("1"),
+        "counted once"
+    );
+    assert_eq!(
+        metric(&p, "modelmux_limits_store_failures_total"),
+        Some(0.0)
+    );
+    assert_eq!(metric(&p, "modelmux_limits_store_breaker_open"), Some(0.0));
 }
