@@ -462,9 +462,9 @@ impl RedisStore {
         let charge = charge.into();
         let mut result = self.reserve_once(&marker, asks, charge);
         if matches!(&result, Err(f) if f.interrupted) {
-            // Redis runs this reservation but its answer was lost to a stop of this process:
-            // take it back now (its tombstone keeps it from landing later), then ask again
-            // under a new id, so the request is neither refused nor charged twice.
+            // Redis runs this reservation (if it was sent) but its answer was lost to a stop of
+            // this process: take it back now (its tombstone keeps it from landing later), then
+            // ask again under a new id, so the request is neither refused nor charged twice.
             let cancel = self.cancel_of(&marker, asks);
             let taken = self.guarded(|| {
                 again_if_interrupted(|| self.with_conn(|con| self.cancels.invoke(con, &cancel)))
