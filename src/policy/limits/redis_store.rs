@@ -208,11 +208,22 @@ impl Default for Timing {
     }
 }
 
-/// An operation that failed, and whether its command may have reached the server.
+/// An operation that failed, whether its command may have reached the server, and whether
+/// only its reply was lost to a stop of this process ([`interrupted`]: the server is fine and
+/// runs the command).
 #[derive(Debug)]
 struct Failed {
     error: StoreError,
     sent: bool,
+    interrupted: bool,
+}
+
+/// Runs `op` once more when its reply was interrupted; for commands that only read.
+fn again_if_interrupted<T>(op: impl Fn() -> Result<T, Failed>) -> Result<T, Failed> {
+    match op() {
+        Err(f) if f.interrupted => op(),
+        result => result,
+    }
 }
 
 /// A Redis-backed counter store with a few reusable connections.
@@ -249,6 +260,20 @@ fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection>
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
+}
+
+/// True when `e` is a receive or send on the Redis socket interrupted (EINTR): Linux fails a
+/// blocking one on a socket with a timeout (every connection here has one) when this process
+/// is stopped and continued (Ctrl-Z and `fg`, `kill -STOP`/`-CONT`, a debugger or `strace -p`
+/// attaching; signal(7)), and the redis client gives up on the command. Nothing is wrong with
+/// the server, so it must not count as a failure that opens the breaker.
+fn interrupted(e: &redis::RedisError) -> bool {
+    use std::error::Error;
+    // The client keeps an I/O error as an `Arc<dyn Error>`, its source.
+    e.source()
+        .and_then(|s| s.downcast_ref::<Arc<dyn Error + Send + Sync>>())
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -357,11 +382,14 @@ impl RedisStore {
                     self.timing.retry.as_secs()
                 )),
                 sent: false,
+                interrupted: false,
             });
         }
         let result = op();
         match &result {
             Ok(_) => self.breaker.success(),
+            // Not the store's fault: no failure, the breaker stays as it is.
+            Err(f) if f.interrupted => {}
             Err(_) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 self.breaker.failure(Instant::now());
@@ -398,6 +426,7 @@ impl RedisStore {
             Err((e, sent)) => Err(Failed {
                 error: StoreError(format!("redis at {}: {}", self.addr, e)),
                 sent,
+                interrupted: interrupted(&e),
             }),
         }
     }
@@ -426,16 +455,50 @@ impl RedisStore {
 
     fn reserve_as(
         &self,
-        marker: String,
+        mut marker: String,
         asks: &[Ask],
         charge: impl Into<Charge>,
     ) -> Result<Outcome, StoreError> {
         let charge = charge.into();
+        let mut result = self.reserve_once(&marker, asks, charge);
+        if matches!(&result, Err(f) if f.interrupted) {
+            // Redis runs this reservation (if it was sent) but its answer was lost to a stop of
+            // this process: take it back now (its tombstone keeps it from landing later), then
+            // ask again under a new id, so the request is neither refused nor charged twice.
+            let cancel = self.cancel_of(&marker, asks);
+            let taken = self.guarded(|| {
+                again_if_interrupted(|| self.with_conn(|con| self.cancels.invoke(con, &cancel)))
+            });
+            if taken.is_ok() {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                marker = format!("{}{}-{:x}", MARKER, self.id_prefix, n);
+                result = self.reserve_once(&marker, asks, charge);
+            }
+        }
+        result.map_err(|f| {
+            if f.sent {
+                self.cancels.push(self.cancel_of(&marker, asks));
+            }
+            f.error
+        })
+    }
+
+    fn cancel_of(&self, marker: &str, asks: &[Ask]) -> Cancel {
+        Cancel {
+            marker: marker.to_string(),
+            buckets: asks
+                .iter()
+                .map(|a| format!("{}{}", PREFIX, a.bucket))
+                .collect(),
+        }
+    }
+
+    fn reserve_once(&self, marker: &str, asks: &[Ask], charge: Charge) -> Result<Outcome, Failed> {
         let marker_secs = marker_secs(self.timing);
-        let result = self.guarded(|| {
+        self.guarded(|| {
             let reply: Vec<i64> = self.with_conn(|con| {
                 let mut call = self.reserve.prepare_invoke();
-                call.key(&marker);
+                call.key(marker);
                 call.arg(charge.tokens).arg(marker_secs).arg(charge.cost);
                 for a in asks {
                     call.key(format!("{}{}", PREFIX, a.bucket));
@@ -445,26 +508,17 @@ impl RedisStore {
                 }
                 call.invoke(con)
             })?;
-            let (head, counts) =
-                split(&reply, 6, asks.len()).map_err(|error| Failed { error, sent: true })?;
+            let (head, counts) = split(&reply, 6, asks.len()).map_err(|error| Failed {
+                error,
+                sent: true,
+                interrupted: false,
+            })?;
             Ok(Outcome {
                 admitted: head[0] == 1,
                 now: unsigned(head[1]),
                 windows: windows(&head[2..6]),
                 before: counts,
             })
-        });
-        result.map_err(|f| {
-            if f.sent {
-                self.cancels.push(Cancel {
-                    marker,
-                    buckets: asks
-                        .iter()
-                        .map(|a| format!("{}{}", PREFIX, a.bucket))
-                        .collect(),
-                });
-            }
-            f.error
         })
     }
 
@@ -518,6 +572,11 @@ impl RedisStore {
                 }
                 call.invoke::<i64>(con)
             })
+            .or_else(|f| match f.interrupted {
+                // Sent, and Redis runs it; only its reply (nothing the caller uses) was lost.
+                true => Ok(0),
+                false => Err(f),
+            })
         })
         .map(|_| ())
         .map_err(|f| f.error)
@@ -533,12 +592,14 @@ impl RedisStore {
         }
         let maps: Vec<HashMap<String, u64>> = self
             .guarded(|| {
-                self.with_conn(|con| {
-                    let mut pipe = redis::pipe();
-                    for &d in &days {
-                        pipe.cmd("HGETALL").arg(usage_key(d));
-                    }
-                    pipe.query(con)
+                again_if_interrupted(|| {
+                    self.with_conn(|con| {
+                        let mut pipe = redis::pipe();
+                        for &d in &days {
+                            pipe.cmd("HGETALL").arg(usage_key(d));
+                        }
+                        pipe.query(con)
+                    })
                 })
             })
             .map_err(|f| f.error)?;
@@ -567,12 +628,14 @@ impl RedisStore {
     pub fn read(&self, buckets: &[String]) -> Result<Snapshot, StoreError> {
         let reply: Vec<i64> = self
             .guarded(|| {
-                self.with_conn(|con| {
-                    let mut call = self.read.prepare_invoke();
-                    for b in buckets {
-                        call.key(format!("{}{}", PREFIX, b));
-                    }
-                    call.invoke(con)
+                again_if_interrupted(|| {
+                    self.with_conn(|con| {
+                        let mut call = self.read.prepare_invoke();
+                        for b in buckets {
+                            call.key(format!("{}{}", PREFIX, b));
+                        }
+                        call.invoke(con)
+                    })
                 })
             })
             .map_err(|f| f.error)?;
@@ -703,6 +766,17 @@ impl Canceller {
         }
     }
 
+    /// Runs the cancel script for `c`: 1 when something was taken back.
+    fn invoke(&self, con: &mut Connection, c: &Cancel) -> RedisResult<i64> {
+        let mut call = self.script.prepare_invoke();
+        call.key(&c.marker);
+        for b in &c.buckets {
+            call.key(b);
+        }
+        call.arg(TOMBSTONE_SECS);
+        call.invoke::<i64>(con)
+    }
+
     /// Sends queued cancels on one connection until one fails (the rest wait for the next
     /// round).
     fn drain(&self) {
@@ -713,13 +787,7 @@ impl Canceller {
             let Some(c) = lock(&self.queue).front().cloned() else {
                 return;
             };
-            let mut call = self.script.prepare_invoke();
-            call.key(&c.marker);
-            for b in &c.buckets {
-                call.key(b);
-            }
-            call.arg(TOMBSTONE_SECS);
-            match call.invoke::<i64>(&mut con) {
+            match self.invoke(&mut con, &c) {
                 Ok(taken) => {
                     if taken == 1 {
                         log::info!(
@@ -751,6 +819,18 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn an_interrupted_receive_is_told_from_other_errors() {
+        let io = |kind| redis::RedisError::from(std::io::Error::from(kind));
+        assert!(interrupted(&io(std::io::ErrorKind::Interrupted)));
+        assert!(!interrupted(&io(std::io::ErrorKind::WouldBlock)));
+        assert!(!interrupted(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!interrupted(&redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no socket"
+        ))));
+    }
 
     /// A bucket limited in the token counters only.
     fn ask(bucket: &str, limits: [Option<u64>; 4]) -> Ask<'_> {

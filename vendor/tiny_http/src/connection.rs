@@ -51,22 +51,43 @@ pub(crate) enum Connection {
     #[cfg(unix)]
     Unix(unix_net::UnixStream),
 }
+/// modelmux: runs a receive or send again while it fails with `Interrupted` (EINTR). Linux
+/// makes a blocking receive or send on a socket with a timeout (SO_RCVTIMEO, SO_SNDTIMEO, which
+/// every connection has, see `apply_socket_limits`) fail with EINTR when the process was
+/// stopped and continued (SIGSTOP or Ctrl-Z, then SIGCONT; a debugger or `strace -p`
+/// attaching), even with no signal handler installed (signal(7)). Upstream passed the error up,
+/// and every reader above (request head, bodies, the linger) took it for a broken connection:
+/// an idle keep-alive connection was closed, a request body read failed. Retried here, under
+/// every reader and writer of the connection (TLS included), nothing above ever sees it. The
+/// retry waits a whole socket timeout again; only a stop of this process causes EINTR here,
+/// so a peer cannot use that to keep a connection open.
+fn retry_interrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
 impl std::io::Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
+        // modelmux: EINTR retried (see `retry_interrupted`)
+        retry_interrupted(|| match self {
             Self::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             Self::Unix(s) => s.read(buf),
-        }
+        })
     }
 }
 impl std::io::Write for Connection {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
+        // modelmux: EINTR retried (see `retry_interrupted`)
+        retry_interrupted(|| match self {
             Self::Tcp(s) => s.write(buf),
             #[cfg(unix)]
             Self::Unix(s) => s.write(buf),
-        }
+        })
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -29,6 +29,55 @@ impl ReadWrite for TcpStream {
     }
 }
 
+/// modelmux: a connection's socket whose receives and sends run again while they fail with
+/// `Interrupted` (EINTR). Linux makes a blocking receive or send on a socket with a timeout
+/// (SO_RCVTIMEO, SO_SNDTIMEO: every connection here has them) fail with EINTR when the process
+/// was stopped and continued (SIGSTOP or Ctrl-Z, then SIGCONT; a debugger or `strace -p`
+/// attaching), even with no signal handler installed (signal(7)). Retried here, under every
+/// reader and writer of the connection (response head, bodies, chunked decoder, request
+/// write, TLS), nothing above ever sees it. A retry waits a whole socket timeout again, so a
+/// deadline may be passed by the time spent before the stop; only a stop of this process
+/// causes EINTR here.
+pub(crate) struct RetryInterrupted(pub(crate) TcpStream);
+
+fn retry_interrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
+impl Read for RetryInterrupted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        retry_interrupted(|| self.0.read(buf))
+    }
+}
+
+impl Write for RetryInterrupted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        retry_interrupted(|| self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        retry_interrupted(|| self.0.flush())
+    }
+}
+
+impl ReadWrite for RetryInterrupted {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(&self.0)
+    }
+}
+
+// The socket's own form, so the stream's debug line reads as before.
+impl fmt::Debug for RetryInterrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 pub trait TlsConnector: Send + Sync {
     fn connect(
         &self,
@@ -283,6 +332,9 @@ impl Stream {
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => Ok(false),
+            // modelmux: a peek interrupted by a signal (see `RetryInterrupted`) is taken again;
+            // the error failed the request
+            io::ErrorKind::Interrupted => Stream::serverclosed_stream(stream),
             _ => Err(e),
         }
     }
@@ -419,7 +471,9 @@ pub(crate) fn connect_http(unit: &Unit, hostname: &str) -> Result<Stream, Error>
     let port = unit.url.port().unwrap_or(80);
     let pool_key = PoolKey::from_parts("http", hostname, port);
     let pool_returner = PoolReturner::new(&unit.agent, pool_key);
-    connect_host(unit, hostname, port).map(|(t, r)| Stream::new(t, r, pool_returner))
+    // modelmux: the socket wrapped in `RetryInterrupted`
+    connect_host(unit, hostname, port)
+        .map(|(t, r)| Stream::new(RetryInterrupted(t), r, pool_returner))
 }
 
 pub(crate) fn connect_https(unit: &Unit, hostname: &str) -> Result<Stream, Error> {
@@ -428,7 +482,8 @@ pub(crate) fn connect_https(unit: &Unit, hostname: &str) -> Result<Stream, Error
     let (sock, remote_addr) = connect_host(unit, hostname, port)?;
 
     let tls_conf = &unit.agent.config.tls_config;
-    let https_stream = tls_conf.connect(hostname, Box::new(sock))?;
+    // modelmux: the socket under TLS wrapped in `RetryInterrupted`
+    let https_stream = tls_conf.connect(hostname, Box::new(RetryInterrupted(sock)))?;
     let pool_key = PoolKey::from_parts("https", hostname, port);
     let pool_returner = PoolReturner::new(&unit.agent, pool_key);
     Ok(Stream::new(https_stream, remote_addr, pool_returner))
@@ -546,7 +601,8 @@ pub(crate) fn connect_host(
             let s = stream.try_clone()?;
             let pool_key = PoolKey::from_parts(unit.url.scheme(), hostname, port);
             let pool_returner = PoolReturner::new(&unit.agent, pool_key);
-            let s = Stream::new(s, remote_addr, pool_returner);
+            // modelmux: the socket wrapped in `RetryInterrupted`
+            let s = Stream::new(RetryInterrupted(s), remote_addr, pool_returner);
             let response = Response::do_from_stream(s, unit)?; // modelmux: borrowed
             Proxy::verify_response(&response)?;
         }
