@@ -195,7 +195,8 @@ impl Agent {
     /// # }
     /// ```
     pub fn request_url(&self, method: &str, url: &Url) -> Request {
-        Request::new(self.clone(), method.into(), url.to_string())
+        // modelmux: the parsed URL is kept (upstream sent its text to be parsed again)
+        Request::new_parsed(self.clone(), method.into(), url.clone())
     }
 
     /// Make a GET request from this agent.
