@@ -5,6 +5,7 @@
 
 use crate::config::{Backend, KeyHeader};
 use crate::http::headers;
+use std::sync::Arc;
 use url::Url;
 
 /// The API paths whose backend URL is parsed at load time: the requests modelmux relays with
@@ -54,7 +55,7 @@ pub struct Prepared {
     pub agent: ureq::Agent,
     /// The backend's URL as configured.
     pub base: String,
-    urls: Vec<(&'static str, Url)>,
+    urls: Vec<(&'static str, Arc<Url>)>,
     key: Key,
 }
 
@@ -67,9 +68,10 @@ enum Key {
     Unsendable(&'static str),
 }
 
-/// The backend's URL for one request: parsed at load time, or text to parse now.
+/// The backend's URL for one request: parsed at load time (shared by its requests), or text to
+/// parse now.
 pub enum BackendUrl<'a> {
-    Parsed(&'a Url),
+    Parsed(&'a Arc<Url>),
     Text(String),
 }
 
@@ -81,7 +83,7 @@ impl Prepared {
             .filter_map(|path| {
                 let url = Url::parse(&url(&backend.url, path, None)).ok()?;
                 // ureq refuses a URL without a host: left to the text path, which reports it.
-                url.has_host().then_some((*path, url))
+                url.has_host().then(|| (*path, Arc::new(url)))
             })
             .collect();
         let key = match key_header(backend) {

@@ -6,6 +6,7 @@ use crate::config::{Backend, ClientKey, Endpoint};
 use crate::http::api_error::ApiError;
 use crate::http::headers;
 use std::io;
+use std::sync::Arc;
 
 /// Builds a pooled HTTP client with the given timeouts; redirects and status errors are off
 /// because a proxy hands the backend's answer back as it is.
@@ -177,7 +178,7 @@ pub fn send(to: &Prepared, out: Outgoing, model: &str) -> Result<ureq::Response,
         return Err(Failure::Unsendable(unsendable(name)));
     }
     let mut req = match to.url(out.path, out.query.as_deref()) {
-        BackendUrl::Parsed(url) => to.agent.request_url(out.method, url),
+        BackendUrl::Parsed(url) => to.agent.request_shared(out.method, Arc::clone(url)),
         BackendUrl::Text(url) => to.agent.request(out.method, &url),
     };
     // Handed over: ureq builds each header line in the name's buffer.

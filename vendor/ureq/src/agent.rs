@@ -196,7 +196,12 @@ impl Agent {
     /// ```
     pub fn request_url(&self, method: &str, url: &Url) -> Request {
         // modelmux: the parsed URL is kept (upstream sent its text to be parsed again)
-        Request::new_parsed(self.clone(), method.into(), url.clone())
+        Request::new_parsed(self.clone(), method.into(), Arc::new(url.clone()))
+    }
+
+    /// modelmux: [`Agent::request_url`] with a URL many requests share (no copy per request).
+    pub fn request_shared(&self, method: &str, url: Arc<Url>) -> Request {
+        Request::new_parsed(self.clone(), method.into(), url)
     }
 
     /// Make a GET request from this agent.

@@ -1,4 +1,5 @@
 use std::io::Read;
+use std::sync::Arc;
 use std::{fmt, time};
 
 use url::{form_urlencoded, ParseError, Url};
@@ -30,8 +31,9 @@ pub struct Request {
     agent: Agent,
     method: String,
     url: String,
-    // modelmux: the URL already parsed (`Agent::request_url`); `url` is then empty and unused.
-    parsed: Option<Url>,
+    // modelmux: the URL already parsed (`Agent::request_url`, `Agent::request_shared`); `url`
+    // is then empty and unused.
+    parsed: Option<Arc<Url>>,
     pub(crate) headers: Vec<Header>,
     timeout: Option<time::Duration>,
 }
@@ -62,7 +64,7 @@ impl Request {
 
     // modelmux: a request to a URL parsed before (upstream turned it back into text and
     // parsed that again for every request).
-    pub(crate) fn new_parsed(agent: Agent, method: String, url: Url) -> Request {
+    pub(crate) fn new_parsed(agent: Agent, method: String, url: Arc<Url>) -> Request {
         Request {
             agent,
             method,
@@ -102,7 +104,7 @@ impl Request {
         if let Some(url) = &self.parsed {
             return match url.host_str() {
                 None => Err(ParseError::EmptyHost.into()),
-                Some(_) => Ok(url.clone()),
+                Some(_) => Ok(Url::clone(url)),
             };
         }
         Ok(self.url.parse().and_then(|url: Url|
@@ -166,12 +168,12 @@ impl Request {
             let url = match req.parsed.take() {
                 Some(url) if url.host_str().is_some() => url,
                 Some(_) => return Err(ParseError::EmptyHost.into()),
-                None => req.parse_url()?,
+                None => Arc::new(req.parse_url()?),
             };
-            // modelmux: the unit takes the URL; `connect` names it in an error
+            // modelmux: the unit takes the method and URL; `connect` names the URL in an error
             let unit = Unit::new_owned(
                 &req.agent,
-                &req.method,
+                req.method,
                 url,
                 req.headers,
                 &reader,
