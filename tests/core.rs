@@ -436,6 +436,105 @@ fn reload_adds_models_keeps_old_on_error_and_spares_streams() {
     );
 }
 
+/// Issue 23: a backend's URL and key are built once per config load and swapped with it. A
+/// reload that moves the backend and changes its key mid-traffic: every request reaches the
+/// URL of one generation with that generation's key, and the first request after the reload
+/// goes to the new URL with the new key.
+#[test]
+fn reload_swaps_a_backends_url_and_key_together_mid_traffic() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let a = MockBackend::start(Behavior::default());
+    let b = MockBackend::start(Behavior::default());
+    // Even generations on A, odd ones on B, each with its own key.
+    let key = |g: usize| format!("sk-generation-{:02}-secret", g);
+    let config = |g: usize| {
+        let url = if g.is_multiple_of(2) {
+            a.url()
+        } else {
+            b.url()
+        };
+        config_for(&[("m", &url, &key(g), "real-m")])
+    };
+    let p = Proxy::start_with(
+        &config(0),
+        &[("CM_OPEN_WEBUI_PROXY_LOG_LEVEL", "warn")],
+        &[],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = p.addr;
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = post_json(addr, "/v1/chat/completions", &chat_body("m", "x", false));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    const GENERATIONS: usize = 12;
+    for g in 1..=GENERATIONS {
+        std::thread::sleep(Duration::from_millis(30));
+        p.write_config(&config(g));
+        let r = request(p.addr, "POST", "/reload", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let probe = format!("first after reload {}", g);
+        let r = post_json(
+            p.addr,
+            "/v1/chat/completions",
+            &chat_body("m", &probe, false),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (now, before) = if g.is_multiple_of(2) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        let seen = |m: &MockBackend| {
+            m.requests()
+                .into_iter()
+                .find(|q| String::from_utf8_lossy(&q.body).contains(&probe))
+        };
+        assert!(seen(before).is_none(), "generation {}: old URL asked", g);
+        let q = seen(now).unwrap_or_else(|| panic!("generation {}: new URL not asked", g));
+        assert_eq!(
+            q.header("authorization"),
+            Some(format!("Bearer {}", key(g)).as_str()),
+            "generation {}: the new URL got another key",
+            g
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent: usize = traffic.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        sent >= GENERATIONS,
+        "too little traffic to mean anything: {}",
+        sent
+    );
+    // No request paired one generation's URL with another's key.
+    for (m, parity) in [(&a, 0), (&b, 1)] {
+        for q in m.requests() {
+            let auth = q.header("authorization").unwrap_or("");
+            let g: usize = auth
+                .strip_prefix("Bearer sk-generation-")
+                .and_then(|r| r.get(..2))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected key header {:?}", auth));
+            assert_eq!(
+                g % 2,
+                parity,
+                "generation {}'s key sent to the other URL",
+                g
+            );
+        }
+    }
+}
+
 #[test]
 fn health_and_debug_never_show_keys() {
     let a = MockBackend::start(Behavior::default());

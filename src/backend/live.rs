@@ -1,14 +1,16 @@
 //! The live config: parsed once per (re)load, swapped atomically, shared by reference.
 
-use crate::backend::balance::Balancer;
+use crate::backend::balance::{Balancer, Pick};
 use crate::backend::catalog::{self, Catalog, Listed, Resolved};
-use crate::config::{self, Backend, ClientKey, Config, ConfigError, Defaults, Endpoint};
+use crate::backend::prepared::Prepared;
+use crate::config::{self, ClientKey, Config, ConfigError, Defaults};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One loaded config plus its HTTP clients; requests hold an `Arc` of it for their whole life,
-/// so a reload never changes the config under a request in flight.
+/// One loaded config plus what is built from it (HTTP clients, each backend's parsed URLs and
+/// key header); requests hold an `Arc` of it for their whole life, so a reload never changes
+/// the config, or a backend's URL and key, under a request in flight.
 pub struct Live {
     /// The parsed config.
     pub config: Config,
@@ -18,7 +20,8 @@ pub struct Live {
     pub balancer: Balancer,
     /// What discovery found (process-wide: the same for every config).
     pub catalog: Arc<Catalog>,
-    agents: Vec<(ClientKey, ureq::Agent)>,
+    /// Each backend's request parts, by endpoint then backend index (a `Pick`).
+    prepared: Vec<Vec<Prepared>>,
 }
 
 impl Live {
@@ -34,10 +37,9 @@ impl Live {
             .read(|targets| catalog::list(&self.config, targets))
     }
 
-    /// The pooled HTTP client for one of an endpoint's backends.
-    pub fn agent(&self, endpoint: &Endpoint, backend: &Backend) -> Option<&ureq::Agent> {
-        let key = endpoint.client_key(backend);
-        self.agents.iter().find(|(k, _)| *k == key).map(|(_, a)| a)
+    /// What every request to a picked backend shares: its client, URLs and key header.
+    pub fn prepared(&self, pick: Pick) -> Option<&Prepared> {
+        self.prepared.get(pick.0)?.get(pick.1)
     }
 }
 
@@ -156,13 +158,11 @@ fn build(
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let mut agents: Vec<(ClientKey, ureq::Agent)> = Vec::new();
+    let mut prepared = Vec::with_capacity(config.endpoints.len());
     for ep in &config.endpoints {
+        let mut parts = Vec::with_capacity(ep.backends.len());
         for backend in &ep.backends {
             let key = ep.client_key(backend);
-            if agents.iter().any(|(k, _)| *k == key) {
-                continue;
-            }
             let agent = match cache.iter().find(|(k, _)| *k == key) {
                 Some((_, a)) => a.clone(),
                 None => {
@@ -173,12 +173,13 @@ fn build(
                             message,
                         }
                     })?;
-                    cache.push((key.clone(), a.clone()));
+                    cache.push((key, a.clone()));
                     a
                 }
             };
-            agents.push((key, agent));
+            parts.push(Prepared::new(backend, agent));
         }
+        prepared.push(parts);
     }
     Ok(Live {
         balancer: Balancer::new(&config, previous.map(|p| &p.balancer)),
@@ -188,6 +189,6 @@ fn build(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        agents,
+        prepared,
     })
 }

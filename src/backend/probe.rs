@@ -39,13 +39,16 @@ impl Prober {
             backend,
             &crate::http::access_log::request_id(None),
         );
+        if let Some((name, value)) = crate::backend::prepared::key_header(backend) {
+            crate::backend::upstream::set_header(&mut headers, name, value);
+        }
         // Anthropic's API lists its models only for a request that names a version.
         if backend.key_header == crate::config::KeyHeader::XApiKey {
             let version = crate::backend::upstream::ANTHROPIC_VERSION;
             headers.push(("anthropic-version".into(), version.into()));
         }
         let mut req = agent
-            .get(&crate::backend::upstream::url(
+            .get(&crate::backend::prepared::url(
                 &backend.url,
                 "/models",
                 None,

@@ -1,9 +1,12 @@
-//! Calls a backend: URL rule, header filtering, the ureq agent and its error mapping.
+//! Calls a backend: header filtering, the ureq agent and its error mapping (the URL rule and
+//! the key header are `prepared`'s).
 
-use crate::config::{Backend, ClientKey, Endpoint, KeyHeader};
+use crate::backend::prepared::{BackendUrl, Prepared};
+use crate::config::{Backend, ClientKey, Endpoint};
 use crate::http::api_error::ApiError;
 use crate::http::headers;
 use std::io;
+use std::sync::Arc;
 
 /// Builds a pooled HTTP client with the given timeouts; redirects and status errors are off
 /// because a proxy hands the backend's answer back as it is.
@@ -32,32 +35,15 @@ pub fn agent(key: &ClientKey, max_idle_per_host: usize) -> Result<ureq::Agent, S
         .build())
 }
 
-/// The backend URL for an OpenAI path such as `/chat/completions`.
-///
-/// `http://h:8000` → `http://h:8000/v1/chat/completions`;
-/// `http://h:8000/v1` → `http://h:8000/v1/chat/completions`;
-/// `https://h/openai` → `https://h/openai/v1/chat/completions`.
-pub fn url(base: &str, path: &str, query: Option<&str>) -> String {
-    let base = base.trim_end_matches('/');
-    let mut u = if base.ends_with("/v1") {
-        format!("{}{}", base, path)
-    } else {
-        format!("{}/v1{}", base, path)
-    };
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        u.push('?');
-        u.push_str(q);
-    }
-    u
-}
-
 /// One outgoing request, ready to send.
 pub struct Outgoing<'a> {
     /// HTTP method as the client sent it.
     pub method: &'a str,
-    /// Full backend URL.
-    pub url: String,
-    /// Client headers to forward (already filtered).
+    /// The OpenAI path, such as `/chat/completions`; `send` makes it the backend's URL.
+    pub path: &'a str,
+    /// The query to send, if any.
+    pub query: Option<String>,
+    /// Client headers to forward (already filtered); `send` adds the backend's key.
     pub headers: Vec<(String, String)>,
     /// Rewritten body; `None` for body-less requests.
     pub body: Option<Vec<u8>>,
@@ -69,7 +55,8 @@ pub struct Outgoing<'a> {
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The headers sent to a backend: the client's (not Authorization, hop-by-hop or Host), the
-/// endpoint's extra ones, this request's id and the backend's key.
+/// endpoint's extra ones and this request's id. The backend's key (`prepared::key_header`) is added by
+/// the sender, replacing an endpoint header of the same name.
 pub fn forward_headers(
     client: &tiny_http::HeaderList,
     streaming: bool,
@@ -82,26 +69,21 @@ pub fn forward_headers(
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("x-model-id"));
     // Later settings replace earlier ones: the endpoint's headers, then the proxy's own.
-    let mut set = |name: &str, value: String| {
-        out.retain(|(o, _)| !o.eq_ignore_ascii_case(name));
-        out.push((name.to_string(), value));
-    };
     for (n, v) in &endpoint.headers {
-        set(n, v.clone());
+        set_header(&mut out, n, v.clone());
     }
-    set("X-Request-Id", request_id.to_string());
+    set_header(&mut out, "X-Request-Id", request_id.to_string());
     // The README's promise: the model is named by its backend name wherever the client named it.
     if named_model {
-        set("X-Model-Id", backend.actual_model_name.clone());
-    }
-    if !backend.api_key.is_empty() {
-        // The client's own Authorization and x-api-key never got this far (`from_client`).
-        match backend.key_header {
-            KeyHeader::Bearer => set("Authorization", format!("Bearer {}", backend.api_key)),
-            KeyHeader::XApiKey => set("x-api-key", backend.api_key.clone()),
-        }
+        set_header(&mut out, "X-Model-Id", backend.actual_model_name.clone());
     }
     out
+}
+
+/// Sets a header, replacing any of the same name.
+pub fn set_header(out: &mut Vec<(String, String)>, name: &str, value: String) {
+    out.retain(|(o, _)| !o.eq_ignore_ascii_case(name));
+    out.push((name.to_string(), value));
 }
 
 /// Why one attempt on a backend failed; the retry and failover decision matches on it.
@@ -169,9 +151,23 @@ impl Failure {
     }
 }
 
-/// Sends the request. Any final status is a response; transport failures and answers HTTP
-/// cannot relay are a `Failure`.
-pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Response, Failure> {
+/// Sends the request to the backend `to` with its key. Any final status is a response;
+/// transport failures and answers HTTP cannot relay are a `Failure`.
+pub fn send(to: &Prepared, out: Outgoing, model: &str) -> Result<ureq::Response, Failure> {
+    let mut out = out;
+    let unsendable = |name: &str| {
+        format!(
+            "header `{}` cannot be sent",
+            crate::http::api_error::clip(name, 64)
+        )
+    };
+    let key = to
+        .key()
+        .map_err(|name| Failure::Unsendable(unsendable(name)))?;
+    if let Some(key) = key {
+        out.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(key.name()));
+    }
     // Checked here with ureq's own rules, so that a `BadHeader` from ureq can only describe
     // the backend's answer, never our request.
     if let Some((name, _)) = out
@@ -179,15 +175,19 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
         .iter()
         .find(|(n, v)| !headers::is_valid_name(n) || !headers::is_valid_value(v))
     {
-        return Err(Failure::Unsendable(format!(
-            "header `{}` cannot be sent",
-            crate::http::api_error::clip(name, 64)
-        )));
+        return Err(Failure::Unsendable(unsendable(name)));
     }
-    let mut req = agent.request(out.method, &out.url);
+    let mut req = match to.url(out.path, out.query.as_deref()) {
+        BackendUrl::Parsed(url) => to.agent.request_shared(out.method, Arc::clone(url)),
+        BackendUrl::Text(url) => to.agent.request(out.method, &url),
+    };
     // Handed over: ureq builds each header line in the name's buffer.
     for (n, v) in out.headers {
         req = req.set_owned(n, v);
+    }
+    // Built at load time; each request shares its line.
+    if let Some(key) = key {
+        req = req.set_prepared(key);
     }
     let result = match out.body {
         Some(body) => req.send_bytes(&body),
@@ -205,7 +205,7 @@ pub fn send(agent: &ureq::Agent, out: Outgoing, model: &str) -> Result<ureq::Res
     };
     log::warn!(
         "upstream {} for model {} failed: {} ({:?})",
-        crate::redact::host(&out.url),
+        crate::redact::host(&to.base),
         crate::http::access_log::shown(model),
         failure.cause(),
         failure
@@ -269,23 +269,4 @@ pub fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn url_rule() {
-        assert_eq!(
-            super::url("http://h:8000", "/chat/completions", None),
-            "http://h:8000/v1/chat/completions"
-        );
-        assert_eq!(
-            super::url("http://h:8000/v1/", "/models", Some("a=1")),
-            "http://h:8000/v1/models?a=1"
-        );
-        assert_eq!(
-            super::url("https://h/openai", "/embeddings", None),
-            "https://h/openai/v1/embeddings"
-        );
-    }
 }

@@ -140,7 +140,8 @@ pub fn outgoing(
     }));
     Outgoing {
         method: "POST",
-        url: upstream::url(&backend.url, "/chat/completions", None),
+        path: "/chat/completions",
+        query: None,
         headers: upstream::forward_headers(&client, tr.stream, endpoint, backend, request_id),
         body: Some(chat.to_string().into_bytes()),
     }

@@ -482,7 +482,7 @@ impl<'a> Attempt<'a> {
             .prices
             .lookup(backend.pricing.as_ref(), &backend.actual_model_name)
             .copied();
-        let Some(agent) = live.agent(endpoint, &backend) else {
+        let Some(to) = live.prepared(pick) else {
             let e = ApiError::internal("no HTTP client for this backend");
             return Ok(End::Released(e));
         };
@@ -501,7 +501,7 @@ impl<'a> Attempt<'a> {
             messages_usage: self.target.path == "/messages",
             translation: translating,
         };
-        match upstream::send(agent, outgoing, &self.inbound.model) {
+        match upstream::send(to, outgoing, &self.inbound.model) {
             Ok(r) if r.status() == 429 || r.status() >= 500 => {
                 self.hold_off(pick, &r);
                 span.fail(&r.status().to_string(), Some(r.status()));
@@ -534,7 +534,7 @@ impl<'a> Attempt<'a> {
         endpoint: &Endpoint,
         backend: &Backend,
         translating: Option<&Translation>,
-    ) -> (upstream::Outgoing<'static>, telemetry::Client) {
+    ) -> (upstream::Outgoing<'a>, telemetry::Client) {
         let request_id = self.ctx.request_id;
         let mut outgoing = match translating {
             Some(t) => messages::outgoing(t, self.inbound, endpoint, backend, request_id),

@@ -44,13 +44,13 @@ fn default_anthropic_version(
 }
 
 /// The request for one backend.
-pub fn outgoing(
+pub fn outgoing<'t>(
     inbound: &Inbound,
-    target: &Target,
+    target: &'t Target,
     endpoint: &Endpoint,
     backend: &Backend,
     request_id: &str,
-) -> Outgoing<'static> {
+) -> Outgoing<'t> {
     let actual = &backend.actual_model_name;
     let body = if let Some(obj) = &inbound.json {
         let mut set: Vec<(&str, String)> = if injects_usage(inbound, target, endpoint) {
@@ -92,7 +92,8 @@ pub fn outgoing(
     let has_body = !body.is_empty() || matches!(inbound.method, "POST" | "PUT" | "PATCH");
     Outgoing {
         method: inbound.method,
-        url: upstream::url(&backend.url, &target.path, query.as_deref()),
+        path: &target.path,
+        query,
         headers,
         body: has_body.then_some(body),
     }

@@ -57,6 +57,20 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
+// modelmux: stands for the crate's default TLS config until a connection needs it;
+// `default_tls_config` builds that once per process (a `Lazy`), never per connection.
+struct DefaultTls;
+
+impl TlsConnector for DefaultTls {
+    fn connect(
+        &self,
+        dns_name: &str,
+        io: Box<dyn crate::stream::ReadWrite>,
+    ) -> Result<Box<dyn crate::stream::ReadWrite>, crate::Error> {
+        crate::default_tls_config().connect(dns_name, io)
+    }
+}
+
 impl Deref for TlsConfig {
     type Target = Arc<dyn TlsConnector>;
 
@@ -181,7 +195,13 @@ impl Agent {
     /// # }
     /// ```
     pub fn request_url(&self, method: &str, url: &Url) -> Request {
-        Request::new(self.clone(), method.into(), url.to_string())
+        // modelmux: the parsed URL is kept (upstream sent its text to be parsed again)
+        Request::new_parsed(self.clone(), method.into(), Arc::new(url.clone()))
+    }
+
+    /// modelmux: [`Agent::request_url`] with a URL many requests share (no copy per request).
+    pub fn request_shared(&self, method: &str, url: Arc<Url>) -> Request {
+        Request::new_parsed(self.clone(), method.into(), url)
     }
 
     /// Make a GET request from this agent.
@@ -262,7 +282,10 @@ impl AgentBuilder {
                 redirects: 5,
                 redirect_auth_headers: RedirectAuthHeaders::Never,
                 user_agent: format!("ureq/{}", env!("CARGO_PKG_VERSION")),
-                tls_config: TlsConfig(crate::default_tls_config()),
+                // modelmux: the default TLS config (rustls with the webpki roots) is built on
+                // the first https connection, not here: a client of plain-http backends never
+                // pays its memory (about 0.1 MiB of an idle proxy's RSS).
+                tls_config: TlsConfig(Arc::new(DefaultTls)),
             },
             #[cfg(feature = "proxy-from-env")]
             try_proxy_from_env: true,

@@ -187,6 +187,43 @@ impl Header {
     }
 }
 
+/// modelmux: a request header checked and built once and sent with many requests: each
+/// request shares its line (a reference count, no copy). Its `Debug` shows the name only, for
+/// a header that carries a secret (an API key).
+#[derive(Clone)]
+pub struct PreparedHeader(Header);
+
+impl PreparedHeader {
+    /// The header `name: value`; an error (naming only the header) when HTTP cannot carry it.
+    pub fn new(name: &str, value: &str) -> Result<PreparedHeader, Error> {
+        let line = format!("{}: {}", name, value).into_bytes();
+        let len = line.len();
+        let header = Header {
+            line: HeaderLine::Shared(Arc::new(line), 0..len),
+            index: name.len(),
+        };
+        if !valid_name(name.as_bytes()) || !valid_value(value.as_bytes()) {
+            return Err(ErrorKind::BadHeader.msg(format!("invalid header '{}'", name)));
+        }
+        Ok(PreparedHeader(header))
+    }
+
+    /// The header's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    pub(crate) fn header(&self) -> Header {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for PreparedHeader {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PreparedHeader({})", self.name())
+    }
+}
+
 /// For non-utf8 headers this returns [`None`] (use [`get_header_raw()`]).
 pub(crate) fn get_header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
     headers

@@ -29,7 +29,8 @@ impl<T: AsRef<[u8]> + Send + Sync + 'static> From<http::Response<T>> for Respons
         let status_line = format!("{} {}", version_str, value.status());
         let status_num = u16::from(value.status());
         Response {
-            url: "https://example.com/".parse().unwrap(),
+            // modelmux: `Response::url` is shared (`Arc`)
+            url: std::sync::Arc::new("https://example.com/".parse().unwrap()),
             status_line,
             index: ResponseStatusIndex {
                 http_version: version_str.len(),

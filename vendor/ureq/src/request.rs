@@ -1,4 +1,5 @@
 use std::io::Read;
+use std::sync::Arc;
 use std::{fmt, time};
 
 use url::{form_urlencoded, ParseError, Url};
@@ -6,7 +7,7 @@ use url::{form_urlencoded, ParseError, Url};
 use crate::agent::Agent;
 use crate::body::Payload;
 use crate::error::{Error, ErrorKind};
-use crate::header::{self, Header};
+use crate::header::{self, Header, PreparedHeader};
 use crate::middleware::MiddlewareNext;
 use crate::unit::{self, Unit};
 use crate::Response;
@@ -30,6 +31,9 @@ pub struct Request {
     agent: Agent,
     method: String,
     url: String,
+    // modelmux: the URL already parsed (`Agent::request_url`, `Agent::request_shared`); `url`
+    // is then empty and unused.
+    parsed: Option<Arc<Url>>,
     pub(crate) headers: Vec<Header>,
     timeout: Option<time::Duration>,
 }
@@ -39,7 +43,9 @@ impl fmt::Debug for Request {
         write!(
             f,
             "Request({} {}, {:?})",
-            self.method, self.url, self.headers
+            self.method,
+            self.url(),
+            self.headers
         )
     }
 }
@@ -50,6 +56,20 @@ impl Request {
             agent,
             method,
             url,
+            parsed: None,
+            headers: vec![],
+            timeout: None,
+        }
+    }
+
+    // modelmux: a request to a URL parsed before (upstream turned it back into text and
+    // parsed that again for every request).
+    pub(crate) fn new_parsed(agent: Agent, method: String, url: Arc<Url>) -> Request {
+        Request {
+            agent,
+            method,
+            url: String::new(),
+            parsed: Some(url),
             headers: vec![],
             timeout: None,
         }
@@ -80,6 +100,13 @@ impl Request {
     }
 
     fn parse_url(&self) -> Result<Url> {
+        // modelmux: `new_parsed` checked nothing; the same host check applies
+        if let Some(url) = &self.parsed {
+            return match url.host_str() {
+                None => Err(ParseError::EmptyHost.into()),
+                Some(_) => Ok(Url::clone(url)),
+            };
+        }
         Ok(self.url.parse().and_then(|url: Url|
             // No hostname is fine for urls in general, but not for website urls.
             if url.host_str().is_none() {
@@ -135,13 +162,18 @@ impl Request {
             }
         };
 
-        let request_fn = |req: Request| {
+        let request_fn = |mut req: Request| {
             let reader = payload.into_read();
-            let url = req.parse_url()?;
-            // modelmux: the unit takes the URL; `connect` names it in an error
+            // modelmux: a URL parsed before is taken as it is (no copy)
+            let url = match req.parsed.take() {
+                Some(url) if url.host_str().is_some() => url,
+                Some(_) => return Err(ParseError::EmptyHost.into()),
+                None => Arc::new(req.parse_url()?),
+            };
+            // modelmux: the unit takes the method and URL; `connect` names the URL in an error
             let unit = Unit::new_owned(
                 &req.agent,
-                &req.method,
+                req.method,
                 url,
                 req.headers,
                 &reader,
@@ -320,6 +352,12 @@ impl Request {
         self
     }
 
+    /// modelmux: [`Request::set`] with a header built before, shared rather than copied.
+    pub fn set_prepared(mut self, header: &PreparedHeader) -> Self {
+        header::add_header(&mut self.headers, header.header());
+        self
+    }
+
     /// Returns the value for a set header.
     ///
     /// ```
@@ -393,6 +431,7 @@ impl Request {
 
             // replace url
             self.url = url.to_string();
+            self.parsed = None; // modelmux: the text is the URL again
         }
         self
     }
@@ -430,6 +469,7 @@ impl Request {
 
             // replace url
             self.url = url.to_string();
+            self.parsed = None; // modelmux: the text is the URL again
         }
         self
     }
@@ -476,7 +516,11 @@ impl Request {
     /// # }
     /// ```
     pub fn url(&self) -> &str {
-        &self.url
+        // modelmux: a URL parsed before is its own text
+        match &self.parsed {
+            Some(url) => url.as_str(),
+            None => &self.url,
+        }
     }
 
     /// Get the parsed url that will be used for this request. The parsed url

@@ -79,7 +79,7 @@ enum BodyType {
 /// # }
 /// ```
 pub struct Response {
-    pub(crate) url: Url,
+    pub(crate) url: Arc<Url>, // modelmux: the unit's, shared
     pub(crate) status_line: String,
     pub(crate) index: ResponseStatusIndex,
     pub(crate) status: u16,
@@ -634,7 +634,7 @@ impl Response {
         let reader =
             Self::stream_to_reader(stream, unit, body_type, compression, connection_option);
 
-        let url = unit.url.clone();
+        let url = Arc::clone(&unit.url);
 
         let response = Response {
             url,
@@ -652,13 +652,13 @@ impl Response {
 
     #[cfg(test)]
     pub fn set_url(&mut self, url: Url) {
-        self.url = url;
+        self.url = Arc::new(url);
     }
 
     #[cfg(test)]
     pub fn history_from_previous(&mut self, previous: Response) {
         self.history = previous.history;
-        self.history.push(previous.url);
+        self.history.push(Arc::unwrap_or_clone(previous.url));
     }
 }
 

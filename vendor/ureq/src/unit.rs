@@ -2,6 +2,7 @@ use std::borrow::Cow;
 use std::fmt::{self, Display};
 use std::io::{self, Write};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time;
 
 use base64::{prelude::BASE64_STANDARD, Engine};
@@ -29,7 +30,9 @@ use crate::Agent;
 pub(crate) struct Unit {
     pub agent: Agent,
     pub method: String,
-    pub url: Url,
+    // modelmux: shared with the `Request` that named it and the `Response` (upstream cloned the
+    // URL for each; a URL parsed once per backend is sent without a copy)
+    pub url: Arc<Url>,
     is_chunked: bool,
     headers: Vec<Header>,
     pub deadline: Option<time::Instant>,
@@ -50,14 +53,15 @@ impl Unit {
         body: &SizedReader,
         deadline: Option<time::Instant>,
     ) -> Self {
-        Unit::new_owned(agent, method, url.clone(), headers, body, deadline)
+        let url = Arc::new(url.clone());
+        Unit::new_owned(agent, method.to_string(), url, headers, body, deadline)
     }
 
-    // modelmux: takes the URL its caller has just parsed (upstream cloned it)
+    // modelmux: takes the request's method and URL (upstream cloned both)
     pub(crate) fn new_owned(
         agent: &Agent,
-        method: &str,
-        url: Url,
+        method: String,
+        url: Arc<Url>,
         mut headers: Vec<Header>,
         body: &SizedReader,
         deadline: Option<time::Instant>,
@@ -121,7 +125,7 @@ impl Unit {
 
         Unit {
             agent: agent.clone(),
-            method: method.to_string(),
+            method,
             url,
             is_chunked,
             headers,
@@ -185,7 +189,7 @@ pub(crate) fn connect(
     // modelmux: an error names the request's first URL (`Request::do_call` kept a copy of it
     // for that before the unit took the URL by value)
     fn first_url(history: &[Url], unit: &Unit) -> Url {
-        history.first().unwrap_or(&unit.url).clone()
+        history.first().unwrap_or(&*unit.url).clone()
     }
     let mut resp = loop {
         let resp = match connect_inner(&unit, use_pooled, body, &history) {
@@ -245,7 +249,7 @@ pub(crate) fn connect(
         );
 
         debug!("redirect {} {} -> {}", resp.status(), url, new_url);
-        history.push(unit.url);
+        history.push(Arc::unwrap_or_clone(unit.url));
         body = Payload::Empty.into_read();
 
         // reuse the previous header vec on redirects.

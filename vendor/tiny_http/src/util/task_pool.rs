@@ -48,20 +48,19 @@ impl<'a> Drop for Registration<'a> {
 
 impl TaskPool {
     pub fn new() -> TaskPool {
-        let pool = TaskPool {
+        // modelmux: no thread is started here (upstream started MIN_THREADS idle ones): each
+        // costs an idle server memory (stack pages, about 16 KiB of RSS apiece) before any
+        // connection came. `spawn` starts a thread whenever none is idle, so the first
+        // connections start them, and up to MIN_THREADS of them stay waiting afterwards as
+        // before.
+        TaskPool {
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
                 active_tasks: AtomicUsize::new(0),
                 waiting_tasks: AtomicUsize::new(0),
             }),
-        };
-
-        for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
         }
-
-        pool
     }
 
     /// Executes a function in a thread.
