@@ -25,7 +25,7 @@ use crate::config::{format_money, FailureMode, Limit, Rule, Subject, FIRST_COST,
 use crate::policy::limits::reservation::{Held, Shared, Watch};
 pub use crate::policy::limits::reservation::{Reservation, Warning};
 pub use crate::policy::limits::status::{
-    format_reset, ratelimit_headers, Budget, Denied, Refusal, RuleStatus,
+    format_reset, ratelimit_headers, ratelimits, Budget, Denied, RateLimits, Refusal, RuleStatus,
 };
 pub use crate::policy::limits::store::Charge;
 use crate::policy::limits::store::{

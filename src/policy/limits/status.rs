@@ -82,6 +82,11 @@ pub struct RuleStatus {
 /// with the least remaining (on a tie, the one that resets last). Token budgets of every window
 /// compete, since a day budget can bind before a minute one.
 pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)> {
+    ratelimits(statuses).to_vec()
+}
+
+/// The same headers held inline (`RateLimits`): what an admitted request's answer carries.
+pub fn ratelimits(statuses: &[RuleStatus]) -> RateLimits {
     // Money has no OpenAI header: cost budgets are in `/usage` and the 429's message.
     let pick = |tokens: bool| {
         statuses
@@ -90,53 +95,122 @@ pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)>
             .filter(|b| !b.kind.is_cost() && (b.kind != Limit::RequestsPerMinute) == tokens)
             .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
     };
-    let mut out = Vec::with_capacity(6);
+    let mut out = RateLimits::default();
     if let Some(b) = pick(false) {
-        out.push(("x-ratelimit-limit-requests", number(b.limit)));
-        out.push(("x-ratelimit-remaining-requests", number(b.remaining)));
-        out.push((
+        out.push("x-ratelimit-limit-requests", Value::number(b.limit));
+        out.push("x-ratelimit-remaining-requests", Value::number(b.remaining));
+        out.push(
             "x-ratelimit-reset-requests",
-            format_reset(b.reset_secs.unwrap_or(0)),
-        ));
+            Value::reset(b.reset_secs.unwrap_or(0)),
+        );
     }
     if let Some(b) = pick(true) {
-        out.push(("x-ratelimit-limit-tokens", number(b.limit)));
-        out.push(("x-ratelimit-remaining-tokens", number(b.remaining)));
-        out.push((
+        out.push("x-ratelimit-limit-tokens", Value::number(b.limit));
+        out.push("x-ratelimit-remaining-tokens", Value::number(b.remaining));
+        out.push(
             "x-ratelimit-reset-tokens",
-            format_reset(b.reset_secs.unwrap_or(0)),
-        ));
+            Value::reset(b.reset_secs.unwrap_or(0)),
+        );
     }
     out
+}
+
+/// The `x-ratelimit-*` headers of one answer (at most six), their values held inline: the
+/// answer's head is written from them as they are, with no `String` per value or per copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    items: [(&'static str, Value); 6],
+    len: usize,
+}
+
+impl RateLimits {
+    fn push(&mut self, name: &'static str, value: Value) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (name, value);
+            self.len += 1;
+        }
+    }
+
+    /// The headers, in the order they are sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.items[..self.len].iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// True when no rule set a budget these headers report.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The headers as owned pairs (a refusal's error carries them so).
+    pub fn to_vec(&self) -> Vec<(&'static str, String)> {
+        self.iter().map(|(n, v)| (n, v.to_string())).collect()
+    }
+}
+
+/// One header value: a decimal or a reset duration, at most 23 ASCII bytes (`u64::MAX` seconds
+/// is `5124095576030431h0m15s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Value {
+    buf: [u8; 24],
+    len: u8,
+}
+
+impl Default for Value {
+    fn default() -> Value {
+        Value {
+            buf: [0; 24],
+            len: 0,
+        }
+    }
+}
+
+impl Value {
+    /// `v` as `to_string` writes it.
+    fn number(v: u64) -> Value {
+        let mut out = Value::default();
+        out.push_decimal(v);
+        out
+    }
+
+    /// A duration the way OpenAI's reset headers write it: `1s`, `6m0s`, `23h59m59s`.
+    fn reset(secs: u64) -> Value {
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let mut out = Value::default();
+        if h > 0 {
+            out.push_decimal(h);
+            out.push(b"h");
+        }
+        if h > 0 || m > 0 {
+            out.push_decimal(m);
+            out.push(b"m");
+        }
+        out.push_decimal(s);
+        out.push(b"s");
+        out
+    }
+
+    fn push_decimal(&mut self, v: u64) {
+        self.push(crate::decimal::digits(v, &mut [0u8; 20]).as_bytes());
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let at = usize::from(self.len);
+        // Never past the buffer: the longest value is 23 bytes (see the type's comment).
+        if let Some(dst) = self.buf.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len() as u8;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // ASCII digits and unit letters only: never the default.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
 }
 
 /// A duration the way OpenAI's reset headers write it: `1s`, `6m0s`, `23h59m59s`.
-/// Written by hand: two of these go with every answer under a quota rule.
 pub fn format_reset(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::with_capacity(24);
-    if h > 0 {
-        push_decimal(&mut out, h);
-        out.push('h');
-    }
-    if h > 0 || m > 0 {
-        push_decimal(&mut out, m);
-        out.push('m');
-    }
-    push_decimal(&mut out, s);
-    out.push('s');
-    out
-}
-
-/// `v` as `to_string` writes it, without the formatting machinery.
-fn number(v: u64) -> String {
-    let mut out = String::with_capacity(20);
-    push_decimal(&mut out, v);
-    out
-}
-
-fn push_decimal(out: &mut String, v: u64) {
-    out.push_str(crate::decimal::digits(v, &mut [0u8; 20]));
+    Value::reset(secs).as_str().to_string()
 }
 
 #[cfg(test)]
@@ -171,7 +245,53 @@ mod tests {
             assert_eq!(format_reset(secs), reference(secs));
         }
         for v in [0, 9, 10, 1_000_000_000_000_000, u64::MAX] {
-            assert_eq!(number(v), v.to_string());
+            assert_eq!(Value::number(v).as_str(), v.to_string());
         }
+    }
+
+    #[test]
+    fn inline_headers_are_the_owned_ones_in_order() {
+        let budget = |kind, limit, remaining, reset_secs| Budget {
+            kind,
+            limit,
+            spent: limit - remaining,
+            remaining,
+            reset_secs,
+        };
+        let statuses = [
+            RuleStatus {
+                rule: 0,
+                budgets: vec![
+                    budget(Limit::RequestsPerMinute, u64::MAX, u64::MAX - 1, Some(59)),
+                    budget(Limit::TokensPerMinute, 1000, 10, Some(59)),
+                ],
+            },
+            RuleStatus {
+                rule: 1,
+                budgets: vec![budget(Limit::TokensPerDay, 5000, 10, Some(u64::MAX))],
+            },
+        ];
+        let h = ratelimits(&statuses);
+        let pairs: Vec<(&str, &str)> = h.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-ratelimit-limit-requests", "18446744073709551615"),
+                ("x-ratelimit-remaining-requests", "18446744073709551614"),
+                ("x-ratelimit-reset-requests", "59s"),
+                ("x-ratelimit-limit-tokens", "5000"),
+                ("x-ratelimit-remaining-tokens", "10"),
+                ("x-ratelimit-reset-tokens", "5124095576030431h0m15s"),
+            ]
+        );
+        assert_eq!(
+            h.to_vec(),
+            pairs
+                .iter()
+                .map(|(n, v)| (*n, v.to_string()))
+                .collect::<Vec<_>>()
+        );
+        let none = ratelimits(&[]);
+        assert!(none.is_empty() && none.iter().next().is_none());
     }
 }
