@@ -302,7 +302,7 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
 
 /// `v` in decimal digits, as `{}` writes it, without the formatting machinery.
 fn decimal(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(crate::decimal::digits(v, &mut [0u8; 20]).as_bytes());
+    out.extend_from_slice(crate::decimal::bytes(v, &mut [0u8; 20]));
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.

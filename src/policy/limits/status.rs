@@ -136,6 +136,11 @@ impl RateLimits {
         self.items[..self.len].iter().map(|(n, v)| (*n, v.as_str()))
     }
 
+    /// The headers' names, in the order they are sent.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.items[..self.len].iter().map(|(n, _)| *n)
+    }
+
     /// True when no rule set a budget these headers report.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -190,7 +195,7 @@ impl Value {
     }
 
     fn push_decimal(&mut self, v: u64) {
-        self.push(crate::decimal::digits(v, &mut [0u8; 20]).as_bytes());
+        self.push(crate::decimal::bytes(v, &mut [0u8; 20]));
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -291,6 +296,7 @@ mod tests {
                 .map(|(n, v)| (*n, v.to_string()))
                 .collect::<Vec<_>>()
         );
+        assert!(h.names().eq(pairs.iter().map(|(n, _)| *n)));
         let none = ratelimits(&[]);
         assert!(none.is_empty() && none.iter().next().is_none());
     }
