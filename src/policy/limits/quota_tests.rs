@@ -527,3 +527,55 @@ fn a_free_request_passes_an_overspent_cost_budget() {
         .unwrap()
         .settle(paid(1, 0));
 }
+
+/// The buckets a reservation holds.
+fn held_buckets(r: &Reservation) -> Vec<String> {
+    r.held.as_ref().map_or(Vec::new(), |h| h.buckets.to_vec())
+}
+
+#[test]
+fn a_plan_kept_for_the_next_request_is_the_same_subjects_under_the_same_rules() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "requestsPerMinute": 100},
+        {"match": {"user": "*", "model": "*"}, "tokensPerDay": 1000},
+        {"match": {"key": "web"}, "concurrent": 5}
+    ]));
+    let reserve = |q: &Quotas, s: &Subject| {
+        let r = q.reserve(s, 10, NOON).unwrap();
+        let b = held_buckets(&r);
+        r.settle(0);
+        b
+    };
+    let ann = who("ann", "web", "m1");
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    // Each field of the subject names another plan.
+    assert_eq!(
+        reserve(&q, &who("bob", "web", "m1")),
+        ["u=bob", "u=bob|m=m1"]
+    );
+    assert_eq!(
+        reserve(&q, &who("bob", "web", "m2")),
+        ["u=bob", "u=bob|m=m2"]
+    );
+    let other_key = who("bob", "cli", "m2");
+    assert_eq!(reserve(&q, &other_key), ["u=bob", "u=bob|m=m2"]);
+    // The concurrent rule matched key "web" only: no slot is held under "cli".
+    let r = q.reserve(&other_key, 10, NOON).unwrap();
+    assert!(r.inflight.is_empty());
+    r.settle(0);
+    let r = q.reserve(&ann, 10, NOON).unwrap();
+    assert_eq!(r.inflight, ["k=web"]);
+    r.settle(0);
+    // Reloaded rules (the same counters) are planned again, not served the old plan.
+    let reloaded = q.reloaded(
+        parse_rules(&json!([{"match": {"model": "*"}, "tokensPerDay": 1000}])).unwrap(),
+        FailureMode::Open,
+    );
+    assert_eq!(reserve(&reloaded, &ann), ["m=m1"]);
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    // And another thread's requests are planned there.
+    std::thread::scope(|t| {
+        t.spawn(|| assert_eq!(reserve(&reloaded, &ann), ["m=m1"]));
+    });
+}

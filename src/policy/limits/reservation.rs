@@ -119,7 +119,8 @@ pub struct Reservation {
 
 #[derive(Debug)]
 pub struct Held {
-    pub buckets: Vec<String>,
+    /// The asked buckets' names, shared with the plan that named them.
+    pub buckets: Arc<[String]>,
     pub windows: Windows,
     pub estimate: Charge,
     /// The cost budgets with a `warnAt` it counts in.
