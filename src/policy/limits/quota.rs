@@ -87,11 +87,14 @@ fn next_id() -> u64 {
     QUOTAS_MADE.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A plan with what it was made for: the rules' id and the subject (user, key, model).
+type CachedPlan = (u64, [String; 3], Arc<Plan>);
+
 thread_local! {
     /// The last plan made in this thread, by the rules' id and the subject (user, key, model):
     /// a connection's requests are usually one subject's, and a plan is rules walked and bucket
     /// names built, the same every time.
-    static LAST_PLAN: RefCell<Option<(u64, [String; 3], Arc<Plan>)>> = const { RefCell::new(None) };
+    static LAST_PLAN: RefCell<Option<CachedPlan>> = const { RefCell::new(None) };
 }
 
 struct PlanBucket {
@@ -172,7 +175,7 @@ impl Quotas {
     /// The plan of `s`, the one this thread made last when it is the same subject's under
     /// the same rules.
     fn cached_plan(&self, s: &Subject) -> Arc<Plan> {
-        let hit = |(id, who, _): &(u64, [String; 3], Arc<Plan>)| {
+        let hit = |(id, who, _): &CachedPlan| {
             *id == self.id && who[0] == s.user && who[1] == s.key && who[2] == s.model
         };
         let cached = LAST_PLAN.with(|last| {

@@ -117,7 +117,7 @@ pub fn ratelimits(statuses: &[RuleStatus]) -> RateLimits {
 
 /// The `x-ratelimit-*` headers of one answer (at most six), their values held inline: the
 /// answer's head is written from them as they are, with no `String` per value or per copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimits {
     items: [(&'static str, Value); 6],
     len: usize,
@@ -154,19 +154,10 @@ impl RateLimits {
 
 /// One header value: a decimal or a reset duration, at most 23 ASCII bytes (`u64::MAX` seconds
 /// is `5124095576030431h0m15s`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Value {
     buf: [u8; 24],
     len: u8,
-}
-
-impl Default for Value {
-    fn default() -> Value {
-        Value {
-            buf: [0; 24],
-            len: 0,
-        }
-    }
 }
 
 impl Value {
