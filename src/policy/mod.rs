@@ -320,7 +320,7 @@ impl Policy {
             };
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
-                    let headers = quota::ratelimits(r.status());
+                    let headers = r.ratelimits();
                     (Some(r), headers)
                 }
                 Err(quota::Refusal::Limited(d)) => {

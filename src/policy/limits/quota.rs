@@ -25,8 +25,9 @@ use crate::config::{format_money, FailureMode, Limit, Rule, Subject, FIRST_COST,
 use crate::policy::limits::reservation::{Held, Shared, Watch};
 pub use crate::policy::limits::reservation::{Reservation, Warning};
 pub use crate::policy::limits::status::{
-    format_reset, ratelimit_headers, ratelimits, Budget, Denied, RateLimits, Refusal, RuleStatus,
+    format_reset, ratelimit_headers, Budget, Denied, RateLimits, Refusal, RuleStatus,
 };
+use crate::policy::limits::status::{RuleLimits, Standing};
 pub use crate::policy::limits::store::Charge;
 use crate::policy::limits::store::{
     increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, N, SPANS,
@@ -78,6 +79,8 @@ struct Plan {
     ask_of: Vec<Option<usize>>,
     /// The asked buckets' names, in order, shared with the reservations that hold them.
     asked: Arc<[String]>,
+    /// The matching rules with a windowed limit, for the budgets a reservation reports.
+    limits: Arc<[RuleLimits]>,
 }
 
 /// Every `Quotas` made, numbered: a cached plan names the one it was made by.
@@ -202,6 +205,7 @@ impl Quotas {
             buckets: Vec::new(),
             ask_of: Vec::new(),
             asked: Arc::new([]),
+            limits: Arc::new([]),
         };
         for (ri, rule) in self.rules.iter().enumerate() {
             if !rule.matches(s) {
@@ -235,6 +239,19 @@ impl Quotas {
             }
         }
         plan.asked = asked.into();
+        plan.limits = plan
+            .rules
+            .iter()
+            .filter_map(|&(ri, bi)| {
+                let windowed = self.rules[ri].windowed;
+                let ask = plan.ask_of[bi]?;
+                windowed.iter().any(Option::is_some).then_some(RuleLimits {
+                    rule: ri,
+                    ask,
+                    windowed,
+                })
+            })
+            .collect();
         plan
     }
 
@@ -263,7 +280,7 @@ impl Quotas {
             shared: Arc::clone(&self.shared),
             inflight: Vec::new(),
             held: None,
-            status: Vec::new(),
+            status: Standing::default(),
         };
         self.hold_inflight(&plan, &mut r)?;
         // From here on, returning early drops `r`, which frees the slots just taken.
@@ -284,20 +301,16 @@ impl Quotas {
         drop(asks);
         let ask_of = &plan.ask_of;
         match reserved {
-            Ok(o) if o.admitted => {
-                r.status = self.status_after(&plan, ask_of, &o, Some(charge));
-                let watch = self.watch(&plan, ask_of, &o);
-                r.held = Some(Held {
-                    watch,
-                    buckets: Arc::clone(&plan.asked),
-                    windows: o.windows,
-                    estimate: charge,
-                });
-                Ok(r)
-            }
+            Ok(o) if o.admitted => Ok(self.admitted(&plan, o, charge, r)),
             Ok(o) => {
                 let mut d = self.explain(&plan, ask_of, &o, charge);
-                d.status = Some(self.status_after(&plan, ask_of, &o, None));
+                // As the store judged it: nothing of it added.
+                let standing = Standing {
+                    rules: Arc::clone(&plan.limits),
+                    counts: o.before,
+                    now: o.now,
+                };
+                d.status = Some(standing.statuses());
                 Err(Refusal::Limited(d))
             }
             Err(ReserveError::Full {
@@ -322,6 +335,32 @@ impl Quotas {
                 }
             },
         }
+    }
+
+    /// `r` holding what the store added for it, and the budgets it leaves.
+    fn admitted(&self, plan: &Plan, o: Outcome, charge: Charge, mut r: Reservation) -> Reservation {
+        let watch = self.watch(plan, &plan.ask_of, &o);
+        r.held = Some(Held {
+            watch,
+            buckets: Arc::clone(&plan.asked),
+            windows: o.windows,
+            estimate: charge,
+        });
+        // The counts the store judged it on, with it added: the same as reading them back,
+        // without another round trip.
+        let add = increments(charge);
+        let mut counts = o.before;
+        for c in &mut counts {
+            for (n, a) in c.iter_mut().zip(add) {
+                *n = n.saturating_add(a);
+            }
+        }
+        r.status = Standing {
+            rules: Arc::clone(&plan.limits),
+            counts,
+            now: o.now,
+        };
+        r
     }
 
     /// Takes an in-flight slot in each bucket a `concurrent` rule counts, or refuses when one
@@ -351,34 +390,6 @@ impl Quotas {
             }
         }
         Ok(())
-    }
-
-    /// The budgets of the windowed rules once this reservation is added (`added`: its tokens;
-    /// `None` when it was refused and added nothing), from the counts the store judged it on:
-    /// the same as reading them back, without another round trip.
-    fn status_after(
-        &self,
-        plan: &Plan,
-        ask_of: &[Option<usize>],
-        o: &Outcome,
-        added: Option<Charge>,
-    ) -> Vec<RuleStatus> {
-        let add = added.map_or([0; N], increments);
-        let mut out = Vec::new();
-        for &(ri, bi) in &plan.rules {
-            let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
-                continue;
-            };
-            let mut after = *used;
-            for i in 0..N {
-                after[i] = after[i].saturating_add(add[i]);
-            }
-            let budgets = self.budgets(ri, &after, o.now);
-            if !budgets.is_empty() {
-                out.push(RuleStatus { rule: ri, budgets });
-            }
-        }
-        out
     }
 
     /// Rule `ri`'s budgets with `used` counted.

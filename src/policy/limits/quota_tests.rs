@@ -579,3 +579,50 @@ fn a_plan_kept_for_the_next_request_is_the_same_subjects_under_the_same_rules() 
         t.spawn(|| assert_eq!(reserve(&reloaded, &ann), ["m=m1"]));
     });
 }
+
+#[test]
+fn a_reservations_budgets_and_headers_are_those_read_back_after_it() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "requestsPerMinute": 50, "tokensPerMinute": 5000},
+        {"match": {"user": "*"}, "concurrent": 3},
+        {"match": {"user": "*", "model": "*"}, "tokensPerDay": 900, "tokensPerMonth": 100000},
+        {"match": {"user": "bob"}, "tokensPerDay": 10},
+        {"match": {"key": "*"}, "costPerDay": 5, "costTotal": 100},
+        {"concurrent": 100}
+    ]));
+    let ann = who("ann", "k", "m");
+    let mut now = NOON;
+    for tokens in [100, 7, 300] {
+        let r = q
+            .reserve(
+                &ann,
+                Estimate {
+                    tokens,
+                    cost: Some(40_000),
+                },
+                now,
+            )
+            .unwrap();
+        let read = q.status(&ann, now).unwrap();
+        assert_eq!(r.status(), read);
+        assert_eq!(
+            r.ratelimits(),
+            crate::policy::limits::status::ratelimits(&read)
+        );
+        assert_eq!(r.ratelimits().to_vec(), ratelimit_headers(&read));
+        assert_eq!(r.ratelimits().iter().count(), 6);
+        r.settle(Charge {
+            tokens: tokens / 2,
+            cost: 1,
+        });
+        now += 7_000;
+    }
+    // A refusal reports the budgets as the store judged it, nothing of it added.
+    let big = Estimate {
+        tokens: 1_000,
+        cost: Some(1),
+    };
+    let d = denied(q.reserve(&ann, big, now));
+    assert_eq!(d.limit, "tokens_per_day");
+    assert_eq!(d.status, Some(q.status(&ann, now).unwrap()));
+}

@@ -1,7 +1,10 @@
 //! What quotas answer: a refusal shaped for a 429 or 503, the budgets that still stand, and
 //! OpenAI's `x-ratelimit-*` headers made from them.
 
-use crate::config::Limit;
+use crate::config::{Limit, WINDOWED};
+use crate::policy::limits::counts::{Counts, N, SPANS};
+use crate::policy::limits::windows::{reset_secs, Span};
+use std::sync::Arc;
 
 /// A refusal by a rule, shaped for a 429 with `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,18 +88,29 @@ pub fn ratelimit_headers(statuses: &[RuleStatus]) -> Vec<(&'static str, String)>
     ratelimits(statuses).to_vec()
 }
 
-/// The same headers held inline (`RateLimits`): what an admitted request's answer carries.
+/// The same headers held inline (`RateLimits`).
 pub fn ratelimits(statuses: &[RuleStatus]) -> RateLimits {
+    ratelimits_of(statuses.iter().flat_map(|s| s.budgets.iter().copied()))
+}
+
+/// The headers from budgets in rule order, each rule's in `WINDOWED` order.
+fn ratelimits_of(budgets: impl Iterator<Item = Budget>) -> RateLimits {
+    // The first of the least (remaining, then latest reset) of each kind, in one pass.
+    let key = |b: &Budget| (b.remaining, std::cmp::Reverse(b.reset_secs));
+    let (mut requests, mut tokens): (Option<Budget>, Option<Budget>) = (None, None);
     // Money has no OpenAI header: cost budgets are in `/usage` and the 429's message.
-    let pick = |tokens: bool| {
-        statuses
-            .iter()
-            .flat_map(|s| s.budgets.iter())
-            .filter(|b| !b.kind.is_cost() && (b.kind != Limit::RequestsPerMinute) == tokens)
-            .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_secs)))
-    };
+    for b in budgets.filter(|b| !b.kind.is_cost()) {
+        let least = if b.kind == Limit::RequestsPerMinute {
+            &mut requests
+        } else {
+            &mut tokens
+        };
+        if least.is_none_or(|l| key(&b) < key(&l)) {
+            *least = Some(b);
+        }
+    }
     let mut out = RateLimits::default();
-    if let Some(b) = pick(false) {
+    if let Some(b) = requests {
         out.push("x-ratelimit-limit-requests", Value::number(b.limit));
         out.push("x-ratelimit-remaining-requests", Value::number(b.remaining));
         out.push(
@@ -104,7 +118,7 @@ pub fn ratelimits(statuses: &[RuleStatus]) -> RateLimits {
             Value::reset(b.reset_secs.unwrap_or(0)),
         );
     }
-    if let Some(b) = pick(true) {
+    if let Some(b) = tokens {
         out.push("x-ratelimit-limit-tokens", Value::number(b.limit));
         out.push("x-ratelimit-remaining-tokens", Value::number(b.remaining));
         out.push(
@@ -113,6 +127,75 @@ pub fn ratelimits(statuses: &[RuleStatus]) -> RateLimits {
         );
     }
     out
+}
+
+/// The windowed limits of one rule that matches a subject, and which of the subject's asked
+/// buckets counts it: made once per plan, not per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleLimits {
+    /// Index of the rule in `"limits"`.
+    pub rule: usize,
+    /// Its bucket's place among the asked ones (the store's counts are in that order).
+    pub ask: usize,
+    /// Its limits, in `WINDOWED` order.
+    pub windowed: [Option<u64>; N],
+}
+
+/// Where the rules that counted a request stand: their limits and the counts of their buckets,
+/// read only when asked (for the answer's `x-ratelimit-*` headers, inline; as `RuleStatus`es
+/// for a 429 or a test), not built into lists per request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The windowed rules that matched, in rule order.
+    pub rules: Arc<[RuleLimits]>,
+    /// Each asked bucket's counts.
+    pub counts: Vec<Counts>,
+    /// The clock the windows were read at.
+    pub now: u64,
+}
+
+impl Standing {
+    /// Each rule's budgets, in rule order and each rule's in `WINDOWED` order.
+    fn budgets(&self) -> impl Iterator<Item = (usize, Budget)> + '_ {
+        self.rules.iter().flat_map(move |r| {
+            let used = self.counts.get(r.ask).copied().unwrap_or_default();
+            (0..N).filter_map(move |i| {
+                r.windowed[i].map(|limit| {
+                    (
+                        r.rule,
+                        Budget {
+                            kind: WINDOWED[i],
+                            limit,
+                            spent: used[i],
+                            remaining: limit.saturating_sub(used[i]),
+                            reset_secs: (SPANS[i] != Span::Total)
+                                .then(|| reset_secs(SPANS[i], self.now)),
+                        },
+                    )
+                })
+            })
+        })
+    }
+
+    /// The budgets by rule (rules without a windowed limit left out).
+    pub fn statuses(&self) -> Vec<RuleStatus> {
+        let mut out: Vec<RuleStatus> = Vec::new();
+        for (rule, b) in self.budgets() {
+            match out.last_mut() {
+                Some(last) if last.rule == rule => last.budgets.push(b),
+                _ => out.push(RuleStatus {
+                    rule,
+                    budgets: vec![b],
+                }),
+            }
+        }
+        out
+    }
+
+    /// The `x-ratelimit-*` headers, as `ratelimits(&self.statuses())` makes them.
+    pub fn ratelimits(&self) -> RateLimits {
+        ratelimits_of(self.budgets().map(|(_, b)| b))
+    }
 }
 
 /// The `x-ratelimit-*` headers of one answer (at most six), their values held inline: the
