@@ -17,12 +17,15 @@ pub fn bytes(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
         let pair = (v % 100) as usize * 2;
         v /= 100;
         at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        // Two stores, not a two-byte copy (a call at this opt-level).
+        buf[at] = PAIRS[pair];
+        buf[at + 1] = PAIRS[pair + 1];
     }
     if v >= 10 {
         let pair = v as usize * 2;
         at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        buf[at] = PAIRS[pair];
+        buf[at + 1] = PAIRS[pair + 1];
     } else {
         at -= 1;
         buf[at] = b'0' + v as u8;

@@ -60,7 +60,7 @@ pub fn relay(
     // Ours replace the backend's own of the same names (one pass over its headers), and are
     // borrowed into the head, not copied.
     if !extra_headers.is_empty() {
-        headers.retain(|(h, _)| !extra_headers.names().any(|n| h.eq_ignore_ascii_case(n)));
+        headers.retain(|(h, _)| !extra_headers.has_name(h));
         headers.extend(
             extra_headers
                 .iter()

@@ -224,6 +224,15 @@ impl RateLimits {
         self.items[..self.len].iter().map(|(n, _)| *n)
     }
 
+    /// True when `name` is one of these headers', ignoring case. Every name starts with
+    /// `x-ratelimit-`: a backend's other headers are told apart by that alone.
+    pub fn has_name(&self, name: &str) -> bool {
+        const PREFIX: &str = "x-ratelimit-";
+        name.get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+            && self.names().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
     /// True when no rule set a budget these headers report.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -371,6 +380,21 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert!(h.names().eq(pairs.iter().map(|(n, _)| *n)));
+        for (n, _) in &pairs {
+            assert!(h.has_name(n) && h.has_name(&n.to_ascii_uppercase()));
+        }
+        for other in [
+            "x-ratelimit-",
+            "x-ratelimit-limit",
+            "content-type",
+            "x-ratelimit-reset-tokenz",
+            "é",
+        ] {
+            assert!(!h.has_name(other), "{}", other);
+        }
+        let requests_only = ratelimits(&statuses[..1]);
+        assert!(!ratelimits(&[]).has_name("x-ratelimit-limit-requests"));
+        assert!(requests_only.has_name("X-RateLimit-Limit-Requests"));
         let none = ratelimits(&[]);
         assert!(none.is_empty() && none.iter().next().is_none());
     }
