@@ -58,13 +58,42 @@ impl Stamp {
 /// `rfc3339(ms)` without an allocation, its digits written by hand (the ledger writes one per
 /// line; the formatting machinery cost more than the rest of the line).
 pub fn stamp(ms: i64) -> Stamp {
+    // The text up to the second is the same for every line written in that second: kept per
+    // thread (the years of four digits, whose text is 20 bytes), only the milliseconds written.
+    thread_local! {
+        static SECOND: std::cell::Cell<(i64, [u8; 20])> =
+            const { std::cell::Cell::new((i64::MIN, [0; 20])) };
+    }
     let secs = ms.div_euclid(1000);
+    let mut buf = [0u8; 40];
+    let cached = SECOND.with(|c| Some(c.get()).filter(|(s, _)| *s == secs));
+    let len = match cached {
+        Some((_, text)) => {
+            buf[..20].copy_from_slice(&text);
+            20
+        }
+        None => {
+            let len = to_second(&mut buf, secs);
+            if len == 20 && secs != i64::MIN {
+                let mut text = [0u8; 20];
+                text.copy_from_slice(&buf[..20]);
+                SECOND.with(|c| c.set((secs, text)));
+            }
+            len
+        }
+    };
+    let len = digits(&mut buf, len, ms.rem_euclid(1000) as u64, 3);
+    buf[len] = b'Z';
+    Stamp { buf, len: len + 1 }
+}
+
+/// Writes `secs` as `YYYY-MM-DDTHH:MM:SS.` at the start of `buf`; returns the end.
+fn to_second(buf: &mut [u8; 40], secs: i64) -> usize {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let mut buf = [0u8; 40];
     let mut len = 0;
     if (0..10_000).contains(&y) {
-        len = digits(&mut buf, len, y as u64, 4);
+        len = digits(buf, len, y as u64, 4);
     } else {
         // Years `{:04}` writes otherwise (a sign, or more digits): rare enough for `write!`.
         use std::io::Write as _;
@@ -72,19 +101,18 @@ pub fn stamp(ms: i64) -> Stamp {
         let _ = write!(cur, "{:04}", y);
         len = 40 - cur.len();
     }
-    for (sep, v, width) in [
-        (b'-', u64::from(m), 2),
-        (b'-', u64::from(d), 2),
-        (b'T', (rem / 3600) as u64, 2),
-        (b':', (rem % 3600 / 60) as u64, 2),
-        (b':', (rem % 60) as u64, 2),
-        (b'.', ms.rem_euclid(1000) as u64, 3),
+    for (sep, v) in [
+        (b'-', u64::from(m)),
+        (b'-', u64::from(d)),
+        (b'T', (rem / 3600) as u64),
+        (b':', (rem % 3600 / 60) as u64),
+        (b':', (rem % 60) as u64),
     ] {
         buf[len] = sep;
-        len = digits(&mut buf, len + 1, v, width);
+        len = digits(buf, len + 1, v, 2);
     }
-    buf[len] = b'Z';
-    Stamp { buf, len: len + 1 }
+    buf[len] = b'.';
+    len + 1
 }
 
 /// Writes `v` (below 10^width) zero-padded to `width` digits at `at`; returns the end.
@@ -188,6 +216,25 @@ mod tests {
             -62_167_219_200_001,
             i64::MAX,
             i64::MIN,
+        ] {
+            assert_eq!(stamp(ms).as_str(), reference(ms), "{}", ms);
+        }
+        // The same second again (its text kept), the next, a far one and back, and seconds
+        // whose years are not four digits between them.
+        for ms in [
+            1_795_324_502_000,
+            1_795_324_502_999,
+            1_795_324_503_000,
+            1_795_324_502_500,
+            -1_000,
+            -999,
+            1_795_324_503_001,
+            253_402_300_800_000,
+            253_402_300_800_001,
+            i64::MIN,
+            i64::MIN + 1,
+            0,
+            999,
         ] {
             assert_eq!(stamp(ms).as_str(), reference(ms), "{}", ms);
         }

@@ -237,14 +237,19 @@ impl Rule {
             }
             out.push_str(tag);
             out.push('=');
-            // Escaped so no value can imitate the separator and land in someone else's bucket.
-            for c in value.chars() {
-                match c {
-                    '%' => out.push_str("%25"),
-                    '|' => out.push_str("%7C"),
-                    _ => out.push(c),
-                }
+            // Escaped so no value can imitate the separator and land in someone else's bucket;
+            // the runs between escapes copied whole, not character by character.
+            let mut rest = value;
+            while let Some(at) = rest.find(['%', '|']) {
+                out.push_str(&rest[..at]);
+                out.push_str(if rest.as_bytes()[at] == b'%' {
+                    "%25"
+                } else {
+                    "%7C"
+                });
+                rest = &rest[at + 1..];
             }
+            out.push_str(rest);
         }
         if out.is_empty() {
             out.push_str("all");
@@ -688,6 +693,14 @@ mod tests {
         let sneaky = subject("ann|m=m1", "k", "x");
         assert_eq!(rules[3].bucket(&sneaky), "u=ann%7Cm=m1|m=x");
         assert_ne!(rules[0].bucket(&sneaky), rules[3].bucket(&ann));
+    }
+
+    #[test]
+    fn bucket_names_escape_every_separator_and_percent_sign() {
+        let rules =
+            parse_rules(&json!([{"match": {"user": "*", "model": "*"}, "concurrent": 1}])).unwrap();
+        let s = subject("%a|b%%|", "k", "é|%");
+        assert_eq!(rules[0].bucket(&s), "u=%25a%7Cb%25%25%7C|m=é%7C%25");
     }
 
     #[test]

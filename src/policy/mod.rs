@@ -21,6 +21,7 @@ pub use accounting::{query, usage_command};
 pub use backend_gate::{Permit, Priority, Unserved};
 pub use identity::{key_only, Identity};
 pub use preflight::preflight;
+pub use quota::RateLimits;
 pub use totals::Query;
 
 use crate::clock;
@@ -69,7 +70,7 @@ pub struct Admission {
     /// How soon it is served when its backends are at their caps.
     pub priority: Priority,
     /// OpenAI's `x-ratelimit-*` headers for its answer, when a quota rule applies.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: RateLimits,
     /// The request body's size, for an estimate when the backend reports no usage.
     prompt_bytes: usize,
     reservation: Mutex<Option<Reservation>>,
@@ -306,7 +307,7 @@ impl Policy {
         };
         let quotas = self.quotas(settings);
         let (reservation, headers) = if quotas.is_empty() {
-            (None, Vec::new())
+            (None, RateLimits::default())
         } else {
             let s = subject(&identity.user, &identity.key, asked.model);
             let now = (clock::now_ms() / 1000) as u64;
@@ -319,7 +320,7 @@ impl Policy {
             };
             match quotas.reserve(&s, estimate, now) {
                 Ok(r) => {
-                    let headers = quota::ratelimit_headers(r.status());
+                    let headers = r.ratelimits();
                     (Some(r), headers)
                 }
                 Err(quota::Refusal::Limited(d)) => {

@@ -3,7 +3,9 @@
 use super::{Ctx, Summary};
 use crate::backend::balance::{InFlight, Pick};
 use crate::config::Endpoint;
+use crate::policy::RateLimits;
 use crate::stream::relay::{self, ClientSide, Head, Outcome};
+use std::borrow::Cow;
 use tiny_http::{Method, Request};
 
 /// Where the answer comes from.
@@ -17,7 +19,7 @@ pub struct Source<'a> {
     /// modelmux asked it for the stream's usage chunk: hide that from the client.
     pub strip_usage: bool,
     /// Headers modelmux adds (OpenAI's `x-ratelimit-*` when a quota rule applies).
-    pub extra_headers: &'a [(&'static str, String)],
+    pub extra_headers: &'a RateLimits,
     /// The backend stays counted in flight until the answer is relayed.
     pub in_flight: InFlight<'a>,
     /// A native Messages API answer (`POST /v1/messages`): usage is read its way.
@@ -55,13 +57,19 @@ pub fn relay(
             .and_then(|v| v.trim().parse().ok())
     };
     let mut headers = end_to_end_headers(&response);
-    for (n, v) in extra_headers {
-        headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n));
-        headers.push((n.to_string(), v.clone()));
+    // Ours replace the backend's own of the same names (one pass over its headers), and are
+    // borrowed into the head, not copied.
+    if !extra_headers.is_empty() {
+        headers.retain(|(h, _)| !extra_headers.has_name(h));
+        headers.extend(
+            extra_headers
+                .iter()
+                .map(|(n, v)| (Cow::Borrowed(n), Cow::Borrowed(v))),
+        );
     }
-    headers.push(("X-Request-Id".to_string(), ctx.request_id.to_string()));
+    headers.push((Cow::Borrowed("X-Request-Id"), Cow::Borrowed(ctx.request_id)));
     if crate::http::reply::wants_close(&request) {
-        headers.push(("Connection".to_string(), "close".to_string()));
+        headers.push((Cow::Borrowed("Connection"), Cow::Borrowed("close")));
     }
     let head = Head {
         status: response.status(),
@@ -129,7 +137,7 @@ fn sanitize_reason(reason: &str) -> String {
 /// The backend's end-to-end headers, each copied once (name lowercased, value) in the order
 /// received, repeated ones each on their own: hop-by-hop ones and those its `Connection` header
 /// names are left out. Read from the response in place, not through an owned copy of them all.
-fn end_to_end_headers(response: &ureq::Response) -> Vec<(String, String)> {
+fn end_to_end_headers(response: &ureq::Response) -> Vec<(Cow<'static, str>, Cow<'static, str>)> {
     let connection = || {
         response
             .header_pairs()
@@ -157,11 +165,11 @@ fn end_to_end_headers(response: &ureq::Response) -> Vec<(String, String)> {
     for (name, value) in kept {
         // Our id names this request; the backend's own id is kept under another name.
         let name = if name.eq_ignore_ascii_case("x-request-id") {
-            "X-Upstream-Request-Id".to_string()
+            Cow::Borrowed("X-Upstream-Request-Id")
         } else {
-            name.to_ascii_lowercase()
+            Cow::Owned(name.to_ascii_lowercase())
         };
-        out.push((name, value.to_string()));
+        out.push((name, Cow::Owned(value.to_string())));
     }
     out
 }

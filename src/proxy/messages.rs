@@ -17,6 +17,7 @@ use crate::translate::anthropic::request::{self, Options};
 use crate::translate::anthropic::response::{self, Reply, Tokens};
 use crate::translate::anthropic::stream::{from_completion, StreamTranslator, PING};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -243,11 +244,7 @@ fn whole(
     }
     summary.outcome = "complete";
     summary.ttfb = Some(ctx.started.elapsed());
-    let headers: Vec<(&str, String)> = from
-        .extra_headers
-        .iter()
-        .map(|(n, v)| (*n, v.clone()))
-        .collect();
+    let headers = from.extra_headers.to_vec();
     let body = message.to_string().into_bytes();
     summary.bytes = crate::http::reply::json(request, 200, body, &headers, ctx.request_id);
     summary
@@ -300,14 +297,19 @@ fn send_stream(
     ctx: &Ctx,
 ) -> relay::Stats {
     let mut headers = vec![
-        ("Content-Type".to_string(), "text/event-stream".to_string()),
-        ("X-Request-Id".to_string(), ctx.request_id.to_string()),
+        (
+            Cow::Borrowed("Content-Type"),
+            Cow::Borrowed("text/event-stream"),
+        ),
+        (Cow::Borrowed("X-Request-Id"), Cow::Borrowed(ctx.request_id)),
     ];
-    for (n, v) in from.extra_headers {
-        headers.push((n.to_string(), v.clone()));
-    }
+    headers.extend(
+        from.extra_headers
+            .iter()
+            .map(|(n, v)| (Cow::Borrowed(n), Cow::Borrowed(v))),
+    );
     if crate::http::reply::wants_close(&request) {
-        headers.push(("Connection".to_string(), "close".to_string()));
+        headers.push((Cow::Borrowed("Connection"), Cow::Borrowed("close")));
     }
     let head = Head {
         status: 200,

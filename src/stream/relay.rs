@@ -9,6 +9,7 @@
 use crate::stream::messages_usage::Tap;
 use crate::stream::usage::Usage;
 use crate::stream::usage_strip::UsageStrip;
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -55,13 +56,14 @@ pub struct Stats {
 }
 
 /// The response head to send.
-pub struct Head {
+pub struct Head<'a> {
     /// Status code.
     pub status: u16,
     /// Reason phrase.
     pub reason: String,
-    /// Headers to send, hop-by-hop already removed.
-    pub headers: Vec<(String, String)>,
+    /// Headers to send, hop-by-hop already removed: the backend's copied, modelmux's own
+    /// (the request id, `x-ratelimit-*`) borrowed where they are kept.
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Body length when the backend declared it.
     pub content_length: Option<u64>,
 }
@@ -92,7 +94,7 @@ pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 pub fn relay(
     started: Instant,
     out: &mut dyn Write,
-    mut head: Head,
+    mut head: Head<'_>,
     body: Box<dyn Read + Send>,
     client: &ClientSide,
 ) -> Stats {
@@ -331,9 +333,13 @@ enum Failure {
     Upstream(String),
 }
 
-fn add_if_missing(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+fn add_if_missing(
+    headers: &mut Vec<(Cow<'_, str>, Cow<'_, str>)>,
+    name: &'static str,
+    value: &'static str,
+) {
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-        headers.push((name.to_string(), value.to_string()));
+        headers.push((Cow::Borrowed(name), Cow::Borrowed(value)));
     }
 }
 

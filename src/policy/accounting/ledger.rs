@@ -144,73 +144,72 @@ impl Line<'_> {
     /// values) per request. A non-empty `out` is an object already opened: the line's members
     /// continue it.
     fn write(&self, out: &mut Vec<u8>) {
-        // Member names are plain ASCII, written as they are: no escaping to look for.
-        let name_of = |out: &mut Vec<u8>, name: &str| {
-            out.push(b'"');
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-        };
-        let text = |out: &mut Vec<u8>, name: &str, v: Option<&str>| {
-            out.push(if out.is_empty() { b'{' } else { b',' });
-            name_of(out, name);
-            match v {
-                Some(v) => json_str(out, v),
-                None => out.extend_from_slice(b"null"),
-            }
-        };
-        let num = |out: &mut Vec<u8>, name: &str, v: Option<u64>| {
-            out.push(b',');
-            name_of(out, name);
-            match v {
-                Some(v) => decimal(out, v),
-                None => out.extend_from_slice(b"null"),
-            }
-        };
-        text(out, "ts", Some(self.ts));
-        text(out, "request_id", Some(self.request_id));
-        if let Some(replica) = self.replica {
-            text(out, "replica", Some(replica));
+        // Each member's `,"name":` is one literal (one copy, not three), its value after it.
+        macro_rules! text {
+            ($name:literal, $v:expr) => {{
+                out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes());
+                json_str(out, $v);
+            }};
         }
-        text(out, "user", Some(self.user));
-        text(out, "key", Some(self.key));
+        macro_rules! num {
+            ($name:literal, $v:expr) => {{
+                out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes());
+                decimal(out, $v);
+            }};
+        }
+        // An object already opened (stdout's marker) is continued; else the line opens one.
+        out.extend_from_slice(if out.is_empty() {
+            b"{\"ts\":"
+        } else {
+            b",\"ts\":"
+        });
+        json_str(out, self.ts);
+        text!("request_id", self.request_id);
+        if let Some(replica) = self.replica {
+            text!("replica", replica);
+        }
+        text!("user", self.user);
+        text!("key", self.key);
         if let Some(label) = self.end_user {
-            text(out, "end_user", Some(label));
+            text!("end_user", label);
         }
         if let Some(session) = self.session {
-            text(out, "session", Some(session));
+            text!("session", session);
         }
-        text(out, "model", Some(self.model));
-        text(out, "backend", self.backend);
-        text(out, "path", Some(self.path));
-        num(out, "status", Some(u64::from(self.status)));
-        num(out, "prompt_tokens", Some(self.usage.prompt));
-        num(out, "completion_tokens", Some(self.usage.completion));
-        num(out, "cached_tokens", Some(self.usage.cached));
+        text!("model", self.model);
+        match self.backend {
+            Some(backend) => text!("backend", backend),
+            None => out.extend_from_slice(b",\"backend\":null"),
+        }
+        text!("path", self.path);
+        num!("status", u64::from(self.status));
+        num!("prompt_tokens", self.usage.prompt);
+        num!("completion_tokens", self.usage.completion);
+        num!("cached_tokens", self.usage.cached);
         // Cache writes are billed apart (the 1-hour ones higher); lines without any keep
         // their bytes.
         if self.usage.cache_write > 0 {
-            num(out, "cache_write_tokens", Some(self.usage.cache_write));
+            num!("cache_write_tokens", self.usage.cache_write);
         }
         if self.usage.cache_write_1h > 0 {
-            num(
-                out,
-                "cache_write_1h_tokens",
-                Some(self.usage.cache_write_1h),
-            );
+            num!("cache_write_1h_tokens", self.usage.cache_write_1h);
         }
-        num(out, "reasoning_tokens", Some(self.usage.reasoning));
+        num!("reasoning_tokens", self.usage.reasoning);
         out.extend_from_slice(if self.usage.estimated {
             b",\"estimated\":true"
         } else {
             b",\"estimated\":false"
         });
-        num(out, "duration_ms", Some(self.duration_ms));
-        num(out, "ttfb_ms", self.ttfb_ms);
-        text(out, "outcome", Some(self.outcome));
+        num!("duration_ms", self.duration_ms);
+        match self.ttfb_ms {
+            Some(ms) => num!("ttfb_ms", ms),
+            None => out.extend_from_slice(b",\"ttfb_ms\":null"),
+        }
+        text!("outcome", self.outcome);
         // Only priced lines carry a cost, at the end: an unpriced line is as it always was.
         if let Some(micros) = self.cost {
-            text(out, "cost", Some(&super::cost::format(micros)));
-            text(out, "currency", Some(self.currency));
+            text!("cost", &super::cost::format(micros));
+            text!("currency", self.currency);
             if self.usage.estimated {
                 out.extend_from_slice(b",\"cost_estimated\":true");
             }
@@ -302,14 +301,14 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor {
 
 /// `v` in decimal digits, as `{}` writes it, without the formatting machinery.
 fn decimal(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(crate::decimal::digits(v, &mut [0u8; 20]).as_bytes());
+    out.extend_from_slice(crate::decimal::bytes(v, &mut [0u8; 20]));
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     // Most values (ids, names, paths) need no escape: copied as they are, which is what
     // serde_json writes for them, without its byte-by-byte escape table.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -317,6 +316,30 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     // Writing to a Vec cannot fail, and a str always serializes.
     let _ = serde_json::to_writer(out, s);
+}
+
+/// True when `bytes` hold a control character, a quote or a backslash: what a JSON string
+/// escapes. Eight bytes at a time (a word's bytes tested at once), since every line's strings
+/// are looked at.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below `n` (n <= 128) sets its high bit here, and only then.
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    let special =
+        |w: u64| below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5c), 1);
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if special(u64::from_le_bytes(w)) != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// The open ledger file, or stdout (`usageLog: "-"`).
@@ -1103,6 +1126,30 @@ mod tests {
             }
         }
         v.to_string()
+    }
+
+    #[test]
+    fn escapes_are_found_at_every_place_and_only_there() {
+        let plain: Vec<u8> = (0x20u8..0x7f)
+            .filter(|b| *b != b'"' && *b != b'\\')
+            .collect();
+        assert!(!needs_escape(&plain));
+        assert!(!needs_escape("é\u{2028}\u{7f}".as_bytes()));
+        for len in 0..20 {
+            for at in 0..len {
+                for special in (0u8..0x20).chain([b'"', b'\\']) {
+                    let mut s = vec![b'a'; len];
+                    s[at] = special;
+                    assert!(needs_escape(&s), "{:?} at {} of {}", special, at, len);
+                }
+                // The bytes next to the special ones are not.
+                for near in [0x20u8, b'!', b'#', b'[', b']', 0x80, 0xff] {
+                    let mut s = vec![b'a'; len];
+                    s[at] = near;
+                    assert!(!needs_escape(&s), "{:?} at {} of {}", near, at, len);
+                }
+            }
+        }
     }
 
     #[test]

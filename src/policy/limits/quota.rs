@@ -25,14 +25,16 @@ use crate::config::{format_money, FailureMode, Limit, Rule, Subject, FIRST_COST,
 use crate::policy::limits::reservation::{Held, Shared, Watch};
 pub use crate::policy::limits::reservation::{Reservation, Warning};
 pub use crate::policy::limits::status::{
-    format_reset, ratelimit_headers, Budget, Denied, Refusal, RuleStatus,
+    format_reset, ratelimit_headers, Budget, Denied, RateLimits, Refusal, RuleStatus,
 };
+use crate::policy::limits::status::{RuleLimits, Standing};
 pub use crate::policy::limits::store::Charge;
 use crate::policy::limits::store::{
     increments, Ask, Health, Outcome, ReserveError, Store, StoreError, UsageAdd, UsageSum, N, SPANS,
 };
 use crate::policy::limits::windows::{reset_secs, window_end, Span};
-use std::sync::atomic::AtomicU64;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a request may use at most, reserved at admission: its tokens, and its cost at the
@@ -57,6 +59,9 @@ impl From<u64> for Estimate {
 #[derive(Debug)]
 pub struct Quotas {
     rules: Vec<Rule>,
+    /// Which rules these are, for the plans cached per thread: each `new` and `reloaded` gets
+    /// its own.
+    id: u64,
     failure: FailureMode,
     /// The currency cost budgets are in, for messages.
     currency: String,
@@ -67,9 +72,32 @@ pub struct Quotas {
 struct Plan {
     /// (rule index, bucket index) for each matching rule.
     rules: Vec<(usize, usize)>,
-    /// The buckets' names, by bucket index: apart, so a reservation keeps them as they are.
+    /// The buckets' names, by bucket index.
     names: Vec<String>,
     buckets: Vec<PlanBucket>,
+    /// Per bucket, its place among the asked ones (those with a windowed limit).
+    ask_of: Vec<Option<usize>>,
+    /// The asked buckets' names, in order, shared with the reservations that hold them.
+    asked: Arc<[String]>,
+    /// The matching rules with a windowed limit, for the budgets a reservation reports.
+    limits: Arc<[RuleLimits]>,
+}
+
+/// Every `Quotas` made, numbered: a cached plan names the one it was made by.
+static QUOTAS_MADE: AtomicU64 = AtomicU64::new(0);
+
+fn next_id() -> u64 {
+    QUOTAS_MADE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A plan with what it was made for: the rules' id and the subject (user, key, model).
+type CachedPlan = (u64, [String; 3], Arc<Plan>);
+
+thread_local! {
+    /// The last plan made in this thread, by the rules' id and the subject (user, key, model):
+    /// a connection's requests are usually one subject's, and a plan is rules walked and bucket
+    /// names built, the same every time.
+    static LAST_PLAN: RefCell<Option<CachedPlan>> = const { RefCell::new(None) };
 }
 
 struct PlanBucket {
@@ -90,6 +118,7 @@ impl Quotas {
     pub fn new(rules: Vec<Rule>, store: Store, failure: FailureMode) -> Quotas {
         Quotas {
             rules,
+            id: next_id(),
             failure,
             currency: "USD".to_string(),
             shared: Arc::new(Shared {
@@ -112,6 +141,7 @@ impl Quotas {
     pub fn reloaded(&self, rules: Vec<Rule>, failure: FailureMode) -> Quotas {
         Quotas {
             rules,
+            id: next_id(),
             failure,
             currency: self.currency.clone(),
             shared: Arc::clone(&self.shared),
@@ -145,11 +175,37 @@ impl Quotas {
         self.shared.store.health()
     }
 
+    /// The plan of `s`, the one this thread made last when it is the same subject's under
+    /// the same rules.
+    fn cached_plan(&self, s: &Subject) -> Arc<Plan> {
+        let hit = |(id, who, _): &CachedPlan| {
+            *id == self.id && who[0] == s.user && who[1] == s.key && who[2] == s.model
+        };
+        let cached = LAST_PLAN.with(|last| {
+            let last = last.try_borrow().ok()?;
+            last.as_ref().filter(|c| hit(c)).map(|c| Arc::clone(&c.2))
+        });
+        if let Some(plan) = cached {
+            return plan;
+        }
+        let plan = Arc::new(self.plan(s));
+        LAST_PLAN.with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                let who = [s.user.to_string(), s.key.to_string(), s.model.to_string()];
+                *last = Some((self.id, who, Arc::clone(&plan)));
+            }
+        });
+        plan
+    }
+
     fn plan(&self, s: &Subject) -> Plan {
         let mut plan = Plan {
             rules: Vec::new(),
             names: Vec::new(),
             buckets: Vec::new(),
+            ask_of: Vec::new(),
+            asked: Arc::new([]),
+            limits: Arc::new([]),
         };
         for (ri, rule) in self.rules.iter().enumerate() {
             if !rule.matches(s) {
@@ -174,6 +230,28 @@ impl Quotas {
             b.concurrent |= rule.concurrent.is_some();
             plan.rules.push((ri, bi));
         }
+        let mut asked = Vec::new();
+        for (b, name) in plan.buckets.iter().zip(&plan.names) {
+            let windowed = b.limits.iter().any(Option::is_some);
+            plan.ask_of.push(windowed.then_some(asked.len()));
+            if windowed {
+                asked.push(name.clone());
+            }
+        }
+        plan.asked = asked.into();
+        plan.limits = plan
+            .rules
+            .iter()
+            .filter_map(|&(ri, bi)| {
+                let windowed = self.rules[ri].windowed;
+                let ask = plan.ask_of[bi]?;
+                windowed.iter().any(Option::is_some).then_some(RuleLimits {
+                    rule: ri,
+                    ask,
+                    windowed,
+                })
+            })
+            .collect();
         plan
     }
 
@@ -186,7 +264,7 @@ impl Quotas {
         now: u64,
     ) -> Result<Reservation, Refusal> {
         let estimate = estimate.into();
-        let plan = self.plan(s);
+        let plan = self.cached_plan(s);
         if estimate.cost.is_none() {
             if let Some(&(ri, _)) = plan.rules.iter().find(|(ri, _)| self.rules[*ri].has_cost()) {
                 return Err(Refusal::Unpriced {
@@ -202,51 +280,37 @@ impl Quotas {
             shared: Arc::clone(&self.shared),
             inflight: Vec::new(),
             held: None,
-            status: Vec::new(),
+            status: Standing::default(),
         };
         self.hold_inflight(&plan, &mut r)?;
         // From here on, returning early drops `r`, which frees the slots just taken.
-        let mut ask_of = vec![None; plan.buckets.len()];
-        let mut asks = Vec::new();
-        for (bi, (b, name)) in plan.buckets.iter().zip(&plan.names).enumerate() {
-            if b.limits.iter().any(Option::is_some) {
-                ask_of[bi] = Some(asks.len());
-                asks.push(Ask {
-                    bucket: name,
-                    limits: b.limits,
-                });
-            }
-        }
-        if asks.is_empty() {
+        if plan.asked.is_empty() {
             return Ok(r);
         }
+        let asks: Vec<Ask> = plan
+            .buckets
+            .iter()
+            .zip(&plan.names)
+            .filter(|(b, _)| b.limits.iter().any(Option::is_some))
+            .map(|(b, name)| Ask {
+                bucket: name,
+                limits: b.limits,
+            })
+            .collect();
         let reserved = self.shared.store.reserve(&asks, charge, now);
-        let all_asked = asks.len() == plan.names.len();
         drop(asks);
+        let ask_of = &plan.ask_of;
         match reserved {
-            Ok(o) if o.admitted => {
-                r.status = self.status_after(&plan, &ask_of, &o, Some(charge));
-                let watch = self.watch(&plan, &ask_of, &o);
-                // The asked buckets' names, moved from the plan (usually all of them).
-                let mut buckets = plan.names;
-                if !all_asked {
-                    let mut bi = 0;
-                    buckets.retain(|_| {
-                        bi += 1;
-                        ask_of[bi - 1].is_some()
-                    });
-                }
-                r.held = Some(Held {
-                    watch,
-                    buckets,
-                    windows: o.windows,
-                    estimate: charge,
-                });
-                Ok(r)
-            }
+            Ok(o) if o.admitted => Ok(self.admitted(&plan, o, charge, r)),
             Ok(o) => {
-                let mut d = self.explain(&plan, &ask_of, &o, charge);
-                d.status = Some(self.status_after(&plan, &ask_of, &o, None));
+                let mut d = self.explain(&plan, ask_of, &o, charge);
+                // As the store judged it: nothing of it added.
+                let standing = Standing {
+                    rules: Arc::clone(&plan.limits),
+                    counts: o.before,
+                    now: o.now,
+                };
+                d.status = Some(standing.statuses());
                 Err(Refusal::Limited(d))
             }
             Err(ReserveError::Full {
@@ -271,6 +335,32 @@ impl Quotas {
                 }
             },
         }
+    }
+
+    /// `r` holding what the store added for it, and the budgets it leaves.
+    fn admitted(&self, plan: &Plan, o: Outcome, charge: Charge, mut r: Reservation) -> Reservation {
+        let watch = self.watch(plan, &plan.ask_of, &o);
+        r.held = Some(Held {
+            watch,
+            buckets: Arc::clone(&plan.asked),
+            windows: o.windows,
+            estimate: charge,
+        });
+        // The counts the store judged it on, with it added: the same as reading them back,
+        // without another round trip.
+        let add = increments(charge);
+        let mut counts = o.before;
+        for c in &mut counts {
+            for (n, a) in c.iter_mut().zip(add) {
+                *n = n.saturating_add(a);
+            }
+        }
+        r.status = Standing {
+            rules: Arc::clone(&plan.limits),
+            counts,
+            now: o.now,
+        };
+        r
     }
 
     /// Takes an in-flight slot in each bucket a `concurrent` rule counts, or refuses when one
@@ -300,34 +390,6 @@ impl Quotas {
             }
         }
         Ok(())
-    }
-
-    /// The budgets of the windowed rules once this reservation is added (`added`: its tokens;
-    /// `None` when it was refused and added nothing), from the counts the store judged it on:
-    /// the same as reading them back, without another round trip.
-    fn status_after(
-        &self,
-        plan: &Plan,
-        ask_of: &[Option<usize>],
-        o: &Outcome,
-        added: Option<Charge>,
-    ) -> Vec<RuleStatus> {
-        let add = added.map_or([0; N], increments);
-        let mut out = Vec::new();
-        for &(ri, bi) in &plan.rules {
-            let Some(used) = ask_of[bi].and_then(|ai| o.before.get(ai)) else {
-                continue;
-            };
-            let mut after = *used;
-            for i in 0..N {
-                after[i] = after[i].saturating_add(add[i]);
-            }
-            let budgets = self.budgets(ri, &after, o.now);
-            if !budgets.is_empty() {
-                out.push(RuleStatus { rule: ri, budgets });
-            }
-        }
-        out
     }
 
     /// Rule `ri`'s budgets with `used` counted.

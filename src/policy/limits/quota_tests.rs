@@ -527,3 +527,102 @@ fn a_free_request_passes_an_overspent_cost_budget() {
         .unwrap()
         .settle(paid(1, 0));
 }
+
+/// The buckets a reservation holds.
+fn held_buckets(r: &Reservation) -> Vec<String> {
+    r.held.as_ref().map_or(Vec::new(), |h| h.buckets.to_vec())
+}
+
+#[test]
+fn a_plan_kept_for_the_next_request_is_the_same_subjects_under_the_same_rules() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "requestsPerMinute": 100},
+        {"match": {"user": "*", "model": "*"}, "tokensPerDay": 1000},
+        {"match": {"key": "web"}, "concurrent": 5}
+    ]));
+    let reserve = |q: &Quotas, s: &Subject| {
+        let r = q.reserve(s, 10, NOON).unwrap();
+        let b = held_buckets(&r);
+        r.settle(0);
+        b
+    };
+    let ann = who("ann", "web", "m1");
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    // Each field of the subject names another plan.
+    assert_eq!(
+        reserve(&q, &who("bob", "web", "m1")),
+        ["u=bob", "u=bob|m=m1"]
+    );
+    assert_eq!(
+        reserve(&q, &who("bob", "web", "m2")),
+        ["u=bob", "u=bob|m=m2"]
+    );
+    let other_key = who("bob", "cli", "m2");
+    assert_eq!(reserve(&q, &other_key), ["u=bob", "u=bob|m=m2"]);
+    // The concurrent rule matched key "web" only: no slot is held under "cli".
+    let r = q.reserve(&other_key, 10, NOON).unwrap();
+    assert!(r.inflight.is_empty());
+    r.settle(0);
+    let r = q.reserve(&ann, 10, NOON).unwrap();
+    assert_eq!(r.inflight, ["k=web"]);
+    r.settle(0);
+    // Reloaded rules (the same counters) are planned again, not served the old plan.
+    let reloaded = q.reloaded(
+        parse_rules(&json!([{"match": {"model": "*"}, "tokensPerDay": 1000}])).unwrap(),
+        FailureMode::Open,
+    );
+    assert_eq!(reserve(&reloaded, &ann), ["m=m1"]);
+    assert_eq!(reserve(&q, &ann), ["u=ann", "u=ann|m=m1"]);
+    // And another thread's requests are planned there.
+    std::thread::scope(|t| {
+        t.spawn(|| assert_eq!(reserve(&reloaded, &ann), ["m=m1"]));
+    });
+}
+
+#[test]
+fn a_reservations_budgets_and_headers_are_those_read_back_after_it() {
+    let q = quotas(json!([
+        {"match": {"user": "*"}, "requestsPerMinute": 50, "tokensPerMinute": 5000},
+        {"match": {"user": "*"}, "concurrent": 3},
+        {"match": {"user": "*", "model": "*"}, "tokensPerDay": 900, "tokensPerMonth": 100000},
+        {"match": {"user": "bob"}, "tokensPerDay": 10},
+        {"match": {"key": "*"}, "costPerDay": 5, "costTotal": 100},
+        {"concurrent": 100}
+    ]));
+    let ann = who("ann", "k", "m");
+    let mut now = NOON;
+    for tokens in [100, 7, 300] {
+        let r = q
+            .reserve(
+                &ann,
+                Estimate {
+                    tokens,
+                    cost: Some(40_000),
+                },
+                now,
+            )
+            .unwrap();
+        let read = q.status(&ann, now).unwrap();
+        assert_eq!(r.status(), read);
+        assert_eq!(
+            r.ratelimits(),
+            crate::policy::limits::status::ratelimits(&read)
+        );
+        assert_eq!(r.ratelimits().to_vec(), ratelimit_headers(&read));
+        assert_eq!(r.ratelimits().iter().count(), 6);
+        r.settle(Charge {
+            tokens: tokens / 2,
+            cost: 1,
+        });
+        now += 7_000;
+    }
+    // A refusal reports the budgets as the store judged it, nothing of it added.
+    let big = Estimate {
+        tokens: 1_000,
+        cost: Some(1),
+    };
+    let d = denied(q.reserve(&ann, big, now));
+    assert_eq!(d.limit, "tokens_per_day");
+    assert_eq!(d.status, Some(q.status(&ann, now).unwrap()));
+}

@@ -2,7 +2,9 @@
 //! the store, the in-flight counts and the once-a-minute failure log.
 
 use crate::config::Limit;
+#[cfg(test)]
 use crate::policy::limits::status::RuleStatus;
+use crate::policy::limits::status::{RateLimits, Standing};
 use crate::policy::limits::store::{Charge, Delta, Settle, Store, StoreError, UsageAdd};
 use crate::policy::limits::windows::Windows;
 use std::collections::HashMap;
@@ -113,13 +115,14 @@ pub struct Reservation {
     /// The reserved tokens; `None` when nothing was reserved (no windowed rule, or the store
     /// was down and the request admitted open).
     pub held: Option<Held>,
-    /// The windowed budgets once this request was counted (empty when nothing was reserved).
-    pub status: Vec<RuleStatus>,
+    /// The windowed budgets once this request was counted (none when nothing was reserved).
+    pub status: Standing,
 }
 
 #[derive(Debug)]
 pub struct Held {
-    pub buckets: Vec<String>,
+    /// The asked buckets' names, shared with the plan that named them.
+    pub buckets: Arc<[String]>,
     pub windows: Windows,
     pub estimate: Charge,
     /// The cost budgets with a `warnAt` it counts in.
@@ -127,9 +130,15 @@ pub struct Held {
 }
 
 impl Reservation {
-    /// The budgets of the rules that counted this request, for the `x-ratelimit-*` headers.
-    pub fn status(&self) -> &[RuleStatus] {
-        &self.status
+    /// The budgets of the rules that counted this request.
+    #[cfg(test)]
+    pub fn status(&self) -> Vec<RuleStatus> {
+        self.status.statuses()
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers from those budgets, read without listing them.
+    pub fn ratelimits(&self) -> RateLimits {
+        self.status.ratelimits()
     }
 
     /// Replaces the estimate with the tokens and cost the backend reported, in the windows the

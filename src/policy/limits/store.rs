@@ -288,6 +288,35 @@ fn add_to(b: &mut Bucket, limits: &[Option<u64>; N], w: &Windows, add: &Counts) 
     }
 }
 
+/// Checks `asks`' buckets and, if all fit, adds `charge` to each, through one lookup per
+/// bucket; `None` (nothing done) when one is not tracked yet, for the general path. Whether it
+/// admitted, and the counts before.
+fn reserve_found<const K: usize>(
+    d: &mut LocalData,
+    asks: [&Ask; K],
+    w: &Windows,
+    charge: Charge,
+) -> Option<(bool, Vec<Counts>)> {
+    // A plan's buckets are distinct: no two of these names are the same.
+    let found = d.buckets.get_disjoint_mut(asks.map(|a| a.bucket));
+    if found.iter().any(Option::is_none) {
+        return None;
+    }
+    // All found: the flattened lists are the buckets in `asks` order.
+    let before: Vec<Counts> = found.iter().flatten().map(|b| counts(Some(b), w)).collect();
+    let admitted = asks
+        .iter()
+        .zip(&before)
+        .all(|(a, used)| fits(used, &a.limits, charge));
+    if admitted {
+        let add = increments(charge);
+        for (b, a) in found.into_iter().flatten().zip(asks) {
+            add_to(b, &a.limits, w, &add);
+        }
+    }
+    Some((admitted, before))
+}
+
 fn counts(b: Option<&Bucket>, w: &Windows) -> Counts {
     let mut out = [0; N];
     if let Some(b) = b {
@@ -311,8 +340,24 @@ impl LocalStore {
         let mut d = self.lock();
         let freed = d.sweep(&w, now);
         self.freed.fetch_add(freed, Ordering::Relaxed);
-        // One lookup per bucket here and one to add: names are hashed with SipHash (they hold
-        // client-chosen values), and each lookup hashes the name again.
+        // Names are hashed with SipHash (they hold client-chosen values): a subject's buckets
+        // that are all tracked already (every request of it but the first in a while) are
+        // found with one lookup each and added to through it.
+        let found = match asks {
+            [a] => reserve_found(&mut d, [a], &w, charge),
+            [a, b] => reserve_found(&mut d, [a, b], &w, charge),
+            [a, b, c] => reserve_found(&mut d, [a, b, c], &w, charge),
+            _ => None,
+        };
+        if let Some((admitted, before)) = found {
+            return Ok(Outcome {
+                admitted,
+                now,
+                windows: w,
+                before,
+            });
+        }
+        // Else one lookup per bucket here and one to add.
         let mut new = 0;
         let before: Vec<Counts> = asks
             .iter()
@@ -506,6 +551,39 @@ mod tests {
             !s.reserve(&asks, tok(0), 1004).unwrap().admitted,
             "third request in the minute"
         );
+    }
+
+    #[test]
+    fn tracked_and_new_buckets_are_all_or_nothing_however_many() {
+        // 1 to 3 tracked buckets take one lookup each, more the general path; a new bucket
+        // among them the general path too: the same counts either way.
+        for k in 1..=5 {
+            let s = LocalStore::default();
+            let names: Vec<String> = (0..k).map(|i| format!("b{}", i)).collect();
+            let limit = |i: usize| [Some(3), (i + 1 == k).then_some(100), None, None];
+            let asks: Vec<Ask> = (0..k).map(|i| ask(&names[i], limit(i))).collect();
+            assert!(s.reserve(&asks, tok(60), 1000).unwrap().admitted);
+            assert!(s.reserve(&asks, tok(30), 1001).unwrap().admitted);
+            // The last bucket would pass 100 tokens: nothing added anywhere.
+            let o = s.reserve(&asks, tok(20), 1002).unwrap();
+            assert!(!o.admitted, "{} buckets", k);
+            assert_eq!(first4(o.before), vec![[2, 90, 90, 90]; k]);
+            // With a new bucket in front: refused the same, and the new one not tracked.
+            let mut more = vec![ask("new", [Some(3), None, None, None])];
+            more.extend(asks.iter().cloned());
+            assert!(!s.reserve(&more, tok(20), 1003).unwrap().admitted);
+            assert_eq!(s.tracked(), k);
+            assert!(s.reserve(&asks, tok(10), 1004).unwrap().admitted);
+            // The third request of the minute fills `requestsPerMinute` 3 everywhere.
+            assert!(!s.reserve(&asks, tok(0), 1005).unwrap().admitted);
+            let snap = s.read(&names, 1006);
+            assert_eq!(
+                first4(snap.counts),
+                vec![[3, 100, 100, 100]; k],
+                "{} buckets",
+                k
+            );
+        }
     }
 
     #[test]

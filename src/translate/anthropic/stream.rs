@@ -516,7 +516,7 @@ fn text_delta_event(out: &mut Vec<u8>, index: usize, kind: Kind, text: &str) {
     out.extend_from_slice(
         b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
     );
-    out.extend_from_slice(crate::decimal::digits(index as u64, &mut [0u8; 20]).as_bytes());
+    out.extend_from_slice(crate::decimal::bytes(index as u64, &mut [0u8; 20]));
     out.extend_from_slice(b",\"delta\":{\"type\":\"");
     out.extend_from_slice(delta.as_bytes());
     out.extend_from_slice(b"\",\"");
