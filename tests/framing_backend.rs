@@ -509,3 +509,114 @@ fn x_model_id_reaches_the_backend_as_the_actual_model_name() {
     assert_eq!(reqs[1].json().unwrap()["model"], "real-m");
     assert_healthy(&p);
 }
+
+/// The head modelmux sends a backend, byte for byte where modelmux decides it: the request line
+/// (with the query of a passthrough path), `Host` with the backend's port, the backend's key,
+/// the body's exact `Content-Length`, CRLF line ends and one empty line before the body.
+#[test]
+fn the_backend_gets_an_exact_request_head() {
+    use std::io::{BufRead, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut s = s;
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push((head, body));
+                    let answer = br#"{"object":"list","data":[]}"#;
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    let _ = s.write_all(answer);
+                }
+            });
+        }
+    });
+    let p = one_model_proxy(&format!("http://127.0.0.1:{}/v1", port), KEY, &[]);
+    let body = chat_body("m", "exact head", false);
+    let r = request(
+        p.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(
+        p.addr,
+        "GET",
+        "/v1/files?limit=2&order=asc",
+        &[("X-Model-Id", "m")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{:?}", heads);
+
+    let (chat, sent) = &heads[0];
+    let chat_lines: Vec<&str> = chat.split("\r\n").collect();
+    assert_eq!(
+        chat_lines[0], "POST /v1/chat/completions HTTP/1.1",
+        "{}",
+        chat
+    );
+    assert!(
+        chat.ends_with("\r\n\r\n") && !chat.ends_with("\r\n\r\n\r\n"),
+        "{:?}",
+        chat
+    );
+    assert!(
+        !chat.replace("\r\n", "").contains('\n'),
+        "bare LF in {:?}",
+        chat
+    );
+    let host = format!("Host: 127.0.0.1:{}", port);
+    let auth = format!("Authorization: Bearer {}", KEY);
+    let length = format!("Content-Length: {}", sent.len());
+    for want in [host.as_str(), auth.as_str(), length.as_str()] {
+        assert_eq!(
+            chat_lines.iter().filter(|l| **l == want).count(),
+            1,
+            "{} once in {:?}",
+            want,
+            chat
+        );
+    }
+    let sent: serde_json::Value = serde_json::from_slice(sent).unwrap();
+    assert_eq!(sent["model"], "real-m");
+
+    let (files, _) = &heads[1];
+    assert!(
+        files.starts_with("GET /v1/files?limit=2&order=asc HTTP/1.1\r\n"),
+        "{:?}",
+        files
+    );
+    assert_eq!(files.matches(&host).count(), 1, "{:?}", files);
+    assert!(!files.contains("Content-Length"), "{:?}", files);
+}

@@ -171,7 +171,14 @@ impl Header {
 
     /// Compares the given str to the header name ignoring case.
     pub fn is_name(&self, other: &str) -> bool {
-        self.name().eq_ignore_ascii_case(other)
+        // modelmux: compared as bytes, without a UTF-8 check of the name per comparison
+        // (header lookups compare every header's name: ~5% of a proxied request's instructions)
+        self.name_bytes().eq_ignore_ascii_case(other.as_bytes())
+    }
+
+    // modelmux: the name's bytes (validated as a token when the header was built)
+    pub(crate) fn name_bytes(&self) -> &[u8] {
+        &self.line.as_bytes()[0..self.index]
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {

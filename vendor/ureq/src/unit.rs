@@ -1,5 +1,5 @@
 use std::borrow::Cow;
-use std::fmt::{self, Display};
+use std::fmt;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::sync::Arc;
@@ -513,7 +513,9 @@ fn build_prelude(unit: &Unit, body_room: usize) -> io::Result<PreludeBuilder> {
 
     // host header if not set by user.
     if !header::has_header(&unit.headers, "host") {
-        let host = unit.url.host().unwrap();
+        // modelmux: the host as the URL serializes it, which is `Host`'s `Display` (an IPv6
+        // address in brackets), borrowed
+        let host = unit.url.host_str().unwrap();
         match unit.url.port() {
             Some(port) => {
                 let scheme_default: u16 = match unit.url.scheme() {
@@ -524,7 +526,7 @@ fn build_prelude(unit: &Unit, body_room: usize) -> io::Result<PreludeBuilder> {
                 if scheme_default != 0 && scheme_default == port {
                     prelude.write_header("Host", host)?;
                 } else {
-                    prelude.write_header("Host", format_args!("{}:{}", host, port))?;
+                    prelude.write_host_and_port(host, port);
                 }
             }
             None => {
@@ -546,9 +548,9 @@ fn build_prelude(unit: &Unit, body_room: usize) -> io::Result<PreludeBuilder> {
         }
         if let Some(v) = header.value() {
             if is_header_sensitive(header) {
-                prelude.write_sensitive_header(header.name(), v)?;
+                prelude.write_sensitive_header(header.name_bytes(), v)?;
             } else {
-                prelude.write_header(header.name(), v)?;
+                prelude.write_header(header.name_bytes(), v)?;
             }
         }
     }
@@ -588,39 +590,78 @@ impl PreludeBuilder {
         }
     }
 
-    // modelmux: formatted straight into the head
+    // modelmux: the head is written as bytes, not through `write!` (the formatting machinery
+    // was ~5% of a proxied request's instructions); the same bytes
     fn write_content_length(&mut self, len: Option<u64>) -> io::Result<()> {
-        match len {
-            Some(n) => write!(self.prelude, "Content-Length: {}\r\n", n),
-            None => Ok(()),
+        if let Some(n) = len {
+            self.prelude.extend_from_slice(b"Content-Length: ");
+            self.write_decimal(n);
+            self.prelude.extend_from_slice(b"\r\n");
         }
-    }
-
-    fn write_request_line(&mut self, method: &str, path: &str, query: &str) -> io::Result<()> {
-        write!(self.prelude, "{} {}", method, path,)?;
-        if !query.is_empty() {
-            write!(self.prelude, "?{}", query)?;
-        }
-        write!(self.prelude, " HTTP/1.1\r\n")?;
         Ok(())
     }
 
-    fn write_header(&mut self, name: &str, value: impl Display) -> io::Result<()> {
-        write!(self.prelude, "{}: {}\r\n", name, value)
+    // modelmux: a number's decimal digits
+    fn write_decimal(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.prelude.extend_from_slice(&digits[at..]);
     }
 
-    fn write_sensitive_header(&mut self, name: &str, value: impl Display) -> io::Result<()> {
-        write!(self.prelude, "{}: ", name)?;
+    fn write_request_line(&mut self, method: &str, path: &str, query: &str) -> io::Result<()> {
+        let p = &mut self.prelude;
+        p.extend_from_slice(method.as_bytes());
+        p.push(b' ');
+        p.extend_from_slice(path.as_bytes());
+        if !query.is_empty() {
+            p.push(b'?');
+            p.extend_from_slice(query.as_bytes());
+        }
+        p.extend_from_slice(b" HTTP/1.1\r\n");
+        Ok(())
+    }
+
+    fn write_header(&mut self, name: impl AsRef<[u8]>, value: &str) -> io::Result<()> {
+        let p = &mut self.prelude;
+        p.extend_from_slice(name.as_ref());
+        p.extend_from_slice(b": ");
+        p.extend_from_slice(value.as_bytes());
+        p.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    // modelmux: `Host: host:port` (was a `format_args!`)
+    fn write_host_and_port(&mut self, host: &str, port: u16) {
+        self.prelude.extend_from_slice(b"Host: ");
+        self.prelude.extend_from_slice(host.as_bytes());
+        self.prelude.push(b':');
+        self.write_decimal(u64::from(port));
+        self.prelude.extend_from_slice(b"\r\n");
+    }
+
+    fn write_sensitive_header(&mut self, name: &[u8], value: &str) -> io::Result<()> {
+        self.prelude.extend_from_slice(name);
+        self.prelude.extend_from_slice(b": ");
         let start = self.prelude.len();
-        write!(self.prelude, "{}", value)?;
+        self.prelude.extend_from_slice(value.as_bytes());
         let end = self.prelude.len();
         self.sensitive_spans.push(start..end);
-        write!(self.prelude, "\r\n")?;
+        self.prelude.extend_from_slice(b"\r\n");
         Ok(())
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        write!(self.prelude, "\r\n")
+        self.prelude.extend_from_slice(b"\r\n");
+        Ok(())
     }
 }
 
