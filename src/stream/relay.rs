@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 /// reads fill it.
 const READ_BUF_MIN: usize = 2 * 1024;
 const READ_BUF_MAX: usize = 32 * 1024;
+/// The smallest buffer for a body of known length.
+const SMALL_BODY: usize = 256;
 
 /// Pieces the keep-alive reader thread may read ahead of the client.
 const PIECES_IN_FLIGHT: usize = 4;
@@ -163,13 +165,16 @@ pub fn relay(
             &mut pass,
         ),
         None => {
-            // A body of known length is read in one go when it fits.
-            let first = match framing {
-                Framing::Length => head.content_length.unwrap_or(0) as usize,
-                _ => 0,
+            // A body of known length is read in one go when it fits; a small one (most
+            // non-streamed answers) with a buffer of its size: zeroing a whole `READ_BUF_MIN`
+            // for it was about 3% of a request's instructions.
+            let fixed = match framing {
+                Framing::Length => Some(
+                    (head.content_length.unwrap_or(0) as usize).clamp(SMALL_BODY, READ_BUF_MAX),
+                ),
+                _ => None,
             };
-            let first = first.clamp(READ_BUF_MIN, READ_BUF_MAX);
-            pump(&mut sink, body, first, &mut stats, &mut pass)
+            pump(&mut sink, body, fixed, &mut stats, &mut pass)
         }
     };
     (stats.usage, stats.content_chars) = tap.map_or((None, 0), Tap::finish);
@@ -211,7 +216,13 @@ fn framing_of(head: &Head, client: &ClientSide, is_sse: bool) -> Framing {
 
 /// The status line and headers, with the framing header, up to the blank line.
 fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
-    use std::fmt::Write as _;
+    // Digits written by hand: `write!` here was about 1% of a proxied request's instructions.
+    fn decimal(text: &mut String, v: u64) {
+        let mut digits = [0u8; 20];
+        for &d in crate::decimal::bytes(v, &mut digits) {
+            text.push(char::from(d));
+        }
+    }
     // Sized once for the whole head: growing it line by line would reallocate several times.
     let size: usize = head
         .headers
@@ -221,13 +232,15 @@ fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
         + head.reason.len()
         + 64;
     let mut text = String::with_capacity(size);
-    let _ = write!(
-        text,
-        "HTTP/1.{} {} {}\r\n",
-        if client.http10 { 0 } else { 1 },
-        head.status,
-        head.reason
-    );
+    text.push_str(if client.http10 {
+        "HTTP/1.0 "
+    } else {
+        "HTTP/1.1 "
+    });
+    decimal(&mut text, u64::from(head.status));
+    text.push(' ');
+    text.push_str(&head.reason);
+    text.push_str("\r\n");
     for (n, v) in &head.headers {
         text.push_str(n);
         text.push_str(": ");
@@ -236,17 +249,17 @@ fn head_text(head: &Head, client: &ClientSide, framing: Framing) -> String {
     }
     match framing {
         Framing::Length => {
-            let _ = write!(
-                text,
-                "Content-Length: {}\r\n",
-                head.content_length.unwrap_or(0)
-            );
+            text.push_str("Content-Length: ");
+            decimal(&mut text, head.content_length.unwrap_or(0));
+            text.push_str("\r\n");
         }
         Framing::Chunked => text.push_str("Transfer-Encoding: chunked\r\n"),
         Framing::UntilClose => text.push_str("Connection: close\r\n"),
         Framing::None if client.head_only => {
             if let Some(len) = head.content_length {
-                let _ = write!(text, "Content-Length: {}\r\n", len);
+                text.push_str("Content-Length: ");
+                decimal(&mut text, len);
+                text.push_str("\r\n");
             }
         }
         // 1xx, 204 and 304 carry no body and no length (RFC 9110 8.6).
@@ -391,13 +404,15 @@ impl Pass<'_> {
 fn pump(
     sink: &mut Sink,
     mut body: Box<dyn Read + Send>,
-    first: usize,
+    fixed: Option<usize>,
     stats: &mut Stats,
     pass: &mut Pass,
 ) -> Result<(), Failure> {
-    // Small at first for a stream (its events are small, and a thousand open streams each
-    // hold one), doubled while reads fill it.
-    let mut buf = vec![0u8; first];
+    // A body of known length: one buffer that holds it (or `READ_BUF_MAX` of it), never
+    // grown. Else small at first (a stream's events are small, and a thousand open streams
+    // each hold one), doubled while reads fill it.
+    let grow = fixed.is_none();
+    let mut buf = vec![0u8; fixed.unwrap_or(READ_BUF_MIN)];
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -410,7 +425,7 @@ fn pump(
         // More than half full: more was waiting. (The chunked decoder fills a buffer with the
         // whole chunks that fit, so a stream's reads rarely fill it exactly: growing only then
         // kept a backlog of small events at one write per 2 KiB.)
-        if n * 2 > buf.len() && buf.len() < READ_BUF_MAX {
+        if grow && n * 2 > buf.len() && buf.len() < READ_BUF_MAX {
             buf.resize(buf.len() * 2, 0);
         }
     }
