@@ -398,22 +398,62 @@ pub fn request_id(client: Option<&str>) -> RequestId {
         buf: [0; MAX_REQUEST_ID],
         len: 0,
     };
-    let mut out = &mut id.buf[..];
-    let _ = write!(
-        out,
-        "mm-{:012x}{:04x}{:06x}",
-        t >> 8,
-        pid & 0xffff,
-        n & 0xff_ffff
-    );
-    let left = out.len();
-    id.len = (MAX_REQUEST_ID - left) as u8;
+    // `mm-{:012x}{:04x}{:06x}`, written by hand: `write!` was about 3% of a proxied request's
+    // instructions.
+    id.buf[..3].copy_from_slice(b"mm-");
+    let mut len = 3;
+    for (v, width) in [
+        (t >> 8, 12),
+        (u64::from(pid & 0xffff), 4),
+        (n & 0xff_ffff, 6),
+    ] {
+        len += hex(v, width, &mut id.buf[len..]);
+    }
+    id.len = len as u8;
     id
+}
+
+/// `v` in lowercase hex, at least `width` digits (zeros in front), at the start of `out`
+/// (which has room for 16); returns the number of digits.
+fn hex(v: u64, width: usize, out: &mut [u8]) -> usize {
+    let digits = ((64 - v.leading_zeros() as usize).div_ceil(4)).max(width);
+    for (i, d) in out[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        let nibble = if shift < 64 { (v >> shift) & 0xf } else { 0 };
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    digits
 }
 
 #[cfg(test)]
 mod tests {
     use super::request_id;
+
+    /// The hand-written hex digits are `format!`'s, at every width and value size.
+    #[test]
+    fn hex_digits_are_formats() {
+        for v in [
+            0u64,
+            1,
+            0xf,
+            0x10,
+            0xabc,
+            0xffff,
+            0x12_3456,
+            1 << 47,
+            u64::MAX >> 8,
+            u64::MAX,
+        ] {
+            for width in [1, 4, 6, 12, 16] {
+                let mut out = [0u8; 20];
+                let n = super::hex(v, width, &mut out);
+                assert_eq!(
+                    std::str::from_utf8(&out[..n]).unwrap(),
+                    format!("{:0w$x}", v, w = width)
+                );
+            }
+        }
+    }
 
     #[test]
     fn request_ids_kept_or_made() {
