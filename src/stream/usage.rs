@@ -112,6 +112,14 @@ impl BodyFramer {
         let mut rest = data;
         loop {
             let end = memchr::memchr(b'\n', rest);
+            // A whole line of `data` with nothing kept before it is read where it is: no copy.
+            if let Some(at) =
+                end.filter(|at| self.buf.is_empty() && !self.overflow && *at <= MAX_LINE)
+            {
+                line(&rest[..at]);
+                rest = &rest[at + 1..];
+                continue;
+            }
             let part = &rest[..end.unwrap_or(rest.len())];
             let room = MAX_LINE - self.buf.len().min(MAX_LINE);
             self.buf.extend_from_slice(&part[..part.len().min(room)]);
