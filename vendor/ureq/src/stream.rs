@@ -85,11 +85,19 @@ impl crate::chunked::Buffered for DeadlineStream {
     fn buffered(&self) -> &[u8] {
         self.inner_ref().buffer()
     }
+
+    fn consume_buffered(&mut self, n: usize) {
+        self.stream.inner.consume(n)
+    }
 }
 
 impl crate::chunked::Buffered for Stream {
     fn buffered(&self) -> &[u8] {
         self.buffer()
+    }
+
+    fn consume_buffered(&mut self, n: usize) {
+        self.inner.consume(n)
     }
 }
 
