@@ -154,7 +154,7 @@ struct Needles {
 fn needles() -> &'static Needles {
     static NEEDLES: OnceLock<Needles> = OnceLock::new();
     NEEDLES.get_or_init(|| Needles {
-        usage: Finder::new(b"\"usage\""),
+        usage: crate::stream::usage::json_finder(b"\"usage\""),
         data: Finder::new(b"data:"),
     })
 }
