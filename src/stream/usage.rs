@@ -196,10 +196,15 @@ impl UsageTap {
     /// Feeds the next piece of the body, as sent on the wire.
     pub fn feed(&mut self, data: &[u8]) {
         let (found, chars) = (&mut self.found, &mut self.content_chars);
-        // Each name searched for once in the whole piece: a line of it before the name's first
-        // occurrence cannot hold it, and is not searched for it. (Most stream pieces hold many
-        // events and never name `text`, `reasoning` or, until the usage chunk, `usage`.)
-        let first = self.body.plain_sse().then(|| first_occurrences(data));
+        // The rarer names searched for once in the whole piece: a line of it before the name's
+        // first occurrence cannot hold it, and is not searched for it. (Most stream pieces hold
+        // many events and never name `text`, `reasoning` or, until the usage chunk, `usage`.
+        // `content` and `delta` are in nearly every line: searching the piece for them first
+        // would only add a search.)
+        // Only in a piece of several events: in a piece of one (events that come apart), these
+        // searches would be the line's own searches again, plus the bookkeeping.
+        let several = data.len() >= PREFILTER_MIN;
+        let first = (self.body.plain_sse() && several).then(|| first_occurrences(data));
         let within = data.as_ptr_range();
         self.body.feed(data, &mut |l| {
             let names = match first {
@@ -237,13 +242,22 @@ impl UsageTap {
     }
 }
 
+/// The least piece whose lines are searched for the rarer names all at once (a chat chunk's
+/// event is about 200 bytes).
+const PREFILTER_MIN: usize = 1024;
+
 /// The names an SSE line is searched for: the four of `delta_chars`, then `"usage"`.
 const NAMES: usize = 5;
 
-/// Where each of the `NAMES` first occurs in `data`.
+/// Where each of the `NAMES` first occurs in `data` (`Some(0)` for `content` and `delta`,
+/// which are not searched for here: "maybe from the start").
 fn first_occurrences(data: &[u8]) -> [Option<usize>; NAMES] {
     let n = needles();
-    [&n.content, &n.text, &n.delta, &n.reasoning, &n.usage].map(|name| name.find(data))
+    let mut first = [Some(0); NAMES];
+    for (k, name) in [(1, &n.text), (3, &n.reasoning), (4, &n.usage)] {
+        first[k] = name.find(data);
+    }
+    first
 }
 
 /// One SSE line of an OpenAI-shaped stream: its text counted, its usage kept. Only the names
