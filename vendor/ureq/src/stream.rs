@@ -89,6 +89,11 @@ impl crate::chunked::Buffered for DeadlineStream {
     fn consume_buffered(&mut self, n: usize) {
         self.stream.inner.consume(n)
     }
+
+    fn fill_buffered(&mut self) -> io::Result<bool> {
+        // modelmux: the deadline's timeouts set as for any read
+        Ok(!BufRead::fill_buf(self)?.is_empty())
+    }
 }
 
 impl crate::chunked::Buffered for Stream {
@@ -98,6 +103,10 @@ impl crate::chunked::Buffered for Stream {
 
     fn consume_buffered(&mut self, n: usize) {
         self.inner.consume(n)
+    }
+
+    fn fill_buffered(&mut self) -> io::Result<bool> {
+        Ok(!self.inner.fill_buf()?.is_empty())
     }
 }
 

@@ -46,6 +46,10 @@ pub(crate) trait Buffered {
 
     /// modelmux: drops the first `n` bytes of `buffered()` (`n` at most its length), as read.
     fn consume_buffered(&mut self, n: usize);
+
+    /// modelmux: when nothing is buffered, receives what there is (the one read the first byte
+    /// read would do); false at the end of the input.
+    fn fill_buffered(&mut self) -> IoResult<bool>;
 }
 
 impl Buffered for &[u8] {
@@ -55,6 +59,10 @@ impl Buffered for &[u8] {
 
     fn consume_buffered(&mut self, n: usize) {
         *self = &self[n..];
+    }
+
+    fn fill_buffered(&mut self) -> IoResult<bool> {
+        Ok(!self.is_empty())
     }
 }
 
@@ -66,6 +74,10 @@ impl Buffered for std::io::Cursor<Vec<u8>> {
 
     fn consume_buffered(&mut self, n: usize) {
         self.set_position(self.position() + n as u64);
+    }
+
+    fn fill_buffered(&mut self) -> IoResult<bool> {
+        Ok(!self.buffered().is_empty())
     }
 }
 
@@ -253,6 +265,19 @@ where
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         if self.finished {
             return Ok(0);
+        }
+        // The next chunk's size line is read first: receive now what reading its first byte
+        // would, so that a chunk that comes whole is copied out of the buffer too. The same
+        // receive, and the same error, as that first byte's read.
+        if self.remaining_chunks_size.is_none() && self.source.buffered().is_empty() {
+            match self.source.fill_buffered() {
+                Ok(true) => {}
+                // What `read_chunk_size` answers when the input ends before a size line.
+                Ok(false) => return Err(IoError::new(ErrorKind::InvalidInput, DecoderError)),
+                // Retried by the byte read, as `Bytes` does.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut total = match self.read_buffered(buf) {
             Some(n) => n,
@@ -563,6 +588,10 @@ mod test {
 
         fn consume_buffered(&mut self, _: usize) {
             unreachable!("nothing is shown as buffered")
+        }
+
+        fn fill_buffered(&mut self) -> io::Result<bool> {
+            Ok(!self.0.is_empty())
         }
     }
 
