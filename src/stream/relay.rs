@@ -385,8 +385,11 @@ impl Pass<'_> {
         match self.strip.as_mut() {
             Some(s) => {
                 self.stripped.clear();
-                s.feed(data, &mut self.stripped);
-                &self.stripped
+                if s.feed_unchanged(data, &mut self.stripped) {
+                    data
+                } else {
+                    &self.stripped
+                }
             }
             None => data,
         }

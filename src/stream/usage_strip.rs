@@ -28,6 +28,24 @@ impl UsageStrip {
         self.pending.drain(..done);
     }
 
+    /// Like `feed`, but when the bytes to send now are all of `data`, unchanged (nothing held
+    /// back before it or at its end, nothing cut), writes nothing and returns true: the caller
+    /// sends `data` itself. Most pieces of a stream whose backend sends no `"usage"` member
+    /// until its usage chunk are relayed so, without a copy.
+    pub fn feed_unchanged(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        if !self.pending.is_empty() {
+            self.feed(data, out);
+            return false;
+        }
+        let (done, written) = changed_events(data, out);
+        if written == 0 && done == data.len() {
+            return true;
+        }
+        out.extend_from_slice(&data[written..done]);
+        self.pending.extend_from_slice(&data[done..]);
+        false
+    }
+
     /// The bytes of an event the stream ended in the middle of, as they came.
     pub fn finish(self) -> Vec<u8> {
         self.pending
@@ -36,12 +54,40 @@ impl UsageStrip {
 
 /// Writes the complete events at the start of `buf` to `out`, stripped; returns their length.
 fn strip_events(buf: &[u8], out: &mut Vec<u8>) -> usize {
+    let (done, written) = changed_events(buf, out);
+    out.extend_from_slice(&buf[written..done]);
+    done
+}
+
+/// Goes through the complete events at the start of `buf`, writing to `out` only up to the end
+/// of the last one that holds the member's name (the bytes before it as they are, it
+/// stripped); returns the complete events' length and how much of them was written. The name
+/// is searched for across the events, not in each: a stream's events without it cost a
+/// newline search each.
+fn changed_events(buf: &[u8], out: &mut Vec<u8>) -> (usize, usize) {
+    let usage = &needles().usage;
+    let name = usage.needle().len();
     let mut start = 0;
-    while let Some(end) = event_end(&buf[start..]) {
-        strip_event(&buf[start..start + end], out);
-        start += end;
+    let mut written = 0;
+    // The first occurrence of the name at or after `start`.
+    let mut next = usage.find(buf);
+    while let Some(len) = event_end(&buf[start..]) {
+        let end = start + len;
+        match next {
+            // Wholly inside this event: what `strip_event`'s own search finds.
+            Some(at) if at + name <= end => {
+                out.extend_from_slice(&buf[written..start]);
+                strip_event(&buf[start..end], out);
+                written = end;
+            }
+            Some(_) | None => {}
+        }
+        if next.is_some_and(|at| at < end) {
+            next = usage.find(&buf[end..]).map(|at| end + at);
+        }
+        start = end;
     }
-    start
+    (start, written)
 }
 
 /// The length of the first complete event (through its blank line), if there is one.
@@ -108,7 +154,7 @@ struct Needles {
 fn needles() -> &'static Needles {
     static NEEDLES: OnceLock<Needles> = OnceLock::new();
     NEEDLES.get_or_init(|| Needles {
-        usage: Finder::new(b"\"usage\""),
+        usage: crate::stream::usage::json_finder(b"\"usage\""),
         data: Finder::new(b"data:"),
     })
 }
@@ -304,5 +350,95 @@ mod tests {
             strip(&[": comment\n\n", "data: {\"a\":1}"]),
             ": comment\n\ndata: {\"a\":1}"
         );
+    }
+
+    /// The relay's way: `feed_unchanged`, the piece itself sent when it says so.
+    fn relayed(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut s = UsageStrip::default();
+        let mut sent = Vec::new();
+        for p in pieces {
+            let mut out = Vec::new();
+            if s.feed_unchanged(p, &mut out) {
+                assert!(out.is_empty());
+                sent.extend_from_slice(p);
+            } else {
+                sent.extend_from_slice(&out);
+            }
+        }
+        sent.extend(s.finish());
+        sent
+    }
+
+    /// What stripping each complete event on its own gives (the old way, event by event).
+    fn event_by_event(all: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(end) = super::event_end(&all[start..]) {
+            super::strip_event(&all[start..start + end], &mut out);
+            start += end;
+        }
+        out.extend_from_slice(&all[start..]);
+        out
+    }
+
+    #[test]
+    fn one_search_per_piece_strips_what_event_by_event_stripping_does() {
+        let events: [&str; 12] = [
+            // `"usage":null` on a content chunk, LF and CRLF.
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+            "data: {\"usage\":null,\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n",
+            // No usage at all.
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"plain\"}}]}\n\n",
+            // The name inside a string value, with escaped quotes around it: not a member.
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":1}\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\" \\\\\"}}],\"usage\":null}\n\n",
+            // A comment, and an event with other fields.
+            ": keep-alive\n\n",
+            "event: chunk\nid: 7\ndata: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n",
+            // Multi-line data: the usage on the second line is not the first line's JSON.
+            "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\ndata: \"usage\":null}\n\n",
+            // The usage chunk: gone; usage beside content: the member goes.
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\n\r\n",
+            "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":1}}\n\n",
+            "data: [DONE]\n\n",
+            // An unfinished last event, held back and sent as it came.
+            "data: {\"usage\":null",
+        ];
+        let all = events.concat();
+        let want = event_by_event(all.as_bytes());
+        let want_text = String::from_utf8(want.clone()).unwrap();
+        assert!(want_text.starts_with(
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+             data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n"
+        ));
+        assert!(!want_text.contains("\"completion_tokens\":1"));
+        assert!(want_text.contains("\\\"usage\\\":{\\\"prompt_tokens\\\":1}"));
+        assert!(want_text.contains(
+            ": keep-alive\n\nevent: chunk\nid: 7\ndata: {\"choices\":[{\"delta\":{}}]}\n\n"
+        ));
+        assert!(want_text.contains("data: \"usage\":null}\n\n"));
+        assert!(want_text.ends_with("data: [DONE]\n\ndata: {\"usage\":null"));
+        assert_eq!(relayed(&[all.as_bytes()]), want);
+        assert_eq!(strip(&[&all]).into_bytes(), want);
+        // Cut anywhere into two or three reads (names and events split across them).
+        let b = all.as_bytes();
+        for cut in 1..b.len() {
+            assert_eq!(relayed(&[&b[..cut], &b[cut..]]), want, "cut {}", cut);
+            let third = (cut + 7).min(b.len());
+            assert_eq!(
+                relayed(&[&b[..cut], &b[cut..third], &b[third..]]),
+                want,
+                "cuts {} {}",
+                cut,
+                third
+            );
+        }
+        // Events that need nothing cut pass as read, whole pieces.
+        let plain = [events[2], events[5], events[10]].concat();
+        let mut s = UsageStrip::default();
+        let mut out = Vec::new();
+        assert!(s.feed_unchanged(plain.as_bytes(), &mut out));
+        assert!(out.is_empty());
+        assert!(!s.feed_unchanged(events[0].as_bytes(), &mut out));
     }
 }

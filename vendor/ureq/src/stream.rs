@@ -134,11 +134,28 @@ impl crate::chunked::Buffered for DeadlineStream {
     fn buffered(&self) -> &[u8] {
         self.inner_ref().buffer()
     }
+
+    fn consume_buffered(&mut self, n: usize) {
+        self.stream.inner.consume(n)
+    }
+
+    fn fill_buffered(&mut self) -> io::Result<bool> {
+        // modelmux: the deadline's timeouts set as for any read
+        Ok(!BufRead::fill_buf(self)?.is_empty())
+    }
 }
 
 impl crate::chunked::Buffered for Stream {
     fn buffered(&self) -> &[u8] {
         self.buffer()
+    }
+
+    fn consume_buffered(&mut self, n: usize) {
+        self.inner.consume(n)
+    }
+
+    fn fill_buffered(&mut self) -> io::Result<bool> {
+        Ok(!self.inner.fill_buf()?.is_empty())
     }
 }
 
