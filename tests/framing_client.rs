@@ -825,3 +825,109 @@ fn refused_heads_431_and_414_are_access_logged_with_their_bytes() {
     );
     assert_healthy(&p);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A request head read in pieces
+// ---------------------------------------------------------------------------------------------
+
+/// `request` written in pieces cut at `cuts`, each piece its own TCP segment (a pause between
+/// them), then the status of the first answer.
+fn status_in_pieces(p: &Proxy, request: &[u8], cuts: &[usize]) -> u16 {
+    let mut s = connect(p.addr);
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(2500)))
+        .unwrap();
+    let mut at = 0;
+    for &cut in cuts.iter().chain([request.len()].iter()) {
+        let _ = s.write_all(&request[at..cut]);
+        at = cut;
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    read_response(&mut BufReader::new(s), false)
+        .map(|r| r.status)
+        .unwrap_or_else(|e| panic!("no answer with cuts {:?} ({})", cuts, e))
+}
+
+/// The head's lines are found the same however the head arrives: cut between a CR and its
+/// LF, just before or after either, inside a name, or one byte per read at the start. A head of
+/// exactly `CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES` bytes is served and one more byte gets 431,
+/// whole or in pieces; a bare LF inside a header line is refused the same whole or cut.
+#[test]
+fn a_head_in_pieces_is_read_as_the_whole_head_is() {
+    let a = MockBackend::start(Behavior::default());
+    let p = Proxy::start_with(
+        &config_for(&[("m", &a.url(), KEY, "real-m")]),
+        &[
+            ("CM_OPEN_WEBUI_PROXY_WORKERS", "8"),
+            ("CM_OPEN_WEBUI_PROXY_MAX_HEADER_BYTES", "1024"),
+        ],
+        &[],
+    );
+    let body = chat_body("m", "pieces", false);
+    // A head (up to and including its empty line) of `len` bytes: a padding header makes
+    // up the length.
+    let head_of = |len: usize| -> Vec<u8> {
+        let fixed = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Pad: \r\n\r\n",
+            body.len()
+        );
+        let pad = "p".repeat(len - fixed.len());
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Pad: {}\r\n\r\n",
+            body.len(),
+            pad
+        );
+        assert_eq!(head.len(), len);
+        [head.as_bytes(), body.as_bytes()].concat()
+    };
+    let at_limit = head_of(1024);
+    let over = head_of(1025);
+    let crlf = |req: &[u8], n: usize| -> usize {
+        req.windows(2)
+            .enumerate()
+            .filter(|(_, w)| w == b"\r\n")
+            .nth(n)
+            .map(|(i, _)| i)
+            .unwrap()
+    };
+    let first_cr = crlf(&at_limit, 0);
+    let last_cr = crlf(&at_limit, 5);
+    let cut_sets: Vec<Vec<usize>> = vec![
+        vec![],
+        vec![1, 2, 3, 4],
+        vec![first_cr],
+        vec![first_cr + 1],
+        vec![first_cr + 2],
+        vec![first_cr - 1, first_cr + 1, first_cr + 3],
+        vec![last_cr],
+        vec![last_cr + 1],
+        vec![1023],
+        vec![1024],
+    ];
+    for cuts in &cut_sets {
+        assert_eq!(
+            status_in_pieces(&p, &at_limit, cuts),
+            200,
+            "cuts {:?}",
+            cuts
+        );
+        assert_eq!(status_in_pieces(&p, &over, cuts), 431, "cuts {:?}", cuts);
+    }
+    let bare_lf = chat_with_header(b"X-A: b\nX-C: d");
+    let whole = status_in_pieces(&p, &bare_lf, &[]);
+    assert!((400..500).contains(&whole), "{}", whole);
+    let bare = bare_lf
+        .windows(2)
+        .position(|w| w[0] != b'\r' && w[1] == b'\n')
+        .map(|i| i + 1)
+        .unwrap();
+    for cuts in [vec![bare], vec![bare + 1], vec![bare - 1, bare]] {
+        assert_eq!(
+            status_in_pieces(&p, &bare_lf, &cuts),
+            whole,
+            "cuts {:?}",
+            cuts
+        );
+    }
+    assert_healthy(&p);
+}

@@ -144,8 +144,8 @@ impl ClientConnection {
     /// modelmux: bounded by `limits` (line length, total head size, total time since the
     /// first byte of the request head); upstream read lines of any length for any time.
     /// The bytes are scanned in the connection's read buffer (upstream read them one by one
-    /// through four layers of `Read`), and the clock is read once per buffer fill, i.e.
-    /// after every receive from the socket, instead of once per byte.
+    /// through four layers of `Read`), and the clock is read only when the bytes may have
+    /// come from a wait on the socket (patch 21), instead of once per byte.
     /// modelmux: the line goes into `buf` (cleared first), one buffer for every line of a
     /// head: upstream grew a new `Vec` byte by byte for each line (several allocations a line).
     fn read_next_line(
@@ -180,36 +180,58 @@ impl ClientConnection {
                 }
             }
 
-            let mut used = 0;
-            let mut outcome = None;
-            for &byte in available {
-                used += 1;
-                // modelmux: total size of the head, CRLFs included
-                if limits.remaining_bytes == 0 {
-                    outcome = Some(Err(LineError::HeadTooLarge));
-                    break;
+            // modelmux: the line's end is searched with `memchr` and its bytes copied whole
+            // (a byte-by-byte loop with three checks per byte was ~4% of a proxied request's
+            // instructions). The same outcomes as checking each byte: only CRLF ends a line
+            // (a bare LF is a byte of the line: `framing` decides), at most
+            // `remaining_bytes` are taken for the head (CRLFs included), and a line longer than
+            // `max_line` (its CR not counted) is refused.
+            let room = limits.remaining_bytes.min(available.len());
+            let scan = &available[..room];
+            let mut from = 0;
+            let line_end = loop {
+                match memchr::memchr(b'\n', &scan[from..]) {
+                    None => break None,
+                    Some(i) => {
+                        let at = from + i;
+                        let cr_before = match at {
+                            0 => prev_byte_was_cr,
+                            _ => scan[at - 1] == b'\r',
+                        };
+                        if cr_before {
+                            break Some(at);
+                        }
+                        from = at + 1;
+                    }
                 }
-                limits.remaining_bytes -= 1;
-
-                if byte == b'\n' && prev_byte_was_cr {
+            };
+            let (used, outcome) = match line_end {
+                Some(at) => {
+                    buf.extend_from_slice(&scan[..at]);
                     buf.pop(); // removing the '\r'
-                               // modelmux: raw bytes; `framing` decides what is acceptable
-                               // (upstream closed the connection without an answer on any
-                               // non-ASCII byte)
-                    outcome = Some(Ok(()));
-                    break;
+                    let outcome = if buf.len() > limits.max_line {
+                        Err(LineError::LineTooLong)
+                    } else {
+                        Ok(())
+                    };
+                    (at + 1, Some(outcome))
                 }
-
-                prev_byte_was_cr = byte == b'\r';
-
-                buf.push(byte);
-
-                // modelmux: length of one line, the CR of a possible CRLF not counted
-                if buf.len() - usize::from(prev_byte_was_cr) > limits.max_line {
-                    outcome = Some(Err(LineError::LineTooLong));
-                    break;
+                None => {
+                    buf.extend_from_slice(scan);
+                    if let Some(&last) = scan.last() {
+                        prev_byte_was_cr = last == b'\r';
+                    }
+                    let outcome = if buf.len() - usize::from(prev_byte_was_cr) > limits.max_line {
+                        Some(Err(LineError::LineTooLong))
+                    } else if room < available.len() {
+                        Some(Err(LineError::HeadTooLarge))
+                    } else {
+                        None
+                    };
+                    (room, outcome)
                 }
-            }
+            };
+            limits.remaining_bytes -= used;
             self.head_drained = used == available.len();
             self.next_header_source.consume(used);
             match outcome {

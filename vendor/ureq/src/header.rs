@@ -137,6 +137,20 @@ impl Header {
     /// For non-utf8 headers this returns [`None`] (use [`Header::value_raw()`]).
     pub fn value(&self) -> Option<&str> {
         let bytes = &self.line.as_bytes()[self.index + 1..];
+        // modelmux: an ASCII value (nearly all) is trimmed and checked as bytes: the same
+        // answer as below (`str::trim` trims exactly these six in ASCII), without the Unicode
+        // trim (13 calls per proxied request, ~300 instructions each)
+        if bytes.is_ascii() {
+            let ws = |b: &u8| matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+            let start = bytes.iter().position(|b| !ws(b)).unwrap_or(bytes.len());
+            let end = bytes.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
+            let trimmed = &bytes[start..end];
+            return if trimmed.iter().all(is_field_vchar_or_obs_fold) {
+                from_utf8(trimmed).ok()
+            } else {
+                None
+            };
+        }
         from_utf8(bytes)
             .map(|s| s.trim())
             .ok()
@@ -308,6 +322,35 @@ fn valid_value(value: &[u8]) -> bool {
 }
 
 #[inline]
+// modelmux: the value as upstream computed it, for the test of the ASCII fast path
+#[cfg(test)]
+fn value_upstream(h: &Header) -> Option<&str> {
+    from_utf8(&h.line.as_bytes()[h.index + 1..])
+        .map(|s| s.trim())
+        .ok()
+        .filter(|s| s.as_bytes().iter().all(is_field_vchar_or_obs_fold))
+}
+
+#[cfg(test)]
+#[test]
+fn ascii_values_are_upstreams() {
+    let mut values: Vec<String> = vec![
+        "".into(), " ".into(), "a".into(), " a ".into(), "\ta b\t".into(), "a\x0b".into(),
+        "\x0ba".into(), "a\x0bb".into(), "a\rb".into(), "a\nb".into(), "x\x0c".into(),
+        "\x7f".into(), "a\x01".into(), "Bearer sk-1".into(), " \r\n".into(),
+        "caf\u{e9}".into(), "a\u{a0}".into(), "\u{a0}".into(), "\u{85}b".into(),
+    ];
+    for b in 0u8..0x80 {
+        values.push(format!("a{}b", b as char));
+        values.push(format!("{}a", b as char));
+        values.push(format!("a{}", b as char));
+    }
+    for v in &values {
+        let h = Header::new("X-Test", v);
+        assert_eq!(h.value(), value_upstream(&h), "{:?}", v);
+    }
+}
+
 fn is_field_vchar_or_obs_fold(b: &u8) -> bool {
     match b {
         b' ' | b'\t' => true,
