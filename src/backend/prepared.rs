@@ -55,6 +55,9 @@ pub struct Prepared {
     pub agent: ureq::Agent,
     /// The backend's URL as configured.
     pub base: String,
+    /// Its host (and port), for logs, metrics and the ledger: shared by every request's
+    /// summary instead of cut out of the URL and copied per request.
+    pub host: Arc<str>,
     urls: Vec<(&'static str, Arc<Url>)>,
     key: Key,
 }
@@ -99,6 +102,7 @@ impl Prepared {
         Prepared {
             agent,
             base: backend.url.clone(),
+            host: crate::redact::host(&backend.url).into(),
             urls,
             key,
         }

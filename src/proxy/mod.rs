@@ -475,17 +475,17 @@ impl<'a> Attempt<'a> {
         let Some(backend) = self.resolved.backend(endpoint, pick) else {
             return Ok(End::Released(ApiError::internal("no such backend")));
         };
-        let host: std::sync::Arc<str> = crate::redact::host(&backend.url).into();
+        let Some(to) = live.prepared(pick) else {
+            let e = ApiError::internal("no HTTP client for this backend");
+            return Ok(End::Released(e));
+        };
+        let host = to.host.clone();
         summary.backend = Some(host.clone());
         summary.price = live
             .config
             .prices
             .lookup(backend.pricing.as_ref(), &backend.actual_model_name)
             .copied();
-        let Some(to) = live.prepared(pick) else {
-            let e = ApiError::internal("no HTTP client for this backend");
-            return Ok(End::Released(e));
-        };
         let in_flight = live.balancer.start(pick);
         let translating = self
             .translation
