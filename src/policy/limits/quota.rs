@@ -106,6 +106,21 @@ struct PlanBucket {
     concurrent: bool,
 }
 
+impl Plan {
+    /// What the store is asked for: the buckets with a windowed limit, in order.
+    fn asks(&self) -> Vec<Ask<'_>> {
+        self.buckets
+            .iter()
+            .zip(&self.names)
+            .filter(|(b, _)| b.limits.iter().any(Option::is_some))
+            .map(|(b, name)| Ask {
+                bucket: name,
+                limits: b.limits,
+            })
+            .collect()
+    }
+}
+
 fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -287,16 +302,7 @@ impl Quotas {
         if plan.asked.is_empty() {
             return Ok(r);
         }
-        let asks: Vec<Ask> = plan
-            .buckets
-            .iter()
-            .zip(&plan.names)
-            .filter(|(b, _)| b.limits.iter().any(Option::is_some))
-            .map(|(b, name)| Ask {
-                bucket: name,
-                limits: b.limits,
-            })
-            .collect();
+        let asks: Vec<Ask> = plan.asks();
         let reserved = self.shared.store.reserve(&asks, charge, now);
         drop(asks);
         let ask_of = &plan.ask_of;
@@ -642,16 +648,7 @@ impl Quotas {
     pub fn record_past(&self, s: &Subject, used: impl Into<Charge>, ts: u64, now: u64) {
         let used = used.into();
         let plan = self.plan(s);
-        let asks: Vec<Ask> = plan
-            .buckets
-            .iter()
-            .zip(&plan.names)
-            .filter(|(b, _)| b.limits.iter().any(Option::is_some))
-            .map(|(b, name)| Ask {
-                bucket: name,
-                limits: b.limits,
-            })
-            .collect();
+        let asks: Vec<Ask> = plan.asks();
         if !asks.is_empty() {
             self.shared.store.record(&asks, used, ts, now);
         }
