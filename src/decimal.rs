@@ -1,6 +1,6 @@
-//! Unsigned integers in decimal digits, as `{}` writes them, without the formatting machinery:
-//! the ledger line, the `x-ratelimit-*` values and translated stream events write one or more
-//! per request or chunk.
+//! Unsigned integers in decimal digits, as `{}` writes them (and in hex, as `{:x}` does),
+//! without the formatting machinery: the ledger line, the `x-ratelimit-*` values, translated
+//! stream events, chunk size lines and request ids write one or more per request or chunk.
 
 /// `v`'s decimal digits, written at the end of `buf` (20 bytes hold every `u64`), as bytes:
 /// every caller writes bytes, so no UTF-8 check of what is ASCII. Two digits per division,
@@ -33,8 +33,42 @@ pub fn bytes(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[at..]
 }
 
+/// `v`'s lowercase hex digits, as `{:x}` writes them, at the end of `buf` (16 bytes hold every
+/// `u64`).
+pub fn hex(mut v: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_digits_read_as_format_wrote_them() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            4096,
+            0xabcdef,
+            u64::MAX >> 8,
+            u64::MAX,
+        ] {
+            assert_eq!(super::hex(v, &mut [0u8; 16]), format!("{:x}", v).as_bytes());
+        }
+    }
+
     #[test]
     fn digits_read_as_format_wrote_them() {
         for v in [0, 1, 9, 10, 99, 100, 12_345, u32::MAX as u64, u64::MAX] {

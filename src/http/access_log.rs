@@ -416,13 +416,12 @@ pub fn request_id(client: Option<&str>) -> RequestId {
 /// `v` in lowercase hex, at least `width` digits (zeros in front), at the start of `out`
 /// (which has room for 16); returns the number of digits.
 fn hex(v: u64, width: usize, out: &mut [u8]) -> usize {
-    let digits = ((64 - v.leading_zeros() as usize).div_ceil(4)).max(width);
-    for (i, d) in out[..digits].iter_mut().enumerate() {
-        let shift = 4 * (digits - 1 - i);
-        let nibble = if shift < 64 { (v >> shift) & 0xf } else { 0 };
-        *d = b"0123456789abcdef"[nibble as usize];
-    }
-    digits
+    let mut buf = [0u8; 16];
+    let digits = crate::decimal::hex(v, &mut buf);
+    let zeros = width.saturating_sub(digits.len());
+    out[..zeros].fill(b'0');
+    out[zeros..zeros + digits.len()].copy_from_slice(digits);
+    zeros + digits.len()
 }
 
 #[cfg(test)]

@@ -614,20 +614,9 @@ impl Sink<'_> {
     }
 }
 
-/// `n` in lowercase hex, as a chunk size line has it (what `{:x}` writes, without the
-/// formatting machinery on every piece).
-fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
+/// `n` in lowercase hex, as a chunk size line has it.
+fn push_hex(buf: &mut Vec<u8>, n: usize) {
+    buf.extend_from_slice(crate::decimal::hex(n as u64, &mut [0u8; 16]));
 }
 
 #[cfg(test)]
