@@ -54,7 +54,7 @@ pub struct Prepared {
     /// The pooled HTTP client (shared by every backend with the same client key).
     pub agent: ureq::Agent,
     /// The backend's URL as configured.
-    pub base: String,
+    base: String,
     /// Its host (and port), for logs, metrics and the ledger: shared by every request's
     /// summary instead of cut out of the URL and copied per request.
     pub host: Arc<str>,
@@ -110,11 +110,11 @@ impl Prepared {
 
     /// The URL of an API path such as `/chat/completions` on this backend.
     pub fn url(&self, path: &str, query: Option<&str>) -> BackendUrl<'_> {
-        let parsed = query
-            .filter(|q| !q.is_empty())
-            .is_none()
-            .then(|| self.urls.iter().find(|(p, _)| *p == path))
-            .flatten();
+        // A query is appended to the text: only a query-less path has a parsed URL.
+        let parsed = match query {
+            Some(q) if !q.is_empty() => None,
+            _ => self.urls.iter().find(|(p, _)| *p == path),
+        };
         match parsed {
             Some((_, url)) => BackendUrl::Parsed(url),
             None => BackendUrl::Text(url(&self.base, path, query)),

@@ -153,8 +153,7 @@ impl Failure {
 
 /// Sends the request to the backend `to` with its key. Any final status is a response;
 /// transport failures and answers HTTP cannot relay are a `Failure`.
-pub fn send(to: &Prepared, out: Outgoing, model: &str) -> Result<ureq::Response, Failure> {
-    let mut out = out;
+pub fn send(to: &Prepared, mut out: Outgoing, model: &str) -> Result<ureq::Response, Failure> {
     let unsendable = |name: &str| {
         format!(
             "header `{}` cannot be sent",
@@ -205,7 +204,7 @@ pub fn send(to: &Prepared, out: Outgoing, model: &str) -> Result<ureq::Response,
     };
     log::warn!(
         "upstream {} for model {} failed: {} ({:?})",
-        crate::redact::host(&to.base),
+        to.host,
         crate::http::access_log::shown(model),
         failure.cause(),
         failure
