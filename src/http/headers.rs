@@ -76,6 +76,15 @@ where
     })
 }
 
+/// The end-to-end headers of a message, borrowed: not hop-by-hop, not named by its
+/// `Connection` header.
+pub fn end_to_end<'a, I>(pairs: impl Fn() -> I) -> impl Iterator<Item = (&'a str, &'a str)>
+where
+    I: Iterator<Item = (&'a str, &'a str)> + Clone,
+{
+    end_to_end_where(pairs, |_| true)
+}
+
 /// Seconds a `Retry-After` value asks for: delay-seconds or an HTTP date (RFC 9110 10.2.3).
 pub fn retry_after_secs(value: &str, now_unix: i64) -> Option<u64> {
     let v = value.trim();

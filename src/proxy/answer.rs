@@ -138,28 +138,7 @@ fn sanitize_reason(reason: &str) -> String {
 /// received, repeated ones each on their own: hop-by-hop ones and those its `Connection` header
 /// names are left out. Read from the response in place, not through an owned copy of them all.
 fn end_to_end_headers(response: &ureq::Response) -> Vec<(Cow<'static, str>, Cow<'static, str>)> {
-    let connection = || {
-        response
-            .header_pairs()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v)
-    };
-    // Usually one `Connection` header at most: its value is kept, not looked up per header.
-    let mut found = connection();
-    let (first, more) = (found.next(), found.next().is_some());
-    let names = |value: &str, name: &str| {
-        value
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(name))
-    };
-    let listed = |name: &str| match first {
-        None => false,
-        Some(v) if !more => names(v, name),
-        Some(_) => connection().any(|v| names(v, name)),
-    };
-    let kept = response
-        .header_pairs()
-        .filter(|(n, _)| !crate::http::headers::is_hop_by_hop(n) && !listed(n));
+    let kept = crate::http::headers::end_to_end(|| response.header_pairs());
     // Room for the few headers `relay` adds after these.
     let mut out = Vec::with_capacity(16);
     for (name, value) in kept {

@@ -189,7 +189,7 @@ impl Response {
     /// modelmux: every header as received (name as the server spelled it, value trimmed),
     /// in order, repeated ones each on their own, without copying; a header whose value
     /// [`Response::header()`] would not return is left out.
-    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
         self.headers
             .iter()
             .filter_map(|h| h.value().map(|v| (h.name(), v)))
