@@ -315,23 +315,11 @@ fn escape(f: &mut std::fmt::Formatter<'_>, s: &str) -> std::fmt::Result {
     f.write_str(rest)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time since the Unix epoch (UTC), as simple_logger wrote it.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time since the Unix epoch (UTC), as simple_logger wrote it
+/// (and the ledger writes it: `clock::stamp`).
 fn timestamp(s: &mut String, since_epoch: Duration) {
-    use std::fmt::Write as _;
-    let secs = since_epoch.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = crate::clock::civil_from_days(days as i64);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        year,
-        month,
-        day,
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60,
-        since_epoch.subsec_millis()
-    );
+    let ms = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    s.push_str(crate::clock::stamp(ms).as_str());
 }
 
 /// A request id, on the stack: made for every request, it costs no allocation.
