@@ -445,12 +445,13 @@ impl RedisStore {
     /// cancelled in the background: a failed reserve never stays charged.
     pub fn reserve(&self, asks: &[Ask], charge: impl Into<Charge>) -> Result<Outcome, StoreError> {
         let charge = charge.into();
+        self.reserve_as(self.new_marker(), asks, charge)
+    }
+
+    /// A new reservation id: this process's random prefix and the next number.
+    fn new_marker(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.reserve_as(
-            format!("{}{}-{:x}", MARKER, self.id_prefix, n),
-            asks,
-            charge,
-        )
+        format!("{}{}-{:x}", MARKER, self.id_prefix, n)
     }
 
     fn reserve_as(
@@ -470,8 +471,7 @@ impl RedisStore {
                 again_if_interrupted(|| self.with_conn(|con| self.cancels.invoke(con, &cancel)))
             });
             if taken.is_ok() {
-                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-                marker = format!("{}{}-{:x}", MARKER, self.id_prefix, n);
+                marker = self.new_marker();
                 result = self.reserve_once(&marker, asks, charge);
             }
         }
