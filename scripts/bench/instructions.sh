@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per proxied chat completion, counted by valgrind's callgrind: a measure that,
 # unlike CPU time, does not move with the machine's load, for A/B comparisons of a change.
-# Builds modelmux with debug symbols (into target/prof, as profile.sh does), runs it under
+# Builds modelmux with debug symbols (into target/prof, as profile.sh does: prof_setup.sh), runs it under
 # callgrind in front of the demo mock backend, sends 200 warm-up requests on one keep-alive
 # connection, zeroes the counters, sends N more and prints the instructions per request; the
 # profile stays in target/prof/callgrind.out.* for `callgrind_annotate --inclusive=yes`.
@@ -13,31 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-1000}
 extra=${2:-'{}'}
-out=target/prof
-if [ -z "${3:-}" ] && [ "${PROFILE_NO_BUILD:-0}" != 1 ]; then
-  CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_PROFILE_RELEASE_STRIP=false \
-    cargo build --release --bin modelmux --bin demo_backend --target-dir "$out" >&2
+if [ -n "${3:-}" ]; then
+  . scripts/bench/prof_setup.sh no-build
+else
+  . scripts/bench/prof_setup.sh
 fi
 bin=${3:-$out/release/modelmux}
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-
-bport=$(free_port)
-"$out/release/demo_backend" "127.0.0.1:$bport" --chunk-delay-ms 0 >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$bport"
-python3 - "$bport" "$extra" >"$tmp/config.json" <<'PY'
-import json, sys
-cfg = {"endpoints": {"echo": {"url": "http://127.0.0.1:%s" % sys.argv[1], "apiKey": "",
-                              "actualModelName": "echo"}}}
-cfg.update(json.loads(sys.argv[2]))
-print(json.dumps(cfg))
-PY
+start_mock "$extra"
 mport=$(free_port)
 profile="$out/callgrind.out.$$"
 CM_OPEN_WEBUI_PROXY_LOG_LEVEL=warn valgrind --tool=callgrind --callgrind-out-file="$profile" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where the CPU of a proxied request goes: builds modelmux with debug symbols (into
-# target/prof; the shipped profile stays stripped), runs it in front of the demo mock backend
+# target/prof; the shipped profile stays stripped; see prof_setup.sh), runs it in front of the demo mock backend
 # under wrk (16 keep-alive connections, the bench's chat body) and records it with `perf`
 # (`perf record -g`, the cpu-clock software event: this machine's VM exposes no hardware
 # counters). Prints the user/kernel split and the top functions; the raw data stays in
@@ -13,31 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 extra=${2:-'{}'}
-out=target/prof
-if [ "${PROFILE_NO_BUILD:-0}" != 1 ]; then
-  CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_PROFILE_RELEASE_STRIP=false \
-    cargo build --release --bin modelmux --bin demo_backend --target-dir "$out" >&2
-fi
+. scripts/bench/prof_setup.sh
 bin=$out/release
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-
-bport=$(free_port)
-"$bin/demo_backend" "127.0.0.1:$bport" --chunk-delay-ms 0 >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$bport"
-python3 - "$bport" "$extra" >"$tmp/config.json" <<'EOF'
-import json, sys
-cfg = {"endpoints": {"echo": {"url": "http://127.0.0.1:%s" % sys.argv[1], "apiKey": "",
-                              "actualModelName": "echo"}}}
-cfg.update(json.loads(sys.argv[2]))
-print(json.dumps(cfg))
-EOF
+start_mock "$extra"
 mport=$(free_port)
 CM_OPEN_WEBUI_PROXY_LOG_LEVEL=warn "$bin/modelmux" --host 127.0.0.1 --port "$mport" \
   --config "$tmp/config.json" >"$tmp/modelmux.log" 2>&1 &
