@@ -131,15 +131,25 @@ fn per_user_series_stop_at_max_users_and_the_rest_are_summed() {
         &a.url(),
         &format!(r#"{{"perUser":true,"maxUsers":2,"key":"{}"}}"#, READER),
     ));
-    for u in ["u1", "u2", "u3", "u1", "u4", "u3"] {
+    // A request is counted once its answer is sent, so the next one could be counted before
+    // it: each is waited for, so that users take their places in the order sent.
+    let counted = |m: &str| -> u64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("modelmux_user_requests_total{")
+                    || l.starts_with("modelmux_user_other_requests_total ")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    for (i, u) in ["u1", "u2", "u3", "u1", "u4", "u3"].into_iter().enumerate() {
         chat_as(&p, u);
+        wait_until(
+            &format!("request {} counted", i + 1),
+            std::time::Duration::from_secs(5),
+            || counted(&scrape(&p, Some(READER))) == i as u64 + 1,
+        );
     }
-    // Counted once the answer is sent, so the last request may land a moment later.
-    wait_until(
-        "six requests counted",
-        std::time::Duration::from_secs(5),
-        || scrape(&p, Some(READER)).contains("modelmux_user_other_requests_total 3\n"),
-    );
     let m = scrape(&p, Some(READER));
     let user_lines: Vec<&str> = m
         .lines()
